@@ -1,0 +1,7 @@
+"""``python -m medianserv``: the same as the ``medianserv`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""RunningMedian against a brute-force oracle: statistics.median over exact integers."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from medianserv.median import RunningMedian
+from medianserv.prices import parse_price
+from medianserv.recordings import read_trade_frames
+
+
+def oracle_twice_median(values: list[int]) -> int:
+    twice = 2 * statistics.median([Fraction(v) for v in values])  # exact: no float
+    assert twice.denominator == 1
+    return int(twice)
+
+
+def run_and_check(values: list[int]) -> RunningMedian:
+    m = RunningMedian()
+    for i, v in enumerate(values, 1):
+        m.add(v)
+        m._check()
+        assert m.count == i
+        assert m.twice_median == oracle_twice_median(values[:i])
+        assert m.multiplicity(v) == values[:i].count(v)
+    return m
+
+
+big = st.integers(min_value=0, max_value=10**19 - 1)
+few_levels = st.integers(min_value=0, max_value=5)
+value_lists = st.one_of(
+    st.lists(big, max_size=60),
+    st.lists(few_levels, max_size=120),  # heavy duplicates: levels split across both sides
+    st.lists(st.sampled_from([0, 10**19 - 1]), max_size=60),  # alternating extremes
+    st.lists(st.integers(min_value=0, max_value=100), max_size=200),
+)
+
+
+@given(value_lists)
+def test_median_equals_oracle_after_every_add(values: list[int]) -> None:
+    m = run_and_check(values)
+    assert m.levels == len(set(values))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [7],
+        list(range(100)),
+        list(range(100, 0, -1)),
+        [5] * 50 + [6] * 50,
+        [1, 10**19 - 1] * 40,
+        [3] * 101,
+    ],
+    ids=["single", "ascending", "descending", "two-blocks", "alternating-extremes", "one-level"],
+)
+def test_shapes(values: list[int]) -> None:
+    run_and_check(values)
+
+
+def test_empty() -> None:
+    m = RunningMedian()
+    m._check()
+    assert (m.count, m.twice_median, m.levels, m.to_state()) == (0, None, 0, [])
+
+
+@given(value_lists)
+def test_state_round_trip(values: list[int]) -> None:
+    m = RunningMedian()
+    for v in values:
+        m.add(v)
+    state = m.to_state()
+    assert state == sorted((v, values.count(v)) for v in set(values))
+    restored = RunningMedian.from_state(state)
+    restored._check()
+    assert (restored.count, restored.twice_median) == (m.count, m.twice_median)
+    assert restored.to_state() == state
+    # unsorted input restores too, and keeps working as new values arrive
+    shuffled = RunningMedian.from_state(random.Random(len(values)).sample(state, len(state)))
+    shuffled._check()
+    for v in (0, 3, 10**6):
+        restored.add(v)
+        shuffled.add(v)
+        restored._check()
+        values.append(v)
+        assert restored.twice_median == shuffled.twice_median == oracle_twice_median(values)
+
+
+@pytest.mark.parametrize("state", [[(1, 0)], [(1, 2), (1, 3)], [(-1, 1)]])
+def test_from_state_rejects_bad_states(state: list[tuple[int, int]]) -> None:
+    with pytest.raises(ValueError):
+        RunningMedian.from_state(state)
+
+
+def test_memory_does_not_grow_with_repeats() -> None:
+    """Many trades over few levels: the structure holds levels, not trades."""
+    rnd = random.Random(1)
+    m = RunningMedian()
+    for _ in range(200_000):
+        m.add(rnd.randrange(1000))
+    m._check()
+    assert m.levels == 1000
+    assert len(m._low) + len(m._high) <= 1001
+
+
+def test_replay_of_real_recordings(recordings: list[Path]) -> None:
+    """Every real BTCUSDT/ETHUSDT trade, through the parser and the median, vs the oracle."""
+    for path in recordings:
+        prices: list[int] = []
+        m = RunningMedian()
+        for i, (_, frame) in enumerate(read_trade_frames(path)):
+            price = parse_price(json.loads(frame)["data"]["p"])
+            prices.append(price)
+            m.add(price)
+            if i % 997 == 0:
+                m._check()
+                assert m.twice_median == oracle_twice_median(prices)
+        assert prices, path
+        m._check()
+        assert m.count == len(prices)
+        assert m.twice_median == oracle_twice_median(prices)
