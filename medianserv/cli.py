@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +35,44 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _print_rows(rows)
     if args.json:
         Path(args.json).write_text(json.dumps([vars(r) for r in rows], indent=1) + "\n")
+    return 0
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set ``stop``; a second signal exits at once."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .sim.server import SimConfig, Simulator, iter_config_overrides
+
+    config = SimConfig(
+        host=args.host,
+        port=args.port,
+        exchange_info=args.exchange_info,
+        symbols=args.symbols,
+        seed=args.seed,
+        trades_per_second=args.tps,
+        replay=tuple(args.replay),
+        replay_speed=args.replay_speed,
+        **dict(iter_config_overrides(args.set)),
+    )
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    with Simulator(config) as sim:
+        print(f"simulated Binance: REST {sim.rest_url}  WebSocket {sim.ws_url}", flush=True)
+        print(
+            f"ground truth: {sim.rest_url}/_sim/truth   counters: {sim.rest_url}/_sim/stats",
+            flush=True,
+        )
+        stop.wait()
     return 0
 
 
@@ -62,6 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of real Binance data (exchangeInfo); skipped when absent",
     )
     bench.set_defaults(func=_cmd_bench)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run the built-in Binance simulator (REST + WebSocket on one port)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sim.add_argument("--port", type=int, default=9443, help="port (0: any free port)")
+    sim.add_argument(
+        "--exchange-info", type=Path, default=None,
+        help="a saved exchangeInfo JSON to list (default: generate --symbols symbols)",
+    )  # fmt: skip
+    sim.add_argument("--symbols", type=int, default=2000, help="how many symbols to generate")
+    sim.add_argument("--seed", type=int, default=1, help="seed of the generated market")
+    sim.add_argument("--tps", type=float, default=1000.0, help="trades per second, all symbols")
+    sim.add_argument(
+        "--replay", type=Path, nargs="*", default=[],
+        help="recordings (gzip) to replay instead of generating trades",
+    )  # fmt: skip
+    sim.add_argument("--replay-speed", type=float, default=1.0, help="0: as fast as possible")
+    sim.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="any other simulator limit, e.g. --set max_streams_per_connection=5 "
+        "--set connection_lifetime=30 (see SimConfig)",
+    )  # fmt: skip
+    sim.set_defaults(func=_cmd_simulate)
     return parser
 
 
@@ -69,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medianserv`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
