@@ -30,9 +30,10 @@ MAX_OPEN_GAPS = 256
 class Outcome(IntEnum):
     """What :meth:`SymbolStats.apply` did with a trade."""
 
-    APPLIED = 0  # a new trade, at or above the next expected id
-    FILLED = 1  # a trade inside a known gap (a backfill or a late arrival)
-    DUPLICATE = 2  # an id already applied: ignored
+    APPLIED = 0  # the next trade
+    GAP = 1  # a new trade after a jump in ids: the ids in between are a new gap
+    FILLED = 2  # a trade inside a known gap (a backfill or a late arrival)
+    DUPLICATE = 3  # an id already applied, or older than our history: ignored
 
 
 def _first(gap: tuple[int, int]) -> int:
@@ -40,50 +41,76 @@ def _first(gap: tuple[int, int]) -> int:
 
 
 class TradeIds:
-    """Which trade ids of one symbol were applied: everything up to :attr:`last` but the gaps.
+    """Which trade ids of one symbol are ours, and which of those are still missing.
 
-    Binance trade ids are consecutive per symbol, so a jump is a gap of missed trades. Gaps are
-    kept as sorted, disjoint, inclusive ``(first, last)`` ranges below :attr:`last`; ids below
-    the first one ever applied are history from before we started and are ignored like
-    duplicates. At most :data:`MAX_OPEN_GAPS` ranges stay open; older ones are given up and
-    counted in :attr:`lost`, so memory stays bounded whatever the feed does.
+    Our history of a symbol is the ids ``first..last``; every id in it was applied except the
+    ``gaps``: sorted, disjoint, inclusive ``(lo, hi)`` ranges. Binance trade ids are consecutive
+    per symbol, so a jump is a gap of missed trades. Ids below ``first`` happened before we
+    followed the symbol and are ignored like duplicates.
+
+    Where history starts: at the first trade applied, or, better, at a *baseline* read from
+    Binance's 24-hour ticker just before we subscribe (:meth:`baseline`): every later trade is
+    ours, even one missed while a connection was down. A symbol with no trade in the 24 hours
+    before we subscribed is *quiet*: every trade the ticker later reports for it is ours too,
+    so :meth:`sweep` may move ``first`` back to the ticker's ``firstId``.
+
+    At most :data:`MAX_OPEN_GAPS` ranges stay open; older ones are given up and counted in
+    ``lost``, so memory stays bounded whatever the feed does.
 
     Runtime complexity: :meth:`observe` O(1) for the next id or a duplicate above every gap,
     O(log g + g) when it opens or fills one of g gaps; :attr:`missing` O(g).
 
     >>> ids = TradeIds()
-    >>> [ids.observe(t) for t in (10, 11, 14, 12, 11)]
-    [<Outcome.APPLIED: 0>, <Outcome.APPLIED: 0>, <Outcome.APPLIED: 0>, <Outcome.FILLED: 1>, \
-<Outcome.DUPLICATE: 2>]
+    >>> [ids.observe(t).name for t in (10, 11, 14, 12, 11, 9)]
+    ['APPLIED', 'APPLIED', 'GAP', 'FILLED', 'DUPLICATE', 'DUPLICATE']
     >>> ids.gaps, ids.missing
     ([(13, 13)], 1)
     """
 
-    __slots__ = ("gaps", "last", "lost")
+    __slots__ = ("first", "gaps", "last", "lost", "quiet")
 
     def __init__(
-        self, last: int | None = None, gaps: Iterable[tuple[int, int]] = (), lost: int = 0
+        self,
+        first: int | None = None,
+        last: int | None = None,
+        gaps: Iterable[tuple[int, int]] = (),
+        lost: int = 0,
+        quiet: bool = False,
     ) -> None:
-        self.last = last  # highest id applied; None before the first trade
-        self.gaps: list[tuple[int, int]] = sorted(gaps)  # missing ranges below last
+        self.first = first  # lowest id of our history; None before it starts
+        self.last = last  # highest id of our history (applied, missing or the baseline)
+        self.gaps: list[tuple[int, int]] = sorted(gaps)  # missing ranges within first..last
         self.lost = lost  # ids given up for good (gap cap or backfill cap)
+        self.quiet = quiet  # no trade in the 24 h before we followed it: see sweep()
 
     @property
     def missing(self) -> int:
-        """Trade ids below :attr:`last` not applied and still hoped for. O(g)."""
+        """Ids of our history not applied and still hoped for. O(g)."""
         return sum(hi - lo + 1 for lo, hi in self.gaps)
 
+    def _add_gap(self, lo: int, hi: int, at_start: bool = False) -> int:
+        if at_start:
+            self.gaps.insert(0, (lo, hi))
+        else:
+            self.gaps.append((lo, hi))
+        if len(self.gaps) > MAX_OPEN_GAPS:
+            a, b = self.gaps.pop(0)
+            self.lost += b - a + 1
+        return hi - lo + 1
+
     def observe(self, trade_id: int) -> Outcome:
-        """Record ``trade_id`` and say whether to apply it (APPLIED, FILLED) or not."""
+        """Record ``trade_id`` and say whether to apply it (APPLIED, GAP, FILLED) or not."""
         last = self.last
-        if last is None or trade_id > last:
-            if last is not None and trade_id > last + 1:
-                self.gaps.append((last + 1, trade_id - 1))
-                if len(self.gaps) > MAX_OPEN_GAPS:
-                    lo, hi = self.gaps.pop(0)
-                    self.lost += hi - lo + 1
+        if last is None:
+            self.first = self.last = trade_id
+            return Outcome.APPLIED
+        if trade_id == last + 1:
             self.last = trade_id
             return Outcome.APPLIED
+        if trade_id > last:
+            self._add_gap(last + 1, trade_id - 1)
+            self.last = trade_id
+            return Outcome.GAP
         gaps = self.gaps
         if not gaps or trade_id > gaps[-1][1]:
             return Outcome.DUPLICATE
@@ -93,6 +120,41 @@ class TradeIds:
         lo, hi = gaps[i]
         gaps[i : i + 1] = [(a, b) for a, b in ((lo, trade_id - 1), (trade_id + 1, hi)) if a <= b]
         return Outcome.FILLED
+
+    def baseline(self, last_id: int) -> None:
+        """Start history after ``last_id`` (the latest trade before we subscribe), or, when
+        Binance reports no trade in 24 hours (``last_id < 0``), mark the symbol quiet.
+        Does nothing once history has started. O(1)."""
+        if self.last is not None:
+            return
+        if last_id < 0:
+            self.quiet = True
+        else:
+            self.first, self.last = last_id + 1, last_id
+
+    def sweep(self, first_id: int, last_id: int) -> int:
+        """Binance's ticker says the symbol's trades in the last 24 hours are
+        ``first_id..last_id``: ids of ours above :attr:`last` become a gap, and for a quiet
+        symbol so do ids below :attr:`first`. Returns how many ids became missing. O(g)."""
+        if last_id < 0:
+            return 0
+        if self.last is None:
+            if not self.quiet:
+                return 0
+            self.first, self.last = first_id, last_id
+            return self._add_gap(first_id, last_id)
+        added = 0
+        assert self.first is not None
+        if self.quiet:
+            if first_id < self.first:
+                added += self._add_gap(first_id, self.first - 1, at_start=True)
+                self.first = first_id
+            else:
+                self.quiet = False  # the ticker's window no longer reaches before our history
+        if last_id > self.last:
+            added += self._add_gap(self.last + 1, last_id)
+            self.last = last_id
+        return added
 
     def give_up(self, first: int, last: int) -> int:
         """Stop waiting for ids in ``[first, last]``: count them as lost. O(g). Returns how many."""
@@ -134,15 +196,18 @@ class SymbolStats:
     O(1) as gaps are few.
     """
 
-    __slots__ = ("ids", "last_price", "last_trade_time", "lock", "median", "symbol")
+    __slots__ = (
+        "ids", "last_price", "last_trade_id", "last_trade_time", "lock", "median", "symbol",
+    )  # fmt: skip
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
         self.lock = threading.Lock()  # guards every attribute below
         self.median = RunningMedian()
         self.ids = TradeIds()
-        self.last_price: int | None = None  # price of the highest trade id applied
-        self.last_trade_time: int | None = None
+        self.last_trade_id = -1  # highest trade id applied
+        self.last_price: int | None = None  # its price
+        self.last_trade_time: int | None = None  # its time
 
     def apply(self, trade_id: int, price: int, trade_time: int) -> Outcome:
         """Apply one trade exactly once. O(log d); one lock taken."""
@@ -151,10 +216,31 @@ class SymbolStats:
             if outcome is Outcome.DUPLICATE:
                 return outcome
             self.median.add(price)
-            if outcome is Outcome.APPLIED:
+            if trade_id > self.last_trade_id:
+                self.last_trade_id = trade_id
                 self.last_price = price
                 self.last_trade_time = trade_time
             return outcome
+
+    def baseline(self, last_id: int) -> None:
+        """See :meth:`TradeIds.baseline`; under the lock."""
+        with self.lock:
+            self.ids.baseline(last_id)
+
+    def sweep(self, first_id: int, last_id: int) -> int:
+        """See :meth:`TradeIds.sweep`; under the lock."""
+        with self.lock:
+            return self.ids.sweep(first_id, last_id)
+
+    def give_up(self, first: int, last: int) -> int:
+        """Stop waiting for trade ids ``first..last``; they count as lost. O(g)."""
+        with self.lock:
+            return self.ids.give_up(first, last)
+
+    def oldest_gap(self) -> tuple[int, int] | None:
+        """The lowest missing id range, or None. O(1)."""
+        with self.lock:
+            return self.ids.gaps[0] if self.ids.gaps else None
 
     def view(self) -> StatsView:
         """The statistics at one instant, copied under the lock."""
@@ -165,7 +251,7 @@ class SymbolStats:
                 self.median.count,
                 self.median.twice_median,
                 self.last_price,
-                ids.last,
+                None if self.last_trade_id < 0 else self.last_trade_id,
                 self.last_trade_time,
                 ids.missing,
                 ids.lost,

@@ -27,6 +27,8 @@ def test_trade_ids_match_an_applied_set(ids: list[int]) -> None:
             continue
         elif applied and t < max(applied):
             assert outcome is Outcome.FILLED
+        elif applied and t > max(applied) + 1:
+            assert outcome is Outcome.GAP
         else:
             assert outcome is Outcome.APPLIED
         applied.add(t)
@@ -68,7 +70,7 @@ def test_stats_apply_exactly_once_and_last_price_by_highest_id() -> None:
     outcomes = [stats.apply(t, p, ms) for t, p, ms in trades]
     assert outcomes == [
         Outcome.APPLIED,
-        Outcome.APPLIED,
+        Outcome.GAP,
         Outcome.FILLED,
         Outcome.DUPLICATE,
         Outcome.FILLED,

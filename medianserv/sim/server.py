@@ -39,7 +39,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, Event
 from websockets.sync.server import Server, ServerConnection, serve
 
-from ..prices import parse_price
+from ..prices import format_price, parse_price
 from ..recordings import read_trade_frames
 from .market import Listing, Market, Trade, generate_listings, load_listings
 
@@ -75,8 +75,10 @@ class SimConfig:
     max_connection_attempts: int = 300
     connection_window: float = 300.0
     weight_per_minute: int = 6000
+    weight_window: float = 60.0  # seconds of a weight window (Binance: one minute)
     weight_exchange_info: int = 20
     weight_historical_trades: int = 25
+    weight_ticker_all: int = 80  # GET /api/v3/ticker/24hr without a symbol
     requests_after_429_before_ban: int = 10
     ban_seconds: float = 120.0
     max_outbox: int = 500_000  # frames queued for one slow client before it is disconnected
@@ -199,6 +201,7 @@ class Simulator:
         self._limits_lock = threading.Lock()  # guards the REST and connection-attempt limits
         self._weight_window = -1
         self._weight_used = 0
+        self._weight_limit = cfg.weight_per_minute
         self._after_429 = 0
         self._banned_until = 0.0
         self._attempts: deque[float] = deque()
@@ -327,6 +330,11 @@ class Simulator:
                 s.shutdown_at = at
                 s.wake.set()
         return len(sessions)
+
+    def set_weight_limit(self, weight: int) -> None:
+        """Change the REST weight budget per window at runtime (0: every call gets 429)."""
+        with self._limits_lock:
+            self._weight_limit = weight
 
     def refuse_connections(self, seconds: float) -> None:
         """Answer every new WebSocket handshake with 503 for ``seconds``."""
@@ -505,7 +513,10 @@ class Simulator:
                     reason = "slow consumer"
                     return
                 if now >= session.stalled_until:
-                    self._flush(session)
+                    try:
+                        self._flush(session)
+                    except OSError:  # the client is gone; websockets reports how
+                        continue
                 if session.shutdown_at is not None:
                     if now >= session.shutdown_at:
                         conn.close(1001, "server shutdown")
@@ -664,10 +675,11 @@ class Simulator:
                 retry = str(int(self._banned_until - now) + 1)
                 body = {"code": -1003, "msg": "Way too much request weight used; IP banned."}
                 return _json_response(418, body, {"Retry-After": retry})
-            window = int(now // 60)
+            span = cfg.weight_window
+            window = int(now // span)
             if window != self._weight_window:
                 self._weight_window, self._weight_used, self._after_429 = window, 0, 0
-            if self._weight_used + weight > cfg.weight_per_minute:
+            if self._weight_used + weight > self._weight_limit:
                 self._after_429 += 1
                 if self._after_429 > cfg.requests_after_429_before_ban:
                     self._banned_until = now + cfg.ban_seconds
@@ -675,7 +687,7 @@ class Simulator:
                     body = {"code": -1003, "msg": "Way too much request weight used; IP banned."}
                     return _json_response(418, body, {"Retry-After": str(int(cfg.ban_seconds))})
                 self.counters.violation("rest_weight_exceeded")
-                retry = str(int((window + 1) * 60 - now) + 1)
+                retry = str(int((window + 1) * span - now) + 1)
                 headers = {"Retry-After": retry, "X-MBX-USED-WEIGHT-1M": str(self._weight_used)}
                 body = {"code": -1003, "msg": "Too much request weight used; please use "
                         "WebSocket streams for live updates to avoid polling the API."}  # fmt: skip
@@ -696,6 +708,10 @@ class Simulator:
             "/api/v3/time": (1, lambda p: (200, {"serverTime": self._ms()})),
             "/api/v3/exchangeInfo": (cfg.weight_exchange_info, self._exchange_info),
             "/api/v3/historicalTrades": (cfg.weight_historical_trades, self._historical_trades),
+            "/api/v3/ticker/24hr": (
+                2 if "symbol" in params else cfg.weight_ticker_all,
+                self._ticker,
+            ),
         }
         route = routes.get(path)
         if route is None:
@@ -740,6 +756,25 @@ class Simulator:
         top["serverTime"] = self._ms()
         return 200, {**top, "symbols": symbols}
 
+    def _ticker(self, params: dict[str, str]) -> tuple[int, Any]:
+        """24-hour tickers; medianserv reads ``lastId`` (-1 for a symbol without trades)."""
+        with self.hub_lock:
+            wanted = [params["symbol"]] if "symbol" in params else list(self.market.listings)
+            out = []
+            for symbol in wanted:
+                if symbol not in self.market.listings:
+                    return 400, {"code": -1121, "msg": "Invalid symbol."}
+                t = self.market.truth[symbol]
+                traded = t.count > 0
+                out.append({
+                    "symbol": symbol,
+                    "lastPrice": format_price(t.last_price) if t.last_price is not None else "0",
+                    "firstId": t.first_id if traded else -1,
+                    "lastId": t.next_id - 1 if traded else -1,
+                    "count": t.count,
+                })  # fmt: skip
+        return 200, out[0] if "symbol" in params else out
+
     def _historical_trades(self, params: dict[str, str]) -> tuple[int, Any]:
         symbol = params.get("symbol")
         if not symbol:
@@ -766,6 +801,7 @@ class Simulator:
             "pause": self.pause,
             "resume": self.resume,
             "rate": lambda: self.set_rate(float(params["tps"])),
+            "weight": lambda: self.set_weight_limit(int(params["limit"])),
             "drop": self.drop_all,
             "shutdown": lambda: self.announce_shutdown(float(params.get("delay", "1"))),
             "refuse": lambda: self.refuse_connections(float(params.get("seconds", "5"))),

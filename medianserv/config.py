@@ -1,0 +1,153 @@
+"""Config: every setting of the service and its default, in one place.
+
+Each field is a command-line option (``--snapshot-interval``) and an environment variable
+(``MEDIANSERV_SNAPSHOT_INTERVAL``); the command line wins over the environment, which wins over
+the default. The first block of options is a public contract: their names do not change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Config", "add_arguments", "from_args"]
+
+ENV_PREFIX = "MEDIANSERV_"
+DEFAULT_DATA_DIR = Path("./data")
+
+
+def _opt(default: Any, help: str, *, advanced: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "advanced": advanced})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one medianserv run. Immutable; :meth:`validate` checks ranges."""
+
+    host: str = _opt("0.0.0.0", "address the REST API listens on (the API is public)")
+    port: int = _opt(8080, "port of the REST API")
+    data_dir: Path = _opt(DEFAULT_DATA_DIR, "directory of the LMDB snapshot store")
+    rest_url: str = _opt("https://api.binance.com", "Binance REST base URL (/api/v3/... appended)")
+    ws_url: str = _opt(
+        "wss://stream.binance.com:9443", "Binance WebSocket base URL (/stream appended)"
+    )
+    snapshot_interval: float = _opt(5.0, "seconds between snapshots to LMDB")
+    exchange_info_interval: float = _opt(
+        300.0, "seconds between re-reads of exchangeInfo (listings and delistings)"
+    )
+    max_streams_per_connection: int = _opt(1024, "trade streams per WebSocket connection")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    # Advanced: sensible for Binance; tests shrink them to make rare paths common.
+    control_messages_per_second: float = _opt(
+        3.0, "SUBSCRIBE/LIST messages sent per second per connection (Binance allows 5, "
+        "pongs included)", advanced=True)  # fmt: skip
+    subscribe_batch_bytes: int = _opt(
+        3000, "largest SUBSCRIBE frame in bytes (Binance ignores ~4 KB+)", advanced=True
+    )
+    rotate_after: float = _opt(
+        23 * 3600.0, "seconds before a connection is replaced (Binance ends it at 24 h)",
+        advanced=True)  # fmt: skip
+    rotate_jitter: float = _opt(
+        1200.0, "random extra seconds, so connections do not all rotate together", advanced=True
+    )
+    silence_timeout: float = _opt(
+        30.0, "seconds without a frame before a connection is probed", advanced=True
+    )
+    probe_timeout: float = _opt(
+        10.0, "seconds a probed connection has to answer before it is replaced", advanced=True
+    )
+    backoff_initial: float = _opt(0.5, "first reconnect delay, seconds", advanced=True)
+    backoff_max: float = _opt(30.0, "largest reconnect delay, seconds", advanced=True)
+    max_connection_attempts: int = _opt(
+        250, "WebSocket connection attempts allowed per window (Binance: 300 per 5 min)",
+        advanced=True)  # fmt: skip
+    connection_window: float = _opt(300.0, "window of that limit, seconds", advanced=True)
+    rest_weight_limit: int = _opt(6000, "Binance REST weight per minute", advanced=True)
+    backfill_weight_share: float = _opt(
+        0.5, "share of the REST weight the gap backfill may use", advanced=True
+    )
+    backfill_delay: float = _opt(
+        2.0, "seconds a gap waits for late frames before it is backfilled", advanced=True
+    )
+    backfill_max_trades: int = _opt(
+        1_000_000, "largest gap backfilled; larger ones are counted as lost", advanced=True
+    )
+    ready_timeout: float = _opt(
+        120.0, "seconds to wait for the first subscriptions before /-/ready says why not",
+        advanced=True)  # fmt: skip
+    reset: bool = _opt(False, "start afresh: delete the snapshot store first", advanced=True)
+
+    def validate(self) -> Config:
+        """Raise :class:`ConfigError` for any value out of range; returns self."""
+        positive = ("snapshot_interval", "exchange_info_interval", "control_messages_per_second",
+                    "silence_timeout", "probe_timeout", "backoff_initial", "backoff_max",
+                    "connection_window", "rotate_after")  # fmt: skip
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port out of range: {self.port}")
+        if not 1 <= self.max_streams_per_connection <= 1024:
+            raise ConfigError("max_streams_per_connection must be within 1..1024")
+        if not 0 < self.backfill_weight_share <= 1:
+            raise ConfigError("backfill_weight_share must be within (0, 1]")
+        if self.subscribe_batch_bytes < 100:
+            raise ConfigError("subscribe_batch_bytes is too small for one stream name")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"unknown log level {self.log_level!r}")
+        for name in ("rest_url", "ws_url"):
+            url = getattr(self, name)
+            schemes = ("http://", "https://") if name == "rest_url" else ("ws://", "wss://")
+            if not url.startswith(schemes):
+                raise ConfigError(f"{name} must start with {' or '.join(schemes)}: {url!r}")
+        return self
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not a boolean: {text!r}")
+
+
+def _convert(f: dataclasses.Field[Any], text: str) -> Any:
+    kind: Callable[[str], Any] = type(f.default)
+    try:
+        if kind is bool:
+            return _parse_bool(text)
+        return kind(text)
+    except ValueError as exc:
+        raise ConfigError(f"{f.name}: cannot read {text!r}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
+    """Add one option per Config field; defaults come from MEDIANSERV_* in ``env`` if set."""
+    env = os.environ if env is None else env
+    advanced = parser.add_argument_group("advanced")
+    for f in dataclasses.fields(Config):
+        env_name = ENV_PREFIX + f.name.upper()
+        default = _convert(f, env[env_name]) if env_name in env else f.default
+        target = advanced if f.metadata["advanced"] else parser
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {env_name}]"
+        if isinstance(f.default, bool):
+            target.add_argument(flag, action="store_true", default=default, help=help_text)
+        else:
+            target.add_argument(flag, type=partial(_convert, f), default=default, help=help_text)
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """The validated Config of parsed arguments."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    return Config(**values).validate()

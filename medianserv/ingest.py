@@ -1,0 +1,242 @@
+"""Ingest: the symbol table, the readers that feed it, listing refreshes and the backfill.
+
+Threads owned here (each with a stop event, all stopped and joined by :meth:`Ingest.stop`):
+``reader-N`` (one per connection, :class:`~medianserv.streams.Reader`), ``listings``
+(re-reads exchangeInfo every ``exchange_info_interval``) and ``backfill``.
+
+``table`` is replaced whole when the listing changes (an atomic attribute swap); readers read
+it for every frame, so a new symbol is served as soon as its stream delivers. Every stats
+object ever created or restored stays in ``known``, so a symbol listed again, even after a
+delisting, finds its history.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .backfill import Backfill
+from .config import Config
+from .errors import InputError
+from .exchange import RestClient, RestError
+from .pacing import backoff
+from .streams import AttemptGate, Reader, plan_connections, stream_of
+from .symbols import SymbolStats, SymbolTable
+
+__all__ = ["Ingest"]
+
+log = logging.getLogger(__name__)
+
+
+class Ingest:
+    """Everything between Binance and the statistics."""
+
+    def __init__(
+        self,
+        config: Config,
+        rest: RestClient,
+        known: Iterable[SymbolStats] = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.rest = rest
+        self.clock = clock
+        self.table = SymbolTable.build([])  # swapped whole under _lock; read without it
+        self._lock = threading.Lock()  # guards known, readers and table swaps
+        self.known: dict[str, SymbolStats] = {s.symbol: s for s in known}
+        self.readers: list[Reader] = []
+        self._next_slot = 0  # label of the next reader (its thread is reader-<slot>)
+        self.gate = AttemptGate(config.max_connection_attempts, config.connection_window)
+        self.backfill = Backfill(config, rest, lambda: self.table)
+        self.stopping = threading.Event()  # set by stop(): the listings thread exits
+        self.listed_at: float | None = None  # when exchangeInfo was last read
+        self.listing_failures = 0
+        self._threads: list[threading.Thread] = []
+
+    # -- the Ingestor interface the readers use ------------------------------------------------
+
+    def gap_found(self, symbol: str) -> None:
+        self.backfill.notify(symbol)
+
+    def resubscribed(self, streams: frozenset[str]) -> None:
+        """A connection came (back) up: look for trades missed meanwhile. O(symbols)."""
+        self.backfill.sweep(s for s in self.table.symbols if stream_of(s) in streams)
+
+    # -- listings -------------------------------------------------------------------------------
+
+    def apply_listing(
+        self, symbols: list[str], ranges: dict[str, tuple[int, int]] | None = None
+    ) -> bool:
+        """Make ``symbols`` the served set: new table, new plan, readers told. True if changed.
+
+        ``ranges`` (the 24-hour tickers' trade ids) baseline the history of new symbols before
+        their streams are subscribed, so trades missed later can be recognised as ours.
+        """
+        with self._lock:
+            if tuple(symbols) == self.table.symbols:
+                return False
+            old = set(self.table.symbols)
+            table = SymbolTable.rebuild(symbols, self.known)
+            for symbol, stats in table.items():
+                self.known.setdefault(symbol, stats)
+                if ranges is not None and symbol not in old:
+                    stats.baseline(ranges.get(symbol, (-1, -1))[1])
+            self.table = table
+            plan = plan_connections(
+                [stream_of(s) for s in symbols],
+                self.config.max_streams_per_connection,
+                [r.wanted for r in self.readers],
+            )
+            self._assign(plan)
+        added, removed = len(set(symbols) - old), len(old - set(symbols))
+        log.info(
+            "listing: %d symbols (+%d, -%d) over %d connections",
+            len(symbols), added, removed, len(plan),
+        )  # fmt: skip
+        return True
+
+    def _assign(self, plan: list[set[str]]) -> None:
+        """Give each planned group to the reader already holding most of it; start readers for
+        extra groups, stop readers left without one. Caller holds _lock. O(groups * readers)."""
+        free = list(self.readers)
+        assigned: list[Reader] = []
+        for streams in plan:
+            best = max(free, key=lambda r: len(r.wanted & streams), default=None)
+            if best is None:
+                best = Reader(self._next_slot, self, self.config, self.gate)
+                self._next_slot += 1
+                if not self.stopping.is_set():
+                    best.start()
+            else:
+                free.remove(best)
+            best.set_streams(streams)
+            assigned.append(best)
+        for reader in free:
+            reader.set_streams(())
+            reader.stop()
+        self.readers = assigned
+
+    def refresh_listing(self, *, need_baseline: bool = False) -> bool:
+        """Read exchangeInfo (and, for new symbols, the tickers) and apply it.
+
+        Raises RestError or InputError when exchangeInfo fails, or when the tickers fail and
+        ``need_baseline`` is set; otherwise new symbols start their history at their first trade.
+        """
+        symbols = self.rest.exchange_symbols()
+        ranges = None
+        if set(symbols) - set(self.table.symbols):
+            try:
+                ranges = self.rest.trade_id_ranges()
+            except (RestError, InputError) as exc:
+                if need_baseline:
+                    raise
+                log.warning("tickers unavailable (%s): new symbols start at their first trade", exc)
+        self.listed_at = time.time()
+        return self.apply_listing(symbols, ranges)
+
+    def first_listing(self) -> bool:
+        """Read exchangeInfo, retrying with backoff until it works; False if stopped first."""
+        delays = backoff(self.config.backoff_initial, self.config.backoff_max)
+        while not self.stopping.is_set():
+            try:
+                self.refresh_listing(need_baseline=True)
+                return True
+            except (RestError, InputError) as exc:
+                self.listing_failures += 1
+                delay = next(delays)
+                log.warning("exchangeInfo unavailable (%s); retrying in %.1f s", exc, delay)
+                self.stopping.wait(delay)
+        return False
+
+    def _run_listings(self) -> None:
+        while not self.stopping.wait(self.config.exchange_info_interval):
+            try:
+                self.refresh_listing()
+            except (RestError, InputError) as exc:
+                self.listing_failures += 1
+                log.warning("exchangeInfo re-read failed (%s); keeping the current listing", exc)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the listings and backfill threads (readers start with the first listing)."""
+        self._threads = [
+            threading.Thread(target=self._run_listings, name="listings", daemon=True),
+            threading.Thread(target=self.backfill.run, name="backfill", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def supervise(self) -> list[str]:
+        """Restart any dead thread (a bug killed it); returns what was restarted. O(readers)."""
+        restarted = []
+        with self._lock:
+            for slot, reader in enumerate(self.readers):
+                if (
+                    reader.thread is not None
+                    and not reader.thread.is_alive()
+                    and not reader.stopping.is_set()
+                ):
+                    fresh = Reader(slot, self, self.config, self.gate)
+                    fresh.set_streams(reader.wanted)
+                    self.readers[slot] = fresh
+                    fresh.start()
+                    restarted.append(f"reader-{slot}")
+        for i, t in enumerate(self._threads):
+            if not t.is_alive() and not self.stopping.is_set():
+                target = self._run_listings if t.name == "listings" else self.backfill.run
+                self._threads[i] = threading.Thread(target=target, name=t.name, daemon=True)
+                self._threads[i].start()
+                restarted.append(t.name)
+        return restarted
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every thread and wait for them (readers close their connections)."""
+        self.stopping.set()
+        self.backfill.stop()
+        with self._lock:
+            readers = list(self.readers)
+        for r in readers:
+            r.stop()
+        for r in readers:
+            r.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
+
+    # -- state for the API ------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether every connection is up with all its streams confirmed, and if not why."""
+        if self.listed_at is None:
+            return False, "exchangeInfo not read yet"
+        readers = list(self.readers)
+        waiting = [r.slot for r in readers if not r.stats.ready]
+        if waiting:
+            return False, f"connections {waiting} not subscribed yet"
+        return True, f"{len(self.table)} symbols over {len(readers)} connections"
+
+    def counters(self) -> dict[str, Any]:
+        """Totals over every reader and the backfill (for /metrics). O(readers)."""
+        readers = list(self.readers)
+        rejected: dict[str, int] = {}
+        for r in readers:
+            for kind, n in r.stats.rejected.items():
+                rejected[kind] = rejected.get(kind, 0) + n
+        return {
+            "applied": sum(r.stats.applied for r in readers),
+            "duplicates": sum(r.stats.duplicates for r in readers),
+            "gaps": sum(r.stats.gaps for r in readers),
+            "filled_live": sum(r.stats.filled for r in readers),
+            "rejected": rejected,
+            "reconnects": sum(r.stats.reconnects for r in readers),
+            "rotations": sum(r.stats.rotations for r in readers),
+            "connections_open": sum(r.stats.connected for r in readers),
+            "connections": len(readers),
+            "lag_ms": {r.slot: r.stats.lag_ms for r in readers},
+            "streams": {r.slot: r.stats.subscribed for r in readers},
+            "backfill": dict(vars(self.backfill.stats)),
+        }

@@ -1,0 +1,498 @@
+"""Trade streams: the connection plan (pure) and one reader thread per WebSocket connection.
+
+Theory of operation
+-------------------
+:func:`plan_connections` spreads N streams over ceil(N / cap) connections, keeping streams
+where they already are so a listing change touches only the streams that changed.
+
+A :class:`Reader` owns one *slot* of the plan. Its thread connects to ``/stream`` (no streams
+in the URL: no URL-length limit to meet), then reconciles what the connection is subscribed to
+with what the slot wants, in SUBSCRIBE/UNSUBSCRIBE frames under ``subscribe_batch_bytes``,
+paced by a token bucket below Binance's 5 messages per second (our pongs count too). Each
+change is confirmed with LIST_SUBSCRIPTIONS; what the server does not list is subscribed again.
+
+Every frame is decoded (:mod:`.messages`), looked up in the current :class:`SymbolTable` and
+applied with :meth:`SymbolStats.apply`, which is exactly-once by trade id, so a trade that
+arrives twice (two connections during a rotation, a replay after a reconnect) counts once, and
+a jump in ids opens a gap that the backfill fills over REST.
+
+Failures (a dropped connection, a refused handshake, a silent connection that does not answer
+a probe) end the connection; the thread reconnects with capped, jittered backoff, forever.
+Before Binance's 24-hour limit, or when Binance announces ``serverShutdown``, the reader
+rotates make-before-break: it opens and fully subscribes the replacement while still reading
+the old connection, then closes the old one.
+
+websockets keeps reading the socket (and answering pings) in its own thread, and its incoming
+buffer applies back-pressure when full: nothing is dropped, and pongs go out promptly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from typing import Any, Protocol
+
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+from .config import Config
+from .errors import PriceError
+from .logs import RateLimitedLog
+from .messages import Rejected, Reply, ServerShutdown, TradeEvent, decode
+from .pacing import SlidingWindow, TokenBucket, backoff
+from .prices import parse_price
+from .symbols import Outcome, SymbolTable
+
+__all__ = [
+    "AttemptGate",
+    "Reader",
+    "ReaderStats",
+    "plan_connections",
+    "stream_batches",
+    "stream_of",
+]
+
+log = logging.getLogger(__name__)
+
+
+def stream_of(symbol: str) -> str:
+    """The trade stream name of a symbol: ``BTCUSDT`` -> ``btcusdt@trade``."""
+    return symbol.lower() + "@trade"
+
+
+def plan_connections(
+    streams: Sequence[str], cap: int, current: Sequence[Iterable[str]] = ()
+) -> list[set[str]]:
+    """Assign ``streams`` to the fewest connections of at most ``cap`` streams. Pure. O(N).
+
+    Streams keep the group they are in within ``current``; delisted ones leave; new ones fill
+    the free room, lowest group first. If that leaves more groups than ceil(N / cap), the
+    emptiest ones are drained into the others; empty groups are dropped.
+
+    >>> [sorted(g) for g in plan_connections(["a", "b", "c"], 2)]
+    [['a', 'b'], ['c']]
+    >>> [sorted(g) for g in plan_connections(["a", "c", "d"], 2, [{"a", "b"}, {"c"}])]
+    [['a', 'd'], ['c']]
+    """
+    wanted = dict.fromkeys(streams)
+    need = math.ceil(len(wanted) / cap) if wanted else 0
+    slots = [{s for s in group if s in wanted} for group in current]
+    placed = set().union(*slots) if slots else set()
+    while len([g for g in slots if g]) > need:  # drain the emptiest slot into the others
+        victim = min((i for i, g in enumerate(slots) if g), key=lambda i: len(slots[i]))
+        placed -= slots[victim]
+        slots[victim] = set()
+    slots = [g for g in slots if g]
+    pending = [s for s in wanted if s not in placed]
+    for group in slots:
+        while pending and len(group) < cap:
+            group.add(pending.pop(0))
+    while pending:
+        slots.append(set(pending[:cap]))
+        del pending[:cap]
+    return slots
+
+
+def stream_batches(streams: Iterable[str], max_bytes: int) -> list[list[str]]:
+    """Split streams into SUBSCRIBE parameter lists whose frames stay under ``max_bytes``.
+
+    >>> stream_batches(["a@trade", "b@trade", "c@trade"], 80)
+    [['a@trade', 'b@trade'], ['c@trade']]
+    """
+    overhead = len('{"method":"UNSUBSCRIBE","params":[],"id":1000000000}')
+    batches: list[list[str]] = []
+    current: list[str] = []
+    size = overhead
+    for s in sorted(streams):
+        cost = len(json.dumps(s).encode()) + 1
+        if current and size + cost > max_bytes:
+            batches.append(current)
+            current, size = [], overhead
+        current.append(s)
+        size += cost
+    if current:
+        batches.append(current)
+    return batches
+
+
+class AttemptGate:
+    """Connection attempts shared by every reader: under Binance's 300 per 5 minutes."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
+        self._lock = threading.Lock()  # guards the window
+        self._window = SlidingWindow(limit, window)
+        self.clock = clock
+        self.waits = 0  # attempts that had to wait for room
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Block until an attempt is allowed; False if ``stop`` was set first."""
+        while not stop.is_set():
+            with self._lock:
+                now = self.clock()
+                if self._window.try_add(now):
+                    return True
+                delay = self._window.wait_time(now)
+                self.waits += 1
+            stop.wait(min(delay, 1.0))
+        return False
+
+
+class Ingestor(Protocol):
+    """What a reader needs from its owner: the current table and a place to report gaps."""
+
+    @property
+    def table(self) -> SymbolTable: ...
+
+    def gap_found(self, symbol: str) -> None: ...
+
+    def resubscribed(self, streams: frozenset[str]) -> None: ...
+
+
+class ReaderStats:
+    """Counters of one reader. Written by its thread alone; read without a lock by /metrics."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.applied = 0  # trades applied (new and late)
+        self.duplicates = 0
+        self.filled = 0  # trades applied inside a gap
+        self.gaps = 0  # jumps in trade ids seen
+        self.rejected: Counter[str] = Counter()  # by kind
+        self.connects = 0
+        self.reconnects = 0  # connections that ended in a failure
+        self.rotations = 0
+        self.shutdown_notices = 0
+        self.probes = 0
+        self.lag_ms = 0  # now - event time of the last trade
+        self.connected = False
+        self.ready = False  # connected and every wanted stream confirmed
+        self.subscribed = 0
+
+
+class Stalled(Exception):
+    """A connection stopped answering (no reply to a probe, or subscriptions never confirmed)."""
+
+
+class _Link:
+    """One WebSocket connection and its subscription bookkeeping (owned by one reader)."""
+
+    def __init__(
+        self, ws: ClientConnection, stack: ExitStack, now: float, rotate_at: float, rate: float
+    ):
+        self.ws = ws
+        self._stack = stack
+        self.opened = now
+        self.rotate_at = rotate_at
+        self.last_frame = now
+        self.bucket = TokenBucket(rate, max(1.0, rate), now)
+        self.subscribed: set[str] = set()  # acknowledged by the server
+        self.pending: dict[int, tuple[str, list[str]]] = {}  # request id -> (method, streams)
+        self.verified = False  # a LIST_SUBSCRIPTIONS matched since the last change
+        self.probe_sent: float | None = None
+        self.next_id = 0
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class Reader:
+    """One connection slot: a thread that keeps ``streams`` subscribed and applies their trades.
+
+    The owner sets the wanted streams with :meth:`set_streams` (an atomic swap the thread
+    reconciles within a quarter second) and stops it with :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        slot: int,
+        owner: Ingestor,
+        config: Config,
+        gate: AttemptGate,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rnd: random.Random | None = None,
+    ) -> None:
+        self.slot = slot
+        self.owner = owner
+        self.config = config
+        self.gate = gate
+        self.clock = clock
+        self.rnd = rnd or random.Random()
+        self.stats = ReaderStats()
+        self.wanted: frozenset[str] = frozenset()  # replaced whole by set_streams()
+        self.stopping = threading.Event()  # set by stop(): the thread closes and exits
+        self.thread: threading.Thread | None = None
+        self._rotate_now = False  # set on serverShutdown
+        self._rlog = RateLimitedLog(log)
+
+    # -- control, from the owner's thread ------------------------------------------------------
+
+    def set_streams(self, streams: Iterable[str]) -> None:
+        self.wanted = frozenset(streams)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, name=f"reader-{self.slot}", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Connect, read, reconnect forever; until :meth:`stop`. Our own bugs propagate."""
+        delays = None
+        while not self.stopping.is_set():
+            started = self.clock()
+            try:
+                self._run_connection()
+                continue
+            except (OSError, WebSocketException, TimeoutError, Stalled) as exc:
+                self.stats.reconnects += 1
+                self._rlog.warning(
+                    f"fail{self.slot}", "connection %d failed: %s: %s", self.slot,
+                    type(exc).__name__, exc,
+                )  # fmt: skip
+            finally:
+                self.stats.connected = self.stats.ready = False
+            if delays is None or self.clock() - started > 2 * self.config.backoff_max:
+                delays = backoff(self.config.backoff_initial, self.config.backoff_max, rnd=self.rnd)
+            self.stopping.wait(next(delays))
+
+    def _open(self) -> _Link:
+        if not self.gate.wait(self.stopping):
+            raise Stalled("stopping")
+        stack = ExitStack()
+        try:
+            ws = stack.enter_context(
+                connect(
+                    self.config.ws_url.rstrip("/") + "/stream",
+                    open_timeout=10,
+                    close_timeout=2,
+                    ping_interval=None,  # Binance pings us; our probes cover liveness
+                    max_size=2**20,
+                    max_queue=(4096, 1024),  # back-pressure past 4,096 frames, never a drop
+                    compression=None,
+                )
+            )
+        except BaseException:
+            stack.close()
+            raise
+        now = self.clock()
+        self.stats.connects += 1
+        cfg = self.config
+        rotate_at = now + cfg.rotate_after + self.rnd.random() * cfg.rotate_jitter
+        return _Link(ws, stack, now, rotate_at, cfg.control_messages_per_second)
+
+    def _run_connection(self) -> None:
+        link = self._open()
+        self.stats.connected = True
+        announced = False
+        try:
+            next_housekeeping = 0.0
+            while not self.stopping.is_set():
+                try:
+                    raw = link.ws.recv(timeout=0.25)
+                except TimeoutError:
+                    raw = None
+                now = self.clock()
+                if raw is not None:
+                    link.last_frame = now
+                    self._handle(raw, link)
+                if now >= next_housekeeping:
+                    next_housekeeping = now + 0.25
+                    self.stats.ready = self._reconcile(link, now)
+                    if self.stats.ready and not announced:
+                        announced = True  # trades missed while we were away can be found now
+                        self.owner.resubscribed(self.wanted)
+                    link = self._watchdog(link, now)
+        finally:
+            link.close()
+
+    # -- frames ------------------------------------------------------------------------------------
+
+    def _handle(self, raw: str | bytes, link: _Link) -> Outcome | None:
+        """Apply one frame. The per-trade path: decode, look up, parse, apply (one lock).
+        Returns what happened to a trade, None for other frames."""
+        stats = self.stats
+        stats.frames += 1
+        msg = decode(raw)
+        if type(msg) is TradeEvent:
+            symbol_stats = self.owner.table.get(msg.s)
+            if symbol_stats is None:
+                self._reject("unknown_symbol", msg.s)
+                return None
+            try:
+                price = parse_price(msg.p)
+            except PriceError:
+                self._reject("bad_price", f"{msg.s} {msg.p[:40]!r}")
+                return None
+            outcome = symbol_stats.apply(msg.t, price, msg.T)
+            if outcome is Outcome.DUPLICATE:
+                stats.duplicates += 1
+                return outcome
+            stats.applied += 1
+            stats.lag_ms = int(time.time() * 1000) - msg.E
+            if outcome is Outcome.GAP:
+                stats.gaps += 1
+                self.owner.gap_found(msg.s)
+            elif outcome is Outcome.FILLED:
+                stats.filled += 1
+            return outcome
+        if type(msg) is Reply:
+            self._on_reply(msg, link)
+        elif type(msg) is ServerShutdown:
+            stats.shutdown_notices += 1
+            self._rotate_now = True
+            log.info("connection %d: Binance announced a shutdown; rotating", self.slot)
+        elif type(msg) is Rejected:
+            self._reject(msg.kind, str(raw[:80]))
+        return None
+
+    def _reject(self, kind: str, detail: str) -> None:
+        self.stats.rejected[kind] += 1
+        self._rlog.warning(kind, "rejected frame (%s): %s", kind, detail)
+
+    def _on_reply(self, reply: Reply, link: _Link) -> None:
+        request = link.pending.pop(reply.id, None) if isinstance(reply.id, int) else None
+        if request is None:
+            return
+        method, streams = request
+        if reply.error is not None:
+            self._rlog.warning(f"err{method}", "%s refused: %s", method, str(reply.error)[:200])
+            return
+        if method == "SUBSCRIBE":
+            link.subscribed.update(streams)
+            link.verified = False
+        elif method == "UNSUBSCRIBE":
+            link.subscribed.difference_update(streams)
+            link.verified = False
+        elif method == "LIST_SUBSCRIPTIONS":
+            link.probe_sent = None
+            if isinstance(reply.result, list):
+                listed = {s for s in reply.result if isinstance(s, str)}
+                missing = link.subscribed - listed
+                if missing:
+                    self._rlog.warning(
+                        f"missing{self.slot}", "connection %d: %d streams not confirmed; "
+                        "subscribing again", self.slot, len(missing),
+                    )  # fmt: skip
+                link.subscribed = listed
+                link.verified = not link.pending and listed == self.wanted
+        self.stats.subscribed = len(link.subscribed)
+
+    # -- subscriptions and liveness ----------------------------------------------------------------
+
+    def _send(self, link: _Link, method: str, streams: list[str] | None) -> None:
+        link.next_id += 1
+        body: dict[str, Any] = {"method": method, "id": link.next_id}
+        if streams is not None:
+            body["params"] = streams
+        link.pending[link.next_id] = (method, streams or [])
+        link.ws.send(json.dumps(body, separators=(",", ":")))
+
+    def _reconcile(self, link: _Link, now: float) -> bool:
+        """Send what the token bucket allows towards ``wanted``, then verify. True when the
+        connection carries exactly the wanted streams, confirmed by LIST_SUBSCRIPTIONS."""
+        wanted = self.wanted
+        in_flight = {s for _, streams in link.pending.values() for s in streams}
+        to_add = wanted - link.subscribed - in_flight
+        to_remove = link.subscribed - wanted - in_flight
+        max_bytes = self.config.subscribe_batch_bytes
+        for method, streams in (("UNSUBSCRIBE", to_remove), ("SUBSCRIBE", to_add)):
+            for batch in stream_batches(streams, max_bytes):
+                if not link.bucket.try_take(now):
+                    return False
+                self._send(link, method, batch)
+        if not link.pending and not link.verified and link.bucket.try_take(now):
+            self._send(link, "LIST_SUBSCRIPTIONS", None)
+        return link.verified and link.subscribed == wanted
+
+    def _watchdog(self, link: _Link, now: float) -> _Link:
+        """Probe a silent connection, replace a stalled one, rotate an old one."""
+        cfg = self.config
+        if link.probe_sent is not None and now - link.probe_sent > cfg.probe_timeout:
+            raise Stalled(f"no answer to a probe in {cfg.probe_timeout:g} s")
+        silent = now - link.last_frame > cfg.silence_timeout
+        if link.probe_sent is None and silent and link.bucket.try_take(now):
+            self.stats.probes += 1
+            link.probe_sent = now
+            self._send(link, "LIST_SUBSCRIPTIONS", None)
+        if self._rotate_now or now >= link.rotate_at:
+            return self._rotate(link)
+        return link
+
+    def _rotate(self, old: _Link) -> _Link:
+        """Make-before-break: subscribe a new connection fully while reading the old one."""
+        self._rotate_now = False
+        try:
+            new = self._open()
+        except (OSError, WebSocketException, TimeoutError) as exc:
+            log.warning("connection %d: rotation postponed, cannot connect: %s", self.slot, exc)
+            old.rotate_at = self.clock() + self.config.backoff_max
+            return old
+        deadline = self.clock() + 60.0
+        drain: _Link | None = old
+        try:
+            while not self.stopping.is_set():
+                now = self.clock()
+                if self._reconcile(new, now):
+                    break
+                if now > deadline:
+                    raise Stalled("replacement connection never confirmed its subscriptions")
+                try:
+                    raw = new.ws.recv(timeout=0.02)
+                    new.last_frame = now
+                    self._handle(raw, new)
+                except TimeoutError:
+                    pass
+                if drain is not None:
+                    drain = self._drain(drain)
+        except BaseException:
+            new.close()
+            raise
+        if drain is not None:
+            self._drain_until_marker(drain)
+        self.stats.rotations += 1
+        log.info("connection %d rotated (make-before-break)", self.slot)
+        return new
+
+    def _drain_until_marker(self, old: _Link, limit: float = 5.0) -> None:
+        """The new connection carries every stream now. Ask the old one for
+        LIST_SUBSCRIPTIONS: a connection delivers in order, so every trade it still owes us
+        (published before the new one took over) arrives before that reply. Then close it."""
+        deadline = self.clock() + limit
+        try:
+            self._send(old, "LIST_SUBSCRIPTIONS", None)
+            marker = old.next_id
+            while marker in old.pending and self.clock() < deadline:
+                raw = old.ws.recv(timeout=max(0.0, deadline - self.clock()))
+                self._handle(raw, old)
+        except (TimeoutError, OSError, WebSocketException):
+            pass  # what the old connection did not deliver, the gap backfill will fetch
+        finally:
+            old.close()
+
+    def _drain(self, link: _Link) -> _Link | None:
+        """Apply what the old connection has buffered; None once it is gone."""
+        try:
+            for _ in range(10_000):
+                raw = link.ws.recv(timeout=0)
+                self._handle(raw, link)
+        except TimeoutError:
+            return link
+        except (OSError, WebSocketException):
+            link.close()
+            return None
+        return link
