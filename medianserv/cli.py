@@ -1,4 +1,9 @@
-"""The ``medianserv`` command line: the service and its sub-commands (``bench`` ...)."""
+"""The ``medianserv`` command line: the service (no sub-command) and its sub-commands.
+
+``medianserv [options]`` runs the service; ``demo`` runs it against the built-in simulator;
+``simulate`` runs the simulator alone; ``snapshot info|export`` inspect a store; ``bench``
+measures. Every service option is also a ``MEDIANSERV_*`` environment variable.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +55,96 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per event, ours
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .config import from_args
+    from .errors import ConfigError
+    from .service import Service
+
+    try:
+        config = from_args(args)
+    except ConfigError as exc:
+        print(f"medianserv: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log_level)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    return Service(config).run(stop)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config import from_args
+    from .errors import ConfigError
+    from .service import Service
+    from .sim.server import SimConfig, Simulator
+
+    try:
+        config = from_args(args)
+    except ConfigError as exc:
+        print(f"medianserv: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log_level)
+    sim_config = SimConfig(
+        exchange_info=args.exchange_info, symbols=args.symbols, trades_per_second=args.tps
+    )
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    with Simulator(sim_config) as sim:
+        config = dataclasses.replace(config, rest_url=sim.rest_url, ws_url=sim.ws_url)
+        logging.getLogger("medianserv.demo").info(
+            "demo: simulated Binance at %s (%d symbols, %g trades/s); truth at %s/_sim/truth",
+            sim.rest_url, len(sim.listed()), args.tps, sim.rest_url,
+        )  # fmt: skip
+        return Service(config).run(stop)
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    from .prices import format_median, format_price
+    from .store import Store, StoreError
+
+    try:
+        store = Store.open(args.data_dir, readonly=True)
+    except StoreError as exc:
+        print(f"medianserv: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "info":
+            print(json.dumps(store.info(), indent=1))
+            return 0
+        progress = lambda s, n: print(f"reading: {s} symbols, {n} levels", file=sys.stderr)  # noqa: E731
+        for state in store.load(progress=progress):
+            from .median import RunningMedian
+
+            twice = RunningMedian.from_state(state.levels).twice_median
+            print(json.dumps({
+                "symbol": state.symbol,
+                "count": state.count,
+                "median": None if twice is None else format_median(twice),
+                "last_price": None if state.last_price is None else format_price(state.last_price),
+                "last_trade_id": None if state.last_trade_id < 0 else state.last_trade_id,
+                "levels": len(state.levels),
+                "missing_trades": sum(hi - lo + 1 for lo, hi in state.gaps),
+                "lost_trades": state.lost,
+            }))  # fmt: skip
+        return 0
+    except StoreError as exc:
+        print(f"medianserv: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .sim.server import SimConfig, Simulator, iter_config_overrides
 
@@ -82,7 +177,35 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exact running median of every Binance spot trade price, served over REST.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    from .config import DEFAULT_DATA_DIR, add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(func=_cmd_serve)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="the service against the built-in Binance simulator: try it offline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(demo)
+    demo.set_defaults(data_dir=DEFAULT_DATA_DIR / "demo")
+    demo.add_argument("--tps", type=float, default=200.0, help="simulated trades per second")
+    demo.add_argument("--symbols", type=int, default=2000, help="simulated symbols")
+    demo.add_argument(
+        "--exchange-info", type=Path, default=None,
+        help="a saved exchangeInfo to simulate, e.g. ../shared/data/exchangeInfo-2023-09-08.json",
+    )  # fmt: skip
+    demo.set_defaults(func=_cmd_demo)
+
+    snap = sub.add_parser(
+        "snapshot",
+        help="inspect a snapshot store: info (counts, size, age) or export (JSON lines)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    snap.add_argument("action", choices=["info", "export"])
+    snap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the data directory")
+    snap.set_defaults(func=_cmd_snapshot)
 
     bench = sub.add_parser(
         "bench",

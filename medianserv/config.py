@@ -81,9 +81,6 @@ class Config:
     backfill_max_trades: int = _opt(
         1_000_000, "largest gap backfilled; larger ones are counted as lost", advanced=True
     )
-    ready_timeout: float = _opt(
-        120.0, "seconds to wait for the first subscriptions before /-/ready says why not",
-        advanced=True)  # fmt: skip
     reset: bool = _opt(False, "start afresh: delete the snapshot store first", advanced=True)
 
     def validate(self) -> Config:

@@ -77,13 +77,13 @@ class Ingest:
         their streams are subscribed, so trades missed later can be recognised as ours.
         """
         with self._lock:
-            if tuple(symbols) == self.table.symbols:
+            if tuple(symbols) == self.table.symbols and self.readers:
                 return False
             old = set(self.table.symbols)
             table = SymbolTable.rebuild(symbols, self.known)
             for symbol, stats in table.items():
                 self.known.setdefault(symbol, stats)
-                if ranges is not None and symbol not in old:
+                if ranges is not None and stats.needs_baseline():
                     stats.baseline(ranges.get(symbol, (-1, -1))[1])
             self.table = table
             plan = plan_connections(
@@ -98,6 +98,20 @@ class Ingest:
             len(symbols), added, removed, len(plan),
         )  # fmt: skip
         return True
+
+    def preload(self, symbols: list[str]) -> None:
+        """Serve ``symbols`` (the listing stored by the last run) before exchangeInfo answers;
+        no stream is subscribed until the first real listing."""
+        with self._lock:
+            table = SymbolTable.rebuild(symbols, self.known)
+            for symbol, stats in table.items():
+                self.known.setdefault(symbol, stats)
+            self.table = table
+
+    def all_stats(self) -> list[SymbolStats]:
+        """Every stats object, listed or not (what snapshots cover). O(n)."""
+        with self._lock:
+            return list(self.known.values())
 
     def _assign(self, plan: list[set[str]]) -> None:
         """Give each planned group to the reader already holding most of it; start readers for
@@ -128,7 +142,7 @@ class Ingest:
         """
         symbols = self.rest.exchange_symbols()
         ranges = None
-        if set(symbols) - set(self.table.symbols):
+        if any(self.known.get(s) is None or self.known[s].needs_baseline() for s in symbols):
             try:
                 ranges = self.rest.trade_id_ranges()
             except (RestError, InputError) as exc:

@@ -21,7 +21,7 @@ from enum import IntEnum
 from .median import RunningMedian
 from .perfect_hash import PerfectHash
 
-__all__ = ["Outcome", "StatsView", "SymbolStats", "SymbolTable", "TradeIds"]
+__all__ = ["Outcome", "StatsView", "SymbolState", "SymbolStats", "SymbolTable", "TradeIds"]
 
 #: Open gap ranges kept per symbol; past it the oldest is given up (counted as lost).
 MAX_OPEN_GAPS = 256
@@ -172,6 +172,27 @@ class TradeIds:
         return dropped
 
 
+@dataclass(slots=True)
+class SymbolState:
+    """One symbol as a snapshot stores it: counters, trade-id history and price levels.
+
+    From :meth:`SymbolStats.harvest`, ``levels`` holds only the levels changed since the last
+    snapshot; from the store, every level, ascending by price.
+    """
+
+    symbol: str
+    count: int
+    last_trade_id: int
+    last_price: int | None
+    last_trade_time: int | None
+    first: int | None
+    last: int | None
+    gaps: list[tuple[int, int]]
+    lost: int
+    quiet: bool
+    levels: list[tuple[int, int]]
+
+
 @dataclass(frozen=True, slots=True)
 class StatsView:
     """One symbol's statistics at one instant (what the API serves)."""
@@ -192,12 +213,16 @@ class SymbolStats:
     :attr:`lock` serialises writers (a symbol may briefly arrive on two connections during a
     rotation) and lets readers and the snapshotter copy a consistent instant.
 
+    For incremental snapshots it remembers what changed since the last :meth:`harvest`: the
+    price levels touched (``dirty_levels``) and whether anything at all changed (``dirty``).
+
     Runtime complexity: :meth:`apply` O(log d) (the median add), :meth:`view` O(g), in practice
-    O(1) as gaps are few.
+    O(1) as gaps are few; :meth:`harvest` O(levels touched since the last one).
     """
 
     __slots__ = (
-        "ids", "last_price", "last_trade_id", "last_trade_time", "lock", "median", "symbol",
+        "dirty", "dirty_levels", "ids", "last_price", "last_trade_id", "last_trade_time", "lock",
+        "median", "symbol",
     )  # fmt: skip
 
     def __init__(self, symbol: str) -> None:
@@ -208,6 +233,8 @@ class SymbolStats:
         self.last_trade_id = -1  # highest trade id applied
         self.last_price: int | None = None  # its price
         self.last_trade_time: int | None = None  # its time
+        self.dirty = False  # changed since the last harvest
+        self.dirty_levels: set[int] = set()  # price levels added to since the last harvest
 
     def apply(self, trade_id: int, price: int, trade_time: int) -> Outcome:
         """Apply one trade exactly once. O(log d); one lock taken."""
@@ -216,31 +243,95 @@ class SymbolStats:
             if outcome is Outcome.DUPLICATE:
                 return outcome
             self.median.add(price)
+            self.dirty_levels.add(price)
+            self.dirty = True
             if trade_id > self.last_trade_id:
                 self.last_trade_id = trade_id
                 self.last_price = price
                 self.last_trade_time = trade_time
             return outcome
 
+    def needs_baseline(self) -> bool:
+        """True until history starts or the symbol is known quiet. O(1)."""
+        with self.lock:
+            return self.ids.last is None and not self.ids.quiet
+
     def baseline(self, last_id: int) -> None:
         """See :meth:`TradeIds.baseline`; under the lock."""
         with self.lock:
             self.ids.baseline(last_id)
+            self.dirty = True
 
     def sweep(self, first_id: int, last_id: int) -> int:
         """See :meth:`TradeIds.sweep`; under the lock."""
         with self.lock:
+            self.dirty = True
             return self.ids.sweep(first_id, last_id)
 
     def give_up(self, first: int, last: int) -> int:
         """Stop waiting for trade ids ``first..last``; they count as lost. O(g)."""
         with self.lock:
+            self.dirty = True
             return self.ids.give_up(first, last)
 
     def oldest_gap(self) -> tuple[int, int] | None:
         """The lowest missing id range, or None. O(1)."""
         with self.lock:
             return self.ids.gaps[0] if self.ids.gaps else None
+
+    def harvest(self) -> SymbolState | None:
+        """What changed since the last harvest, copied under the lock (None if nothing did).
+
+        Levels carry their full multiplicity, so writing them over the stored ones is
+        idempotent. O(levels touched); this is all a snapshot holds the lock for.
+        """
+        with self.lock:
+            if not self.dirty:
+                return None
+            multiplicity = self.median.multiplicity
+            levels = [(p, multiplicity(p)) for p in self.dirty_levels]
+            self.dirty_levels = set()
+            self.dirty = False
+            return self._state(levels)
+
+    def full_state(self) -> SymbolState:
+        """Everything, levels included (for exports and tests). O(d log d) under the lock."""
+        with self.lock:
+            return self._state(self.median.to_state())
+
+    def _state(self, levels: list[tuple[int, int]]) -> SymbolState:
+        ids = self.ids
+        return SymbolState(
+            symbol=self.symbol,
+            count=self.median.count,
+            last_trade_id=self.last_trade_id,
+            last_price=self.last_price,
+            last_trade_time=self.last_trade_time,
+            first=ids.first,
+            last=ids.last,
+            gaps=list(ids.gaps),
+            lost=ids.lost,
+            quiet=ids.quiet,
+            levels=levels,
+        )
+
+    @classmethod
+    def restore(cls, state: SymbolState) -> SymbolStats:
+        """Rebuild from a complete state (every level). O(d) for levels sorted by price.
+
+        Raises ``ValueError`` when the state contradicts itself (count != sum of levels).
+        """
+        stats = cls(state.symbol)
+        stats.median = RunningMedian.from_state(state.levels)
+        if stats.median.count != state.count:
+            raise ValueError(
+                f"{state.symbol}: count {state.count} but levels sum to {stats.median.count}"
+            )
+        stats.ids = TradeIds(state.first, state.last, state.gaps, state.lost, state.quiet)
+        stats.last_trade_id = state.last_trade_id
+        stats.last_price = state.last_price
+        stats.last_trade_time = state.last_trade_time
+        return stats
 
     def view(self) -> StatsView:
         """The statistics at one instant, copied under the lock."""

@@ -1,0 +1,300 @@
+"""The service: wires store, ingest, snapshotter and API; start and stop order; supervision.
+
+Start: open the store (refuse an unknown format), restore every symbol, serve the listing of
+the last run at once, start the HTTP API, read exchangeInfo and the tickers, subscribe, and
+snapshot every ``snapshot_interval``. Ready (``/-/ready``, systemd ``READY=1``) once every
+connection has confirmed its streams.
+
+Stop (SIGINT or SIGTERM set the stop event; nothing else runs in a signal handler): readers
+first, so nothing changes any more; then the final snapshot; then the HTTP server; then LMDB.
+
+While running, a supervisor loop restarts any thread a bug killed, and logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from .api import HttpServer, create_app
+from .config import Config
+from .exchange import RestClient
+from .ingest import Ingest
+from .snapshotter import Snapshotter
+from .store import Store, StoreError
+from .symbols import SymbolStats, SymbolTable
+
+__all__ = ["Service", "sd_notify"]
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd about our state (``READY=1``, ``STOPPING=1``) when it asked us to
+    (``Type=notify`` sets ``NOTIFY_SOCKET``). A datagram on a Unix socket; no dependency."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError as exc:
+        log.warning("could not notify systemd: %s", exc)
+        return False
+
+
+class Service:
+    """One medianserv process. :meth:`run` blocks until ``stop`` is set; returns the exit code."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.restored = False
+        self.ingest: Ingest | None = None
+        self.snapshotter: Snapshotter | None = None
+        self.http: HttpServer | None = None
+        self.restored_symbols = 0
+        self.restarts = 0  # threads the supervisor restarted
+
+    # -- the ServiceState the API reads --------------------------------------------------------
+
+    def table(self) -> SymbolTable:
+        return self.ingest.table if self.ingest is not None else SymbolTable.build([])
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.restored or self.ingest is None:
+            return False, "restoring the snapshot store"
+        return self.ingest.ready()
+
+    def metrics(self) -> str:
+        return render_metrics(self)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> int:
+        cfg = self.config
+        try:
+            store = Store.open(cfg.data_dir, reset=cfg.reset)
+        except StoreError as exc:
+            log.error("%s", exc)
+            return 2
+        try:
+            return self._run(store, stop)
+        finally:
+            store.close()
+
+    def _run(self, store: Store, stop: threading.Event) -> int:
+        cfg = self.config
+        t0 = time.perf_counter()
+        try:
+            states = store.load(
+                progress=lambda s, n: log.info("restoring: %d symbols, %d levels so far", s, n)
+            )
+            known = [SymbolStats.restore(s) for s in states]
+            listing = store.load_listing()
+        except (StoreError, ValueError) as exc:
+            log.error("the snapshot store is corrupt: %s (start with --reset to discard it)", exc)
+            return 2
+        trades = sum(s.count for s in states)
+        levels = sum(len(s.levels) for s in states)
+        del states
+        log.info(
+            "restored %d symbols, %d trades, %d price levels from %s in %.2f s",
+            len(known), trades, levels, store.path, time.perf_counter() - t0,
+        )  # fmt: skip
+        self.restored_symbols = len(known)
+        ingest = self.ingest = Ingest(cfg, RestClient(cfg.rest_url), known)
+        ingest.preload(listing)
+        self.restored = True
+
+        self.http = HttpServer(create_app(self), cfg.host, cfg.port)
+        self.http.start()
+        log.info("API listening on http://%s:%d", cfg.host, self.http.port)
+
+        snapshotter = self.snapshotter = Snapshotter(
+            store, ingest.all_stats, cfg.snapshot_interval, lambda: ingest.table.symbols
+        )
+        snapshotter.start()
+        ingest.start()
+        listed = threading.Thread(target=ingest.first_listing, name="first-listing", daemon=True)
+        listed.start()
+        notified = False
+        try:
+            while not stop.wait(0.5):
+                if not notified and ingest.ready()[0]:
+                    notified = True
+                    sd_notify("READY=1")
+                    log.info("ready: %s", ingest.ready()[1])
+                self._supervise()
+        finally:
+            sd_notify("STOPPING=1")
+            log.info("stopping: readers, final snapshot, HTTP server, store")
+            ingest.stop()
+            listed.join(1.0)
+            snapshotter.stop()
+            if snapshotter.snapshot():
+                log.info(
+                    "final snapshot: %d symbols, %d levels written",
+                    snapshotter.stats.last_symbols, snapshotter.stats.last_levels,
+                )  # fmt: skip
+            else:
+                log.error("final snapshot failed: changes since the previous one are lost")
+            self.http.stop()
+        log.info("stopped")
+        return 0
+
+    def _supervise(self) -> None:
+        """Restart whatever a bug killed (the bug itself was logged by the thread)."""
+        assert self.ingest is not None and self.snapshotter is not None and self.http is not None
+        restarted = self.ingest.supervise()
+        snap = self.snapshotter
+        if snap.thread is not None and not snap.thread.is_alive() and not snap.stopping.is_set():
+            snap.start()
+            restarted.append("snapshotter")
+        for name in restarted:
+            self.restarts += 1
+            log.error("thread %s died; restarted", name)
+
+
+def render_metrics(service: Service) -> str:
+    """Prometheus text format (0.0.4) of the service's counters. O(connections + kinds)."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, Any]]) -> None:
+        lines.append(f"# HELP medianserv_{name} {help_text}")
+        lines.append(f"# TYPE medianserv_{name} {kind}")
+        for labels, value in samples:
+            lines.append(f"medianserv_{name}{labels} {value}")
+
+    ingest, snap = service.ingest, service.snapshotter
+    c: dict[str, Any] = ingest.counters() if ingest is not None else {}
+    back = c.get("backfill", {})
+    ready = service.ready()[0]
+    metric("up", "gauge", "1 while the process runs.", [("", 1)])
+    metric("ready", "gauge", "1 once restored and subscribed.", [("", int(ready))])
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        [("", round(time.time() - service.started_at, 3))],
+    )
+    metric("symbols", "gauge", "Symbols listed and served.", [("", len(service.table()))])
+    metric(
+        "trades_applied_total",
+        "counter",
+        "Trades applied from the streams.",
+        [("", c.get("applied", 0))],
+    )
+    metric(
+        "trades_duplicate_total",
+        "counter",
+        "Trades received again and ignored.",
+        [("", c.get("duplicates", 0))],
+    )
+    rejected = c.get("rejected", {})
+    metric(
+        "frames_rejected_total",
+        "counter",
+        "Frames rejected, by kind.",
+        [(f'{{kind="{k}"}}', v) for k, v in sorted(rejected.items())] or [('{kind="none"}', 0)],
+    )
+    metric(
+        "gaps_total", "counter", "Jumps in trade ids seen on the streams.", [("", c.get("gaps", 0))]
+    )
+    metric(
+        "trades_backfilled_total",
+        "counter",
+        "Missed trades fetched over REST and applied.",
+        [("", back.get("filled", 0))],
+    )
+    metric(
+        "trades_lost_total",
+        "counter",
+        "Missed trades given up (over the cap or gone).",
+        [("", back.get("lost", 0))],
+    )
+    metric(
+        "backfill_requests_total",
+        "counter",
+        "historicalTrades requests.",
+        [("", back.get("requests", 0))],
+    )
+    metric(
+        "rest_rate_limited_total",
+        "counter",
+        "429/418 answers to the backfill.",
+        [("", back.get("rate_limited", 0))],
+    )
+    metric(
+        "reconnects_total",
+        "counter",
+        "Connections that failed and were reopened.",
+        [("", c.get("reconnects", 0))],
+    )
+    metric(
+        "rotations_total",
+        "counter",
+        "Make-before-break connection rotations.",
+        [("", c.get("rotations", 0))],
+    )
+    metric(
+        "connections_open",
+        "gauge",
+        "WebSocket connections up.",
+        [("", c.get("connections_open", 0))],
+    )
+    metric(
+        "connection_streams",
+        "gauge",
+        "Streams confirmed per connection.",
+        [(f'{{connection="{k}"}}', v) for k, v in sorted(c.get("streams", {}).items())],
+    )
+    metric(
+        "connection_lag_seconds",
+        "gauge",
+        "Now minus Binance's event time of the last trade.",
+        [(f'{{connection="{k}"}}', v / 1000) for k, v in sorted(c.get("lag_ms", {}).items())],
+    )
+    if snap is not None:
+        s = snap.stats
+        age = time.time() - s.last_ok_at if s.last_ok_at else -1
+        metric("snapshots_total", "counter", "Snapshots written.", [("", s.snapshots)])
+        metric(
+            "snapshot_failures_total",
+            "counter",
+            "Snapshots that failed (kept in memory).",
+            [("", s.failures)],
+        )
+        metric(
+            "snapshot_duration_seconds",
+            "gauge",
+            "Duration of the last snapshot.",
+            [("", round(s.last_duration_s, 6))],
+        )
+        metric(
+            "snapshot_age_seconds",
+            "gauge",
+            "Seconds since the last good snapshot (-1: none).",
+            [("", round(age, 3))],
+        )
+        metric(
+            "snapshot_max_lock_hold_seconds",
+            "gauge",
+            "Longest a symbol waited on the last snapshot.",
+            [("", round(s.max_hold_ms / 1000, 6))],
+        )
+    metric(
+        "thread_restarts_total",
+        "counter",
+        "Threads restarted by the supervisor.",
+        [("", service.restarts)],
+    )
+    return "\n".join(lines) + "\n"

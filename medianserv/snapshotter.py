@@ -1,0 +1,115 @@
+"""The snapshot thread: every ``snapshot_interval`` seconds, what changed goes to LMDB.
+
+Per symbol it holds the symbol's lock only to copy the levels touched since the previous
+snapshot (:meth:`SymbolStats.harvest`); encoding and the LMDB write happen outside every lock,
+so readers wait at most one harvest (``max_hold_ms``). If a write fails (a full disk, an I/O
+error) the harvested changes stay in memory and go out with the next attempt; the service
+keeps serving meanwhile and says so loudly in the log and in /metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import lmdb
+
+from .store import Store
+from .symbols import SymbolState, SymbolStats
+
+__all__ = ["SnapshotStats", "Snapshotter"]
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotStats:
+    """Written by the snapshotting thread; read without a lock by /metrics."""
+
+    def __init__(self) -> None:
+        self.snapshots = 0
+        self.failures = 0
+        self.last_ok_at: float | None = None  # wall-clock time of the last good snapshot
+        self.last_duration_s = 0.0
+        self.last_symbols = 0
+        self.last_levels = 0
+        self.max_hold_ms = 0.0  # longest a symbol's lock was held by the last snapshot
+        self.pending_symbols = 0  # harvested but not yet written (after a failure)
+
+
+class Snapshotter:
+    """Owns the ``snapshotter`` thread; :meth:`snapshot` may also be called directly."""
+
+    def __init__(
+        self,
+        store: Store,
+        source: Callable[[], list[SymbolStats]],
+        interval: float,
+        listing: Callable[[], tuple[str, ...]] = tuple,
+    ) -> None:
+        self.store = store
+        self.source = source  # every stats object, listed or not
+        self.listing = listing  # the symbols served now; stored when it changes
+        self._saved_listing: tuple[str, ...] | None = None
+        self.interval = interval
+        self.stats = SnapshotStats()
+        self.stopping = threading.Event()  # set by stop(): the thread exits
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one snapshot at a time (thread and final snapshot)
+        self._pending: dict[str, SymbolState] = {}
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, name="snapshotter", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            self.snapshot()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def snapshot(self) -> bool:
+        """Harvest every changed symbol and write them in one transaction. True if written."""
+        with self._lock:
+            t0 = time.perf_counter()
+            max_hold = 0.0
+            pending = self._pending
+            for stats in self.source():
+                h0 = time.perf_counter()
+                state = stats.harvest()
+                max_hold = max(max_hold, time.perf_counter() - h0)
+                if state is None:
+                    continue
+                before = pending.get(state.symbol)
+                if before is not None:  # an earlier write failed: merge, newest counts win
+                    merged = dict(before.levels)
+                    merged.update(state.levels)
+                    state.levels = list(merged.items())
+                pending[state.symbol] = state
+            listing = self.listing()
+            new_listing = listing if listing and listing != self._saved_listing else None
+            try:
+                symbols, levels = self.store.save(pending.values(), listing=new_listing)
+            except lmdb.Error as exc:
+                self.stats.failures += 1
+                self.stats.pending_symbols = len(pending)
+                log.error(
+                    "SNAPSHOT FAILED (%s): %d symbols kept in memory, retrying in %.0f s",
+                    exc, len(pending), self.interval,
+                )  # fmt: skip
+                return False
+            pending.clear()
+            if new_listing is not None:
+                self._saved_listing = new_listing
+            s = self.stats
+            s.snapshots += 1
+            s.last_ok_at = time.time()
+            s.last_duration_s = time.perf_counter() - t0
+            s.last_symbols, s.last_levels = symbols, levels
+            s.max_hold_ms = max_hold * 1000
+            s.pending_symbols = 0
+            return True

@@ -1,0 +1,283 @@
+"""The LMDB snapshot store: versioned encoding (pure) and save/load (I/O).
+
+Layout (format version 1), three named databases in one LMDB environment:
+
+* ``meta``: ``format`` -> ``b"1"``; ``saved_at`` -> ms since the epoch of the last snapshot;
+  ``snapshots`` -> how many were written.
+* ``symbols``: symbol (UTF-8) -> msgpack record: count, last trade id, price and time,
+  trade-id history (first, last, gaps, lost, quiet).
+* ``levels``: ``len(symbol) | symbol | price (8 bytes, big-endian)`` -> count (8 bytes,
+  big-endian). Keys sort by symbol, then by price, so a symbol's levels are one ascending
+  cursor range: restoring its median is O(d) (:meth:`RunningMedian.from_state`).
+
+A snapshot is one write transaction: after a crash the store holds the previous snapshot or
+the new one, never a mix. Snapshots are incremental: only symbols and levels changed since the
+previous one are written, and a level carries its full count, so a rewrite is idempotent.
+The map grows (doubling) when full. Every symbol ever seen stays stored, listed or not.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgspec
+
+from .errors import MedianservError
+from .symbols import SymbolState
+
+__all__ = ["FORMAT_VERSION", "Store", "StoreError", "decode_record", "encode_record", "level_key"]
+
+FORMAT_VERSION = 1
+INITIAL_MAP_SIZE = 64 << 20
+_U64 = struct.Struct(">Q")
+
+
+class StoreError(MedianservError):
+    """The store cannot be used: unknown or newer format, or corrupt. Never reset silently."""
+
+
+class _Record(msgspec.Struct, array_like=True):
+    count: int
+    last_trade_id: int
+    last_price: int | None
+    last_trade_time: int | None
+    first: int | None
+    last: int | None
+    gaps: list[tuple[int, int]]
+    lost: int
+    quiet: bool
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Record)
+
+
+def encode_record(state: SymbolState) -> bytes:
+    """The ``symbols`` value of a state (levels are stored apart). Pure."""
+    return _encoder.encode(
+        _Record(state.count, state.last_trade_id, state.last_price, state.last_trade_time,
+                state.first, state.last, state.gaps, state.lost, state.quiet)
+    )  # fmt: skip
+
+
+def decode_record(symbol: str, data: bytes) -> SymbolState:
+    """A state without levels from a ``symbols`` value. Pure; StoreError if malformed."""
+    try:
+        r = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StoreError(f"corrupt record for {symbol!r}: {exc}") from exc
+    gaps = [(a, b) for a, b in r.gaps]
+    return SymbolState(symbol, r.count, r.last_trade_id, r.last_price, r.last_trade_time,
+                       r.first, r.last, gaps, r.lost, r.quiet, [])  # fmt: skip
+
+
+def symbol_prefix(symbol: str) -> bytes:
+    raw = symbol.encode()
+    if not 0 < len(raw) < 256:
+        raise StoreError(f"symbol name too long to store: {symbol[:40]!r}")
+    return bytes((len(raw),)) + raw
+
+
+def level_key(symbol: str, price: int) -> bytes:
+    """The ``levels`` key of one price level. Pure."""
+    return symbol_prefix(symbol) + _U64.pack(price)
+
+
+_LMDB_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<QHHI II Q Q I 44x 48x Q Q")  # page header, meta head, free db, main db
+
+
+def check_lmdb_file(data_file: Path) -> None:
+    """Refuse a data file shorter than LMDB's own meta pages say it is: mapping one would
+    crash the process (SIGBUS) on the first read past its end. Reads the two meta pages of
+    LMDB's file format (page header, magic, version, map size, free db with the page size in
+    its first field, main db, last page, transaction id). O(1)."""
+    if not data_file.exists():
+        return
+    size = data_file.stat().st_size
+    with data_file.open("rb") as f:
+        head = f.read(_META.size)
+        if len(head) < _META.size:
+            raise StoreError(f"{data_file} is truncated ({size} bytes)")
+        fields = _META.unpack(head)
+        magic, psize = fields[4], fields[8]
+        if magic != _LMDB_MAGIC or psize < 512 or psize & (psize - 1):
+            raise StoreError(f"{data_file} is not an LMDB data file")
+        metas = [fields]
+        f.seek(psize)
+        second = f.read(_META.size)
+        if len(second) == _META.size:
+            metas.append(_META.unpack(second))
+    newest = max(metas, key=lambda m: m[10] if m[4] == _LMDB_MAGIC else -1)
+    if size < (newest[9] + 1) * psize:
+        raise StoreError(
+            f"{data_file} is truncated: {size} bytes, its last page ends at "
+            f"{(newest[9] + 1) * psize}"
+        )
+
+
+class Store:
+    """One LMDB environment in ``data_dir``. Open with :meth:`open`; one writer at a time."""
+
+    def __init__(self, env: lmdb.Environment, path: Path) -> None:
+        self.env = env
+        self.path = path
+        self._meta = env.open_db(b"meta")
+        self._symbols = env.open_db(b"symbols")
+        self._levels = env.open_db(b"levels")
+
+    @classmethod
+    def open(cls, data_dir: Path, *, reset: bool = False, readonly: bool = False) -> Store:
+        """Open (or create) the store. ``reset`` deletes it first, deliberately.
+
+        Raises StoreError for a store of another format version or one LMDB cannot read.
+        """
+        path = Path(data_dir) / "medianserv.lmdb"
+        if reset and path.exists():
+            shutil.rmtree(path)
+        if readonly and not path.exists():
+            raise StoreError(f"no store at {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        check_lmdb_file(path / "data.mdb")
+        try:
+            env = lmdb.open(str(path), max_dbs=4, map_size=INITIAL_MAP_SIZE, readonly=readonly,
+                            lock=not readonly, metasync=True, sync=True)  # fmt: skip
+            store = cls(env, path)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc}") from exc
+        store._check_format(readonly)
+        return store
+
+    def _check_format(self, readonly: bool) -> None:
+        try:
+            with self.env.begin(write=not readonly) as txn:
+                found = txn.get(b"format", db=self._meta)
+                if found is None:
+                    if txn.stat(self._symbols)["entries"] or txn.stat(self._levels)["entries"]:
+                        raise StoreError(f"store at {self.path} has data but no format version")
+                    if not readonly:
+                        txn.put(b"format", str(FORMAT_VERSION).encode(), db=self._meta)
+                    return
+        except lmdb.Error as exc:
+            raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc
+        if found != str(FORMAT_VERSION).encode():
+            raise StoreError(
+                f"store at {self.path} has format {found[:20]!r}; this medianserv reads format "
+                f"{FORMAT_VERSION} (use a matching version, or --reset to start afresh)"
+            )
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def save(
+        self,
+        states: Iterable[SymbolState],
+        saved_at_ms: int | None = None,
+        listing: tuple[str, ...] | None = None,
+    ) -> tuple[int, int]:
+        """Write changed symbols and levels in one transaction; grow the map when full.
+
+        ``listing``, when given, is stored too: the next start serves it before exchangeInfo
+        answers. Returns (symbols, levels) written. Raises lmdb.Error for anything but a full
+        map (a full disk, an I/O error): the caller keeps the data and retries.
+        """
+        batch = list(states)
+        saved_at = int(time.time() * 1000) if saved_at_ms is None else saved_at_ms
+        while True:
+            try:
+                return self._write(batch, saved_at, listing)
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def _write(
+        self, batch: list[SymbolState], saved_at: int, listing: tuple[str, ...] | None
+    ) -> tuple[int, int]:
+        levels = 0
+        pack = _U64.pack
+        with self.env.begin(write=True) as txn:
+            put = txn.put
+            for state in batch:
+                prefix = symbol_prefix(state.symbol)
+                put(state.symbol.encode(), encode_record(state), db=self._symbols)
+                for price, count in state.levels:
+                    put(prefix + pack(price), pack(count), db=self._levels)
+                levels += len(state.levels)
+            put(b"saved_at", str(saved_at).encode(), db=self._meta)
+            if listing is not None:
+                put(b"listing", _encoder.encode(list(listing)), db=self._meta)
+            snapshots = int(txn.get(b"snapshots", b"0", db=self._meta)) + 1
+            put(b"snapshots", str(snapshots).encode(), db=self._meta)
+        return len(batch), levels
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def load(self, progress: Callable[[int, int], None] | None = None) -> list[SymbolState]:
+        """Every stored symbol with all its levels, ascending. O(total levels).
+
+        ``progress(symbols_done, levels_done)`` is called every 100,000 levels. Raises
+        StoreError when a record is corrupt or its levels do not add up to its count.
+        """
+        out: list[SymbolState] = []
+        total = 0
+        try:
+            with self.env.begin(buffers=True) as txn:
+                levels_cursor = txn.cursor(db=self._levels)
+                for key, value in txn.cursor(db=self._symbols):
+                    symbol = bytes(key).decode()
+                    state = decode_record(symbol, bytes(value))
+                    prefix = symbol_prefix(symbol)
+                    levels = state.levels
+                    if levels_cursor.set_range(prefix):
+                        for lkey, lvalue in levels_cursor:
+                            if bytes(lkey[: len(prefix)]) != prefix or len(lkey) != len(prefix) + 8:
+                                break
+                            levels.append(
+                                (_U64.unpack(lkey[len(prefix) :])[0], _U64.unpack(lvalue)[0])
+                            )
+                            total += 1
+                            if progress is not None and total % 100_000 == 0:
+                                progress(len(out), total)
+                    if sum(c for _, c in levels) != state.count:
+                        raise StoreError(
+                            f"{symbol}: levels do not add up to its count {state.count}"
+                        )
+                    out.append(state)
+        except lmdb.Error as exc:
+            raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc
+        return out
+
+    def load_listing(self) -> list[str]:
+        """The symbols listed at the last snapshot (empty for a new store)."""
+        with self.env.begin() as txn:
+            data = txn.get(b"listing", db=self._meta)
+        if data is None:
+            return []
+        try:
+            return msgspec.msgpack.decode(data, type=list[str])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StoreError(f"corrupt listing in {self.path}: {exc}") from exc
+
+    def info(self) -> dict[str, Any]:
+        """Counts and sizes for ``medianserv snapshot info``. O(symbols)."""
+        with self.env.begin() as txn:
+            saved_at = txn.get(b"saved_at", db=self._meta)
+            trades = sum(_decoder.decode(v).count for _, v in txn.cursor(db=self._symbols))
+            return {
+                "path": str(self.path),
+                "format_version": int(txn.get(b"format", b"0", db=self._meta)),
+                "symbols": txn.stat(self._symbols)["entries"],
+                "levels": txn.stat(self._levels)["entries"],
+                "trades": trades,
+                "snapshots": int(txn.get(b"snapshots", b"0", db=self._meta)),
+                "saved_at_ms": int(saved_at) if saved_at else None,
+                "file_bytes": sum(f.stat().st_size for f in self.path.iterdir()),
+                "map_bytes": self.env.info()["map_size"],
+            }

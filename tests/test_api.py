@@ -1,0 +1,154 @@
+"""The REST API through Falcon's test client and through a real waitress on port 0."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import falcon.testing
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medianserv.api import HttpServer, create_app, openapi_document
+from medianserv.symbols import SymbolTable
+
+
+class State:
+    """The service state the API reads: a real table of real stats."""
+
+    def __init__(self) -> None:
+        self._table = SymbolTable.build(["BTCUSDT", "ETHBTC", "币安人生USDT", "QUIETUSDT"])
+        btc = self._table.get("BTCUSDT")
+        assert btc is not None
+        for tid, price in ((10, 6183763000000), (11, 6183764000000), (14, 6183763000000)):
+            btc.apply(tid, price, 1723161255342 + tid)
+        self.is_ready = (False, "connections [0] not subscribed yet")
+
+    def table(self) -> SymbolTable:
+        return self._table
+
+    def ready(self) -> tuple[bool, str]:
+        return self.is_ready
+
+    def metrics(self) -> str:
+        return "# TYPE medianserv_up gauge\nmedianserv_up 1\n"
+
+
+@pytest.fixture
+def state() -> State:
+    return State()
+
+
+@pytest.fixture
+def client(state: State) -> falcon.testing.TestClient:
+    return falcon.testing.TestClient(create_app(state))
+
+
+def test_symbols(client: falcon.testing.TestClient) -> None:
+    r = client.simulate_get("/symbols")
+    assert r.status_code == 200 and r.json == ["BTCUSDT", "ETHBTC", "币安人生USDT", "QUIETUSDT"]
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_symbol_statistics_exact_and_case_insensitive(client: falcon.testing.TestClient) -> None:
+    expected = {
+        "symbol": "BTCUSDT", "count": 3, "median": "61837.63", "last_price": "61837.63",
+        "last_trade_id": 14, "last_trade_time": 1723161255356, "missing_trades": 2,
+        "lost_trades": 0,
+    }  # fmt: skip
+    for path in ("/BTCUSDT", "/btcusdt", "/BtcUsdt", "/BTCUSDT/"):
+        r = client.simulate_get(path)
+        assert r.status_code == 200 and r.json == expected, path
+    assert r.headers["Cache-Control"] == "no-store"
+    quiet = client.simulate_get("/QUIETUSDT").json
+    assert quiet["count"] == 0 and quiet["median"] is None and quiet["last_price"] is None
+    assert client.simulate_get("/%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT").status_code == 200
+
+
+def test_even_count_median_has_the_exact_ninth_decimal(state: State) -> None:
+    eth = state.table().get("ETHBTC")
+    assert eth is not None
+    eth.apply(1, 1, 1)
+    eth.apply(2, 2, 2)
+    r = falcon.testing.TestClient(create_app(state)).simulate_get("/ETHBTC")
+    assert r.json["median"] == "0.000000015"
+
+
+def test_unknown_symbol_is_a_json_404(client: falcon.testing.TestClient) -> None:
+    r = client.simulate_get("/NOTLISTED")
+    assert r.status_code == 404 and r.json["title"] == "Unknown symbol"
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_ready_healthy_metrics_openapi(client: falcon.testing.TestClient, state: State) -> None:
+    r = client.simulate_get("/-/ready")
+    assert r.status_code == 503 and r.json == {"ready": False, "reason": state.is_ready[1]}
+    state.is_ready = (True, "4 symbols over 1 connections")
+    assert client.simulate_get("/-/ready").status_code == 200
+    assert client.simulate_get("/-/healthy").json == {"status": "alive"}
+    m = client.simulate_get("/metrics")
+    assert m.status_code == 200 and m.text.startswith("# TYPE") and "text/plain" in m.headers["Content-Type"]
+    assert client.simulate_get("/-/openapi.json").json == openapi_document()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize("path", ["/symbols", "/BTCUSDT", "/-/ready", "/metrics"])
+def test_other_methods_are_405(client: falcon.testing.TestClient, method: str, path: str) -> None:
+    r = client.simulate_request(method, path)
+    assert r.status_code == 405 and r.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/a/b", "/../etc/passwd", "/%2e%2e/%2e%2e", "/" + "A" * 100_000, "/-/", "/-/nope",
+     "/%00", "/%ff%fe", "/\u202eUSDT", "/BTC%2FUSDT", "//", "/;x", "/BTCUSDT?x=1&x=2"],
+)  # fmt: skip
+def test_odd_paths_get_clean_4xx(client: falcon.testing.TestClient, path: str) -> None:
+    r = client.simulate_get(path)
+    assert 400 <= r.status_code < 500 or (r.status_code == 200 and path.startswith("/BTCUSDT"))
+    json.loads(r.text)  # always a JSON body
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]), st.text(max_size=60))
+def test_fuzz_never_5xx(method: str, tail: str) -> None:
+    client = falcon.testing.TestClient(create_app(State()))
+    r = client.simulate_request(method, "/" + tail)
+    assert r.status_code < 500
+
+
+def test_openapi_describes_the_served_routes(client: falcon.testing.TestClient) -> None:
+    doc = openapi_document()
+    stats_schema = doc["components"]["schemas"]["Stats"]
+    body = client.simulate_get("/BTCUSDT").json
+    assert set(body) == set(stats_schema["properties"])
+    assert set(stats_schema["required"]) <= set(body)
+    for path in doc["paths"]:
+        concrete = path.replace("{symbol}", "BTCUSDT")
+        status = str(client.simulate_get(concrete).status_code)
+        assert status in doc["paths"][path]["get"]["responses"], path
+
+
+@pytest.fixture
+def server(state: State) -> Iterator[HttpServer]:
+    http = HttpServer(create_app(state), "127.0.0.1", 0)
+    http.start()
+    yield http
+    http.stop()
+
+
+def test_real_waitress(server: HttpServer) -> None:
+    base = f"http://127.0.0.1:{server.port}"
+    with urllib.request.urlopen(base + "/btcusdt", timeout=5) as resp:
+        assert resp.status == 200 and json.loads(resp.read())["count"] == 3
+        assert resp.headers["Cache-Control"] == "no-store"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(base + "/NOPE", timeout=5)
+    assert err.value.code == 404 and json.loads(err.value.read())["title"] == "Unknown symbol"
+    req = urllib.request.Request(base + "/symbols", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 405

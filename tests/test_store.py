@@ -1,0 +1,155 @@
+"""The LMDB store and the snapshotter, on real LMDB in a temporary directory."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lmdb
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from medianserv import store as store_module
+from medianserv.snapshotter import Snapshotter
+from medianserv.store import FORMAT_VERSION, Store, StoreError, decode_record, encode_record
+from medianserv.symbols import SymbolState, SymbolStats
+
+states = st.builds(
+    SymbolState,
+    symbol=st.text(min_size=1, max_size=20),
+    count=st.integers(0, 2**62),
+    last_trade_id=st.integers(-1, 2**62),
+    last_price=st.none() | st.integers(0, 2**63),
+    last_trade_time=st.none() | st.integers(0, 2**62),
+    first=st.none() | st.integers(0, 2**62),
+    last=st.none() | st.integers(0, 2**62),
+    gaps=st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 2**40)), max_size=5),
+    lost=st.integers(0, 2**40),
+    quiet=st.booleans(),
+    levels=st.just([]),
+)
+
+
+@given(states)
+def test_record_round_trip(state: SymbolState) -> None:
+    assert decode_record(state.symbol, encode_record(state)) == state
+
+
+def views(stats: list[SymbolStats]) -> dict[str, object]:
+    return {s.symbol: (s.view(), s.full_state()) for s in stats}
+
+
+def feed(stats: list[SymbolStats], n: int, rnd: random.Random, next_id: dict[str, int]) -> None:
+    for _ in range(n):
+        s = rnd.choice(stats)
+        tid = next_id[s.symbol] = next_id.get(s.symbol, 1000) + rnd.choice((1, 1, 1, 3))
+        s.apply(tid, rnd.randrange(100, 140) * 10**6, tid)
+
+
+def test_incremental_snapshots_restore_exactly(tmp_path: Path) -> None:
+    rnd = random.Random(4)
+    stats = [SymbolStats(name) for name in ("BTCUSDT", "ETHUSDT", "币安人生USDT", "QUIETUSDT")]
+    stats[3].baseline(-1)
+    ids: dict[str, int] = {}
+    store = Store.open(tmp_path)
+    snap = Snapshotter(store, lambda: stats, 1.0, lambda: tuple(s.symbol for s in stats))
+    for round_ in range(5):
+        feed(stats[:3], 2000, rnd, ids)
+        assert snap.snapshot()
+        if round_:  # incremental: only what changed is written
+            assert snap.stats.last_levels <= 3 * 40
+    stats[0].give_up(*stats[0].oldest_gap())  # type: ignore[misc]
+    assert snap.snapshot() and snap.stats.last_symbols == 1 and snap.stats.last_levels == 0
+    assert snap.snapshot() and snap.stats.last_symbols == 0  # nothing changed
+    store.close()
+
+    store = Store.open(tmp_path)
+    restored = [SymbolStats.restore(s) for s in store.load()]
+    assert store.load_listing() == [s.symbol for s in stats]
+    assert views(restored) == views(stats)
+    for r in restored:
+        r.median._check()
+    info = store.info()
+    assert info["symbols"] == 4 and info["trades"] == sum(s.view().count for s in stats)
+    assert info["format_version"] == FORMAT_VERSION and info["snapshots"] == 7
+    store.close()
+
+
+def test_failed_snapshot_keeps_changes_until_a_later_one_succeeds(tmp_path: Path) -> None:
+    stats = [SymbolStats("BTCUSDT")]
+    Store.open(tmp_path).close()
+    readonly = Store.open(tmp_path, readonly=True)  # every write fails, as on a full disk
+    snap = Snapshotter(readonly, lambda: stats, 1.0)
+    stats[0].apply(1, 5, 1)
+    assert not snap.snapshot()
+    stats[0].apply(2, 7, 2)
+    assert not snap.snapshot()
+    assert snap.stats.failures == 2 and snap.stats.pending_symbols == 1
+    readonly.close()
+    snap.store = Store.open(tmp_path)
+    assert snap.snapshot()
+    restored = SymbolStats.restore(snap.store.load()[0])
+    assert restored.full_state() == stats[0].full_state()
+    snap.store.close()
+
+
+def test_map_grows_when_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "INITIAL_MAP_SIZE", 1 << 16)
+    store = Store.open(tmp_path)
+    stats = SymbolStats("BTCUSDT")
+    for i in range(20_000):
+        stats.apply(i, i, i)  # 20,000 distinct levels: far more than 64 KB
+    store.save([stats.harvest()])  # type: ignore[list-item]
+    assert store.env.info()["map_size"] > 1 << 16
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    store.close()
+
+
+def test_future_version_is_refused(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    with store.env.begin(write=True) as txn:
+        txn.put(b"format", b"99", db=store._meta)
+    store.close()
+    with pytest.raises(StoreError, match="format"):
+        Store.open(tmp_path)
+    Store.open(tmp_path, reset=True).close()  # a deliberate reset starts afresh
+
+
+def test_corrupt_record_and_inconsistent_levels_are_refused(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    stats = SymbolStats("BTCUSDT")
+    stats.apply(1, 5, 1)
+    store.save([stats.harvest()])  # type: ignore[list-item]
+    with store.env.begin(write=True) as txn:
+        txn.put(b"BTCUSDT", b"\xc1garbage", db=store._symbols)
+    with pytest.raises(StoreError, match="corrupt"):
+        store.load()
+    stats.dirty = True
+    store.save([stats.full_state()])
+    with store.env.begin(write=True) as txn:
+        txn.delete(store_module.level_key("BTCUSDT", 5), db=store._levels)
+    with pytest.raises(StoreError, match="add up"):
+        store.load()
+    store.close()
+
+
+def test_truncated_store_is_refused(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    stats = SymbolStats("BTCUSDT")
+    for i in range(5000):
+        stats.apply(i, i, i)
+    store.save([stats.harvest()])  # type: ignore[list-item]
+    store.close()
+    data = tmp_path / "medianserv.lmdb" / "data.mdb"
+    data.write_bytes(data.read_bytes()[:8192])
+    with pytest.raises(StoreError):
+        s = Store.open(tmp_path)
+        try:
+            s.load()
+        finally:
+            s.close()
+
+
+def test_lmdb_error_type_is_what_the_snapshotter_catches() -> None:
+    assert issubclass(lmdb.ReadonlyError, lmdb.Error)
