@@ -260,13 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medianserv`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
+    if args.command in ("simulate", "bench"):
+        _setup_logging("INFO")
     result: int = args.func(args)
     return result
