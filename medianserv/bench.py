@@ -8,6 +8,7 @@ measured within one run (``slot()`` next to ``dict.get``, our parser next to ``D
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import random
 import statistics
@@ -173,4 +174,423 @@ def bench_core(sizes: Sequence[int] = (10**6, 10**7), shared_data: Path | None =
         d = {k: i for i, k in enumerate(keys)}
         rows.append(Row(f"slot(), {label}", _loop_ns(ph.slot, probes), "ns/lookup"))
         rows.append(Row(f"dict.get, {label}", _loop_ns(d.get, probes), "ns/lookup"))
+    return rows
+
+
+# -- end-to-end benchmarks: the simulator in a second process, over loopback ---------------------
+
+
+class _SimProcess:
+    """``medianserv simulate`` in a subprocess (its own GIL and core), paused at start."""
+
+    def __init__(self, tps: float, shared_data: Path | None, extra: Sequence[str] = ()) -> None:
+        import subprocess
+
+        info = (shared_data or Path()) / "exchangeInfo-2023-09-08.json"
+        cmd = [sys.executable, "-m", "medianserv", "simulate", "--port", "0", "--tps", str(tps),
+               "--set", "paused=true", "--set", "history_limit=20000", *extra]  # fmt: skip
+        if shared_data is not None and info.exists():
+            cmd += ["--exchange-info", str(info)]
+        else:
+            cmd += ["--symbols", "2292"]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.rest_url = line.split("REST ")[1].split()[0]
+        self.ws_url = line.split("WebSocket ")[1].split()[0]
+
+    def control(self, action: str) -> Any:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.rest_url}/_sim/{action}", timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(20)
+
+
+def _bare_client(ws_url: str, streams: list[list[str]], counts: list[int], stop: Any) -> list[Any]:
+    """The baseline: threads that only receive frames and ``json.loads`` them."""
+    import json
+    import threading
+
+    from websockets.sync.client import connect
+
+    def run(i: int, group: list[str]) -> None:
+        with connect(
+            ws_url + "/stream", max_size=2**20, ping_interval=None, max_queue=(4096, 1024)
+        ) as ws:
+            for j in range(0, len(group), 150):
+                ws.send(json.dumps({"method": "SUBSCRIBE", "params": group[j : j + 150], "id": j}))
+                time.sleep(0.34)
+            while not stop.is_set():
+                try:
+                    json.loads(ws.recv(timeout=0.2))
+                    counts[i] += 1
+                except TimeoutError:
+                    continue
+
+    threads = [
+        threading.Thread(target=run, args=(i, g), daemon=True) for i, g in enumerate(streams)
+    ]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def bench_ingest(
+    seconds: float = 10.0, tps: float = 150_000.0, shared_data: Path | None = None
+) -> list[Row]:
+    """End-to-end trades/s into the statistics, beside a bare json.loads client, same load."""
+    import dataclasses
+    import threading
+
+    from .config import Config
+    from .exchange import RestClient
+    from .ingest import Ingest
+
+    rows: list[Row] = []
+    sim = _SimProcess(tps, shared_data)
+    try:
+        config = dataclasses.replace(Config(), rest_url=sim.rest_url, ws_url=sim.ws_url).validate()
+        ingest = Ingest(config, RestClient(config.rest_url))
+        ingest.start()
+        assert ingest.first_listing()
+        deadline = time.monotonic() + 120
+        while not ingest.ready()[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rows.append(Row("symbols / connections", len(ingest.table), f"/ {len(ingest.readers)}"))
+        sim.control("resume")
+        time.sleep(1.0)  # warm up
+        a0, p0, c0, t0 = (
+            ingest.counters()["applied"],
+            sim.control("stats")["trades_published"],
+            time.process_time(),
+            time.monotonic(),
+        )
+        time.sleep(seconds)
+        a1, p1, c1, t1 = (
+            ingest.counters()["applied"],
+            sim.control("stats")["trades_published"],
+            time.process_time(),
+            time.monotonic(),
+        )
+        sim.control("pause")
+        ours = (a1 - a0) / (t1 - t0)
+        rows.append(
+            Row(
+                f"offered by the simulator (target {tps:,.0f}/s)", (p1 - p0) / (t1 - t0), "trades/s"
+            )
+        )
+        rows.append(Row("medianserv ingest, end to end", ours, "trades/s"))
+        rows.append(Row("medianserv CPU per trade", (c1 - c0) / max(1, a1 - a0) * 1e6, "us/trade"))
+        groups = [sorted(r.wanted) for r in ingest.readers]
+        ingest.stop()
+
+        stop = threading.Event()
+        counts = [0] * len(groups)
+        threads = _bare_client(sim.ws_url, groups, counts, stop)
+        time.sleep(0.34 * (max(len(g) for g in groups) // 150 + 2))
+        sim.control("resume")
+        time.sleep(1.0)
+        b0, t0 = sum(counts), time.monotonic()
+        time.sleep(seconds)
+        b1, t1 = sum(counts), time.monotonic()
+        sim.control("pause")
+        stop.set()
+        for t in threads:
+            t.join(5)
+        bare = (b1 - b0) / (t1 - t0)
+        rows.append(Row("bare client (recv + json.loads), same load", bare, "trades/s"))
+        rows.append(Row("medianserv / bare client", 100 * ours / bare if bare else 0.0, "%"))
+    finally:
+        sim.stop()
+    return rows
+
+
+def bench_snapshot(
+    levels: int = 10_000_000, shared_data: Path | None = None, ingest_rate: float = 100_000.0
+) -> list[Row]:
+    """Snapshot, incremental snapshots while trades are applied at ``ingest_rate`` (about the
+    end-to-end maximum, see bench_ingest) with the reader stall they cause, and restore."""
+    import tempfile
+    import threading
+
+    from .snapshotter import Snapshotter
+    from .store import Store
+    from .symbols import SymbolStats
+
+    rows: list[Row] = []
+    info = (shared_data or Path()) / "exchangeInfo-2023-09-08.json"
+    if shared_data is not None and info.exists():
+        import json
+
+        names = [s["symbol"] for s in json.loads(info.read_text())["symbols"]]
+    else:
+        names = [f"SYM{i}USDT" for i in range(2292)]
+    # Zipf-like spread of levels over symbols: a few symbols hold most of them.
+    weights = [1 / (i + 1) for i in range(len(names))]
+    total_w = sum(weights)
+    stats = [SymbolStats(n) for n in names]
+    t0 = time.perf_counter()
+    tid = 0
+    for s, w in zip(stats, weights, strict=True):
+        k = max(1, int(levels * w / total_w))
+        add = s.median.add
+        for p in range(1, k + 1):  # distinct levels, built straight into the median
+            add(p * 100)
+            add(p * 100)
+        s.ids.baseline(0)
+        s.ids.observe(1)
+        s.last_trade_id, s.last_price = 1, 100
+        s.dirty_levels = set(range(100, (k + 1) * 100, 100))
+        s.dirty = True
+        tid += 2 * k
+    built = sum(s.median.levels for s in stats)
+    rows.append(Row("levels stored (2 trades each)", built, "levels"))
+    rows.append(Row("build time (not a target)", time.perf_counter() - t0, "s"))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.open(Path(tmp))
+        snap = Snapshotter(store, lambda: stats, 1.0)
+        t0 = time.perf_counter()
+        snap.snapshot()
+        rows.append(Row("first (full) snapshot", time.perf_counter() - t0, "s"))
+        size = store.info()["file_bytes"]
+        rows.append(Row("store size per level", size / built, "B/level"))
+
+        stop = threading.Event()
+        applied = [0]
+
+        walk = [p * 100 // 6183763 for p in random_walk(200_000, "61837.63", "0.01", seed=5)]
+
+        def ingest() -> None:  # the 20 busiest symbols at ingest_rate, realistic prices
+            r = random.Random(5)
+            hot = stats[:20]
+            prices = itertools.cycle(walk)
+            i = 10**7
+            start = time.perf_counter()
+            while not stop.is_set():
+                for _ in range(1000):
+                    i += 1
+                    hot[r.randrange(20)].apply(i, next(prices), i)
+                applied[0] += 1000
+                ahead = applied[0] / ingest_rate - (time.perf_counter() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+
+        thread = threading.Thread(target=ingest, daemon=True)
+        thread.start()
+        durations, holds = [], []
+        t_start = time.perf_counter()
+        for _ in range(10):
+            time.sleep(1.0)
+            t0 = time.perf_counter()
+            snap.snapshot()
+            durations.append(time.perf_counter() - t0)
+            holds.append(snap.stats.max_hold_ms)
+        stop.set()
+        thread.join()
+        rate = applied[0] / (time.perf_counter() - t_start)
+        rows.append(Row("trades applied meanwhile (1 thread)", rate, "trades/s"))
+        rows.append(
+            Row(
+                "incremental snapshot, median of 10 (1 s of changes)",
+                statistics.median(durations),
+                "s",
+            )
+        )
+        rows.append(Row("reader stall: longest lock hold, worst of 10", max(holds), "ms"))
+        rows.append(
+            Row("reader stall: longest lock hold, median of 10", statistics.median(holds), "ms")
+        )
+        store.close()
+        stats = []
+        gc.collect()
+        store = Store.open(Path(tmp))
+        t0 = time.perf_counter()
+        restored = [SymbolStats.restore(s) for s in store.load()]
+        rows.append(
+            Row(
+                f"restore {sum(s.median.levels for s in restored):,} levels",
+                time.perf_counter() - t0,
+                "s",
+            )
+        )
+        store.close()
+    return rows
+
+
+def bench_long(trades: int = 10**8, levels: int = 100_000) -> list[Row]:
+    """RSS while 10^8 trades over a fixed set of levels go through one RunningMedian."""
+    import resource
+
+    walk = random_walk(1_000_000, "61837.63", "0.01")
+    distinct = sorted(set(walk))[:levels]
+    cycle = [distinct[i % len(distinct)] for i in range(1_000_000)]
+    random.Random(2).shuffle(cycle)
+    m = RunningMedian()
+    rows: list[Row] = []
+    done = 0
+    checkpoint = 10**6
+    t0 = time.perf_counter()
+    add = m.add
+    while done < trades:
+        for p in cycle:
+            add(p)
+        done += len(cycle)
+        if done >= checkpoint:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            rows.append(Row(f"peak RSS after {done:.0e} trades ({m.levels:,} levels)", rss, "MiB"))
+            rows.append(
+                Row(f"structure size after {done:.0e} trades", median_bytes(m) / 2**20, "MiB")
+            )
+            checkpoint *= 10
+    rows.append(
+        Row("add, averaged over the run", (time.perf_counter() - t0) / done * 1e9, "ns/add")
+    )
+    return rows
+
+
+def load_generate(
+    base_url: str, paths: Sequence[str], rps: float, seconds: float, workers: int = 16
+) -> dict[str, Any]:
+    """Open-loop HTTP load: ``rps`` GETs a second spread over ``workers`` keep-alive
+    connections for ``seconds``; latency is measured from each request's scheduled time, so a
+    slow server cannot hide its queueing (no coordinated omission)."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    target = urlsplit(base_url)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2
+    per_worker = rps / workers
+
+    def worker(w: int) -> None:
+        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=10)
+        rnd = random.Random(w)
+        mine: list[float] = []
+        n = 0
+        while True:
+            due = start + n / per_worker + w / rps
+            if due - start > seconds:
+                break
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                conn.request("GET", rnd.choice(paths))
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status >= 400:
+                    errors[0] += 1
+            except (OSError, http.client.HTTPException):
+                errors[0] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(
+                    target.hostname or "127.0.0.1", target.port, timeout=10
+                )
+            mine.append(time.perf_counter() - due)
+            n += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
+
+    def q(f: float) -> float:
+        return latencies[min(len(latencies) - 1, int(f * len(latencies)))] * 1000
+
+    return {"requests": len(latencies), "errors": errors[0], "seconds": seconds,
+            "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": latencies[-1] * 1000}  # fmt: skip
+
+
+def bench_api(
+    seconds: float = 15.0, rps: float = 2000.0, shared_data: Path | None = None
+) -> list[Row]:
+    """Latency of GET /{symbol} and GET /symbols under ``rps`` while ingest runs at 10,000
+    trades/s: the service and the simulator in their own processes, the load in a third."""
+    import json
+    import re
+    import subprocess
+    import tempfile
+    import urllib.request
+
+    rows: list[Row] = []
+    sim = _SimProcess(10_000, shared_data)
+    with tempfile.TemporaryDirectory() as tmp:
+        svc = subprocess.Popen(
+            [sys.executable, "-m", "medianserv", "--host", "127.0.0.1", "--port", "0",
+             "--data-dir", tmp, "--rest-url", sim.rest_url, "--ws-url", sim.ws_url],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert svc.stderr is not None
+            port = None
+            for line in svc.stderr:
+                m = re.search(r"API listening on http://[^:]+:(\d+)", line)
+                if m:
+                    port = int(m.group(1))
+                    break
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(base + "/-/ready", timeout=5).read()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            symbols = json.loads(urllib.request.urlopen(base + "/symbols", timeout=5).read())
+            sim.control("resume")
+            time.sleep(1.0)
+
+            def applied() -> int:
+                text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+                m = re.search(r"^medianserv_trades_applied_total (\d+)", text, re.M)
+                return int(m.group(1)) if m else 0
+
+            a0, t0 = applied(), time.monotonic()
+            for label, paths, rate in (("GET /{symbol}", ["/" + s for s in symbols], rps),
+                                       ("GET /symbols", ["/symbols"], rps / 4)):  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, "-m", "medianserv", "bench", "load", "--url", base,
+                     "--rps", str(rate), "--seconds", str(seconds), "--paths", json.dumps(paths)],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                r = json.loads(out.stdout)
+                rows.append(
+                    Row(
+                        f"{label}: requests/s achieved (offered {rate:,.0f})",
+                        r["requests"] / seconds,
+                        "req/s",
+                    )
+                )
+                rows.append(Row(f"{label}: p50 latency", r["p50_ms"], "ms"))
+                rows.append(Row(f"{label}: p99 latency", r["p99_ms"], "ms"))
+                rows.append(Row(f"{label}: max latency", r["max_ms"], "ms"))
+                rows.append(Row(f"{label}: errors", r["errors"], "requests"))
+            published = sim.control("stats")["trades_published"]
+            rows.append(
+                Row(
+                    "ingest meanwhile (simulator target 10,000/s)",
+                    published / (2 * seconds + 1),
+                    "trades/s",
+                )
+            )
+        finally:
+            svc.send_signal(2)
+            svc.wait(30)
+            sim.stop()
     return rows

@@ -33,11 +33,32 @@ def _print_rows(rows: Sequence[object]) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_core
+    from . import bench
 
     shared = args.shared_data if args.shared_data.exists() else None
-    rows = bench_core(args.sizes, shared)
-    _print_rows(rows)
+    if args.suite == "load":  # the load generator process of the api benchmark
+        print(
+            json.dumps(
+                bench.load_generate(args.url, json.loads(args.paths), args.rps, args.seconds)
+            )
+        )
+        return 0
+    suites = ["core", "ingest", "api", "snapshot", "long"] if args.suite == "all" else [args.suite]
+    rows: list[bench.Row] = []
+    for suite in suites:
+        print(f"== {suite}", flush=True)
+        if suite == "core":
+            part = bench.bench_core(args.sizes, shared)
+        elif suite == "ingest":
+            part = bench.bench_ingest(args.seconds, args.tps, shared)
+        elif suite == "api":
+            part = bench.bench_api(args.seconds, args.rps, shared)
+        elif suite == "snapshot":
+            part = bench.bench_snapshot(args.levels, shared)
+        else:
+            part = bench.bench_long(args.trades)
+        _print_rows(part)
+        rows += part
     if args.json:
         Path(args.json).write_text(json.dumps([vars(r) for r in rows], indent=1) + "\n")
     return 0
@@ -209,10 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="measure the core: median add/read, memory per level, parsing, perfect hash",
+        help="benchmarks: core, ingest, api, snapshot, long, or all",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench.add_argument("suite", choices=["core"], nargs="?", default="core")
+    bench.add_argument(
+        "suite", choices=["core", "ingest", "api", "snapshot", "long", "all", "load"], nargs="?",
+        default="all",
+    )  # fmt: skip
+    bench.add_argument("--seconds", type=float, default=10.0, help="measuring time (ingest, api)")
+    bench.add_argument("--tps", type=float, default=150_000.0, help="offered trades/s (ingest)")
+    bench.add_argument("--rps", type=float, default=2000.0, help="offered requests/s (api)")
+    bench.add_argument("--levels", type=int, default=10_000_000, help="levels stored (snapshot)")
+    bench.add_argument("--trades", type=int, default=10**8, help="trades (long)")
+    bench.add_argument("--url", help=argparse.SUPPRESS)
+    bench.add_argument("--paths", help=argparse.SUPPRESS)
     bench.add_argument(
         "--sizes",
         type=lambda s: [int(float(x)) for x in s.split(",")],

@@ -200,22 +200,27 @@ class Store:
     def _write(
         self, batch: list[SymbolState], saved_at: int, listing: tuple[str, ...] | None
     ) -> tuple[int, int]:
-        levels = 0
         pack = _U64.pack
+        records = [(state.symbol.encode(), encode_record(state)) for state in batch]
+        level_items = [
+            (prefix + pack(price), pack(count))
+            for state in batch
+            for prefix in (symbol_prefix(state.symbol),)
+            for price, count in state.levels
+        ]
         with self.env.begin(write=True) as txn:
+            # putmulti: one C call for many items. A put() each would hand the GIL back and
+            # forth with busy reader threads once per item, which stretches a big snapshot
+            # from a fraction of a second to minutes.
+            txn.cursor(db=self._symbols).putmulti(records)
+            txn.cursor(db=self._levels).putmulti(level_items)
             put = txn.put
-            for state in batch:
-                prefix = symbol_prefix(state.symbol)
-                put(state.symbol.encode(), encode_record(state), db=self._symbols)
-                for price, count in state.levels:
-                    put(prefix + pack(price), pack(count), db=self._levels)
-                levels += len(state.levels)
             put(b"saved_at", str(saved_at).encode(), db=self._meta)
             if listing is not None:
                 put(b"listing", _encoder.encode(list(listing)), db=self._meta)
             snapshots = int(txn.get(b"snapshots", b"0", db=self._meta)) + 1
             put(b"snapshots", str(snapshots).encode(), db=self._meta)
-        return len(batch), levels
+        return len(records), len(level_items)
 
     # -- reading --------------------------------------------------------------------------------
 

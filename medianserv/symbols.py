@@ -288,8 +288,8 @@ class SymbolStats:
         with self.lock:
             if not self.dirty:
                 return None
-            multiplicity = self.median.multiplicity
-            levels = [(p, multiplicity(p)) for p in self.dirty_levels]
+            low, high = self.median._low_counts, self.median._high_counts  # C-level lookups
+            levels = [(p, low.get(-p, 0) + high.get(p, 0)) for p in self.dirty_levels]
             self.dirty_levels = set()
             self.dirty = False
             return self._state(levels)

@@ -90,7 +90,11 @@ def test_ready_healthy_metrics_openapi(client: falcon.testing.TestClient, state:
     assert client.simulate_get("/-/ready").status_code == 200
     assert client.simulate_get("/-/healthy").json == {"status": "alive"}
     m = client.simulate_get("/metrics")
-    assert m.status_code == 200 and m.text.startswith("# TYPE") and "text/plain" in m.headers["Content-Type"]
+    assert (
+        m.status_code == 200
+        and m.text.startswith("# TYPE")
+        and "text/plain" in m.headers["Content-Type"]
+    )
     assert client.simulate_get("/-/openapi.json").json == openapi_document()
 
 

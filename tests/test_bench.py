@@ -1,0 +1,37 @@
+"""Smoke runs of every benchmark at tiny sizes, so they cannot rot (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from medianserv.bench import Row, bench_core, bench_long, bench_snapshot
+
+
+def check(rows: list[Row]) -> None:
+    assert rows and all(isinstance(r.value, int | float) and r.value >= 0 for r in rows)
+
+
+def test_core_snapshot_long_smoke() -> None:
+    check(bench_core([2000]))
+    check(bench_snapshot(5000, ingest_rate=2000))
+    rows = bench_long(2_000_000, levels=1000)
+    check(rows)
+    sizes = [r.value for r in rows if r.name.startswith("structure size")]
+    assert len(sizes) == 1 or sizes[0] == sizes[-1]  # fixed levels: the structure stays the same
+
+
+def test_ingest_and_api_smoke_through_the_cli(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    for suite, extra in (("ingest", ["--tps", "2000"]), ("api", ["--rps", "40"])):
+        proc = subprocess.run(
+            [sys.executable, "-m", "medianserv", "bench", suite, "--seconds", "1", "--json", str(out), *extra],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = json.loads(out.read_text())
+        assert rows and all({"name", "value", "unit"} <= set(r) for r in rows)
+        errors = [r for r in rows if r["name"].endswith("errors")]
+        assert all(r["value"] == 0 for r in errors)
