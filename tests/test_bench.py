@@ -14,6 +14,18 @@ def check(rows: list[Row]) -> None:
     assert rows and all(isinstance(r.value, int | float) and r.value >= 0 for r in rows)
 
 
+def test_baselines_agree_with_running_median() -> None:
+    from medianserv.bench import _sorted_list_median, _two_heaps_median, random_walk
+    from medianserv.median import RunningMedian
+
+    for n in (1, 2, 3, 1000, 1001):
+        prices = random_walk(n, "100.00", "0.01", seed=n)
+        m = RunningMedian()
+        for p in prices:
+            m.add(p)
+        assert _two_heaps_median(prices) == _sorted_list_median(prices) == m.twice_median
+
+
 def test_core_snapshot_long_smoke() -> None:
     check(bench_core([2000]))
     check(bench_snapshot(5000, ingest_rate=2000))
@@ -27,7 +39,8 @@ def test_ingest_and_api_smoke_through_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     for suite, extra in (("ingest", ["--tps", "2000"]), ("api", ["--rps", "40"])):
         proc = subprocess.run(
-            [sys.executable, "-m", "medianserv", "bench", suite, "--seconds", "1", "--json", str(out), *extra],
+            [sys.executable, "-m", "medianserv", "bench", suite, "--seconds", "1",
+             "--json", str(out), *extra],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr
