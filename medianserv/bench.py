@@ -162,10 +162,21 @@ def bench_core(sizes: Sequence[int] = (10**6, 10**7), shared_data: Path | None =
     m = RunningMedian()
     for p in walk:
         m.add(p)
-    rows.append(
-        Row(f"two heaps of every price, n={n_mem:.0e}", two_heaps_bytes(walk) / n_mem, "B/trade")
-    )
-    rows.append(Row(f"RunningMedian, n={n_mem:.0e}", median_bytes(m) / n_mem, "B/trade"))
+    per_trade = two_heaps_bytes(walk) / n_mem
+    rows.append(Row(f"memory, two heaps of every price, n={n_mem:.0e}", per_trade, "B/trade"))
+    rows.append(Row(f"memory, RunningMedian, n={n_mem:.0e}", median_bytes(m) / n_mem, "B/trade"))
+    for n in (10**5, 10**6, 10**7):
+        if n > max(sizes):
+            break
+        prices = random_walk(n, "61837.63", "0.01")
+        for label, naive in (("two heaps of every price", _two_heaps_median),
+                             ("sorted list with insort", _sorted_list_median)):  # fmt: skip
+            if naive is _sorted_list_median and n > 10**5:
+                continue  # O(n) per insert: 10^6 trades would take many minutes
+            start = time.perf_counter_ns()
+            naive(prices)
+            ns = (time.perf_counter_ns() - start) / n
+            rows.append(Row(f"add, {label}, n={n:.0e}", ns, "ns/add"))
 
     texts = [f"{p // SCALE}.{p % SCALE:08d}" for p in walk[:100_000]]  # Binance's 8-decimal form
     rows.append(Row("parse_price", _loop_ns(parse_price, texts), "ns/parse"))
@@ -560,19 +571,20 @@ def bench_api(
     rows: list[Row] = []
     sim = _SimProcess(10_000, shared_data)
     with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "service.log"
+        log_file = log_path.open("w")
         svc = subprocess.Popen(
             [sys.executable, "-m", "medianserv", "--host", "127.0.0.1", "--port", "0",
              "--data-dir", tmp, "--rest-url", sim.rest_url, "--ws-url", sim.ws_url],
-            stderr=subprocess.PIPE, text=True,
+            stderr=log_file,
         )  # fmt: skip
         try:
-            assert svc.stderr is not None
             port = None
-            for line in svc.stderr:
-                m = re.search(r"API listening on http://[^:]+:(\d+)", line)
-                if m:
-                    port = int(m.group(1))
-                    break
+            deadline = time.monotonic() + 60
+            while port is None and time.monotonic() < deadline:
+                m = re.search(r"API listening on http://[^:]+:(\d+)", log_path.read_text())
+                port = int(m.group(1)) if m else None
+                time.sleep(0.1)
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
@@ -615,5 +627,6 @@ def bench_api(
         finally:
             svc.send_signal(2)
             svc.wait(30)
+            log_file.close()
             sim.stop()
     return rows

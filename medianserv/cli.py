@@ -16,6 +16,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["main"]
 
@@ -84,43 +88,48 @@ def _setup_logging(level: str) -> None:
         force=True,
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per event, ours
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth" at each burst
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace) -> tuple[Config, threading.Event] | None:
+    """The validated Config, logging set up and a stop event wired to the signals."""
     from .config import from_args
     from .errors import ConfigError
-    from .service import Service
 
     try:
         config = from_args(args)
     except ConfigError as exc:
         print(f"medianserv: {exc}", file=sys.stderr)
-        return 2
+        return None
     _setup_logging(config.log_level)
     stop = threading.Event()
     _install_stop_handlers(stop)
+    return config, stop
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .service import Service
+
+    prepared = _prepare(args)
+    if prepared is None:
+        return 2
+    config, stop = prepared
     return Service(config).run(stop)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .config import from_args
-    from .errors import ConfigError
     from .service import Service
     from .sim.server import SimConfig, Simulator
 
-    try:
-        config = from_args(args)
-    except ConfigError as exc:
-        print(f"medianserv: {exc}", file=sys.stderr)
+    prepared = _prepare(args)
+    if prepared is None:
         return 2
-    _setup_logging(config.log_level)
+    config, stop = prepared
     sim_config = SimConfig(
         exchange_info=args.exchange_info, symbols=args.symbols, trades_per_second=args.tps
     )
-    stop = threading.Event()
-    _install_stop_handlers(stop)
     with Simulator(sim_config) as sim:
         config = dataclasses.replace(config, rest_url=sim.rest_url, ws_url=sim.ws_url)
         logging.getLogger("medianserv.demo").info(

@@ -12,7 +12,7 @@ import pytest
 
 from medianserv.sim import SimConfig, Simulator
 
-from .test_service import Running
+from .test_service import Running, _no_orphans  # noqa: F401  (fixture)
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "medianserv.service"
 
@@ -31,7 +31,8 @@ def test_unit_is_hardened() -> None:
 
 def test_unit_runs_the_console_script_with_its_state_directory() -> None:
     text = UNIT.read_text()
-    assert re.search(r"^ExecStart=\S+/medianserv --data-dir \$\{STATE_DIRECTORY\}", text, re.M)
+    assert re.search(r"^ExecStart=\S+/medianserv --data-dir %S/medianserv$", text, re.M)
+    assert re.search(r"^StateDirectory=medianserv$", text, re.M)
     for line in ("Type=notify", "DynamicUser=yes", "StateDirectory=medianserv",
                  "Restart=on-failure", "KillSignal=SIGTERM"):  # fmt: skip
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
