@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,12 +24,29 @@ from .config import Config
 from .errors import InputError
 from .exchange import RestClient, RestError
 from .pacing import backoff
-from .streams import AttemptGate, Reader, plan_connections, stream_of
+from .streams import AttemptGate, Reader, ReaderStats, plan_connections, stream_of
 from .symbols import SymbolStats, SymbolTable
 
 __all__ = ["Ingest"]
 
 log = logging.getLogger(__name__)
+
+
+_COUNTED = ("applied", "duplicates", "gaps", "filled_live", "reconnects", "rotations")
+
+
+def _totals(s: ReaderStats) -> dict[str, int]:
+    """A reader's counters under the names /metrics uses; rejections as ``rejected:<kind>``."""
+    out = {
+        "applied": s.applied,
+        "duplicates": s.duplicates,
+        "gaps": s.gaps,
+        "filled_live": s.filled,
+        "reconnects": s.reconnects,
+        "rotations": s.rotations,
+    }
+    out.update({f"rejected:{k}": v for k, v in s.rejected.items()})
+    return out
 
 
 class Ingest:
@@ -50,6 +68,7 @@ class Ingest:
         self.known: dict[str, SymbolStats] = {s.symbol: s for s in known}
         self.readers: list[Reader] = []
         self._next_slot = 0  # label of the next reader (its thread is reader-<slot>)
+        self._retired: Counter[str] = Counter()  # counters of readers no longer running
         self.gate = AttemptGate(config.max_connection_attempts, config.connection_window)
         self.backfill = Backfill(config, rest, lambda: self.table)
         self.stopping = threading.Event()  # set by stop(): the listings thread exits
@@ -132,7 +151,12 @@ class Ingest:
         for reader in free:
             reader.set_streams(())
             reader.stop()
+            self._retire(reader)
         self.readers = assigned
+
+    def _retire(self, reader: Reader) -> None:
+        """Keep a departing reader's counters, so totals never go down. Caller holds _lock."""
+        self._retired.update(_totals(reader.stats))
 
     def refresh_listing(self, *, need_baseline: bool = False) -> bool:
         """Read exchangeInfo (and, for new symbols, the tickers) and apply it.
@@ -234,20 +258,16 @@ class Ingest:
         return True, f"{len(self.table)} symbols over {len(readers)} connections"
 
     def counters(self) -> dict[str, Any]:
-        """Totals over every reader and the backfill (for /metrics). O(readers)."""
-        readers = list(self.readers)
-        rejected: dict[str, int] = {}
+        """Totals over every reader, past and present, and the backfill (for /metrics)."""
+        with self._lock:
+            readers = list(self.readers)
+            totals = Counter(self._retired)
         for r in readers:
-            for kind, n in r.stats.rejected.items():
-                rejected[kind] = rejected.get(kind, 0) + n
+            totals.update(_totals(r.stats))
+        rejected = {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("rejected:")}
         return {
-            "applied": sum(r.stats.applied for r in readers),
-            "duplicates": sum(r.stats.duplicates for r in readers),
-            "gaps": sum(r.stats.gaps for r in readers),
-            "filled_live": sum(r.stats.filled for r in readers),
+            **{k: totals[k] for k in _COUNTED},
             "rejected": rejected,
-            "reconnects": sum(r.stats.reconnects for r in readers),
-            "rotations": sum(r.stats.rotations for r in readers),
             "connections_open": sum(r.stats.connected for r in readers),
             "connections": len(readers),
             "lag_ms": {r.slot: r.stats.lag_ms for r in readers},

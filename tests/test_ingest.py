@@ -214,3 +214,15 @@ def test_backfill_recovers_from_429(small_sim: Simulator) -> None:
         small_sim.set_weight_limit(6000)
         settle(small_sim, ingest)
         assert small_sim.stats()["violations"]["rest_weight_exceeded"] >= 1
+
+
+def test_counters_never_go_down_when_readers_leave(small_sim: Simulator) -> None:
+    with running(small_sim, max_streams_per_connection=20) as ingest:
+        trade_for(small_sim, 1000)
+        settle(small_sim, ingest)
+        before = ingest.counters()["applied"]
+        assert len(ingest.readers) == 3
+        keep = list(ingest.table.symbols)[:20]  # a delisting wave empties two connections
+        ingest.apply_listing(keep)
+        assert len(ingest.readers) == 1
+        assert ingest.counters()["applied"] == before
