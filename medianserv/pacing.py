@@ -1,4 +1,4 @@
-"""Pure pacing helpers: reconnect backoff, a token bucket and a sliding-window limit.
+"""Pure pacing helpers: reconnect backoff and a sliding-window limit.
 
 Time is always passed in (``now``), never read, so tests drive them step by step.
 """
@@ -9,7 +9,7 @@ import random
 from collections import deque
 from collections.abc import Iterator
 
-__all__ = ["SlidingWindow", "TokenBucket", "backoff"]
+__all__ = ["SlidingWindow", "backoff"]
 
 
 def backoff(
@@ -33,40 +33,9 @@ def backoff(
         delay = min(maximum, delay * factor)
 
 
-class TokenBucket:
-    """At most ``rate`` events per second on average, bursts up to ``burst``. O(1).
-
-    >>> b = TokenBucket(rate=2, burst=2, now=0.0)
-    >>> b.try_take(0.0), b.try_take(0.0), b.try_take(0.0), b.try_take(0.5)
-    (True, True, False, True)
-    """
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def _refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def try_take(self, now: float) -> bool:
-        """Take one token if there is one."""
-        self._refill(now)
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-    def wait_time(self, now: float) -> float:
-        """Seconds until a token is available (0 if one is)."""
-        self._refill(now)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
-
-
 class SlidingWindow:
-    """At most ``limit`` events in any ``window`` seconds (Binance's connection-attempt limit).
+    """At most ``limit`` events in any ``window`` seconds: Binance's connection-attempt limit
+    and its 5-messages-per-second limit are both of this shape.
 
     Amortised O(1) per event; memory O(limit).
 

@@ -8,7 +8,8 @@ where they already are so a listing change touches only the streams that changed
 A :class:`Reader` owns one *slot* of the plan. Its thread connects to ``/stream`` (no streams
 in the URL: no URL-length limit to meet), then reconciles what the connection is subscribed to
 with what the slot wants, in SUBSCRIBE/UNSUBSCRIBE frames under ``subscribe_batch_bytes``,
-paced by a token bucket below Binance's 5 messages per second (our pongs count too). Each
+paced to at most ``control_messages_per_second`` in any 1.1-second window, below Binance's 5
+incoming messages per second (our pongs count too). Each
 change is confirmed with LIST_SUBSCRIPTIONS; what the server does not list is subscribed again.
 
 Every frame is decoded (:mod:`.messages`), looked up in the current :class:`SymbolTable` and
@@ -46,7 +47,7 @@ from .config import Config
 from .errors import PriceError
 from .logs import RateLimitedLog
 from .messages import Rejected, Reply, ServerShutdown, TradeEvent, decode
-from .pacing import SlidingWindow, TokenBucket, backoff
+from .pacing import SlidingWindow, backoff
 from .prices import parse_price
 from .symbols import Outcome, SymbolTable
 
@@ -191,7 +192,9 @@ class _Link:
         self.opened = now
         self.rotate_at = rotate_at
         self.last_frame = now
-        self.bucket = TokenBucket(rate, max(1.0, rate), now)
+        # Binance counts messages in any one-second window: a token bucket would allow twice
+        # its rate in a burst; a sliding window (with margin for network jitter) cannot.
+        self.pace = SlidingWindow(max(1, int(rate)), 1.1)
         self.subscribed: set[str] = set()  # acknowledged by the server
         self.pending: dict[int, tuple[str, list[str]]] = {}  # request id -> (method, streams)
         self.verified = False  # a LIST_SUBSCRIPTIONS matched since the last change
@@ -403,7 +406,7 @@ class Reader:
         link.ws.send(json.dumps(body, separators=(",", ":")))
 
     def _reconcile(self, link: _Link, now: float) -> bool:
-        """Send what the token bucket allows towards ``wanted``, then verify. True when the
+        """Send what the pace allows towards ``wanted``, then verify. True when the
         connection carries exactly the wanted streams, confirmed by LIST_SUBSCRIPTIONS."""
         wanted = self.wanted
         in_flight = {s for _, streams in link.pending.values() for s in streams}
@@ -412,10 +415,10 @@ class Reader:
         max_bytes = self.config.subscribe_batch_bytes
         for method, streams in (("UNSUBSCRIBE", to_remove), ("SUBSCRIBE", to_add)):
             for batch in stream_batches(streams, max_bytes):
-                if not link.bucket.try_take(now):
+                if not link.pace.try_add(now):
                     return False
                 self._send(link, method, batch)
-        if not link.pending and not link.verified and link.bucket.try_take(now):
+        if not link.pending and not link.verified and link.pace.try_add(now):
             self._send(link, "LIST_SUBSCRIPTIONS", None)
         return link.verified and link.subscribed == wanted
 
@@ -425,7 +428,7 @@ class Reader:
         if link.probe_sent is not None and now - link.probe_sent > cfg.probe_timeout:
             raise Stalled(f"no answer to a probe in {cfg.probe_timeout:g} s")
         silent = now - link.last_frame > cfg.silence_timeout
-        if link.probe_sent is None and silent and link.bucket.try_take(now):
+        if link.probe_sent is None and silent and link.pace.try_add(now):
             self.stats.probes += 1
             link.probe_sent = now
             self._send(link, "LIST_SUBSCRIPTIONS", None)
