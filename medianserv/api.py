@@ -17,7 +17,7 @@ import msgspec
 from waitress.server import create_server
 
 from .prices import format_median, format_price
-from .symbols import SymbolTable
+from .symbols import StatsView, SymbolTable
 
 __all__ = ["HttpServer", "ServiceState", "create_app", "openapi_document"]
 
@@ -37,6 +37,34 @@ class ServiceState(Protocol):
     def ready(self) -> tuple[bool, str]: ...
 
     def metrics(self) -> str: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def history(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]: ...
+
+    def rates(self) -> dict[str, float]: ...
+
+
+def _exact(units: int | None) -> str | None:
+    return None if units is None else format_price(units)
+
+
+def _median(twice: int | None) -> str | None:
+    return None if twice is None else format_median(twice)
+
+
+def stats_json(v: StatsView) -> dict[str, Any]:
+    """The JSON object of one symbol's statistics (GET /{symbol}, GET /-/all)."""
+    return {
+        "symbol": v.symbol,
+        "count": v.count,
+        "median": _median(v.twice_median),
+        "last_price": _exact(v.last_price),
+        "last_trade_id": v.last_trade_id,
+        "last_trade_time": v.last_trade_time,
+        "missing_trades": v.missing,
+        "lost_trades": v.lost,
+    }
 
 
 def _send(resp: falcon.Response, body: Any, status: str = falcon.HTTP_200) -> None:
@@ -69,17 +97,57 @@ class SymbolResource:
                 title="Unknown symbol",
                 description=f"{symbol[:MAX_SYMBOL_LENGTH]!r} is not listed; see /symbols",
             )
-        v = stats.view()
-        _send(resp, {
-            "symbol": v.symbol,
-            "count": v.count,
-            "median": None if v.twice_median is None else format_median(v.twice_median),
-            "last_price": None if v.last_price is None else format_price(v.last_price),
-            "last_trade_id": v.last_trade_id,
-            "last_trade_time": v.last_trade_time,
-            "missing_trades": v.missing,
-            "lost_trades": v.lost,
-        })  # fmt: skip
+        _send(resp, stats_json(stats.view()))
+
+
+class AllResource:
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Every symbol's statistics in one response, with trades/s over the last minute.
+        O(n); what the dashboard and scripts poll instead of one request per symbol."""
+        rates = self.state.rates()
+        out = []
+        for symbol, stats in self.state.table().items():
+            item = stats_json(stats.view())
+            item["trades_per_second"] = round(rates.get(symbol, 0.0), 3)
+            out.append(item)
+        _send(resp, out)
+
+
+class HistoryResource:
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+        """The recent samples of one symbol: [time_ms, count, median, last_price], oldest first."""
+        stats = self.state.table().get(symbol[:MAX_SYMBOL_LENGTH].upper())
+        stats = stats or self.state.table().get(symbol[:MAX_SYMBOL_LENGTH])
+        if stats is None:
+            raise falcon.HTTPNotFound(title="Unknown symbol", description="see /symbols")
+        samples = [[t, c, _median(m), _exact(p)] for t, c, m, p in self.state.history(stats.symbol)]
+        _send(resp, {"symbol": stats.symbol, "samples": samples})
+
+
+class StatusResource:
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _send(resp, self.state.status())
+
+
+class DashboardResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_HTML
+        resp.data = _dashboard_html()
+
+
+def _dashboard_html() -> bytes:
+    from importlib.resources import files
+
+    return files("medianserv").joinpath("dashboard.html").read_bytes()
 
 
 class HealthyResource:
@@ -133,11 +201,15 @@ def _internal_error(req: falcon.Request, resp: falcon.Response, ex: Exception, p
 
 
 def create_app(state: ServiceState) -> falcon.App[falcon.Request, falcon.Response]:
-    """The WSGI app. Routes: /symbols, /{symbol}, /-/healthy, /-/ready, /-/openapi.json,
-    /metrics."""
+    """The WSGI app. Routes: / (dashboard), /symbols, /{symbol}, /-/all, /-/status,
+    /-/history/{symbol}, /-/healthy, /-/ready, /-/openapi.json, /metrics."""
     app = falcon.App(middleware=[NoStore()])
     app.req_options.strip_url_path_trailing_slash = True
+    app.add_route("/", DashboardResource())
     app.add_route("/symbols", SymbolsResource(state))
+    app.add_route("/-/all", AllResource(state))
+    app.add_route("/-/status", StatusResource(state))
+    app.add_route("/-/history/{symbol}", HistoryResource(state))
     app.add_route("/metrics", MetricsResource(state))
     app.add_route("/-/healthy", HealthyResource())
     app.add_route("/-/ready", ReadyResource(state))
@@ -207,6 +279,22 @@ def openapi_document() -> dict[str, Any]:
                     "404": {"description": "not listed", "content": json_of(error)},
                 },
             }},
+            "/-/all": {"get": {
+                "summary": "Every symbol's statistics in one response, with trades_per_second",
+                "responses": {"200": {"description": "statistics", "content": json_of(
+                    {"type": "array", "items": {"$ref": "#/components/schemas/Stats"}})}},
+            }},
+            "/-/history/{symbol}": {"get": {
+                "summary": "Recent samples of one symbol: [time_ms, count, median, last_price]",
+                "parameters": [{"name": "symbol", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "samples, oldest first"},
+                              "404": {"description": "not listed", "content": json_of(error)}},
+            }},
+            "/-/status": {"get": {"summary": "Service health for the dashboard",
+                                  "responses": {"200": {"description": "health"}}}},
+            "/": {"get": {"summary": "The dashboard (HTML)",
+                          "responses": {"200": {"description": "text/html"}}}},
             "/-/healthy": {"get": {"summary": "The process is alive",
                                    "responses": {"200": {"description": "alive"}}}},
             "/-/ready": {"get": {
@@ -235,6 +323,8 @@ def openapi_document() -> dict[str, Any]:
                                    "description": "trades known missed, not yet backfilled"},
                 "lost_trades": {"type": "integer",
                                 "description": "trades missed and given up for good"},
+                "trades_per_second": {"type": "number",
+                                      "description": "/-/all only: over the last minute"},
             }},
             "Error": {"type": "object", "properties": {
                 "title": {"type": "string"}, "description": {"type": "string"}}},

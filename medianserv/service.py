@@ -23,6 +23,7 @@ from typing import Any
 from .api import HttpServer, create_app
 from .config import Config
 from .exchange import RestClient
+from .history import HistoryBook
 from .ingest import Ingest
 from .snapshotter import Snapshotter
 from .store import Store, StoreError
@@ -63,6 +64,8 @@ class Service:
         self.http: HttpServer | None = None
         self.restored_symbols = 0
         self.restarts = 0  # threads the supervisor restarted
+        self.book = HistoryBook(config.history_samples)  # samples for the dashboard
+        self._next_sample = 0.0
 
     # -- the ServiceState the API reads --------------------------------------------------------
 
@@ -76,6 +79,54 @@ class Service:
 
     def metrics(self) -> str:
         return render_metrics(self)
+
+    def history(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]:
+        return self.book.samples(symbol)
+
+    def rates(self) -> dict[str, float]:
+        return self.book.rates(int(time.time() * 1000))
+
+    def status(self) -> dict[str, Any]:
+        """Health at a glance (the dashboard's header), with what is wrong spelled out."""
+        ready, reason = self.ready()
+        c: dict[str, Any] = self.ingest.counters() if self.ingest is not None else {}
+        snap = self.snapshotter.stats if self.snapshotter is not None else None
+        age = time.time() - snap.last_ok_at if snap and snap.last_ok_at else None
+        problems = [] if ready else [reason]
+        down = c.get("connections", 0) - c.get("connections_open", 0)
+        if down > 0:
+            problems.append(f"{down} connection(s) down")
+        if age is not None and age > 3 * self.config.snapshot_interval + 5:
+            problems.append(f"last snapshot {age:.0f} s ago")
+        if snap is not None and snap.failures and snap.pending_symbols:
+            problems.append("snapshots failing")
+        lag = c.get("lag_ms", {})
+        return {
+            "ready": ready,
+            "problems": problems,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "symbols": len(self.table()),
+            "connections": [
+                {"id": k, "streams": c.get("streams", {}).get(k, 0), "lag_s": v / 1000}
+                for k, v in sorted(lag.items())
+            ],
+            "connections_open": c.get("connections_open", 0),
+            "lag_s": max(lag.values(), default=0) / 1000,
+            "trades_applied": c.get("applied", 0),
+            "reconnects": c.get("reconnects", 0),
+            "gaps": c.get("gaps", 0),
+            "backfilled": c.get("backfill", {}).get("filled", 0),
+            "lost": c.get("backfill", {}).get("lost", 0),
+            "rejected": sum(c.get("rejected", {}).values()),
+            "snapshot_age_s": None if age is None else round(age, 1),
+            "snapshot_interval_s": self.config.snapshot_interval,
+        }
+
+    def sample(self) -> None:
+        """Record every traded symbol's numbers in the dashboard history. O(symbols)."""
+        views = [(v.symbol, v.count, v.twice_median, v.last_price)
+                 for v in (s.view() for _, s in self.table().items())]  # fmt: skip
+        self.book.sample(views, int(time.time() * 1000))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -134,6 +185,9 @@ class Service:
                     sd_notify("READY=1")
                     log.info("ready: %s", ingest.ready()[1])
                 self._supervise()
+                if time.monotonic() >= self._next_sample:
+                    self._next_sample = time.monotonic() + cfg.history_interval
+                    self.sample()
         finally:
             sd_notify("STOPPING=1")
             log.info("stopping: readers, final snapshot, HTTP server, store")

@@ -1,0 +1,107 @@
+"""The dashboard: its history buffer, its endpoints, and the page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from medianserv.history import HistoryBook, Ring
+from medianserv.sim import SimConfig, Simulator
+
+from .browser import Browser, find_chromium
+from .support import http_get, wait_for
+from .test_service import Running, _no_orphans, publish  # noqa: F401  (fixture)
+
+
+@given(st.integers(1, 20), st.lists(st.integers(0, 10**12), max_size=60))
+def test_ring_is_bounded_and_ordered(capacity: int, values: list[int]) -> None:
+    ring = Ring(capacity)
+    for i, v in enumerate(values):
+        ring.append(i, v, None if v % 3 == 0 else v, v)
+    got = ring.samples()
+    assert len(ring) == len(got) == min(capacity, len(values))
+    assert [s[0] for s in got] == list(range(len(values)))[-capacity:] if values else got == []
+    assert all(s[2] is None or s[2] == s[1] for s in got)
+
+
+def test_rate_over_the_last_minute() -> None:
+    book = HistoryBook(100)
+    for second in range(0, 121, 10):
+        book.sample([("A", second * 5, 2, 1), ("QUIET", 0, None, None)], second * 1000)
+    assert book.rates(120_000) == {"A": pytest.approx(5.0)}  # never-traded symbols keep no ring
+    assert book.samples("QUIET") == []
+
+
+def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium (Debian package 'chromium'; .ci/run installs it when it can)")
+    config = SimConfig(symbols=300, paused=True, trades_per_second=3000, seed=3)
+    with Simulator(config) as sim:
+        run = Running(sim, tmp_path / "data", "--history-interval", "0.3")
+        wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
+        publish(sim, 3000)
+        sim.pause()
+        truth = {s: t["count"] for s, t in sim.truth().items()}
+        wait_for(
+            lambda: {r["symbol"]: r["count"] for r in run.get("/-/all")[1] if r["count"]} == truth
+        )
+        time.sleep(1.0)  # a few history samples for the chart
+        api = {r["symbol"]: r for r in http_get(run.base + "/-/all")[2]}
+        browser = Browser(chromium)
+        try:
+            browser.goto(run.base + "/")
+            rows_js = (
+                "[...document.querySelectorAll('#tbl tbody tr')]"
+                ".map(r => [...r.cells].map(c => c.textContent))"
+            )
+            wait_for(lambda: len(browser.evaluate(rows_js) or []) == len(api), timeout=30)
+
+            shown = browser.evaluate(rows_js)
+            counts = [api[cells[0]]["count"] for cells in shown]
+            assert counts == sorted(counts, reverse=True)  # sorted by trades by default
+            for cells in shown[:40]:  # the numbers on the page are the API's, exactly
+                r = api[cells[0]]
+                assert cells[1] == f"{r['count']:,}"
+                assert cells[2] == (r["median"] or "") and cells[3] == (r["last_price"] or "")
+
+            browser.evaluate("document.querySelector('th[data-key=symbol]').click()")
+            names = [cells[0] for cells in browser.evaluate(rows_js)]
+            assert names == sorted(names)
+
+            browser.evaluate("{ const s = document.getElementById('search'); s.value = 'usdt';"
+                             "s.dispatchEvent(new Event('input')); }")  # fmt: skip
+            found = [cells[0] for cells in browser.evaluate(rows_js)]
+            assert found == sorted(s for s in api if "USDT" in s) and found
+
+            busiest = max(api, key=lambda s: api[s]["count"])
+            browser.evaluate("{ const s = document.getElementById('search'); s.value = '';"
+                             "s.dispatchEvent(new Event('input')); }")  # fmt: skip
+            browser.evaluate(f"document.querySelector('tr[data-symbol=\"{busiest}\"]').click()")
+            wait_for(lambda: (browser.evaluate("window.__chartPoints") or 0) >= 2, timeout=20)
+            assert (
+                browser.evaluate("document.getElementById('d-median').textContent")
+                == api[busiest]["median"]
+            )
+            assert browser.evaluate("document.getElementById('state').textContent") == "live"
+
+            shot = browser.screenshot()
+            assert shot.startswith(b"\x89PNG")
+            (tmp_path / "dashboard.png").write_bytes(shot)  # the test artifact
+            if os.environ.get("MEDIANSERV_SCREENSHOT"):
+                Path(os.environ["MEDIANSERV_SCREENSHOT"]).write_bytes(shot)
+
+            run.stop()  # the page must say it is not live any more
+            wait_for(
+                lambda: browser.evaluate("document.body.classList.contains('stale')"), timeout=15
+            )
+            assert (
+                browser.evaluate("document.getElementById('state').textContent") == "reconnecting"
+            )
+        finally:
+            browser.close()
