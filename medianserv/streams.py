@@ -29,6 +29,7 @@ buffer applies back-pressure when full: nothing is dropped, and pongs go out pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -477,6 +478,9 @@ class Reader:
         (published before the new one took over) arrives before that reply. Then close it."""
         deadline = self.clock() + limit
         try:
+            while not old.pace.try_add(self.clock()) and self.clock() < deadline:
+                with contextlib.suppress(TimeoutError):  # keep reading while we wait our turn
+                    self._handle(old.ws.recv(timeout=0.05), old)
             self._send(old, "LIST_SUBSCRIPTIONS", None)
             marker = old.next_id
             while marker in old.pending and self.clock() < deadline:
