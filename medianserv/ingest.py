@@ -272,5 +272,7 @@ class Ingest:
             "connections": len(readers),
             "lag_ms": {r.slot: r.stats.lag_ms for r in readers},
             "streams": {r.slot: r.stats.subscribed for r in readers},
-            "backfill": dict(vars(self.backfill.stats)),
+            "backfill": {**vars(self.backfill.stats), "pending": self.backfill.pending()},
+            "listing_failures": self.listing_failures,
+            "connection_attempt_waits": self.gate.waits,
         }

@@ -287,6 +287,16 @@ def render_metrics(service: Service) -> str:
         "429/418 answers to the backfill.",
         [("", back.get("rate_limited", 0))],
     )
+    gauges = (
+        ("backfill_pending_symbols", "gauge", "Symbols with gaps waiting for the backfill.",
+         back.get("pending", 0)),
+        ("listing_failures_total", "counter", "exchangeInfo reads that failed.",
+         c.get("listing_failures", 0)),
+        ("connection_attempt_waits_total", "counter", "Reconnects delayed by the attempt limit.",
+         c.get("connection_attempt_waits", 0)),
+    )  # fmt: skip
+    for name, kind, text, value in gauges:
+        metric(name, kind, text, [("", value)])
     metric(
         "reconnects_total",
         "counter",

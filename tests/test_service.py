@@ -115,6 +115,14 @@ def test_run_stop_restart_restore(sim: Simulator, tmp_path: Path) -> None:
     assert run.get("/symbols") == (200, sim.listed())
     publish(sim, 3000)
     settle(sim, run)
+    metrics = http_get_text(run.base + "/metrics")[2]
+    applied = re.search(r"^medianserv_trades_applied_total (\d+)$", metrics, re.M)
+    assert applied and int(applied.group(1)) == sim.stats()["trades_published"]
+    names = ("ready 1", "connections_open 1", "frames_rejected_total", "trades_backfilled_total",
+             "snapshot_age_seconds", "connection_lag_seconds", "backfill_pending_symbols",
+             "reconnects_total 0", "thread_restarts_total 0")  # fmt: skip
+    for name in names:
+        assert f"medianserv_{name}" in metrics, name
     assert run.stop() == 0
     log = "\n".join(run.lines)
     assert "final snapshot" in log and "stopped" in log
