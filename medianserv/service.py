@@ -220,145 +220,151 @@ class Service:
 
 def render_metrics(service: Service) -> str:
     """Prometheus text format (0.0.4) of the service's counters. O(connections + kinds)."""
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, Any]]) -> None:
-        lines.append(f"# HELP medianserv_{name} {help_text}")
-        lines.append(f"# TYPE medianserv_{name} {kind}")
-        for labels, value in samples:
-            lines.append(f"medianserv_{name}{labels} {value}")
-
     ingest, snap = service.ingest, service.snapshotter
     c: dict[str, Any] = ingest.counters() if ingest is not None else {}
     back = c.get("backfill", {})
-    ready = service.ready()[0]
-    metric("up", "gauge", "1 while the process runs.", [("", 1)])
-    metric("ready", "gauge", "1 once restored and subscribed.", [("", int(ready))])
-    metric(
-        "uptime_seconds",
-        "gauge",
-        "Seconds since start.",
-        [("", round(time.time() - service.started_at, 3))],
-    )
-    metric("symbols", "gauge", "Symbols listed and served.", [("", len(service.table()))])
-    metric(
-        "trades_applied_total",
-        "counter",
-        "Trades applied from the streams.",
-        [("", c.get("applied", 0))],
-    )
-    metric(
-        "trades_duplicate_total",
-        "counter",
-        "Trades received again and ignored.",
-        [("", c.get("duplicates", 0))],
-    )
-    rejected = c.get("rejected", {})
-    metric(
-        "frames_rejected_total",
-        "counter",
-        "Frames rejected, by kind.",
-        [(f'{{kind="{k}"}}', v) for k, v in sorted(rejected.items())] or [('{kind="none"}', 0)],
-    )
-    metric(
-        "gaps_total", "counter", "Jumps in trade ids seen on the streams.", [("", c.get("gaps", 0))]
-    )
-    metric(
-        "trades_backfilled_total",
-        "counter",
-        "Missed trades fetched over REST and applied.",
-        [("", back.get("filled", 0))],
-    )
-    metric(
-        "trades_lost_total",
-        "counter",
-        "Missed trades given up (over the cap or gone).",
-        [("", back.get("lost", 0))],
-    )
-    metric(
-        "backfill_requests_total",
-        "counter",
-        "historicalTrades requests.",
-        [("", back.get("requests", 0))],
-    )
-    metric(
-        "rest_rate_limited_total",
-        "counter",
-        "429/418 answers to the backfill.",
-        [("", back.get("rate_limited", 0))],
-    )
-    gauges = (
-        ("backfill_pending_symbols", "gauge", "Symbols with gaps waiting for the backfill.",
-         back.get("pending", 0)),
-        ("listing_failures_total", "counter", "exchangeInfo reads that failed.",
-         c.get("listing_failures", 0)),
-        ("connection_attempt_waits_total", "counter", "Reconnects delayed by the attempt limit.",
-         c.get("connection_attempt_waits", 0)),
-    )  # fmt: skip
-    for name, kind, text, value in gauges:
-        metric(name, kind, text, [("", value)])
-    metric(
-        "reconnects_total",
-        "counter",
-        "Connections that failed and were reopened.",
-        [("", c.get("reconnects", 0))],
-    )
-    metric(
-        "rotations_total",
-        "counter",
-        "Make-before-break connection rotations.",
-        [("", c.get("rotations", 0))],
-    )
-    metric(
-        "connections_open",
-        "gauge",
-        "WebSocket connections up.",
-        [("", c.get("connections_open", 0))],
-    )
-    metric(
-        "connection_streams",
-        "gauge",
-        "Streams confirmed per connection.",
-        [(f'{{connection="{k}"}}', v) for k, v in sorted(c.get("streams", {}).items())],
-    )
-    metric(
-        "connection_lag_seconds",
-        "gauge",
-        "Now minus Binance's event time of the last trade.",
-        [(f'{{connection="{k}"}}', v / 1000) for k, v in sorted(c.get("lag_ms", {}).items())],
-    )
+    # (name, type, help, value): one unlabelled sample each
+    single: list[tuple[str, str, str, Any]] = [
+        ("up", "gauge", "1 while the process runs.", 1),
+        ("ready", "gauge", "1 once restored and subscribed.", int(service.ready()[0])),
+        (
+            "uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            round(time.time() - service.started_at, 3),
+        ),
+        ("symbols", "gauge", "Symbols listed and served.", len(service.table())),
+        (
+            "trades_applied_total",
+            "counter",
+            "Trades applied from the streams.",
+            c.get("applied", 0),
+        ),
+        (
+            "trades_duplicate_total",
+            "counter",
+            "Trades received again and ignored.",
+            c.get("duplicates", 0),
+        ),
+        ("gaps_total", "counter", "Jumps in trade ids seen on the streams.", c.get("gaps", 0)),
+        (
+            "trades_backfilled_total",
+            "counter",
+            "Missed trades fetched over REST and applied.",
+            back.get("filled", 0),
+        ),
+        (
+            "trades_lost_total",
+            "counter",
+            "Missed trades given up (over the cap or gone).",
+            back.get("lost", 0),
+        ),
+        (
+            "backfill_requests_total",
+            "counter",
+            "historicalTrades requests.",
+            back.get("requests", 0),
+        ),
+        (
+            "rest_rate_limited_total",
+            "counter",
+            "429/418 answers to the backfill.",
+            back.get("rate_limited", 0),
+        ),
+        (
+            "backfill_pending_symbols",
+            "gauge",
+            "Symbols with gaps waiting for the backfill.",
+            back.get("pending", 0),
+        ),
+        (
+            "listing_failures_total",
+            "counter",
+            "exchangeInfo reads that failed.",
+            c.get("listing_failures", 0),
+        ),
+        (
+            "connection_attempt_waits_total",
+            "counter",
+            "Reconnects delayed by the attempt limit.",
+            c.get("connection_attempt_waits", 0),
+        ),
+        (
+            "reconnects_total",
+            "counter",
+            "Connections that failed and were reopened.",
+            c.get("reconnects", 0),
+        ),
+        (
+            "rotations_total",
+            "counter",
+            "Make-before-break connection rotations.",
+            c.get("rotations", 0),
+        ),
+        ("connections_open", "gauge", "WebSocket connections up.", c.get("connections_open", 0)),
+        (
+            "thread_restarts_total",
+            "counter",
+            "Threads restarted by the supervisor.",
+            service.restarts,
+        ),
+    ]
     if snap is not None:
         s = snap.stats
         age = time.time() - s.last_ok_at if s.last_ok_at else -1
-        metric("snapshots_total", "counter", "Snapshots written.", [("", s.snapshots)])
-        metric(
-            "snapshot_failures_total",
+        single += [
+            ("snapshots_total", "counter", "Snapshots written.", s.snapshots),
+            (
+                "snapshot_failures_total",
+                "counter",
+                "Snapshots that failed (kept in memory).",
+                s.failures,
+            ),
+            (
+                "snapshot_duration_seconds",
+                "gauge",
+                "Duration of the last snapshot.",
+                round(s.last_duration_s, 6),
+            ),
+            (
+                "snapshot_age_seconds",
+                "gauge",
+                "Seconds since the last good snapshot (-1: none).",
+                round(age, 3),
+            ),
+            (
+                "snapshot_max_lock_hold_seconds",
+                "gauge",
+                "Longest a symbol waited on the last snapshot.",
+                round(s.max_hold_ms / 1000, 6),
+            ),
+        ]
+    rejected = sorted(c.get("rejected", {}).items())
+    labelled: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
+        (
+            "frames_rejected_total",
             "counter",
-            "Snapshots that failed (kept in memory).",
-            [("", s.failures)],
-        )
-        metric(
-            "snapshot_duration_seconds",
+            "Frames rejected, by kind.",
+            [(f'{{kind="{k}"}}', v) for k, v in rejected] or [('{kind="none"}', 0)],
+        ),
+        (
+            "connection_streams",
             "gauge",
-            "Duration of the last snapshot.",
-            [("", round(s.last_duration_s, 6))],
-        )
-        metric(
-            "snapshot_age_seconds",
+            "Streams confirmed per connection.",
+            [(f'{{connection="{k}"}}', v) for k, v in sorted(c.get("streams", {}).items())],
+        ),
+        (
+            "connection_lag_seconds",
             "gauge",
-            "Seconds since the last good snapshot (-1: none).",
-            [("", round(age, 3))],
-        )
-        metric(
-            "snapshot_max_lock_hold_seconds",
-            "gauge",
-            "Longest a symbol waited on the last snapshot.",
-            [("", round(s.max_hold_ms / 1000, 6))],
-        )
-    metric(
-        "thread_restarts_total",
-        "counter",
-        "Threads restarted by the supervisor.",
-        [("", service.restarts)],
-    )
+            "Now minus Binance's event time of the last trade.",
+            [(f'{{connection="{k}"}}', v / 1000) for k, v in sorted(c.get("lag_ms", {}).items())],
+        ),
+    ]
+    lines: list[str] = []
+    for name, kind, help_text, samples in [
+        (n, k, h, [("", v)]) for n, k, h, v in single
+    ] + labelled:
+        lines.append(f"# HELP medianserv_{name} {help_text}")
+        lines.append(f"# TYPE medianserv_{name} {kind}")
+        lines.extend(f"medianserv_{name}{labels} {value}" for labels, value in samples)
     return "\n".join(lines) + "\n"
