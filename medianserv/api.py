@@ -17,7 +17,7 @@ import msgspec
 from waitress.server import create_server
 
 from .prices import format_median, format_price
-from .symbols import StatsView, SymbolTable
+from .symbols import StatsView, SymbolStats, SymbolTable
 
 __all__ = ["HttpServer", "ServiceState", "create_app", "openapi_document"]
 
@@ -51,6 +51,19 @@ def _exact(units: int | None) -> str | None:
 
 def _median(twice: int | None) -> str | None:
     return None if twice is None else format_median(twice)
+
+
+def find_symbol(table: SymbolTable, symbol: str) -> SymbolStats:
+    """The stats of ``symbol`` as written or upper-cased; a JSON 404 otherwise. O(1)."""
+    stats = None
+    if len(symbol) <= MAX_SYMBOL_LENGTH:
+        stats = table.get(symbol) or table.get(symbol.upper())
+    if stats is None:
+        raise falcon.HTTPNotFound(
+            title="Unknown symbol",
+            description=f"{symbol[:MAX_SYMBOL_LENGTH]!r} is not listed; see /symbols",
+        )
+    return stats
 
 
 def stats_json(v: StatsView) -> dict[str, Any]:
@@ -88,16 +101,7 @@ class SymbolResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
         """One symbol's statistics at one instant; the symbol is case-insensitive. O(1)."""
-        table = self.state.table()
-        stats = table.get(symbol) if len(symbol) <= MAX_SYMBOL_LENGTH else None
-        if stats is None and len(symbol) <= MAX_SYMBOL_LENGTH:
-            stats = table.get(symbol.upper())
-        if stats is None:
-            raise falcon.HTTPNotFound(
-                title="Unknown symbol",
-                description=f"{symbol[:MAX_SYMBOL_LENGTH]!r} is not listed; see /symbols",
-            )
-        _send(resp, stats_json(stats.view()))
+        _send(resp, stats_json(find_symbol(self.state.table(), symbol).view()))
 
 
 class AllResource:
@@ -122,10 +126,7 @@ class HistoryResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
         """The recent samples of one symbol: [time_ms, count, median, last_price], oldest first."""
-        stats = self.state.table().get(symbol[:MAX_SYMBOL_LENGTH].upper())
-        stats = stats or self.state.table().get(symbol[:MAX_SYMBOL_LENGTH])
-        if stats is None:
-            raise falcon.HTTPNotFound(title="Unknown symbol", description="see /symbols")
+        stats = find_symbol(self.state.table(), symbol)
         samples = [[t, c, _median(m), _exact(p)] for t, c, m, p in self.state.history(stats.symbol)]
         _send(resp, {"symbol": stats.symbol, "samples": samples})
 

@@ -43,6 +43,9 @@ class StoreError(MedianservError):
 
 
 class _Record(msgspec.Struct, array_like=True):
+    """The ``symbols`` value of format 1. Kept apart from SymbolState on purpose: changing the
+    in-memory class must not silently change what is on disk."""
+
     count: int
     last_trade_id: int
     last_price: int | None

@@ -99,6 +99,8 @@ def test_bulk_history_status_and_page(client: falcon.testing.TestClient) -> None
     assert h == {"symbol": "BTCUSDT", "samples": [[1000, 2, "61837.63", "61837.64"],
                                                   [2000, 3, "61837.63", "61837.63"]]}  # fmt: skip
     assert client.simulate_get("/-/history/NOPE").status_code == 404
+    long_path = "/-/history/BTCUSDT" + "X" * 100  # never truncated onto a listed symbol
+    assert client.simulate_get(long_path).status_code == 404
     assert client.simulate_get("/-/status").json["ready"] is False
     page = client.simulate_get("/")
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")

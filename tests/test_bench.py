@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medianserv.bench import Row, bench_core, bench_long, bench_snapshot
+from medianserv.bench import Row, bench_core, bench_long, bench_snapshot, median_bytes, random_walk
+from medianserv.median import RunningMedian
 
 
 def check(rows: list[Row]) -> None:
@@ -33,6 +34,11 @@ def test_core_snapshot_long_smoke() -> None:
     check(rows)
     sizes = [r.value for r in rows if r.name.startswith("structure size")]
     assert len(sizes) == 1 or sizes[0] == sizes[-1]  # fixed levels: the structure stays the same
+    assert any("(1,000 levels)" in r.name for r in rows)  # the level count asked for is honoured
+    m = RunningMedian()
+    for p in sorted(set(random_walk(1_000_000, "61837.63", "0.01")))[:1000]:
+        m.add(p)
+    assert sizes[0] * 2**20 >= median_bytes(m)  # the figure covers at least the levels held
 
 
 def test_ingest_and_api_smoke_through_the_cli(tmp_path: Path) -> None:
