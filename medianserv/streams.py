@@ -263,6 +263,8 @@ class Reader:
                 self._run_connection()
                 continue
             except (OSError, WebSocketException, TimeoutError, Stalled) as exc:
+                if self.stopping.is_set():
+                    break  # closing on purpose: not a failure
                 self.stats.reconnects += 1
                 self._rlog.warning(
                     f"fail{self.slot}", "connection %d failed: %s: %s", self.slot,
