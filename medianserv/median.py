@@ -19,10 +19,13 @@ split across both sides (then it is both ``max(low)`` and ``min(high)``), which 
 move a single value, not a whole level, when rebalancing.
 
 ``add`` puts the value on its side (a dict increment when the level exists, else a heap push)
-and then moves at most one value across, so it is O(log d) for d distinct levels. The median is
-recomputed from the two heap tops after each add and cached, so reading it is O(1). Memory is
-O(d) and does not depend on the number of values n: a billion trades over 100,000 price levels
-use the memory of 100,000 levels.
+and then moves at most one value across, so it is O(log d) for d distinct levels.
+``add(value, times=k)`` adds k equal values in one step (an aggregate trade, a price level of an
+archive): they go to their side at once and the rebalancing moves whole levels, so the cost is
+O(log d) plus O(log d) per level the median crosses, never more than k single adds. The median
+is recomputed from the two heap tops after each add and cached, so reading it is O(1). Memory
+is O(d) and does not depend on the number of values n: a billion trades over 100,000 price
+levels use the memory of 100,000 levels.
 
 The median of an even count is the mean of the two middle values; it is kept as *twice* the
 median (``twice_median``), an exact integer.
@@ -32,6 +35,9 @@ median (``twice_median``), an exact integer.
 ...     m.add(v)
 >>> m.count, m.twice_median   # median of 1 3 5 5 is 4
 (4, 8)
+>>> m.add(9, times=3)          # 1 3 5 5 9 9 9: median 5
+>>> m.count, m.twice_median
+(7, 10)
 
 Pure: no I/O, no threads, no clock, no logging. Not thread-safe: its owner serialises access.
 """
@@ -47,7 +53,8 @@ __all__ = ["RunningMedian"]
 class RunningMedian:
     """Exact running median over non-negative integers with repeated values.
 
-    Runtime complexity: :meth:`add` O(log d), :attr:`twice_median` and :attr:`count` O(1),
+    Runtime complexity: :meth:`add` O(log d) (a batch: plus O(log d) per level the median
+    crosses), :attr:`twice_median` and :attr:`count` O(1),
     :meth:`to_state` O(d log d), :meth:`from_state` O(d) for sorted input; memory O(d) where d
     is the number of distinct values added.
     """
@@ -79,72 +86,121 @@ class RunningMedian:
         split = 1 if self._low and self._high and -self._low[0] == self._high[0] else 0
         return len(self._low) + len(self._high) - split
 
-    def add(self, value: int) -> None:
-        """Add one value. O(log d) heap work, O(1) when its level already exists on its side."""
+    def add(self, value: int, times: int = 1) -> None:
+        """Add ``value`` ``times`` times (``times >= 1``): one call for a whole batch of trades at
+        one price, such as an aggregate trade or a (price, count) pair of an archive.
+
+        Cost: O(log d) heap work, O(1) when the level already exists on its side, plus O(log d)
+        for each distinct level the median crosses while the sides are rebalanced. A batch of
+        ``times`` values moves the median by at most ``times / 2`` values, so it never costs
+        more than ``times`` single adds, and costs one when the median stays within its level
+        (the common case: trades repeat the prices around the median).
+        """
         low = self._low
-        if not low or value <= -low[0]:
-            key = -value
-            counts = self._low_counts
-            c = counts.get(key)
-            if c is None:
-                heappush(low, key)
-                counts[key] = 1
+        if times == 1:  # the per-trade path: at most one value moves across
+            if not low or value <= -low[0]:
+                key = -value
+                counts = self._low_counts
+                c = counts.get(key)
+                if c is None:
+                    heappush(low, key)
+                    counts[key] = 1
+                else:
+                    counts[key] = c + 1
+                self._n_low += 1
+                if self._n_low > self._n_high + 1:
+                    self._move_low_to_high(1)
             else:
-                counts[key] = c + 1
-            self._n_low += 1
-            if self._n_low > self._n_high + 1:
-                self._move_low_to_high()
+                counts = self._high_counts
+                c = counts.get(value)
+                if c is None:
+                    heappush(self._high, value)
+                    counts[value] = 1
+                else:
+                    counts[value] = c + 1
+                self._n_high += 1
+                if self._n_high > self._n_low:
+                    self._move_high_to_low(1)
+        elif times > 1:
+            if not low or value <= -low[0]:
+                key = -value
+                c = self._low_counts.get(key)
+                if c is None:
+                    heappush(low, key)
+                    self._low_counts[key] = times
+                else:
+                    self._low_counts[key] = c + times
+                self._n_low += times
+                excess = self._n_low - self._n_high - 1
+                if excess > 0:
+                    self._move_low_to_high((excess + 1) // 2)
+            else:
+                c = self._high_counts.get(value)
+                if c is None:
+                    heappush(self._high, value)
+                    self._high_counts[value] = times
+                else:
+                    self._high_counts[value] = c + times
+                self._n_high += times
+                excess = self._n_high - self._n_low
+                if excess > 0:
+                    self._move_high_to_low((excess + 1) // 2)
         else:
-            counts = self._high_counts
-            c = counts.get(value)
-            if c is None:
-                heappush(self._high, value)
-                counts[value] = 1
-            else:
-                counts[value] = c + 1
-            self._n_high += 1
-            if self._n_high > self._n_low:
-                self._move_high_to_low()
+            raise ValueError(f"times must be positive, not {times}")
         top = -low[0]
         self._twice = top + top if self._n_low > self._n_high else top + self._high[0]
 
-    def _move_low_to_high(self) -> None:
-        """Move one value (the largest) from the low side to the high side. O(log d)."""
-        key = self._low[0]
-        c = self._low_counts[key]
-        if c == 1:
-            heappop(self._low)
-            del self._low_counts[key]
-        else:
-            self._low_counts[key] = c - 1
-        value = -key
-        there = self._high_counts.get(value)
-        if there is None:
-            heappush(self._high, value)
-            self._high_counts[value] = 1
-        else:
-            self._high_counts[value] = there + 1
-        self._n_low -= 1
-        self._n_high += 1
+    def _move_low_to_high(self, k: int) -> None:
+        """Move the ``k`` largest values from the low side to the high side, a whole level at a
+        time. O(log d) per level touched."""
+        low, low_counts = self._low, self._low_counts
+        high, high_counts = self._high, self._high_counts
+        self._n_low -= k
+        self._n_high += k
+        while k:
+            key = low[0]
+            c = low_counts[key]
+            if c <= k:
+                heappop(low)
+                del low_counts[key]
+                take = c
+            else:
+                low_counts[key] = c - k
+                take = k
+            k -= take
+            value = -key
+            there = high_counts.get(value)
+            if there is None:
+                heappush(high, value)
+                high_counts[value] = take
+            else:
+                high_counts[value] = there + take
 
-    def _move_high_to_low(self) -> None:
-        """Move one value (the smallest) from the high side to the low side. O(log d)."""
-        value = self._high[0]
-        c = self._high_counts[value]
-        if c == 1:
-            heappop(self._high)
-            del self._high_counts[value]
-        else:
-            self._high_counts[value] = c - 1
-        key = -value
-        there = self._low_counts.get(key)
-        if there is None:
-            heappush(self._low, key)
-            self._low_counts[key] = 1
-        else:
-            self._low_counts[key] = there + 1
-        self._n_high -= 1
-        self._n_low += 1
+    def _move_high_to_low(self, k: int) -> None:
+        """Move the ``k`` smallest values from the high side to the low side, a whole level at
+        a time. O(log d) per level touched."""
+        low, low_counts = self._low, self._low_counts
+        high, high_counts = self._high, self._high_counts
+        self._n_high -= k
+        self._n_low += k
+        while k:
+            value = high[0]
+            c = high_counts[value]
+            if c <= k:
+                heappop(high)
+                del high_counts[value]
+                take = c
+            else:
+                high_counts[value] = c - k
+                take = k
+            k -= take
+            key = -value
+            there = low_counts.get(key)
+            if there is None:
+                heappush(low, key)
+                low_counts[key] = take
+            else:
+                low_counts[key] = there + take
 
     def multiplicity(self, value: int) -> int:
         """How many times ``value`` was added. O(1)."""

@@ -1,11 +1,11 @@
 """The LMDB snapshot store: versioned encoding (pure) and save/load (I/O).
 
-Layout (format version 1), three named databases in one LMDB environment:
+Layout (format version 2), three named databases in one LMDB environment:
 
-* ``meta``: ``format`` -> ``b"1"``; ``saved_at`` -> ms since the epoch of the last snapshot;
-  ``snapshots`` -> how many were written.
+* ``meta``: ``format`` -> ``b"2"``; ``saved_at`` -> ms since the epoch of the last snapshot;
+  ``snapshots`` -> how many were written; ``listing`` -> the symbols last listed.
 * ``symbols``: symbol (UTF-8) -> msgpack record: count, last trade id, price and time,
-  trade-id history (first, last, gaps, lost, quiet).
+  trade-id history (first, last, gaps with their time bounds and edge prices, lost, quiet).
 * ``levels``: ``len(symbol) | symbol | price (8 bytes, big-endian)`` -> count (8 bytes,
   big-endian). Keys sort by symbol, then by price, so a symbol's levels are one ascending
   cursor range: restoring its median is O(d) (:meth:`RunningMedian.from_state`).
@@ -14,6 +14,9 @@ A snapshot is one write transaction: after a crash the store holds the previous 
 the new one, never a mix. Snapshots are incremental: only symbols and levels changed since the
 previous one are written, and a level carries its full count, so a rewrite is idempotent.
 The map grows (doubling) when full. Every symbol ever seen stays stored, listed or not.
+
+Format 1 (gaps without times) is read, and upgraded to format 2 in one transaction when the
+store is opened for writing; levels are the same in both.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ import lmdb
 import msgspec
 
 from .errors import MedianservError
-from .symbols import SymbolState
+from .symbols import Gap, SymbolState
 
 __all__ = ["FORMAT_VERSION", "Store", "StoreError", "decode_record", "encode_record", "level_key"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 INITIAL_MAP_SIZE = 64 << 20
 _U64 = struct.Struct(">Q")
 
@@ -42,9 +46,11 @@ class StoreError(MedianservError):
     """The store cannot be used: unknown or newer format, or corrupt. Never reset silently."""
 
 
-class _Record(msgspec.Struct, array_like=True):
-    """The ``symbols`` value of format 1. Kept apart from SymbolState on purpose: changing the
-    in-memory class must not silently change what is on disk."""
+_Opt = int | None
+
+
+class _RecordV1(msgspec.Struct, array_like=True):
+    """The ``symbols`` value of format 1 (read, then upgraded)."""
 
     count: int
     last_trade_id: int
@@ -57,27 +63,50 @@ class _Record(msgspec.Struct, array_like=True):
     quiet: bool
 
 
+class _Record(msgspec.Struct, array_like=True):
+    """The ``symbols`` value of format 2. Kept apart from SymbolState on purpose: changing the
+    in-memory class must not silently change what is on disk."""
+
+    count: int
+    last_trade_id: int
+    last_price: int | None
+    last_trade_time: int | None
+    first: int | None
+    last: int | None
+    gaps: list[tuple[int, int, _Opt, _Opt, _Opt, _Opt]]  # lo, hi, after/before ms, edge prices
+    lost: int
+    quiet: bool
+    last_ms: int | None  # the trade after `last` happened at or after this time
+    last_id_price: int | None  # price of trade `last`, if applied
+
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_Record)
+_decoders = {1: msgspec.msgpack.Decoder(_RecordV1), 2: msgspec.msgpack.Decoder(_Record)}
 
 
 def encode_record(state: SymbolState) -> bytes:
     """The ``symbols`` value of a state (levels are stored apart). Pure."""
     return _encoder.encode(
         _Record(state.count, state.last_trade_id, state.last_price, state.last_trade_time,
-                state.first, state.last, state.gaps, state.lost, state.quiet)
+                state.first, state.last, [tuple(g) for g in state.gaps], state.lost, state.quiet,
+                state.last_ms, state.last_id_price)
     )  # fmt: skip
 
 
-def decode_record(symbol: str, data: bytes) -> SymbolState:
-    """A state without levels from a ``symbols`` value. Pure; StoreError if malformed."""
+def decode_record(symbol: str, data: bytes, version: int = FORMAT_VERSION) -> SymbolState:
+    """A state without levels from a ``symbols`` value of format ``version``. Pure;
+    StoreError if malformed."""
     try:
-        r = _decoder.decode(data)
+        r = _decoders[version].decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise StoreError(f"corrupt record for {symbol!r}: {exc}") from exc
-    gaps = [(a, b) for a, b in r.gaps]
+    if isinstance(r, _RecordV1):
+        gaps, last_ms, last_id_price = [Gap(a, b) for a, b in r.gaps], None, None
+    else:
+        gaps, last_ms, last_id_price = [Gap(*g) for g in r.gaps], r.last_ms, r.last_id_price
     return SymbolState(symbol, r.count, r.last_trade_id, r.last_price, r.last_trade_time,
-                       r.first, r.last, gaps, r.lost, r.quiet, [])  # fmt: skip
+                       r.first, r.last, gaps, r.lost, r.quiet, [], last_ms,
+                       last_id_price)  # fmt: skip
 
 
 def symbol_prefix(symbol: str) -> bytes:
@@ -134,6 +163,7 @@ class Store:
         self._meta = env.open_db(b"meta")
         self._symbols = env.open_db(b"symbols")
         self._levels = env.open_db(b"levels")
+        self.version = FORMAT_VERSION  # of the records on disk; set by _check_format
 
     @classmethod
     def open(cls, data_dir: Path, *, reset: bool = False, readonly: bool = False) -> Store:
@@ -158,6 +188,8 @@ class Store:
         return store
 
     def _check_format(self, readonly: bool) -> None:
+        """Read the format version; refuse one we cannot read; upgrade an older one in one
+        transaction when writable (a read-only open reads it as it is)."""
         try:
             with self.env.begin(write=not readonly) as txn:
                 found = txn.get(b"format", db=self._meta)
@@ -166,14 +198,31 @@ class Store:
                         raise StoreError(f"store at {self.path} has data but no format version")
                     if not readonly:
                         txn.put(b"format", str(FORMAT_VERSION).encode(), db=self._meta)
+                    self.version = FORMAT_VERSION
                     return
+                version = int(found) if found.isdigit() and len(found) < 4 else None
+                if version not in READABLE_FORMATS:
+                    raise StoreError(
+                        f"store at {self.path} has format {found[:20]!r}; this medianserv reads "
+                        f"formats {', '.join(map(str, READABLE_FORMATS))} (use a matching "
+                        "version, or --reset to start afresh)"
+                    )
+                assert version is not None
+                self.version = version
+                if version < FORMAT_VERSION and not readonly:
+                    self._upgrade(txn, version)
         except lmdb.Error as exc:
             raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc
-        if found != str(FORMAT_VERSION).encode():
-            raise StoreError(
-                f"store at {self.path} has format {found[:20]!r}; this medianserv reads format "
-                f"{FORMAT_VERSION} (use a matching version, or --reset to start afresh)"
-            )
+
+    def _upgrade(self, txn: lmdb.Transaction, version: int) -> None:
+        """Rewrite every symbol record in the current format (levels are unchanged). O(symbols)."""
+        records = [
+            (bytes(k), encode_record(decode_record(bytes(k).decode(), bytes(v), version)))
+            for k, v in txn.cursor(db=self._symbols)
+        ]
+        txn.cursor(db=self._symbols).putmulti(records)
+        txn.put(b"format", str(FORMAT_VERSION).encode(), db=self._meta)
+        self.version = FORMAT_VERSION
 
     def close(self) -> None:
         self.env.close()
@@ -240,7 +289,7 @@ class Store:
                 levels_cursor = txn.cursor(db=self._levels)
                 for key, value in txn.cursor(db=self._symbols):
                     symbol = bytes(key).decode()
-                    state = decode_record(symbol, bytes(value))
+                    state = decode_record(symbol, bytes(value), self.version)
                     prefix = symbol_prefix(symbol)
                     levels = state.levels
                     if levels_cursor.set_range(prefix):
@@ -277,10 +326,11 @@ class Store:
         """Counts and sizes for ``medianserv snapshot info``. O(symbols)."""
         with self.env.begin() as txn:
             saved_at = txn.get(b"saved_at", db=self._meta)
-            trades = sum(_decoder.decode(v).count for _, v in txn.cursor(db=self._symbols))
+            decoder = _decoders[self.version]
+            trades = sum(decoder.decode(v).count for _, v in txn.cursor(db=self._symbols))
             return {
                 "path": str(self.path),
-                "format_version": int(txn.get(b"format", b"0", db=self._meta)),
+                "format_version": self.version,
                 "symbols": txn.stat(self._symbols)["entries"],
                 "levels": txn.stat(self._levels)["entries"],
                 "trades": trades,

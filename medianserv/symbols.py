@@ -17,14 +17,21 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from .median import RunningMedian
 from .perfect_hash import PerfectHash
 
-__all__ = ["Outcome", "StatsView", "SymbolState", "SymbolStats", "SymbolTable", "TradeIds"]
+__all__ = [
+    "Gap", "Outcome", "Row", "StatsView", "SymbolState", "SymbolStats", "SymbolTable", "TradeIds",
+]
 
 #: Open gap ranges kept per symbol; past it the oldest is given up (counted as lost).
 MAX_OPEN_GAPS = 256
+
+#: Binance's 24-hour ticker may trail its trades a little: a time bound taken from a ticker's
+#: ``closeTime`` for the *next* trade is moved back by this much.
+TICKER_SLACK_MS = 1000
 
 
 class Outcome(IntEnum):
@@ -36,17 +43,47 @@ class Outcome(IntEnum):
     DUPLICATE = 3  # an id already applied, or older than our history: ignored
 
 
-def _first(gap: tuple[int, int]) -> int:
-    return gap[0]
+class Gap(NamedTuple):
+    """Trade ids ``lo..hi`` (inclusive) that are ours but not applied, with what we know of
+    when they happened (Binance time, ms) and of the trades on either side.
+
+    ``after_ms``: trade ``lo`` happened at or after this time (the time of trade ``lo - 1``, or
+    a ticker's ``closeTime`` less :data:`TICKER_SLACK_MS`); ``before_ms``: trade ``hi`` happened
+    at or before this time (the time of trade ``hi + 1``, or a ticker's ``closeTime``). Either
+    is None when unknown. ``price_before`` / ``price_after``: the prices of trades ``lo - 1``
+    and ``hi + 1`` when we applied them, so fetched data that contradicts them is refused.
+    """
+
+    lo: int
+    hi: int
+    after_ms: int | None = None
+    before_ms: int | None = None
+    price_before: int | None = None
+    price_after: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo + 1
+
+
+class Row(NamedTuple):
+    """Consecutive trades ``first_id..last_id`` of one symbol at one price and time: one
+    aggregate trade, or a single trade (``first_id == last_id``). The unit of every batch."""
+
+    first_id: int
+    last_id: int
+    price: int  # 1e-8 units
+    time_ms: int
 
 
 class TradeIds:
     """Which trade ids of one symbol are ours, and which of those are still missing.
 
     Our history of a symbol is the ids ``first..last``; every id in it was applied except the
-    ``gaps``: sorted, disjoint, inclusive ``(lo, hi)`` ranges. Binance trade ids are consecutive
-    per symbol, so a jump is a gap of missed trades. Ids below ``first`` happened before we
-    followed the symbol and are ignored like duplicates.
+    ``gaps``: sorted, disjoint :class:`Gap` ranges. Binance trade ids are consecutive per
+    symbol, so a jump is a gap of missed trades. Ids outside ``first..last`` are not ours (they
+    happened before we followed the symbol, or the stream has not delivered them yet) and are
+    ignored like duplicates.
 
     Where history starts: at the first trade applied, or, better, at a *baseline* read from
     Binance's 24-hour ticker just before we subscribe (:meth:`baseline`): every later trade is
@@ -54,122 +91,196 @@ class TradeIds:
     before we subscribed is *quiet*: every trade the ticker later reports for it is ours too,
     so :meth:`sweep` may move ``first`` back to the ticker's ``firstId``.
 
+    Each gap carries bounds on when it happened (see :class:`Gap`), so a backfill can ask for
+    exactly that stretch of time. ``last_ms`` is such a bound for the trade after ``last``.
+
     At most :data:`MAX_OPEN_GAPS` ranges stay open; older ones are given up and counted in
     ``lost``, so memory stays bounded whatever the feed does.
 
     Runtime complexity: :meth:`observe` O(1) for the next id or a duplicate above every gap,
-    O(log g + g) when it opens or fills one of g gaps; :attr:`missing` O(g).
+    O(log g + g) when it opens or fills one of g gaps; :meth:`fill` of a range O(log g + g);
+    :attr:`missing` O(g).
 
     >>> ids = TradeIds()
     >>> [ids.observe(t).name for t in (10, 11, 14, 12, 11, 9)]
     ['APPLIED', 'APPLIED', 'GAP', 'FILLED', 'DUPLICATE', 'DUPLICATE']
-    >>> ids.gaps, ids.missing
+    >>> [(g.lo, g.hi) for g in ids.gaps], ids.missing
     ([(13, 13)], 1)
+    >>> ids.observe(20), ids.fill(12, 18), [(g.lo, g.hi) for g in ids.gaps]
+    (<Outcome.GAP: 1>, 5, [(19, 19)])
     """
 
-    __slots__ = ("first", "gaps", "last", "lost", "quiet")
+    __slots__ = ("first", "gaps", "last", "last_ms", "last_price", "lost", "quiet")
 
     def __init__(
         self,
         first: int | None = None,
         last: int | None = None,
-        gaps: Iterable[tuple[int, int]] = (),
+        gaps: Iterable[Gap] = (),
         lost: int = 0,
         quiet: bool = False,
+        last_ms: int | None = None,
+        last_price: int | None = None,
     ) -> None:
         self.first = first  # lowest id of our history; None before it starts
         self.last = last  # highest id of our history (applied, missing or the baseline)
-        self.gaps: list[tuple[int, int]] = sorted(gaps)  # missing ranges within first..last
+        self.gaps: list[Gap] = sorted(Gap(*g) for g in gaps)  # missing ranges in first..last
         self.lost = lost  # ids given up for good (gap cap or backfill cap)
         self.quiet = quiet  # no trade in the 24 h before we followed it: see sweep()
+        self.last_ms = last_ms  # the trade after `last` happened at or after this time
+        self.last_price = last_price  # price of trade `last` if we applied it
 
     @property
     def missing(self) -> int:
         """Ids of our history not applied and still hoped for. O(g)."""
-        return sum(hi - lo + 1 for lo, hi in self.gaps)
+        return sum(g.hi - g.lo + 1 for g in self.gaps)
 
-    def _add_gap(self, lo: int, hi: int, at_start: bool = False) -> int:
-        if at_start:
-            self.gaps.insert(0, (lo, hi))
-        else:
-            self.gaps.append((lo, hi))
-        if len(self.gaps) > MAX_OPEN_GAPS:
-            a, b = self.gaps.pop(0)
-            self.lost += b - a + 1
-        return hi - lo + 1
+    def _insert(self, i: int, new: list[Gap]) -> int:
+        """Put ``new`` gaps at index ``i``, then give up the oldest past the cap. Returns the
+        ids given up."""
+        self.gaps[i:i] = new
+        dropped = 0
+        while len(self.gaps) > MAX_OPEN_GAPS:
+            g = self.gaps.pop(0)
+            dropped += g.hi - g.lo + 1
+        self.lost += dropped
+        return dropped
 
-    def observe(self, trade_id: int) -> Outcome:
-        """Record ``trade_id`` and say whether to apply it (APPLIED, GAP, FILLED) or not."""
+    def observe(self, trade_id: int, time_ms: int = 0, price: int | None = None) -> Outcome:
+        """Record one trade and say whether to apply it (APPLIED, GAP, FILLED) or not."""
         last = self.last
         if last is None:
             self.first = self.last = trade_id
+            self.last_ms, self.last_price = time_ms, price
             return Outcome.APPLIED
         if trade_id == last + 1:
-            self.last = trade_id
+            self.last, self.last_ms, self.last_price = trade_id, time_ms, price
             return Outcome.APPLIED
         if trade_id > last:
-            self._add_gap(last + 1, trade_id - 1)
-            self.last = trade_id
+            gap = Gap(last + 1, trade_id - 1, self.last_ms, time_ms, self.last_price, price)
+            self._insert(len(self.gaps), [gap])
+            self.last, self.last_ms, self.last_price = trade_id, time_ms, price
             return Outcome.GAP
         gaps = self.gaps
-        if not gaps or trade_id > gaps[-1][1]:
+        if not gaps or trade_id > gaps[-1].hi:
             return Outcome.DUPLICATE
-        i = bisect_right(gaps, trade_id, key=_first) - 1  # last gap starting <= trade_id
-        if i < 0 or gaps[i][1] < trade_id:
+        i = bisect_right(gaps, trade_id, key=_lo) - 1  # last gap starting <= trade_id
+        if i < 0 or gaps[i].hi < trade_id:
             return Outcome.DUPLICATE
-        lo, hi = gaps[i]
-        gaps[i : i + 1] = [(a, b) for a, b in ((lo, trade_id - 1), (trade_id + 1, hi)) if a <= b]
+        self._split(i, trade_id, trade_id, time_ms, price)
         return Outcome.FILLED
 
-    def baseline(self, last_id: int) -> None:
-        """Start history after ``last_id`` (the latest trade before we subscribe), or, when
-        Binance reports no trade in 24 hours (``last_id < 0``), mark the symbol quiet.
-        Does nothing once history has started. O(1)."""
+    def _split(self, i: int, a: int, b: int, time_ms: int, price: int | None) -> None:
+        """Ids ``a..b`` (all at ``time_ms`` and ``price``) of gap ``i`` were applied."""
+        g = self.gaps.pop(i)
+        pieces = []
+        if g.lo < a:
+            pieces.append(Gap(g.lo, a - 1, g.after_ms, time_ms, g.price_before, price))
+        if b < g.hi:
+            pieces.append(Gap(b + 1, g.hi, time_ms, g.before_ms, price, g.price_after))
+        self._insert(i, pieces)
+
+    def fill(self, lo: int, hi: int, time_ms: int = 0, price: int | None = None) -> int:
+        """Ids ``lo..hi`` at one price and time (an aggregate trade) arrived: close what of
+        them is missing, ignore the rest. Returns how many ids were missing and are now
+        applied (the caller adds exactly that many trades). O(log g + gaps touched)."""
+        gaps = self.gaps
+        if lo > hi or not gaps or lo > gaps[-1].hi:
+            return 0
+        i = max(0, bisect_right(gaps, lo, key=_lo) - 1)
+        filled = 0
+        while i < len(gaps) and gaps[i].lo <= hi:
+            g = gaps[i]
+            a, b = max(lo, g.lo), min(hi, g.hi)
+            if a > b:
+                i += 1
+                continue
+            filled += b - a + 1
+            n = len(gaps)
+            self._split(i, a, b, time_ms, price)
+            i += len(gaps) - n + 1  # past the pieces kept of this gap
+        return filled
+
+    def baseline(self, last_id: int, close_ms: int | None = None) -> None:
+        """Start history after ``last_id`` (the latest trade before we subscribe, from a ticker
+        computed at ``close_ms``), or, when Binance reports no trade in 24 hours
+        (``last_id < 0``), mark the symbol quiet. Does nothing once history has started. O(1)."""
         if self.last is not None:
             return
         if last_id < 0:
             self.quiet = True
         else:
             self.first, self.last = last_id + 1, last_id
+            self.last_ms = None if close_ms is None else close_ms - TICKER_SLACK_MS
+            self.last_price = None
 
-    def sweep(self, first_id: int, last_id: int) -> int:
-        """Binance's ticker says the symbol's trades in the last 24 hours are
-        ``first_id..last_id``: ids of ours above :attr:`last` become a gap, and for a quiet
-        symbol so do ids below :attr:`first`. Returns how many ids became missing. O(g)."""
+    def sweep(
+        self,
+        first_id: int,
+        last_id: int,
+        open_ms: int | None = None,
+        close_ms: int | None = None,
+    ) -> int:
+        """Binance's ticker (window ``open_ms..close_ms``) says the symbol's trades in the last
+        24 hours are ``first_id..last_id``: ids of ours above :attr:`last` become a gap, and for
+        a quiet symbol so do ids below :attr:`first`. Returns how many ids became missing. O(g)."""
         if last_id < 0:
             return 0
+        next_ms = None if close_ms is None else close_ms - TICKER_SLACK_MS
         if self.last is None:
             if not self.quiet:
                 return 0
             self.first, self.last = first_id, last_id
-            return self._add_gap(first_id, last_id)
+            self.last_ms, self.last_price = next_ms, None
+            self._insert(0, [Gap(first_id, last_id, open_ms, close_ms)])
+            return last_id - first_id + 1
         added = 0
         assert self.first is not None
         if self.quiet:
             if first_id < self.first:
-                added += self._add_gap(first_id, self.first - 1, at_start=True)
+                self._insert(0, [Gap(first_id, self.first - 1, open_ms, close_ms)])
+                added += self.first - first_id
                 self.first = first_id
             else:
                 self.quiet = False  # the ticker's window no longer reaches before our history
         if last_id > self.last:
-            added += self._add_gap(self.last + 1, last_id)
-            self.last = last_id
+            gap = Gap(self.last + 1, last_id, self.last_ms, close_ms, self.last_price, None)
+            self._insert(len(self.gaps), [gap])
+            added += gap.size
+            self.last, self.last_ms, self.last_price = last_id, next_ms, None
         return added
 
     def give_up(self, first: int, last: int) -> int:
         """Stop waiting for ids in ``[first, last]``: count them as lost. O(g). Returns how many."""
-        kept: list[tuple[int, int]] = []
+        kept: list[Gap] = []
         dropped = 0
-        for lo, hi in self.gaps:
-            a, b = max(lo, first), min(hi, last)
+        for g in self.gaps:
+            a, b = max(g.lo, first), min(g.hi, last)
             if a > b:
-                kept.append((lo, hi))
+                kept.append(g)
                 continue
             dropped += b - a + 1
-            kept.extend(p for p in ((lo, a - 1), (b + 1, hi)) if p[0] <= p[1])
+            if g.lo < a:
+                kept.append(g._replace(hi=a - 1, price_after=None))
+            if b < g.hi:
+                kept.append(g._replace(lo=b + 1, price_before=None))
         self.gaps = kept
         self.lost += dropped
         return dropped
+
+    def _check(self) -> None:
+        """Assert the gaps are sorted, disjoint, within our history and under the cap. O(g)."""
+        gaps = self.gaps
+        assert len(gaps) <= MAX_OPEN_GAPS
+        assert all(g.lo <= g.hi for g in gaps), "empty gap"
+        assert all(x.hi + 1 < y.lo for x, y in zip(gaps, gaps[1:], strict=False)), "gaps touch"
+        if gaps:
+            assert self.first is not None and self.last is not None
+            assert self.first <= gaps[0].lo and gaps[-1].hi <= self.last, "gap outside history"
+
+
+def _lo(gap: Gap) -> int:
+    return gap.lo
 
 
 @dataclass(slots=True)
@@ -187,10 +298,12 @@ class SymbolState:
     last_trade_time: int | None
     first: int | None
     last: int | None
-    gaps: list[tuple[int, int]]
+    gaps: list[Gap]
     lost: int
     quiet: bool
     levels: list[tuple[int, int]]
+    last_ms: int | None = None  # TradeIds.last_ms
+    last_id_price: int | None = None  # TradeIds.last_price
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,9 +350,9 @@ class SymbolStats:
         self.dirty_levels: set[int] = set()  # price levels added to since the last harvest
 
     def apply(self, trade_id: int, price: int, trade_time: int) -> Outcome:
-        """Apply one trade exactly once. O(log d); one lock taken."""
+        """Apply one trade exactly once. O(log d); one lock taken. The per-trade path."""
         with self.lock:
-            outcome = self.ids.observe(trade_id)
+            outcome = self.ids.observe(trade_id, trade_time, price)
             if outcome is Outcome.DUPLICATE:
                 return outcome
             self.median.add(price)
@@ -251,22 +364,51 @@ class SymbolStats:
                 self.last_trade_time = trade_time
             return outcome
 
+    def apply_rows(self, rows: Iterable[Row]) -> int:
+        """Apply a batch of trades exactly once: of each row, the ids still missing are added
+        to the median in one step (``add(price, times=k)``), the rest ignored. One lock for the
+        whole batch. O(r (log g + log d)) for r rows, plus the median's level crossings.
+        Returns how many trades were applied."""
+        applied = 0
+        with self.lock:
+            ids, median, dirty_levels = self.ids, self.median, self.dirty_levels
+            for first_id, last_id, price, time_ms in rows:
+                k = ids.fill(first_id, last_id, time_ms, price)
+                if not k:
+                    continue
+                applied += k
+                median.add(price, k)
+                dirty_levels.add(price)
+                if last_id > self.last_trade_id:
+                    # the highest id of the row is ours only if it was missing: trades above
+                    # our history stay for the stream to deliver
+                    top = min(last_id, ids.last if ids.last is not None else last_id)
+                    if top > self.last_trade_id:
+                        self.last_trade_id, self.last_price, self.last_trade_time = (
+                            top, price, time_ms,
+                        )  # fmt: skip
+            if applied:
+                self.dirty = True
+        return applied
+
     def needs_baseline(self) -> bool:
         """True until history starts or the symbol is known quiet. O(1)."""
         with self.lock:
             return self.ids.last is None and not self.ids.quiet
 
-    def baseline(self, last_id: int) -> None:
+    def baseline(self, last_id: int, close_ms: int | None = None) -> None:
         """See :meth:`TradeIds.baseline`; under the lock."""
         with self.lock:
-            self.ids.baseline(last_id)
+            self.ids.baseline(last_id, close_ms)
             self.dirty = True
 
-    def sweep(self, first_id: int, last_id: int) -> int:
+    def sweep(
+        self, first_id: int, last_id: int, open_ms: int | None = None, close_ms: int | None = None
+    ) -> int:
         """See :meth:`TradeIds.sweep`; under the lock."""
         with self.lock:
             self.dirty = True
-            return self.ids.sweep(first_id, last_id)
+            return self.ids.sweep(first_id, last_id, open_ms, close_ms)
 
     def give_up(self, first: int, last: int) -> int:
         """Stop waiting for trade ids ``first..last``; they count as lost. O(g)."""
@@ -274,10 +416,15 @@ class SymbolStats:
             self.dirty = True
             return self.ids.give_up(first, last)
 
-    def oldest_gap(self) -> tuple[int, int] | None:
+    def oldest_gap(self) -> Gap | None:
         """The lowest missing id range, or None. O(1)."""
         with self.lock:
             return self.ids.gaps[0] if self.ids.gaps else None
+
+    def missing(self) -> int:
+        """Trade ids known missing. O(g)."""
+        with self.lock:
+            return self.ids.missing
 
     def harvest(self) -> SymbolState | None:
         """What changed since the last harvest, copied under the lock (None if nothing did).
@@ -313,6 +460,8 @@ class SymbolStats:
             lost=ids.lost,
             quiet=ids.quiet,
             levels=levels,
+            last_ms=ids.last_ms,
+            last_id_price=ids.last_price,
         )
 
     @classmethod
@@ -327,7 +476,8 @@ class SymbolStats:
             raise ValueError(
                 f"{state.symbol}: count {state.count} but levels sum to {stats.median.count}"
             )
-        stats.ids = TradeIds(state.first, state.last, state.gaps, state.lost, state.quiet)
+        stats.ids = TradeIds(state.first, state.last, state.gaps, state.lost, state.quiet,
+                             state.last_ms, state.last_id_price)  # fmt: skip
         stats.last_trade_id = state.last_trade_id
         stats.last_price = state.last_price
         stats.last_trade_time = state.last_trade_time

@@ -154,7 +154,8 @@ def test_odd_paths_get_clean_4xx(client: falcon.testing.TestClient, path: str) -
 @given(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]), st.text(max_size=60))
 def test_fuzz_never_5xx(method: str, tail: str) -> None:
     client = falcon.testing.TestClient(create_app(State()))
-    r = client.simulate_request(method, "/" + tail)
+    path, _, query = tail.partition("?")  # the test client takes the query string apart
+    r = client.simulate_request(method, "/" + path, query_string=query.replace("?", "%3F"))
     assert r.status_code < 500
 
 

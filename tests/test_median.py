@@ -127,3 +127,50 @@ def test_replay_of_real_recordings(recordings: list[Path]) -> None:
         m._check()
         assert m.count == len(prices)
         assert m.twice_median == oracle_twice_median(prices)
+
+
+batches = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=30), st.integers(min_value=1, max_value=40)),
+    max_size=60,
+)
+
+
+@given(batches)
+def test_bulk_add_equals_oracle_after_every_batch(ops: list[tuple[int, int]]) -> None:
+    """add(value, times=k) is k single adds: same median, same levels, invariants hold."""
+    bulk, single = RunningMedian(), RunningMedian()
+    values: list[int] = []
+    for value, times in ops:
+        bulk.add(value, times)
+        for _ in range(times):
+            single.add(value)
+        values.extend([value] * times)
+        bulk._check()
+        assert bulk.count == len(values)
+        assert bulk.twice_median == oracle_twice_median(values) == single.twice_median
+        assert bulk.multiplicity(value) == values.count(value)
+    assert bulk.to_state() == single.to_state()
+    assert bulk.levels == len(set(values))
+
+
+@pytest.mark.parametrize("times", [0, -1])
+def test_bulk_add_refuses_non_positive_times(times: int) -> None:
+    m = RunningMedian()
+    m.add(5)
+    with pytest.raises(ValueError):
+        m.add(7, times)
+    m._check()
+    assert (m.count, m.twice_median) == (1, 10)
+
+
+def test_bulk_add_moves_the_median_across_many_levels() -> None:
+    """One huge batch at an extreme: the median crosses every level on its way."""
+    m = RunningMedian()
+    for v in range(1, 1001):
+        m.add(v)
+    m.add(10**9, times=3000)
+    m._check()
+    assert m.twice_median == 2 * 10**9
+    m.add(0, times=7000)
+    m._check()
+    assert m.twice_median == 0

@@ -85,7 +85,7 @@ def test_baseline_and_sweep_against_an_oracle(
     ids.sweep(0, last)
     top = max(top, last)
     assert ids.last == top and ids.first == base + 1
-    assert {i for lo, hi in ids.gaps for i in range(lo, hi + 1)} == set(
+    assert {i for g in ids.gaps for i in range(g.lo, g.hi + 1)} == set(
         range(base + 1, top + 1)
     ) - applied
 
@@ -96,7 +96,7 @@ def test_quiet_symbol_claims_every_ticker_trade() -> None:
     assert ids.quiet and ids.last is None
     assert ids.observe(105) is Outcome.APPLIED
     assert ids.sweep(100, 107) == 7  # 100..104 and 106..107 happened after we subscribed
-    assert ids.gaps == [(100, 104), (106, 107)] and ids.first == 100
+    assert [(g.lo, g.hi) for g in ids.gaps] == [(100, 104), (106, 107)] and ids.first == 100
     assert ids.observe(101) is Outcome.FILLED
     assert ids.sweep(103, 107) == 0 and not ids.quiet  # the window moved past our start
 

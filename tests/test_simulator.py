@@ -17,12 +17,15 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from medianserv.prices import parse_price
 from medianserv.recordings import read_trade_frames
 from medianserv.sim import SimConfig, Simulator
 from medianserv.sim.market import Market, generate_listings
 
 from .conftest import EXCHANGE_INFO, need
 from .support import RefClient, http_get, trade_streams, wait_for
+
+HOUR = 3_600_000
 
 
 @contextmanager
@@ -209,6 +212,11 @@ def test_connection_lifetime_is_enforced() -> None:
                 c.ws.recv(timeout=5)
         assert err.value.rcvd is not None and err.value.rcvd.code == 1000
         assert 0.4 < time.monotonic() - t0 < 5
+    with simulator() as sim, client(sim) as c:  # the lifetime ends on demand too
+        assert sim.expire() == 1
+        with pytest.raises(ConnectionClosed) as err:
+            c.ws.recv(timeout=10)
+        assert err.value.rcvd is not None and err.value.rcvd.code == 1000
 
 
 def test_connection_attempts_are_limited() -> None:
@@ -295,6 +303,67 @@ def test_historical_trades_match_the_stream() -> None:
             http_get(sim.rest_url + f"/api/v3/historicalTrades?symbol={symbol}&limit=5000")[0]
             == 400
         )
+
+
+def test_aggregate_trades_tile_the_trades_exactly() -> None:
+    """aggTrades: every trade id in exactly one row, at the trade's own price; consecutive
+    aggregate ids; fromId paging, time windows and Binance's errors."""
+    with simulator(paused=True) as sim:
+        symbol = trading_symbols(sim)[0]
+        sim.market.set_weight(symbol, 1e9)
+        sim.resume()
+        wait_for(lambda: sim.truth().get(symbol, {}).get("count", 0) >= 3000)
+        sim.pause()
+        truth = sim.market.truth[symbol]
+        url = sim.rest_url + f"/api/v3/aggTrades?symbol={symbol}"
+        rows: list[dict[str, Any]] = []
+        from_id = 0
+        while True:
+            status, headers, page = http_get(url + f"&fromId={from_id}&limit=1000")
+            assert status == 200
+            if not page:
+                break
+            rows += page
+            from_id = page[-1]["a"] + 1
+        assert [r["a"] for r in rows] == list(range(rows[0]["a"], rows[0]["a"] + len(rows)))
+        assert rows[0]["f"] == truth.first_id and rows[-1]["l"] == truth.next_id - 1
+        assert all(a["l"] + 1 == b["f"] for a, b in zip(rows, rows[1:], strict=False))
+        for r in rows:
+            for tid in range(r["f"], r["l"] + 1):
+                t = truth.trade_at(symbol, tid)
+                assert (parse_price(r["p"]), r["T"], r["m"]) == (t.price, t.time_ms, t.buyer_maker)
+        assert len(rows) < 0.75 * (truth.next_id - truth.first_id)  # orders of several fills
+        # a time window returns the rows of that window, ascending, at most `limit`
+        mid = rows[len(rows) // 2]
+        status, _, window = http_get(url + f"&startTime={mid['T']}&endTime={mid['T'] + 50}")
+        assert status == 200 and window and all(mid["T"] <= r["T"] <= mid["T"] + 50 for r in window)
+        assert window[0] == next(r for r in rows if r["T"] >= mid["T"])
+        # Binance's errors
+        for query, code in ((f"&startTime=0&endTime={HOUR + 1}", -1127),
+                            (f"&fromId=1&startTime={mid['T']}", -1128),
+                            ("&limit=1001", -1100)):  # fmt: skip
+            status, _, err = http_get(url + query)
+            assert (status, err["code"]) == (400, code), query
+        assert http_get(sim.rest_url + "/api/v3/aggTrades?symbol=NOPE")[2]["code"] == -1121
+        assert http_get(sim.rest_url + "/api/v3/aggTrades")[2]["code"] == -1102
+        assert headers["X-MBX-USED-WEIGHT-1M"] != "0"
+        before = sim.stats()["weight_used_total"]
+        http_get(url + "&limit=5")
+        assert sim.stats()["weight_used_total"] - before == 4
+        # spoiled answers, for the client's checks
+        for kind in ("overlap", "skip", "contradict", "bad_price"):
+            sim.spoil_aggregates(kind)
+            bad = http_get(url + f"&fromId={rows[0]['a']}&limit=10")[2]
+            assert bad != rows[:10], kind
+
+
+def test_ticker_says_when_it_was_computed() -> None:
+    with simulator() as sim:
+        status, _, tickers = http_get(sim.rest_url + "/api/v3/ticker/24hr")
+        assert status == 200 and tickers
+        t = tickers[0]
+        assert t["closeTime"] - t["openTime"] == 24 * HOUR
+        assert abs(t["closeTime"] - time.time() * 1000) < 60_000
 
 
 def test_faults_drop_refuse_shutdown_stall() -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from medianserv import store as store_module
 from medianserv.snapshotter import Snapshotter
 from medianserv.store import FORMAT_VERSION, Store, StoreError, decode_record, encode_record
-from medianserv.symbols import SymbolState, SymbolStats
+from medianserv.symbols import Gap, Row, SymbolState, SymbolStats
 
 states = st.builds(
     SymbolState,
@@ -24,10 +24,20 @@ states = st.builds(
     last_trade_time=st.none() | st.integers(0, 2**62),
     first=st.none() | st.integers(0, 2**62),
     last=st.none() | st.integers(0, 2**62),
-    gaps=st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 2**40)), max_size=5),
+    gaps=st.lists(
+        st.builds(
+            Gap,
+            st.integers(0, 2**40),
+            st.integers(0, 2**40),
+            *[st.none() | st.integers(0, 2**62)] * 4,
+        ),
+        max_size=5,
+    ),
     lost=st.integers(0, 2**40),
     quiet=st.booleans(),
     levels=st.just([]),
+    last_ms=st.none() | st.integers(0, 2**62),
+    last_id_price=st.none() | st.integers(0, 2**63),
 )
 
 
@@ -59,7 +69,9 @@ def test_incremental_snapshots_restore_exactly(tmp_path: Path) -> None:
         assert snap.snapshot()
         if round_:  # incremental: only what changed is written
             assert snap.stats.last_levels <= 3 * 40
-    stats[0].give_up(*stats[0].oldest_gap())  # type: ignore[misc]
+    gap = stats[0].oldest_gap()
+    assert gap is not None
+    stats[0].give_up(gap.lo, gap.hi)
     assert snap.snapshot() and snap.stats.last_symbols == 1 and snap.stats.last_levels == 0
     assert snap.snapshot() and snap.stats.last_symbols == 0  # nothing changed
     store.close()
@@ -103,6 +115,34 @@ def test_map_grows_when_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     store.save([stats.harvest()])  # type: ignore[list-item]
     assert store.env.info()["map_size"] > 1 << 16
     assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    store.close()
+
+
+def test_format_1_is_read_and_upgraded(tmp_path: Path) -> None:
+    """A store written by the previous release opens, read-only as it is, writable upgraded."""
+    import msgspec
+
+    store = Store.open(tmp_path)
+    stats = SymbolStats("BTCUSDT")
+    for t, p in ((1, 5), (2, 7), (5, 9)):  # a gap at 3..4
+        stats.apply(t, p, t)
+    store.save([stats.full_state()])
+    v1 = msgspec.msgpack.encode([3, 5, 9, 5, 1, 5, [[3, 4]], 0, False])
+    with store.env.begin(write=True) as txn:
+        txn.put(b"BTCUSDT", v1, db=store._symbols)
+        txn.put(b"format", b"1", db=store._meta)
+    store.close()
+    readonly = Store.open(tmp_path, readonly=True)
+    assert readonly.info()["format_version"] == 1 and readonly.info()["trades"] == 3
+    old = readonly.load()[0]
+    readonly.close()
+    assert (old.count, [(g.lo, g.hi) for g in old.gaps], old.last_ms) == (3, [(3, 4)], None)
+    store = Store.open(tmp_path)
+    assert store.info()["format_version"] == FORMAT_VERSION == 2
+    restored = SymbolStats.restore(store.load()[0])
+    assert restored.view() == stats.view()
+    assert restored.apply_rows([Row(3, 4, 6, 4)]) == 2  # the old gap still fills
+    assert restored.view().count == 5 and restored.view().missing == 0
     store.close()
 
 

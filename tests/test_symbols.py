@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from medianserv import symbols as symbols_module
-from medianserv.symbols import Outcome, SymbolStats, SymbolTable, TradeIds
+from medianserv.symbols import Outcome, Row, SymbolStats, SymbolTable, TradeIds
 
 
 @given(st.lists(st.integers(min_value=0, max_value=200), max_size=300))
@@ -34,12 +34,11 @@ def test_trade_ids_match_an_applied_set(ids: list[int]) -> None:
         applied.add(t)
         lo = min(applied)
         expected_gaps = set(range(lo, max(applied) + 1)) - applied
-        got = {i for a, b in tracker.gaps for i in range(a, b + 1)}
+        got = {i for g in tracker.gaps for i in range(g.lo, g.hi + 1)}
         assert got == expected_gaps
         assert tracker.missing == len(expected_gaps)
         assert tracker.last == max(applied)
-        assert all(a <= b for a, b in tracker.gaps)
-        assert all(x[1] + 1 < y[0] for x, y in zip(tracker.gaps, tracker.gaps[1:], strict=False))
+        tracker._check()
 
 
 def test_gap_cap_keeps_memory_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,7 +47,7 @@ def test_gap_cap_keeps_memory_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for t in range(0, 20, 2):  # gaps at 1, 3, 5, ...
         tracker.observe(t)
     assert len(tracker.gaps) == 3
-    assert tracker.gaps == [(13, 13), (15, 15), (17, 17)]
+    assert [(g.lo, g.hi) for g in tracker.gaps] == [(13, 13), (15, 15), (17, 17)]
     assert tracker.lost == 6
     assert tracker.observe(1) is Outcome.DUPLICATE  # given up: never applied late
 
@@ -57,9 +56,9 @@ def test_give_up_counts_lost_ids() -> None:
     tracker = TradeIds()
     for t in (1, 10, 20):
         tracker.observe(t)
-    assert tracker.gaps == [(2, 9), (11, 19)]
+    assert [(g.lo, g.hi) for g in tracker.gaps] == [(2, 9), (11, 19)]
     assert tracker.give_up(5, 12) == 7
-    assert tracker.gaps == [(2, 4), (13, 19)]
+    assert [(g.lo, g.hi) for g in tracker.gaps] == [(2, 4), (13, 19)]
     assert (tracker.lost, tracker.missing) == (7, 10)
 
 
@@ -122,3 +121,105 @@ def test_rebuild_carries_stats_over_and_leaves_old_table_intact() -> None:
     assert fresh is not None and fresh.view().count == 0
     assert old.get("GONEUSDT") is not None  # readers of the old table are not disturbed
     assert [s for s, _ in new.items()] == ["ETHUSDT", "BTCUSDT", "NEWUSDT"]
+
+
+def _time(t: int) -> int:  # a trade's time: non-decreasing in its id, as on Binance
+    return t * 10 // 3
+
+
+def _price(t: int) -> int:
+    return (t * 7919) % 13 + 1
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("trade"), st.integers(0, 120)),
+        st.tuples(st.just("range"), st.integers(0, 120), st.integers(0, 30)),
+        st.tuples(st.just("give_up"), st.integers(0, 120), st.integers(0, 30)),
+    ),
+    max_size=80,
+)
+
+
+@given(st.integers(0, 40), ops)
+def test_ranges_and_trades_against_an_oracle(base: int, script: list[tuple[int, ...]]) -> None:
+    """Single trades, ranges (overlapping, repeated, straddling gap edges) and give-ups against
+    a set oracle; every gap's time bounds and edge prices stay true."""
+    ids = TradeIds()
+    ids.baseline(base, _time(base))  # a ticker read exactly when trade `base` happened
+    applied: set[int] = set()
+    lost: set[int] = set()
+    top = base
+    for op in script:
+        if op[0] == "trade":
+            t = op[1]
+            outcome = ids.observe(t, _time(t), _price(t))
+            fresh = t > base and t not in applied and t not in lost
+            assert (outcome is not Outcome.DUPLICATE) == fresh
+            if fresh:
+                applied.add(t)
+                top = max(top, t)
+        elif op[0] == "range":
+            lo, hi = op[1], op[1] + op[2]
+            missing = {i for i in range(lo, hi + 1) if base < i <= top} - applied - lost
+            assert ids.fill(lo, hi, _time(lo), _price(lo)) == len(missing)
+            applied |= missing
+            # a row is one price and time: edges learnt from it are the row's own values
+            for i in missing:
+                assert _time(lo) <= _time(i)
+        else:
+            lo, hi = op[1], op[1] + op[2]
+            gone = {i for i in range(lo, hi + 1) if base < i <= top} - applied - lost
+            assert ids.give_up(lo, hi) == len(gone)
+            lost |= gone
+        ids._check()
+        expected = set(range(base + 1, top + 1)) - applied - lost
+        assert {i for g in ids.gaps for i in range(g.lo, g.hi + 1)} == expected
+        assert ids.missing == len(expected) and ids.lost == len(lost)
+        for g in ids.gaps:
+            assert g.after_ms is None or g.after_ms <= _time(g.lo)
+            assert g.before_ms is None or g.before_ms >= _time(g.hi)
+
+
+@given(ops)
+def test_edge_prices_are_those_of_the_neighbouring_trades(script: list[tuple[int, ...]]) -> None:
+    """Live trades only (exact prices): each gap names the prices of the trades around it."""
+    ids = TradeIds()
+    for op in script:
+        t = op[1]
+        ids.observe(t, _time(t), _price(t))
+        for g in ids.gaps:
+            assert g.price_before in (None, _price(g.lo - 1))
+            assert g.price_after in (None, _price(g.hi + 1))
+            assert g.price_before is not None and g.price_after is not None
+
+
+@given(st.integers(0, 30), ops)
+def test_apply_rows_is_exactly_once_and_exact(base: int, script: list[tuple[int, ...]]) -> None:
+    """SymbolStats.apply_rows against a brute-force median of every trade applied once."""
+    stats = SymbolStats("X")
+    stats.baseline(base, _time(base))
+    prices: dict[int, int] = {}
+    top = base
+    for op in script:
+        if op[0] == "give_up":
+            continue
+        lo = op[1]
+        hi = lo if op[0] == "trade" else lo + op[2]
+        if op[0] == "trade":
+            if stats.apply(lo, _price(lo), _time(lo)) is not Outcome.DUPLICATE:
+                prices[lo] = _price(lo)
+                top = max(top, lo)
+        else:  # one aggregate: every id at the price of its first
+            new = [i for i in range(lo, hi + 1) if base < i <= top and i not in prices]
+            assert stats.apply_rows([Row(lo, hi, _price(lo), _time(lo))]) == len(new)
+            prices.update(dict.fromkeys(new, _price(lo)))
+        stats.median._check()
+        stats.ids._check()
+        view = stats.view()
+        assert view.count == len(prices)
+        if prices:
+            expected = 2 * statistics.median([Fraction(p) for p in prices.values()])
+            assert view.twice_median == expected
+            assert view.last_trade_id == max(prices)
+            assert view.last_price == prices[max(prices)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 from array import array
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +106,15 @@ def _qty(trade_id: int) -> int:
     return (trade_id * 2654435761 % 99_991 + 1) * 1000
 
 
-def _buyer_maker(trade_id: int) -> bool:
-    return bool(trade_id * 2654435761 >> 7 & 1)
+#: A taker order fills this many resting orders on average, each fill one trade at the same
+#: price, side and millisecond: one aggregate trade of 1.8 trades, as in the real BTCUSDT and
+#: ETHUSDT recordings (1.7-2.0).
+FILLS_PER_ORDER = 1.8
+_MORE_FILLS = 1 - 1 / FILLS_PER_ORDER  # geometric: the chance an order fills one more
+
+
+def _fmt8(units: int) -> str:
+    return f"{units // SCALE}.{units % SCALE:08d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +141,8 @@ class Trade:
         """The trade as ``GET /api/v3/historicalTrades`` returns it."""
         return {
             "id": self.trade_id,
-            "price": f"{self.price // SCALE}.{self.price % SCALE:08d}",
-            "qty": f"{self.qty // SCALE}.{self.qty % SCALE:08d}",
+            "price": _fmt8(self.price),
+            "qty": _fmt8(self.qty),
             "quoteQty": format_price(self.price * self.qty // SCALE),
             "time": self.time_ms,
             "isBuyerMaker": self.buyer_maker,
@@ -147,8 +155,10 @@ class SymbolTruth:
     """Everything published for one symbol: the ground truth tests compare against.
 
     The median is our own :class:`RunningMedian`, itself tested against ``statistics.median``.
-    ``history`` keeps the last ``history_limit`` trades (prices and times) for
-    ``historicalTrades``: 16 bytes a trade.
+    The last ``history_limit`` trades (price, time, side: 17 bytes a trade) are kept for
+    ``historicalTrades``, and the aggregate trades covering them for ``aggTrades``: a new
+    aggregate starts wherever a trade differs from the previous one in price, side or
+    millisecond, as Binance aggregates the fills of one taker order.
     """
 
     first_id: int
@@ -157,7 +167,10 @@ class SymbolTruth:
     last_price: int | None = None
     prices: array[int] = field(default_factory=lambda: array("Q"))
     times: array[int] = field(default_factory=lambda: array("q"))
+    sides: array[int] = field(default_factory=lambda: array("b"))  # buyer was the maker
     history_first: int = 0  # trade id of prices[0]
+    agg_first: array[int] = field(default_factory=lambda: array("q"))  # first trade id of each
+    agg_base: int = 0  # aggregate id of agg_first[0]
 
     @property
     def count(self) -> int:
@@ -171,6 +184,28 @@ class SymbolTruth:
             "last_price": None if self.last_price is None else format_price(self.last_price),
             "first_id": self.first_id if self.count else None,
             "last_id": self.next_id - 1 if self.count else None,
+        }
+
+    def trade_at(self, symbol: str, trade_id: int) -> Trade:
+        """A stored trade (``history_first <= trade_id < next_id``)."""
+        i = trade_id - self.history_first
+        return Trade(symbol, trade_id, self.prices[i], _qty(trade_id), self.times[i],
+                     bool(self.sides[i]))  # fmt: skip
+
+    def aggregate_json(self, i: int) -> dict[str, Any]:
+        """Aggregate ``i`` (an index into ``agg_first``) as ``GET /api/v3/aggTrades`` has it."""
+        first = self.agg_first[i]
+        last = self.agg_first[i + 1] - 1 if i + 1 < len(self.agg_first) else self.next_id - 1
+        k = max(first, self.history_first) - self.history_first
+        return {
+            "a": self.agg_base + i,
+            "p": _fmt8(self.prices[k]),
+            "q": _fmt8(sum(_qty(t) for t in range(first, last + 1))),
+            "f": first,
+            "l": last,
+            "T": self.times[k],
+            "m": bool(self.sides[k]),
+            "M": True,
         }
 
 
@@ -241,29 +276,45 @@ class Market:
     # -- trades -----------------------------------------------------------------------------
 
     def next_trades(self, k: int, now_ms: int) -> list[Trade]:
-        """Generate and record ``k`` trades across the trading symbols, by weight."""
+        """Generate and record at least ``k`` trades across the trading symbols, by weight:
+        taker orders of :data:`FILLS_PER_ORDER` fills on average, each fill one trade. The
+        last order is not cut short, so a few more than ``k`` may come back."""
         if not self._population or k <= 0:
             return []
-        return [
-            self.trade(s, now_ms)
-            for s in self.rnd.choices(self._population, cum_weights=self._cum, k=k)
-        ]
+        out: list[Trade] = []
+        rnd = self.rnd
+        for symbol in rnd.choices(self._population, cum_weights=self._cum, k=k):
+            fills = 1
+            while rnd.random() < _MORE_FILLS:
+                fills += 1
+            out.extend(self.order(symbol, now_ms, fills))
+            if len(out) >= k:
+                break
+        return out
 
     def trade(self, symbol: str, now_ms: int) -> Trade:
         """Generate one trade of ``symbol`` and record it in the ground truth."""
+        return self.order(symbol, now_ms, 1)[0]
+
+    def order(self, symbol: str, now_ms: int, fills: int) -> list[Trade]:
+        """One taker order of ``symbol`` filled in ``fills`` trades (same price, side and time),
+        recorded in the ground truth."""
         rnd = self.rnd
         ticks = self._ticks[symbol]
-        if rnd.random() >= 0.6:  # 60% of trades repeat the last price, like real ones
+        if rnd.random() >= 0.6:  # 60% of orders trade at the last price, like real ones
             step = round(rnd.gauss(0.0, max(1.0, ticks * 1e-4)))
             ticks = max(1, ticks + (step or rnd.choice((-1, 1))))
             self._ticks[symbol] = ticks
+        price = ticks * self._tick_units[symbol]
+        buyer_maker = rnd.random() < 0.5
         truth = self.truth[symbol]
-        tid = truth.next_id
-        t = Trade(
-            symbol, tid, ticks * self._tick_units[symbol], _qty(tid), now_ms, _buyer_maker(tid)
-        )
-        self.record(t)
-        return t
+        out = []
+        for _ in range(fills):
+            tid = truth.next_id
+            t = Trade(symbol, tid, price, _qty(tid), now_ms, buyer_maker)
+            self.record(t)
+            out.append(t)
+        return out
 
     def record(self, t: Trade) -> None:
         """Add a published trade to the ground truth (also used by replays)."""
@@ -274,16 +325,32 @@ class Market:
             )
         elif truth.count == 0:
             truth.first_id = truth.next_id = truth.history_first = t.trade_id
+        prices, times, sides = truth.prices, truth.times, truth.sides
+        if not (
+            prices
+            and t.trade_id == truth.next_id
+            and prices[-1] == t.price
+            and times[-1] == t.time_ms
+            and sides[-1] == t.buyer_maker
+        ):
+            truth.agg_first.append(t.trade_id)  # a new aggregate trade
         truth.median.add(t.price)
         truth.last_price = t.price
         truth.next_id = t.trade_id + 1
-        truth.prices.append(t.price)
-        truth.times.append(t.time_ms)
-        if len(truth.prices) > self.history_limit + self.history_limit // 4:
-            drop = len(truth.prices) - self.history_limit  # amortised O(1) trimming
-            del truth.prices[:drop]
-            del truth.times[:drop]
+        prices.append(t.price)
+        times.append(t.time_ms)
+        sides.append(t.buyer_maker)
+        if len(prices) > self.history_limit + self.history_limit // 4:
+            drop = len(prices) - self.history_limit  # amortised O(1) trimming
+            del prices[:drop]
+            del times[:drop]
+            del sides[:drop]
             truth.history_first += drop
+            # aggregates wholly before the kept trades go too
+            gone = bisect_right(truth.agg_first, truth.history_first) - 1
+            if gone > 0:
+                del truth.agg_first[:gone]
+                truth.agg_base += gone
 
     def history(self, symbol: str, from_id: int | None, limit: int) -> list[Trade] | None:
         """Up to ``limit`` stored trades from ``from_id`` (latest if None); None if unknown."""
@@ -293,10 +360,45 @@ class Market:
         end = truth.history_first + len(truth.prices)
         start = end - limit if from_id is None else from_id
         start = max(start, truth.history_first)
-        out = []
-        for tid in range(start, min(end, start + limit)):
-            i = tid - truth.history_first
-            out.append(
-                Trade(symbol, tid, truth.prices[i], _qty(tid), truth.times[i], _buyer_maker(tid))
-            )
-        return out
+        return [truth.trade_at(symbol, tid) for tid in range(start, min(end, start + limit))]
+
+    def aggregates(
+        self,
+        symbol: str,
+        from_id: int | None,
+        start_ms: int | None,
+        end_ms: int | None,
+        limit: int,
+    ) -> list[dict[str, Any]] | None:
+        """Up to ``limit`` stored aggregate trades, ascending: from aggregate id ``from_id``, or
+        with times in ``start_ms..end_ms`` (inclusive), or the latest. None if unknown."""
+        truth = self.truth.get(symbol)
+        if truth is None:
+            return None
+        n = len(truth.agg_first)
+        if from_id is not None:
+            lo = max(0, from_id - truth.agg_base)
+        elif start_ms is None and end_ms is None:
+            lo = max(0, n - limit)
+        else:
+            lo = 0 if start_ms is None else self._first_agg_at(truth, start_ms)
+        rows = []
+        for i in range(lo, min(n, lo + limit)):
+            row = truth.aggregate_json(i)
+            if end_ms is not None and from_id is None and row["T"] > end_ms:
+                break
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def _first_agg_at(truth: SymbolTruth, ms: int) -> int:
+        """Index of the first aggregate with time >= ``ms`` (binary search: times ascend)."""
+        lo, hi = 0, len(truth.agg_first)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            first = max(truth.agg_first[mid], truth.history_first)
+            if truth.times[first - truth.history_first] < ms:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 COUNTED_OPCODES = (TEXT, BINARY, PING, PONG)  # what Binance's 5-per-second limit counts
 GARBAGE_KINDS = ("not_json", "missing_fields", "unknown_symbol", "bad_price")
+AGG_FAULTS = ("overlap", "skip", "contradict", "bad_price")  # corrupt aggTrades answers
+HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class SimConfig:
     weight_window: float = 60.0  # seconds of a weight window (Binance: one minute)
     weight_exchange_info: int = 20
     weight_historical_trades: int = 25
+    weight_agg_trades: int = 4
     weight_ticker_all: int = 80  # GET /api/v3/ticker/24hr without a symbol
     requests_after_429_before_ban: int = 10
     ban_seconds: float = 120.0
@@ -206,6 +209,7 @@ class Simulator:
         self._banned_until = 0.0
         self._attempts: deque[float] = deque()
         self._refuse_until = 0.0
+        self._agg_faults: deque[str] = deque()  # guarded by _limits_lock: next answers to spoil
         self._stop = threading.Event()  # set by stop(): every simulator thread exits
         self._server: Server | None = None
         self._threads: list[threading.Thread] = []
@@ -341,6 +345,23 @@ class Simulator:
         with self._limits_lock:
             self._refuse_until = time.monotonic() + seconds
 
+    def expire(self) -> int:
+        """End every connection's lifetime now, as Binance does after 24 hours."""
+        now = time.monotonic()
+        with self.hub_lock:
+            for s in self._sessions.values():
+                s.deadline = now
+                s.wake.set()
+            return len(self._sessions)
+
+    def spoil_aggregates(self, kind: str, count: int = 1) -> None:
+        """Corrupt the next ``count`` non-empty aggTrades answers: rows that ``overlap``, that
+        ``skip`` ids, that ``contradict`` the published prices, or a ``bad_price``."""
+        if kind not in AGG_FAULTS:
+            raise ValueError(f"unknown aggregate fault {kind!r}; one of {AGG_FAULTS}")
+        with self._limits_lock:
+            self._agg_faults.extend([kind] * count)
+
     def stall(self, seconds: float) -> int:
         """Stop sending anything but pings on every open connection for ``seconds``."""
         until = time.monotonic() + seconds
@@ -407,10 +428,12 @@ class Simulator:
                 continue
             due = self._rate * min(elapsed, 1.0) + carry
             k = int(due)
-            carry = due - k
-            if k:
+            carry = due
+            if k > 0:
                 with self.hub_lock:
-                    self._publish(self.market.next_trades(k, self._ms()))
+                    trades = self.market.next_trades(k, self._ms())
+                    self._publish(trades)
+                carry -= len(trades)  # an order is never cut short: the next tick makes up
 
     def _replay(self) -> None:
         speed = self.config.replay_speed
@@ -708,6 +731,7 @@ class Simulator:
             "/api/v3/time": (1, lambda p: (200, {"serverTime": self._ms()})),
             "/api/v3/exchangeInfo": (cfg.weight_exchange_info, self._exchange_info),
             "/api/v3/historicalTrades": (cfg.weight_historical_trades, self._historical_trades),
+            "/api/v3/aggTrades": (cfg.weight_agg_trades, self._agg_trades),
             "/api/v3/ticker/24hr": (
                 2 if "symbol" in params else cfg.weight_ticker_all,
                 self._ticker,
@@ -766,9 +790,12 @@ class Simulator:
                     return 400, {"code": -1121, "msg": "Invalid symbol."}
                 t = self.market.truth[symbol]
                 traded = t.count > 0
+                now = self._ms()
                 out.append({
                     "symbol": symbol,
                     "lastPrice": format_price(t.last_price) if t.last_price is not None else "0",
+                    "openTime": now - 24 * HOUR_MS,
+                    "closeTime": now,
                     "firstId": t.first_id if traded else -1,
                     "lastId": t.next_id - 1 if traded else -1,
                     "count": t.count,
@@ -792,6 +819,52 @@ class Simulator:
             return 400, {"code": -1121, "msg": "Invalid symbol."}
         return 200, [t.rest_json() for t in trades]
 
+    def _agg_trades(self, params: dict[str, str]) -> tuple[int, Any]:
+        """Aggregate trades with Binance's parameters and errors: ``fromId``, or
+        ``startTime``/``endTime`` at most an hour apart (-1127), never both (-1128)."""
+        symbol = params.get("symbol")
+        if not symbol:
+            return 400, {"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent."}
+        try:
+            limit = int(params.get("limit", "500"))
+            from_id, start, end = (
+                int(params[k]) if params.get(k) else None for k in ("fromId", "startTime", "endTime")
+            )
+        except ValueError:
+            return 400, {"code": -1100, "msg": "Illegal characters found in a parameter."}
+        if not 1 <= limit <= 1000:
+            return 400, {"code": -1100, "msg": "Illegal value for parameter 'limit'."}
+        if from_id is not None and (start is not None or end is not None):
+            return 400, {"code": -1128, "msg": "Combination of optional parameters invalid."}
+        if start is not None and end is None:
+            end = start + HOUR_MS
+        elif end is not None and start is None:
+            start = end - HOUR_MS
+        if start is not None and end is not None and end - start > HOUR_MS:
+            return 400, {"code": -1127, "msg": "More than 1 hours between startTime and endTime."}
+        with self.hub_lock:
+            rows = self.market.aggregates(symbol, from_id, start, end, limit)
+        if rows is None:
+            return 400, {"code": -1121, "msg": "Invalid symbol."}
+        if rows:
+            with self._limits_lock:
+                fault = self._agg_faults.popleft() if self._agg_faults else None
+            if fault is not None:
+                self._spoil(rows, fault)
+        return 200, rows
+
+    @staticmethod
+    def _spoil(rows: list[dict[str, Any]], kind: str) -> None:
+        if kind == "overlap" and len(rows) > 1:
+            rows[1]["f"] = rows[0]["l"]
+        elif kind == "skip" and len(rows) > 2:
+            del rows[1]
+        elif kind == "contradict":
+            for r in rows:
+                r["p"] = format_price(parse_price(r["p"]) + 1)
+        else:  # bad_price, or a fault the rows are too few for
+            rows[0]["p"] = "1e5"
+
     def _control(self, action: str, params: dict[str, str]) -> Response:
         """GET /_sim/<action>: ground truth, counters and fault injection for tests and demos."""
         actions: dict[str, Callable[[], Any]] = {
@@ -806,6 +879,10 @@ class Simulator:
             "shutdown": lambda: self.announce_shutdown(float(params.get("delay", "1"))),
             "refuse": lambda: self.refuse_connections(float(params.get("seconds", "5"))),
             "stall": lambda: self.stall(float(params.get("seconds", "5"))),
+            "expire": self.expire,
+            "aggfault": lambda: self.spoil_aggregates(
+                params.get("kind", "contradict"), int(params.get("count", "1"))
+            ),
             "garbage": lambda: self.send_garbage(params.get("kind", "not_json")),
             "list": lambda: self.list_symbol(params["symbol"], params.get("tick", "0.01000000")),
             "delist": lambda: self.delist(params["symbol"]),
