@@ -294,7 +294,9 @@ def bench_ingest(
     sim = _SimProcess(tps, shared_data)
     try:
         config = dataclasses.replace(Config(), rest_url=sim.rest_url, ws_url=sim.ws_url).validate()
-        ingest = Ingest(config, RestClient(config.rest_url))
+        ingest = Ingest(
+            config, RestClient(config.rest_url, weight_window=config.rest_weight_window)
+        )
         ingest.start()
         assert ingest.first_listing()
         deadline = time.monotonic() + 120

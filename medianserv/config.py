@@ -72,8 +72,18 @@ class Config:
         advanced=True)  # fmt: skip
     connection_window: float = _opt(300.0, "window of that limit, seconds", advanced=True)
     rest_weight_limit: int = _opt(6000, "Binance REST weight per minute", advanced=True)
+    rest_weight_window: float = _opt(
+        60.0, "seconds of Binance's weight window (X-MBX-USED-WEIGHT-1M)", advanced=True
+    )
     backfill_weight_share: float = _opt(
-        0.5, "share of the REST weight the gap backfill may use", advanced=True
+        0.8, "the backfill sends no request that would take the IP's weight (as Binance "
+        "reports it, other clients included) past this share of the limit",
+        advanced=True)  # fmt: skip
+    backfill_endpoint: str = _opt(
+        "aggTrades", "where gaps are fetched from: aggTrades (weight 4 a page of aggregates) "
+        "or historicalTrades (weight 25 a page of trades)", advanced=True)  # fmt: skip
+    backfill_workers: int = _opt(
+        4, "concurrent backfill requests (each worker keeps its own connection)", advanced=True
     )
     backfill_delay: float = _opt(
         2.0, "seconds a gap waits for late frames before it is backfilled", advanced=True
@@ -93,7 +103,8 @@ class Config:
         """Raise :class:`ConfigError` for any value out of range; returns self."""
         positive = ("snapshot_interval", "exchange_info_interval", "control_messages_per_second",
                     "silence_timeout", "probe_timeout", "backoff_initial", "backoff_max",
-                    "connection_window", "rotate_after", "history_interval")  # fmt: skip
+                    "connection_window", "rotate_after", "history_interval",
+                    "rest_weight_window")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
@@ -105,6 +116,10 @@ class Config:
             raise ConfigError("max_streams_per_connection must be within 1..1024")
         if not 0 < self.backfill_weight_share <= 1:
             raise ConfigError("backfill_weight_share must be within (0, 1]")
+        if self.backfill_endpoint not in ("aggTrades", "historicalTrades"):
+            raise ConfigError("backfill_endpoint must be aggTrades or historicalTrades")
+        if not 1 <= self.backfill_workers <= 32:
+            raise ConfigError("backfill_workers must be within 1..32")
         if self.subscribe_batch_bytes < 100:
             raise ConfigError("subscribe_batch_bytes is too small for one stream name")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

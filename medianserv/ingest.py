@@ -2,7 +2,8 @@
 
 Threads owned here (each with a stop event, all stopped and joined by :meth:`Ingest.stop`):
 ``reader-N`` (one per connection, :class:`~medianserv.streams.Reader`), ``listings``
-(re-reads exchangeInfo every ``exchange_info_interval``) and ``backfill``.
+(re-reads exchangeInfo every ``exchange_info_interval``) and ``backfill-N`` (the
+``backfill_workers`` workers of :class:`~medianserv.backfill.Backfill`).
 
 ``table`` is replaced whole when the listing changes (an atomic attribute swap); readers read
 it for every frame, so a new symbol is served as soon as its stream delivers. Every stats
@@ -22,7 +23,7 @@ from typing import Any
 from .backfill import Backfill
 from .config import Config
 from .errors import InputError
-from .exchange import RestClient, RestError
+from .exchange import RestClient, RestError, TickerRange
 from .pacing import backoff
 from .streams import AttemptGate, Reader, ReaderStats, plan_connections, stream_of
 from .symbols import SymbolStats, SymbolTable
@@ -88,7 +89,7 @@ class Ingest:
     # -- listings -------------------------------------------------------------------------------
 
     def apply_listing(
-        self, symbols: list[str], ranges: dict[str, tuple[int, int]] | None = None
+        self, symbols: list[str], ranges: dict[str, TickerRange] | None = None
     ) -> bool:
         """Make ``symbols`` the served set: new table, new plan, readers told. True if changed.
 
@@ -103,7 +104,8 @@ class Ingest:
             for symbol, stats in table.items():
                 self.known.setdefault(symbol, stats)
                 if ranges is not None and stats.needs_baseline():
-                    stats.baseline(ranges.get(symbol, (-1, -1))[1])
+                    r = ranges.get(symbol, TickerRange(-1, -1))
+                    stats.baseline(r.last_id, r.close_ms)
             self.table = table
             plan = plan_connections(
                 [stream_of(s) for s in symbols],
@@ -200,11 +202,14 @@ class Ingest:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    def _target(self, name: str) -> Callable[[], None]:
+        return self._run_listings if name == "listings" else self.backfill.run
+
     def start(self) -> None:
         """Start the listings and backfill threads (readers start with the first listing)."""
+        names = ["listings"] + [f"backfill-{i}" for i in range(self.config.backfill_workers)]
         self._threads = [
-            threading.Thread(target=self._run_listings, name="listings", daemon=True),
-            threading.Thread(target=self.backfill.run, name="backfill", daemon=True),
+            threading.Thread(target=self._target(name), name=name, daemon=True) for name in names
         ]
         for t in self._threads:
             t.start()
@@ -226,8 +231,9 @@ class Ingest:
                     restarted.append(f"reader-{slot}")
         for i, t in enumerate(self._threads):
             if not t.is_alive() and not self.stopping.is_set():
-                target = self._run_listings if t.name == "listings" else self.backfill.run
-                self._threads[i] = threading.Thread(target=target, name=t.name, daemon=True)
+                self._threads[i] = threading.Thread(
+                    target=self._target(t.name), name=t.name, daemon=True
+                )
                 self._threads[i].start()
                 restarted.append(t.name)
         return restarted
@@ -257,6 +263,17 @@ class Ingest:
             return False, f"connections {waiting} not subscribed yet"
         return True, f"{len(self.table)} symbols over {len(readers)} connections"
 
+    def completeness(self) -> tuple[int, int]:
+        """(symbols with trades known missing, trades known missing), over the listed symbols.
+        O(symbols), one short lock each."""
+        incomplete = missing = 0
+        for _, stats in self.table.items():
+            m = stats.missing()
+            if m:
+                incomplete += 1
+                missing += m
+        return incomplete, missing
+
     def counters(self) -> dict[str, Any]:
         """Totals over every reader, past and present, and the backfill (for /metrics)."""
         with self._lock:
@@ -272,7 +289,9 @@ class Ingest:
             "connections": len(readers),
             "lag_ms": {r.slot: r.stats.lag_ms for r in readers},
             "streams": {r.slot: r.stats.subscribed for r in readers},
-            "backfill": {**vars(self.backfill.stats), "pending": self.backfill.pending()},
+            "backfill": {**self.backfill.stats.snapshot(), "pending": self.backfill.pending()},
+            "rest": self.rest.spent(),
+            "rest_weight_now": self.rest.weight_now(),
             "listing_failures": self.listing_failures,
             "connection_attempt_waits": self.gate.waits,
         }

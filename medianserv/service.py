@@ -101,6 +101,9 @@ class Service:
         if snap is not None and snap.failures and snap.pending_symbols:
             problems.append("snapshots failing")
         lag = c.get("lag_ms", {})
+        incomplete, missing = self.ingest.completeness() if self.ingest is not None else (0, 0)
+        back = c.get("backfill", {})
+        recovered = back.get("last_filled_at")
         return {
             "ready": ready,
             "problems": problems,
@@ -115,8 +118,13 @@ class Service:
             "trades_applied": c.get("applied", 0),
             "reconnects": c.get("reconnects", 0),
             "gaps": c.get("gaps", 0),
-            "backfilled": c.get("backfill", {}).get("filled", 0),
-            "lost": c.get("backfill", {}).get("lost", 0),
+            "backfilled": back.get("filled", 0),
+            "lost": back.get("lost", 0),
+            "incomplete_symbols": incomplete,
+            "missing_trades": missing,
+            "last_recovered_s": None if recovered is None else round(time.time() - recovered, 1),
+            "rest_weight": {e: w for e, (_, w) in c.get("rest", {}).items()},
+            "rest_weight_now": c.get("rest_weight_now", 0),
             "rejected": sum(c.get("rejected", {}).values()),
             "snapshot_age_s": None if age is None else round(age, 1),
             "snapshot_interval_s": self.config.snapshot_interval,
@@ -162,7 +170,9 @@ class Service:
             len(known), trades, levels, store.path, time.perf_counter() - t0,
         )  # fmt: skip
         self.restored_symbols = len(known)
-        ingest = self.ingest = Ingest(cfg, RestClient(cfg.rest_url), known)
+        ingest = self.ingest = Ingest(
+            cfg, RestClient(cfg.rest_url, weight_window=cfg.rest_weight_window), known
+        )
         ingest.preload(listing)
         self.restored = True
 
@@ -223,6 +233,8 @@ def render_metrics(service: Service) -> str:
     ingest, snap = service.ingest, service.snapshotter
     c: dict[str, Any] = ingest.counters() if ingest is not None else {}
     back = c.get("backfill", {})
+    incomplete, missing = ingest.completeness() if ingest is not None else (0, 0)
+    recovered = back.get("last_filled_at")
     # (name, type, help, value): one unlabelled sample each
     single: list[tuple[str, str, str, Any]] = [
         ("up", "gauge", "1 while the process runs.", 1),
@@ -262,8 +274,28 @@ def render_metrics(service: Service) -> str:
         (
             "backfill_requests_total",
             "counter",
-            "historicalTrades requests.",
+            "REST requests made by the backfill (aggTrades and historicalTrades).",
             back.get("requests", 0),
+        ),
+        (
+            "symbols_incomplete",
+            "gauge",
+            "Listed symbols with trades known missing (being backfilled).",
+            incomplete,
+        ),
+        ("trades_missing", "gauge", "Trades known missing, being backfilled.", missing),
+        (
+            "backfill_last_recovered_age_seconds",
+            "gauge",
+            "Seconds since a missed trade was last recovered over REST (-1: never).",
+            -1 if recovered is None else round(time.time() - recovered, 3),
+        ),
+        (
+            "rest_weight_used",
+            "gauge",
+            "The IP's REST weight in the current window, as Binance last reported it plus "
+            "requests in flight.",
+            c.get("rest_weight_now", 0),
         ),
         (
             "rest_rate_limited_total",
@@ -340,12 +372,32 @@ def render_metrics(service: Service) -> str:
             ),
         ]
     rejected = sorted(c.get("rejected", {}).items())
+    rest = sorted(c.get("rest", {}).items())
     labelled: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         (
             "frames_rejected_total",
             "counter",
             "Frames rejected, by kind.",
             [(f'{{kind="{k}"}}', v) for k, v in rejected] or [('{kind="none"}', 0)],
+        ),
+        (
+            "rest_requests_total",
+            "counter",
+            "REST requests to Binance, by endpoint.",
+            [(f'{{endpoint="{e}"}}', n) for e, (n, _) in rest],
+        ),
+        (
+            "rest_weight_total",
+            "counter",
+            "REST weight spent, by endpoint.",
+            [(f'{{endpoint="{e}"}}', w) for e, (_, w) in rest],
+        ),
+        (
+            "backfill_pages_rejected_total",
+            "counter",
+            "REST pages refused by the backfill's checks (nothing of them applied), by kind.",
+            [(f'{{kind="{k}"}}', v) for k, v in sorted(back.get("rejected", {}).items())]
+            or [('{kind="none"}', 0)],
         ),
         (
             "connection_streams",

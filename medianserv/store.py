@@ -78,18 +78,22 @@ class _Record(msgspec.Struct, array_like=True):
     quiet: bool
     last_ms: int | None  # the trade after `last` happened at or after this time
     last_id_price: int | None  # price of trade `last`, if applied
+    quiet_since_ms: int | None  # a quiet symbol: no trade of ours happened before this time
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoders = {1: msgspec.msgpack.Decoder(_RecordV1), 2: msgspec.msgpack.Decoder(_Record)}
+_decoders: dict[int, msgspec.msgpack.Decoder[_RecordV1 | _Record]] = {
+    1: msgspec.msgpack.Decoder(_RecordV1),
+    2: msgspec.msgpack.Decoder(_Record),
+}
 
 
 def encode_record(state: SymbolState) -> bytes:
     """The ``symbols`` value of a state (levels are stored apart). Pure."""
     return _encoder.encode(
         _Record(state.count, state.last_trade_id, state.last_price, state.last_trade_time,
-                state.first, state.last, [tuple(g) for g in state.gaps], state.lost, state.quiet,
-                state.last_ms, state.last_id_price)
+                state.first, state.last, list(state.gaps), state.lost, state.quiet,
+                state.last_ms, state.last_id_price, state.quiet_since_ms)
     )  # fmt: skip
 
 
@@ -100,13 +104,13 @@ def decode_record(symbol: str, data: bytes, version: int = FORMAT_VERSION) -> Sy
         r = _decoders[version].decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise StoreError(f"corrupt record for {symbol!r}: {exc}") from exc
-    if isinstance(r, _RecordV1):
-        gaps, last_ms, last_id_price = [Gap(a, b) for a, b in r.gaps], None, None
-    else:
-        gaps, last_ms, last_id_price = [Gap(*g) for g in r.gaps], r.last_ms, r.last_id_price
-    return SymbolState(symbol, r.count, r.last_trade_id, r.last_price, r.last_trade_time,
-                       r.first, r.last, gaps, r.lost, r.quiet, [], last_ms,
-                       last_id_price)  # fmt: skip
+    gaps = [Gap(*g) for g in r.gaps]
+    state = SymbolState(symbol, r.count, r.last_trade_id, r.last_price, r.last_trade_time,
+                        r.first, r.last, gaps, r.lost, r.quiet, [])  # fmt: skip
+    if isinstance(r, _Record):
+        state.last_ms, state.last_id_price = r.last_ms, r.last_id_price
+        state.quiet_since_ms = r.quiet_since_ms
+    return state
 
 
 def symbol_prefix(symbol: str) -> bytes:

@@ -12,6 +12,7 @@ stats objects, so no trade is lost while the new table is swapped in.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
@@ -23,7 +24,14 @@ from .median import RunningMedian
 from .perfect_hash import PerfectHash
 
 __all__ = [
-    "Gap", "Outcome", "Row", "StatsView", "SymbolState", "SymbolStats", "SymbolTable", "TradeIds",
+    "Gap",
+    "Outcome",
+    "Row",
+    "StatsView",
+    "SymbolState",
+    "SymbolStats",
+    "SymbolTable",
+    "TradeIds",
 ]
 
 #: Open gap ranges kept per symbol; past it the oldest is given up (counted as lost).
@@ -110,7 +118,16 @@ class TradeIds:
     (<Outcome.GAP: 1>, 5, [(19, 19)])
     """
 
-    __slots__ = ("first", "gaps", "last", "last_ms", "last_price", "lost", "quiet")
+    __slots__ = (
+        "first",
+        "gaps",
+        "last",
+        "last_ms",
+        "last_price",
+        "lost",
+        "quiet",
+        "quiet_since_ms",
+    )
 
     def __init__(
         self,
@@ -121,6 +138,7 @@ class TradeIds:
         quiet: bool = False,
         last_ms: int | None = None,
         last_price: int | None = None,
+        quiet_since_ms: int | None = None,
     ) -> None:
         self.first = first  # lowest id of our history; None before it starts
         self.last = last  # highest id of our history (applied, missing or the baseline)
@@ -129,6 +147,7 @@ class TradeIds:
         self.quiet = quiet  # no trade in the 24 h before we followed it: see sweep()
         self.last_ms = last_ms  # the trade after `last` happened at or after this time
         self.last_price = last_price  # price of trade `last` if we applied it
+        self.quiet_since_ms = quiet_since_ms  # quiet: no trade of ours happened before this
 
     @property
     def missing(self) -> int:
@@ -209,6 +228,7 @@ class TradeIds:
             return
         if last_id < 0:
             self.quiet = True
+            self.quiet_since_ms = None if close_ms is None else close_ms - TICKER_SLACK_MS
         else:
             self.first, self.last = last_id + 1, last_id
             self.last_ms = None if close_ms is None else close_ms - TICKER_SLACK_MS
@@ -227,18 +247,20 @@ class TradeIds:
         if last_id < 0:
             return 0
         next_ms = None if close_ms is None else close_ms - TICKER_SLACK_MS
+        # a quiet symbol's first trades happened after we found it quiet, and in the window
+        since = max((t for t in (open_ms, self.quiet_since_ms) if t is not None), default=None)
         if self.last is None:
             if not self.quiet:
                 return 0
             self.first, self.last = first_id, last_id
             self.last_ms, self.last_price = next_ms, None
-            self._insert(0, [Gap(first_id, last_id, open_ms, close_ms)])
+            self._insert(0, [Gap(first_id, last_id, since, close_ms)])
             return last_id - first_id + 1
         added = 0
         assert self.first is not None
         if self.quiet:
             if first_id < self.first:
-                self._insert(0, [Gap(first_id, self.first - 1, open_ms, close_ms)])
+                self._insert(0, [Gap(first_id, self.first - 1, since, close_ms)])
                 added += self.first - first_id
                 self.first = first_id
             else:
@@ -273,7 +295,7 @@ class TradeIds:
         gaps = self.gaps
         assert len(gaps) <= MAX_OPEN_GAPS
         assert all(g.lo <= g.hi for g in gaps), "empty gap"
-        assert all(x.hi + 1 < y.lo for x, y in zip(gaps, gaps[1:], strict=False)), "gaps touch"
+        assert all(x.hi + 1 < y.lo for x, y in itertools.pairwise(gaps)), "gaps touch"
         if gaps:
             assert self.first is not None and self.last is not None
             assert self.first <= gaps[0].lo and gaps[-1].hi <= self.last, "gap outside history"
@@ -304,6 +326,7 @@ class SymbolState:
     levels: list[tuple[int, int]]
     last_ms: int | None = None  # TradeIds.last_ms
     last_id_price: int | None = None  # TradeIds.last_price
+    quiet_since_ms: int | None = None  # TradeIds.quiet_since_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +485,7 @@ class SymbolStats:
             levels=levels,
             last_ms=ids.last_ms,
             last_id_price=ids.last_price,
+            quiet_since_ms=ids.quiet_since_ms,
         )
 
     @classmethod
@@ -477,7 +501,7 @@ class SymbolStats:
                 f"{state.symbol}: count {state.count} but levels sum to {stats.median.count}"
             )
         stats.ids = TradeIds(state.first, state.last, state.gaps, state.lost, state.quiet,
-                             state.last_ms, state.last_id_price)  # fmt: skip
+                             state.last_ms, state.last_id_price, state.quiet_since_ms)  # fmt: skip
         stats.last_trade_id = state.last_trade_id
         stats.last_price = state.last_price
         stats.last_trade_time = state.last_trade_time

@@ -31,6 +31,7 @@ def fast_config(sim: Simulator, **overrides: Any) -> Config:
         silence_timeout=1.0,
         probe_timeout=1.0,
         exchange_info_interval=3600.0,
+        rest_weight_window=sim.config.weight_window,
     )
     return dataclasses.replace(base, **overrides).validate()
 
@@ -38,7 +39,7 @@ def fast_config(sim: Simulator, **overrides: Any) -> Config:
 @contextmanager
 def running(sim: Simulator, **overrides: Any) -> Iterator[Ingest]:
     config = fast_config(sim, **overrides)
-    ingest = Ingest(config, RestClient(config.rest_url))
+    ingest = Ingest(config, RestClient(config.rest_url, weight_window=config.rest_weight_window))
     ingest.start()
     try:
         assert ingest.first_listing()
@@ -135,8 +136,44 @@ def test_drops_and_refusals_lose_nothing(small_sim: Simulator) -> None:
         c = ingest.counters()
         assert c["reconnects"] >= 9
         assert c["backfill"]["sweeps"] > 0 and c["backfill"]["filled"] > 0  # outages backfilled
-        assert c["backfill"]["lost"] == 0
+        assert c["backfill"]["lost"] == 0 and c["backfill"]["rejected"] == {}
+        # every gap had a time bound: aggregates served them all
+        assert c["backfill"]["requests_by_endpoint"] == {"aggTrades": c["rest"]["aggTrades"][0]}
+        assert c["rest"]["historicalTrades"] == (0, 0)
         assert small_sim.stats()["violations"] == {}
+
+
+@pytest.mark.parametrize("kind", ["overlap", "skip", "contradict", "bad_price"])
+def test_spoiled_aggregates_are_refused_and_the_gaps_still_fill(
+    small_sim: Simulator, kind: str
+) -> None:
+    """Bad pages are counted and nothing of them applied; historicalTrades takes over. One
+    symbol trades, before and after the outage, so the prices around its gap are known."""
+    hot = small_sim.market.trading[0]
+    for symbol in list(small_sim.market.trading):
+        small_sim.market.set_weight(symbol, 1.0 if symbol == hot else 0.0)
+    with running(small_sim, max_streams_per_connection=20) as ingest:
+        trade_for(small_sim, 300)
+        small_sim.pause()
+        small_sim.spoil_aggregates(kind)
+        small_sim.drop_all()
+        trade_for(small_sim, 1500)
+        settle(small_sim, ingest)
+        c = ingest.counters()["backfill"]
+        assert c["rejected"] == {kind: 1}
+        assert c["requests_by_endpoint"]["historicalTrades"] >= 1
+        assert c["lost"] == 0
+
+
+def test_historical_trades_alone_still_recover(small_sim: Simulator) -> None:
+    """backfill_endpoint=historicalTrades: the path of the previous release, for comparison."""
+    with running(small_sim, backfill_endpoint="historicalTrades") as ingest:
+        trade_for(small_sim, 300)
+        small_sim.drop_all()
+        trade_for(small_sim, 1000)
+        settle(small_sim, ingest)
+        c = ingest.counters()
+        assert c["backfill"]["filled"] > 0 and c["rest"]["aggTrades"] == (0, 0)
 
 
 def test_stalled_connections_are_replaced(small_sim: Simulator) -> None:
@@ -158,7 +195,7 @@ def test_server_shutdown_rotates_make_before_break(small_sim: Simulator) -> None
         settle(small_sim, ingest)
         c = ingest.counters()
         assert c["reconnects"] == 0  # rotated before the server closed
-        assert c["backfill"]["requests"] == 0  # nothing was missed
+        assert c["backfill"]["requests"] == 0, c["backfill"]  # nothing was missed
 
 
 def test_short_connection_lifetime_rotation(small_sim: Simulator) -> None:

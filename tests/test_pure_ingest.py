@@ -9,10 +9,29 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medianserv.exchange import parse_exchange_info, parse_historical_trades, parse_trade_id_ranges
+from medianserv.backfill import (
+    HOUR_MS,
+    Cursor,
+    Locate,
+    Request,
+    Window,
+    check_page,
+    check_trades,
+    plan,
+)
+from medianserv.errors import InputError
+from medianserv.exchange import (
+    AggTrade,
+    HistoricalTrade,
+    TickerRange,
+    parse_agg_trades,
+    parse_exchange_info,
+    parse_historical_trades,
+    parse_trade_id_ranges,
+)
 from medianserv.pacing import SlidingWindow, backoff
 from medianserv.streams import plan_connections, stream_batches
-from medianserv.symbols import Outcome, TradeIds
+from medianserv.symbols import Gap, Outcome, TradeIds
 
 names = st.lists(st.text("abcdefgh", min_size=1, max_size=4), unique=True, max_size=60)
 
@@ -21,11 +40,11 @@ names = st.lists(st.text("abcdefgh", min_size=1, max_size=4), unique=True, max_s
 def test_plan_is_minimal_complete_and_stable(before: list[str], after: list[str], cap: int) -> None:
     old = plan_connections(before, cap)
     new = plan_connections(after, cap, old)
-    for plan, streams in ((old, before), (new, after)):
-        flat = [s for group in plan for s in group]
+    for groups, streams in ((old, before), (new, after)):
+        flat = [s for group in groups for s in group]
         assert sorted(flat) == sorted(streams)  # each stream exactly once
-        assert all(0 < len(g) <= cap for g in plan)
-        assert len(plan) == math.ceil(len(streams) / cap)  # the fewest connections
+        assert all(0 < len(g) <= cap for g in groups)
+        assert len(groups) == math.ceil(len(streams) / cap)  # the fewest connections
     kept = set(before) & set(after)
     survivors = [g & kept for g in old if g & kept]
     if len(survivors) <= len(new):  # no drain needed: kept streams stay together
@@ -117,9 +136,101 @@ def test_exchange_parsers() -> None:
     assert [(t.trade_id, t.price) for t in trades] == [(1, 200_000_000), (2, 150_000_000)]
     ranges = parse_trade_id_ranges(
         [
-            {"symbol": "A", "firstId": 1, "lastId": 9},
+            {"symbol": "A", "firstId": 1, "lastId": 9, "openTime": 5, "closeTime": 86_400_005},
             {"symbol": "B", "firstId": -1, "lastId": -1},
             {"x": 1},
         ]
     )
-    assert ranges == {"A": (1, 9), "B": (-1, -1)}
+    assert ranges == {"A": TickerRange(1, 9, 5, 86_400_005), "B": TickerRange(-1, -1)}
+
+
+def test_agg_trades_parser_refuses_what_is_not_exact() -> None:
+    good = b'[{"a":7,"p":"1.50000000","q":"2","f":10,"l":12,"T":99,"m":true,"M":true,"x":1}]'
+    assert parse_agg_trades(good) == [AggTrade(7, 10, 12, 150_000_000, 99)]
+    bad = [
+        b"{}",  # not a list
+        b'[{"a":7,"p":"1.5","f":12,"l":10,"T":99}]',  # first > last
+        b'[{"a":7,"p":"1.5","f":-1,"l":10,"T":99}]',  # negative id
+        b'[{"a":7,"p":1.5,"f":1,"l":1,"T":99}]',  # a float price
+        b'[{"a":7,"f":1,"l":1,"T":99}]',  # no price
+        b'[{"a":7,"p":"1e5","f":1,"l":1,"T":99}]',  # not a plain decimal
+        b"[{",
+    ]
+    for body in bad:
+        try:
+            parse_agg_trades(body)
+        except InputError:
+            continue
+        raise AssertionError(body)
+
+
+def agg(a: int, f: int, last: int, price: int = 5, t: int = 100) -> AggTrade:
+    return AggTrade(a, f, last, price, t)
+
+
+def test_plan_finds_a_gap_by_time_then_follows_the_cursor() -> None:
+    gap = Gap(100, 200, after_ms=1_000, before_ms=5_000, price_before=5, price_after=6)
+    assert plan(gap, None) == Request("aggTrades", start_ms=1_000, end_ms=5_000)
+    long = gap._replace(before_ms=1_000 + 3 * HOUR_MS)  # first window: one hour at most
+    assert plan(long, None) == Request("aggTrades", start_ms=1_000, end_ms=1_000 + HOUR_MS - 1)
+    assert plan(long, Window(100, 1_000 + HOUR_MS)).start_ms == 1_000 + HOUR_MS
+    row = agg(40, 90, 99)
+    assert plan(gap, Cursor(100, row)) == Request("aggTrades", from_id=40)
+    assert plan(gap, Cursor(101, row)).start_ms == 1_000  # a stale cursor is ignored
+    # aggregates cannot serve: no time bound, days wide, or a hint to locate
+    historical = Request("historicalTrades", 100, limit=101)
+    assert plan(gap._replace(after_ms=None), None) == historical
+    assert plan(gap._replace(before_ms=1_000 + 7 * HOUR_MS), None) == historical
+    assert plan(gap, Locate(100)) == historical
+    assert plan(gap, None, endpoint="historicalTrades") == historical
+
+
+def test_check_page_refuses_pages_that_do_not_fit() -> None:
+    gap = Gap(100, 200, 1_000, 5_000, price_before=5, price_after=6)
+    page = [agg(10, 98, 99), agg(11, 100, 150), agg(12, 151, 201, price=6)]
+    assert check_page(page, gap) is None
+    assert check_page([], gap) == "empty"
+    assert check_page([agg(10, 101, 120)], gap) == "late"  # starts after the gap
+    assert check_page([page[0], agg(11, 99, 150)], gap) == "overlap"
+    assert check_page([page[0], agg(11, 101, 150)], gap) == "skip"  # id 100 in no row
+    assert check_page([page[0], agg(12, 100, 150)], gap) == "skip"  # aggregate 11 missing
+    assert check_page([page[0], agg(11, 100, 150, t=99)], gap) == "disorder"
+    assert check_page([agg(10, 98, 99, price=4), *page[1:]], gap) == "contradict"  # id 99 is 5
+    assert check_page([*page[:2], agg(12, 151, 201, price=7)], gap) == "contradict"  # id 201
+    # a continued page must start with the row applied last, exactly
+    cursor = Cursor(100, agg(10, 98, 99))
+    assert check_page(page, gap, cursor) is None
+    assert check_page([agg(10, 98, 99, t=99), *page[1:]], gap, cursor) == "contradict"
+    # historicalTrades pages
+    trades = [HistoricalTrade(i, 5 if i < 201 else 6, 100) for i in range(150, 203)]
+    assert check_trades(trades, gap) is None
+    assert check_trades(trades[:3] + trades[4:], gap) == "skip"
+    assert check_trades([*trades[:51], HistoricalTrade(201, 7, 100)], gap) == "contradict"
+
+
+def test_backfill_takes_the_smallest_gaps_first() -> None:
+    """The queue hands out the symbol with the fewest missing trades: the number of incomplete
+    symbols falls fastest. A symbol is handed to one worker at a time; a gap found meanwhile
+    brings it back."""
+    from medianserv.backfill import Backfill
+    from medianserv.config import Config
+    from medianserv.exchange import RestClient
+    from medianserv.symbols import SymbolTable
+
+    sizes = {"A": 500, "B": 3, "C": 40, "D": 1, "E": 7000}
+    table = SymbolTable.build(sizes)
+    for symbol, size in sizes.items():
+        stats = table.get(symbol)
+        assert stats is not None
+        stats.apply(1, 5, 1)
+        stats.apply(2 + size, 5, 2)  # a gap of `size` trades
+    config = Config(backfill_delay=0.0)
+    backfill = Backfill(config, RestClient("http://127.0.0.1:9"), lambda: table)
+    for symbol in sizes:
+        backfill.notify(symbol)
+    order = [backfill._take() for _ in sizes]
+    assert order == sorted(sizes, key=sizes.__getitem__)
+    assert backfill._take() is None  # every symbol is out with a worker
+    backfill.notify("D")  # a new gap while D is being filled
+    backfill._release("D", more=False)
+    assert backfill._take() == "D"

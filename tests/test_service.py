@@ -22,7 +22,8 @@ from medianserv.sim import SimConfig, Simulator
 from .support import http_get, wait_for
 
 FAST = ["--control-messages-per-second", "4", "--backoff-initial", "0.05", "--backoff-max", "0.5",
-        "--backfill-delay", "0.2", "--silence-timeout", "2", "--probe-timeout", "2"]  # fmt: skip
+        "--backfill-delay", "0.2", "--silence-timeout", "2", "--probe-timeout", "2",
+        "--rest-weight-window", "3"]  # fmt: skip
 
 
 _started: list[subprocess.Popen[str]] = []
@@ -209,7 +210,7 @@ def test_refuses_a_store_of_another_version(sim: Simulator, tmp_path: Path) -> N
 
     store = Store.open(tmp_path)
     with store.env.begin(write=True) as txn:
-        txn.put(b"format", b"2", db=store._meta)
+        txn.put(b"format", b"99", db=store._meta)
     store.close()
     proc = subprocess.run(
         [sys.executable, "-m", "medianserv", "--data-dir", str(tmp_path), "--port", "0",

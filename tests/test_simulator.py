@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import heapq
+import itertools
 import json
 import os
 import socket
@@ -327,7 +328,7 @@ def test_aggregate_trades_tile_the_trades_exactly() -> None:
             from_id = page[-1]["a"] + 1
         assert [r["a"] for r in rows] == list(range(rows[0]["a"], rows[0]["a"] + len(rows)))
         assert rows[0]["f"] == truth.first_id and rows[-1]["l"] == truth.next_id - 1
-        assert all(a["l"] + 1 == b["f"] for a, b in zip(rows, rows[1:], strict=False))
+        assert all(a["l"] + 1 == b["f"] for a, b in itertools.pairwise(rows))
         for r in rows:
             for tid in range(r["f"], r["l"] + 1):
                 t = truth.trade_at(symbol, tid)

@@ -38,6 +38,7 @@ states = st.builds(
     levels=st.just([]),
     last_ms=st.none() | st.integers(0, 2**62),
     last_id_price=st.none() | st.integers(0, 2**63),
+    quiet_since_ms=st.none() | st.integers(0, 2**62),
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import threading
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -142,7 +143,7 @@ ops = st.lists(
 
 
 @given(st.integers(0, 40), ops)
-def test_ranges_and_trades_against_an_oracle(base: int, script: list[tuple[int, ...]]) -> None:
+def test_ranges_and_trades_against_an_oracle(base: int, script: list[tuple[Any, ...]]) -> None:
     """Single trades, ranges (overlapping, repeated, straddling gap edges) and give-ups against
     a set oracle; every gap's time bounds and edge prices stay true."""
     ids = TradeIds()
@@ -182,7 +183,7 @@ def test_ranges_and_trades_against_an_oracle(base: int, script: list[tuple[int, 
 
 
 @given(ops)
-def test_edge_prices_are_those_of_the_neighbouring_trades(script: list[tuple[int, ...]]) -> None:
+def test_edge_prices_are_those_of_the_neighbouring_trades(script: list[tuple[Any, ...]]) -> None:
     """Live trades only (exact prices): each gap names the prices of the trades around it."""
     ids = TradeIds()
     for op in script:
@@ -195,7 +196,7 @@ def test_edge_prices_are_those_of_the_neighbouring_trades(script: list[tuple[int
 
 
 @given(st.integers(0, 30), ops)
-def test_apply_rows_is_exactly_once_and_exact(base: int, script: list[tuple[int, ...]]) -> None:
+def test_apply_rows_is_exactly_once_and_exact(base: int, script: list[tuple[Any, ...]]) -> None:
     """SymbolStats.apply_rows against a brute-force median of every trade applied once."""
     stats = SymbolStats("X")
     stats.baseline(base, _time(base))

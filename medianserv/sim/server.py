@@ -828,7 +828,8 @@ class Simulator:
         try:
             limit = int(params.get("limit", "500"))
             from_id, start, end = (
-                int(params[k]) if params.get(k) else None for k in ("fromId", "startTime", "endTime")
+                int(params[k]) if params.get(k) else None
+                for k in ("fromId", "startTime", "endTime")
             )
         except ValueError:
             return 400, {"code": -1100, "msg": "Illegal characters found in a parameter."}
@@ -855,14 +856,15 @@ class Simulator:
 
     @staticmethod
     def _spoil(rows: list[dict[str, Any]], kind: str) -> None:
-        if kind == "overlap" and len(rows) > 1:
-            rows[1]["f"] = rows[0]["l"]
-        elif kind == "skip" and len(rows) > 2:
-            del rows[1]
+        last = rows[-1]
+        if kind == "overlap":  # a row reaching back into the one before it
+            rows.append({**last, "a": last["a"] + 1, "f": last["l"], "l": last["l"] + 1})
+        elif kind == "skip":  # one trade id in no row
+            rows.append({**last, "a": last["a"] + 1, "f": last["l"] + 2, "l": last["l"] + 2})
         elif kind == "contradict":
             for r in rows:
                 r["p"] = format_price(parse_price(r["p"]) + 1)
-        else:  # bad_price, or a fault the rows are too few for
+        else:
             rows[0]["p"] = "1e5"
 
     def _control(self, action: str, params: dict[str, str]) -> Response:
