@@ -280,6 +280,12 @@ class Backfill:
         with self._lock:
             return len(self._state)
 
+    def sweep_pending(self) -> int:
+        """Symbols whose latest trade id is still to be checked: until then, trades missed
+        while a connection was down are not yet known missing. O(1)."""
+        with self._lock:
+            return len(self._sweep) or int(self._sweeping)
+
     def stop(self) -> None:
         self.stopping.set()
         with self._lock:

@@ -250,6 +250,73 @@ class _SimProcess:
         self.proc.wait(20)
 
 
+class _ServiceProcess:
+    """``medianserv`` (the real command line) in a subprocess against a simulator, logging to
+    a file (a full pipe would stall it)."""
+
+    def __init__(self, sim: _SimProcess, data_dir: Path, extra: Sequence[str] = ()) -> None:
+        import subprocess
+
+        self.log_path = data_dir / f"service-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "medianserv", "--host", "127.0.0.1", "--port", "0",
+             "--data-dir", str(data_dir), "--rest-url", sim.rest_url, "--ws-url", sim.ws_url,
+             *extra],
+            stderr=self._log,
+        )  # fmt: skip
+        self.started = time.monotonic()
+        self.base = f"http://127.0.0.1:{self._port()}"
+
+    def _port(self, timeout: float = 60.0) -> int:
+        import re
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"API listening on http://[^:]+:(\d+)", self.log_path.read_text())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the service did not start: {self.log_path.read_text()[-2000:]}")
+
+    def get(self, path: str) -> Any:
+        import json
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=30) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as err:
+            body = err.read()
+        return body.decode() if path == "/metrics" else json.loads(body)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.get("/-/ready").get("ready"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not get ready")
+            time.sleep(0.1)
+
+    def metric(self, name: str) -> dict[str, float]:
+        """Every sample of metric ``medianserv_<name>``, by label set ('' when none)."""
+        import re
+
+        out = {}
+        for m in re.finditer(rf"^medianserv_{name}(\{{[^}}]*\}})? (\S+)$", self.get("/metrics"),
+                             re.M):  # fmt: skip
+            out[m.group(1) or ""] = float(m.group(2))
+        return out
+
+    def stop(self, sig: int = 2) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(60)
+        self._log.close()
+
+
 def _bare_client(ws_url: str, streams: list[list[str]], counts: list[int], stop: Any) -> list[Any]:
     """The baseline: threads that only receive frames and ``json.loads`` them."""
     import json
@@ -573,28 +640,10 @@ def bench_api(
     rows: list[Row] = []
     sim = _SimProcess(10_000, shared_data)
     with tempfile.TemporaryDirectory() as tmp:
-        log_path = Path(tmp) / "service.log"
-        log_file = log_path.open("w")
-        svc = subprocess.Popen(
-            [sys.executable, "-m", "medianserv", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", tmp, "--rest-url", sim.rest_url, "--ws-url", sim.ws_url],
-            stderr=log_file,
-        )  # fmt: skip
+        svc = _ServiceProcess(sim, Path(tmp))
         try:
-            port = None
-            deadline = time.monotonic() + 60
-            while port is None and time.monotonic() < deadline:
-                m = re.search(r"API listening on http://[^:]+:(\d+)", log_path.read_text())
-                port = int(m.group(1)) if m else None
-                time.sleep(0.1)
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(base + "/-/ready", timeout=5).read()
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            base = svc.base
+            svc.wait_ready(120)
             symbols = json.loads(urllib.request.urlopen(base + "/symbols", timeout=5).read())
             sim.control("resume")
             time.sleep(1.0)
@@ -627,8 +676,179 @@ def bench_api(
             rate_in = (applied() - a0) / (time.monotonic() - t0)
             rows.append(Row("trades ingested meanwhile (offered 10,000/s)", rate_in, "trades/s"))
         finally:
-            svc.send_signal(2)
-            svc.wait(30)
-            log_file.close()
+            svc.stop()
+            sim.stop()
+    return rows
+
+
+# -- recovery: faults, kills and a long outage, against the simulator --------------------------
+
+
+def _compare(svc: _ServiceProcess, sim: _SimProcess) -> tuple[int, int]:
+    """(symbols whose count, median or last price differ from the truth, of which counted
+    more trades than were published). The simulator should be paused."""
+    truth = sim.control("truth")
+    differ = over = 0
+    for item in svc.get("/-/all"):
+        t = truth.get(item["symbol"])
+        mine = (item["count"], item["median"], item["last_price"])
+        want = (t["count"], t["median"], t["last_price"]) if t else (0, None, None)
+        if mine != want:
+            differ += 1
+            over += item["count"] > want[0]
+    return differ, over
+
+
+def _until_complete(
+    svc: _ServiceProcess, since: float, timeout: float, stable: float = 10.0
+) -> float | None:
+    """Seconds from ``since`` until the service became complete (ready, no trade known
+    missing, no reconnect check pending) and stayed so for ``stable`` seconds; None on
+    timeout. Polled every 0.25 s: a fault takes a moment to be noticed, so being complete
+    right after it proves nothing until it lasts."""
+    deadline = time.monotonic() + timeout
+    complete_since: float | None = None
+    while time.monotonic() < deadline:
+        status = svc.get("/-/status")
+        now = time.monotonic()
+        complete = (
+            status.get("ready")
+            and status.get("missing_trades") == 0
+            and status.get("sweep_pending_symbols") == 0
+        )
+        if not complete:
+            complete_since = None
+        elif complete_since is None:
+            complete_since = now
+        elif now - complete_since >= stable:
+            return complete_since - since
+        time.sleep(0.25)
+    return None
+
+
+def _rest_spent(svc: _ServiceProcess) -> dict[str, tuple[float, float]]:
+    calls = svc.metric("rest_requests_total")
+    weight = svc.metric("rest_weight_total")
+    return {k.split('"')[1]: (calls[k], weight[k]) for k in calls}
+
+
+def _spent_rows(label: str, before: dict[str, Any], after: dict[str, Any]) -> list[Row]:
+    rows = []
+    for endpoint in ("aggTrades", "historicalTrades", "ticker/24hr"):
+        calls = after[endpoint][0] - before[endpoint][0]
+        weight = after[endpoint][1] - before[endpoint][1]
+        rows.append(
+            Row(f"{label}: {endpoint} calls / weight", calls, f"calls, {weight:,.0f} weight")
+        )
+    return rows
+
+
+def _check_rows(label: str, svc: _ServiceProcess, sim: _SimProcess) -> list[Row]:
+    """Pause trading, let the last frames land, compare everything with the truth."""
+    sim.control("pause")
+    _until_complete(svc, time.monotonic(), 120, stable=2.0)
+    differ, over = _compare(svc, sim)
+    stats = sim.control("stats")
+    return [
+        Row(f"{label}: symbols not exact at the end", differ, "symbols"),
+        Row(f"{label}: symbols with trades counted twice", over, "symbols"),
+        Row(f"{label}: Binance limit violations", sum(stats["violations"].values()), "violations"),
+        Row(
+            f"{label}: most weight in one minute (limit 6,000)",
+            stats["max_window_weight"],
+            "weight",
+        ),
+    ]
+
+
+def bench_recovery(
+    shared_data: Path | None = None,
+    *,
+    tps: float = 300.0,
+    down_seconds: float = 600.0,
+    down_tps: float = 3000.0,
+    kills: int = 3,
+    endpoints: Sequence[str] = ("historicalTrades", "aggTrades"),
+    timeout: float = 1800.0,
+) -> list[Row]:
+    """How fast the statistics are exact again after faults, crashes and an outage.
+
+    For each backfill endpoint (``historicalTrades``: the previous release's path, with its
+    weight share of 0.5 and one worker; ``aggTrades``: the defaults): the service and the
+    simulator (the real symbol set) run in their own processes at ``tps`` trades/s, then
+
+    1. the fault sequence: a drop, a 3 s refusal with a drop, a 3 s stall, a serverShutdown
+       and a lifetime expiry, 10 s apart; seconds from the last fault until no trade is
+       known missing, REST calls and weight by endpoint;
+    2. ``kills`` times SIGKILL and an immediate restart: seconds from each restart;
+    3. (``down_seconds`` > 0) a clean stop, ``down_seconds`` of trading at ``down_tps``, a
+       restart: seconds until exact, against the floor the weight budget sets (the weight of
+       the calls made, over the weight per minute the share allows).
+
+    Each part ends paused and compared with the simulator's ground truth.
+    """
+    import tempfile
+
+    rows: list[Row] = []
+    for endpoint in endpoints:
+        old = endpoint == "historicalTrades"
+        share = 0.5 if old else 0.8
+        flags = ["--backfill-endpoint", endpoint, "--backfill-weight-share", str(share),
+                 "--backfill-workers", "1" if old else "4"]  # fmt: skip
+        tag = "before (historicalTrades)" if old else "after (aggTrades)"
+        sim = _SimProcess(tps, shared_data, ["--set", "history_limit=4000000"])
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                svc = _ServiceProcess(sim, Path(tmp), flags)
+                svc.wait_ready()
+                sim.control("resume")
+                time.sleep(20.0)  # every symbol with a history before the faults
+                spent = _rest_spent(svc)
+                last_fault = 0.0
+                for i, faults in enumerate((["drop"], ["refuse?seconds=3", "drop"],
+                                            ["stall?seconds=3"], ["shutdown?delay=1"],
+                                            ["expire"])):  # fmt: skip
+                    if i:
+                        time.sleep(10.0)
+                    for action in faults:
+                        sim.control(action)
+                    last_fault = time.monotonic()
+                took = _until_complete(svc, last_fault, timeout)
+                rows.append(Row(f"{tag} faults: seconds from the last fault to complete",
+                                -1 if took is None else took, "s"))  # fmt: skip
+                rows += _spent_rows(f"{tag} faults", spent, _rest_spent(svc))
+                rows += _check_rows(f"{tag} faults", svc, sim)
+                sim.control("resume")
+
+                for k in range(kills):
+                    time.sleep(10.0)
+                    svc.stop(9)
+                    svc = _ServiceProcess(sim, Path(tmp), flags)
+                    took = _until_complete(svc, svc.started, timeout)
+                    rows.append(Row(f"{tag} kill {k + 1}: seconds from restart to complete",
+                                    -1 if took is None else took, "s"))  # fmt: skip
+                rows += _check_rows(f"{tag} kills", svc, sim)
+
+                if down_seconds > 0:
+                    svc.stop()
+                    sim.control(f"rate?tps={down_tps}")
+                    sim.control("resume")
+                    time.sleep(down_seconds)
+                    published = sim.control("stats")["trades_published"]
+                    svc = _ServiceProcess(sim, Path(tmp), flags)
+                    took = _until_complete(svc, svc.started, timeout)
+                    after = _rest_spent(svc)  # a new process: everything it spent
+                    spent = {e: (0.0, 0.0) for e in after}
+                    weight = sum(w for _, w in after.values())
+                    floor = weight / (6000 * share) * 60
+                    label = f"{tag} {down_seconds / 60:g} min down at {down_tps:,.0f}/s"
+                    rows.append(Row(f"{label}: seconds from restart to complete",
+                                    -1 if took is None else took, "s"))  # fmt: skip
+                    rows.append(Row(f"{label}: floor set by the weight budget", floor, "s"))
+                    rows += _spent_rows(label, spent, after)
+                    rows.append(Row(f"{label}: trades published in all", published, "trades"))
+                    rows += _check_rows(label, svc, sim)
+                svc.stop()
+        finally:
             sim.stop()
     return rows

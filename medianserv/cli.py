@@ -48,17 +48,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         return 0
     suites = ["core", "ingest", "api", "snapshot", "long"] if args.suite == "all" else [args.suite]
+    tps = {"ingest": 150_000.0, "recovery": 300.0}
     rows: list[bench.Row] = []
     for suite in suites:
         print(f"== {suite}", flush=True)
         if suite == "core":
             part = bench.bench_core(args.sizes, shared)
         elif suite == "ingest":
-            part = bench.bench_ingest(args.seconds, args.tps, shared)
+            part = bench.bench_ingest(args.seconds, args.tps or tps[suite], shared)
         elif suite == "api":
             part = bench.bench_api(args.seconds, args.rps, shared)
         elif suite == "snapshot":
             part = bench.bench_snapshot(args.levels, shared)
+        elif suite == "recovery":
+            part = bench.bench_recovery(
+                shared, tps=args.tps or tps[suite], down_seconds=args.down_seconds,
+                down_tps=args.down_tps, kills=args.kills, endpoints=args.endpoints,
+            )  # fmt: skip
         else:
             part = bench.bench_long(args.trades)
         _print_rows(part)
@@ -243,11 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench.add_argument(
-        "suite", choices=["core", "ingest", "api", "snapshot", "long", "all", "load"], nargs="?",
-        default="all",
+        "suite", choices=["core", "ingest", "api", "snapshot", "long", "recovery", "all", "load"],
+        nargs="?", default="all",
+        help="'all' runs every suite but recovery (about half an hour on its own)",
     )  # fmt: skip
     bench.add_argument("--seconds", type=float, default=10.0, help="measuring time (ingest, api)")
-    bench.add_argument("--tps", type=float, default=150_000.0, help="offered trades/s (ingest)")
+    bench.add_argument(
+        "--tps", type=float, default=None,
+        help="offered trades/s (ingest: 150,000; recovery: 300)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--down-seconds", type=float, default=600.0,
+        help="recovery: how long the service is down before the last restart (0: skip)",
+    )  # fmt: skip
+    bench.add_argument("--down-tps", type=float, default=3000.0,
+                       help="recovery: trades/s while it is down")  # fmt: skip
+    bench.add_argument("--kills", type=int, default=3, help="recovery: SIGKILL/restart rounds")
+    bench.add_argument(
+        "--endpoints", type=lambda s: s.split(","), default=["historicalTrades", "aggTrades"],
+        help="recovery: backfill endpoints to compare, comma-separated (before,after)",
+    )  # fmt: skip
     bench.add_argument("--rps", type=float, default=2000.0, help="offered requests/s (api)")
     bench.add_argument("--levels", type=int, default=10_000_000, help="levels stored (snapshot)")
     bench.add_argument("--trades", type=int, default=10**8, help="trades (long)")

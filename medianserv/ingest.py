@@ -289,7 +289,11 @@ class Ingest:
             "connections": len(readers),
             "lag_ms": {r.slot: r.stats.lag_ms for r in readers},
             "streams": {r.slot: r.stats.subscribed for r in readers},
-            "backfill": {**self.backfill.stats.snapshot(), "pending": self.backfill.pending()},
+            "backfill": {
+                **self.backfill.stats.snapshot(),
+                "pending": self.backfill.pending(),
+                "sweep_pending": self.backfill.sweep_pending(),
+            },
             "rest": self.rest.spent(),
             "rest_weight_now": self.rest.weight_now(),
             "listing_failures": self.listing_failures,

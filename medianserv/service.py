@@ -122,6 +122,7 @@ class Service:
             "lost": back.get("lost", 0),
             "incomplete_symbols": incomplete,
             "missing_trades": missing,
+            "sweep_pending_symbols": back.get("sweep_pending", 0),
             "last_recovered_s": None if recovered is None else round(time.time() - recovered, 1),
             "rest_weight": {e: w for e, (_, w) in c.get("rest", {}).items()},
             "rest_weight_now": c.get("rest_weight_now", 0),
@@ -284,6 +285,12 @@ def render_metrics(service: Service) -> str:
             incomplete,
         ),
         ("trades_missing", "gauge", "Trades known missing, being backfilled.", missing),
+        (
+            "backfill_sweep_pending_symbols",
+            "gauge",
+            "Symbols reconnected whose missed trades are not yet known (ticker check due).",
+            back.get("sweep_pending", 0),
+        ),
         (
             "backfill_last_recovered_age_seconds",
             "gauge",

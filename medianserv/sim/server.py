@@ -139,6 +139,7 @@ class Counters:
         self.max_streams_per_connection = 0
         self.largest_url = 0
         self.weight_used_total = 0
+        self.max_window_weight = 0  # the most weight any one window saw
         self.trades_published = 0
         self.frames_sent = 0
         self.violations: Counter[str] = Counter()
@@ -155,6 +156,7 @@ class Counters:
                 "max_streams_per_connection": self.max_streams_per_connection,
                 "largest_url": self.largest_url,
                 "weight_used_total": self.weight_used_total,
+                "max_window_weight": self.max_window_weight,
                 "trades_published": self.trades_published,
                 "frames_sent": self.frames_sent,
                 "violations": dict(self.violations),
@@ -716,8 +718,10 @@ class Simulator:
                         "WebSocket streams for live updates to avoid polling the API."}  # fmt: skip
                 return _json_response(429, body, headers)
             self._weight_used += weight
+            used = self._weight_used
         with self.counters.lock:
             self.counters.weight_used_total += weight
+            self.counters.max_window_weight = max(self.counters.max_window_weight, used)
         return None
 
     def _weight_header(self) -> dict[str, str]:
