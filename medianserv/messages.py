@@ -68,7 +68,7 @@ _any_decoder = msgspec.json.Decoder()
 Message = TradeEvent | Reply | ServerShutdown | Rejected
 
 
-def decode(frame: bytes | str) -> Message:
+def decode(frame: bytes | bytearray | memoryview | str) -> Message:
     """Classify one combined-stream frame. O(len(frame)).
 
     A trade comes back as a :class:`TradeEvent` whose ``e`` is ``"trade"``; the price is
@@ -84,7 +84,7 @@ def decode(frame: bytes | str) -> Message:
     return event
 
 
-def _slow_path(frame: bytes | str) -> Message:
+def _slow_path(frame: bytes | bytearray | memoryview | str) -> Message:
     try:
         obj = _any_decoder.decode(frame)
     except msgspec.DecodeError:

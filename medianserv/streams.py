@@ -23,13 +23,14 @@ Before Binance's 24-hour limit, or when Binance announces ``serverShutdown``, th
 rotates make-before-break: it opens and fully subscribes the replacement while still reading
 the old connection, then closes the old one.
 
-websockets keeps reading the socket (and answering pings) in its own thread, and its incoming
-buffer applies back-pressure when full: nothing is dropped, and pongs go out promptly.
+The reader owns its sockets (:class:`~medianserv.link.Link`, websockets' sans-I/O protocol):
+each read takes everything the socket has, answers a ping at once, and then handles every
+frame of the chunk in this one thread. No other thread, queue or hand-off stands between the
+socket and the statistics; unread data waits in the kernel, so nothing is ever dropped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -38,14 +39,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack
 from typing import Any, Protocol
 
 from websockets.exceptions import WebSocketException
-from websockets.sync.client import ClientConnection, connect
 
 from .config import Config
 from .errors import PriceError
+from .link import Link, Payload
 from .logs import RateLimitedLog
 from .messages import Rejected, Reply, ServerShutdown, TradeEvent, decode
 from .pacing import SlidingWindow, backoff
@@ -182,14 +182,11 @@ class Stalled(Exception):
     """A connection stopped answering (no reply to a probe, or subscriptions never confirmed)."""
 
 
-class _Link:
+class _Connection:
     """One WebSocket connection and its subscription bookkeeping (owned by one reader)."""
 
-    def __init__(
-        self, ws: ClientConnection, stack: ExitStack, now: float, rotate_at: float, rate: float
-    ):
-        self.ws = ws
-        self._stack = stack
+    def __init__(self, link: Link, now: float, rotate_at: float, rate: float):
+        self.link = link
         self.opened = now
         self.rotate_at = rotate_at
         self.last_frame = now
@@ -203,7 +200,7 @@ class _Link:
         self.next_id = 0
 
     def close(self) -> None:
-        self._stack.close()
+        self.link.close()
 
 
 class Reader:
@@ -276,101 +273,98 @@ class Reader:
                 delays = backoff(self.config.backoff_initial, self.config.backoff_max, rnd=self.rnd)
             self.stopping.wait(next(delays))
 
-    def _open(self) -> _Link:
+    def _open(self) -> _Connection:
         if not self.gate.wait(self.stopping):
             raise Stalled("stopping")
-        stack = ExitStack()
-        try:
-            ws = stack.enter_context(
-                connect(
-                    self.config.ws_url.rstrip("/") + "/stream",
-                    open_timeout=10,
-                    close_timeout=2,
-                    ping_interval=None,  # Binance pings us; our probes cover liveness
-                    max_size=2**20,
-                    max_queue=(4096, 1024),  # back-pressure past 4,096 frames, never a drop
-                    compression=None,
-                )
-            )
-        except BaseException:
-            stack.close()
-            raise
+        link = Link.open(
+            self.config.ws_url.rstrip("/") + "/stream",
+            timeout=10,
+            max_size=2**20,
+            close_timeout=2,
+        )
         now = self.clock()
         self.stats.connects += 1
         cfg = self.config
         rotate_at = now + cfg.rotate_after + self.rnd.random() * cfg.rotate_jitter
-        return _Link(ws, stack, now, rotate_at, cfg.control_messages_per_second)
+        return _Connection(link, now, rotate_at, cfg.control_messages_per_second)
 
     def _run_connection(self) -> None:
-        link = self._open()
+        conn = self._open()
         self.stats.connected = True
         announced = False
         try:
             next_housekeeping = 0.0
             while not self.stopping.is_set():
-                try:
-                    raw = link.ws.recv(timeout=0.25)
-                except TimeoutError:
-                    raw = None
+                payloads = conn.link.read(0.25)
                 now = self.clock()
-                if raw is not None:
-                    link.last_frame = now
-                    self._handle(raw, link)
+                if payloads:
+                    conn.last_frame = now
+                    self._handle_all(payloads, conn)
                 if now >= next_housekeeping:
                     next_housekeeping = now + 0.25
-                    self.stats.ready = self._reconcile(link, now)
+                    self.stats.ready = self._reconcile(conn, now)
                     if self.stats.ready and not announced:
                         announced = True  # trades missed while we were away can be found now
                         self.owner.resubscribed(self.wanted)
-                    link = self._watchdog(link, now)
+                    conn = self._watchdog(conn, now)
         finally:
-            link.close()
+            conn.close()
 
     # -- frames ------------------------------------------------------------------------------------
 
-    def _handle(self, raw: str | bytes, link: _Link) -> Outcome | None:
-        """Apply one frame. The per-trade path: decode, look up, parse, apply (one lock).
-        Returns what happened to a trade, None for other frames."""
+    def _handle_all(self, payloads: list[Payload], conn: _Connection) -> None:
+        """Apply every frame of a chunk, in order. The per-trade path: decode, one
+        perfect-hash lookup, parse, apply (one lock); nothing else is done per trade."""
         stats = self.stats
-        stats.frames += 1
-        msg = decode(raw)
-        if type(msg) is TradeEvent:
-            symbol_stats = self.owner.table.get(msg.s)
-            if symbol_stats is None:
-                self._reject("unknown_symbol", msg.s)
-                return None
-            try:
-                price = parse_price(msg.p)
-            except PriceError:
-                self._reject("bad_price", f"{msg.s} {msg.p[:40]!r}")
-                return None
-            outcome = symbol_stats.apply(msg.t, price, msg.T)
-            if outcome is Outcome.DUPLICATE:
-                stats.duplicates += 1
-                return outcome
-            stats.applied += 1
-            stats.lag_ms = int(time.time() * 1000) - msg.E
-            if outcome is Outcome.GAP:
-                stats.gaps += 1
-                self.owner.gap_found(msg.s)
-            elif outcome is Outcome.FILLED:
-                stats.filled += 1
-            return outcome
-        if type(msg) is Reply:
-            self._on_reply(msg, link)
-        elif type(msg) is ServerShutdown:
-            stats.shutdown_notices += 1
-            self._rotate_now = True
-            log.info("connection %d: Binance announced a shutdown; rotating", self.slot)
-        elif type(msg) is Rejected:
-            self._reject(msg.kind, str(raw[:80]))
-        return None
+        table = self.owner.table  # the table of this chunk (a listing swap is atomic)
+        applied = duplicates = filled = 0
+        event_ms = -1
+        for raw in payloads:
+            msg = decode(raw)
+            if type(msg) is TradeEvent:
+                symbol_stats = table.get(msg.s)
+                if symbol_stats is None:
+                    self._reject("unknown_symbol", msg.s)
+                    continue
+                try:
+                    price = parse_price(msg.p)
+                except PriceError:
+                    self._reject("bad_price", f"{msg.s} {msg.p[:40]!r}")
+                    continue
+                outcome = symbol_stats.apply(msg.t, price, msg.T)
+                if outcome is Outcome.APPLIED:
+                    applied += 1
+                    event_ms = msg.E
+                elif outcome is Outcome.DUPLICATE:
+                    duplicates += 1
+                else:
+                    applied += 1
+                    event_ms = msg.E
+                    if outcome is Outcome.GAP:
+                        stats.gaps += 1
+                        self.owner.gap_found(msg.s)
+                    else:
+                        filled += 1
+            elif type(msg) is Reply:
+                self._on_reply(msg, conn)
+            elif type(msg) is ServerShutdown:
+                stats.shutdown_notices += 1
+                self._rotate_now = True
+                log.info("connection %d: Binance announced a shutdown; rotating", self.slot)
+            elif type(msg) is Rejected:
+                self._reject(msg.kind, str(bytes(raw[:80])))
+        stats.frames += len(payloads)
+        stats.applied += applied
+        stats.duplicates += duplicates
+        stats.filled += filled
+        if event_ms >= 0:
+            stats.lag_ms = int(time.time() * 1000) - event_ms
 
     def _reject(self, kind: str, detail: str) -> None:
         self.stats.rejected[kind] += 1
         self._rlog.warning(kind, "rejected frame (%s): %s", kind, detail)
 
-    def _on_reply(self, reply: Reply, link: _Link) -> None:
+    def _on_reply(self, reply: Reply, link: _Connection) -> None:
         request = link.pending.pop(reply.id, None) if isinstance(reply.id, int) else None
         if request is None:
             return
@@ -400,15 +394,15 @@ class Reader:
 
     # -- subscriptions and liveness ----------------------------------------------------------------
 
-    def _send(self, link: _Link, method: str, streams: list[str] | None) -> None:
+    def _send(self, link: _Connection, method: str, streams: list[str] | None) -> None:
         link.next_id += 1
         body: dict[str, Any] = {"method": method, "id": link.next_id}
         if streams is not None:
             body["params"] = streams
         link.pending[link.next_id] = (method, streams or [])
-        link.ws.send(json.dumps(body, separators=(",", ":")))
+        link.link.send_text(json.dumps(body, separators=(",", ":")))
 
-    def _reconcile(self, link: _Link, now: float) -> bool:
+    def _reconcile(self, link: _Connection, now: float) -> bool:
         """Send what the pace allows towards ``wanted``, then verify. True when the
         connection carries exactly the wanted streams, confirmed by LIST_SUBSCRIPTIONS."""
         wanted = self.wanted
@@ -425,7 +419,7 @@ class Reader:
             self._send(link, "LIST_SUBSCRIPTIONS", None)
         return link.verified and link.subscribed == wanted
 
-    def _watchdog(self, link: _Link, now: float) -> _Link:
+    def _watchdog(self, link: _Connection, now: float) -> _Connection:
         """Probe a silent connection, replace a stalled one, rotate an old one."""
         cfg = self.config
         if link.probe_sent is not None and now - link.probe_sent > cfg.probe_timeout:
@@ -439,7 +433,7 @@ class Reader:
             return self._rotate(link)
         return link
 
-    def _rotate(self, old: _Link) -> _Link:
+    def _rotate(self, old: _Connection) -> _Connection:
         """Make-before-break: subscribe a new connection fully while reading the old one."""
         self._rotate_now = False
         try:
@@ -449,7 +443,7 @@ class Reader:
             old.rotate_at = self.clock() + self.config.backoff_max
             return old
         deadline = self.clock() + 60.0
-        drain: _Link | None = old
+        drain: _Connection | None = old
         try:
             while not self.stopping.is_set():
                 now = self.clock()
@@ -457,12 +451,10 @@ class Reader:
                     break
                 if now > deadline:
                     raise Stalled("replacement connection never confirmed its subscriptions")
-                try:
-                    raw = new.ws.recv(timeout=0.02)
+                payloads = new.link.read(0.02)
+                if payloads:
                     new.last_frame = now
-                    self._handle(raw, new)
-                except TimeoutError:
-                    pass
+                    self._handle_all(payloads, new)
                 if drain is not None:
                     drain = self._drain(drain)
         except BaseException:
@@ -474,34 +466,32 @@ class Reader:
         log.info("connection %d rotated (make-before-break)", self.slot)
         return new
 
-    def _drain_until_marker(self, old: _Link, limit: float = 5.0) -> None:
+    def _drain_until_marker(self, old: _Connection, limit: float = 5.0) -> None:
         """The new connection carries every stream now. Ask the old one for
         LIST_SUBSCRIPTIONS: a connection delivers in order, so every trade it still owes us
         (published before the new one took over) arrives before that reply. Then close it."""
         deadline = self.clock() + limit
         try:
             while not old.pace.try_add(self.clock()) and self.clock() < deadline:
-                with contextlib.suppress(TimeoutError):  # keep reading while we wait our turn
-                    self._handle(old.ws.recv(timeout=0.05), old)
+                self._handle_all(old.link.read(0.05), old)  # keep reading while we wait
             self._send(old, "LIST_SUBSCRIPTIONS", None)
             marker = old.next_id
             while marker in old.pending and self.clock() < deadline:
-                raw = old.ws.recv(timeout=max(0.0, deadline - self.clock()))
-                self._handle(raw, old)
-        except (TimeoutError, OSError, WebSocketException):
+                self._handle_all(old.link.read(max(0.0, deadline - self.clock())), old)
+        except (OSError, WebSocketException):
             pass  # what the old connection did not deliver, the gap backfill will fetch
         finally:
             old.close()
 
-    def _drain(self, link: _Link) -> _Link | None:
-        """Apply what the old connection has buffered; None once it is gone."""
+    def _drain(self, conn: _Connection) -> _Connection | None:
+        """Apply what the old connection has received already; None once it is gone."""
         try:
-            for _ in range(10_000):
-                raw = link.ws.recv(timeout=0)
-                self._handle(raw, link)
-        except TimeoutError:
-            return link
+            for _ in range(64):
+                payloads = conn.link.read(0)
+                if not payloads:
+                    return conn
+                self._handle_all(payloads, conn)
         except (OSError, WebSocketException):
-            link.close()
+            conn.close()
             return None
-        return link
+        return conn
