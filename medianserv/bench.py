@@ -317,12 +317,25 @@ class _ServiceProcess:
         self._log.close()
 
 
-def _bare_client(ws_url: str, streams: list[list[str]], counts: list[int], stop: Any) -> list[Any]:
-    """The baseline: threads that only receive frames and ``json.loads`` them."""
+def run_bare_client(ws_url: str, rest_url: str, seconds: float) -> None:
+    """The baseline, in a process of its own: websockets' sync client on the same streams over
+    the same number of connections as medianserv, each thread doing ``recv()`` and
+    ``json.loads`` only. Prints ``ready`` once subscribed, then ``<monotonic> <frames>`` every
+    0.2 s on stdout, for ``seconds``."""
     import json
     import threading
+    import urllib.request
 
     from websockets.sync.client import connect
+
+    from .streams import plan_connections, stream_of
+
+    with urllib.request.urlopen(rest_url + "/api/v3/exchangeInfo", timeout=30) as resp:
+        symbols = [x["symbol"] for x in json.loads(resp.read())["symbols"]]
+    groups = [sorted(g) for g in plan_connections([stream_of(s) for s in symbols], 1024)]
+    counts = [0] * len(groups)
+    subscribed = threading.Barrier(len(groups) + 1)
+    stop = threading.Event()
 
     def run(i: int, group: list[str]) -> None:
         with connect(
@@ -331,6 +344,7 @@ def _bare_client(ws_url: str, streams: list[list[str]], counts: list[int], stop:
             for j in range(0, len(group), 150):
                 ws.send(json.dumps({"method": "SUBSCRIBE", "params": group[j : j + 150], "id": j}))
                 time.sleep(0.34)
+            subscribed.wait()
             while not stop.is_set():
                 try:
                     json.loads(ws.recv(timeout=0.2))
@@ -338,83 +352,104 @@ def _bare_client(ws_url: str, streams: list[list[str]], counts: list[int], stop:
                 except TimeoutError:
                     continue
 
-    threads = [
-        threading.Thread(target=run, args=(i, g), daemon=True) for i, g in enumerate(streams)
-    ]
+    threads = [threading.Thread(target=run, args=(i, g), daemon=True) for i, g in enumerate(groups)]
     for t in threads:
         t.start()
-    return threads
+    subscribed.wait()
+    print("ready", flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.2)
+        print(time.monotonic(), sum(counts), flush=True)
+    stop.set()
 
 
-def bench_ingest(
-    seconds: float = 10.0, tps: float = 150_000.0, shared_data: Path | None = None
-) -> list[Row]:
-    """End-to-end trades/s into the statistics, beside a bare json.loads client, same load."""
-    import dataclasses
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_ingest(seconds: float = 10.0, shared_data: Path | None = None) -> list[Row]:
+    """medianserv and the bare sync client side by side, at the same time, each in its own
+    process with its own connections to one simulator that floods every connection as fast as
+    it reads (the real symbol set): trades/s of each, their ratio, CPU per trade, and the worst
+    pong latency the simulator measured for each (it pings every 5 s)."""
+    import subprocess
+    import tempfile
     import threading
 
-    from .config import Config
-    from .exchange import RestClient
-    from .ingest import Ingest
-
     rows: list[Row] = []
-    sim = _SimProcess(tps, shared_data)
-    try:
-        config = dataclasses.replace(Config(), rest_url=sim.rest_url, ws_url=sim.ws_url).validate()
-        ingest = Ingest(
-            config, RestClient(config.rest_url, weight_window=config.rest_weight_window)
-        )
-        ingest.start()
-        assert ingest.first_listing()
-        deadline = time.monotonic() + 120
-        while not ingest.ready()[0] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        rows.append(Row("symbols / connections", len(ingest.table), f"/ {len(ingest.readers)}"))
-        sim.control("resume")
-        time.sleep(1.0)  # warm up
-        a0, p0, c0, t0 = (
-            ingest.counters()["applied"],
-            sim.control("stats")["trades_published"],
-            time.process_time(),
-            time.monotonic(),
-        )
-        time.sleep(seconds)
-        a1, p1, c1, t1 = (
-            ingest.counters()["applied"],
-            sim.control("stats")["trades_published"],
-            time.process_time(),
-            time.monotonic(),
-        )
-        sim.control("pause")
-        ours = (a1 - a0) / (t1 - t0)
-        rows.append(
-            Row(
-                f"offered by the simulator (target {tps:,.0f}/s)", (p1 - p0) / (t1 - t0), "trades/s"
-            )
-        )
-        rows.append(Row("medianserv ingest, end to end", ours, "trades/s"))
-        rows.append(Row("medianserv CPU per trade", (c1 - c0) / max(1, a1 - a0) * 1e6, "us/trade"))
-        groups = [sorted(r.wanted) for r in ingest.readers]
-        ingest.stop()
+    sim = _SimProcess(0, shared_data, ["--set", "flood=true", "--set", "ping_interval=5"])
+    bare: subprocess.Popen[str] | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        svc = _ServiceProcess(sim, Path(tmp))
+        try:
+            bare = subprocess.Popen(
+                [sys.executable, "-m", "medianserv", "bench", "bare", "--url", sim.ws_url,
+                 "--rest-url", sim.rest_url, "--seconds", str(seconds + 120)],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert bare.stdout is not None
+            samples: list[tuple[float, int]] = []
+            if bare.stdout.readline().strip() != "ready":
+                raise RuntimeError("the bare client did not subscribe")
 
-        stop = threading.Event()
-        counts = [0] * len(groups)
-        threads = _bare_client(sim.ws_url, groups, counts, stop)
-        time.sleep(0.34 * (max(len(g) for g in groups) // 150 + 2))
-        sim.control("resume")
-        time.sleep(1.0)
-        b0, t0 = sum(counts), time.monotonic()
-        time.sleep(seconds)
-        b1, t1 = sum(counts), time.monotonic()
-        sim.control("pause")
-        stop.set()
-        for t in threads:
-            t.join(5)
-        bare = (b1 - b0) / (t1 - t0)
-        rows.append(Row("bare client (recv + json.loads), same load", bare, "trades/s"))
-        rows.append(Row("medianserv / bare client", 100 * ours / bare if bare else 0.0, "%"))
-    finally:
-        sim.stop()
+            def collect() -> None:
+                assert bare is not None and bare.stdout is not None
+                for line in bare.stdout:
+                    t, n = line.split()
+                    samples.append((float(t), int(n)))
+
+            threading.Thread(target=collect, daemon=True).start()
+            svc.wait_ready()
+            symbols = svc.get("/-/status")["symbols"]
+            rows.append(Row("symbols / connections, each client", symbols, "/ 3"))
+            time.sleep(2.0)  # warm up
+
+            def applied() -> float:
+                return svc.metric("trades_applied_total")[""]
+
+            def bare_count(at: float) -> tuple[float, int]:
+                while not samples or samples[-1][0] < at:
+                    time.sleep(0.05)
+                return min(samples, key=lambda s: abs(s[0] - at))
+
+            t0, a0 = time.monotonic(), applied()
+            c0 = (_cpu_seconds(svc.proc.pid), _cpu_seconds(bare.pid))
+            sent0 = sim.control("stats")["frames_sent"]
+            time.sleep(seconds)
+            t1, a1 = time.monotonic(), applied()
+            c1 = (_cpu_seconds(svc.proc.pid), _cpu_seconds(bare.pid))
+            sent1 = sim.control("stats")["frames_sent"]
+            (bt0, b0), (bt1, b1) = bare_count(t0), bare_count(t1)
+            ours, base = (a1 - a0) / (t1 - t0), (b1 - b0) / (bt1 - bt0)
+            stats = sim.control("stats")
+            latency = stats["pong_latency_by_agent"]
+            rows += [
+                Row("simulator: frames sent, both clients", (sent1 - sent0) / (t1 - t0),
+                    "frames/s"),
+                Row("medianserv ingest, end to end", ours, "trades/s"),
+                Row("bare sync client (recv + json.loads), same time", base, "trades/s"),
+                Row("medianserv / bare client, same run", ours / base if base else 0.0, "x"),
+                Row("medianserv CPU per trade (whole process)",
+                    (c1[0] - c0[0]) / max(1.0, a1 - a0) * 1e6, "us/trade"),
+                Row("bare client CPU per trade", (c1[1] - c0[1]) / max(1.0, b1 - b0) * 1e6,
+                    "us/trade"),
+                Row("medianserv: worst pong latency under the flood",
+                    1000 * latency.get("medianserv", -0.001), "ms"),
+                Row("bare client: worst pong latency under the flood",
+                    1000 * max((v for k, v in latency.items() if k != "medianserv"), default=0),
+                    "ms"),
+                Row("Binance limit violations", sum(stats["violations"].values()), "violations"),
+            ]  # fmt: skip
+        finally:
+            if bare is not None:
+                bare.kill()
+                bare.wait(10)
+            svc.stop()
+            sim.stop()
     return rows
 
 

@@ -40,6 +40,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
     shared = args.shared_data if args.shared_data.exists() else None
+    if args.suite == "bare":  # the baseline client process of the ingest benchmark
+        bench.run_bare_client(args.url, args.rest_url, args.seconds)
+        return 0
     if args.suite == "load":  # the load generator process of the api benchmark
         print(
             json.dumps(
@@ -48,21 +51,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         return 0
     suites = ["core", "ingest", "api", "snapshot", "long"] if args.suite == "all" else [args.suite]
-    tps = {"ingest": 150_000.0, "recovery": 300.0}
     rows: list[bench.Row] = []
     for suite in suites:
         print(f"== {suite}", flush=True)
         if suite == "core":
             part = bench.bench_core(args.sizes, shared)
         elif suite == "ingest":
-            part = bench.bench_ingest(args.seconds, args.tps or tps[suite], shared)
+            part = bench.bench_ingest(args.seconds, shared)
         elif suite == "api":
             part = bench.bench_api(args.seconds, args.rps, shared)
         elif suite == "snapshot":
             part = bench.bench_snapshot(args.levels, shared)
         elif suite == "recovery":
             part = bench.bench_recovery(
-                shared, tps=args.tps or tps[suite], down_seconds=args.down_seconds,
+                shared, tps=args.tps or 300.0, down_seconds=args.down_seconds,
                 down_tps=args.down_tps, kills=args.kills, endpoints=args.endpoints,
             )  # fmt: skip
         else:
@@ -249,14 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench.add_argument(
-        "suite", choices=["core", "ingest", "api", "snapshot", "long", "recovery", "all", "load"],
+        "suite",
+        choices=["core", "ingest", "api", "snapshot", "long", "recovery", "all", "load", "bare"],
         nargs="?", default="all",
         help="'all' runs every suite but recovery (about half an hour on its own)",
     )  # fmt: skip
     bench.add_argument("--seconds", type=float, default=10.0, help="measuring time (ingest, api)")
     bench.add_argument(
         "--tps", type=float, default=None,
-        help="offered trades/s (ingest: 150,000; recovery: 300)",
+        help="offered trades/s (recovery: 300)",
     )  # fmt: skip
     bench.add_argument(
         "--down-seconds", type=float, default=600.0,
@@ -273,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--levels", type=int, default=10_000_000, help="levels stored (snapshot)")
     bench.add_argument("--trades", type=int, default=10**8, help="trades (long)")
     bench.add_argument("--url", help=argparse.SUPPRESS)
+    bench.add_argument("--rest-url", help=argparse.SUPPRESS)
     bench.add_argument("--paths", help=argparse.SUPPRESS)
     bench.add_argument(
         "--sizes",

@@ -87,6 +87,10 @@ class SimConfig:
     max_outbox: int = 500_000  # frames queued for one slow client before it is disconnected
     history_limit: int = 200_000  # trades kept per symbol for historicalTrades
     tick_seconds: float = 0.005  # granularity of the trade generator
+    # Throughput benchmarks: every connection gets fresh trades of its streams as fast as it
+    # reads them (TCP back-pressure paces each one alone). Flood trades are not in the truth;
+    # tickers then report no trades, so clients start every symbol at its first flood trade.
+    flood: bool = False
 
 
 @dataclass(eq=False)  # hashed by identity: sessions live in subscriber sets
@@ -105,6 +109,8 @@ class Session:
     violation: str | None = None  # set by the frame counter; the session thread closes
     stalled_until: float = 0.0
     shutdown_at: float | None = None  # serverShutdown announced: close at this time
+    flood_ids: dict[str, int] = field(default_factory=dict)  # flood mode: next id per stream
+    agent: str = ""  # the client's User-Agent
 
 
 class SimConnection(ServerConnection):
@@ -140,6 +146,8 @@ class Counters:
         self.largest_url = 0
         self.weight_used_total = 0
         self.max_window_weight = 0  # the most weight any one window saw
+        self.max_pong_latency = 0.0  # seconds from a ping sent to its pong, the worst seen
+        self.pong_latency_by_agent: dict[str, float] = {}  # the same, by User-Agent
         self.trades_published = 0
         self.frames_sent = 0
         self.violations: Counter[str] = Counter()
@@ -157,6 +165,8 @@ class Counters:
                 "largest_url": self.largest_url,
                 "weight_used_total": self.weight_used_total,
                 "max_window_weight": self.max_window_weight,
+                "max_pong_latency": self.max_pong_latency,
+                "pong_latency_by_agent": dict(self.pong_latency_by_agent),
                 "trades_published": self.trades_published,
                 "frames_sent": self.frames_sent,
                 "violations": dict(self.violations),
@@ -537,9 +547,17 @@ class Simulator:
                     conn.close(1008, "slow consumer")
                     reason = "slow consumer"
                     return
+                if conn.latency > self.counters.pong_latency_by_agent.get(session.agent, 0.0):
+                    with self.counters.lock:
+                        c = self.counters
+                        c.max_pong_latency = max(c.max_pong_latency, conn.latency)
+                        c.pong_latency_by_agent[session.agent] = conn.latency
                 if now >= session.stalled_until:
                     try:
                         self._flush(session)
+                        if self.config.flood and session.streams:
+                            self._flood(session)
+                            session.wake.set()  # at once again: as fast as the client reads
                     except OSError:  # the client is gone; websockets reports how
                         continue
                 if session.shutdown_at is not None:
@@ -576,6 +594,37 @@ class Simulator:
                 conn.send_data()
             with self.counters.lock:
                 self.counters.frames_sent += n
+
+    def _flood(self, session: Session) -> None:
+        """Flood mode: one fresh trade of every subscribed stream, written straight to the
+        socket as ready-made frames, many per lock and syscall, cut at frame boundaries so a
+        ping of websockets' keepalive can go out between them."""
+        with self.hub_lock:
+            streams = sorted(session.streams)
+        ms = self._ms()
+        ids = session.flood_ids
+        frames = []
+        for name in streams:
+            tid = ids.get(name, 10**12)
+            ids[name] = tid + 1
+            payload = (
+                b'{"stream":"%s","data":{"e":"trade","E":%d,"s":"%s","t":%d,"p":"1%d.%08d",'
+                b'"q":"1.00000000","T":%d,"m":true,"M":true}}'
+                % (name.encode(), ms, name.split("@")[0].upper().encode(), tid, tid % 7,
+                   tid % 3, ms)
+            )  # fmt: skip
+            n = len(payload)
+            head = bytes((0x81, n)) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big")
+            frames.append(head + payload)
+        conn = session.conn
+        for i in range(0, len(frames), 256):
+            with conn.protocol_mutex:
+                if conn.protocol.state is not OPEN:
+                    return
+                conn.socket.sendall(b"".join(frames[i : i + 256]))
+        with self.counters.lock:
+            self.counters.trades_published += len(frames)
+            self.counters.frames_sent += len(frames)
 
     def _reply(self, session: Session, body: dict[str, Any]) -> None:
         session.outbox.append(json.dumps(body, separators=(",", ":")).encode())
@@ -646,7 +695,7 @@ class Simulator:
         path, _, query = request.path.partition("?")
         params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return self._handshake(conn, path, params)
+            return self._handshake(conn, request, path, params)
         if path.startswith("/_sim/"):
             host = conn.remote_address[0] if conn.remote_address else ""
             if not (host.startswith("127.") or host == "::1"):
@@ -654,7 +703,9 @@ class Simulator:
             return self._control(path[len("/_sim/") :], params)
         return self._rest(path, params)
 
-    def _handshake(self, conn: SimConnection, path: str, params: dict[str, str]) -> Response | None:
+    def _handshake(
+        self, conn: SimConnection, request: Request, path: str, params: dict[str, str]
+    ) -> Response | None:
         cfg = self.config
         now = time.monotonic()
         with self._limits_lock:
@@ -684,6 +735,7 @@ class Simulator:
             )
             conn.limit = cfg.max_incoming_per_second
             conn.session = session
+            session.agent = request.headers.get("User-Agent", "")[:80]
             self._sessions[session.id] = session
             self._subscribe(session, set(streams))
         with self.counters.lock:
@@ -785,7 +837,9 @@ class Simulator:
         return 200, {**top, "symbols": symbols}
 
     def _ticker(self, params: dict[str, str]) -> tuple[int, Any]:
-        """24-hour tickers; medianserv reads ``lastId`` (-1 for a symbol without trades)."""
+        """24-hour tickers; medianserv reads ``lastId`` (-1 for a symbol without trades, and
+        for every symbol in flood mode, whose trades are not in the truth)."""
+        flood = self.config.flood
         with self.hub_lock:
             wanted = [params["symbol"]] if "symbol" in params else list(self.market.listings)
             out = []
@@ -793,7 +847,7 @@ class Simulator:
                 if symbol not in self.market.listings:
                     return 400, {"code": -1121, "msg": "Invalid symbol."}
                 t = self.market.truth[symbol]
-                traded = t.count > 0
+                traded = t.count > 0 and not flood
                 now = self._ms()
                 out.append({
                     "symbol": symbol,
