@@ -341,9 +341,9 @@ def run_bare_client(ws_url: str, rest_url: str, seconds: float) -> None:
         with connect(
             ws_url + "/stream", max_size=2**20, ping_interval=None, max_queue=(4096, 1024)
         ) as ws:
-            for j in range(0, len(group), 150):
+            for j in range(0, len(group), 150):  # 2 a second: well under Binance's 5
                 ws.send(json.dumps({"method": "SUBSCRIBE", "params": group[j : j + 150], "id": j}))
-                time.sleep(0.34)
+                time.sleep(0.5)
             subscribed.wait()
             while not stop.is_set():
                 try:
@@ -374,8 +374,9 @@ def _cpu_seconds(pid: int) -> float:
 def bench_ingest(seconds: float = 10.0, shared_data: Path | None = None) -> list[Row]:
     """medianserv and the bare sync client side by side, at the same time, each in its own
     process with its own connections to one simulator that floods every connection as fast as
-    it reads (the real symbol set): trades/s of each, their ratio, CPU per trade, and the worst
-    pong latency the simulator measured for each (it pings every 5 s)."""
+    it reads (the real symbol set), once both are subscribed: trades/s of each, their ratio,
+    CPU per trade, and the worst pong latency the simulator measured for each (it pings every
+    5 s). A run in which either client lost a connection is refused."""
     import subprocess
     import tempfile
     import threading
@@ -406,6 +407,7 @@ def bench_ingest(seconds: float = 10.0, shared_data: Path | None = None) -> list
             svc.wait_ready()
             symbols = svc.get("/-/status")["symbols"]
             rows.append(Row("symbols / connections, each client", symbols, "/ 3"))
+            sim.control("resume")  # both subscribed: the flood starts for both at once
             time.sleep(2.0)  # warm up
 
             def applied() -> float:
@@ -426,6 +428,8 @@ def bench_ingest(seconds: float = 10.0, shared_data: Path | None = None) -> list
             (bt0, b0), (bt1, b1) = bare_count(t0), bare_count(t1)
             ours, base = (a1 - a0) / (t1 - t0), (b1 - b0) / (bt1 - bt0)
             stats = sim.control("stats")
+            if stats["violations"] or stats["connections_open"] != 2 * 3:
+                raise RuntimeError(f"a client lost a connection; the run does not count: {stats}")
             latency = stats["pong_latency_by_agent"]
             rows += [
                 Row("simulator: frames sent, both clients", (sent1 - sent0) / (t1 - t0),

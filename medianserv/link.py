@@ -8,9 +8,20 @@ bytes, as websockets' own ``sync/connection.py`` does in its ``recv_events`` loo
 reader's thread and a whole chunk at a time:
 
 * :meth:`Link.read` waits for the socket, reads everything there is into one large buffer
-  (``recv_into``, up to 128 KiB), feeds it to the protocol, sends at once what the protocol
-  wants sent (the pong to Binance's ping goes out before any frame of the chunk is handled),
-  and returns the payloads of every complete message of the chunk.
+  (``recv_into``, up to 128 KiB), frames it, sends at once what the protocol wants sent (the
+  pong to Binance's ping goes out before any frame of the chunk is handled), and returns the
+  payloads of every complete message of the chunk.
+
+Framing has one fast path. :meth:`Link.feed` finds frame boundaries itself (two header
+bytes) and hands the protocol whole frames only. Binance's trade frames are all alike:
+complete (FIN), unmasked, text, no extension, under ``max_size``. While the connection is
+open and no fragmented message is in progress, such a frame changes nothing in the
+protocol's state, so it is cut out of the chunk directly, instead of running the protocol's
+general frame parser (about 0.4 us a frame instead of 3 us). Every other frame (pings,
+pongs, close, fragments, anything malformed), and everything once the connection is no
+longer open, goes to the protocol whole and in order: it keeps deciding what every control
+frame means and answers it. A property test checks the result equals the protocol's own,
+byte for byte, however a stream of frames is cut into chunks.
 * :meth:`Link.send_text` frames a message and sends it.
 * :meth:`Link.close` runs the closing handshake (a close frame, then the server's EOF, at most
   ``close_timeout`` seconds) and closes the socket.
@@ -66,6 +77,8 @@ class Link:
         self._buffer = bytearray(READ_SIZE)
         self._parts: list[Payload] = []  # fragments of an unfinished message
         self._early: list[Payload] = []  # messages that came with the handshake response
+        self._rest = b""  # the start of a frame not complete yet (the fast path's, see read)
+        self.max_size = 2**20
 
     @classmethod
     def open(
@@ -89,6 +102,7 @@ class Link:
                 sock = context.wrap_socket(sock, server_hostname=uri.host)
             protocol = ClientProtocol(uri, max_size=max_size)
             link = cls(sock, protocol, close_timeout)
+            link.max_size = max_size
             request = protocol.connect()
             request.headers["User-Agent"] = "medianserv"
             protocol.send_request(request)
@@ -136,12 +150,64 @@ class Link:
             n = sock.recv_into(self._buffer)
         except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             return []
-        if n:
-            protocol.receive_data(self._buffer[:n])
-        else:
+        if not n:
+            if self._rest:
+                protocol.receive_data(self._rest)
+                self._rest = b""
             protocol.receive_eof()
-        self._flush()
-        return self._messages(protocol.events_received())
+            self._flush()
+            return self._messages(protocol.events_received())
+        return self.feed(self._buffer[:n])
+
+    def feed(self, chunk: bytes | bytearray) -> list[Payload]:
+        """Frame ``chunk`` (the next bytes from the server): the payloads of the messages it
+        completes, in order. Control frames go to the protocol, which answers them at once.
+        O(len(chunk))."""
+        protocol = self.protocol
+        data = self._rest + chunk if self._rest else bytes(chunk)
+        out: list[Payload] = []
+        i, end, max_size = 0, len(data), self.max_size
+        handoff = False  # the rest of the chunk goes to the protocol
+        # Whole frames only, fast path or not: the protocol never holds half a frame, so the
+        # next frame boundary is always ours to find.
+        while protocol.state is OPEN:
+            if end - i < 2:
+                break
+            head, size = data[i], data[i + 1]
+            if size > 127 or size > max_size:  # masked by a server, or too big: the protocol
+                handoff = True  # refuses it (and closes) from its header alone
+                break
+            start = i + 2
+            if size == 126:
+                if end - i < 4:
+                    break
+                size, start = data[i + 2] << 8 | data[i + 3], i + 4
+            elif size == 127:
+                if end - i < 10:
+                    break
+                size, start = int.from_bytes(data[i + 2 : i + 10], "big"), i + 10
+            if size > max_size:
+                handoff = True
+                break
+            stop = start + size
+            if stop > end:
+                break  # incomplete: wait for the rest
+            if (head == 0x81 or head == 0x82) and protocol.current_size is None:
+                out.append(data[start:stop])  # FIN, no RSV bit, text or binary, no fragment
+            else:  # a control frame, a fragment, or something malformed: the protocol decides
+                protocol.receive_data(data[i:stop])
+                self._flush()
+                out += self._messages(protocol.events_received())
+            i = stop
+        if not handoff and protocol.state is OPEN:
+            self._rest = data[i:]  # the start of a frame not complete yet: wait for its end
+        else:
+            self._rest = b""
+            if i < end:  # the protocol parses the rest, in order
+                protocol.receive_data(data[i:])
+                self._flush()
+                out += self._messages(protocol.events_received())
+        return out
 
     def _messages(self, events: Iterable[Event]) -> list[Payload]:
         """Text and binary payloads among ``events``, fragmented messages joined."""

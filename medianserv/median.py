@@ -23,7 +23,7 @@ and then moves at most one value across, so it is O(log d) for d distinct levels
 ``add(value, times=k)`` adds k equal values in one step (an aggregate trade, a price level of an
 archive): they go to their side at once and the rebalancing moves whole levels, so the cost is
 O(log d) plus O(log d) per level the median crosses, never more than k single adds. The median
-is recomputed from the two heap tops after each add and cached, so reading it is O(1). Memory
+is read from the two heap tops, so reading it is O(1) and adding does no work for readers. Memory
 is O(d) and does not depend on the number of values n: a billion trades over 100,000 price
 levels use the memory of 100,000 levels.
 
@@ -59,7 +59,7 @@ class RunningMedian:
     is the number of distinct values added.
     """
 
-    __slots__ = ("_high", "_high_counts", "_low", "_low_counts", "_n_high", "_n_low", "_twice")
+    __slots__ = ("_high", "_high_counts", "_low", "_low_counts", "_n_high", "_n_low")
 
     def __init__(self) -> None:
         self._low: list[int] = []  # negated levels of the lower half (max-heap)
@@ -68,7 +68,6 @@ class RunningMedian:
         self._high_counts: dict[int, int] = {}  # level -> values on the high side
         self._n_low = 0
         self._n_high = 0
-        self._twice: int | None = None  # cached 2 * median; None while empty
 
     @property
     def count(self) -> int:
@@ -77,8 +76,13 @@ class RunningMedian:
 
     @property
     def twice_median(self) -> int | None:
-        """Twice the median (an exact integer), or None before the first value. O(1)."""
-        return self._twice
+        """Twice the median (an exact integer), or None before the first value. O(1): the
+        middle values are the tops of the two heaps."""
+        low = self._low
+        if not low:
+            return None
+        top = -low[0]
+        return top + top if self._n_low > self._n_high else top + self._high[0]
 
     @property
     def levels(self) -> int:
@@ -147,8 +151,6 @@ class RunningMedian:
                     self._move_high_to_low((excess + 1) // 2)
         else:
             raise ValueError(f"times must be positive, not {times}")
-        top = -low[0]
-        self._twice = top + top if self._n_low > self._n_high else top + self._high[0]
 
     def _move_low_to_high(self, k: int) -> None:
         """Move the ``k`` largest values from the low side to the high side, a whole level at a
@@ -248,9 +250,6 @@ class RunningMedian:
         heapify(m._high)
         m._n_low = want_low
         m._n_high = n - want_low
-        if m._low:
-            top = -m._low[0]
-            m._twice = top + top if m._n_low > m._n_high else top + m._high[0]
         return m
 
     def _check(self) -> None:
@@ -267,9 +266,4 @@ class RunningMedian:
         assert self._n_high <= self._n_low <= self._n_high + 1, "sides unbalanced"
         if low and high:
             assert -low[0] <= high[0], "max(low) > min(high)"
-        if self._n_low == 0:
-            assert self._twice is None
-        elif self._n_low > self._n_high:
-            assert self._twice == -2 * low[0]
-        else:
-            assert self._twice == -low[0] + high[0]
+        assert (self._n_low == 0) == (not low) == (self.twice_median is None)

@@ -27,7 +27,7 @@ __all__ = ["Rejected", "Reply", "ServerShutdown", "TradeEvent", "decode"]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class TradeEvent(msgspec.Struct):
+class TradeEvent(msgspec.Struct, gc=False):
     """The fields of a Binance trade event that medianserv uses (price left as text)."""
 
     e: str  # event type: "trade"
@@ -38,7 +38,7 @@ class TradeEvent(msgspec.Struct):
     T: NonNegative  # trade time, ms
 
 
-class _TradeFrame(msgspec.Struct):
+class _TradeFrame(msgspec.Struct, gc=False):
     data: TradeEvent
 
 

@@ -42,7 +42,8 @@ threads may call :meth:`slot` at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 from zlib import adler32, crc32
 
 from .errors import PerfectHashError, SymbolError
@@ -73,28 +74,35 @@ def _odd_prime_at_least(n: int) -> int:
 Keys = tuple[str | None, ...]
 
 
-def _fast_slot(keys: Keys, disp: list[int], seed: int) -> Callable[[str], int | None]:
-    """Lookup for key sets whose (length, CRC) pairs are distinct. Locals are closure cells:
-    cheaper than attribute loads on the hot path."""
+V = TypeVar("V")
+
+
+def _fast_lookup(
+    keys: Keys, disp: list[int], seed: int, values: Sequence[V]
+) -> Callable[[str], V | None]:
+    """Lookup for key sets whose (length, CRC) pairs are distinct: ``values[slot(key)]``.
+    Locals are closure cells: cheaper than attribute loads on the hot path."""
     m = len(keys)
 
-    def slot(key: str) -> int | None:
+    def lookup(key: str) -> V | None:
         try:
             kb = key.encode()
         except UnicodeEncodeError:
             return None
         d = disp[crc32(kb, seed) % m]
         i = -d - 1 if d < 0 else crc32(kb, d) % m
-        return i if keys[i] == key else None
+        return values[i] if keys[i] == key else None
 
-    return slot
+    return lookup
 
 
-def _wide_slot(keys: Keys, disp: list[int], seed: int) -> Callable[[str], int | None]:
+def _wide_lookup(
+    keys: Keys, disp: list[int], seed: int, values: Sequence[V]
+) -> Callable[[str], V | None]:
     """Lookup for key sets with a CRC collision: adler32 folded into both hashes."""
     m = len(keys)
 
-    def slot(key: str) -> int | None:
+    def lookup(key: str) -> V | None:
         try:
             kb = key.encode()
         except UnicodeEncodeError:
@@ -102,12 +110,12 @@ def _wide_slot(keys: Keys, disp: list[int], seed: int) -> Callable[[str], int | 
         a = adler32(kb)
         d = disp[(crc32(kb, seed) ^ a) % m]
         i = -d - 1 if d < 0 else (crc32(kb, d) ^ a) % m
-        return i if keys[i] == key else None
+        return values[i] if keys[i] == key else None
 
-    return slot
+    return lookup
 
 
-def _absent(key: str) -> int | None:
+def _absent(key: str) -> None:
     return None
 
 
@@ -130,12 +138,17 @@ class PerfectHash:
         self._seed = seed
         self._wide = wide
         self._n = sum(k is not None for k in keys)
-        if not keys:
-            self.slot = _absent
-        elif wide:
-            self.slot = _wide_slot(keys, disp, seed)
-        else:
-            self.slot = _fast_slot(keys, disp, seed)
+        self.slot = self.lookup_in(range(len(keys)))
+
+    def lookup_in(self, values: Sequence[V]) -> Callable[[str], V | None]:
+        """A function ``key -> values[slot(key)]`` (None for a key outside the set): one call
+        per lookup, for a table that keeps one value per slot. O(1) per lookup."""
+        if len(values) != len(self._keys):
+            raise ValueError("one value per slot is needed")
+        if not self._keys:
+            return _absent
+        factory = _wide_lookup if self._wide else _fast_lookup
+        return factory(self._keys, self._disp, self._seed, values)
 
     @classmethod
     def build(cls, keys: Iterable[str], *, first_seed: int = 0) -> PerfectHash:

@@ -50,7 +50,7 @@ from .logs import RateLimitedLog
 from .messages import Rejected, Reply, ServerShutdown, TradeEvent, decode
 from .pacing import SlidingWindow, backoff
 from .prices import parse_price
-from .symbols import Outcome, SymbolTable
+from .symbols import APPLIED, DUPLICATE, GAP, SymbolTable
 
 __all__ = [
     "AttemptGate",
@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Price texts each reader keeps parsed (about 100 bytes each); past it the cache starts over.
+PRICE_CACHE_SIZE = 1 << 16
 
 
 def stream_of(symbol: str) -> str:
@@ -232,6 +235,9 @@ class Reader:
         self.thread: threading.Thread | None = None
         self._rotate_now = False  # set on serverShutdown
         self._rlog = RateLimitedLog(log)
+        # price text -> units: trades repeat a few price levels, and a dict hit is a fraction
+        # of a parse. Exact (the key is the text itself); bounded by PRICE_CACHE_SIZE.
+        self._prices: dict[str, int] = {}
 
     # -- control, from the owner's thread ------------------------------------------------------
 
@@ -316,31 +322,37 @@ class Reader:
         """Apply every frame of a chunk, in order. The per-trade path: decode, one
         perfect-hash lookup, parse, apply (one lock); nothing else is done per trade."""
         stats = self.stats
-        table = self.owner.table  # the table of this chunk (a listing swap is atomic)
+        get = self.owner.table.get  # the table of this chunk (a listing swap is atomic)
+        prices = self._prices
         applied = duplicates = filled = 0
         event_ms = -1
         for raw in payloads:
             msg = decode(raw)
             if type(msg) is TradeEvent:
-                symbol_stats = table.get(msg.s)
+                symbol_stats = get(msg.s)
                 if symbol_stats is None:
                     self._reject("unknown_symbol", msg.s)
                     continue
-                try:
-                    price = parse_price(msg.p)
-                except PriceError:
-                    self._reject("bad_price", f"{msg.s} {msg.p[:40]!r}")
-                    continue
+                price = prices.get(msg.p)
+                if price is None:
+                    try:
+                        price = parse_price(msg.p)
+                    except PriceError:
+                        self._reject("bad_price", f"{msg.s} {msg.p[:40]!r}")
+                        continue
+                    if len(prices) >= PRICE_CACHE_SIZE:
+                        prices.clear()
+                    prices[msg.p] = price
                 outcome = symbol_stats.apply(msg.t, price, msg.T)
-                if outcome is Outcome.APPLIED:
+                if outcome is APPLIED:
                     applied += 1
                     event_ms = msg.E
-                elif outcome is Outcome.DUPLICATE:
+                elif outcome is DUPLICATE:
                     duplicates += 1
                 else:
                     applied += 1
                     event_ms = msg.E
-                    if outcome is Outcome.GAP:
+                    if outcome is GAP:
                         stats.gaps += 1
                         self.owner.gap_found(msg.s)
                     else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import threading
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -49,6 +49,10 @@ class Outcome(IntEnum):
     GAP = 1  # a new trade after a jump in ids: the ids in between are a new gap
     FILLED = 2  # a trade inside a known gap (a backfill or a late arrival)
     DUPLICATE = 3  # an id already applied, or older than our history: ignored
+
+
+# The outcomes as plain module globals: the per-trade path compares them by identity.
+APPLIED, GAP, FILLED, DUPLICATE = Outcome.APPLIED, Outcome.GAP, Outcome.FILLED, Outcome.DUPLICATE
 
 
 class Gap(NamedTuple):
@@ -171,23 +175,23 @@ class TradeIds:
         if last is None:
             self.first = self.last = trade_id
             self.last_ms, self.last_price = time_ms, price
-            return Outcome.APPLIED
+            return APPLIED
         if trade_id == last + 1:
             self.last, self.last_ms, self.last_price = trade_id, time_ms, price
-            return Outcome.APPLIED
+            return APPLIED
         if trade_id > last:
             gap = Gap(last + 1, trade_id - 1, self.last_ms, time_ms, self.last_price, price)
             self._insert(len(self.gaps), [gap])
             self.last, self.last_ms, self.last_price = trade_id, time_ms, price
-            return Outcome.GAP
+            return GAP
         gaps = self.gaps
         if not gaps or trade_id > gaps[-1].hi:
-            return Outcome.DUPLICATE
+            return DUPLICATE
         i = bisect_right(gaps, trade_id, key=_lo) - 1  # last gap starting <= trade_id
         if i < 0 or gaps[i].hi < trade_id:
-            return Outcome.DUPLICATE
+            return DUPLICATE
         self._split(i, trade_id, trade_id, time_ms, price)
-        return Outcome.FILLED
+        return FILLED
 
     def _split(self, i: int, a: int, b: int, time_ms: int, price: int | None) -> None:
         """Ids ``a..b`` (all at ``time_ms`` and ``price``) of gap ``i`` were applied."""
@@ -376,7 +380,7 @@ class SymbolStats:
         """Apply one trade exactly once. O(log d); one lock taken. The per-trade path."""
         with self.lock:
             outcome = self.ids.observe(trade_id, trade_time, price)
-            if outcome is Outcome.DUPLICATE:
+            if outcome is DUPLICATE:
                 return outcome
             self.median.add(price)
             self.dirty_levels.add(price)
@@ -532,7 +536,11 @@ class SymbolTable:
     are never returned, because :meth:`PerfectHash.slot` verifies the key.
     """
 
-    __slots__ = ("_hash", "_stats", "symbols")
+    __slots__ = ("_hash", "_stats", "get", "symbols")
+
+    get: Callable[[str], SymbolStats | None]
+    """``get(symbol)``: the stats of ``symbol``, or None when it is not listed. O(1): one
+    perfect-hash lookup straight into the array, one call."""
 
     def __init__(
         self, phash: PerfectHash, stats: list[SymbolStats | None], symbols: tuple[str, ...]
@@ -541,6 +549,7 @@ class SymbolTable:
         self._hash = phash
         self._stats = stats  # stats[slot] belongs to phash.keys[slot]; None in unused slots
         self.symbols = symbols  # listing order, as the exchange lists them
+        self.get = phash.lookup_in(stats)
 
     @classmethod
     def build(cls, symbols: Iterable[str]) -> SymbolTable:
@@ -557,11 +566,6 @@ class SymbolTable:
         phash = PerfectHash.build(listed)
         stats = [None if k is None else existing.get(k) or SymbolStats(k) for k in phash.keys]
         return cls(phash, stats, listed)
-
-    def get(self, symbol: str) -> SymbolStats | None:
-        """The stats of ``symbol``, or None when it is not listed. O(1)."""
-        i = self._hash.slot(symbol)
-        return None if i is None else self._stats[i]
 
     def items(self) -> Iterator[tuple[str, SymbolStats]]:
         """(symbol, stats) in listing order. O(n)."""

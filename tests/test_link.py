@@ -10,12 +10,15 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 from websockets.frames import Frame, Opcode
-from websockets.protocol import OPEN
+from websockets.protocol import OPEN, SERVER
 from websockets.sync.server import ServerConnection, serve
 from websockets.uri import parse_uri
 
@@ -153,3 +156,89 @@ def test_tls(tmp_path: Path) -> None:
         with pytest.raises(ssl.SSLCertVerificationError):  # a certificate we do not trust
             Link.open(f"wss://localhost:{port}/")
         server.shutdown()
+
+
+# -- the fast framing path against websockets' own parser ----------------------------------------
+
+frames = st.one_of(
+    st.builds(lambda d: Frame(Opcode.TEXT, d), st.binary(max_size=300)),
+    st.builds(lambda d: Frame(Opcode.BINARY, d), st.binary(max_size=70_000)),
+    st.builds(lambda d: Frame(Opcode.PING, d), st.binary(max_size=20)),
+    st.builds(lambda d: Frame(Opcode.PONG, d), st.binary(max_size=20)),
+    st.builds(  # a message in fragments
+        lambda parts: (
+            [Frame(Opcode.TEXT, parts[0], fin=False)]
+            + [Frame(Opcode.CONT, p, fin=False) for p in parts[1:-1]]
+            + [Frame(Opcode.CONT, parts[-1], fin=True)]
+        ),
+        st.lists(st.binary(max_size=50), min_size=2, max_size=4),
+    ),
+    st.builds(lambda d: [b"\xc1" + bytes([len(d)]) + d], st.binary(max_size=10)),  # RSV1 set
+    st.just(Frame(Opcode.CLOSE, b"\x03\xe8bye")),
+)
+
+
+def wire_of(items: list[Any], masked_at: int | None) -> bytes:
+    out = []
+    for k, item in enumerate(items):
+        for f in item if isinstance(item, list) else [item]:
+            # raw bytes as they are; a masked server frame is an error
+            out.append(f if isinstance(f, bytes) else f.serialize(mask=k == masked_at))
+    return b"".join(out)
+
+
+def reference(wire: bytes, max_size: int) -> tuple[list[bytes], bytes]:
+    """What websockets' protocol alone makes of ``wire``: messages, and bytes it sends."""
+    p = ClientProtocol(parse_uri("ws://x/stream"), state=OPEN, max_size=max_size)
+    p.receive_data(wire)
+    link = Link.__new__(Link)
+    link._parts = []
+    messages = [bytes(m) for m in link._messages(p.events_received())]
+    return messages, b"".join(p.data_to_send())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(frames, max_size=12),
+    st.lists(st.integers(1, 400), max_size=30),
+    st.none() | st.integers(0, 11),
+    st.sampled_from([2**20, 1000]),
+)
+def test_fast_framing_equals_the_protocol(
+    items: list[Any], cuts: list[int], masked_at: int | None, max_size: int
+) -> None:
+    """Whatever the frames and however the bytes are cut into chunks, the Link yields the same
+    messages and sends the same bytes (pongs, close) as websockets' own parser."""
+    wire = wire_of(items, masked_at)
+    expected, expected_sent = reference(wire, max_size)
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(5)
+    link = Link(ours, ClientProtocol(parse_uri("ws://x/stream"), state=OPEN, max_size=max_size))
+    link.max_size = max_size
+    got: list[bytes] = []
+    pos = 0
+    for cut in [*cuts, len(wire)]:
+        if link.protocol.state is not OPEN:
+            break
+        chunk = wire[pos : pos + cut]
+        pos += cut
+        got += [bytes(m) for m in link.feed(chunk)]
+        if pos >= len(wire):
+            break
+    if link.protocol.state is OPEN and pos < len(wire):
+        got += [bytes(m) for m in link.feed(wire[pos:])]
+    ours.shutdown(socket.SHUT_WR)
+    sent = b""
+    while chunk := theirs.recv(1 << 16):
+        sent += chunk
+    ours.close()
+    theirs.close()
+    assert got == expected
+
+    def unmasked(data: bytes) -> list[tuple[int, bytes]]:  # our frames are masked at random
+        p = ClientProtocol(parse_uri("ws://x/stream"), state=OPEN)
+        p.side = SERVER  # read them as the server would
+        p.receive_data(data)
+        return [(f.opcode, bytes(f.data)) for f in p.events_received() if isinstance(f, Frame)]
+
+    assert unmasked(sent) == unmasked(expected_sent)
