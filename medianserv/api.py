@@ -40,7 +40,7 @@ class ServiceState(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    def history(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]: ...
+    def samples(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]: ...
 
     def rates(self) -> dict[str, float]: ...
 
@@ -120,14 +120,14 @@ class AllResource:
         _send(resp, out)
 
 
-class HistoryResource:
+class SamplesResource:
     def __init__(self, state: ServiceState) -> None:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
         """The recent samples of one symbol: [time_ms, count, median, last_price], oldest first."""
         stats = find_symbol(self.state.table(), symbol)
-        samples = [[t, c, _median(m), _exact(p)] for t, c, m, p in self.state.history(stats.symbol)]
+        samples = [[t, c, _median(m), _exact(p)] for t, c, m, p in self.state.samples(stats.symbol)]
         _send(resp, {"symbol": stats.symbol, "samples": samples})
 
 
@@ -203,14 +203,14 @@ def _internal_error(req: falcon.Request, resp: falcon.Response, ex: Exception, p
 
 def create_app(state: ServiceState) -> falcon.App[falcon.Request, falcon.Response]:
     """The WSGI app. Routes: / (dashboard), /symbols, /{symbol}, /-/all, /-/status,
-    /-/history/{symbol}, /-/healthy, /-/ready, /-/openapi.json, /metrics."""
+    /-/samples/{symbol}, /-/healthy, /-/ready, /-/openapi.json, /metrics."""
     app = falcon.App(middleware=[NoStore()])
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/", DashboardResource())
     app.add_route("/symbols", SymbolsResource(state))
     app.add_route("/-/all", AllResource(state))
     app.add_route("/-/status", StatusResource(state))
-    app.add_route("/-/history/{symbol}", HistoryResource(state))
+    app.add_route("/-/samples/{symbol}", SamplesResource(state))
     app.add_route("/metrics", MetricsResource(state))
     app.add_route("/-/healthy", HealthyResource())
     app.add_route("/-/ready", ReadyResource(state))
@@ -285,7 +285,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "statistics", "content": json_of(
                     {"type": "array", "items": {"$ref": "#/components/schemas/Stats"}})}},
             }},
-            "/-/history/{symbol}": {"get": {
+            "/-/samples/{symbol}": {"get": {
                 "summary": "Recent samples of one symbol: [time_ms, count, median, last_price]",
                 "parameters": [{"name": "symbol", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],

@@ -59,7 +59,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         elif suite == "ingest":
             part = bench.bench_ingest(args.seconds, shared)
         elif suite == "api":
-            part = bench.bench_api(args.seconds, args.rps, shared)
+            part = bench.bench_api(args.seconds, args.rates, shared)
         elif suite == "snapshot":
             part = bench.bench_snapshot(args.levels, shared)
         elif suite == "recovery":
@@ -272,7 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoints", type=lambda s: s.split(","), default=["historicalTrades", "aggTrades"],
         help="recovery: backfill endpoints to compare, comma-separated (before,after)",
     )  # fmt: skip
-    bench.add_argument("--rps", type=float, default=2000.0, help="offered requests/s (api)")
+    bench.add_argument("--rps", type=float, default=2000.0, help=argparse.SUPPRESS)
+    bench.add_argument(
+        "--rates", type=lambda s: [float(x) for x in s.split(",")],
+        default=[500.0, 1000.0, 2000.0, 3000.0, 4000.0],
+        help="api: offered requests/s, comma-separated",
+    )  # fmt: skip
     bench.add_argument("--levels", type=int, default=10_000_000, help="levels stored (snapshot)")
     bench.add_argument("--trades", type=int, default=10**8, help="trades (long)")
     bench.add_argument("--url", help=argparse.SUPPRESS)

@@ -91,10 +91,10 @@ class Config:
     backfill_max_trades: int = _opt(
         1_000_000, "largest gap backfilled; larger ones are counted as lost", advanced=True
     )
-    history_interval: float = _opt(
+    sample_interval: float = _opt(
         10.0, "seconds between samples of each symbol kept for the dashboard", advanced=True
     )
-    history_samples: int = _opt(
+    sample_count: int = _opt(
         360, "samples kept per symbol (360 x 10 s: the last hour)", advanced=True
     )
     reset: bool = _opt(False, "start afresh: delete the snapshot store first", advanced=True)
@@ -103,13 +103,13 @@ class Config:
         """Raise :class:`ConfigError` for any value out of range; returns self."""
         positive = ("snapshot_interval", "exchange_info_interval", "control_messages_per_second",
                     "silence_timeout", "probe_timeout", "backoff_initial", "backoff_max",
-                    "connection_window", "rotate_after", "history_interval",
+                    "connection_window", "rotate_after", "sample_interval",
                     "rest_weight_window")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
-        if self.history_samples < 2:
-            raise ConfigError("history_samples must be at least 2")
+        if self.sample_count < 2:
+            raise ConfigError("sample_count must be at least 2")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port out of range: {self.port}")
         if not 1 <= self.max_streams_per_connection <= 1024:

@@ -23,7 +23,7 @@ from typing import Any
 from .api import HttpServer, create_app
 from .config import Config
 from .exchange import RestClient
-from .history import HistoryBook
+from .samples import SampleBook
 from .ingest import Ingest
 from .snapshotter import Snapshotter
 from .store import Store, StoreError
@@ -64,7 +64,7 @@ class Service:
         self.http: HttpServer | None = None
         self.restored_symbols = 0
         self.restarts = 0  # threads the supervisor restarted
-        self.book = HistoryBook(config.history_samples)  # samples for the dashboard
+        self.book = SampleBook(config.sample_count)  # samples for the dashboard
         self._next_sample = 0.0
 
     # -- the ServiceState the API reads --------------------------------------------------------
@@ -80,7 +80,7 @@ class Service:
     def metrics(self) -> str:
         return render_metrics(self)
 
-    def history(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]:
+    def samples(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]:
         return self.book.samples(symbol)
 
     def rates(self) -> dict[str, float]:
@@ -132,7 +132,7 @@ class Service:
         }
 
     def sample(self) -> None:
-        """Record every traded symbol's numbers in the dashboard history. O(symbols)."""
+        """Record every traded symbol's numbers in the dashboard's samples. O(symbols)."""
         views = [(v.symbol, v.count, v.twice_median, v.last_price)
                  for v in (s.view() for _, s in self.table().items())]  # fmt: skip
         self.book.sample(views, int(time.time() * 1000))
@@ -197,7 +197,7 @@ class Service:
                     log.info("ready: %s", ingest.ready()[1])
                 self._supervise()
                 if time.monotonic() >= self._next_sample:
-                    self._next_sample = time.monotonic() + cfg.history_interval
+                    self._next_sample = time.monotonic() + cfg.sample_interval
                     self.sample()
         finally:
             sd_notify("STOPPING=1")

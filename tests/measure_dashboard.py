@@ -30,7 +30,7 @@ def main() -> None:
     with Simulator(
         SimConfig(exchange_info=info, symbols=2292, paused=True, trades_per_second=3000)
     ) as sim:
-        run = Running(sim, Path(tempfile.mkdtemp()), "--history-interval", "1")
+        run = Running(sim, Path(tempfile.mkdtemp()), "--sample-interval", "1")
         wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
         sim.resume()
         time.sleep(20)

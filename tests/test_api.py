@@ -42,7 +42,7 @@ class State:
             "problems": [] if self.is_ready[0] else [self.is_ready[1]],
         }
 
-    def history(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]:
+    def samples(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]:
         return [(1000, 2, 12367526000000, 6183764000000), (2000, 3, 12367526000000, 6183763000000)]
 
     def rates(self) -> dict[str, float]:
@@ -89,17 +89,17 @@ def test_even_count_median_has_the_exact_ninth_decimal(state: State) -> None:
     assert r.json["median"] == "0.000000015"
 
 
-def test_bulk_history_status_and_page(client: falcon.testing.TestClient) -> None:
+def test_bulk_samples_status_and_page(client: falcon.testing.TestClient) -> None:
     all_ = client.simulate_get("/-/all").json
     assert [r["symbol"] for r in all_] == ["BTCUSDT", "ETHBTC", "币安人生USDT", "QUIETUSDT"]
     btc = client.simulate_get("/BTCUSDT").json
     assert all_[0] == {**btc, "trades_per_second": 1.5}
     assert all_[1]["trades_per_second"] == 0.0
-    h = client.simulate_get("/-/history/btcusdt").json
+    h = client.simulate_get("/-/samples/btcusdt").json
     assert h == {"symbol": "BTCUSDT", "samples": [[1000, 2, "61837.63", "61837.64"],
                                                   [2000, 3, "61837.63", "61837.63"]]}  # fmt: skip
-    assert client.simulate_get("/-/history/NOPE").status_code == 404
-    long_path = "/-/history/BTCUSDT" + "X" * 100  # never truncated onto a listed symbol
+    assert client.simulate_get("/-/samples/NOPE").status_code == 404
+    long_path = "/-/samples/BTCUSDT" + "X" * 100  # never truncated onto a listed symbol
     assert client.simulate_get(long_path).status_code == 404
     assert client.simulate_get("/-/status").json["ready"] is False
     page = client.simulate_get("/")

@@ -1,4 +1,4 @@
-"""The dashboard: its history buffer, its endpoints, and the page in a real headless Chromium."""
+"""The dashboard: its sample buffer, its endpoints, and the page in a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medianserv.history import HistoryBook, Ring
+from medianserv.samples import Ring, SampleBook
 from medianserv.sim import SimConfig, Simulator
 
 from .browser import Browser, find_chromium
@@ -30,7 +30,7 @@ def test_ring_is_bounded_and_ordered(capacity: int, values: list[int]) -> None:
 
 
 def test_rate_over_the_last_minute() -> None:
-    book = HistoryBook(100)
+    book = SampleBook(100)
     for second in range(0, 121, 10):
         book.sample([("A", second * 5, 2, 1), ("QUIET", 0, None, None)], second * 1000)
     assert book.rates(120_000) == {"A": pytest.approx(5.0)}  # never-traded symbols keep no ring
@@ -43,7 +43,7 @@ def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
         pytest.skip("no Chromium (Debian package 'chromium'; .ci/run installs it when it can)")
     config = SimConfig(symbols=300, paused=True, trades_per_second=3000, seed=3)
     with Simulator(config) as sim:
-        run = Running(sim, tmp_path / "data", "--history-interval", "0.3")
+        run = Running(sim, tmp_path / "data", "--sample-interval", "0.3")
         wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
         publish(sim, 3000)
         sim.pause()
@@ -51,7 +51,7 @@ def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
         wait_for(
             lambda: {r["symbol"]: r["count"] for r in run.get("/-/all")[1] if r["count"]} == truth
         )
-        time.sleep(1.0)  # a few history samples for the chart
+        time.sleep(1.0)  # a few samples for the chart
         api = {r["symbol"]: r for r in http_get(run.base + "/-/all")[2]}
         browser = Browser(chromium)
         try:

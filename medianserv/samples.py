@@ -1,4 +1,4 @@
-"""A bounded history of samples per symbol, for the dashboard's charts (pure).
+"""Samples of every symbol's numbers over the last hour, for the dashboard's charts (pure).
 
 One sample every ``interval`` seconds, the last ``capacity`` of them in a ring of ``array``s:
 32 bytes a sample, allocated only for symbols that trade. Memory is bounded whatever the run
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from array import array
 
-__all__ = ["HistoryBook", "Ring"]
+__all__ = ["Ring", "SampleBook"]
 
 NONE = -1  # stands for "no value" (no trade yet) in the int arrays
 
@@ -73,7 +73,7 @@ class Ring:
         return (last_c - first[1]) * 1000 / (last_t - first[0])
 
 
-class HistoryBook:
+class SampleBook:
     """A :class:`Ring` per symbol that trades. ``lock`` guards the dict and the rings.
 
     Runtime complexity: :meth:`sample` O(symbols); :meth:`samples` O(capacity); memory
