@@ -23,8 +23,8 @@ from typing import Any
 from .api import HttpServer, create_app
 from .config import Config
 from .exchange import RestClient
-from .samples import SampleBook
 from .ingest import Ingest
+from .samples import SampleBook
 from .snapshotter import Snapshotter
 from .store import Store, StoreError
 from .symbols import SymbolStats, SymbolTable
