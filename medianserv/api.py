@@ -42,6 +42,8 @@ class ServiceState(Protocol):
 
     def samples(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]: ...
 
+    def history_status(self, symbol: str, complete: bool) -> str: ...
+
     def rates(self) -> dict[str, float]: ...
 
 
@@ -66,7 +68,7 @@ def find_symbol(table: SymbolTable, symbol: str) -> SymbolStats:
     return stats
 
 
-def stats_json(v: StatsView) -> dict[str, Any]:
+def stats_json(v: StatsView, history: str) -> dict[str, Any]:
     """The JSON object of one symbol's statistics (GET /{symbol}, GET /-/all)."""
     return {
         "symbol": v.symbol,
@@ -75,6 +77,9 @@ def stats_json(v: StatsView) -> dict[str, Any]:
         "last_price": _exact(v.last_price),
         "last_trade_id": v.last_trade_id,
         "last_trade_time": v.last_trade_time,
+        "first_trade_id": v.first_trade_id,
+        "first_trade_time": v.first_trade_time,
+        "history": history,
         "missing_trades": v.missing,
         "lost_trades": v.lost,
     }
@@ -101,7 +106,8 @@ class SymbolResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
         """One symbol's statistics at one instant; the symbol is case-insensitive. O(1)."""
-        _send(resp, stats_json(find_symbol(self.state.table(), symbol).view()))
+        v = find_symbol(self.state.table(), symbol).view()
+        _send(resp, stats_json(v, self.state.history_status(v.symbol, v.history_complete)))
 
 
 class AllResource:
@@ -112,9 +118,11 @@ class AllResource:
         """Every symbol's statistics in one response, with trades/s over the last minute.
         O(n); what the dashboard and scripts poll instead of one request per symbol."""
         rates = self.state.rates()
+        status = self.state.history_status
         out = []
         for symbol, stats in self.state.table().items():
-            item = stats_json(stats.view())
+            v = stats.view()
+            item = stats_json(v, status(symbol, v.history_complete))
             item["trades_per_second"] = round(rates.get(symbol, 0.0), 3)
             out.append(item)
         _send(resp, out)
@@ -261,8 +269,9 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "medianserv",
             "version": "1",
-            "description": "Exact running median of every Binance spot trade price since the "
-            "service started, per symbol, with the trade count and the last price.",
+            "description": "Exact running median of every Binance spot trade price per symbol, "
+            "since the service started or, with --history, since the symbol's listing, with "
+            "the trade count and the last price.",
         },
         "paths": {
             "/symbols": {"get": {
@@ -320,6 +329,14 @@ def openapi_document() -> dict[str, Any]:
                 "last_trade_id": {"type": "integer", "nullable": True},
                 "last_trade_time": {"type": "integer", "nullable": True,
                                     "description": "Binance trade time, ms since the epoch"},
+                "first_trade_id": {"type": "integer", "nullable": True,
+                                   "description": "the lowest trade id counted"},
+                "first_trade_time": {"type": "integer", "nullable": True,
+                                     "description": "when it happened (ms): how far back the "
+                                                    "median reaches"},
+                "history": {"type": "string",
+                            "enum": ["none", "pending", "importing", "complete", "failed"],
+                            "description": "import of every trade since listing (--history)"},
                 "missing_trades": {"type": "integer",
                                    "description": "trades known missed, not yet backfilled"},
                 "lost_trades": {"type": "integer",

@@ -235,6 +235,7 @@ class _SimProcess:
         line = self.proc.stdout.readline()
         self.rest_url = line.split("REST ")[1].split()[0]
         self.ws_url = line.split("WebSocket ")[1].split()[0]
+        self.archive_url = line.split("archives ")[1].split()[0]
 
     def control(self, action: str) -> Any:
         import json

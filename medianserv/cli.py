@@ -136,10 +136,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     config, stop = prepared
     sim_config = SimConfig(
-        exchange_info=args.exchange_info, symbols=args.symbols, trades_per_second=args.tps
-    )
+        exchange_info=args.exchange_info, symbols=args.symbols, trades_per_second=args.tps,
+        past_days=args.past_days, past_trades_per_day=args.past_trades_per_day,
+    )  # fmt: skip
     with Simulator(sim_config) as sim:
-        config = dataclasses.replace(config, rest_url=sim.rest_url, ws_url=sim.ws_url)
+        config = dataclasses.replace(
+            config, rest_url=sim.rest_url, ws_url=sim.ws_url, archive_url=sim.archive_url
+        )
         logging.getLogger("medianserv.demo").info(
             "demo: simulated Binance at %s (%d symbols, %g trades/s); truth at %s/_sim/truth",
             sim.rest_url, len(sim.listed()), args.tps, sim.rest_url,
@@ -193,6 +196,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         symbols=args.symbols,
         seed=args.seed,
         trades_per_second=args.tps,
+        past_days=args.past_days,
+        past_trades_per_day=args.past_trades_per_day,
         replay=tuple(args.replay),
         replay_speed=args.replay_speed,
         **dict(iter_config_overrides(args.set)),
@@ -200,13 +205,26 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop)
     with Simulator(config) as sim:
-        print(f"simulated Binance: REST {sim.rest_url}  WebSocket {sim.ws_url}", flush=True)
+        print(f"simulated Binance: REST {sim.rest_url}  WebSocket {sim.ws_url}  "
+              f"archives {sim.archive_url}", flush=True)  # fmt: skip
         print(
             f"ground truth: {sim.rest_url}/_sim/truth   counters: {sim.rest_url}/_sim/stats",
             flush=True,
         )
         stop.wait()
     return 0
+
+
+def _past_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--past-days", type=int, default=0,
+        help="give the simulated symbols this many days of trades before now, served as "
+        "Binance's archives too (try it with --history all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--past-trades-per-day", type=float, default=20.0,
+        help="trades a day per symbol in that past",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(data_dir=DEFAULT_DATA_DIR / "demo")
     demo.add_argument("--tps", type=float, default=200.0, help="simulated trades per second")
     demo.add_argument("--symbols", type=int, default=2000, help="simulated symbols")
+    _past_arguments(demo)
     demo.add_argument(
         "--exchange-info", type=Path, default=None,
         help="a saved exchangeInfo to simulate, e.g. ../shared/data/exchangeInfo-2023-09-08.json",
@@ -312,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--symbols", type=int, default=2000, help="how many symbols to generate")
     sim.add_argument("--seed", type=int, default=1, help="seed of the generated market")
     sim.add_argument("--tps", type=float, default=1000.0, help="trades per second, all symbols")
+    _past_arguments(sim)
     sim.add_argument(
         "--replay", type=Path, nargs="*", default=[],
         help="recordings (gzip) to replay instead of generating trades",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -45,6 +45,13 @@ class Config:
     )
     max_streams_per_connection: int = _opt(1024, "trade streams per WebSocket connection")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    history: str = _opt(
+        "", "import every trade since listing for these symbols: 'all' or SYM1,SYM2,... "
+        "(empty: none; symbols listed while the service runs are followed from their first "
+        "trade anyway)")  # fmt: skip
+    archive_url: str = _opt(
+        "https://data.binance.vision", "base URL of Binance's public trade archives (a mirror "
+        "with the same layout works)")  # fmt: skip
 
     # Advanced: sensible for Binance; tests shrink them to make rare paths common.
     control_messages_per_second: float = _opt(
@@ -91,6 +98,12 @@ class Config:
     backfill_max_trades: int = _opt(
         1_000_000, "largest gap backfilled; larger ones are counted as lost", advanced=True
     )
+    history_workers: int = _opt(
+        max(1, (os.cpu_count() or 2) - 1), "processes that download and reduce archive files "
+        "(default: one core left for live ingest)", advanced=True)  # fmt: skip
+    history_weight_share: float = _opt(
+        0.5, "ceiling on the IP's REST weight for the history import (below the backfill's, so "
+        "live gaps come first)", advanced=True)  # fmt: skip
     sample_interval: float = _opt(
         10.0, "seconds between samples of each symbol kept for the dashboard", advanced=True
     )
@@ -98,6 +111,16 @@ class Config:
         360, "samples kept per symbol (360 x 10 s: the last hour)", advanced=True
     )
     reset: bool = _opt(False, "start afresh: delete the snapshot store first", advanced=True)
+
+    def history_symbols(self, listed: Iterable[str]) -> list[str]:
+        """The symbols whose history is requested, among ``listed`` (in its order)."""
+        wanted = self.history.strip()
+        if not wanted:
+            return []
+        if wanted.lower() == "all":
+            return list(listed)
+        names = {s.strip().upper() for s in wanted.split(",") if s.strip()}
+        return [s for s in listed if s.upper() in names]
 
     def validate(self) -> Config:
         """Raise :class:`ConfigError` for any value out of range; returns self."""
@@ -120,6 +143,13 @@ class Config:
             raise ConfigError("backfill_endpoint must be aggTrades or historicalTrades")
         if not 1 <= self.backfill_workers <= 32:
             raise ConfigError("backfill_workers must be within 1..32")
+        if not 1 <= self.history_workers <= 256:
+            raise ConfigError("history_workers must be within 1..256")
+        if not 0 < self.history_weight_share <= 1:
+            raise ConfigError("history_weight_share must be within (0, 1]")
+        if not self.archive_url.startswith(("http://", "https://")):
+            raise ConfigError(f"archive_url must start with http:// or https://: "
+                              f"{self.archive_url!r}")  # fmt: skip
         if self.subscribe_batch_bytes < 100:
             raise ConfigError("subscribe_batch_bytes is too small for one stream name")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

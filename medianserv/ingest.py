@@ -2,8 +2,13 @@
 
 Threads owned here (each with a stop event, all stopped and joined by :meth:`Ingest.stop`):
 ``reader-N`` (one per connection, :class:`~medianserv.streams.Reader`), ``listings``
-(re-reads exchangeInfo every ``exchange_info_interval``) and ``backfill-N`` (the
-``backfill_workers`` workers of :class:`~medianserv.backfill.Backfill`).
+(re-reads exchangeInfo every ``exchange_info_interval``), ``backfill-N`` (the
+``backfill_workers`` workers of :class:`~medianserv.backfill.Backfill`) and ``history``
+(:class:`~medianserv.importer.Importer`, with its pool of processes).
+
+The history of the symbols named by ``--history`` is imported once they are listed; a symbol
+listed while the service runs is followed from its first trade (its history is imported, and
+one ticker check finds what it traded before its stream was subscribed).
 
 ``table`` is replaced whole when the listing changes (an atomic attribute swap); readers read
 it for every frame, so a new symbol is served as soon as its stream delivers. Every stats
@@ -24,6 +29,7 @@ from .backfill import Backfill
 from .config import Config
 from .errors import InputError
 from .exchange import RestClient, RestError, TickerRange
+from .importer import Importer
 from .pacing import backoff
 from .streams import AttemptGate, Reader, ReaderStats, plan_connections, stream_of
 from .symbols import SymbolStats, SymbolTable
@@ -72,6 +78,8 @@ class Ingest:
         self._retired: Counter[str] = Counter()  # counters of readers no longer running
         self.gate = AttemptGate(config.max_connection_attempts, config.connection_window)
         self.backfill = Backfill(config, rest, lambda: self.table)
+        self.importer = Importer(config, rest, lambda: self.table)
+        self._listed_once = False  # a listing after the first brings new listings
         self.stopping = threading.Event()  # set by stop(): the listings thread exits
         self.listed_at: float | None = None  # when exchangeInfo was last read
         self.listing_failures = 0
@@ -167,6 +175,7 @@ class Ingest:
         ``need_baseline`` is set; otherwise new symbols start their history at their first trade.
         """
         symbols = self.rest.exchange_symbols()
+        new = [s for s in symbols if s not in self.known] if self._listed_once else []
         ranges = None
         if any(self.known.get(s) is None or self.known[s].needs_baseline() for s in symbols):
             try:
@@ -176,7 +185,16 @@ class Ingest:
                     raise
                 log.warning("tickers unavailable (%s): new symbols start at their first trade", exc)
         self.listed_at = time.time()
-        return self.apply_listing(symbols, ranges)
+        changed = self.apply_listing(symbols, ranges)
+        if not self._listed_once:
+            self._listed_once = True
+            resume = [s for s, st in self.table.items() if st.front() is not None]
+            self.importer.request(resume + self.config.history_symbols(symbols))
+        elif new:  # listed while we run: from their very first trade
+            log.info("new listings followed from their first trade: %s", ", ".join(new[:20]))
+            self.backfill.sweep(new)
+            self.importer.request(new)
+        return changed
 
     def first_listing(self) -> bool:
         """Read exchangeInfo, retrying with backoff until it works; False if stopped first."""
@@ -203,11 +221,14 @@ class Ingest:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def _target(self, name: str) -> Callable[[], None]:
+        if name == "history":
+            return self.importer.run
         return self._run_listings if name == "listings" else self.backfill.run
 
     def start(self) -> None:
         """Start the listings and backfill threads (readers start with the first listing)."""
-        names = ["listings"] + [f"backfill-{i}" for i in range(self.config.backfill_workers)]
+        names = ["listings", "history"]
+        names += [f"backfill-{i}" for i in range(self.config.backfill_workers)]
         self._threads = [
             threading.Thread(target=self._target(name), name=name, daemon=True) for name in names
         ]
@@ -242,6 +263,7 @@ class Ingest:
         """Stop every thread and wait for them (readers close their connections)."""
         self.stopping.set()
         self.backfill.stop()
+        self.importer.stop()
         with self._lock:
             readers = list(self.readers)
         for r in readers:

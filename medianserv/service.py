@@ -83,6 +83,11 @@ class Service:
     def samples(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]:
         return self.book.samples(symbol)
 
+    def history_status(self, symbol: str, complete: bool) -> str:
+        if self.ingest is None:
+            return "complete" if complete else "none"
+        return self.ingest.importer.status(symbol, complete)
+
     def rates(self) -> dict[str, float]:
         return self.book.rates(int(time.time() * 1000))
 
@@ -128,7 +133,24 @@ class Service:
             "rest_weight_now": c.get("rest_weight_now", 0),
             "rejected": sum(c.get("rejected", {}).values()),
             "snapshot_age_s": None if age is None else round(age, 1),
+            "history": self._history_status(),
             "snapshot_interval_s": self.config.snapshot_interval,
+        }
+
+    def _history_status(self) -> dict[str, Any]:
+        """The history import at a glance: symbols requested by state, trades imported."""
+        if self.ingest is None:
+            return {"symbols": 0, "complete": 0, "pending": 0, "importing": 0, "failed": 0,
+                    "trades": 0}  # fmt: skip
+        by_state = self.ingest.importer.counts()
+        h = self.ingest.importer.stats
+        return {
+            "symbols": sum(by_state.values()),
+            "complete": by_state.get("complete", 0),
+            "pending": by_state.get("pending", 0),
+            "importing": by_state.get("importing", 0),
+            "failed": by_state.get("failed", 0),
+            "trades": h.trades,
         }
 
     def sample(self) -> None:
@@ -380,6 +402,26 @@ def render_metrics(service: Service) -> str:
         ]
     rejected = sorted(c.get("rejected", {}).items())
     rest = sorted(c.get("rest", {}).items())
+    if ingest is not None:
+        h = ingest.importer.stats
+        elapsed = time.time() - h.started_at if h.started_at else 0.0
+        single += [
+            ("history_trades_total", "counter", "Trades imported from the history.", h.trades),
+            ("history_rows_total", "counter", "Archive rows read and applied.", h.rows),
+            ("history_files_total", "counter", "Archive files applied.", h.files),
+            ("history_bytes_total", "counter", "Archive bytes downloaded (zip).", h.zip_bytes),
+            ("history_rest_pages_total", "counter", "REST pages of history.", h.rest_pages),
+            (
+                "history_trades_per_second",
+                "gauge",
+                "Trades imported per second since the import began.",
+                round(h.trades / elapsed, 1) if elapsed > 0 else 0,
+            ),
+        ]
+        history_states = sorted(ingest.importer.counts().items())
+        history_refused = sorted(h.refused.items())
+    else:
+        history_states, history_refused = [], []
     labelled: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         (
             "frames_rejected_total",
@@ -405,6 +447,18 @@ def render_metrics(service: Service) -> str:
             "REST pages refused by the backfill's checks (nothing of them applied), by kind.",
             [(f'{{kind="{k}"}}', v) for k, v in sorted(back.get("rejected", {}).items())]
             or [('{kind="none"}', 0)],
+        ),
+        (
+            "history_symbols",
+            "gauge",
+            "Symbols whose history was asked for, by state.",
+            [(f'{{state="{k}"}}', v) for k, v in history_states] or [('{state="none"}', 0)],
+        ),
+        (
+            "history_failures_total",
+            "counter",
+            "Archive files (or REST pages) of history refused, by reason.",
+            [(f'{{reason="{k}"}}', v) for k, v in history_refused] or [('{reason="none"}', 0)],
         ),
         (
             "connection_streams",

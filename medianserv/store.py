@@ -5,7 +5,8 @@ Layout (format version 2), three named databases in one LMDB environment:
 * ``meta``: ``format`` -> ``b"2"``; ``saved_at`` -> ms since the epoch of the last snapshot;
   ``snapshots`` -> how many were written; ``listing`` -> the symbols last listed.
 * ``symbols``: symbol (UTF-8) -> msgpack record: count, last trade id, price and time,
-  trade-id history (first, last, gaps with their time bounds and edge prices, lost, quiet).
+  trade-id history (first, last, gaps with their time bounds and edge prices, lost, quiet,
+  the front of trade history still to import, the symbol's first trade id).
 * ``levels``: ``len(symbol) | symbol | price (8 bytes, big-endian)`` -> count (8 bytes,
   big-endian). Keys sort by symbol, then by price, so a symbol's levels are one ascending
   cursor range: restoring its median is O(d) (:meth:`RunningMedian.from_state`).
@@ -79,6 +80,9 @@ class _Record(msgspec.Struct, array_like=True):
     last_ms: int | None  # the trade after `last` happened at or after this time
     last_id_price: int | None  # price of trade `last`, if applied
     quiet_since_ms: int | None  # a quiet symbol: no trade of ours happened before this time
+    front: tuple[int, int, _Opt, _Opt, _Opt, _Opt] | None  # trade history still to import
+    origin: int | None  # the symbol's first trade id, once known
+    first_ms: int | None  # trade `first` happened at or after this time
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -93,7 +97,8 @@ def encode_record(state: SymbolState) -> bytes:
     return _encoder.encode(
         _Record(state.count, state.last_trade_id, state.last_price, state.last_trade_time,
                 state.first, state.last, list(state.gaps), state.lost, state.quiet,
-                state.last_ms, state.last_id_price, state.quiet_since_ms)
+                state.last_ms, state.last_id_price, state.quiet_since_ms, state.front,
+                state.origin, state.first_ms)
     )  # fmt: skip
 
 
@@ -110,6 +115,8 @@ def decode_record(symbol: str, data: bytes, version: int = FORMAT_VERSION) -> Sy
     if isinstance(r, _Record):
         state.last_ms, state.last_id_price = r.last_ms, r.last_id_price
         state.quiet_since_ms = r.quiet_since_ms
+        state.front = None if r.front is None else Gap(*r.front)
+        state.origin, state.first_ms = r.origin, r.first_ms
     return state
 
 

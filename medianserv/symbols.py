@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import threading
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -109,6 +109,13 @@ class TradeIds:
     At most :data:`MAX_OPEN_GAPS` ranges stay open; older ones are given up and counted in
     ``lost``, so memory stays bounded whatever the feed does.
 
+    *Trade history.* :meth:`start_history` moves ``first`` back to the symbol's very first
+    trade (``origin``) and makes the ids before the live history one more range, the
+    ``front``, which is filled from its bottom up, a whole archive file at a time
+    (:meth:`fill_front`) or a row at a time (:meth:`fill`). The front is history still to
+    import, not trades missed: :attr:`missing` leaves it out, and gaps are never given up
+    into it.
+
     Runtime complexity: :meth:`observe` O(1) for the next id or a duplicate above every gap,
     O(log g + g) when it opens or fills one of g gaps; :meth:`fill` of a range O(log g + g);
     :attr:`missing` O(g).
@@ -124,11 +131,14 @@ class TradeIds:
 
     __slots__ = (
         "first",
+        "first_ms",
+        "front",
         "gaps",
         "last",
         "last_ms",
         "last_price",
         "lost",
+        "origin",
         "quiet",
         "quiet_since_ms",
     )
@@ -143,6 +153,9 @@ class TradeIds:
         last_ms: int | None = None,
         last_price: int | None = None,
         quiet_since_ms: int | None = None,
+        front: Gap | None = None,
+        origin: int | None = None,
+        first_ms: int | None = None,
     ) -> None:
         self.first = first  # lowest id of our history; None before it starts
         self.last = last  # highest id of our history (applied, missing or the baseline)
@@ -152,11 +165,66 @@ class TradeIds:
         self.last_ms = last_ms  # the trade after `last` happened at or after this time
         self.last_price = last_price  # price of trade `last` if we applied it
         self.quiet_since_ms = quiet_since_ms  # quiet: no trade of ours happened before this
+        self.front = None if front is None else Gap(*front)  # trade history still to import
+        self.origin = origin  # the symbol's very first trade id, once known
+        self.first_ms = first_ms  # trade `first` happened at or after this time
 
     @property
     def missing(self) -> int:
-        """Ids of our history not applied and still hoped for. O(g)."""
+        """Ids of our history not applied and still hoped for (the front aside). O(g)."""
         return sum(g.hi - g.lo + 1 for g in self.gaps)
+
+    @property
+    def first_counted(self) -> int | None:
+        """The lowest id applied (None before any, or while nothing below the front is). O(1)."""
+        front = self.front
+        if front is None or front.lo > (self.first or 0):
+            return self.first
+        return front.hi + 1 if self.last is not None and front.hi < self.last else None
+
+    @property
+    def first_counted_ms(self) -> int | None:
+        """When the lowest trade counted happened (a lower bound), for "how far back". O(1)."""
+        front = self.front
+        if front is None or front.lo > (self.first or 0):
+            return self.first_ms
+        return front.before_ms
+
+    @property
+    def history_complete(self) -> bool:
+        """True when every trade since the symbol's first is ours. O(1)."""
+        return self.origin is not None and self.front is None and self.first == self.origin
+
+    def start_history(self, origin_id: int, origin_ms: int | None) -> bool:
+        """The symbol's first trade ever is ``origin_id`` (at ``origin_ms``): every id before
+        our history becomes the front, to import. Needs history started; True if a front was
+        made. O(1)."""
+        if self.first is None or self.last is None:
+            return False
+        self.origin = origin_id
+        if self.front is not None or origin_id >= self.first:
+            return False
+        self.front = Gap(origin_id, self.first - 1, origin_ms, self.first_ms)
+        self.first, self.first_ms = origin_id, origin_ms
+        return True
+
+    def adopt(self, last_id: int, close_ms: int | None) -> None:
+        """History starts after ``last_id``, whatever the ticker said (a quiet symbol whose
+        past is imported: everything up to its latest trade is history). O(1)."""
+        if self.last is None:
+            self.quiet = False
+            self.quiet_since_ms = None
+            self.baseline(last_id, close_ms)
+
+    def fill_front(self, lo: int, hi: int, last_ms: int | None) -> int:
+        """Ids ``lo..hi`` (a whole archive file, the last at ``last_ms``) fill the bottom of
+        the front. They must start exactly at its bottom and end within it, else nothing is
+        filled (the caller refetches): a file is never counted twice. Returns how many. O(1)."""
+        front = self.front
+        if front is None or lo != front.lo or hi > front.hi or hi < lo:
+            return 0
+        self.front = None if hi == front.hi else front._replace(lo=hi + 1, after_ms=last_ms)
+        return hi - lo + 1
 
     def _insert(self, i: int, new: list[Gap]) -> int:
         """Put ``new`` gaps at index ``i``, then give up the oldest past the cap. Returns the
@@ -174,7 +242,8 @@ class TradeIds:
         last = self.last
         if last is None:
             self.first = self.last = trade_id
-            self.last_ms, self.last_price = time_ms, price
+            self.first_ms = self.last_ms = time_ms
+            self.last_price = price
             return APPLIED
         if trade_id == last + 1:
             self.last, self.last_ms, self.last_price = trade_id, time_ms, price
@@ -207,11 +276,20 @@ class TradeIds:
         """Ids ``lo..hi`` at one price and time (an aggregate trade) arrived: close what of
         them is missing, ignore the rest. Returns how many ids were missing and are now
         applied (the caller adds exactly that many trades). O(log g + gaps touched)."""
+        filled = 0
+        front = self.front
+        if front is not None and lo <= front.lo <= hi:  # the front fills from its bottom only
+            top = min(hi, front.hi)
+            filled = top - front.lo + 1
+            self.front = (
+                None
+                if top == front.hi
+                else front._replace(lo=top + 1, after_ms=time_ms, price_before=price)
+            )
         gaps = self.gaps
         if lo > hi or not gaps or lo > gaps[-1].hi:
-            return 0
+            return filled
         i = max(0, bisect_right(gaps, lo, key=_lo) - 1)
-        filled = 0
         while i < len(gaps) and gaps[i].lo <= hi:
             g = gaps[i]
             a, b = max(lo, g.lo), min(hi, g.hi)
@@ -236,6 +314,7 @@ class TradeIds:
         else:
             self.first, self.last = last_id + 1, last_id
             self.last_ms = None if close_ms is None else close_ms - TICKER_SLACK_MS
+            self.first_ms = self.last_ms
             self.last_price = None
 
     def sweep(
@@ -257,7 +336,7 @@ class TradeIds:
             if not self.quiet:
                 return 0
             self.first, self.last = first_id, last_id
-            self.last_ms, self.last_price = next_ms, None
+            self.last_ms, self.last_price, self.first_ms = next_ms, None, since
             self._insert(0, [Gap(first_id, last_id, since, close_ms)])
             return last_id - first_id + 1
         added = 0
@@ -266,7 +345,7 @@ class TradeIds:
             if first_id < self.first:
                 self._insert(0, [Gap(first_id, self.first - 1, since, close_ms)])
                 added += self.first - first_id
-                self.first = first_id
+                self.first, self.first_ms = first_id, since
             else:
                 self.quiet = False  # the ticker's window no longer reaches before our history
         if last_id > self.last:
@@ -331,6 +410,9 @@ class SymbolState:
     last_ms: int | None = None  # TradeIds.last_ms
     last_id_price: int | None = None  # TradeIds.last_price
     quiet_since_ms: int | None = None  # TradeIds.quiet_since_ms
+    front: Gap | None = None  # TradeIds.front: trade history still to import
+    origin: int | None = None  # TradeIds.origin: the symbol's first trade id
+    first_ms: int | None = None  # TradeIds.first_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +427,10 @@ class StatsView:
     last_trade_time: int | None  # Binance trade time, ms since the epoch
     missing: int  # trade ids seen to be missing and not (yet) backfilled
     lost: int  # trade ids given up for good
+    first_trade_id: int | None = None  # the lowest trade id counted
+    first_trade_time: int | None = None  # when it happened (a lower bound), ms
+    history_complete: bool = False  # every trade since the symbol's first is counted
+    history_missing: int = 0  # trades of its history still to import
 
 
 class SymbolStats:
@@ -362,7 +448,7 @@ class SymbolStats:
 
     __slots__ = (
         "dirty", "dirty_levels", "ids", "last_price", "last_trade_id", "last_trade_time", "lock",
-        "median", "symbol",
+        "median", "merging", "symbol",
     )  # fmt: skip
 
     def __init__(self, symbol: str) -> None:
@@ -375,6 +461,7 @@ class SymbolStats:
         self.last_trade_time: int | None = None  # its time
         self.dirty = False  # changed since the last harvest
         self.dirty_levels: set[int] = set()  # price levels added to since the last harvest
+        self.merging = False  # an archive file is being merged: not harvested until it is done
 
     def apply(self, trade_id: int, price: int, trade_time: int) -> Outcome:
         """Apply one trade exactly once. O(log d); one lock taken. The per-trade path."""
@@ -418,6 +505,74 @@ class SymbolStats:
                 self.dirty = True
         return applied
 
+    def apply_levels(
+        self,
+        lo: int,
+        hi: int,
+        levels: Sequence[int],
+        counts: Sequence[int],
+        last_ms: int | None,
+        *,
+        slice_size: int = 4096,
+    ) -> int:
+        """Apply a whole archive file, reduced to (price, count) pairs, covering exactly the
+        trade ids ``lo..hi`` at the bottom of the front (see :meth:`TradeIds.fill_front`);
+        anything else is refused (returns 0) and nothing is applied.
+
+        The pairs go into the median ``slice_size`` at a time, each slice under the lock, so a
+        reader waits one slice at most (a few milliseconds), not the whole file. Until the last
+        one, the snapshotter leaves the symbol alone: what is stored is the file's pairs and its
+        ids together, or neither, so a crash never counts a file twice. O(p (log d +
+        crossings)) for p pairs. Returns the trades applied (``hi - lo + 1``)."""
+        with self.lock:
+            front = self.ids.front
+            if self.merging or front is None or lo != front.lo or hi > front.hi or hi < lo:
+                return 0
+            if sum(counts) != hi - lo + 1:
+                raise ValueError(f"{self.symbol}: pairs count {sum(counts)} trades, ids "
+                                 f"{lo}..{hi} are {hi - lo + 1}")  # fmt: skip
+            self.merging = True
+        add = self.median.add
+        try:
+            for start in range(0, len(levels), slice_size):
+                with self.lock:
+                    for price, count in zip(
+                        levels[start : start + slice_size], counts[start : start + slice_size],
+                        strict=True,
+                    ):  # fmt: skip
+                        add(price, count)
+                    self.dirty_levels.update(levels[start : start + slice_size])
+        finally:
+            with self.lock:
+                self.ids.fill_front(lo, hi, last_ms)
+                self.merging = False
+                self.dirty = True
+        return hi - lo + 1
+
+    def start_history(self, origin_id: int, origin_ms: int | None) -> bool:
+        """See :meth:`TradeIds.start_history`; under the lock."""
+        with self.lock:
+            self.dirty = True
+            return self.ids.start_history(origin_id, origin_ms)
+
+    def adopt(self, last_id: int, close_ms: int | None) -> None:
+        """See :meth:`TradeIds.adopt`; under the lock."""
+        with self.lock:
+            self.dirty = True
+            self.ids.adopt(last_id, close_ms)
+
+    def front(self) -> Gap | None:
+        """The trade history still to import, or None. O(1)."""
+        with self.lock:
+            return self.ids.front
+
+    def history_info(self) -> tuple[bool, int | None, bool]:
+        """(live history started, the symbol's first trade id if known, history complete),
+        at one instant. O(1)."""
+        with self.lock:
+            ids = self.ids
+            return ids.last is not None, ids.origin, ids.history_complete
+
     def needs_baseline(self) -> bool:
         """True until history starts or the symbol is known quiet. O(1)."""
         with self.lock:
@@ -460,7 +615,7 @@ class SymbolStats:
         idempotent. O(levels touched); this is all a snapshot holds the lock for.
         """
         with self.lock:
-            if not self.dirty:
+            if not self.dirty or self.merging:  # a file half merged is never stored
                 return None
             low, high = self.median._low_counts, self.median._high_counts  # C-level lookups
             levels = [(p, low.get(-p, 0) + high.get(p, 0)) for p in self.dirty_levels]
@@ -490,6 +645,9 @@ class SymbolStats:
             last_ms=ids.last_ms,
             last_id_price=ids.last_price,
             quiet_since_ms=ids.quiet_since_ms,
+            front=ids.front,
+            origin=ids.origin,
+            first_ms=ids.first_ms,
         )
 
     @classmethod
@@ -505,7 +663,8 @@ class SymbolStats:
                 f"{state.symbol}: count {state.count} but levels sum to {stats.median.count}"
             )
         stats.ids = TradeIds(state.first, state.last, state.gaps, state.lost, state.quiet,
-                             state.last_ms, state.last_id_price, state.quiet_since_ms)  # fmt: skip
+                             state.last_ms, state.last_id_price, state.quiet_since_ms,
+                             state.front, state.origin, state.first_ms)  # fmt: skip
         stats.last_trade_id = state.last_trade_id
         stats.last_price = state.last_price
         stats.last_trade_time = state.last_trade_time
@@ -524,6 +683,10 @@ class SymbolStats:
                 self.last_trade_time,
                 ids.missing,
                 ids.lost,
+                ids.first_counted if self.median.count else None,
+                ids.first_counted_ms if self.median.count else None,
+                ids.history_complete,
+                0 if ids.front is None else ids.front.hi - ids.front.lo + 1,
             )
 
 

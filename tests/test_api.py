@@ -48,6 +48,9 @@ class State:
     def rates(self) -> dict[str, float]:
         return {"BTCUSDT": 1.5}
 
+    def history_status(self, symbol: str, complete: bool) -> str:
+        return "complete" if complete else "importing" if symbol == "ETHBTC" else "none"
+
 
 @pytest.fixture
 def state() -> State:
@@ -68,7 +71,8 @@ def test_symbols(client: falcon.testing.TestClient) -> None:
 def test_symbol_statistics_exact_and_case_insensitive(client: falcon.testing.TestClient) -> None:
     expected = {
         "symbol": "BTCUSDT", "count": 3, "median": "61837.63", "last_price": "61837.63",
-        "last_trade_id": 14, "last_trade_time": 1723161255356, "missing_trades": 2,
+        "last_trade_id": 14, "last_trade_time": 1723161255356, "first_trade_id": 10,
+        "first_trade_time": 1723161255352, "history": "none", "missing_trades": 2,
         "lost_trades": 0,
     }  # fmt: skip
     for path in ("/BTCUSDT", "/btcusdt", "/BtcUsdt", "/BTCUSDT/"):
@@ -77,6 +81,8 @@ def test_symbol_statistics_exact_and_case_insensitive(client: falcon.testing.Tes
     assert r.headers["Cache-Control"] == "no-store"
     quiet = client.simulate_get("/QUIETUSDT").json
     assert quiet["count"] == 0 and quiet["median"] is None and quiet["last_price"] is None
+    assert quiet["first_trade_id"] is None and quiet["history"] == "none"
+    assert client.simulate_get("/ETHBTC").json["history"] == "importing"
     assert client.simulate_get("/%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT").status_code == 200
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -39,6 +40,12 @@ states = st.builds(
     last_ms=st.none() | st.integers(0, 2**62),
     last_id_price=st.none() | st.integers(0, 2**63),
     quiet_since_ms=st.none() | st.integers(0, 2**62),
+    front=st.none()
+    | st.builds(
+        Gap, st.integers(0, 2**40), st.integers(0, 2**40), *[st.none() | st.integers(0, 2**62)] * 4
+    ),
+    origin=st.none() | st.integers(0, 2**40),
+    first_ms=st.none() | st.integers(0, 2**62),
 )
 
 
@@ -141,7 +148,8 @@ def test_format_1_is_read_and_upgraded(tmp_path: Path) -> None:
     store = Store.open(tmp_path)
     assert store.info()["format_version"] == FORMAT_VERSION == 2
     restored = SymbolStats.restore(store.load()[0])
-    assert restored.view() == stats.view()
+    # format 1 did not keep when a symbol's first trade happened: everything else is there
+    assert restored.view() == dataclasses.replace(stats.view(), first_trade_time=None)
     assert restored.apply_rows([Row(3, 4, 6, 4)]) == 2  # the old gap still fills
     assert restored.view().count == 5 and restored.view().missing == 0
     store.close()

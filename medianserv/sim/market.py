@@ -18,7 +18,16 @@ from typing import Any
 from ..median import RunningMedian
 from ..prices import SCALE, format_median, format_price, parse_price
 
-__all__ = ["Listing", "Market", "SymbolTruth", "Trade", "generate_listings", "load_listings"]
+__all__ = [
+    "Listing",
+    "Market",
+    "SymbolTruth",
+    "Trade",
+    "archive_csv",
+    "generate_listings",
+    "load_listings",
+    "make_past",
+]
 
 #: Tick sizes of generated symbols, as Binance writes them.
 TICKS = ("0.00000001", "0.00000010", "0.00000100", "0.00001000", "0.00010000", "0.00100000",
@@ -402,3 +411,67 @@ class Market:
             else:
                 hi = mid
         return lo
+
+
+# -- the past: trades before the simulator started, and Binance's archives of them ------------
+
+DAY_MS = 86_400_000
+MICROS_FROM_MS = 1_735_689_600_000  # 2025-01-01: archive timestamps are in µs from then on
+
+
+def make_past(market: Market, now_ms: int, days: int, per_day: float) -> None:
+    """Give every trading symbol ``days`` days of trades before ``now_ms`` (about ``per_day``
+    a day, in taker orders of several fills, like live ones), its ids and aggregate ids ending
+    where its live trades begin. Deterministic for the market's seed. O(trades)."""
+    rnd = market.rnd
+    start = now_ms - days * DAY_MS
+    for symbol in sorted(market.trading):
+        truth = market.truth[symbol]
+        orders = max(1, round(days * per_day / FILLS_PER_ORDER))
+        times = sorted(rnd.randrange(start, now_ms) for _ in range(orders))
+        fills = []
+        for _ in range(orders):
+            n = 1
+            while rnd.random() < _MORE_FILLS:
+                n += 1
+            fills.append(n)
+        first = truth.next_id - sum(fills)
+        truth.first_id = truth.next_id = truth.history_first = first
+        for t, n in zip(times, fills, strict=True):
+            market.order(symbol, t, n)
+
+
+def archive_csv(truth: SymbolTruth, kind: str, start_ms: int, end_ms: int) -> bytes:
+    """The archive CSV of ``kind`` (aggTrades or trades) for the trades in ``start_ms..end_ms``
+    (end exclusive), in Binance's format: no header; times in ms before 2025, µs after."""
+    from bisect import bisect_left
+
+    times = truth.times
+    i0, i1 = bisect_left(times, start_ms), bisect_left(times, end_ms)
+    if i0 >= i1:
+        return b""
+    base = truth.history_first
+    scale = 1000 if start_ms >= MICROS_FROM_MS else 1
+    lines = []
+    if kind == "trades":
+        for i in range(i0, i1):
+            tid, price = base + i, truth.prices[i]
+            qty = _qty(tid)
+            lines.append(
+                b"%d,%s,%s,%s,%d,%s,True\n"
+                % (tid, _fmt8(price).encode(), _fmt8(qty).encode(),
+                   format_price(price * qty // SCALE).encode(), times[i] * scale,
+                   b"True" if truth.sides[i] else b"False")
+            )  # fmt: skip
+        return b"".join(lines)
+    first_agg = bisect_left(truth.agg_first, base + i0)
+    for k in range(first_agg, len(truth.agg_first)):
+        row = truth.aggregate_json(k)
+        if row["f"] >= base + i1:
+            break
+        lines.append(
+            b"%d,%s,%s,%d,%d,%d,%s,True\n"
+            % (row["a"], row["p"].encode(), row["q"].encode(), row["f"], row["l"],
+               row["T"] * scale, b"True" if row["m"] else b"False")
+        )  # fmt: skip
+    return b"".join(lines)

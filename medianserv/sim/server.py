@@ -24,6 +24,7 @@ import logging
 import socket
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from ..prices import format_price, parse_price
 from ..recordings import read_trade_frames
-from .market import Listing, Market, Trade, generate_listings, load_listings
+from .archives import ArchiveServer
+from .market import Listing, Market, Trade, generate_listings, load_listings, make_past
 
 __all__ = ["SimConfig", "Simulator"]
 
@@ -91,6 +93,12 @@ class SimConfig:
     # reads them (TCP back-pressure paces each one alone), unless paused. Flood trades are not
     # in the truth; tickers then report no trades, so clients start every symbol at its first.
     flood: bool = False
+    # A past: `past_days` days of trades (about `past_trades_per_day` a day per trading
+    # symbol) before the simulator starts, in the truth and in REST, and as archives in
+    # Binance's layout on `archive_port` (0: an ephemeral port; see Simulator.archive_url).
+    past_days: int = 0
+    past_trades_per_day: float = 20.0
+    archive_port: int = 0
 
 
 @dataclass(eq=False)  # hashed by identity: sessions live in subscriber sets
@@ -201,6 +209,8 @@ class Simulator:
         else:
             listings, self._info_top = generate_listings(cfg.symbols, cfg.seed), {}
         self.market = Market(listings, seed=cfg.seed, history_limit=cfg.history_limit)
+        if cfg.past_days > 0:
+            make_past(self.market, self._ms(), cfg.past_days, cfg.past_trades_per_day)
         if cfg.replay:
             for symbol in list(self.market.trading):
                 self.market.set_weight(symbol, 0.0)  # replays publish only recorded trades
@@ -225,6 +235,8 @@ class Simulator:
         self._agg_faults: deque[str] = deque()  # guarded by _limits_lock: next answers to spoil
         self._stop = threading.Event()  # set by stop(): every simulator thread exits
         self._server: Server | None = None
+        self.archives = ArchiveServer(self.market, self.hub_lock, clock, cfg.host,
+                                      cfg.archive_port)  # fmt: skip
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -249,6 +261,7 @@ class Simulator:
         ]
         for t in self._threads:
             t.start()
+        self.archives.start()
         log.info("simulator listening on %s (%d symbols)", self.rest_url, len(self.market.listings))
         return self
 
@@ -262,6 +275,7 @@ class Simulator:
             self._server.shutdown()
         for t in self._threads:
             t.join(timeout=10)
+        self.archives.stop()
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -282,6 +296,11 @@ class Simulator:
     @property
     def ws_url(self) -> str:
         return f"ws://{self.config.host}:{self.port}"
+
+    @property
+    def archive_url(self) -> str:
+        """Base URL of the archives (what data.binance.vision is to Binance)."""
+        return self.archives.url
 
     # -- control (in-process; the /_sim/ endpoints call these too) ---------------------------
 
@@ -857,16 +876,18 @@ class Simulator:
                 if symbol not in self.market.listings:
                     return 400, {"code": -1121, "msg": "Invalid symbol."}
                 t = self.market.truth[symbol]
-                traded = t.count > 0 and not flood
                 now = self._ms()
+                # the trades of the last 24 hours (those still kept: the history limit)
+                first = bisect_left(t.times, now - 24 * HOUR_MS) + t.history_first
+                traded = t.count > 0 and not flood and first < t.next_id
                 out.append({
                     "symbol": symbol,
                     "lastPrice": format_price(t.last_price) if t.last_price is not None else "0",
                     "openTime": now - 24 * HOUR_MS,
                     "closeTime": now,
-                    "firstId": t.first_id if traded else -1,
+                    "firstId": first if traded else -1,
                     "lastId": t.next_id - 1 if traded else -1,
-                    "count": t.count,
+                    "count": t.next_id - first if traded else 0,
                 })  # fmt: skip
         return 200, out[0] if "symbol" in params else out
 
@@ -952,6 +973,9 @@ class Simulator:
             "expire": self.expire,
             "aggfault": lambda: self.spoil_aggregates(
                 params.get("kind", "contradict"), int(params.get("count", "1"))
+            ),
+            "archivefault": lambda: self.archives.spoil(
+                params.get("kind", "checksum"), int(params.get("count", "1"))
             ),
             "garbage": lambda: self.send_garbage(params.get("kind", "not_json")),
             "list": lambda: self.list_symbol(params["symbol"], params.get("tick", "0.01000000")),

@@ -1,0 +1,186 @@
+"""The simulator's data.binance.vision: the market's past as archives in Binance's layout.
+
+``GET /data/spot/{monthly,daily}/{aggTrades,trades}/<SYMBOL>/<name>.zip`` and ``.CHECKSUM``
+beside it, on a port of its own (Binance serves archives from another host too). Monthly
+files exist for months complete before today, daily files for days before today (Binance
+publishes a day's file the day after), neither before the symbol's first trade; everything
+else is 404. Files are built from the ground truth on first request and kept, byte for byte
+(the zip's timestamps are the period's), so a CHECKSUM always matches its zip.
+
+Faults for tests (:meth:`ArchiveServer.spoil`): the next downloads come ``checksum``
+(the zip altered, its CHECKSUM not), ``truncated``, with a ``bad_price``, with ids going
+``backwards``, or with the CSV of the ``wrong_symbol`` inside; each with a CHECKSUM that
+matches what is served, so only the content can tell. The file after is right again (Binance
+republishes fixed files).
+
+Thread ``sim-archives`` (owned by the :class:`~medianserv.sim.server.Simulator`).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import hashlib
+import io
+import re
+import threading
+import zipfile
+from collections import deque
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .market import DAY_MS, Market, archive_csv
+
+__all__ = ["SPOILS", "ArchiveServer"]
+
+SPOILS = ("checksum", "truncated", "bad_price", "backwards", "wrong_symbol")
+_PATH = re.compile(
+    r"^/data/spot/(monthly|daily)/(aggTrades|trades)/([^/]+)/"
+    r"([^/]+)-(aggTrades|trades)-(\d{4})-(\d{2})(?:-(\d{2}))?\.zip(\.CHECKSUM)?$"
+)
+
+
+class ArchiveServer:
+    """The archive host. ``start()`` and ``stop()``; ``url`` once started."""
+
+    def __init__(
+        self,
+        market: Market,
+        lock: threading.RLock,
+        clock: Callable[[], float],
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.market = market
+        self.lock = lock  # the simulator's hub_lock: guards the market
+        self.clock = clock
+        self._files: dict[str, bytes] = {}  # built zips by path; guarded by _files_lock
+        self._spoiled: dict[str, bytes] = {}  # a spoiled zip served after its CHECKSUM
+        self._faults: deque[str] = deque()
+        self._files_lock = threading.Lock()  # guards _files, _spoiled and _faults
+        self.requests = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = owner.get(self.path)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", "application/zip" if status == 200 else
+                                 "text/plain")  # fmt: skip
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="sim-archives",
+                                       daemon=True)  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+    def spoil(self, kind: str, count: int = 1) -> None:
+        """The next ``count`` files downloaded come spoiled in the way ``kind`` says."""
+        if kind not in SPOILS:
+            raise ValueError(f"unknown archive fault {kind!r}; one of {SPOILS}")
+        with self._files_lock:
+            self._faults.extend([kind] * count)
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """(status, body) of a GET."""
+        self.requests += 1
+        m = _PATH.match(path.split("?")[0])
+        if m is None:
+            return 404, b"Not Found"
+        period, kind, symbol, name_symbol, name_kind, y, mo, d, checksum = m.groups()
+        if name_symbol != symbol or name_kind != kind or (period == "daily") != (d is not None):
+            return 404, b"Not Found"
+        first = dt.date(int(y), int(mo), int(d or 1))
+        last = first if d else first.replace(day=calendar.monthrange(first.year, first.month)[1])
+        name = path.rsplit("/", 1)[1].removesuffix(".CHECKSUM").removesuffix(".zip")
+        zip_path = path.removesuffix(".CHECKSUM")
+        with self._files_lock:
+            data = self._spoiled.get(zip_path) if not checksum else None
+            if data is not None:
+                del self._spoiled[zip_path]
+                return 200, data
+            data = self._files.get(zip_path)
+        if data is None:
+            data = self._build(symbol, kind, first, last, name)
+            if data is None:
+                return 404, b"Not Found"
+            with self._files_lock:
+                self._files[zip_path] = data
+        if checksum:
+            with self._files_lock:
+                fault = self._faults.popleft() if self._faults else None
+                if fault is not None:  # this file's download will be spoiled
+                    bad = self._spoil(fault, data, symbol, kind, first, last, name)
+                    self._spoiled[zip_path] = bad
+                    if fault != "checksum":
+                        data = bad  # the CHECKSUM matches what will be served
+            return 200, f"{hashlib.sha256(data).hexdigest()}  {name}.zip\n".encode()
+        return 200, data
+
+    def _build(
+        self, symbol: str, kind: str, first: dt.date, last: dt.date, name: str
+    ) -> bytes | None:
+        today = dt.datetime.fromtimestamp(self.clock(), dt.UTC).date()
+        if last >= today or (first != last and today.replace(day=1) <= last):
+            return None  # not published yet
+        start = calendar.timegm(first.timetuple()) * 1000
+        end = calendar.timegm(last.timetuple()) * 1000 + DAY_MS
+        with self.lock:
+            truth = self.market.truth.get(symbol)
+            if truth is None or not truth.count:
+                return None
+            csv = archive_csv(truth, kind, start, end)
+        return _zip(name, csv, first) if csv else None  # nothing traded: no file
+
+    def _spoil(
+        self, fault: str, data: bytes, symbol: str, kind: str, first: dt.date, last: dt.date,
+        name: str,
+    ) -> bytes:  # fmt: skip
+        if fault == "checksum":
+            return data[:-1] + bytes([data[-1] ^ 1])
+        if fault == "truncated":
+            return data[: len(data) // 2]
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            csv = z.read(z.namelist()[0])
+        lines = csv.splitlines(keepends=True)
+        if fault == "bad_price":
+            fields = lines[0].split(b",")
+            fields[1] = b"1e5"
+            lines[0] = b",".join(fields)
+        elif fault == "backwards" and len(lines) > 1:
+            lines[0], lines[1] = lines[1], lines[0]
+        elif fault == "backwards":
+            lines.append(lines[0])
+        else:  # wrong_symbol: another symbol's name inside
+            return _zip(name.replace(symbol, "OTHER" + symbol, 1), csv, first)
+        return _zip(name, b"".join(lines), first)
+
+
+def _zip(name: str, csv: bytes, day: dt.date) -> bytes:
+    """One CSV in a zip, the same bytes every time (timestamps are the period's)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        info = zipfile.ZipInfo(name + ".csv", date_time=(day.year, day.month, day.day, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        z.writestr(info, csv)
+    return out.getvalue()
