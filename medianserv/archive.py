@@ -287,12 +287,17 @@ def reduce_csv(
             raise ValueError("order: trade ids do not tile across blocks")
         if t[0] < start or t[-1] >= end:
             raise ValueError(f"period: times outside {file.first_day}..{file.last_day}")
-        if first is None:
-            first = (int(f[0]), int(a[0]) if file.kind == "aggTrades" else None)
         prev = (int(a[-1]), int(last[-1]), int(t[-1]))
         last_row = (int(a[-1]), int(f[-1]), int(last[-1]), int(units[-1]), int(t[-1]))
         rows += n
-        counts = pa.array(last - f + 1 if file.kind == "aggTrades" else np.ones(n, np.int64))
+        if cut > f[0]:  # ids below the cut were applied already: count from it
+            keep = last >= cut
+            units, f, last, a = units[keep], np.maximum(f[keep], cut), last[keep], a[keep]
+            if not len(units):
+                continue
+        if first is None:
+            first = (int(f[0]), int(a[0]) if file.kind == "aggTrades" else None)
+        counts = pa.array(last - f + 1)
         grouped = (
             pa.table({"p": pa.array(units), "c": counts}).group_by("p").aggregate([("c", "sum")])
         )

@@ -124,8 +124,7 @@ class Importer:
         if complete:
             return "complete"
         with self._lock:
-            state = self._state.get(symbol, "none")
-        return "pending" if state == "complete" else state  # complete in memory, not yet seen
+            return self._state.get(symbol, "none")  # complete here: nothing traded before us
 
     def counts(self) -> dict[str, int]:
         """Symbols by state (for /-/status). O(symbols requested)."""
@@ -328,8 +327,9 @@ class Importer:
 
     def _apply(self, symbol: str, stats: SymbolStats, r: Reduced) -> None:
         applied = stats.apply_levels(
-            r.first_id, r.last_id, r.levels.tolist(), r.counts.tolist(), r.last_row[4]
-        )
+            r.first_id, r.last_id, r.levels.tolist(), r.counts.tolist(), r.last_row[4],
+            last_price=r.last_row[3],
+        )  # fmt: skip
         if not applied:
             return
         s = self.stats

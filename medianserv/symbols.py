@@ -513,6 +513,7 @@ class SymbolStats:
         counts: Sequence[int],
         last_ms: int | None,
         *,
+        last_price: int | None = None,
         slice_size: int = 4096,
     ) -> int:
         """Apply a whole archive file, reduced to (price, count) pairs, covering exactly the
@@ -523,7 +524,8 @@ class SymbolStats:
         reader waits one slice at most (a few milliseconds), not the whole file. Until the last
         one, the snapshotter leaves the symbol alone: what is stored is the file's pairs and its
         ids together, or neither, so a crash never counts a file twice. O(p (log d +
-        crossings)) for p pairs. Returns the trades applied (``hi - lo + 1``)."""
+        crossings)) for p pairs. ``last_price`` is the price of trade ``hi`` (at ``last_ms``):
+        the last price while no later trade is counted. Returns the trades applied."""
         with self.lock:
             front = self.ids.front
             if self.merging or front is None or lo != front.lo or hi > front.hi or hi < lo:
@@ -535,18 +537,20 @@ class SymbolStats:
         add = self.median.add
         try:
             for start in range(0, len(levels), slice_size):
+                prices = levels[start : start + slice_size]
+                times = counts[start : start + slice_size]
                 with self.lock:
-                    for price, count in zip(
-                        levels[start : start + slice_size], counts[start : start + slice_size],
-                        strict=True,
-                    ):  # fmt: skip
+                    for price, count in zip(prices, times, strict=True):
                         add(price, count)
-                    self.dirty_levels.update(levels[start : start + slice_size])
+                    self.dirty_levels.update(prices)
         finally:
             with self.lock:
                 self.ids.fill_front(lo, hi, last_ms)
                 self.merging = False
                 self.dirty = True
+                if hi > self.last_trade_id and last_price is not None:
+                    self.last_trade_id, self.last_price = hi, last_price
+                    self.last_trade_time = last_ms
         return hi - lo + 1
 
     def start_history(self, origin_id: int, origin_ms: int | None) -> bool:

@@ -273,3 +273,22 @@ def test_subscribing_at_full_pace_never_breaks_the_message_limit() -> None:
         assert sum(len(x) for x in sim.subscriptions()) == 600
         assert sim.stats()["violations"] == {}
         assert ingest.counters()["reconnects"] == 0
+
+
+def test_symbols_listed_at_run_time_count_from_their_first_trade(small_sim: Simulator) -> None:
+    """New listings trade at once, before we read exchangeInfo again and subscribe: every one
+    of their trades counts all the same, from the very first (REST fills what came before)."""
+    with running(small_sim) as ingest:
+        trade_for(small_sim, 200)
+        new = [f"NEW{i}COINUSDT" for i in range(4)]
+        for symbol in new:
+            small_sim.list_symbol(symbol, weight=1e5)
+        trade_for(small_sim, 1500)  # they trade before we know they exist
+        assert ingest.refresh_listing()
+        wait_for(lambda: ingest.ready()[0])
+        trade_for(small_sim, 1000)
+        settle(small_sim, ingest)  # every listed symbol equals the truth: all its trades
+        truth = small_sim.truth()
+        for symbol in new:
+            v = ingest.table.get(symbol).view()  # type: ignore[union-attr]
+            assert v.first_trade_id == truth[symbol]["first_id"] and v.history_complete

@@ -1,0 +1,253 @@
+"""Archives: planning (pure) and reducing a file, against brute-force oracles; the front of
+trade history in TradeIds; a file applied whole or not at all."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medianserv.archive import (
+    MICROS_FROM_MS,
+    ArchiveFile,
+    daily_files,
+    monthly_file,
+    parse_checksum,
+    plan,
+    reduce_csv,
+)
+from medianserv.median import RunningMedian
+from medianserv.prices import format_price
+from medianserv.symbols import Gap, Row, SymbolStats, TradeIds
+
+DAY = dt.date(2024, 8, 9)
+DAY_MS = 1_723_161_600_000  # 2024-08-09T00:00:00Z
+
+
+def test_plan_monthly_then_daily_up_to_yesterday() -> None:
+    ms = lambda d: int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC).timestamp() * 1000)  # noqa: E731
+    files = plan("X", ms(dt.date(2024, 12, 30)), ms(dt.date(2025, 2, 10)), dt.date(2025, 2, 4))
+    assert [f.name for f in files] == [
+        "X-aggTrades-2024-12", "X-aggTrades-2025-01", "X-aggTrades-2025-02-01",
+        "X-aggTrades-2025-02-02", "X-aggTrades-2025-02-03",
+    ]  # fmt: skip
+    assert files[0].path == "data/spot/monthly/aggTrades/X/X-aggTrades-2024-12.zip"
+    assert files[-1].path == "data/spot/daily/aggTrades/X/X-aggTrades-2025-02-03.zip"
+    assert files[0].end_ms == files[1].start_ms and sorted(files) == files
+    assert plan("X", ms(dt.date(2025, 2, 4)), ms(dt.date(2025, 2, 4)), dt.date(2025, 2, 4)) == []
+    assert plan("X", 10, 5, dt.date(2025, 2, 4)) == []
+    assert monthly_file("X", 2024, 2).last_day == dt.date(2024, 2, 29)
+    assert monthly_file("X", 2024, 2).other_kind().name == "X-trades-2024-02"
+    assert [f.name for f in daily_files("X", DAY, DAY)] == ["X-aggTrades-2024-08-09"]
+
+
+def test_checksum_file() -> None:
+    digest = "ab" * 32
+    assert parse_checksum(f"{digest}  X.zip\n".encode(), "X.zip") == digest
+    for bad in (f"{digest}  Y.zip", "zz" * 32 + "  X.zip", f"{digest[:-2]}  X.zip", ""):
+        with pytest.raises(ValueError, match="checksum"):
+            parse_checksum(bad.encode(), "X.zip")
+
+
+def agg_csv(rows: list[tuple[int, int, int, int, int]], header: bool = False) -> bytes:
+    """aggTrades CSV lines from (agg id, price units, first, last, time ms) rows."""
+    lines = [b"agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,"
+             b"is_buyer_maker,is_best_match\n"] if header else []  # fmt: skip
+    for a, p, f, last, t in rows:
+        stamp = t * 1000 if t >= MICROS_FROM_MS else t
+        lines.append(b"%d,%d.%08d,0.01000000,%d,%d,%d,True,True\n" % (a, p // 10**8, p % 10**8,
+                                                                       f, last, stamp))  # fmt: skip
+    return b"".join(lines)
+
+
+rows_strategy = st.lists(
+    st.tuples(st.integers(1, 10**12), st.integers(1, 5), st.integers(0, 5_000)),
+    min_size=1,
+    max_size=200,
+)
+
+
+def build(spec: list[tuple[int, int, int]], start_ms: int) -> list[tuple[int, int, int, int, int]]:
+    """Tiling rows from (price, trades, time step) specs."""
+    rows, tid, t = [], 1000, start_ms
+    for i, (price, n, step) in enumerate(spec):
+        t += step
+        rows.append((7 + i, price, tid, tid + n - 1, t))
+        tid += n
+    return rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows_strategy, st.booleans(), st.booleans(), st.integers(0, 400))
+def test_reduce_equals_a_brute_force_count(
+    spec: list[tuple[int, int, int]], header: bool, micros: bool, cut_at: int
+) -> None:
+    """Pairs equal a Counter over every trade (from the cut on); µs times read as ms."""
+    day, start = (dt.date(2025, 3, 1), 1_740_787_200_000) if micros else (DAY, DAY_MS)
+    rows = build(spec, start)
+    file = ArchiveFile(day, day, "X")
+    if rows[-1][4] >= start + 86_400_000:
+        return  # the rows spill into the next day: another test's case
+    cut = rows[0][2] + cut_at
+    counter: Counter[int] = Counter()
+    for _, p, f, last, _ in rows:
+        for _tid in range(max(f, cut), last + 1):
+            counter[p] += 1
+    if not counter:
+        with pytest.raises(ValueError, match="empty"):
+            reduce_csv(io.BytesIO(agg_csv(rows, header)), file, cut, block_size=256)
+        return
+    r = reduce_csv(io.BytesIO(agg_csv(rows, header)), file, cut, block_size=256)  # many blocks
+    assert list(zip(r.levels.tolist(), r.counts.tolist(), strict=True)) == sorted(counter.items())
+    assert (r.first_id, r.last_id) == (max(cut, rows[0][2]), rows[-1][3])
+    assert r.last_row == (rows[-1][0], rows[-1][2], rows[-1][3], rows[-1][1], rows[-1][4])
+    assert r.rows == len(rows)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda rows: [rows[1], rows[0], *rows[2:]], "order"),  # ids backwards
+        (
+            lambda rows: [
+                rows[0],
+                (rows[1][0], rows[1][1], rows[1][2] + 1, rows[1][3], rows[1][4]),
+                *rows[2:],
+            ],
+            "order",
+        ),
+        (
+            lambda rows: [
+                rows[0],
+                (rows[1][0], rows[1][1], rows[1][2] - 1, rows[1][3], rows[1][4]),
+                *rows[2:],
+            ],
+            "order",
+        ),
+        (lambda rows: [rows[0], (rows[1][0] + 1, *rows[1][1:]), *rows[2:]], "order"),  # agg ids
+        (lambda rows: [*rows[:-1], (*rows[-1][:4], DAY_MS - 1)], "order"),  # time goes back
+        (lambda rows: [(*r[:4], r[4] + 86_400_000) for r in rows], "period"),  # another day
+    ],
+)
+def test_files_that_do_not_tile_are_refused(mutate: Any, reason: str) -> None:
+    rows = build([(5, 2, 10), (6, 1, 10), (5, 3, 10)], DAY_MS)
+    with pytest.raises(ValueError, match=f"^{reason}"):
+        reduce_csv(io.BytesIO(agg_csv(mutate(rows))), ArchiveFile(DAY, DAY, "X"))
+
+
+@pytest.mark.parametrize("price", [b"1e5", b"-1.00000000", b" 1.0", b"1.123456789", b"", b"NaN",
+                                   b"123456789012.0"])  # fmt: skip
+def test_prices_that_are_not_plain_decimals_are_refused(price: bytes) -> None:
+    good = agg_csv(build([(5, 1, 10), (6, 1, 10)], DAY_MS)).split(b"\n")
+    fields = good[0].split(b",")
+    fields[1] = price
+    data = b"\n".join([b",".join(fields), *good[1:]])
+    with pytest.raises(ValueError, match=r"^bad_price|^format"):
+        reduce_csv(io.BytesIO(data), ArchiveFile(DAY, DAY, "X"))
+
+
+def test_trades_files_count_one_trade_a_row() -> None:
+    lines = [b"%d,%s,1.0,2.0,%d,True,True\n" % (100 + i, format_price(p).encode(), DAY_MS + i)
+             for i, p in enumerate([5, 7, 5, 9])]  # fmt: skip
+    r = reduce_csv(io.BytesIO(b"".join(lines)), ArchiveFile(DAY, DAY, "X", "trades"))
+    assert list(zip(r.levels.tolist(), r.counts.tolist(), strict=True)) == [(5, 2), (7, 1), (9, 1)]
+    assert (r.first_id, r.last_id, r.first_agg) == (100, 103, None)
+
+
+# -- the front of trade history ---------------------------------------------------------------
+
+
+fronts = st.lists(
+    st.one_of(
+        st.tuples(st.just("file"), st.integers(0, 20), st.integers(0, 30)),
+        st.tuples(st.just("rows"), st.integers(0, 20), st.integers(0, 30)),
+        st.tuples(st.just("trade"), st.integers(100, 130)),
+    ),
+    max_size=40,
+)
+
+
+@given(st.integers(0, 50), fronts)
+def test_front_fills_from_the_bottom_only(origin: int, script: list[tuple[Any, ...]]) -> None:
+    """History before the live start: a whole file only at the front's bottom, rows from it
+    on; ids are never counted twice; the live part is untouched."""
+    ids = TradeIds()
+    ids.baseline(99, 5_000)  # live history starts at 100
+    assert ids.start_history(origin, 1_000) == (origin < 100)
+    assert ids.first == min(origin, 100)
+    applied: set[int] = set()
+    for op in script:
+        if op[0] == "trade":
+            t = op[1]
+            if ids.observe(t, 6_000, 1).name != "DUPLICATE":
+                applied.add(t)
+            continue
+        front = ids.front
+        lo = (front.lo if front else origin) + op[1] - 10
+        hi = lo + op[2]
+        if op[0] == "file":
+            n = ids.fill_front(lo, hi, 2_000)
+            ok = front is not None and lo == front.lo and hi <= front.hi
+            assert n == (hi - lo + 1 if ok else 0)
+            if ok:
+                applied |= set(range(lo, hi + 1))
+        else:
+            new = {i for i in range(lo, hi + 1) if front and front.lo <= i <= front.hi}
+            bottom = front is not None and lo <= front.lo <= hi
+            live = {i for i in range(max(lo, 100), hi + 1) if i <= (ids.last or 0)} - applied
+            assert ids.fill(lo, hi, 2_000, 1) == (len(new) if bottom else 0) + len(live)
+            applied |= live | (new if bottom else set())
+        ids._check()
+        if ids.front is not None:
+            assert not applied & set(range(ids.front.lo, ids.front.hi + 1))
+            assert all(i < ids.front.lo for i in applied if i < 100)
+    assert ids.history_complete == (ids.front is None and ids.origin == ids.first)
+
+
+def test_first_trade_id_follows_the_import() -> None:
+    stats = SymbolStats("X")
+    stats.baseline(99, 5_000)
+    stats.apply(100, 7, 6_000)
+    assert stats.view().first_trade_id == 100 and stats.view().first_trade_time == 4_000
+    stats.start_history(10, 1_000)
+    v = stats.view()
+    assert (v.first_trade_id, v.history_complete, v.history_missing) == (100, False, 90)
+    assert stats.apply_levels(10, 49, [5, 6], [30, 10], 1_500) == 40
+    v = stats.view()
+    assert (v.first_trade_id, v.first_trade_time, v.count) == (10, 1_000, 41)
+    assert stats.apply_levels(10, 49, [5], [40], 1_500) == 0  # never twice
+    assert stats.apply_rows([Row(50, 99, 8, 1_600)]) == 50
+    v = stats.view()
+    assert v.history_complete and v.history_missing == 0 and v.count == 91
+    m = RunningMedian()
+    for p, n in ((5, 30), (6, 10), (8, 50), (7, 1)):
+        m.add(p, n)
+    assert v.twice_median == m.twice_median
+
+
+def test_a_file_is_stored_whole_or_not_at_all() -> None:
+    """Between two slices of a file's pairs a snapshot skips the symbol; after the last, it
+    stores the levels and the moved front together."""
+    stats = SymbolStats("X")
+    stats.baseline(999, 5_000)
+    stats.start_history(0, 1_000)
+    assert stats.harvest() is not None
+    seen: list[object] = []
+
+    class Levels(list[int]):
+        def __getitem__(self, index: Any) -> Any:  # taken slice by slice, outside the lock
+            if isinstance(index, slice) and index.start == 14:
+                seen.append(stats.harvest())
+                seen.append(stats.view().count)
+            return super().__getitem__(index)
+
+    assert stats.apply_levels(0, 99, Levels(range(1, 101)), [1] * 100, 2_000, slice_size=7) == 100
+    assert seen == [None, 14]  # two slices merged, nothing stored
+    state = stats.harvest()
+    assert state is not None and state.count == 100 and len(state.levels) == 100
+    assert state.front == Gap(100, 999, 2_000, 4_000)
