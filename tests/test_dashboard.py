@@ -69,6 +69,9 @@ def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
                 r = api[cells[0]]
                 assert cells[1] == f"{r['count']:,}"
                 assert cells[2] == (r["median"] or "") and cells[3] == (r["last_price"] or "")
+                since = r["first_trade_time"]  # how far back the median reaches: its first day
+                day = time.strftime("%Y-%m-%d", time.gmtime(since / 1000)) if since else ""
+                assert cells[6] == day
 
             browser.evaluate("document.querySelector('th[data-key=symbol]').click()")
             names = [cells[0] for cells in browser.evaluate(rows_js)]
