@@ -34,11 +34,9 @@ import datetime as dt
 import hashlib
 import io
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -409,13 +407,7 @@ class _Counting:
         return data
 
 
-def iter_days(first: dt.date, last: dt.date) -> Iterator[dt.date]:
-    d = first
-    while d <= last:
-        yield d
-        d += dt.timedelta(1)
-
-
-def now_ms() -> int:
-    """Wall clock, ms (the importer's notion of 'today', kept here with the other times)."""
-    return int(time.time() * 1000)
+def warm_up() -> None:
+    """Load what reducing needs (a pool process calls it once, before any file)."""
+    import pyarrow.compute
+    import pyarrow.csv  # noqa: F401

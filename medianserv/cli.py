@@ -62,6 +62,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             part = bench.bench_api(args.seconds, args.rates, shared)
         elif suite == "snapshot":
             part = bench.bench_snapshot(args.levels, shared)
+        elif suite == "history":
+            part = bench.bench_history(args.trades, args.files, args.archive_dir, shared)
         elif suite == "recovery":
             part = bench.bench_recovery(
                 shared, tps=args.tps or 300.0, down_seconds=args.down_seconds,
@@ -271,9 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "suite",
-        choices=["core", "ingest", "api", "snapshot", "long", "recovery", "all", "load", "bare"],
+        choices=["core", "ingest", "api", "snapshot", "long", "history", "recovery", "all",
+                 "load", "bare"],
         nargs="?", default="all",
-        help="'all' runs every suite but recovery (about half an hour on its own)",
+        help="'all' runs every suite but history and recovery (long on their own)",
     )  # fmt: skip
     bench.add_argument("--seconds", type=float, default=10.0, help="measuring time (ingest, api)")
     bench.add_argument(
@@ -298,7 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="api: offered requests/s, comma-separated",
     )  # fmt: skip
     bench.add_argument("--levels", type=int, default=10_000_000, help="levels stored (snapshot)")
-    bench.add_argument("--trades", type=int, default=10**8, help="trades (long)")
+    bench.add_argument("--trades", type=lambda s: int(float(s)), default=10**8,
+                       help="trades (long, history)")  # fmt: skip
+    bench.add_argument("--files", type=int, default=10, help="history: monthly archive files")
+    bench.add_argument(
+        "--archive-dir", type=Path, default=None,
+        help="history: keep the generated archives here (and reuse them)",
+    )  # fmt: skip
     bench.add_argument("--url", help=argparse.SUPPRESS)
     bench.add_argument("--rest-url", help=argparse.SUPPRESS)
     bench.add_argument("--paths", help=argparse.SUPPRESS)
