@@ -104,6 +104,11 @@ class Config:
     history_weight_share: float = _opt(
         0.5, "ceiling on the IP's REST weight for the history import (below the backfill's, so "
         "live gaps come first)", advanced=True)  # fmt: skip
+    http_threads: int = _opt(4, "threads answering HTTP requests", advanced=True)
+    switch_interval: float = _opt(
+        0.001, "seconds a busy thread keeps Python's interpreter before another may take it "
+        "(Python's default 0.005: a request waiting on a snapshot waits that long, several "
+        "times over)", advanced=True)  # fmt: skip
     sample_interval: float = _opt(
         10.0, "seconds between samples of each symbol kept for the dashboard", advanced=True
     )
@@ -127,7 +132,7 @@ class Config:
         positive = ("snapshot_interval", "exchange_info_interval", "control_messages_per_second",
                     "silence_timeout", "probe_timeout", "backoff_initial", "backoff_max",
                     "connection_window", "rotate_after", "sample_interval",
-                    "rest_weight_window")  # fmt: skip
+                    "rest_weight_window", "switch_interval")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
@@ -141,6 +146,8 @@ class Config:
             raise ConfigError("backfill_weight_share must be within (0, 1]")
         if self.backfill_endpoint not in ("aggTrades", "historicalTrades"):
             raise ConfigError("backfill_endpoint must be aggTrades or historicalTrades")
+        if not 1 <= self.http_threads <= 64:
+            raise ConfigError("http_threads must be within 1..64")
         if not 1 <= self.backfill_workers <= 32:
             raise ConfigError("backfill_workers must be within 1..32")
         if not 1 <= self.history_workers <= 256:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -163,6 +164,7 @@ class Service:
 
     def run(self, stop: threading.Event) -> int:
         cfg = self.config
+        sys.setswitchinterval(cfg.switch_interval)
         try:
             store = Store.open(cfg.data_dir, reset=cfg.reset)
         except StoreError as exc:
@@ -199,7 +201,7 @@ class Service:
         ingest.preload(listing)
         self.restored = True
 
-        self.http = HttpServer(create_app(self), cfg.host, cfg.port)
+        self.http = HttpServer(create_app(self), cfg.host, cfg.port, cfg.http_threads)
         self.http.start()
         log.info("API listening on http://%s:%d", cfg.host, self.http.port)
 
