@@ -22,7 +22,7 @@ from .support import wait_for
 from .test_service import Running
 
 
-def main() -> None:
+def main(screenshot: Path | None = None) -> None:
     chromium = find_chromium()
     if chromium is None:
         raise SystemExit("needs Chromium (Debian package 'chromium')")
@@ -56,10 +56,14 @@ def main() -> None:
             print(f"{rows} rows; request to painted table: median {med_refresh:.0f} ms, "
                   f"max {max(refresh):.0f} ms; rendering: median {med_render:.0f} ms, "
                   f"max {max(render):.0f} ms")  # fmt: skip
+            if screenshot is not None:
+                screenshot.write_bytes(browser.screenshot())
         finally:
             browser.close()
             run.stop()
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(Path(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[1] == "--screenshot" else None)
