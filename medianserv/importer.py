@@ -75,7 +75,7 @@ class HistoryStats:
     rest_pages: int = 0
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     complete: int = 0  # symbols whose history is complete
-    failed: int = 0  # symbols given up on this run
+    failed: int = 0  # imports that failed and were put back in the queue
     started_at: float | None = None
 
     def add(self, **counts: int) -> None:
@@ -114,7 +114,7 @@ class Importer:
         """Import the history of ``symbols`` (those not done or queued already). O(n)."""
         with self._lock:
             for symbol in symbols:
-                if self._state.get(symbol) in (None, "failed"):
+                if symbol not in self._state:
                     self._state[symbol] = "pending"
                     self._queue.append(symbol)
             self._lock.notify()
@@ -151,26 +151,29 @@ class Importer:
                     self._state[symbol] = "importing"
                 if self.stats.started_at is None:
                     self.stats.started_at = self.clock()
+                failed = False
                 try:
                     done = self._import(symbol)
+                    errors = backoff(5.0, 300.0)
                 except RateLimited as exc:
                     self._rlog.warning("429", "history: Binance says %s; pausing", exc)
                     done = None
                     self.stopping.wait(exc.retry_after)
                 except (RestError, InputError) as exc:
                     self._rlog.warning("rest", "history of %s: %s; retrying later", symbol, exc)
-                    done = None
+                    done, failed = None, True
+                    self.stats.add(failed=1)
                     self.stopping.wait(next(errors))
                 with self._lock:
-                    if done is None:  # try again later, after the others
-                        self._state[symbol] = "pending"
+                    if done is None:  # again later, after the others: "failed" until then
+                        self._state[symbol] = "failed" if failed else "pending"
                         self._queue.append(symbol)
-                    else:
-                        self._state[symbol] = "complete" if done else "failed"
+                    elif done:
+                        self._state[symbol] = "complete"
+                    else:  # delisted meanwhile: nothing to import for it
+                        self._state.pop(symbol, None)
                 if done:
                     self.stats.add(complete=1)
-                elif done is False:
-                    self.stats.add(failed=1)
         finally:
             self._close_pool()
 
@@ -196,7 +199,7 @@ class Importer:
         return dt.datetime.fromtimestamp(self.clock(), dt.UTC).date()
 
     def _import(self, symbol: str) -> bool | None:
-        """Import one symbol's history: True when complete, False when given up, None when it
+        """Import one symbol's history: True when complete, False when delisted, None when it
         must wait (stopping, or its live history not started yet)."""
         stats = self.table().get(symbol)
         if stats is None:
