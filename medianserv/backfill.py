@@ -53,9 +53,12 @@ from .errors import InputError, PriceError
 from .exchange import AggTrade, HistoricalTrade, RateLimited, RestClient, RestError
 from .logs import RateLimitedLog
 from .pacing import backoff
-from .symbols import Gap, Row, SymbolStats, SymbolTable
+from .symbols import Gap, Row, SymbolTable
 
-__all__ = ["Backfill", "BackfillStats", "Cursor", "Request", "Window", "check_page", "plan"]
+__all__ = [
+    "Backfill", "BackfillStats", "Cursor", "Page", "Request", "Window", "check_page",
+    "fetch_page", "plan",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,45 @@ def check_page(rows: Sequence[AggTrade], gap: Gap, hint: Hint | None = None) -> 
     return None
 
 
+class Page(NamedTuple):
+    """A fetched page for a gap: the rows to apply (none when refused), why it was refused
+    (a :func:`check_page` or :func:`check_trades` verdict, or None), and how to continue."""
+
+    rows: list[Row]
+    verdict: str | None
+    hint: Hint | None
+
+
+def fetch_page(
+    rest: RestClient, symbol: str, gap: Gap, hint: Hint | None, request: Request
+) -> Page:
+    """Make ``request`` (from :func:`plan`; its weight already acquired) and check what comes
+    back against ``gap``. The one fetch of both the backfill and the history import, so both
+    apply only pages that pass the same checks. A page of aggTrades that is empty or starts
+    after the gap is no error: the next hint steps to the next window, or locates the gap
+    with historicalTrades; a refused page also hands the gap to historicalTrades."""
+    if request.endpoint == "historicalTrades":
+        trades = rest.historical_trades(symbol, gap.lo, request.limit)
+        verdict = check_trades(trades, gap)
+        rows = [] if verdict else trades_to_rows(trades)
+        return Page(rows, verdict, Locate(gap.lo) if verdict else None)
+    page = rest.agg_trades(
+        symbol, from_id=request.from_id, start_ms=request.start_ms, end_ms=request.end_ms
+    )
+    verdict = check_page(page, gap, hint)
+    if verdict in ("empty", "late"):
+        end = request.end_ms
+        more = verdict == "empty" and end is not None and (gap.before_ms is None
+                                                         or end < gap.before_ms)  # fmt: skip
+        return Page([], verdict, Window(gap.lo, end + 1) if more and end is not None
+                    else Locate(gap.lo))  # fmt: skip
+    if verdict is not None:
+        return Page([], verdict, Locate(gap.lo))
+    last = page[-1]
+    rows = [Row(r.first_id, r.last_id, r.price, r.time_ms) for r in page]
+    return Page(rows, None, Cursor(last.last_id + 1, last) if last.last_id < gap.hi else None)
+
+
 def trades_to_rows(trades: Iterable[HistoricalTrade]) -> list[Row]:
     """historicalTrades as rows of one trade each: the same bulk path. O(n)."""
     return [Row(t.trade_id, t.trade_id, t.price, t.time_ms) for t in trades]
@@ -190,7 +232,6 @@ class BackfillStats:
         self.rate_limited = 0  # 429/418 answers
         self.errors = 0
         self.rejected: Counter[str] = Counter()  # pages refused, by kind
-        self.budget_waits = 0  # pauses to stay within the weight share
         self.sweeps = 0  # latest-trade-id checks after reconnects
         self.last_filled_at: float | None = None  # wall clock of the last trade recovered
 
@@ -209,7 +250,6 @@ class BackfillStats:
                 "rate_limited": self.rate_limited,
                 "errors": self.errors,
                 "rejected": dict(self.rejected),
-                "budget_waits": self.budget_waits,
                 "sweeps": self.sweeps,
                 "last_filled_at": self.last_filled_at,
             }
@@ -407,51 +447,28 @@ class Backfill:
         with self.stats.lock:
             self.stats.requests[request.endpoint] += 1
         try:
-            if request.endpoint == "historicalTrades":
-                self._historical(symbol, stats, gap, request)
-            else:
-                self._aggregates(symbol, stats, gap, request)
+            page = fetch_page(self.rest, symbol, gap, self._hints.pop(symbol, None), request)
         except PriceError as exc:
-            self._refuse(symbol, gap, "bad_price", str(exc))
+            page = Page([], "bad_price", Locate(gap.lo))
+            detail = str(exc)
         except InputError as exc:
-            self._refuse(symbol, gap, "malformed", str(exc))
+            page = Page([], "malformed", Locate(gap.lo))
+            detail = str(exc)
+        else:
+            detail = f"{request.endpoint} for {gap.lo}..{gap.hi}"
+        if page.hint is not None:
+            self._hints[symbol] = page.hint
+        if page.verdict not in (None, "empty", "late"):
+            self._refuse(symbol, gap, page.verdict, detail)
+        elif page.rows:
+            first = page.rows[0].first_id
+            if request.endpoint == "historicalTrades" and first > gap.lo:
+                # Binance no longer has these ids
+                self.stats.add(lost=stats.give_up(gap.lo, min(gap.hi, first - 1)))
+            self._applied(stats.apply_rows(page.rows))
+        elif request.endpoint == "historicalTrades":  # no trade at all from the gap on
+            self.stats.add(lost=stats.give_up(gap.lo, gap.hi))
         return stats.oldest_gap() is not None
-
-    def _aggregates(self, symbol: str, stats: SymbolStats, gap: Gap, request: Request) -> None:
-        rows = self.rest.agg_trades(
-            symbol, from_id=request.from_id, start_ms=request.start_ms, end_ms=request.end_ms
-        )
-        hint = self._hints.pop(symbol, None)
-        verdict = check_page(rows, gap, hint)
-        if verdict == "empty" or verdict == "late":
-            # an empty window before the gap's end: look in the next one; else locate it
-            end = request.end_ms
-            if (verdict == "empty" and end is not None and gap.before_ms is not None
-                    and end < gap.before_ms):  # fmt: skip
-                self._hints[symbol] = Window(gap.lo, end + 1)
-            else:
-                self._hints[symbol] = Locate(gap.lo)
-            return
-        if verdict is not None:
-            self._refuse(symbol, gap, verdict, f"aggregates from {rows[0].agg_id}")
-            return
-        self._applied(stats.apply_rows(Row(r.first_id, r.last_id, r.price, r.time_ms)
-                                       for r in rows))  # fmt: skip
-        last = rows[-1]
-        if last.last_id < gap.hi:
-            self._hints[symbol] = Cursor(last.last_id + 1, last)
-
-    def _historical(self, symbol: str, stats: SymbolStats, gap: Gap, request: Request) -> None:
-        self._hints.pop(symbol, None)
-        trades = self.rest.historical_trades(symbol, gap.lo, request.limit)
-        verdict = check_trades(trades, gap)
-        if verdict is not None:
-            self._refuse(symbol, gap, verdict, f"historicalTrades from {gap.lo}")
-            return
-        first = trades[0].trade_id if trades else gap.hi + 1
-        if first > gap.lo:  # Binance no longer has these ids
-            self.stats.add(lost=stats.give_up(gap.lo, min(gap.hi, first - 1)))
-        self._applied(stats.apply_rows(trades_to_rows(trades)))
 
     def _applied(self, n: int) -> None:
         if n:
@@ -463,7 +480,6 @@ class Backfill:
         """Nothing of the page is applied; the gap's next attempt uses historicalTrades."""
         with self.stats.lock:
             self.stats.rejected[kind] += 1
-        self._hints[symbol] = Locate(gap.lo)
         self._rlog.warning(
             f"refused:{kind}", "backfill: refused a page for %s (%s: %s); the gap %d..%d stays "
             "open", symbol, kind, detail, gap.lo, gap.hi,

@@ -45,14 +45,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .archive import ArchiveFile, Reduced, Refused, daily_files, fetch_and_reduce, plan
-from .backfill import Cursor, Hint, Locate, Window, check_page
+from .backfill import Cursor, Hint, fetch_page
 from .backfill import plan as plan_request
 from .config import Config
 from .errors import InputError
 from .exchange import AggTrade, RateLimited, RestClient, RestError
 from .logs import RateLimitedLog
 from .pacing import backoff
-from .symbols import Row, SymbolStats, SymbolTable
+from .symbols import SymbolStats, SymbolTable
 
 __all__ = ["HistoryStats", "Importer"]
 
@@ -349,8 +349,8 @@ class Importer:
 
     def _rest_until(self, symbol: str, stats: SymbolStats, row: AggTrade | None, stop: int) -> bool:
         """Fill the front over REST up to trade id ``stop``, page by page, each checked as the
-        backfill checks its own (a page continuing from ``row`` must start with it). False
-        when stopping."""
+        backfill checks its own (:func:`~medianserv.backfill.fetch_page`; a page continuing
+        from ``row`` must start with it). False when stopping."""
         hint: Hint | None = None
         while True:
             front = stats.front()
@@ -363,35 +363,18 @@ class Importer:
             if not self.rest.acquire(request.endpoint, self.ceiling, self.stopping):
                 return False
             self.stats.add(rest_pages=1)
-            row = None
-            if request.endpoint == "historicalTrades":
-                trades = self.rest.historical_trades(symbol, front.lo, request.limit)
-                if not trades or trades[0].trade_id != front.lo:
-                    raise RestError(f"historicalTrades of {symbol} has no trade {front.lo}")
-                rows = [Row(t.trade_id, t.trade_id, t.price, t.time_ms) for t in trades
-                        if t.trade_id <= stop]  # fmt: skip
-                hint = None
-            else:
-                page = self.rest.agg_trades(
-                    symbol, from_id=request.from_id, start_ms=request.start_ms,
-                    end_ms=request.end_ms,
-                )  # fmt: skip
-                verdict = check_page(page, gap, hint)
-                if verdict in ("empty", "late"):
-                    end = request.end_ms
-                    # an empty window before the stretch's end: the next one; else locate it
-                    hint = (Window(front.lo, end + 1) if verdict == "empty" and end is not None
-                            and (gap.before_ms is None or end < gap.before_ms)
-                            else Locate(front.lo))  # fmt: skip
-                    continue
-                if verdict is not None:
-                    with self.stats.lock:
-                        self.stats.refused[f"rest_{verdict}"] += 1
-                    hint = Locate(front.lo)  # historicalTrades next
-                    continue
-                rows = [Row(r.first_id, min(r.last_id, stop), r.price, r.time_ms)
-                        for r in page if r.first_id <= stop]  # fmt: skip
-                if page[-1].last_id <= stop:
-                    row = page[-1]
-                hint = None
+            page = fetch_page(self.rest, symbol, gap, hint, request)
+            hint, row = page.hint, None
+            if page.verdict not in (None, "empty", "late"):
+                with self.stats.lock:
+                    self.stats.refused[f"rest_{page.verdict}"] += 1
+                continue  # historicalTrades next (the page's hint)
+            if not page.rows and request.endpoint == "aggTrades":
+                continue  # an empty window, or one after the stretch: the hint moves on
+            if not page.rows or page.rows[0].first_id > front.lo:
+                raise RestError(f"{request.endpoint} of {symbol} has no trade {front.lo}")
+            if isinstance(hint, Cursor):
+                row = hint.row
+            rows = [r._replace(last_id=min(r.last_id, stop)) for r in page.rows
+                    if r.first_id <= stop]  # fmt: skip
             self.stats.add(trades=stats.apply_rows(rows))
