@@ -60,7 +60,6 @@ __all__ = [
 DAY_MS = 86_400_000
 #: From this instant on, archive timestamps are in microseconds (before it, milliseconds).
 MICROS_FROM_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
-KINDS = ("aggTrades", "trades")
 #: Bytes read from a download at a time, and the most one file may take.
 CHUNK = 1 << 20
 MAX_FILE_BYTES = 1 << 34
