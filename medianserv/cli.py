@@ -177,8 +177,8 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
                 "last_price": None if state.last_price is None else format_price(state.last_price),
                 "last_trade_id": None if state.last_trade_id < 0 else state.last_trade_id,
                 "levels": len(state.levels),
-                "missing_trades": sum(g.size for g in state.gaps),
-                "lost_trades": state.lost,
+                "missing_trades": state.ids.missing,
+                "lost_trades": state.ids.lost,
             }))  # fmt: skip
         return 0
     except StoreError as exc:

@@ -33,7 +33,7 @@ import lmdb
 import msgspec
 
 from .errors import MedianservError
-from .symbols import Gap, SymbolState
+from .symbols import Front, Gap, SymbolState, TradeIds
 
 __all__ = ["FORMAT_VERSION", "Store", "StoreError", "decode_record", "encode_record", "level_key"]
 
@@ -72,17 +72,17 @@ class _Record(msgspec.Struct, array_like=True):
     last_trade_id: int
     last_price: int | None
     last_trade_time: int | None
-    first: int | None
-    last: int | None
+    first: int | None  # TradeIds.lowest
+    last: int | None  # TradeIds.highest
     gaps: list[tuple[int, int, _Opt, _Opt, _Opt, _Opt]]  # lo, hi, after/before ms, edge prices
     lost: int
     quiet: bool
-    last_ms: int | None  # the trade after `last` happened at or after this time
-    last_id_price: int | None  # price of trade `last`, if applied
+    last_ms: int | None  # TradeIds.after_highest_ms
+    last_id_price: int | None  # TradeIds.highest_price
     quiet_since_ms: int | None  # a quiet symbol: no trade of ours happened before this time
-    front: tuple[int, int, _Opt, _Opt, _Opt, _Opt] | None  # trade history still to import
+    front: tuple[int, int, _Opt, _Opt, _Opt, _Opt] | None  # TradeIds.front (a Front)
     origin: int | None  # the symbol's first trade id, once known
-    first_ms: int | None  # trade `first` happened at or after this time
+    first_ms: int | None  # TradeIds.lowest_after_ms
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -94,11 +94,12 @@ _decoders: dict[int, msgspec.msgpack.Decoder[_RecordV1 | _Record]] = {
 
 def encode_record(state: SymbolState) -> bytes:
     """The ``symbols`` value of a state (levels are stored apart). Pure."""
+    ids = state.ids
     return _encoder.encode(
         _Record(state.count, state.last_trade_id, state.last_price, state.last_trade_time,
-                state.first, state.last, list(state.gaps), state.lost, state.quiet,
-                state.last_ms, state.last_id_price, state.quiet_since_ms, state.front,
-                state.origin, state.first_ms)
+                ids.lowest, ids.highest, list(ids.gaps), ids.lost, ids.quiet,
+                ids.after_highest_ms, ids.highest_price, ids.quiet_since_ms, ids.front,
+                ids.origin, ids.lowest_after_ms)
     )  # fmt: skip
 
 
@@ -109,15 +110,13 @@ def decode_record(symbol: str, data: bytes, version: int = FORMAT_VERSION) -> Sy
         r = _decoders[version].decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise StoreError(f"corrupt record for {symbol!r}: {exc}") from exc
-    gaps = [Gap(*g) for g in r.gaps]
-    state = SymbolState(symbol, r.count, r.last_trade_id, r.last_price, r.last_trade_time,
-                        r.first, r.last, gaps, r.lost, r.quiet, [])  # fmt: skip
+    ids = TradeIds(r.first, r.last, [Gap(*g) for g in r.gaps], r.lost, r.quiet)
     if isinstance(r, _Record):
-        state.last_ms, state.last_id_price = r.last_ms, r.last_id_price
-        state.quiet_since_ms = r.quiet_since_ms
-        state.front = None if r.front is None else Gap(*r.front)
-        state.origin, state.first_ms = r.origin, r.first_ms
-    return state
+        ids.after_highest_ms, ids.highest_price = r.last_ms, r.last_id_price
+        ids.quiet_since_ms = r.quiet_since_ms
+        ids.front = None if r.front is None else Front(*r.front)
+        ids.origin, ids.lowest_after_ms = r.origin, r.first_ms
+    return SymbolState(symbol, r.count, r.last_trade_id, r.last_price, r.last_trade_time, ids, [])
 
 
 def symbol_prefix(symbol: str) -> bytes:
@@ -190,11 +189,16 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         check_lmdb_file(path / "data.mdb")
         try:
+            # read-only too with LMDB's lock: a reader registers in the lock table, so a writer
+            # (the service, snapshotting meanwhile) never reuses the pages it is reading
             env = lmdb.open(str(path), max_dbs=4, map_size=INITIAL_MAP_SIZE, readonly=readonly,
-                            lock=not readonly, metasync=True, sync=True)  # fmt: skip
+                            lock=True, metasync=True, sync=True)  # fmt: skip
             store = cls(env, path)
         except lmdb.Error as exc:
-            raise StoreError(f"cannot open the store at {path}: {exc}") from exc
+            hint = ""
+            if readonly and ("ermission" in str(exc) or isinstance(exc, lmdb.ReadonlyError)):
+                hint = " (a reader needs write access to lock.mdb: run as the service's user)"
+            raise StoreError(f"cannot open the store at {path}: {exc}{hint}") from exc
         store._check_format(readonly)
         return store
 

@@ -14,8 +14,24 @@ from hypothesis import strategies as st
 from medianserv import store as store_module
 from medianserv.snapshotter import Snapshotter
 from medianserv.store import FORMAT_VERSION, Store, StoreError, decode_record, encode_record
-from medianserv.symbols import Gap, Row, SymbolState, SymbolStats
+from medianserv.symbols import Front, Gap, Row, SymbolState, SymbolStats, TradeIds
 
+opt_int = st.none() | st.integers(0, 2**62)
+gaps = st.builds(Gap, *[st.integers(0, 2**40)] * 2, *[opt_int] * 4)
+trade_ids = st.builds(
+    TradeIds,
+    lowest=st.none() | st.integers(0, 2**62),
+    highest=st.none() | st.integers(0, 2**62),
+    gaps=st.lists(gaps, max_size=5),
+    lost=st.integers(0, 2**40),
+    quiet=st.booleans(),
+    after_highest_ms=st.none() | st.integers(0, 2**62),
+    highest_price=st.none() | st.integers(0, 2**63),
+    quiet_since_ms=st.none() | st.integers(0, 2**62),
+    front=st.none() | st.builds(Front, *[st.integers(0, 2**40)] * 2, *[opt_int] * 4),
+    origin=st.none() | st.integers(0, 2**40),
+    lowest_after_ms=st.none() | st.integers(0, 2**62),
+)
 states = st.builds(
     SymbolState,
     symbol=st.text(min_size=1, max_size=20),
@@ -23,29 +39,8 @@ states = st.builds(
     last_trade_id=st.integers(-1, 2**62),
     last_price=st.none() | st.integers(0, 2**63),
     last_trade_time=st.none() | st.integers(0, 2**62),
-    first=st.none() | st.integers(0, 2**62),
-    last=st.none() | st.integers(0, 2**62),
-    gaps=st.lists(
-        st.builds(
-            Gap,
-            st.integers(0, 2**40),
-            st.integers(0, 2**40),
-            *[st.none() | st.integers(0, 2**62)] * 4,
-        ),
-        max_size=5,
-    ),
-    lost=st.integers(0, 2**40),
-    quiet=st.booleans(),
+    ids=trade_ids,
     levels=st.just([]),
-    last_ms=st.none() | st.integers(0, 2**62),
-    last_id_price=st.none() | st.integers(0, 2**63),
-    quiet_since_ms=st.none() | st.integers(0, 2**62),
-    front=st.none()
-    | st.builds(
-        Gap, st.integers(0, 2**40), st.integers(0, 2**40), *[st.none() | st.integers(0, 2**62)] * 4
-    ),
-    origin=st.none() | st.integers(0, 2**40),
-    first_ms=st.none() | st.integers(0, 2**62),
 )
 
 
@@ -144,7 +139,11 @@ def test_format_1_is_read_and_upgraded(tmp_path: Path) -> None:
     assert readonly.info()["format_version"] == 1 and readonly.info()["trades"] == 3
     old = readonly.load()[0]
     readonly.close()
-    assert (old.count, [(g.lo, g.hi) for g in old.gaps], old.last_ms) == (3, [(3, 4)], None)
+    assert (old.count, [(g.lo, g.hi) for g in old.ids.gaps], old.ids.after_highest_ms) == (
+        3,
+        [(3, 4)],
+        None,
+    )
     store = Store.open(tmp_path)
     assert store.info()["format_version"] == FORMAT_VERSION == 2
     restored = SymbolStats.restore(store.load()[0])

@@ -7,60 +7,10 @@ import threading
 from fractions import Fraction
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medianserv import symbols as symbols_module
-from medianserv.symbols import Outcome, Row, SymbolStats, SymbolTable, TradeIds
-
-
-@given(st.lists(st.integers(min_value=0, max_value=200), max_size=300))
-def test_trade_ids_match_an_applied_set(ids: list[int]) -> None:
-    tracker = TradeIds()
-    applied: set[int] = set()
-    for t in ids:
-        outcome = tracker.observe(t)
-        if t in applied:
-            assert outcome is Outcome.DUPLICATE
-        elif applied and t < min(applied):  # before our history began: ignored
-            assert outcome is Outcome.DUPLICATE
-            continue
-        elif applied and t < max(applied):
-            assert outcome is Outcome.FILLED
-        elif applied and t > max(applied) + 1:
-            assert outcome is Outcome.GAP
-        else:
-            assert outcome is Outcome.APPLIED
-        applied.add(t)
-        lo = min(applied)
-        expected_gaps = set(range(lo, max(applied) + 1)) - applied
-        got = {i for g in tracker.gaps for i in range(g.lo, g.hi + 1)}
-        assert got == expected_gaps
-        assert tracker.missing == len(expected_gaps)
-        assert tracker.last == max(applied)
-        tracker._check()
-
-
-def test_gap_cap_keeps_memory_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(symbols_module, "MAX_OPEN_GAPS", 3)
-    tracker = TradeIds()
-    for t in range(0, 20, 2):  # gaps at 1, 3, 5, ...
-        tracker.observe(t)
-    assert len(tracker.gaps) == 3
-    assert [(g.lo, g.hi) for g in tracker.gaps] == [(13, 13), (15, 15), (17, 17)]
-    assert tracker.lost == 6
-    assert tracker.observe(1) is Outcome.DUPLICATE  # given up: never applied late
-
-
-def test_give_up_counts_lost_ids() -> None:
-    tracker = TradeIds()
-    for t in (1, 10, 20):
-        tracker.observe(t)
-    assert [(g.lo, g.hi) for g in tracker.gaps] == [(2, 9), (11, 19)]
-    assert tracker.give_up(5, 12) == 7
-    assert [(g.lo, g.hi) for g in tracker.gaps] == [(2, 4), (13, 19)]
-    assert (tracker.lost, tracker.missing) == (7, 10)
+from medianserv.symbols import Outcome, Row, SymbolStats, SymbolTable
 
 
 def test_stats_apply_exactly_once_and_last_price_by_highest_id() -> None:
@@ -142,59 +92,6 @@ ops = st.lists(
 )
 
 
-@given(st.integers(0, 40), ops)
-def test_ranges_and_trades_against_an_oracle(base: int, script: list[tuple[Any, ...]]) -> None:
-    """Single trades, ranges (overlapping, repeated, straddling gap edges) and give-ups against
-    a set oracle; every gap's time bounds and edge prices stay true."""
-    ids = TradeIds()
-    ids.baseline(base, _time(base))  # a ticker read exactly when trade `base` happened
-    applied: set[int] = set()
-    lost: set[int] = set()
-    top = base
-    for op in script:
-        if op[0] == "trade":
-            t = op[1]
-            outcome = ids.observe(t, _time(t), _price(t))
-            fresh = t > base and t not in applied and t not in lost
-            assert (outcome is not Outcome.DUPLICATE) == fresh
-            if fresh:
-                applied.add(t)
-                top = max(top, t)
-        elif op[0] == "range":
-            lo, hi = op[1], op[1] + op[2]
-            missing = {i for i in range(lo, hi + 1) if base < i <= top} - applied - lost
-            assert ids.fill(lo, hi, _time(lo), _price(lo)) == len(missing)
-            applied |= missing
-            # a row is one price and time: edges learnt from it are the row's own values
-            for i in missing:
-                assert _time(lo) <= _time(i)
-        else:
-            lo, hi = op[1], op[1] + op[2]
-            gone = {i for i in range(lo, hi + 1) if base < i <= top} - applied - lost
-            assert ids.give_up(lo, hi) == len(gone)
-            lost |= gone
-        ids._check()
-        expected = set(range(base + 1, top + 1)) - applied - lost
-        assert {i for g in ids.gaps for i in range(g.lo, g.hi + 1)} == expected
-        assert ids.missing == len(expected) and ids.lost == len(lost)
-        for g in ids.gaps:
-            assert g.after_ms is None or g.after_ms <= _time(g.lo)
-            assert g.before_ms is None or g.before_ms >= _time(g.hi)
-
-
-@given(ops)
-def test_edge_prices_are_those_of_the_neighbouring_trades(script: list[tuple[Any, ...]]) -> None:
-    """Live trades only (exact prices): each gap names the prices of the trades around it."""
-    ids = TradeIds()
-    for op in script:
-        t = op[1]
-        ids.observe(t, _time(t), _price(t))
-        for g in ids.gaps:
-            assert g.price_before in (None, _price(g.lo - 1))
-            assert g.price_after in (None, _price(g.hi + 1))
-            assert g.price_before is not None and g.price_after is not None
-
-
 @given(st.integers(0, 30), ops)
 def test_apply_rows_is_exactly_once_and_exact(base: int, script: list[tuple[Any, ...]]) -> None:
     """SymbolStats.apply_rows against a brute-force median of every trade applied once."""
@@ -215,8 +112,7 @@ def test_apply_rows_is_exactly_once_and_exact(base: int, script: list[tuple[Any,
             new = [i for i in range(lo, hi + 1) if base < i <= top and i not in prices]
             assert stats.apply_rows([Row(lo, hi, _price(lo), _time(lo))]) == len(new)
             prices.update(dict.fromkeys(new, _price(lo)))
-        stats.median._check()
-        stats.ids._check()
+        stats._check()
         view = stats.view()
         assert view.count == len(prices)
         if prices:
