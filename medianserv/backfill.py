@@ -11,23 +11,26 @@ themselves), then a worker fetches it.
 *Where the trades come from.* ``GET /api/v3/aggTrades`` (weight 4, up to 1,000 rows): each row
 is one price for the consecutive trade ids ``f..l``, so the prices of any range of ids are
 known exactly from the rows that cover it, for a sixth of the weight of ``historicalTrades``
-per call and about 1.8 trades a row on the real market. The first page of a gap is found by
-time: every gap knows when it happened (:class:`~medianserv.symbols.Gap`), and the window
-``after_ms .. after_ms + 1 h`` starts with the trade just before it. Each later page starts
-from the last aggregate applied, fetched again and compared: a page that does not begin with
-the row we already have is refused, so every page is checked against the one before it.
-``historicalTrades`` (weight 25) is kept for what aggregates cannot serve: a gap with no time
-bound, or spanning more than :data:`MAX_WINDOWS` hours, a window that began after the gap
-(the trades are older than Binance keeps, or a ticker trailed), and a gap whose aggregates
-were refused. ``backfill_endpoint = historicalTrades`` uses it for everything.
+per call and about 1.8 trades a row on the real market. The first page of a gap is asked by
+time: every gap knows when it happened (:class:`~medianserv.tradeids.Gap`), and the window
+``after_ms .. before_ms`` starts with the trade just before it (Binance has put no limit on
+that span since 2022-12-05). Each later page starts from the last aggregate of the page
+before, fetched again and compared: a page that does not begin with the row we already have
+is refused, so every page is checked against the one before it (:func:`next_hint`; the
+cursor follows the gap even when a whole page of aggregates in the same millisecond lies
+below it). ``historicalTrades`` (weight 25) is kept for what aggregates cannot serve: a gap
+with no lower time bound, a window that began after the gap (the trades are older than
+Binance keeps, or a ticker trailed) or was empty, and a gap whose aggregates were refused.
+``backfill_endpoint = historicalTrades`` uses it for everything.
 
 *What is checked before anything is applied* (:func:`check_page`, pure): rows tile the ids
 (consecutive aggregate ids, each row starting where the previous one ended), times do not go
 back, prices are exact decimals, and rows covering the trades on either side of the gap carry
 the prices the stream delivered for them. A page failing a check is refused whole, counted by
-kind and logged (rate-limited); the gap stays open and its next attempt uses
-``historicalTrades``. Applying goes through :meth:`SymbolStats.apply_rows`, which takes only
-ids still missing: nothing is ever applied twice.
+kind and logged (rate-limited); the gap stays open and its next attempt, after a growing
+delay (:func:`retry_delay`), uses ``historicalTrades``. Applying goes through
+:meth:`SymbolStats.apply_rows`, which takes only ids still missing: nothing is ever applied
+twice.
 
 *Order and budget.* Workers (``backfill_workers``, each with its own keep-alive connection)
 take the symbol with the fewest missing trades first, so the number of incomplete symbols
@@ -51,38 +54,33 @@ from typing import NamedTuple
 from .config import Config
 from .errors import InputError, PriceError
 from .exchange import AggTrade, HistoricalTrade, RateLimited, RestClient, RestError
-from .logs import RateLimitedLog
-from .pacing import backoff
-from .symbols import Gap, Row, SymbolTable
+from .logs import RateLimitedLog, ThreadErrors
+from .symbols import SymbolTable
+from .tradeids import Gap, Row
 
 __all__ = [
-    "Backfill", "BackfillStats", "Cursor", "Page", "Request", "Window", "check_page",
-    "fetch_page", "plan",
+    "Backfill", "BackfillStats", "Cursor", "Locate", "Page", "Request", "check_page",
+    "fetch_page", "next_hint", "plan", "retry_delay",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-HOUR_MS = 3_600_000
-#: A gap spanning more hours than this is located with one historicalTrades call (weight 25)
-#: rather than stepped through hour-long windows (weight 4 each).
-MAX_WINDOWS = 6
+#: Longest wait before a symbol whose pages keep being refused (or failing) is tried again.
+MAX_RETRY_DELAY = 60.0
+#: Seconds between two audits of the table for gaps nobody queued (see Backfill.audit).
+AUDIT_INTERVAL = 5.0
 
 
 # -- planning and checking (pure) -------------------------------------------------------------
 
 
 class Cursor(NamedTuple):
-    """Continue a gap starting at ``lo`` from ``row``, the last aggregate applied before it."""
+    """Continue the gap starting at ``lo`` from ``row``, the last aggregate of the page before
+    (applied, or still below the gap): the next page is asked from ``row``'s aggregate id and
+    must start with ``row`` itself."""
 
     lo: int
     row: AggTrade
-
-
-class Window(NamedTuple):
-    """Look for the gap starting at ``lo`` from ``start_ms`` on (an earlier window was empty)."""
-
-    lo: int
-    start_ms: int
 
 
 class Locate(NamedTuple):
@@ -91,7 +89,7 @@ class Locate(NamedTuple):
     lo: int
 
 
-Hint = Cursor | Window | Locate
+Hint = Cursor | Locate
 
 
 class Request(NamedTuple):
@@ -107,10 +105,18 @@ class Request(NamedTuple):
 def plan(gap: Gap, hint: Hint | None, endpoint: str = "aggTrades") -> Request:
     """The next call for ``gap``. Pure, O(1).
 
+    The first page of a gap is asked by time, from ``after_ms`` (the time of the trade just
+    before it) to ``before_ms`` when known: since 2022-12-05 Binance puts no limit on that
+    span. Later pages follow a :class:`Cursor`. historicalTrades serves a gap with no lower
+    time bound, a :class:`Locate` hint, and the ``historicalTrades`` endpoint setting.
+
     >>> plan(Gap(10, 20, after_ms=5_000, before_ms=9_000), None)
     Request(endpoint='aggTrades', from_id=None, start_ms=5000, end_ms=9000, limit=1000)
     >>> plan(Gap(10, 20), None).endpoint
     'historicalTrades'
+    >>> row = AggTrade(7, 8, 9, 100, 5_000)
+    >>> plan(Gap(10, 20, after_ms=5_000), Cursor(10, row)).from_id
+    7
     """
     if hint is not None and hint.lo != gap.lo:
         hint = None  # the gap moved (a live trade filled its start): the hint is stale
@@ -119,15 +125,10 @@ def plan(gap: Gap, hint: Hint | None, endpoint: str = "aggTrades") -> Request:
         return historical
     if isinstance(hint, Cursor):
         return Request("aggTrades", from_id=hint.row.agg_id)
-    start = hint.start_ms if isinstance(hint, Window) else gap.after_ms
-    if start is None:
+    if gap.after_ms is None:
         return historical
-    end = start + HOUR_MS - 1
-    if gap.before_ms is not None:
-        if gap.before_ms - start > MAX_WINDOWS * HOUR_MS:
-            return historical
-        end = min(end, max(start, gap.before_ms))
-    return Request("aggTrades", start_ms=start, end_ms=end)
+    end = gap.before_ms if gap.before_ms is None or gap.before_ms >= gap.after_ms else None
+    return Request("aggTrades", start_ms=gap.after_ms, end_ms=end)
 
 
 def check_page(rows: Sequence[AggTrade], gap: Gap, hint: Hint | None = None) -> str | None:
@@ -161,6 +162,23 @@ def check_page(rows: Sequence[AggTrade], gap: Gap, hint: Hint | None = None) -> 
     return None
 
 
+def next_hint(rows: Sequence[AggTrade], gap: Gap) -> Hint | None:
+    """How to continue ``gap`` after a good page ``rows`` (checked, starting at or below the
+    gap) is applied: from its last row, keyed by where the gap starts *after* the page (its
+    start moves only if the page reached it), or None when the page covers the gap. Pure.
+
+    >>> before = [AggTrade(1, 5, 6, 100, 7)]  # a page that ends below the gap 10..20
+    >>> next_hint(before, Gap(10, 20)) == Cursor(10, before[0])
+    True
+    >>> next_hint([AggTrade(2, 9, 12, 100, 7)], Gap(10, 20)).lo
+    13
+    """
+    last = rows[-1]
+    if last.last_id >= gap.hi:
+        return None
+    return Cursor(max(gap.lo, last.last_id + 1), last)
+
+
 class Page(NamedTuple):
     """A fetched page for a gap: the rows to apply (none when refused), why it was refused
     (a :func:`check_page` or :func:`check_trades` verdict, or None), and how to continue."""
@@ -176,8 +194,8 @@ def fetch_page(
     """Make ``request`` (from :func:`plan`; its weight already acquired) and check what comes
     back against ``gap``. The one fetch of both the backfill and the history import, so both
     apply only pages that pass the same checks. A page of aggTrades that is empty or starts
-    after the gap is no error: the next hint steps to the next window, or locates the gap
-    with historicalTrades; a refused page also hands the gap to historicalTrades."""
+    after the gap is no error: the gap is then located with historicalTrades; a refused page
+    also hands the gap to historicalTrades."""
     if request.endpoint == "historicalTrades":
         trades = rest.historical_trades(symbol, gap.lo, request.limit)
         verdict = check_trades(trades, gap)
@@ -187,17 +205,10 @@ def fetch_page(
         symbol, from_id=request.from_id, start_ms=request.start_ms, end_ms=request.end_ms
     )
     verdict = check_page(page, gap, hint)
-    if verdict in ("empty", "late"):
-        end = request.end_ms
-        more = verdict == "empty" and end is not None and (gap.before_ms is None
-                                                         or end < gap.before_ms)  # fmt: skip
-        return Page([], verdict, Window(gap.lo, end + 1) if more and end is not None
-                    else Locate(gap.lo))  # fmt: skip
     if verdict is not None:
         return Page([], verdict, Locate(gap.lo))
-    last = page[-1]
     rows = [Row(r.first_id, r.last_id, r.price, r.time_ms) for r in page]
-    return Page(rows, None, Cursor(last.last_id + 1, last) if last.last_id < gap.hi else None)
+    return Page(rows, None, next_hint(page, gap))
 
 
 def trades_to_rows(trades: Iterable[HistoricalTrade]) -> list[Row]:
@@ -218,6 +229,16 @@ def check_trades(trades: Sequence[HistoricalTrade], gap: Gap) -> str | None:
     return None
 
 
+def retry_delay(failures: int) -> float:
+    """Seconds before a symbol whose last ``failures`` attempts in a row failed (a refused
+    page, an error) is tried again: 1, 2, 4, ... up to a minute. Pure.
+
+    >>> [retry_delay(n) for n in (1, 2, 3, 10)]
+    [1.0, 2.0, 4.0, 60.0]
+    """
+    return min(MAX_RETRY_DELAY, 2.0 ** (failures - 1))
+
+
 # -- the worker ------------------------------------------------------------------------------------
 
 
@@ -233,6 +254,7 @@ class BackfillStats:
         self.errors = 0
         self.rejected: Counter[str] = Counter()  # pages refused, by kind
         self.sweeps = 0  # latest-trade-id checks after reconnects
+        self.unqueued = 0  # symbols with gaps the audit found nobody had queued
         self.last_filled_at: float | None = None  # wall clock of the last trade recovered
 
     def add(self, **counts: int) -> None:
@@ -251,6 +273,7 @@ class BackfillStats:
                 "errors": self.errors,
                 "rejected": dict(self.rejected),
                 "sweeps": self.sweeps,
+                "unqueued": self.unqueued,
                 "last_filled_at": self.last_filled_at,
             }
 
@@ -259,7 +282,17 @@ class Backfill:
     """The backfill: a queue of symbols with gaps, and workers that fill them.
 
     ``notify`` and ``sweep`` from any thread; ``run`` is the body of each worker thread (the
-    owner starts ``backfill_workers`` of them); ``stop`` ends them all.
+    owner starts ``backfill_workers`` of them), one :meth:`run_once` after another; ``stop``
+    ends them all.
+
+    *Nothing left unserved.* A symbol with gaps is queued when a reader sees the jump, when a
+    ticker sweep finds trades missed, when the service starts with gaps restored from the
+    store (the owner notifies them), and again by its worker while gaps remain. As a last line,
+    an idle worker audits the table every :data:`AUDIT_INTERVAL` seconds and queues any symbol
+    with gaps that nothing queued (counted in ``unqueued``: a path that forgot to notify).
+    A refused page or a failed call puts the symbol back with a growing delay
+    (:func:`retry_delay`), never at once; an unexpected exception is logged, counted in
+    ``errors`` (:class:`~medianserv.logs.ThreadErrors`) and treated the same way.
     """
 
     def __init__(
@@ -269,11 +302,13 @@ class Backfill:
         table: Callable[[], SymbolTable],
         *,
         clock: Callable[[], float] = time.monotonic,
+        errors: ThreadErrors | None = None,
     ) -> None:
         self.config = config
         self.rest = rest
         self.table = table  # the current table: delisted symbols are not backfilled
         self.clock = clock
+        self.errors = errors or ThreadErrors(log)
         self.stats = BackfillStats()
         self.stopping = threading.Event()  # set by stop(): every worker returns
         self.ceiling = config.rest_weight_limit * config.backfill_weight_share
@@ -281,12 +316,17 @@ class Backfill:
         self._waiting: list[tuple[float, int, str]] = []  # heap: (due time, seq, symbol)
         self._ready: list[tuple[int, int, str]] = []  # heap: (missing trades, seq, symbol)
         self._state: dict[str, str] = {}  # symbol -> "waiting", "ready", "busy" or "again"
-        # symbol -> how to continue its lowest gap; touched only by the worker holding the symbol
+        # symbol -> how to continue its lowest gap, and its failures in a row; touched only by
+        # the worker holding the symbol ("busy" is exclusive)
         self._hints: dict[str, Hint] = {}
+        self._failures: dict[str, int] = {}
         self._seq = itertools.count()
         self._sweep: set[str] = set()  # symbols whose latest trade id must be checked
         self._sweep_due = 0.0
         self._sweeping = False
+        self._sweep_failures = 0
+        self._audit_due = 0.0
+        self._weight_wait_until = 0.0  # a worker waits for REST weight until then
         self._rlog = RateLimitedLog(log)
 
     # -- the queue (any thread) -----------------------------------------------------------------
@@ -315,6 +355,11 @@ class Backfill:
             self._sweep.update(symbols)
             self._lock.notify()
 
+    def queued(self, symbol: str) -> bool:
+        """Whether ``symbol`` is queued, being filled, or waits for a ticker check. O(1)."""
+        with self._lock:
+            return symbol in self._state or symbol in self._sweep
+
     def pending(self) -> int:
         """Symbols queued or being filled. O(1)."""
         with self._lock:
@@ -326,14 +371,28 @@ class Backfill:
         with self._lock:
             return len(self._sweep) or int(self._sweeping)
 
+    def next_attempt_in(self) -> float | None:
+        """Seconds until the backfill next sends a request (None with nothing to do): 0 while
+        it works, the REST weight's wait when it has none left, else the earliest due time.
+        O(1)."""
+        now = self.clock()
+        with self._lock:
+            if not self._state:
+                return None
+            if self._weight_wait_until > now:
+                return self._weight_wait_until - now
+            if self._ready or any(s in ("busy", "again") for s in self._state.values()):
+                return 0.0
+            return max(0.0, self._waiting[0][0] - now) if self._waiting else 0.0
+
     def stop(self) -> None:
         self.stopping.set()
         with self._lock:
             self._lock.notify_all()
 
-    def _take(self) -> str | None:
-        """The ready symbol with the fewest missing trades (waiting up to a second for one);
-        None if there is none, or a sweep is due. Marks it busy."""
+    def _take(self, block: bool = True) -> str | None:
+        """The ready symbol with the fewest missing trades (with ``block``, waiting up to a
+        second for one); None if there is none, or a sweep is due. Marks it busy."""
         with self._lock:
             now = self.clock()
             while self._waiting and self._waiting[0][0] <= now:
@@ -349,7 +408,7 @@ class Backfill:
                 wait = min(wait, self._waiting[0][0] - now)
             if self._sweep and not self._sweeping:
                 wait = min(wait, self._sweep_due - now)
-            if wait > 0:
+            if block and wait > 0:
                 self._lock.wait(wait)
             return None
 
@@ -364,46 +423,99 @@ class Backfill:
         if more or again:
             self.notify(symbol, delay)
 
+    def audit(self, force: bool = False) -> int:
+        """Queue every listed symbol with gaps that is not queued (at most once every
+        :data:`AUDIT_INTERVAL` seconds unless ``force``). Returns how many it queued: 0 unless
+        some path forgot to notify, which is counted and logged. O(symbols)."""
+        now = self.clock()
+        with self._lock:
+            if not force and now < self._audit_due:
+                return 0
+            self._audit_due = now + AUDIT_INTERVAL
+        found = 0
+        for symbol, stats in self.table().items():
+            if stats.missing() and not self.queued(symbol):
+                found += 1
+                self.notify(symbol, 0.0)
+        if found:
+            self.stats.add(unqueued=found)
+            self._rlog.warning("unqueued", "backfill: %d symbol(s) had gaps nobody had queued; "
+                               "queued now", found)  # fmt: skip
+        return found
+
     # -- the worker loop --------------------------------------------------------------------------
 
     def run(self) -> None:
-        """One worker: sweep when due, fill gaps until :meth:`stop`."""
-        errors = backoff(1.0, 60.0)
+        """One worker: :meth:`run_once` until :meth:`stop`."""
         try:
             while not self.stopping.is_set():
-                try:
-                    self._maybe_sweep()
-                except RateLimited as exc:
-                    self._rate_limited(exc)
-                    continue
-                except RestError as exc:
-                    self.stats.add(errors=1)
-                    self._rlog.warning("sweep", "latest trade ids unavailable (%s); retrying", exc)
-                    with self._lock:
-                        self._sweep_due = self.clock() + next(errors)
-                symbol = self._take()
-                if symbol is None:
-                    continue
-                more, delay = True, 0.0
-                try:
-                    more = self._step(symbol)
-                    errors = backoff(1.0, 60.0)
-                except RateLimited as exc:
-                    delay = exc.retry_after
-                    self._rate_limited(exc)
-                except RestError as exc:
-                    self.stats.add(errors=1)
-                    delay = next(errors)
-                    self._rlog.warning("rest", "backfill of %s failed (%s); retrying", symbol, exc)
-                finally:
-                    self._release(symbol, more, delay)
+                self.run_once()
         finally:
             self.rest.close()
+
+    def run_once(self, block: bool = True) -> str | None:
+        """One turn of a worker: the ticker check when due, then one request for the symbol
+        with the fewest missing trades, or, with nothing ready, an audit. Whatever happens,
+        the symbol goes back to the queue (with a delay after a failure) while it has gaps.
+        Returns the symbol worked on. ``block``: wait up to a second for work (threads do;
+        tests drive it step by step)."""
+        self._sweep_if_due()
+        symbol = self._take(block)
+        if symbol is None:
+            self.audit()
+            return None
+        more, delay = True, 0.0
+        try:
+            more, delay = self._step(symbol)
+        except RateLimited as exc:
+            delay = exc.retry_after
+            self._rate_limited(exc)
+        except RestError as exc:
+            self.stats.add(errors=1)
+            delay = self._failed(symbol)
+            self._rlog.warning("rest", "backfill of %s failed (%s); retrying in %.0f s", symbol,
+                               exc, delay)  # fmt: skip
+        except Exception as exc:
+            self.stats.add(errors=1)
+            delay = self._failed(symbol)
+            self.errors.record("backfill", exc, f"filling {symbol}")
+        finally:
+            self._release(symbol, more, delay)
+        return symbol
+
+    def _failed(self, symbol: str) -> float:
+        """One more failure in a row for ``symbol``: the delay before its next attempt."""
+        n = self._failures[symbol] = self._failures.get(symbol, 0) + 1
+        return retry_delay(n)
 
     def _rate_limited(self, exc: RateLimited) -> None:
         self.stats.add(rate_limited=1)
         self._rlog.warning("429", "backfill: Binance says %s; pausing", exc)
         self.stopping.wait(exc.retry_after)
+
+    def _sweep_if_due(self) -> None:
+        try:
+            self._maybe_sweep()
+            self._sweep_failures = 0
+        except RateLimited as exc:
+            self._rate_limited(exc)
+            self._sweep_later()
+        except RestError as exc:
+            self.stats.add(errors=1)
+            delay = self._sweep_later()
+            self._rlog.warning("sweep", "latest trade ids unavailable (%s); retrying in %.0f s",
+                               exc, delay)  # fmt: skip
+        except Exception as exc:
+            self.stats.add(errors=1)
+            self._sweep_later()
+            self.errors.record("backfill", exc, "checking the latest trade ids")
+
+    def _sweep_later(self) -> float:
+        self._sweep_failures += 1
+        delay = retry_delay(self._sweep_failures)
+        with self._lock:
+            self._sweep_due = self.clock() + delay
+        return delay
 
     def _maybe_sweep(self) -> None:
         with self._lock:
@@ -428,22 +540,23 @@ class Backfill:
             with self._lock:
                 self._sweeping = False
 
-    def _step(self, symbol: str) -> bool:
-        """One request for the lowest gap of ``symbol``. True if gaps remain."""
+    def _step(self, symbol: str) -> tuple[bool, float]:
+        """One request for the lowest gap of ``symbol``: (gaps remain, delay before the next
+        attempt)."""
         stats = self.table().get(symbol)
         if stats is None:
-            return False
+            return False, 0.0
         gap = stats.oldest_gap()
         if gap is None:
-            return False
+            return False, 0.0
         if gap.hi - gap.lo + 1 > self.config.backfill_max_trades:
             self.stats.add(lost=stats.give_up(gap.lo, gap.hi))
             log.warning("backfill: gap of %d trades in %s is over the cap; counted lost",
                         gap.hi - gap.lo + 1, symbol)  # fmt: skip
-            return stats.oldest_gap() is not None
+            return stats.oldest_gap() is not None, 0.0
         request = plan(gap, self._hints.get(symbol), self.config.backfill_endpoint)
-        if not self.rest.acquire(request.endpoint, self.ceiling, self.stopping):
-            return True
+        if not self._acquire(request.endpoint):
+            return True, 0.0
         with self.stats.lock:
             self.stats.requests[request.endpoint] += 1
         try:
@@ -460,15 +573,32 @@ class Backfill:
             self._hints[symbol] = page.hint
         if page.verdict not in (None, "empty", "late"):
             self._refuse(symbol, gap, page.verdict, detail)
-        elif page.rows:
+            return True, self._failed(symbol)
+        self._failures.pop(symbol, None)
+        if page.rows:
             first = page.rows[0].first_id
             if request.endpoint == "historicalTrades" and first > gap.lo:
                 # Binance no longer has these ids
                 self.stats.add(lost=stats.give_up(gap.lo, min(gap.hi, first - 1)))
-            self._applied(stats.apply_rows(page.rows))
+            # from the gap up only: below it every id is counted, or history to import
+            rows = [r._replace(first_id=max(r.first_id, gap.lo)) for r in page.rows
+                    if r.last_id >= gap.lo]  # fmt: skip
+            self._applied(stats.apply_rows(rows))
         elif request.endpoint == "historicalTrades":  # no trade at all from the gap on
             self.stats.add(lost=stats.give_up(gap.lo, gap.hi))
-        return stats.oldest_gap() is not None
+        return stats.oldest_gap() is not None, 0.0
+
+    def _acquire(self, endpoint: str) -> bool:
+        """Wait for REST weight for one call to ``endpoint``, saying meanwhile until when."""
+        wait = self.rest.room(endpoint, self.ceiling)
+        if wait > 0:
+            with self._lock:
+                self._weight_wait_until = max(self._weight_wait_until, self.clock() + wait)
+        ok = self.rest.acquire(endpoint, self.ceiling, self.stopping)
+        if wait > 0:
+            with self._lock:
+                self._weight_wait_until = 0.0
+        return ok
 
     def _applied(self, n: int) -> None:
         if n:

@@ -218,6 +218,16 @@ class RestClient:
             stop.wait(min(delay, 1.0))
         return False
 
+    def room(self, endpoint: str, ceiling: float) -> float:
+        """Seconds until a call to ``endpoint`` fits under ``ceiling`` (0: now), as far as we
+        know now; nothing is reserved. O(1)."""
+        with self._lock:
+            now = self.clock()
+            budget = self.budget
+            if now >= budget.blocked_until and budget.used(now) + WEIGHTS[endpoint] <= ceiling:
+                return 0.0
+            return budget.wait_time(now)
+
     def spent(self) -> dict[str, tuple[int, int]]:
         """(requests, weight) by endpoint since start, every endpoint we call listed."""
         with self._lock:

@@ -10,13 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from medianserv.backfill import (
-    HOUR_MS,
     Cursor,
     Locate,
     Request,
-    Window,
     check_page,
     check_trades,
+    next_hint,
     plan,
 )
 from medianserv.errors import InputError
@@ -31,7 +30,7 @@ from medianserv.exchange import (
 )
 from medianserv.pacing import SlidingWindow, backoff
 from medianserv.streams import plan_connections, stream_batches
-from medianserv.symbols import Gap, Outcome, TradeIds
+from medianserv.symbols import Gap
 
 names = st.lists(st.text("abcdefgh", min_size=1, max_size=4), unique=True, max_size=60)
 
@@ -86,40 +85,6 @@ def test_sliding_window_limit() -> None:
     assert len(accepted) == 300
 
 
-@given(st.integers(0, 50), st.integers(0, 50), st.lists(st.integers(0, 120), max_size=40),
-       st.integers(-1, 150))  # fmt: skip
-def test_baseline_and_sweep_against_an_oracle(
-    base: int, extra: int, live: list[int], last: int
-) -> None:
-    """Trades after the baseline are ours; a sweep turns every unseen one into a gap."""
-    ids = TradeIds()
-    ids.baseline(base)
-    applied: set[int] = set()
-    for t in live:
-        out = ids.observe(t)
-        assert (out is not Outcome.DUPLICATE) == (t > base and t not in applied)
-        if t > base:
-            applied.add(t)
-    top = max([base, *applied])
-    ids.sweep(0, last)
-    top = max(top, last)
-    assert ids.last == top and ids.first == base + 1
-    assert {i for g in ids.gaps for i in range(g.lo, g.hi + 1)} == set(
-        range(base + 1, top + 1)
-    ) - applied
-
-
-def test_quiet_symbol_claims_every_ticker_trade() -> None:
-    ids = TradeIds()
-    ids.baseline(-1)  # no trade in the 24 h before we subscribed
-    assert ids.quiet and ids.last is None
-    assert ids.observe(105) is Outcome.APPLIED
-    assert ids.sweep(100, 107) == 7  # 100..104 and 106..107 happened after we subscribed
-    assert [(g.lo, g.hi) for g in ids.gaps] == [(100, 104), (106, 107)] and ids.first == 100
-    assert ids.observe(101) is Outcome.FILLED
-    assert ids.sweep(103, 107) == 0 and not ids.quiet  # the window moved past our start
-
-
 def test_exchange_parsers() -> None:
     assert parse_exchange_info(
         {"symbols": [{"symbol": "A"}, {"symbol": "B", "status": "BREAK"}]}
@@ -171,18 +136,30 @@ def agg(a: int, f: int, last: int, price: int = 5, t: int = 100) -> AggTrade:
 def test_plan_finds_a_gap_by_time_then_follows_the_cursor() -> None:
     gap = Gap(100, 200, after_ms=1_000, before_ms=5_000, price_before=5, price_after=6)
     assert plan(gap, None) == Request("aggTrades", start_ms=1_000, end_ms=5_000)
-    long = gap._replace(before_ms=1_000 + 3 * HOUR_MS)  # first window: one hour at most
-    assert plan(long, None) == Request("aggTrades", start_ms=1_000, end_ms=1_000 + HOUR_MS - 1)
-    assert plan(long, Window(100, 1_000 + HOUR_MS)).start_ms == 1_000 + HOUR_MS
+    days = gap._replace(before_ms=1_000 + 3 * 86_400_000)  # no limit on the span since 2022-12
+    assert plan(days, None) == Request("aggTrades", start_ms=1_000, end_ms=days.before_ms)
+    assert plan(gap._replace(before_ms=None), None) == Request("aggTrades", start_ms=1_000)
     row = agg(40, 90, 99)
     assert plan(gap, Cursor(100, row)) == Request("aggTrades", from_id=40)
     assert plan(gap, Cursor(101, row)).start_ms == 1_000  # a stale cursor is ignored
-    # aggregates cannot serve: no time bound, days wide, or a hint to locate
+    # aggregates cannot serve: no lower time bound, or a hint to locate
     historical = Request("historicalTrades", 100, limit=101)
     assert plan(gap._replace(after_ms=None), None) == historical
-    assert plan(gap._replace(before_ms=1_000 + 7 * HOUR_MS), None) == historical
     assert plan(gap, Locate(100)) == historical
     assert plan(gap, None, endpoint="historicalTrades") == historical
+
+
+def test_the_cursor_follows_the_gap_not_the_page() -> None:
+    """A page that ends below the gap (more aggregates in the millisecond before it than a
+    page holds) is continued from its last row; one that reaches into the gap, from where the
+    gap starts after it; one that covers the gap ends the chase."""
+    gap = Gap(100, 200, after_ms=1_000)
+    below = [agg(1, 10, 19), agg(2, 20, 29)]
+    assert next_hint(below, gap) == Cursor(100, below[1])
+    assert plan(gap, next_hint(below, gap)) == Request("aggTrades", from_id=2)
+    into = [agg(3, 90, 99), agg(4, 100, 120)]
+    assert next_hint(into, gap) == Cursor(121, into[1])
+    assert next_hint([agg(5, 100, 200)], gap) is None
 
 
 def test_check_page_refuses_pages_that_do_not_fit() -> None:

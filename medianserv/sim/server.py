@@ -909,8 +909,9 @@ class Simulator:
         return 200, [t.rest_json() for t in trades]
 
     def _agg_trades(self, params: dict[str, str]) -> tuple[int, Any]:
-        """Aggregate trades with Binance's parameters and errors: ``fromId``, or
-        ``startTime``/``endTime`` at most an hour apart (-1127), never both (-1128)."""
+        """Aggregate trades with Binance's parameters and errors: ``fromId``, or ``startTime``
+        and/or ``endTime`` (inclusive; no limit on their span since 2022-12-05), never both
+        kinds (-1128)."""
         symbol = params.get("symbol")
         if not symbol:
             return 400, {"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent."}
@@ -926,12 +927,10 @@ class Simulator:
             return 400, {"code": -1100, "msg": "Illegal value for parameter 'limit'."}
         if from_id is not None and (start is not None or end is not None):
             return 400, {"code": -1128, "msg": "Combination of optional parameters invalid."}
-        if start is not None and end is None:
-            end = start + HOUR_MS
-        elif end is not None and start is None:
-            start = end - HOUR_MS
-        if start is not None and end is not None and end - start > HOUR_MS:
-            return 400, {"code": -1127, "msg": "More than 1 hours between startTime and endTime."}
+        if start is not None and end is not None and end < start:
+            return 200, []  # an empty window
+        if end is not None and start is None:
+            start = 0
         with self.hub_lock:
             rows = self.market.aggregates(symbol, from_id, start, end, limit)
         if rows is None:
