@@ -54,6 +54,7 @@ __all__ = [
     "monthly_file",
     "parse_checksum",
     "plan",
+    "pool_process_init",
     "reduce_csv",
 ]
 
@@ -171,18 +172,22 @@ def parse_checksum(text: bytes, name: str) -> str:
 
 @dataclass
 class Reduced:
-    """A file reduced to its distinct prices and trade counts, with its bounds."""
+    """A file reduced to its distinct prices and trade counts, with its bounds: the ids it
+    counts, ``first_id..last_id``, are those of the file within the cut it was asked for."""
 
     file: ArchiveFile
-    levels: np.ndarray[Any, Any]  # int64 prices (1e-8 units), ascending, distinct
+    levels: np.ndarray[Any, Any]  # uint64 prices (1e-8 units), ascending, distinct
     counts: np.ndarray[Any, Any]  # int64 trades at each price
-    first_id: int  # first trade id of the file
-    last_id: int  # last trade id of the file
-    first_agg: int | None  # first aggregate id (aggTrades files)
-    last_row: tuple[int, int, int, int, int]  # (agg id, first id, last id, price, time ms)
+    first_id: int  # first trade id counted
+    last_id: int  # last trade id counted
+    first_agg: int | None  # first aggregate id counted (aggTrades files)
+    last_row: tuple[int, int, int, int, int]  # last row counted: (agg id, first id, last id,
+    #                                           price, time ms), whole as the file has it
     rows: int
     zip_bytes: int
     csv_bytes: int
+    file_first_id: int = 0  # first trade id of the whole file
+    file_last_id: int = 0  # last trade id of the whole file
 
     @property
     def trades(self) -> int:
@@ -207,13 +212,18 @@ _TRADES = ("f", "p", "q", "qq", "T", "m", "M")
 
 
 def reduce_csv(
-    stream: IO[bytes], file: ArchiveFile, cut: int = 0, block_size: int = 1 << 24
+    stream: IO[bytes],
+    file: ArchiveFile,
+    cut: int = 0,
+    top: int | None = None,
+    block_size: int = 1 << 24,
 ) -> Reduced:
     """Parse one archive CSV (aggTrades or trades) and reduce it to (price, count) pairs,
-    checking every row (see the module's docstring), counting only trade ids from ``cut`` on
-    (the rest was applied already). Raises ValueError with a reason prefix (``format:``,
-    ``empty:``, ``bad_price:``, ``order:``, ``period:``) when the file cannot be used.
-    O(rows); memory O(block size + distinct prices)."""
+    checking every row (see the module's docstring), counting only trade ids from ``cut`` to
+    ``top`` (the rest was applied already, or is not history). Raises ValueError with a
+    reason prefix (``format:``, ``empty:``, ``bad_price:``, ``order:``, ``period:``) when the
+    file cannot be used, or has no trade within the cut. O(rows); memory O(block size +
+    distinct prices)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -237,10 +247,13 @@ def reduce_csv(
         parse_options=pcsv.ParseOptions(quote_char=False, double_quote=False),
         convert_options=pcsv.ConvertOptions(column_types=types, include_columns=wanted),
     )
+    top_id = (1 << 63) - 1 if top is None else top
     level_parts: list[Any] = []
     count_parts: list[Any] = []
     prev: tuple[int, int, int] | None = None  # (agg id, last id, time) of the previous row
-    first: tuple[int, int | None] | None = None
+    file_first: int | None = None  # first trade id of the file
+    first: tuple[int, int | None] | None = None  # first trade id and aggregate counted
+    last_counted: int | None = None
     rows = 0
     last_row = (0, 0, 0, 0, 0)
     start, end = file.start_ms, file.end_ms
@@ -261,11 +274,12 @@ def reduce_csv(
         if text.null_count or not pc.all(pc.match_substring_regex(text, _PRICE)).as_py():
             raise ValueError("bad_price: a price that is not a plain decimal")
         prices = pc.cast(text, pa.decimal128(20, 8))
-        # a decimal128 is its unscaled integer (here: 1e-8 units), low 64 bits first
-        words = np.frombuffer(prices.buffers()[1], dtype=np.int64)[2 * prices.offset :]
+        # a decimal128 is its unscaled integer (here: 1e-8 units), low 64 bits first; the
+        # regex keeps it non-negative and under 10^19, so the low word alone holds it
+        words = np.frombuffer(prices.buffers()[1], dtype=np.uint64)[2 * prices.offset :]
         units, high = words[0 : 2 * n : 2], words[1 : 2 * n : 2]
-        if np.any(high != 0) or np.any(units < 0) or np.any(units > MAX_UNITS):
-            raise ValueError("bad_price: a negative price, or one too large")
+        if np.any(high != 0) or np.any(units > MAX_UNITS):
+            raise ValueError("bad_price: a price too large")
         f = batch.column("f").to_numpy()
         t = batch.column("T").to_numpy()
         if file.kind == "aggTrades":
@@ -284,32 +298,41 @@ def reduce_csv(
             raise ValueError("order: trade ids do not tile across blocks")
         if t[0] < start or t[-1] >= end:
             raise ValueError(f"period: times outside {file.first_day}..{file.last_day}")
+        if file_first is None:
+            file_first = int(f[0])
         prev = (int(a[-1]), int(last[-1]), int(t[-1]))
-        last_row = (int(a[-1]), int(f[-1]), int(last[-1]), int(units[-1]), int(t[-1]))
         rows += n
-        if cut > f[0]:  # ids below the cut were applied already: count from it
-            keep = last >= cut
-            units, f, last, a = units[keep], np.maximum(f[keep], cut), last[keep], a[keep]
+        clip = cut > f[0] or last[-1] > top_id  # count only ids within cut..top
+        if clip:
+            keep = (last >= cut) & (f <= top_id)
+            units, f, last, a, t = units[keep], f[keep], last[keep], a[keep], t[keep]
             if not len(units):
                 continue
+        last_row = (int(a[-1]), int(f[-1]), int(last[-1]), int(units[-1]), int(t[-1]))
+        if clip:
+            f, last = np.maximum(f, cut), np.minimum(last, top_id)
         if first is None:
             first = (int(f[0]), int(a[0]) if file.kind == "aggTrades" else None)
+        last_counted = int(last[-1])
         counts = pa.array(last - f + 1)
         grouped = (
             pa.table({"p": pa.array(units), "c": counts}).group_by("p").aggregate([("c", "sum")])
         )
         level_parts.append(grouped.column("p"))
         count_parts.append(grouped.column("c_sum"))
-    if first is None or prev is None:
+    if prev is None or file_first is None:
         raise ValueError("empty: no rows")
+    if first is None or last_counted is None:
+        raise ValueError("empty: no trade within the ids asked for")
     table = pa.table({"p": pa.chunked_array(level_parts), "c": pa.chunked_array(count_parts)})
     merged = table.group_by("p").aggregate([("c", "sum")])
     order = pc.sort_indices(merged, sort_keys=[("p", "ascending")])
-    levels = merged.column("p").take(order).to_numpy().astype(np.int64)
+    levels = merged.column("p").take(order).to_numpy().astype(np.uint64)
     totals = merged.column("c_sum").take(order).to_numpy().astype(np.int64)
-    if int(totals.sum()) != prev[1] - first[0] + 1:
+    if int(totals.sum()) != last_counted - first[0] + 1:
         raise ValueError("order: counts do not add up to the ids")
-    return Reduced(file, levels, totals, first[0], prev[1], first[1], last_row, rows, 0, 0)
+    return Reduced(file, levels, totals, first[0], last_counted, first[1], last_row, rows, 0, 0,
+                   file_first, prev[1])  # fmt: skip
 
 
 class _Prefixed(io.RawIOBase):
@@ -353,11 +376,12 @@ def _get(url: str, timeout: float, sink: IO[bytes] | None = None) -> tuple[bytes
 
 
 def fetch_and_reduce(
-    base_url: str, file: ArchiveFile, cut: int = 0, timeout: float = 60.0
+    base_url: str, file: ArchiveFile, cut: int = 0, top: int | None = None, timeout: float = 60.0
 ) -> Reduced | Refused:
-    """Download ``file`` and its CHECKSUM from ``base_url``, verify, reduce. Never raises for
-    anything the network or the file can do: the answer is then a :class:`Refused`. Runs in a
-    pool process (all arguments and results pickle)."""
+    """Download ``file`` and its CHECKSUM from ``base_url``, verify, reduce (counting only
+    trade ids ``cut..top``). Never raises for anything the network or the file can do: the
+    answer is then a :class:`Refused`. Runs in a pool process (all arguments and results
+    pickle)."""
     url = f"{base_url.rstrip('/')}/{file.path}"
     try:
         checksum, _ = _get(url + ".CHECKSUM", timeout)
@@ -377,7 +401,7 @@ def fetch_and_reduce(
                     return Refused(file, "wrong_file", f"the zip holds {names[:3]}")
                 with archive.open(names[0]) as csv:
                     counter = _Counting(csv)
-                    reduced = reduce_csv(counter, file, cut)  # type: ignore[arg-type]
+                    reduced = reduce_csv(counter, file, cut, top)  # type: ignore[arg-type]
             reduced.zip_bytes, reduced.csv_bytes = size, counter.count
             return reduced
     except urllib.error.HTTPError as exc:
@@ -410,3 +434,21 @@ def warm_up() -> None:
     """Load what reducing needs (a pool process calls it once, before any file)."""
     import pyarrow.compute
     import pyarrow.csv  # noqa: F401
+
+
+def pool_process_init(parent_pid: int) -> None:
+    """Run once in each pool process: load what reducing needs, and exit as soon as the
+    service's process (``parent_pid``) is gone, however it went (a SIGKILL of it alone does
+    not reach its pool). A thread polls the parent every 0.2 s, so a pool outlives its
+    service by well under a second."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    warm_up()

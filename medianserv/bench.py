@@ -762,6 +762,22 @@ def _until_complete(
     return None
 
 
+def _until_exact(
+    svc: _ServiceProcess, sim: _SimProcess, since: float, timeout: float
+) -> float | None:
+    """Seconds from ``since`` until every symbol equals the truth (the simulator paused);
+    None on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _compare(svc, sim) == (0, 0):
+                return time.monotonic() - since
+        except OSError:
+            pass  # the API is not up yet
+        time.sleep(0.5)
+    return None
+
+
 def _rest_spent(svc: _ServiceProcess) -> dict[str, tuple[float, float]]:
     calls = svc.metric("rest_requests_total")
     weight = svc.metric("rest_weight_total")
@@ -816,7 +832,9 @@ def bench_recovery(
     1. the fault sequence: a drop, a 3 s refusal with a drop, a 3 s stall, a serverShutdown
        and a lifetime expiry, 10 s apart; seconds from the last fault until no trade is
        known missing, REST calls and weight by endpoint;
-    2. ``kills`` times SIGKILL and an immediate restart: seconds from each restart;
+    2. ``kills`` times SIGKILL at a random moment, 2-4 s down while the market trades, a
+       restart (the market then paused): seconds from each restart until every symbol is
+       exact against the truth;
     3. (``down_seconds`` > 0) a clean stop, ``down_seconds`` of trading at ``down_tps``, a
        restart: seconds until exact, against the floor the weight budget sets (the weight of
        the calls made, over the weight per minute the share allows).
@@ -856,13 +874,19 @@ def bench_recovery(
                 rows += _check_rows(f"{tag} faults", svc, sim)
                 sim.control("resume")
 
+                rnd = random.Random(7)
                 for k in range(kills):
-                    time.sleep(10.0)
+                    time.sleep(rnd.uniform(5.0, 15.0))  # a random moment
                     svc.stop(9)
+                    down = rnd.uniform(2.0, 4.0)
+                    time.sleep(down)  # down while the market trades
+                    sim.control("pause")  # so that "exact" has one meaning
                     svc = _ServiceProcess(sim, Path(tmp), flags)
-                    took = _until_complete(svc, svc.started, timeout)
-                    rows.append(Row(f"{tag} kill {k + 1}: seconds from restart to complete",
-                                    -1 if took is None else took, "s"))  # fmt: skip
+                    took = _until_exact(svc, sim, svc.started, timeout)
+                    rows.append(Row(f"{tag} kill {k + 1} ({down:.1f} s down): seconds from "
+                                    "restart to every symbol exact", -1 if took is None else took,
+                                    "s"))  # fmt: skip
+                    sim.control("resume")
                 rows += _check_rows(f"{tag} kills", svc, sim)
 
                 if down_seconds > 0:

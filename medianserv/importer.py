@@ -2,27 +2,38 @@
 
 Theory of operation
 -------------------
-A symbol's history is the trade ids before our live history began: the *front*
-(:meth:`~medianserv.symbols.TradeIds.start_history`), found with one call,
-``aggTrades?fromId=0&limit=1`` (the symbol's first trade). The front is filled from its bottom
-up, in order:
+A symbol's history is the trade ids before our live range began: the *front*
+(:meth:`~medianserv.tradeids.TradeIds.start_history`), found with one call,
+``aggTrades?fromId=0&limit=1`` (the symbol's first trade). The front is filled from its
+bottom up, in order:
 
 1. monthly archives for complete months, daily ones for the days since (a monthly file not
    published yet is replaced by that month's daily files), fetched, checked and reduced to
    (price, count) pairs by a pool of processes (:func:`~medianserv.archive.fetch_and_reduce`),
-   a few files ahead; each merged whole, in order, with
+   a few files ahead, each counting only the front's ids; each merged whole, in order, with
    :meth:`~medianserv.symbols.SymbolStats.apply_levels`;
 2. REST aggregates for what no archive holds yet (today's trades, a file refused twice, a
    hole between files), continuing from the last row of the last file, fetched again and
    compared, exactly as the gap backfill does (:func:`~medianserv.backfill.check_page`).
 
-Each file must start exactly where the front does: a file already applied (after a restart)
-is skipped, one that overlaps is reduced again from the front's start, one that leaves a hole
-waits for REST to fill it. Since what is applied and the front move together in one snapshot
-transaction, a restart (or SIGKILL) resumes where the last snapshot left off and never counts
-a file twice. A refused file (checksum, corrupt zip, bad price, ids out of order, another
-symbol's CSV) is counted and logged and its ``trades`` twin tried instead; a download that
-fails is retried with backoff.
+*Decide purely, act thinly.* What to do with a reduced file is :func:`decide_file`, a pure
+function of the front and the ids the file covers: skip it (imported already), apply it
+(it starts exactly at the front's bottom and ends within it), reduce it again counting only
+the front's ids (it reaches below the front, after a restart, or past its top, the day the
+live range began), or have REST fill the hole before it first. What to do with a file that
+could not be used is :func:`decide_refused`: try again later (the network), take other files
+for the same trades (a month not out yet: its days; a file failing a check: its ``trades``
+twin), or leave the stretch to REST. Since what is applied and the front move together in one
+snapshot transaction, a restart (or SIGKILL) resumes where the last snapshot left off and
+never counts a file twice.
+
+*Nothing left unserved.* Symbols wait in a queue ordered by when they are due. A symbol
+whose live range has not started (no ticker baseline: the tickers failed when it was listed)
+is given one from REST rather than waiting for a trade that may never come. Any failure of a
+symbol's import, an unexpected exception or a dead pool process included, is logged, counted,
+shows as ``failed`` and puts the symbol back with a growing delay; a dead pool is replaced.
+Pool processes watch the service's process and exit within a second of it going away, however
+it went (:func:`~medianserv.archive.pool_process_init`).
 
 The importer keeps to its own share of the REST weight (``history_weight_share``), below the
 backfill's, so live gaps always come first. A symbol listed while the service runs gets the
@@ -37,29 +48,198 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import datetime as dt
+import heapq
+import itertools
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .archive import ArchiveFile, Reduced, Refused, daily_files, fetch_and_reduce, plan
+from .archive import (
+    ArchiveFile,
+    Reduced,
+    Refused,
+    daily_files,
+    fetch_and_reduce,
+    plan,
+    pool_process_init,
+)
 from .backfill import Cursor, Hint, fetch_page
 from .backfill import plan as plan_request
 from .config import Config
 from .errors import InputError
 from .exchange import AggTrade, RateLimited, RestClient, RestError
-from .logs import RateLimitedLog
-from .pacing import backoff
+from .logs import RateLimitedLog, ThreadErrors
 from .symbols import SymbolStats, SymbolTable
+from .tradeids import Front
 
-__all__ = ["HistoryStats", "Importer"]
+__all__ = [
+    "Apply",
+    "FillFirst",
+    "HistoryStats",
+    "Importer",
+    "LeaveToRest",
+    "Recut",
+    "Replace",
+    "Retry",
+    "Skip",
+    "decide_file",
+    "decide_refused",
+    "retry_delay",
+]
 
 log = logging.getLogger(__name__)
 
 #: Attempts at a file whose download fails before its stretch is left to REST.
 NETWORK_ATTEMPTS = 4
+#: REST pages of history refused in a row before the symbol's import is retried later.
+REFUSED_PAGES = 3
+#: Longest wait before a symbol whose import keeps failing is tried again.
+MAX_RETRY_DELAY = 300.0
+
+
+# -- decisions (pure) ---------------------------------------------------------------------------
+
+
+class Skip(NamedTuple):
+    """Nothing to do with the file: its ids are imported already (or the front is done)."""
+
+    reason: str
+
+
+class Apply(NamedTuple):
+    """Merge the file: it starts exactly at the front's bottom and ends within it."""
+
+
+class Recut(NamedTuple):
+    """Reduce the file again counting only ids ``lo..hi`` (the front): it reaches below the
+    front (``below_front``: imported in part already) or past its top (``past_top``: the
+    live range began inside it)."""
+
+    lo: int
+    hi: int
+    reason: str
+
+
+class FillFirst(NamedTuple):
+    """A hole below the file: REST fills the front up to ``stop`` first, then decide again."""
+
+    stop: int
+
+
+FileDecision = Skip | Apply | Recut | FillFirst
+
+
+def decide_file(front: Front | None, first_id: int, last_id: int) -> FileDecision:
+    """What to do with a reduced file counting the ids ``first_id..last_id``. Pure, O(1).
+
+    >>> f = Front(100, 199)
+    >>> decide_file(f, 100, 150), decide_file(f, 20, 99), decide_file(f, 120, 150)
+    (Apply(), Skip(reason='applied'), FillFirst(stop=119))
+    >>> decide_file(f, 50, 150), decide_file(f, 100, 250)
+    (Recut(lo=100, hi=199, reason='below_front'), Recut(lo=100, hi=199, reason='past_top'))
+    """
+    if front is None:
+        return Skip("done")
+    if last_id < front.lo:
+        return Skip("applied")
+    if first_id > front.lo:
+        return FillFirst(min(first_id - 1, front.hi))
+    if first_id < front.lo:
+        return Recut(front.lo, front.hi, "below_front")
+    if last_id > front.hi:
+        return Recut(front.lo, front.hi, "past_top")
+    return Apply()
+
+
+class Retry(NamedTuple):
+    """Fetch the same file again after ``delay`` seconds."""
+
+    delay: float
+
+
+class Replace(NamedTuple):
+    """Take these files instead, for the same trades."""
+
+    files: tuple[ArchiveFile, ...]
+
+
+class LeaveToRest(NamedTuple):
+    """No archive serves this stretch: REST fills it (or nothing traded then)."""
+
+
+RefusedDecision = Retry | Replace | LeaveToRest
+
+
+def decide_refused(
+    file: ArchiveFile, reason: str, attempts: int, today: dt.date
+) -> RefusedDecision:
+    """What to do when ``file`` could not be used for ``reason`` (see
+    :class:`~medianserv.archive.Refused`), after ``attempts`` tries. Pure, O(days).
+
+    A monthly file not published yet is replaced by its days up to yesterday; a download
+    that failed is retried, with a growing delay, :data:`NETWORK_ATTEMPTS` times; an
+    aggTrades file that failed a check is replaced by its ``trades`` twin; anything else is
+    left to REST.
+
+    >>> from medianserv.archive import monthly_file
+    >>> m = monthly_file("X", 2024, 8)
+    >>> decide_refused(m, "checksum", 1, dt.date(2025, 1, 1)).files[0].name
+    'X-trades-2024-08'
+    >>> decide_refused(m, "network", 1, dt.date(2025, 1, 1))
+    Retry(delay=2.0)
+    >>> len(decide_refused(m, "missing", 1, dt.date(2024, 8, 10)).files)
+    9
+    """
+    if reason == "missing":
+        if file.monthly:  # not published yet: its days, those out by now
+            last = min(file.last_day, today - dt.timedelta(1))
+            return Replace(tuple(daily_files(file.symbol, file.first_day, last, file.kind)))
+        return LeaveToRest()
+    if reason == "empty":
+        return LeaveToRest()  # nothing traded then
+    if reason == "network":
+        return Retry(min(60.0, 2.0**attempts)) if attempts < NETWORK_ATTEMPTS else LeaveToRest()
+    if file.kind == "aggTrades":
+        return Replace((file.other_kind(),))
+    return LeaveToRest()
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before a symbol whose import failed ``failures`` times in a row is tried
+    again: 5, 10, 20, ... up to 5 minutes. Pure.
+
+    >>> [retry_delay(n) for n in (1, 2, 3, 10)]
+    [5.0, 10.0, 20.0, 300.0]
+    """
+    return min(MAX_RETRY_DELAY, 5.0 * 2.0 ** (failures - 1))
+
+
+class Done(NamedTuple):
+    """The symbol's history is complete (or there is none)."""
+
+
+class Gone(NamedTuple):
+    """The symbol was delisted meanwhile: nothing to import."""
+
+
+class Later(NamedTuple):
+    """Try the symbol again after ``delay`` seconds; ``failed`` when that is because of a
+    failure (shown as ``failed`` until the next attempt)."""
+
+    delay: float
+    failed: bool
+
+
+SymbolOutcome = Done | Gone | Later
+
+
+# -- the thread -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -74,6 +254,7 @@ class HistoryStats:
     trades: int = 0  # trades imported (archives and REST)
     rest_pages: int = 0
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    recut: collections.Counter[str] = field(default_factory=collections.Counter)
     complete: int = 0  # symbols whose history is complete
     failed: int = 0  # imports that failed and were put back in the queue
     started_at: float | None = None
@@ -94,29 +275,34 @@ class Importer:
         table: Callable[[], SymbolTable],
         *,
         clock: Callable[[], float] = time.time,
+        errors: ThreadErrors | None = None,
     ) -> None:
         self.config = config
         self.rest = rest
         self.table = table
         self.clock = clock
+        self.errors = errors or ThreadErrors(log)
         self.stats = HistoryStats()
         self.ceiling = config.rest_weight_limit * config.history_weight_share
         self.stopping = threading.Event()  # set by stop(): run() returns between steps
         self._lock = threading.Condition()  # guards the queue and the states; wakes run()
-        self._queue: collections.deque[str] = collections.deque()
+        self._queue: list[tuple[float, int, str]] = []  # heap: (due time, seq, symbol)
+        self._seq = itertools.count()
         self._state: dict[str, str] = {}  # symbol -> pending, importing, complete or failed
+        self._failures: dict[str, int] = {}  # symbol -> failed attempts in a row (run() only)
         self._pool: cf.ProcessPoolExecutor | None = None
         self._rlog = RateLimitedLog(log)
 
     # -- from any thread ------------------------------------------------------------------------
 
     def request(self, symbols: Iterable[str]) -> None:
-        """Import the history of ``symbols`` (those not done or queued already). O(n)."""
+        """Import the history of ``symbols`` (those not done or queued already). O(n log n)."""
+        now = self.clock()
         with self._lock:
             for symbol in symbols:
                 if symbol not in self._state:
                     self._state[symbol] = "pending"
-                    self._queue.append(symbol)
+                    heapq.heappush(self._queue, (now, next(self._seq), symbol))
             self._lock.notify()
 
     def status(self, symbol: str, complete: bool) -> str:
@@ -125,6 +311,11 @@ class Importer:
             return "complete"
         with self._lock:
             return self._state.get(symbol, "none")  # complete here: nothing traded before us
+
+    def queued(self, symbol: str) -> bool:
+        """Whether ``symbol``'s import is queued or under way (not complete). O(1)."""
+        with self._lock:
+            return self._state.get(symbol) in ("pending", "importing", "failed")
 
     def counts(self) -> dict[str, int]:
         """Symbols by state (for /-/status). O(symbols requested)."""
@@ -139,45 +330,73 @@ class Importer:
     # -- the thread -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Import until :meth:`stop`; one symbol at a time, files of several in flight."""
-        errors = backoff(5.0, 300.0)
+        """Import until :meth:`stop`: :meth:`run_once` again and again."""
         try:
             while not self.stopping.is_set():
-                with self._lock:
-                    if not self._queue:
-                        self._lock.wait(1.0)
-                        continue
-                    symbol = self._queue.popleft()
-                    self._state[symbol] = "importing"
-                if self.stats.started_at is None:
-                    self.stats.started_at = self.clock()
-                failed = False
-                try:
-                    done = self._import(symbol)
-                    errors = backoff(5.0, 300.0)
-                except RateLimited as exc:
-                    self._rlog.warning("429", "history: Binance says %s; pausing", exc)
-                    done = None
-                    self.stopping.wait(exc.retry_after)
-                except (RestError, InputError) as exc:
-                    self._rlog.warning("rest", "history of %s: %s; retrying later", symbol, exc)
-                    done, failed = None, True
-                    self.stats.add(failed=1)
-                    self.stopping.wait(next(errors))
-                with self._lock:
-                    if done is None:  # again later, after the others: "failed" until then
-                        self._state[symbol] = "failed" if failed else "pending"
-                        self._queue.append(symbol)
-                    elif done:
-                        self._state[symbol] = "complete"
-                    else:  # delisted meanwhile: nothing to import for it
-                        self._state.pop(symbol, None)
-                if done:
-                    self.stats.add(complete=1)
+                self.run_once()
         finally:
-            self._close_pool()
+            self.close_pool()
 
-    def _close_pool(self) -> None:
+    def run_once(self, block: bool = True) -> str | None:
+        """Import the symbol that is due (with ``block``, waiting up to a second for one) as
+        far as it goes, and queue it again if it is not done. Returns the symbol, or None."""
+        with self._lock:
+            now = self.clock()
+            if not self._queue or self._queue[0][0] > now:
+                if block:
+                    wait = self._queue[0][0] - now if self._queue else 1.0
+                    self._lock.wait(min(1.0, max(0.0, wait)))
+                return None
+            _, _, symbol = heapq.heappop(self._queue)
+            self._state[symbol] = "importing"
+        if self.stats.started_at is None:
+            self.stats.started_at = self.clock()
+        outcome = self._attempt(symbol)
+        self._settle(symbol, outcome)
+        return symbol
+
+    def _attempt(self, symbol: str) -> SymbolOutcome:
+        """One symbol's import, every failure turned into a :class:`Later`."""
+        try:
+            outcome = self._import(symbol)
+        except RateLimited as exc:
+            self._rlog.warning("429", "history: Binance says %s; pausing", exc)
+            return Later(exc.retry_after, False)
+        except (RestError, InputError) as exc:
+            delay = self._failed(symbol)
+            self._rlog.warning("rest", "history of %s: %s; retrying in %.0f s", symbol, exc,
+                               delay)  # fmt: skip
+            return Later(delay, True)
+        except BrokenProcessPool as exc:  # a pool process died (out of memory, killed)
+            self.close_pool()
+            self.errors.record("history", exc, f"importing {symbol} (the pool is replaced)")
+            return Later(self._failed(symbol), True)
+        except Exception as exc:
+            self.errors.record("history", exc, f"importing {symbol}")
+            return Later(self._failed(symbol), True)
+        if not isinstance(outcome, Later):
+            self._failures.pop(symbol, None)
+        return outcome
+
+    def _failed(self, symbol: str) -> float:
+        self.stats.add(failed=1)
+        n = self._failures[symbol] = self._failures.get(symbol, 0) + 1
+        return retry_delay(n)
+
+    def _settle(self, symbol: str, outcome: SymbolOutcome) -> None:
+        with self._lock:
+            if isinstance(outcome, Later):  # again later: "failed" until then if it failed
+                self._state[symbol] = "failed" if outcome.failed else "pending"
+                due = self.clock() + outcome.delay
+                heapq.heappush(self._queue, (due, next(self._seq), symbol))
+            elif isinstance(outcome, Done):
+                self._state[symbol] = "complete"
+            else:  # delisted meanwhile: nothing to import for it
+                self._state.pop(symbol, None)
+        if isinstance(outcome, Done):
+            self.stats.add(complete=1)
+
+    def close_pool(self) -> None:
         """Stop the pool at once: a file half downloaded is fetched again after a restart."""
         pool, self._pool = self._pool, None
         if pool is None:
@@ -192,51 +411,52 @@ class Importer:
             self._pool = cf.ProcessPoolExecutor(
                 max_workers=self.config.history_workers,
                 mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
+                initializer=pool_process_init,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
     def _today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self.clock(), dt.UTC).date()
 
-    def _import(self, symbol: str) -> bool | None:
-        """Import one symbol's history: True when complete, False when delisted, None when it
-        must wait (stopping, or its live history not started yet)."""
+    def _import(self, symbol: str) -> SymbolOutcome:
+        """Import one symbol's history as far as it goes."""
         stats = self.table().get(symbol)
         if stats is None:
-            return False  # delisted meanwhile
-        if stats.needs_baseline():
-            return None  # the listing baselines it first
+            return Gone()
+        if stats.damaged:
+            raise RuntimeError(f"{symbol}: an earlier merge broke off; a restart restores it")
         started, origin, complete = stats.history_info()
         if complete:
-            return True
-        if not started:  # a quiet symbol: everything up to its latest trade is history
+            return Done()
+        if not started:  # no baseline (quiet, or the tickers failed): start it from REST
             if not self._acquire():
-                return None
+                return Later(0.0, False)
             latest = self.rest.agg_trades(symbol, limit=1)
             if not latest:
-                return True  # no trade ever: nothing to import
+                return Done()  # no trade ever: nothing to import
             stats.adopt(latest[-1].last_id, latest[-1].time_ms)
         if origin is None:
             if not self._acquire():
-                return None
+                return Later(0.0, False)
             first = self.rest.agg_trades(symbol, from_id=0, limit=1)
             if not first:
-                return True
+                return Done()
             stats.start_history(first[0].first_id, first[0].time_ms)
         front = stats.front()
         if front is None:
-            return True
+            return Done()
         log.info("history of %s: trades %d..%d to import", symbol, front.lo, front.hi)
         ok, row = self._archives(symbol, stats)
         if not ok:
-            return None  # stopping
+            return Later(0.0, False)  # stopping
         front = stats.front()
         if front is not None and not self._rest_until(symbol, stats, row, front.hi):
-            return None
+            return Later(0.0, False)
         if stats.front() is not None:
-            return None
+            return Later(retry_delay(1), False)
         log.info("history of %s: complete from its first trade", symbol)
-        return True
+        return Done()
 
     def _acquire(self) -> bool:
         return self.rest.acquire("aggTrades", self.ceiling, self.stopping)
@@ -256,8 +476,14 @@ class Importer:
         base = self.config.archive_url
         ahead = max(2, 2 * self.config.history_workers)
 
-        def submit(file: ArchiveFile, cut: int) -> None:
-            futures[file] = self._pool_for().submit(fetch_and_reduce, base, file, cut)
+        def submit(file: ArchiveFile, lo: int, hi: int) -> None:
+            futures[file] = self._pool_for().submit(fetch_and_reduce, base, file, lo, hi)
+
+        def keep(file: ArchiveFile, result: Reduced) -> None:  # decide again, no new download
+            done: cf.Future[Reduced | Refused] = cf.Future()
+            done.set_result(result)
+            futures[file] = done
+            files.appendleft(file)
 
         try:
             while files:
@@ -268,7 +494,7 @@ class Importer:
                     break
                 for f in list(files)[:ahead]:  # keep the pool busy a few files ahead
                     if f not in futures:
-                        submit(f, front.lo)
+                        submit(f, front.lo, front.hi)
                 file = files[0]
                 try:
                     result = futures[file].result(timeout=1.0)
@@ -277,64 +503,81 @@ class Importer:
                 del futures[file]
                 files.popleft()
                 if isinstance(result, Refused):
-                    self._refused(symbol, result, files, attempts)
+                    attempts[file] += 1
+                    self._refused(symbol, result, files, attempts[file])
                     continue
-                if result.last_id < front.lo:
-                    continue  # applied before (a restart): never twice
-                if result.first_id < front.lo:  # overlaps what is applied: again, from the front
-                    files.appendleft(file)
-                    submit(file, front.lo)
+                self._count_cut(result)
+                decision = decide_file(stats.front(), result.first_id, result.last_id)
+                if isinstance(decision, Skip):
                     continue
-                if result.first_id > front.lo:  # a hole before it: REST fills it first
-                    if not self._rest_until(symbol, stats, row, result.first_id - 1):
+                if isinstance(decision, FillFirst):
+                    if not self._rest_until(symbol, stats, row, decision.stop):
                         return False, row
-                    front = stats.front()
-                    if front is None or front.lo != result.first_id:
-                        files.appendleft(file)  # reduced again against the new front
-                        continue
-                self._apply(symbol, stats, result)
+                    keep(file, result)
+                    continue
+                if isinstance(decision, Recut):
+                    log.debug("history of %s: %s reduced again for %d..%d (%s)", symbol,
+                              file.name, decision.lo, decision.hi, decision.reason)  # fmt: skip
+                    files.appendleft(file)
+                    submit(file, decision.lo, decision.hi)
+                    continue
+                if not self._apply(symbol, stats, result, files):
+                    keep(file, result)  # the front moved meanwhile: decide again
+                    continue
                 row = AggTrade(*result.last_row) if file.kind == "aggTrades" else None
         finally:
             for fut in futures.values():
                 fut.cancel()
         return True, row
 
+    def _count_cut(self, r: Reduced) -> None:
+        """Count a file that was reduced to part of itself, and why."""
+        reasons = []
+        if r.first_id > r.file_first_id:
+            reasons.append("below_front")
+        if r.last_id < r.file_last_id:
+            reasons.append("past_top")
+        if reasons:
+            with self.stats.lock:
+                self.stats.recut.update(reasons)
+
     def _refused(
         self,
         symbol: str,
         result: Refused,
         files: collections.deque[ArchiveFile],
-        attempts: collections.Counter[ArchiveFile],
+        attempts: int,
     ) -> None:
         file = result.file
-        if result.reason in ("missing", "empty"):
-            if file.monthly and result.reason == "missing":  # not published yet: its days
-                today = self._today()
-                days = daily_files(
-                    symbol, file.first_day, min(file.last_day, today - dt.timedelta(1))
-                )
-                files.extendleft(reversed(days))
-            return  # nothing traded then, or REST will fill the stretch
-        if result.reason == "network":
-            attempts[file] += 1
-            if attempts[file] < NETWORK_ATTEMPTS:
-                self.stopping.wait(min(60.0, 2.0 ** attempts[file]))
-                files.appendleft(file)
-                return
-        with self.stats.lock:
-            self.stats.refused[result.reason] += 1
-        log.warning("history of %s: %s refused (%s: %s)", symbol, file.name, result.reason,
-                    result.detail[:200])  # fmt: skip
-        if file.kind == "aggTrades" and result.reason != "network":
-            files.appendleft(file.other_kind())  # the same trades, in the other dataset
-
-    def _apply(self, symbol: str, stats: SymbolStats, r: Reduced) -> None:
-        applied = stats.apply_levels(
-            r.first_id, r.last_id, r.levels.tolist(), r.counts.tolist(), r.last_row[4],
-            last_price=r.last_row[3],
-        )  # fmt: skip
-        if not applied:
+        decision = decide_refused(file, result.reason, attempts, self._today())
+        if isinstance(decision, Retry):
+            self.stopping.wait(decision.delay)
+            files.appendleft(file)
             return
+        if result.reason not in ("missing", "empty"):
+            with self.stats.lock:
+                self.stats.refused[result.reason] += 1
+            log.warning("history of %s: %s refused (%s: %s)", symbol, file.name, result.reason,
+                        result.detail[:200])  # fmt: skip
+        if isinstance(decision, Replace):
+            files.extendleft(reversed(decision.files))
+
+    def _apply(
+        self, symbol: str, stats: SymbolStats, r: Reduced, files: collections.deque[ArchiveFile]
+    ) -> bool:
+        """Merge a file; False when it could not claim the front (it moved meanwhile)."""
+        try:
+            applied = stats.apply_levels(
+                r.first_id, r.last_id, r.levels.tolist(), r.counts.tolist(), r.last_row[4],
+                last_price=r.last_row[3],
+            )  # fmt: skip
+        except ValueError as exc:  # pairs that do not add up: refuse the file
+            self._refused(symbol, Refused(r.file, "format", str(exc)), files, 1)
+            return True
+        if not applied:
+            if stats.damaged:
+                raise RuntimeError(f"{symbol}: a merge broke off; a restart restores it")
+            return False
         s = self.stats
         with s.lock:
             s.files += 1
@@ -342,21 +585,24 @@ class Importer:
             s.csv_bytes += r.csv_bytes
             s.rows += r.rows
             s.trades += applied
-        log.info("history of %s: %s applied, %d trades at %d prices", symbol, r.file.name,
-                 applied, len(r.levels))  # fmt: skip
+        log.debug("history of %s: %s applied, %d trades at %d prices", symbol, r.file.name,
+                  applied, len(r.levels))  # fmt: skip
+        return True
 
     # -- REST -------------------------------------------------------------------------------------
 
     def _rest_until(self, symbol: str, stats: SymbolStats, row: AggTrade | None, stop: int) -> bool:
         """Fill the front over REST up to trade id ``stop``, page by page, each checked as the
         backfill checks its own (:func:`~medianserv.backfill.fetch_page`; a page continuing
-        from ``row`` must start with it). False when stopping."""
+        from ``row`` must start with it). False when stopping; RestError after
+        :data:`REFUSED_PAGES` refused pages in a row."""
         hint: Hint | None = None
+        refused = 0
         while True:
             front = stats.front()
             if front is None or front.lo > stop:
                 return True
-            gap = front._replace(hi=stop)
+            gap = front.up_to(stop)
             if row is not None and row.last_id + 1 == front.lo:
                 hint = Cursor(front.lo, row)
             request = plan_request(gap, hint)
@@ -368,11 +614,15 @@ class Importer:
             if page.verdict not in (None, "empty", "late"):
                 with self.stats.lock:
                     self.stats.refused[f"rest_{page.verdict}"] += 1
+                refused += 1
+                if refused >= REFUSED_PAGES:
+                    raise RestError(f"{symbol}: {refused} pages of history refused in a row")
                 continue  # historicalTrades next (the page's hint)
             if not page.rows and request.endpoint == "aggTrades":
-                continue  # an empty window, or one after the stretch: the hint moves on
+                continue  # an empty window, or one after the stretch: historicalTrades next
             if not page.rows or page.rows[0].first_id > front.lo:
                 raise RestError(f"{request.endpoint} of {symbol} has no trade {front.lo}")
+            refused = 0
             if isinstance(hint, Cursor):
                 row = hint.row
             rows = [r._replace(last_id=min(r.last_id, stop)) for r in page.rows

@@ -30,6 +30,7 @@ from .config import Config
 from .errors import InputError
 from .exchange import RestClient, RestError, TickerRange
 from .importer import Importer
+from .logs import ThreadErrors
 from .pacing import backoff
 from .streams import AttemptGate, Reader, ReaderStats, plan_connections, stream_of
 from .symbols import SymbolStats, SymbolTable
@@ -56,6 +57,17 @@ def _totals(s: ReaderStats) -> dict[str, int]:
     return out
 
 
+def _baseline(table: SymbolTable, ranges: dict[str, TickerRange] | None) -> None:
+    """Start the range of every symbol of ``table`` that has none yet from the tickers'
+    ``ranges`` (a symbol they do not list had no trade in 24 hours: quiet). O(symbols)."""
+    if ranges is None:
+        return
+    for symbol, stats in table.items():
+        if stats.needs_baseline():
+            r = ranges.get(symbol, TickerRange(-1, -1))
+            stats.baseline(r.last_id, r.close_ms)
+
+
 class Ingest:
     """Everything between Binance and the statistics."""
 
@@ -77,8 +89,9 @@ class Ingest:
         self._next_slot = 0  # label of the next reader (its thread is reader-<slot>)
         self._retired: Counter[str] = Counter()  # counters of readers no longer running
         self.gate = AttemptGate(config.max_connection_attempts, config.connection_window)
-        self.backfill = Backfill(config, rest, lambda: self.table)
-        self.importer = Importer(config, rest, lambda: self.table)
+        self.errors = ThreadErrors(log)  # unexpected exceptions caught in our threads, by role
+        self.backfill = Backfill(config, rest, lambda: self.table, errors=self.errors)
+        self.importer = Importer(config, rest, lambda: self.table, errors=self.errors)
         self._listed_once = False  # a listing after the first brings new listings
         self.stopping = threading.Event()  # set by stop(): the listings thread exits
         self.listed_at: float | None = None  # when exchangeInfo was last read
@@ -111,9 +124,7 @@ class Ingest:
             table = SymbolTable.rebuild(symbols, self.known)
             for symbol, stats in table.items():
                 self.known.setdefault(symbol, stats)
-                if ranges is not None and stats.needs_baseline():
-                    r = ranges.get(symbol, TickerRange(-1, -1))
-                    stats.baseline(r.last_id, r.close_ms)
+            _baseline(table, ranges)
             self.table = table
             plan = plan_connections(
                 [stream_of(s) for s in symbols],
@@ -150,7 +161,7 @@ class Ingest:
         for streams in plan:
             best = max(free, key=lambda r: len(r.wanted & streams), default=None)
             if best is None:
-                best = Reader(self._next_slot, self, self.config, self.gate)
+                best = Reader(self._next_slot, self, self.config, self.gate, errors=self.errors)
                 self._next_slot += 1
                 if not self.stopping.is_set():
                     best.start()
@@ -184,12 +195,13 @@ class Ingest:
                 if need_baseline:
                     raise
                 log.warning("tickers unavailable (%s): new symbols start at their first trade", exc)
-        self.listed_at = time.time()
         changed = self.apply_listing(symbols, ranges)
+        if not changed:
+            _baseline(self.table, ranges)  # symbols the last tickers could not baseline
+        self.listed_at = time.time()  # after the table and readers exist: ready() reads it
         if not self._listed_once:
             self._listed_once = True
-            resume = [s for s, st in self.table.items() if st.front() is not None]
-            self.importer.request(resume + self.config.history_symbols(symbols))
+            self.importer.request(self.config.history_symbols(symbols))
         elif new:  # listed while we run: from their very first trade
             log.info("new listings followed from their first trade: %s", ", ".join(new[:20]))
             self.backfill.sweep(new)
@@ -208,6 +220,10 @@ class Ingest:
                 delay = next(delays)
                 log.warning("exchangeInfo unavailable (%s); retrying in %.1f s", exc, delay)
                 self.stopping.wait(delay)
+            except Exception as exc:
+                self.listing_failures += 1
+                self.errors.record("listings", exc, "reading the first listing")
+                self.stopping.wait(next(delays))
         return False
 
     def _run_listings(self) -> None:
@@ -217,6 +233,9 @@ class Ingest:
             except (RestError, InputError) as exc:
                 self.listing_failures += 1
                 log.warning("exchangeInfo re-read failed (%s); keeping the current listing", exc)
+            except Exception as exc:
+                self.listing_failures += 1
+                self.errors.record("listings", exc, "re-reading the listing")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -225,8 +244,19 @@ class Ingest:
             return self.importer.run
         return self._run_listings if name == "listings" else self.backfill.run
 
+    def requeue_restored(self) -> None:
+        """What was restored gets served: every symbol with gaps is queued for the backfill
+        at once, every symbol with history still to import for the importer. O(symbols)."""
+        for symbol, stats in list(self.known.items()):
+            if stats.missing():
+                self.backfill.notify(symbol, 0.0)
+            if stats.front() is not None:
+                self.importer.request([symbol])
+
     def start(self) -> None:
-        """Start the listings and backfill threads (readers start with the first listing)."""
+        """Queue what was restored (:meth:`requeue_restored`) and start the listings, history
+        and backfill threads (readers start with the first listing)."""
+        self.requeue_restored()
         names = ["listings", "history"]
         names += [f"backfill-{i}" for i in range(self.config.backfill_workers)]
         self._threads = [
@@ -245,7 +275,7 @@ class Ingest:
                     and not reader.thread.is_alive()
                     and not reader.stopping.is_set()
                 ):
-                    fresh = Reader(slot, self, self.config, self.gate)
+                    fresh = Reader(slot, self, self.config, self.gate, errors=self.errors)
                     fresh.set_streams(reader.wanted)
                     self.readers[slot] = fresh
                     fresh.start()
@@ -280,6 +310,8 @@ class Ingest:
         if self.listed_at is None:
             return False, "exchangeInfo not read yet"
         readers = list(self.readers)
+        if not readers and len(self.table):
+            return False, "connections not planned yet"
         waiting = [r.slot for r in readers if not r.stats.ready]
         if waiting:
             return False, f"connections {waiting} not subscribed yet"
@@ -315,9 +347,11 @@ class Ingest:
                 **self.backfill.stats.snapshot(),
                 "pending": self.backfill.pending(),
                 "sweep_pending": self.backfill.sweep_pending(),
+                "next_in": self.backfill.next_attempt_in(),
             },
             "rest": self.rest.spent(),
             "rest_weight_now": self.rest.weight_now(),
             "listing_failures": self.listing_failures,
+            "thread_errors": self.errors.snapshot(),
             "connection_attempt_waits": self.gate.waits,
         }

@@ -1,8 +1,12 @@
 """Samples of every symbol's numbers over the last hour, for the dashboard's charts (pure).
 
 One sample every ``interval`` seconds, the last ``capacity`` of them in a ring of ``array``s:
-32 bytes a sample, allocated only for symbols that trade. Memory is bounded whatever the run
-length: 360 samples (an hour at 10 s) x 2,292 symbols is at most 26 MB.
+40 bytes a sample, allocated only for symbols that trade. Memory is bounded whatever the run
+length: 360 samples (an hour at 10 s) x 2,292 symbols is at most 33 MB.
+
+Besides the count, each sample keeps the *live* count (trades counted but for those imported
+from the symbol's history), so that the trade rate says how fast the market trades, not how
+fast the history import runs.
 
 >>> r = Ring(3)
 >>> for t in range(5):
@@ -21,7 +25,8 @@ NONE = -1  # stands for "no value" (no trade yet) in the int arrays
 
 
 class Ring:
-    """Fixed-capacity ring of (time_ms, count, twice_median, last_price) samples.
+    """Fixed-capacity ring of (time_ms, count, twice_median, last_price) samples, each with its
+    live count (for :meth:`rate`).
 
     Runtime complexity: :meth:`append` O(1); :meth:`samples` O(capacity); memory O(capacity).
     Not thread-safe: one writer; readers copy with :meth:`samples` under the owner's lock.
@@ -33,7 +38,7 @@ class Ring:
         if capacity < 1:
             raise ValueError("capacity must be positive")
         self.capacity = capacity
-        self._cols = [array("q", bytes(8 * capacity)) for _ in range(4)]
+        self._cols = [array("q", bytes(8 * capacity)) for _ in range(5)]
         self._next = 0  # where the next sample goes
         self._size = 0
 
@@ -41,11 +46,18 @@ class Ring:
         return self._size
 
     def append(
-        self, time_ms: int, count: int, twice_median: int | None, last_price: int | None
+        self,
+        time_ms: int,
+        count: int,
+        twice_median: int | None,
+        last_price: int | None,
+        live: int | None = None,
     ) -> None:
+        """One sample; ``live`` (default: ``count``) is what :meth:`rate` counts."""
         i = self._next
-        t, c, m, p = self._cols
+        t, c, m, p, lv = self._cols
         t[i], c[i] = time_ms, count
+        lv[i] = count if live is None else live
         m[i] = NONE if twice_median is None else twice_median
         p[i] = NONE if last_price is None else last_price
         self._next = (i + 1) % self.capacity
@@ -54,7 +66,7 @@ class Ring:
     def samples(self) -> list[tuple[int, int, int | None, int | None]]:
         """Oldest first."""
         start = (self._next - self._size) % self.capacity
-        t, c, m, p = self._cols
+        t, c, m, p, _ = self._cols
         out = []
         for k in range(self._size):
             i = (start + k) % self.capacity
@@ -62,15 +74,18 @@ class Ring:
         return out
 
     def rate(self, now_ms: int, window_ms: int = 60_000) -> float:
-        """Trades per second over about the last ``window_ms`` (0 with fewer than 2 samples)."""
-        samples = self.samples()
-        if len(samples) < 2:
+        """Live trades per second over about the last ``window_ms`` (0 with fewer than 2
+        samples). O(capacity)."""
+        n = self._size
+        if n < 2:
             return 0.0
-        last_t, last_c = samples[-1][0], samples[-1][1]
-        first = next((s for s in samples if s[0] >= now_ms - window_ms), samples[0])
-        if first[0] >= last_t:
-            first = samples[-2]
-        return (last_c - first[1]) * 1000 / (last_t - first[0])
+        t, _, _, _, live = self._cols
+        order = [(self._next - n + k) % self.capacity for k in range(n)]
+        last = order[-1]
+        first = next((i for i in order if t[i] >= now_ms - window_ms), order[0])
+        if t[first] >= t[last]:
+            first = order[-2]
+        return (live[last] - live[first]) * 1000 / (t[last] - t[first])
 
 
 class SampleBook:
@@ -87,16 +102,19 @@ class SampleBook:
         self.lock = threading.Lock()  # guards rings (written by the sampler, read by the API)
         self.rings: dict[str, Ring] = {}
 
-    def sample(self, views: list[tuple[str, int, int | None, int | None]], now_ms: int) -> None:
-        """Record (symbol, count, twice_median, last_price) for every symbol that has traded."""
+    def sample(
+        self, views: list[tuple[str, int, int | None, int | None, int]], now_ms: int
+    ) -> None:
+        """Record (symbol, count, twice_median, last_price, live count) for every symbol that
+        has traded."""
         with self.lock:
-            for symbol, count, twice, last in views:
+            for symbol, count, twice, last, live in views:
                 if count == 0:
                     continue
                 ring = self.rings.get(symbol)
                 if ring is None:
                     ring = self.rings[symbol] = Ring(self.capacity)
-                ring.append(now_ms, count, twice, last)
+                ring.append(now_ms, count, twice, last, live)
 
     def samples(self, symbol: str) -> list[tuple[int, int, int | None, int | None]]:
         with self.lock:
@@ -104,6 +122,6 @@ class SampleBook:
             return ring.samples() if ring is not None else []
 
     def rates(self, now_ms: int) -> dict[str, float]:
-        """Trades per second over the last minute, per symbol that traded."""
+        """Live trades per second over the last minute, per symbol that traded."""
         with self.lock:
             return {s: r.rate(now_ms) for s, r in self.rings.items()}

@@ -106,6 +106,12 @@ class Service:
             problems.append(f"last snapshot {age:.0f} s ago")
         if snap is not None and snap.failures and snap.pending_symbols:
             problems.append("snapshots failing")
+        wait = c.get("backfill", {}).get("next_in")
+        if wait is not None and wait > 10:
+            problems.append(f"backfill waits {wait:.0f} s (REST weight or retries)")
+        errors = sum(c.get("thread_errors", {}).values())
+        if errors:
+            problems.append(f"{errors} unexpected thread error(s): see the log")
         lag = c.get("lag_ms", {})
         incomplete, missing = self.ingest.completeness() if self.ingest is not None else (0, 0)
         back = c.get("backfill", {})
@@ -129,6 +135,9 @@ class Service:
             "incomplete_symbols": incomplete,
             "missing_trades": missing,
             "sweep_pending_symbols": back.get("sweep_pending", 0),
+            "backfill_next_attempt_s": (
+                None if back.get("next_in") is None else round(back["next_in"], 1)
+            ),
             "last_recovered_s": None if recovered is None else round(time.time() - recovered, 1),
             "rest_weight": {e: w for e, (_, w) in c.get("rest", {}).items()},
             "rest_weight_now": c.get("rest_weight_now", 0),
@@ -156,7 +165,7 @@ class Service:
 
     def sample(self) -> None:
         """Record every traded symbol's numbers in the dashboard's samples. O(symbols)."""
-        views = [(v.symbol, v.count, v.twice_median, v.last_price)
+        views = [(v.symbol, v.count, v.twice_median, v.last_price, v.live_count)
                  for v in (s.view() for _, s in self.table().items())]  # fmt: skip
         self.book.sample(views, int(time.time() * 1000))
 
@@ -190,6 +199,13 @@ class Service:
         trades = sum(s.count for s in states)
         levels = sum(len(s.levels) for s in states)
         del states
+        off = [s.symbol for s in known if not s.consistent()]
+        if off:
+            log.warning(
+                "%d restored symbol(s) count a different number of trades than their trade ids "
+                "say (a fault of an earlier release), e.g. %s: their medians are served as "
+                "stored; --reset rebuilds them", len(off), ", ".join(off[:5]),
+            )  # fmt: skip
         log.info(
             "restored %d symbols, %d trades, %d price levels from %s in %.2f s",
             len(known), trades, levels, store.path, time.perf_counter() - t0,
@@ -206,8 +222,9 @@ class Service:
         log.info("API listening on http://%s:%d", cfg.host, self.http.port)
 
         snapshotter = self.snapshotter = Snapshotter(
-            store, ingest.all_stats, cfg.snapshot_interval, lambda: ingest.table.symbols
-        )
+            store, ingest.all_stats, cfg.snapshot_interval, lambda: ingest.table.symbols,
+            errors=ingest.errors,
+        )  # fmt: skip
         snapshotter.start()
         ingest.start()
         listed = threading.Thread(target=ingest.first_listing, name="first-listing", daemon=True)
@@ -341,6 +358,20 @@ def render_metrics(service: Service) -> str:
             back.get("pending", 0),
         ),
         (
+            "backfill_unqueued_total",
+            "counter",
+            "Symbols with gaps that no path had queued, found and queued by the backfill's "
+            "audit (should stay 0).",
+            back.get("unqueued", 0),
+        ),
+        (
+            "backfill_next_attempt_seconds",
+            "gauge",
+            "Seconds until the backfill's next request (-1: nothing to do; over 0 while it "
+            "waits for REST weight or a retry).",
+            -1 if back.get("next_in") is None else round(back["next_in"], 3),
+        ),
+        (
             "listing_failures_total",
             "counter",
             "exchangeInfo reads that failed.",
@@ -422,8 +453,9 @@ def render_metrics(service: Service) -> str:
         ]
         history_states = sorted(ingest.importer.counts().items())
         history_refused = sorted(h.refused.items())
+        history_recut = sorted(h.recut.items())
     else:
-        history_states, history_refused = [], []
+        history_states, history_refused, history_recut = [], [], []
     labelled: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
         (
             "frames_rejected_total",
@@ -461,6 +493,21 @@ def render_metrics(service: Service) -> str:
             "counter",
             "Archive files (or REST pages) of history refused, by reason.",
             [(f'{{reason="{k}"}}', v) for k, v in history_refused] or [('{reason="none"}', 0)],
+        ),
+        (
+            "history_files_recut_total",
+            "counter",
+            "Archive files reduced to part of themselves: below_front (imported in part "
+            "already) or past_top (the live range began inside them), by reason.",
+            [(f'{{reason="{k}"}}', v) for k, v in history_recut] or [('{reason="none"}', 0)],
+        ),
+        (
+            "thread_errors_total",
+            "counter",
+            "Unexpected exceptions caught in worker threads (logged with their traceback; the "
+            "work is retried with backoff), by thread.",
+            [(f'{{thread="{k}"}}', v) for k, v in sorted(c.get("thread_errors", {}).items())]
+            or [('{thread="none"}', 0)],
         ),
         (
             "connection_streams",

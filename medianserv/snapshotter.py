@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import lmdb
 
+from .logs import ThreadErrors
 from .store import Store
 from .symbols import SymbolState, SymbolStats
 
@@ -47,8 +48,10 @@ class Snapshotter:
         source: Callable[[], list[SymbolStats]],
         interval: float,
         listing: Callable[[], tuple[str, ...]] = tuple,
+        errors: ThreadErrors | None = None,
     ) -> None:
         self.store = store
+        self.errors = errors or ThreadErrors(log)
         self.source = source  # every stats object, listed or not
         self.listing = listing  # the symbols served now; stored when it changes
         self._saved_listing: tuple[str, ...] | None = None
@@ -65,15 +68,28 @@ class Snapshotter:
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
-            self.snapshot()
+            try:
+                self.snapshot()
+            except Exception as exc:  # a harvest failed: what it took stays pending
+                self.stats.failures += 1
+                self.errors.record("snapshotter", exc, "taking a snapshot")
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout)
 
+    def _failed(self, exc: Exception, pending: int) -> bool:
+        self.stats.failures += 1
+        self.stats.pending_symbols = pending
+        log.error("SNAPSHOT FAILED (%s: %s): %d symbols kept in memory, retrying in %.0f s",
+                  type(exc).__name__, exc, pending, self.interval)  # fmt: skip
+        return False
+
     def snapshot(self) -> bool:
-        """Harvest every changed symbol and write them in one transaction. True if written."""
+        """Harvest every changed symbol and write them in one transaction. True if written.
+        Any failure (LMDB's, or one nobody foresaw) is logged and counted, and what was
+        harvested stays in memory for the next attempt: the thread never dies of it."""
         with self._lock:
             t0 = time.perf_counter()
             max_hold = 0.0
@@ -94,14 +110,11 @@ class Snapshotter:
             new_listing = listing if listing and listing != self._saved_listing else None
             try:
                 symbols, levels = self.store.save(pending.values(), listing=new_listing)
-            except lmdb.Error as exc:
-                self.stats.failures += 1
-                self.stats.pending_symbols = len(pending)
-                log.error(
-                    "SNAPSHOT FAILED (%s): %d symbols kept in memory, retrying in %.0f s",
-                    exc, len(pending), self.interval,
-                )  # fmt: skip
-                return False
+            except lmdb.Error as exc:  # a full disk, an I/O error
+                return self._failed(exc, len(pending))
+            except Exception as exc:  # not foreseen: counted as a thread error too
+                self.errors.record("snapshotter", exc, "writing a snapshot")
+                return self._failed(exc, len(pending))
             pending.clear()
             if new_listing is not None:
                 self._saved_listing = new_listing

@@ -46,7 +46,7 @@ from websockets.exceptions import WebSocketException
 from .config import Config
 from .errors import PriceError
 from .link import Link, Payload
-from .logs import RateLimitedLog
+from .logs import RateLimitedLog, ThreadErrors
 from .messages import Rejected, Reply, ServerShutdown, TradeEvent, decode
 from .pacing import SlidingWindow, backoff
 from .prices import parse_price
@@ -222,8 +222,10 @@ class Reader:
         *,
         clock: Callable[[], float] = time.monotonic,
         rnd: random.Random | None = None,
+        errors: ThreadErrors | None = None,
     ) -> None:
         self.slot = slot
+        self.errors = errors or ThreadErrors(log)
         self.owner = owner
         self.config = config
         self.gate = gate
@@ -258,7 +260,8 @@ class Reader:
     # -- the thread ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Connect, read, reconnect forever; until :meth:`stop`. Our own bugs propagate."""
+        """Connect, read, reconnect forever, with backoff; until :meth:`stop`. An unexpected
+        exception (our own bug) is logged and counted like a failure of the connection."""
         delays = None
         while not self.stopping.is_set():
             started = self.clock()
@@ -273,6 +276,11 @@ class Reader:
                     f"fail{self.slot}", "connection %d failed: %s: %s", self.slot,
                     type(exc).__name__, exc,
                 )  # fmt: skip
+            except Exception as exc:  # not the network's doing: a bug, counted, then reconnect
+                if self.stopping.is_set():
+                    break
+                self.stats.reconnects += 1
+                self.errors.record("reader", exc, f"reading connection {self.slot}")
             finally:
                 self.stats.connected = self.stats.ready = False
             if delays is None or self.clock() - started > 2 * self.config.backoff_max:

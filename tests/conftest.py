@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,19 @@ def recordings() -> list[Path]:
     if not files:
         pytest.skip("no trade recordings in ../shared/data/trades")
     return files
+
+
+#: Every service process a test started (``tests.test_service.Running`` registers them).
+STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """A failing test, in any module, must not leave a service (or its pool) running: each
+    one still alive is killed, its pool processes end with it (they watch their parent)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

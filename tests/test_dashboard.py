@@ -15,7 +15,7 @@ from medianserv.sim import SimConfig, Simulator
 
 from .browser import Browser, find_chromium
 from .support import http_get, wait_for
-from .test_service import Running, _no_orphans, publish  # noqa: F401  (fixture)
+from .test_service import Running, publish
 
 
 @given(st.integers(1, 20), st.lists(st.integers(0, 10**12), max_size=60))
@@ -32,9 +32,20 @@ def test_ring_is_bounded_and_ordered(capacity: int, values: list[int]) -> None:
 def test_rate_over_the_last_minute() -> None:
     book = SampleBook(100)
     for second in range(0, 121, 10):
-        book.sample([("A", second * 5, 2, 1), ("QUIET", 0, None, None)], second * 1000)
+        book.sample([("A", second * 5, 2, 1, second * 5), ("QUIET", 0, None, None, 0)],
+                    second * 1000)  # fmt: skip
     assert book.rates(120_000) == {"A": pytest.approx(5.0)}  # never-traded symbols keep no ring
     assert book.samples("QUIET") == []
+
+
+def test_rate_counts_live_trades_only() -> None:
+    """A history import adds thousands of trades a second to the count, none to the rate."""
+    book = SampleBook(100)
+    for second in range(0, 121, 10):
+        imported = second * 3000
+        book.sample([("A", second * 5 + imported, 2, 1, second * 5)], second * 1000)
+    assert book.rates(120_000) == {"A": pytest.approx(5.0)}
+    assert book.samples("A")[-1][1] == 120 * 5 + 120 * 3000  # the count itself is all of it
 
 
 def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:

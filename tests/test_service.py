@@ -19,25 +19,12 @@ import pytest
 
 from medianserv.sim import SimConfig, Simulator
 
+from .conftest import STARTED
 from .support import http_get, wait_for
 
 FAST = ["--control-messages-per-second", "4", "--backoff-initial", "0.05", "--backoff-max", "0.5",
         "--backfill-delay", "0.2", "--silence-timeout", "2", "--probe-timeout", "2",
         "--rest-weight-window", "3"]  # fmt: skip
-
-
-_started: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    """A failing test must not leave a service running."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 class Running:
@@ -48,7 +35,7 @@ class Running:
                "--data-dir", str(data_dir), "--rest-url", sim.rest_url, "--ws-url", sim.ws_url,
                "--snapshot-interval", "0.3", *FAST, *extra]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        _started.append(self.proc)
+        STARTED.append(self.proc)
         self.lines: list[str] = []
         self.port: int | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -12,7 +12,7 @@ import pytest
 
 from medianserv.sim import SimConfig, Simulator
 
-from .test_service import Running, _no_orphans  # noqa: F401  (fixture)
+from .test_service import Running
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "medianserv.service"
 
