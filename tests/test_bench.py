@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medianserv.bench import Row, bench_core, bench_long, bench_snapshot, median_bytes, random_walk
+from medianserv.bench import Row, bench_core, bench_long, bench_snapshot, random_walk
+from medianserv.bench.common import median_bytes
 from medianserv.median import RunningMedian
 
 
@@ -16,7 +17,7 @@ def check(rows: list[Row]) -> None:
 
 
 def test_baselines_agree_with_running_median() -> None:
-    from medianserv.bench import _sorted_list_median, _two_heaps_median, random_walk
+    from medianserv.bench.core import _sorted_list_median, _two_heaps_median
     from medianserv.median import RunningMedian
 
     for n in (1, 2, 3, 1000, 1001):

@@ -1,0 +1,33 @@
+"""``medianserv bench``: reproducible measurements (never timed assertions in tests).
+
+Each suite lives in a module of its own and returns rows ``(name, value, unit)``; the CLI
+prints them as a table and can write them as JSON. Figures vary with the machine: quote
+medians of several runs, or ratios measured within one run (``slot()`` next to ``dict.get``,
+our parser next to ``Decimal``, the import next to DuckDB on the same files).
+"""
+
+from __future__ import annotations
+
+from .api import bench_api, load_generate
+from .common import Row, random_walk
+from .core import bench_core
+from .history import bench_history, synthetic_archives
+from .ingest import bench_ingest, run_bare_client
+from .long import bench_long
+from .recovery import bench_recovery
+from .snapshot import bench_snapshot
+
+__all__ = [
+    "Row",
+    "bench_api",
+    "bench_core",
+    "bench_history",
+    "bench_ingest",
+    "bench_long",
+    "bench_recovery",
+    "bench_snapshot",
+    "load_generate",
+    "random_walk",
+    "run_bare_client",
+    "synthetic_archives",
+]

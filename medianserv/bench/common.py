@@ -1,0 +1,267 @@
+"""What the suites share: figures (Row), the simulator and the service in processes of their own,
+CPU and memory readings, a static file server.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from heapq import heappush, heappushpop
+from pathlib import Path
+from typing import Any
+
+from ..median import RunningMedian
+from ..prices import parse_price
+
+__all__ = [
+    "Row",
+    "ServiceProcess",
+    "SimProcess",
+    "StaticServer",
+    "cpu_seconds",
+    "loop_ns",
+    "median_bytes",
+    "peak_rss_mib",
+    "random_walk",
+    "two_heaps",
+    "two_heaps_bytes",
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured figure."""
+
+    name: str
+    value: float
+    unit: str
+
+
+def random_walk(n: int, start: str, tick: str, *, seed: int = 1) -> list[int]:
+    """``n`` realistic trade prices in 1e-8 units: a geometric random walk on a tick grid.
+
+    Like the real BTCUSDT and ETHUSDT recordings: 60% of trades repeat the previous price, the
+    others move by a log-return of standard deviation 1e-5, rounded to the tick. (Floats only
+    generate test data here; the statistics path never sees one.)
+    """
+    rnd = random.Random(seed)
+    tick_units = parse_price(tick)
+    ticks = parse_price(start) / tick_units
+    out: list[int] = []
+    append = out.append
+    price = round(ticks) * tick_units
+    for _ in range(n):
+        if rnd.random() >= 0.6:
+            ticks *= math.exp(rnd.gauss(0.0, 1e-5))
+            price = max(1, round(ticks)) * tick_units
+        append(price)
+    return out
+
+
+def loop_ns(fn: Callable[[Any], object], inputs: Sequence[Any], repeat: int = 5) -> float:
+    """ns per ``fn(x)`` over ``inputs``: best of ``repeat`` loops, less the empty loop's cost."""
+    best = empty = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter_ns()
+        for x in inputs:
+            fn(x)
+        t1 = time.perf_counter_ns()
+        for _x in inputs:
+            pass
+        t2 = time.perf_counter_ns()
+        best, empty = min(best, t1 - t0), min(empty, t2 - t1)
+    return (best - empty) / len(inputs)
+
+
+def median_bytes(m: RunningMedian) -> int:
+    """Deep size of a RunningMedian: its lists, dicts and the int objects they own."""
+    size = sys.getsizeof(m)
+    for part in (m._low, m._high, m._low_counts, m._high_counts):
+        size += sys.getsizeof(part)
+    for counts in (m._low_counts, m._high_counts):
+        for key, c in counts.items():
+            size += sys.getsizeof(key)
+            if not -5 <= c <= 256:  # CPython shares small ints
+                size += sys.getsizeof(c)
+    return size
+
+
+def two_heaps_bytes(values: Sequence[int]) -> int:
+    """Memory of the naive running median that keeps every value in two heaps."""
+    low, high = two_heaps(values)
+    size = sys.getsizeof(low) + sys.getsizeof(high)
+    seen: set[int] = set()
+    for x in (*low, *high):
+        if id(x) not in seen:  # equal prices from one list may share an int object
+            seen.add(id(x))
+            size += sys.getsizeof(x)
+    return size
+
+
+def two_heaps(values: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The naive baseline: every value in two heaps (low negated, high)."""
+    low: list[int] = []
+    high: list[int] = []
+    for v in values:
+        if len(low) == len(high):
+            heappush(low, -heappushpop(high, v))
+        else:
+            heappush(high, -heappushpop(low, -v))
+    return low, high
+
+
+class SimProcess:
+    """``medianserv simulate`` in a subprocess (its own GIL and core), paused at start."""
+
+    def __init__(self, tps: float, shared_data: Path | None, extra: Sequence[str] = ()) -> None:
+        import subprocess
+
+        info = (shared_data or Path()) / "exchangeInfo-2023-09-08.json"
+        cmd = [sys.executable, "-m", "medianserv", "simulate", "--port", "0", "--tps", str(tps),
+               "--set", "paused=true", "--set", "history_limit=20000", *extra]  # fmt: skip
+        if shared_data is not None and info.exists():
+            cmd += ["--exchange-info", str(info)]
+        else:
+            cmd += ["--symbols", "2292"]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.rest_url = line.split("REST ")[1].split()[0]
+        self.ws_url = line.split("WebSocket ")[1].split()[0]
+        self.archive_url = line.split("archives ")[1].split()[0]
+
+    def control(self, action: str) -> Any:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.rest_url}/_sim/{action}", timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(20)
+
+
+class ServiceProcess:
+    """``medianserv`` (the real command line) in a subprocess against a simulator, logging to
+    a file (a full pipe would stall it)."""
+
+    def __init__(self, sim: SimProcess, data_dir: Path, extra: Sequence[str] = ()) -> None:
+        import subprocess
+
+        self.log_path = data_dir / f"service-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "medianserv", "--host", "127.0.0.1", "--port", "0",
+             "--data-dir", str(data_dir), "--rest-url", sim.rest_url, "--ws-url", sim.ws_url,
+             *extra],
+            stderr=self._log,
+        )  # fmt: skip
+        self.started = time.monotonic()
+        self.base = f"http://127.0.0.1:{self._port()}"
+
+    def _port(self, timeout: float = 60.0) -> int:
+        import re
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"API listening on http://[^:]+:(\d+)", self.log_path.read_text())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the service did not start: {self.log_path.read_text()[-2000:]}")
+
+    def get(self, path: str) -> Any:
+        import json
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=30) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as err:
+            body = err.read()
+        return body.decode() if path == "/metrics" else json.loads(body)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.get("/-/ready").get("ready"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not get ready")
+            time.sleep(0.1)
+
+    def metric(self, name: str) -> dict[str, float]:
+        """Every sample of metric ``medianserv_<name>``, by label set ('' when none)."""
+        import re
+
+        out = {}
+        for m in re.finditer(rf"^medianserv_{name}(\{{[^}}]*\}})? (\S+)$", self.get("/metrics"),
+                             re.M):  # fmt: skip
+            out[m.group(1) or ""] = float(m.group(2))
+        return out
+
+    def stop(self, sig: int = 2) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(60)
+        self._log.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The peak resident memory of a running process (Linux /proc), MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class StaticServer:
+    """``python -m http.server`` over a directory, in its own process (local HTTP)."""
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+        import subprocess
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+             "--directory", str(directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        import urllib.request
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url, timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

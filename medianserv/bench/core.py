@@ -1,0 +1,119 @@
+"""``bench core``: the median, prices and the perfect hash, beside naive baselines, same run."""
+
+from __future__ import annotations
+
+import gc
+import random
+import statistics
+import string
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from operator import attrgetter
+from pathlib import Path
+
+from ..median import RunningMedian
+from ..perfect_hash import PerfectHash
+from ..prices import SCALE, parse_price
+from .common import Row, loop_ns, median_bytes, random_walk, two_heaps, two_heaps_bytes
+
+__all__ = ["bench_core"]
+
+
+def _two_heaps_median(values: Sequence[int]) -> int:
+    """Twice the median by the two-heaps baseline."""
+    low, high = two_heaps(values)
+    return -2 * low[0] if len(low) > len(high) else high[0] - low[0]
+
+
+def _sorted_list_median(values: Sequence[int]) -> int:
+    """The other naive baseline: a sorted list kept with insort (O(n) per insert)."""
+    from bisect import insort
+
+    out: list[int] = []
+    for v in values:
+        insort(out, v)
+    n = len(out)
+    return 2 * out[n // 2] if n % 2 else out[n // 2 - 1] + out[n // 2]
+
+
+def _bench_median(rows: list[Row], n: int, start: str, tick: str, label: str) -> None:
+    prices = random_walk(n, start, tick)
+    gc.collect()
+    m = RunningMedian()
+    add = m.add
+    t0 = time.perf_counter_ns()
+    for p in prices:
+        add(p)
+    elapsed = time.perf_counter_ns() - t0
+    rows.append(Row(f"median add, {label}, n={n:.0e}", elapsed / n, "ns/add"))
+    read = attrgetter("twice_median")  # C-level getter: little overhead around the property
+    rows.append(Row(f"median read, {label}, n={n:.0e}", loop_ns(read, [m] * 10**5), "ns/read"))
+    rows.append(Row(f"distinct levels, {label}, n={n:.0e}", m.levels, "levels"))
+    rows.append(Row(f"memory per level, {label}, n={n:.0e}", median_bytes(m) / m.levels, "B/level"))
+
+
+def _decimal_units(text: str) -> int:
+    return int(Decimal(text) * SCALE)
+
+
+def bench_core(sizes: Sequence[int] = (10**6, 10**7), shared_data: Path | None = None) -> list[Row]:
+    """Median add/read, memory per level, price parsing, perfect hash build and lookup."""
+    rows: list[Row] = []
+    for n in sizes:
+        _bench_median(rows, n, "61837.63", "0.01", "tick 0.01")
+        _bench_median(rows, n, "0.06512345", "0.00000001", "tick 1e-8")
+
+    n_mem = min(sizes[0], 10**6)
+    walk = random_walk(n_mem, "61837.63", "0.01")
+    m = RunningMedian()
+    for p in walk:
+        m.add(p)
+    per_trade = two_heaps_bytes(walk) / n_mem
+    rows.append(Row(f"memory, two heaps of every price, n={n_mem:.0e}", per_trade, "B/trade"))
+    rows.append(Row(f"memory, RunningMedian, n={n_mem:.0e}", median_bytes(m) / n_mem, "B/trade"))
+    for n in (10**5, 10**6, 10**7):
+        if n > max(sizes):
+            break
+        prices = random_walk(n, "61837.63", "0.01")
+        for label, naive in (("two heaps of every price", _two_heaps_median),
+                             ("sorted list with insort", _sorted_list_median)):  # fmt: skip
+            if naive is _sorted_list_median and n > 10**5:
+                continue  # O(n) per insert: 10^6 trades would take many minutes
+            start = time.perf_counter_ns()
+            naive(prices)
+            ns = (time.perf_counter_ns() - start) / n
+            rows.append(Row(f"add, {label}, n={n:.0e}", ns, "ns/add"))
+
+    texts = [f"{p // SCALE}.{p % SCALE:08d}" for p in walk[:100_000]]  # Binance's 8-decimal form
+    rows.append(Row("parse_price", loop_ns(parse_price, texts), "ns/parse"))
+    rows.append(Row("int(Decimal(s) * 10**8)", loop_ns(_decimal_units, texts), "ns/parse"))
+
+    key_sets: list[tuple[str, list[str]]] = []
+    info = (shared_data or Path()) / "exchangeInfo-2023-09-08.json"
+    if shared_data is not None and info.exists():
+        import json
+
+        key_sets.append(
+            ("real 2,292 symbols", [s["symbol"] for s in json.loads(info.read_text())["symbols"]])
+        )
+    rnd = random.Random(7)
+    alphabet = string.ascii_uppercase + string.digits
+    generated = dict.fromkeys(
+        "".join(rnd.choices(alphabet, k=rnd.randint(5, 12))) for _ in range(100_000)
+    )
+    key_sets.append((f"{len(generated):,} generated keys", list(generated)))
+    for label, keys in key_sets:
+        builds = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            ph = PerfectHash.build(keys)
+            builds.append(time.perf_counter() - t0)
+        rows.append(Row(f"perfect hash build, {label}", statistics.median(builds) * 1e3, "ms"))
+        rows.append(Row(f"load factor, {label}", len(ph) / ph.size, "keys/slot"))
+        # fresh str objects, as a decoder produces them (no cached hash)
+        probes = [k.encode().decode() for k in (keys * (100_000 // len(keys) + 1))[:100_000]]
+        d = {k: i for i, k in enumerate(keys)}
+        rows.append(Row(f"slot(), {label}", loop_ns(ph.slot, probes), "ns/lookup"))
+        rows.append(Row(f"dict.get, {label}", loop_ns(d.get, probes), "ns/lookup"))
+    return rows

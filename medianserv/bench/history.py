@@ -1,0 +1,254 @@
+"""``bench history``: the history import over local HTTP, beside decompressing the same files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import Row, SimProcess, StaticServer, cpu_seconds, peak_rss_mib
+
+__all__ = ["bench_history", "synthetic_archives"]
+
+
+def synthetic_archives(
+    directory: Path, symbol: str, trades: int, files: int, seed: int = 1
+) -> list[tuple[Any, Any, Any]]:
+    """Write ``files`` monthly aggTrades archives of ``symbol`` in Binance's layout (zip and
+    CHECKSUM) holding ``trades`` trades, from 2024-06 on (so 2025-01-01, where times turn to
+    microseconds, is crossed from the 8th file): a geometric price walk on a 0.01 tick
+    (60% of orders repeat the price), 1.8 fills per order, like BTCUSDT. Kept across runs
+    (same arguments, same bytes). Returns, per file, (ArchiveFile, distinct prices, counts):
+    the oracle the import must equal."""
+    import hashlib
+    import zipfile
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    from ..archive import MICROS_FROM_MS, monthly_file
+
+    rng = np.random.default_rng(seed)
+    out = []
+    rows_total = int(trades / 1.8)
+    price_ticks = 2_000_000.0  # 20,000.00
+    next_id, next_agg = 0, 0
+    for k in range(files):
+        year, month = 2024 + (5 + k) // 12, (5 + k) % 12 + 1
+        file = monthly_file(symbol, year, month)
+        n = rows_total // files
+        moves = rng.random(n) >= 0.6
+        steps = np.where(moves, rng.normal(0.0, 5e-5, n), 0.0)
+        walk = price_ticks * np.exp(np.cumsum(steps))
+        price_ticks = float(walk[-1])
+        prices = np.maximum(1, np.round(walk)).astype(np.int64) * 1_000_000  # ticks of 0.01
+        fills = rng.geometric(1 / 1.8, n).astype(np.int64)
+        last = np.cumsum(fills) + next_id - 1
+        first = last - fills + 1
+        start, span = file.start_ms, file.end_ms - file.start_ms
+        times = start + np.sort(rng.integers(0, span, n))
+        stamps = times * 1000 if start >= MICROS_FROM_MS else times
+        agg = np.arange(next_agg, next_agg + n, dtype=np.int64)
+        next_id, next_agg = int(last[-1]) + 1, next_agg + n
+        levels, inverse = np.unique(prices, return_inverse=True)
+        counts = np.bincount(inverse, weights=fills).astype(np.int64)
+        out.append((file, levels, counts))
+        path = directory / file.path
+        if path.exists() and Path(str(path) + ".CHECKSUM").exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        words = np.zeros(2 * n, np.int64)
+        words[0::2] = prices
+        zeros = pa.array(np.zeros(n, np.int32))
+        table = pa.table({
+            "a": agg,
+            "p": pa.Array.from_buffers(pa.decimal128(20, 8), n, [None, pa.py_buffer(words)]),
+            "q": pa.array(["0.01000000"]).take(zeros), "f": first, "l": last, "T": stamps,
+            "m": pa.array(["True"]).take(zeros), "M": pa.array(["True"]).take(zeros),
+        })  # fmt: skip
+        csv_path = directory / (file.name + ".csv")
+        options = pcsv.WriteOptions(include_header=False, quoting_style="none")
+        pcsv.write_csv(table, str(csv_path), write_options=options)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            info = zipfile.ZipInfo(file.name + ".csv", date_time=(year, month, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with csv_path.open("rb") as src, z.open(info, "w") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+        csv_path.unlink()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        Path(str(path) + ".CHECKSUM").write_text(f"{digest}  {file.name}.zip\n")
+    return out
+
+
+def _decompress_rows(path: Path) -> tuple[int, float]:
+    """(CSV lines, seconds) to merely decompress one archive, reading it as the import does."""
+    import zipfile
+
+    t0 = time.perf_counter()
+    lines = 0
+    with zipfile.ZipFile(path) as z, z.open(z.namelist()[0]) as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return lines, time.perf_counter() - t0
+
+
+def bench_history(
+    trades: int = 10**8,
+    files: int = 10,
+    archive_dir: Path | None = None,
+    shared_data: Path | None = None,
+) -> list[Row]:
+    """History import: (1) the rate on one core, end to end over local HTTP (download,
+    CHECKSUM, unzip, parse, check, reduce in a pool process; merge in this one) beside merely
+    decompressing the same files, in the same run; (2) an import of ``trades`` trades while
+    live ingest runs at 3,000 trades/s in this same process: the readers' worst lag, peak
+    memory, and what a whole BTCUSDT history (about 5e9 trades) would take at that rate.
+    The imported statistics are checked against the generator's own count."""
+    import concurrent.futures as cf
+    import dataclasses
+    import multiprocessing
+    import resource
+    import tempfile
+    import threading
+
+    from ..archive import Reduced, fetch_and_reduce, warm_up
+    from ..config import Config
+    from ..exchange import RestClient
+    from ..ingest import Ingest
+    from ..symbols import SymbolStats
+
+    rows: list[Row] = []
+    keep = archive_dir is not None
+    directory = archive_dir or Path(tempfile.mkdtemp(prefix="medianserv-archives-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as maker:
+        # in a process of its own: making the files takes memory the import does not
+        made = maker.submit(synthetic_archives, directory, "BTCUSDT", trades, files).result()
+    rows.append(Row(f"archives made or found ({files} monthly files)", time.perf_counter() - t0,
+                    "s"))  # fmt: skip
+    zip_bytes = sum((directory / f.path).stat().st_size for f, _, _ in made)
+    rows.append(Row("archive size (zip)", zip_bytes / 2**20, "MiB"))
+    server = StaticServer(directory)
+    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pool.submit(warm_up).result()  # the worker is up, pyarrow loaded, before any clock
+
+        worker = next(iter(pool._processes))  # the pool's one process, for its CPU time
+
+        def import_files(stats: SymbolStats, chosen: list[Any]) -> tuple[int, int, float, float]:
+            """Import ``chosen`` in order, one file ahead: (rows, trades, seconds, CPU seconds
+            of both processes)."""
+            t, cpu = time.perf_counter(), time.process_time() + cpu_seconds(worker)
+            n_rows = n_trades = 0
+            ahead = [pool.submit(fetch_and_reduce, server.url, f) for f, _, _ in chosen[:2]]
+            for i, (file, levels, counts) in enumerate(chosen):
+                r = ahead[i].result()
+                if i + 2 < len(chosen):
+                    ahead.append(pool.submit(fetch_and_reduce, server.url, chosen[i + 2][0]))
+                if not isinstance(r, Reduced):
+                    raise RuntimeError(f"{file.name} refused: {r}")
+                if r.levels.tolist() != levels.tolist() or r.counts.tolist() != counts.tolist():
+                    raise RuntimeError(f"{file.name}: reduced wrong")
+                applied = stats.apply_levels(r.first_id, r.last_id, r.levels.tolist(),
+                                             r.counts.tolist(), r.last_row[4])  # fmt: skip
+                if applied != r.trades:
+                    raise RuntimeError(f"{file.name} not applied")
+                n_rows += r.rows
+                n_trades += r.trades
+            cpu = time.process_time() + cpu_seconds(worker) - cpu
+            return n_rows, n_trades, time.perf_counter() - t, cpu
+
+        def fresh(total: int) -> SymbolStats:
+            stats = SymbolStats("BTCUSDT")
+            stats.baseline(total - 1, None)
+            stats.start_history(0, None)
+            return stats
+
+        total = int(sum(c.sum() for _, _, c in made))
+        sample = made[:2]
+        dec_rows = dec_cpu = 0.0
+        for f, _, _ in sample:  # decompressing only, the same files, this run
+            c0 = time.process_time()
+            n, _ = _decompress_rows(directory / f.path)
+            dec_rows += n
+            dec_cpu += time.process_time() - c0
+        imp_rows, imp_trades, imp_time, imp_cpu = import_files(fresh(total), sample)
+        rows += [
+            Row("decompress only: rows per CPU second", dec_rows / dec_cpu, "rows/s"),
+            Row("import end to end over local HTTP: rows per CPU second (both processes)",
+                imp_rows / imp_cpu, "rows/s"),
+            Row("import end to end: trades per CPU second", imp_trades / imp_cpu, "trades/s"),
+            Row("import / decompress, per core, same files, same run",
+                (imp_rows / imp_cpu) / (dec_rows / dec_cpu), "x"),
+            Row("import end to end: wall rate, 1 pool process + this one", imp_rows / imp_time,
+                "rows/s"),
+        ]  # fmt: skip
+
+        # the whole set while live ingest runs at 3,000 trades/s in this process
+        sim = SimProcess(3000, shared_data)
+        try:
+            config = dataclasses.replace(Config(), rest_url=sim.rest_url, ws_url=sim.ws_url)
+            ingest = Ingest(config.validate(), RestClient(config.rest_url))
+            ingest.start()
+            ingest.first_listing()
+            deadline = time.monotonic() + 120
+            while not ingest.ready()[0] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            sim.control("resume")
+            time.sleep(3.0)
+            lags: list[int] = []
+            done = threading.Event()
+
+            def watch() -> None:
+                while not done.wait(0.1):
+                    lags.append(max(r.stats.lag_ms for r in ingest.readers))
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            stats = fresh(total)
+            all_rows, all_trades, all_time, _ = import_files(stats, made)
+            done.set()
+            watcher.join()
+            applied = ingest.counters()["applied"]
+            ingest.stop()
+        finally:
+            sim.stop()
+        state = stats.median.to_state()
+        expected: dict[int, int] = {}
+        for _, levels, counts in made:
+            for p, c in zip(levels.tolist(), counts.tolist(), strict=True):
+                expected[p] = expected.get(p, 0) + c
+        if state != sorted(expected.items()) or stats.view().count != total:
+            raise RuntimeError("the imported statistics differ from the archives' own count")
+        main_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        child_mib = peak_rss_mib(worker)
+        rate = all_trades / all_time
+        rows += [
+            Row(f"import of {all_trades:,} trades ({all_rows:,} rows)", all_time, "s"),
+            Row("import rate, with live ingest in the same process", rate, "trades/s"),
+            Row("distinct prices after the import", len(state), "levels"),
+            Row("live ingest meanwhile: trades applied", applied, "trades"),
+            Row("live ingest meanwhile: worst reader lag", max(lags, default=0) / 1000, "s"),
+            Row(
+                "peak memory, this process (live ingest of 2,292 symbols and the merge)",
+                main_mib,
+                "MiB",
+            ),
+            Row("peak memory, a pool process", child_mib, "MiB"),
+            Row(
+                "a whole BTCUSDT history (5e9 trades) at this rate, 1 pool process",
+                5e9 / rate / 3600,
+                "h",
+            ),
+        ]
+    finally:
+        pool.shutdown()
+        server.stop()
+        if not keep:
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+    return rows
