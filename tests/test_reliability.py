@@ -273,11 +273,13 @@ def kill_rounds(
     sim: Simulator, data: Path, start: Any, rounds: int, rnd: random.Random, *, during: Any
 ) -> tuple[Running, float]:
     """``rounds`` times: run until ``during`` holds, a random while more, SIGKILL, stay down
-    2-4 s while the market trades, restart. Returns the last run and when it started."""
+    2-4 s while the market trades, restart. The market starts trading once the first run
+    holds ``during`` (trades before a service's first stored baseline are not its to
+    count). Returns the last run and when it started."""
     run = start(sim, data)
-    sim.resume()
     for _ in range(rounds):
         wait_for(lambda r=run: during(r), timeout=120)
+        sim.resume()
         time.sleep(rnd.uniform(0.0, 2.0))  # the moment of the crash is the point: random
         run.stop(signal.SIGKILL)
         time.sleep(rnd.uniform(2.0, 4.0))  # down while the market trades
@@ -334,8 +336,13 @@ def test_chaos_real_symbols_long(tmp_path: Path, seed: int) -> None:
         def begin(s: Simulator, d: Path) -> Running:
             return Running(s, d, "--rest-weight-window", "60")
 
-        def up(run: Running) -> bool:
-            return run.get("/-/ready")[0] == 200 and snapshots_written(run) >= 1
+        marks: dict[int, int] = {}
+
+        def up(run: Running) -> bool:  # subscribed, and its baselines stored since
+            if run.get("/-/ready")[0] != 200:
+                return False
+            first = marks.setdefault(id(run), snapshots_written(run))
+            return snapshots_written(run) >= first + 2
 
         run, restarted = kill_rounds(sim, tmp_path, begin, 3, rnd, during=up)
         wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
