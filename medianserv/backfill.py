@@ -433,7 +433,9 @@ class Backfill:
                 return 0
             self._audit_due = now + AUDIT_INTERVAL
         found = 0
-        for symbol, stats in self.table().items():
+        for i, (symbol, stats) in enumerate(self.table().items()):
+            if i % 64 == 63:
+                time.sleep(0)  # let request and reader threads in
             if stats.missing() and not self.queued(symbol):
                 found += 1
                 self.notify(symbol, 0.0)

@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rps", type=float, default=2000.0, help=argparse.SUPPRESS)
     bench.add_argument(
         "--rates", type=lambda s: [float(x) for x in s.split(",")],
-        default=[500.0, 1000.0, 2000.0, 3000.0, 4000.0],
+        default=[500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0],
         help="api: offered requests/s, comma-separated",
     )  # fmt: skip
     bench.add_argument("--levels", type=int, default=10_000_000, help="levels stored (snapshot)")

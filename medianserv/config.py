@@ -49,6 +49,9 @@ class Config:
         "", "import every trade since listing for these symbols: 'all' or SYM1,SYM2,... "
         "(empty: none; symbols listed while the service runs are followed from their first "
         "trade anyway)")  # fmt: skip
+    cache_max_age: float = _opt(
+        0.0, "seconds a cache in front (a reverse proxy, a CDN) may keep GET answers of the "
+        "data endpoints (Cache-Control: public, max-age=N); 0: no-store")  # fmt: skip
     archive_url: str = _opt(
         "https://data.binance.vision", "base URL of Binance's public trade archives (a mirror "
         "with the same layout works)")  # fmt: skip
@@ -136,6 +139,8 @@ class Config:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if not 0 <= self.cache_max_age <= 86_400:
+            raise ConfigError("cache_max_age must be within 0..86400 seconds")
         if self.sample_count < 2:
             raise ConfigError("sample_count must be at least 2")
         if not 0 <= self.port <= 65535:

@@ -306,11 +306,11 @@ class Importer:
             self._lock.notify()
 
     def status(self, symbol: str, complete: bool) -> str:
-        """``none``, ``pending``, ``importing``, ``complete`` or ``failed``. O(1)."""
+        """``none``, ``pending``, ``importing``, ``complete`` or ``failed``. O(1), without the
+        lock: the API asks for every request, and one dict read is atomic."""
         if complete:
             return "complete"
-        with self._lock:
-            return self._state.get(symbol, "none")  # complete here: nothing traded before us
+        return self._state.get(symbol, "none")  # complete here: nothing traded before us
 
     def queued(self, symbol: str) -> bool:
         """Whether ``symbol``'s import is queued or under way (not complete). O(1)."""

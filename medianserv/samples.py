@@ -28,7 +28,8 @@ class Ring:
     """Fixed-capacity ring of (time_ms, count, twice_median, last_price) samples, each with its
     live count (for :meth:`rate`).
 
-    Runtime complexity: :meth:`append` O(1); :meth:`samples` O(capacity); memory O(capacity).
+    Runtime complexity: :meth:`append` and :meth:`rate` O(1); :meth:`samples` O(capacity);
+    memory O(capacity).
     Not thread-safe: one writer; readers copy with :meth:`samples` under the owner's lock.
     """
 
@@ -75,16 +76,19 @@ class Ring:
 
     def rate(self, now_ms: int, window_ms: int = 60_000) -> float:
         """Live trades per second over about the last ``window_ms`` (0 with fewer than 2
-        samples). O(capacity)."""
+        samples). Samples are taken at a steady interval, so the one about ``window_ms``
+        before the last is found by arithmetic: O(1)."""
         n = self._size
         if n < 2:
             return 0.0
         t, _, _, _, live = self._cols
-        order = [(self._next - n + k) % self.capacity for k in range(n)]
-        last = order[-1]
-        first = next((i for i in order if t[i] >= now_ms - window_ms), order[0])
-        if t[first] >= t[last]:
-            first = order[-2]
+        cap = self.capacity
+        last = (self._next - 1) % cap
+        step = t[last] - t[(last - 1) % cap]
+        back = n - 1 if step <= 0 else max(1, min(n - 1, round(window_ms / step)))
+        first = (last - back) % cap
+        if t[last] <= t[first]:
+            return 0.0
         return (live[last] - live[first]) * 1000 / (t[last] - t[first])
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .median import RunningMedian
 from .perfect_hash import PerfectHash
@@ -85,7 +85,9 @@ class StatsView:
     first_trade_time: int | None = None  # when it happened (a lower bound), ms
     history_complete: bool = False  # every trade since the symbol's first is counted
     history_missing: int = 0  # trades of its history still to import
-    live_count: int = 0  # trades counted by this process but from the history import
+    # this process's own: not part of the statistics (a restored symbol starts them afresh)
+    live_count: int = field(default=0, compare=False)  # counted here, history import aside
+    version: int = field(default=0, compare=False)  # SymbolStats.version at this instant
 
 
 class SymbolStats:
@@ -104,7 +106,7 @@ class SymbolStats:
 
     __slots__ = (
         "damaged", "dirty", "dirty_levels", "ids", "imported", "last_price", "last_trade_id",
-        "last_trade_time", "lock", "median", "merged", "symbol",
+        "last_trade_time", "lock", "median", "merged", "symbol", "version",
     )  # fmt: skip
 
     def __init__(self, symbol: str) -> None:
@@ -120,6 +122,9 @@ class SymbolStats:
         self.merged = 0  # trades of the claimed file merged so far (see apply_levels)
         self.imported = 0  # trades of history imported by this process (in memory only)
         self.damaged = False  # a merge broke off half way: never stored again (see apply_levels)
+        # bumped by every change of what is served: caches of the API key on it (it may be
+        # read without the lock: an int read is atomic, and a stale one only delays a rebuild)
+        self.version = 0
 
     # -- applying trades --------------------------------------------------------------------------
 
@@ -132,6 +137,7 @@ class SymbolStats:
             self.median.add(price)
             self.dirty_levels.add(price)
             self.dirty = True
+            self.version += 1
             if trade_id > self.last_trade_id:
                 self.last_trade_id = trade_id
                 self.last_price = price
@@ -164,6 +170,7 @@ class SymbolStats:
                         )  # fmt: skip
             if applied:
                 self.dirty = True
+                self.version += 1
                 self.imported += before - ids.to_import
         return applied
 
@@ -214,6 +221,7 @@ class SymbolStats:
                         add(price, count)
                         self.merged += count
                     self.dirty_levels.update(prices)
+                    self.version += 1
         except BaseException:
             with self.lock:
                 self.damaged = True
@@ -224,6 +232,7 @@ class SymbolStats:
             self.merged = 0
             self.imported += filled
             self.dirty = True
+            self.version += 1
             if hi > self.last_trade_id and last_price is not None:
                 self.last_trade_id, self.last_price = hi, last_price
                 self.last_trade_time = last_ms
@@ -240,12 +249,14 @@ class SymbolStats:
         """See :meth:`TradeIds.start_history`; under the lock."""
         with self.lock:
             self.dirty = True
+            self.version += 1
             return self.ids.start_history(origin_id, origin_ms)
 
     def adopt(self, last_id: int, close_ms: int | None) -> None:
         """See :meth:`TradeIds.adopt`; under the lock."""
         with self.lock:
             self.dirty = True
+            self.version += 1
             self.ids.adopt(last_id, close_ms)
 
     def front(self) -> Front | None:
@@ -270,6 +281,7 @@ class SymbolStats:
         with self.lock:
             self.ids.baseline(last_id, close_ms)
             self.dirty = True
+            self.version += 1
 
     def sweep(
         self, first_id: int, last_id: int, open_ms: int | None = None, close_ms: int | None = None
@@ -277,12 +289,14 @@ class SymbolStats:
         """See :meth:`TradeIds.sweep`; under the lock."""
         with self.lock:
             self.dirty = True
+            self.version += 1
             return self.ids.sweep(first_id, last_id, open_ms, close_ms)
 
     def give_up(self, first: int, last: int) -> int:
         """Stop waiting for trade ids ``first..last``; they count as lost. O(g)."""
         with self.lock:
             self.dirty = True
+            self.version += 1
             return self.ids.give_up(first, last)
 
     def oldest_gap(self) -> Gap | None:
@@ -366,6 +380,7 @@ class SymbolStats:
                 ids.history_complete,
                 ids.to_import,
                 count - self.imported,
+                self.version,
             )
 
     def _check(self) -> None:

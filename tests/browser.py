@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -34,10 +36,11 @@ class Browser:
     """One headless Chromium with one page; ``evaluate`` runs JavaScript in it."""
 
     def __init__(self, executable: str) -> None:
-        self._profile = tempfile.TemporaryDirectory()
+        self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             [executable, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # its helpers in one group: close() stops them all
         )  # fmt: skip
         assert self.proc.stderr is not None
         port = None
@@ -82,7 +85,18 @@ class Browser:
         return base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
 
     def close(self) -> None:
+        """Stop Chromium and every helper process it started; remove its profile."""
         self.ws.close()
-        self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        for _ in range(50):  # helpers may take a moment to go
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
         self._profile.cleanup()

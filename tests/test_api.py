@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import falcon.testing
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medianserv.api import HttpServer, create_app, openapi_document
+from medianserv.api import Bodies, HttpServer, create_app, openapi_document
 from medianserv.symbols import SymbolTable
 
 
@@ -33,8 +35,8 @@ class State:
     def ready(self) -> tuple[bool, str]:
         return self.is_ready
 
-    def metrics(self) -> str:
-        return "# TYPE medianserv_up gauge\nmedianserv_up 1\n"
+    def metrics(self) -> bytes:
+        return b"# TYPE medianserv_up gauge\nmedianserv_up 1\n"
 
     def status(self) -> dict[str, object]:
         return {
@@ -197,3 +199,201 @@ def test_real_waitress(server: HttpServer) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=5)
     assert err.value.code == 405
+
+
+# -- validators, caching, compression, the change feed -------------------------------------------
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+    """A real HTTP GET: (status, headers (case-insensitive), raw body), 304 and 4xx too."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+@pytest.mark.parametrize("path", ["/symbols", "/BTCUSDT", "/-/all", "/-/all?since=none"])
+def test_etags_and_304_through_a_real_http_client(
+    server: HttpServer, state: State, path: str
+) -> None:
+    """Every answer carries a strong ETag; If-None-Match with it gets 304 and no body; after a
+    change the old tag no longer matches."""
+    base = f"http://127.0.0.1:{server.port}"
+    status, headers, body = get(base + path)
+    etag = headers["ETag"]
+    assert status == 200 and etag.startswith('"') and not etag.startswith("W/") and body
+    status, headers, body = get(base + path, {"If-None-Match": etag})
+    assert (status, body) == (304, b"") and headers["ETag"] == etag
+    assert get(base + path, {"If-None-Match": f'"other", {etag}'})[0] == 304
+    assert get(base + path, {"If-None-Match": '"other"'})[0] == 200
+    if path != "/symbols":  # a trade changes the statistics: the old tag is stale
+        btc = state.table().get("BTCUSDT")
+        assert btc is not None
+        btc.apply(15, 6183765000000, 1723161255400)
+        time.sleep(1.1)  # /-/all is rebuilt at most once a second
+        status, headers, _ = get(base + path, {"If-None-Match": etag})
+        assert status == 200 and headers["ETag"] != etag
+
+
+def test_cache_control_is_an_option(state: State) -> None:
+    """With cache_max_age, data endpoints may be kept by a cache in front; operational ones
+    and errors never."""
+    client = falcon.testing.TestClient(create_app(state, cache_max_age=30))
+    for path in ("/symbols", "/BTCUSDT", "/-/all", "/-/samples/BTCUSDT", "/-/openapi.json", "/"):
+        assert client.simulate_get(path).headers["Cache-Control"] == "public, max-age=30", path
+    for path in ("/-/ready", "/-/healthy", "/-/status", "/metrics", "/NOPE"):
+        assert client.simulate_get(path).headers["Cache-Control"] == "no-store", path
+    default = falcon.testing.TestClient(create_app(state))
+    assert default.simulate_get("/BTCUSDT").headers["Cache-Control"] == "no-store"
+
+
+def test_large_bodies_are_gzipped_for_clients_that_accept_it() -> None:
+    """The same bytes, gzipped, with their own ETag and Vary: Accept-Encoding."""
+    import gzip
+
+    state = State()
+    state._table = SymbolTable.build([f"SYM{i}USDT" for i in range(200)])
+    client = falcon.testing.TestClient(create_app(state))
+    plain = client.simulate_get("/-/all")
+    zipped = client.simulate_get("/-/all", headers={"Accept-Encoding": "gzip, br"})
+    assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(zipped.content) == plain.content and len(zipped.content) < 0.5 * len(
+        plain.content
+    )
+    assert zipped.headers["ETag"] != plain.headers["ETag"]
+    refused = client.simulate_get("/-/all", headers={"Accept-Encoding": "gzip;q=0"})
+    assert refused.content == plain.content
+
+
+def test_change_feed_sends_what_changed() -> None:
+    """since=<version> answers the rows changed after that version; an unknown version (another
+    process, too old, garbage) everything, with full: true."""
+    now = [0.0]
+    state = State()
+    bodies = Bodies(state, clock=lambda: now[0], epoch="test")
+    client = falcon.testing.TestClient(create_app(state, bodies=bodies))
+    first = client.simulate_get("/-/all", params={"since": "none"}).json
+    assert first["full"] and [r[0] for r in first["rows"]] == list(state.table().symbols)
+    assert first["fields"][0] == "symbol" and first["fields"][-1] == "trades_per_second"
+    btc = dict(zip(first["fields"], first["rows"][0], strict=True))
+    assert btc == {**client.simulate_get("/BTCUSDT").json, "trades_per_second": 1.5}
+    version = first["version"]
+    now[0] += 2
+    same = client.simulate_get("/-/all", params={"since": version}).json
+    assert not same["full"] and same["rows"] == [] and same["version"] == version
+    eth = state.table().get("ETHBTC")
+    assert eth is not None
+    eth.apply(1, 5, 1)
+    now[0] += 2
+    delta = client.simulate_get("/-/all", params={"since": version}).json
+    assert not delta["full"] and [r[0] for r in delta["rows"]] == ["ETHBTC"]
+    assert delta["rows"][0][1] == 1 and delta["version"] != version
+    for bad in ("other.1", "test.999", "test.x", "", "a" * 1000):
+        assert client.simulate_get("/-/all", params={"since": bad}).json["full"], bad
+
+
+@given(st.lists(st.dictionaries(st.sampled_from("ABCDE"), st.integers(0, 3), min_size=5,
+                                max_size=5), max_size=30),
+       st.integers(1, 5))  # fmt: skip
+def test_change_feed_against_an_oracle(history: list[dict[str, int]], keep: int) -> None:
+    """Any version still kept answers exactly the symbols whose key changed after it."""
+    from medianserv.feed import ChangeFeed
+
+    feed = ChangeFeed("e", keep=keep)
+    listing = tuple("ABCDE")
+    seen: list[tuple[str, dict[str, int]]] = []
+    for keys in history:
+        seen.append((feed.tick(keys, listing), dict(keys)))
+        for version, then in seen:
+            got = feed.since(version)
+            now = keys
+            want = {s for s in listing if then.get(s) != now.get(s)}
+            if got is not None:
+                assert want <= got  # never too little (a key may change and change back)
+        assert feed.since(feed.version) == set()
+        if len(seen) >= 2 and seen[-2][0] != seen[-1][0] and keep >= 1:
+            assert feed.since(seen[-2][0]) is not None  # the last tick is always answerable
+
+
+def test_metrics_are_standard_and_complete() -> None:
+    """/metrics through prometheus_client: the process and runtime series, and every series
+    the README names."""
+    import re
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from medianserv.config import Config
+    from medianserv.metrics import create_registry, render
+    from medianserv.service import Service
+
+    service = Service(Config())
+    text = render(create_registry(service)).decode()
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    for standard in ("process_resident_memory_bytes", "process_cpu_seconds_total",
+                     "process_open_fds", "python_gc_collections_total", "python_info"):  # fmt: skip
+        assert standard in names, standard
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    named = set(re.findall(r"`(medianserv_[a-z_]+)(?:\{[^}]*\})?`", readme))
+    assert named and named <= names, named - names
+
+
+def _wsgi_call(
+    app: Any, path: str, headers: dict[str, str] | None = None
+) -> tuple[str, Any, bytes]:
+    import io
+    import sys
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "",
+               "SERVER_NAME": "x", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr,
+               "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+               "wsgi.version": (1, 0), "HTTP_HOST": "x"}  # fmt: skip
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    got: dict[str, Any] = {}
+
+    def start_response(status: str, response_headers: Any, exc_info: Any = None) -> None:
+        got["status"], got["headers"] = status, sorted((k.lower(), v) for k, v in response_headers)
+
+    body = b"".join(app(environ, start_response))
+    return got["status"], got["headers"], body
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(["/BTCUSDT", "/btcusdt", "/ETHBTC", "/QUIETUSDT", "/NOPE", "/BTCUSDT/", "/",
+                     "/-/all", "/-/status", "/%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT",
+                     "/BTC%55SDT", "/a/b", "/" + "X" * 70, "/symbols", "/ btc", "/\x00"])
+    | st.text(st.characters(max_codepoint=255), max_size=12).map(lambda t: "/" + t),  # WSGI
+    st.sampled_from([{}, {"If-None-Match": '"x"'}, {"Accept-Encoding": "gzip"}]),
+    st.sampled_from([0.0, 30.0]),
+)  # fmt: skip
+def test_the_shortcut_answers_exactly_as_falcon(
+    path: str, headers: dict[str, str], max_age: float
+) -> None:
+    """Whatever the request, the WSGI stack waitress serves answers what the Falcon app alone
+    answers: same status, same headers, same bytes (the shortcut or not)."""
+    from medianserv.api import create_wsgi
+
+    state = State()
+    wsgi = create_wsgi(state, cache_max_age=max_age)
+    falcon_only = create_app(state, cache_max_age=max_age, bodies=wsgi.bodies)
+    assert _wsgi_call(wsgi, path, headers) == _wsgi_call(falcon_only, path, headers)
+
+
+def test_the_shortcut_is_taken_for_the_hot_path() -> None:
+    """A plain GET of a listed symbol never reaches Falcon; anything with a validator does."""
+    from medianserv.api import create_wsgi
+
+    wsgi = create_wsgi(State())
+    reached: list[str] = []
+    inner = wsgi.app
+    wsgi.app = lambda environ, start: reached.append(environ["PATH_INFO"]) or inner(environ, start)
+    assert _wsgi_call(wsgi, "/BTCUSDT")[0] == "200 OK" and reached == []
+    etag = dict(_wsgi_call(wsgi, "/btcusdt")[1])["etag"]
+    assert _wsgi_call(wsgi, "/BTCUSDT", {"If-None-Match": etag})[0] == "304 Not Modified"
+    assert reached == ["/BTCUSDT"]

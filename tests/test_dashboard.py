@@ -110,6 +110,7 @@ def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
             if os.environ.get("MEDIANSERV_SCREENSHOT"):
                 Path(os.environ["MEDIANSERV_SCREENSHOT"]).write_bytes(shot)
 
+            port = run.port
             run.stop()  # the page must say it is not live any more
             wait_for(
                 lambda: browser.evaluate("document.body.classList.contains('stale')"), timeout=15
@@ -117,5 +118,20 @@ def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
             assert (
                 browser.evaluate("document.getElementById('state').textContent") == "reconnecting"
             )
+            publish(sim, 1000)  # the market goes on while the service is down
+            sim.pause()
+            run = Running(sim, tmp_path / "data", "--sample-interval", "0.3", "--port", str(port))
+            truth = {s: t["count"] for s, t in sim.truth().items()}
+            wait_for(lambda: {r["symbol"]: r["count"] for r in run.get("/-/all")[1]
+                              if r["count"]} == truth, timeout=60)  # fmt: skip
+            api = {r["symbol"]: r for r in http_get(run.base + "/-/all")[2]}
+            counts_js = (
+                "Object.fromEntries([...document.querySelectorAll('#tbl tbody tr')]"
+                ".map(r => [r.cells[0].textContent, r.cells[1].textContent]))"
+            )
+            want = {s: f"{r['count']:,}" for s, r in api.items()}
+            # back live, caught up: every row is the service's, none left from before
+            wait_for(lambda: browser.evaluate(counts_js) == want, timeout=30)
+            assert not browser.evaluate("document.body.classList.contains('stale')")
         finally:
             browser.close()

@@ -103,21 +103,26 @@ def test_run_stop_restart_restore(sim: Simulator, tmp_path: Path) -> None:
     assert run.get("/symbols") == (200, sim.listed())
     publish(sim, 3000)
     settle(sim, run)
+    from prometheus_client.parser import text_string_to_metric_families
+
     metrics = http_get_text(run.base + "/metrics")[2]
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(metrics) for s in f.samples}  # fmt: skip
 
     def counter(name: str) -> int:
-        m = re.search(rf"^medianserv_{name} (\d+)$", metrics, re.M)
-        assert m, name
-        return int(m.group(1))
+        return int(samples[(f"medianserv_{name}", ())])
 
     # every trade once: from the stream, or over REST when it was missed or slow to arrive
     applied, backfilled = counter("trades_applied_total"), counter("trades_backfilled_total")
     assert applied + backfilled == sim.stats()["trades_published"]
-    names = ("ready 1", "connections_open 1", "frames_rejected_total", "trades_backfilled_total",
-             "snapshot_age_seconds", "connection_lag_seconds", "backfill_pending_symbols",
-             "reconnects_total 0", "thread_restarts_total 0")  # fmt: skip
+    assert (counter("ready"), counter("connections_open"), counter("reconnects_total"),
+            counter("thread_restarts_total")) == (1, 1, 0, 0)  # fmt: skip
+    names = ("frames_rejected_total", "trades_backfilled_total", "snapshot_age_seconds",
+             "connection_lag_seconds", "backfill_pending_symbols",
+             "thread_errors_total")  # fmt: skip
     for name in names:
         assert f"medianserv_{name}" in metrics, name
+    assert "process_resident_memory_bytes" in metrics  # the standard series too
     assert run.stop() == 0
     log = "\n".join(run.lines)
     assert "final snapshot" in log and "stopped" in log

@@ -124,7 +124,7 @@ def load_generate(
 
 def bench_api(
     seconds: float = 10.0,
-    rates: Sequence[float] = (500, 1000, 2000, 3000, 4000),
+    rates: Sequence[float] = (500, 1000, 2000, 3000, 4000, 5000, 6000),
     shared_data: Path | None = None,
 ) -> list[Row]:
     """Latency of GET /{symbol} at each offered rate (so the knee shows), then GET /symbols,
