@@ -64,6 +64,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             part = bench.bench_snapshot(args.levels, shared)
         elif suite == "history":
             part = bench.bench_history(args.trades, args.files, args.archive_dir, shared)
+        elif suite == "scale":
+            part = bench.bench_scale(args.prices, args.files)
         elif suite == "recovery":
             part = bench.bench_recovery(
                 shared, tps=args.tps or 300.0, down_seconds=args.down_seconds,
@@ -167,9 +169,9 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
             return 0
         progress = lambda s, n: print(f"reading: {s} symbols, {n} levels", file=sys.stderr)  # noqa: E731
         for state in store.load(progress=progress):
-            from .median import RunningMedian
+            from .symbols import SymbolStats
 
-            twice = RunningMedian.from_state(state.levels).twice_median
+            twice = SymbolStats.restore(state).median.twice_median
             print(json.dumps({
                 "symbol": state.symbol,
                 "count": state.count,
@@ -273,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "suite",
-        choices=["core", "ingest", "api", "snapshot", "long", "history", "recovery", "all",
+        choices=["core", "ingest", "api", "snapshot", "long", "history", "recovery", "scale", "all",
                  "load", "bare"],
         nargs="?", default="all",
         help="'all' runs every suite but history and recovery (long on their own)",
@@ -303,7 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--levels", type=int, default=10_000_000, help="levels stored (snapshot)")
     bench.add_argument("--trades", type=lambda s: int(float(s)), default=10**8,
                        help="trades (long, history)")  # fmt: skip
-    bench.add_argument("--files", type=int, default=10, help="history: monthly archive files")
+    bench.add_argument("--files", type=int, default=10,
+                       help="history: monthly archive files; scale: files imported")  # fmt: skip
+    bench.add_argument("--prices", type=lambda s: int(float(s)), default=10**7,
+                       help="scale: distinct prices in one median")  # fmt: skip
     bench.add_argument(
         "--archive-dir", type=Path, default=None,
         help="history: keep the generated archives here (and reuse them)",

@@ -178,6 +178,7 @@ class Service:
             "importing": by_state.get("importing", 0),
             "failed": by_state.get("failed", 0),
             "trades": h.trades,
+            "quirks": dict(h.quirks),
         }
 
     def sample(self) -> None:
@@ -214,13 +215,16 @@ class Service:
             states = store.load(
                 progress=lambda s, n: log.info("restoring: %d symbols, %d levels so far", s, n)
             )
-            known = [SymbolStats.restore(s) for s in states]
+            trades = sum(s.count for s in states)
+            levels = sum(len(s.levels) for s in states)
+            known = []
+            for state in states:
+                known.append(SymbolStats.restore(state))
+                state.levels = []  # the median holds them now: free the loaded copy
             listing = store.load_listing()
         except (StoreError, ValueError) as exc:
             log.error("the snapshot store is corrupt: %s (start with --reset to discard it)", exc)
             return 2
-        trades = sum(s.count for s in states)
-        levels = sum(len(s.levels) for s in states)
         del states
         off = [s.symbol for s in known if not s.consistent()]
         if off:

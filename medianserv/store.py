@@ -25,15 +25,16 @@ from __future__ import annotations
 import shutil
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import msgspec
+import numpy as np
 
 from .errors import MedianservError
-from .symbols import Front, Gap, SymbolState, TradeIds
+from .symbols import Front, Gap, LevelArrays, SymbolState, TradeIds
 
 __all__ = ["FORMAT_VERSION", "Store", "StoreError", "decode_record", "encode_record", "level_key"]
 
@@ -124,6 +125,27 @@ def symbol_prefix(symbol: str) -> bytes:
     if not 0 < len(raw) < 256:
         raise StoreError(f"symbol name too long to store: {symbol[:40]!r}")
     return bytes((len(raw),)) + raw
+
+
+def _level_items(batch: list[SymbolState], written: list[int]) -> Iterator[tuple[bytes, bytes]]:
+    """The ``levels`` items of ``batch``, made as they are written (a list of ten million
+    would cost gigabytes); counts them in ``written[0]``. Arrays are packed a chunk at a
+    time, vectorized."""
+    pack = _U64.pack
+    for state in batch:
+        prefix = symbol_prefix(state.symbol)
+        levels = state.levels
+        if isinstance(levels, LevelArrays):
+            for start in range(0, len(levels), 65_536):
+                keys = levels.prices[start : start + 65_536].astype(">u8").tobytes()
+                values = levels.counts[start : start + 65_536].astype(">u8").tobytes()
+                for i in range(0, len(keys), 8):
+                    yield prefix + keys[i : i + 8], values[i : i + 8]
+                written[0] += len(keys) // 8
+        else:
+            for price, count in levels:
+                yield prefix + pack(price), pack(count)
+            written[0] += len(levels)
 
 
 def level_key(symbol: str, price: int) -> bytes:
@@ -267,14 +289,9 @@ class Store:
     def _write(
         self, batch: list[SymbolState], saved_at: int, listing: tuple[str, ...] | None
     ) -> tuple[int, int]:
-        pack = _U64.pack
         records = [(state.symbol.encode(), encode_record(state)) for state in batch]
-        level_items = [
-            (prefix + pack(price), pack(count))
-            for state in batch
-            for prefix in (symbol_prefix(state.symbol),)
-            for price, count in state.levels
-        ]
+        written = [0]
+        level_items = _level_items(batch, written)
         with self.env.begin(write=True) as txn:
             # putmulti: one C call for many items. A put() each would hand the GIL back and
             # forth with busy reader threads once per item, which stretches a big snapshot
@@ -287,7 +304,7 @@ class Store:
                 put(b"listing", _encoder.encode(list(listing)), db=self._meta)
             snapshots = int(txn.get(b"snapshots", b"0", db=self._meta)) + 1
             put(b"snapshots", str(snapshots).encode(), db=self._meta)
-        return len(records), len(level_items)
+        return len(records), written[0]
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -306,21 +323,29 @@ class Store:
                     symbol = bytes(key).decode()
                     state = decode_record(symbol, bytes(value), self.version)
                     prefix = symbol_prefix(symbol)
-                    levels = state.levels
+                    n = len(prefix)
+                    prices, counts = bytearray(), bytearray()  # 8 bytes a level, big-endian
                     if levels_cursor.set_range(prefix):
                         for lkey, lvalue in levels_cursor:
-                            if bytes(lkey[: len(prefix)]) != prefix or len(lkey) != len(prefix) + 8:
+                            if lkey[:n] != prefix or len(lkey) != n + 8:
                                 break
-                            levels.append(
-                                (_U64.unpack(lkey[len(prefix) :])[0], _U64.unpack(lvalue)[0])
-                            )
+                            prices += lkey[n:]
+                            counts += lvalue
                             total += 1
                             if progress is not None and total % 100_000 == 0:
                                 progress(len(out), total)
-                    if sum(c for _, c in levels) != state.count:
+                    if len(counts) != len(prices):
+                        raise StoreError(f"{symbol}: a level's count is not 8 bytes")
+                    # big-endian to native in place: no second copy of ten million levels
+                    levels = LevelArrays(
+                        np.frombuffer(prices, np.uint64).byteswap(inplace=True),
+                        np.frombuffer(counts, np.int64).byteswap(inplace=True),
+                    )
+                    if levels.total() != state.count or bool(np.any(levels.counts <= 0)):
                         raise StoreError(
                             f"{symbol}: levels do not add up to its count {state.count}"
                         )
+                    state.levels = levels
                     out.append(state)
         except lmdb.Error as exc:
             raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc

@@ -15,10 +15,12 @@ ties them together: the trades the median holds are exactly the ids the bookkeep
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from .median import RunningMedian
 from .perfect_hash import PerfectHash
@@ -41,6 +43,7 @@ __all__ = [
     "GAP",
     "Front",
     "Gap",
+    "LevelArrays",
     "Outcome",
     "Row",
     "StatsView",
@@ -66,7 +69,7 @@ class SymbolState:
     last_price: int | None
     last_trade_time: int | None
     ids: TradeIds
-    levels: list[tuple[int, int]]
+    levels: list[tuple[int, int]] | LevelArrays
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +108,8 @@ class SymbolStats:
     """
 
     __slots__ = (
-        "damaged", "dirty", "dirty_levels", "ids", "imported", "last_price", "last_trade_id",
-        "last_trade_time", "lock", "median", "merged", "symbol", "version",
+        "damaged", "dirty", "dirty_arrays", "dirty_levels", "ids", "imported", "last_price",
+        "last_trade_id", "last_trade_time", "lock", "median", "merged", "symbol", "version",
     )  # fmt: skip
 
     def __init__(self, symbol: str) -> None:
@@ -119,6 +122,7 @@ class SymbolStats:
         self.last_trade_time: int | None = None  # its time
         self.dirty = False  # changed since the last harvest
         self.dirty_levels: set[int] = set()  # price levels added to since the last harvest
+        self.dirty_arrays: list[np.ndarray[Any, Any]] = []  # and those of whole files
         self.merged = 0  # trades of the claimed file merged so far (see apply_levels)
         self.imported = 0  # trades of history imported by this process (in memory only)
         self.damaged = False  # a merge broke off half way: never stored again (see apply_levels)
@@ -178,12 +182,12 @@ class SymbolStats:
         self,
         lo: int,
         hi: int,
-        levels: Sequence[int],
-        counts: Sequence[int],
+        levels: Sequence[int] | np.ndarray[Any, Any],
+        counts: Sequence[int] | np.ndarray[Any, Any],
         last_ms: int | None,
         *,
         last_price: int | None = None,
-        slice_size: int = 4096,
+        slice_size: int = 1 << 22,
     ) -> int:
         """Apply a whole archive file, reduced to (price, count) pairs, covering exactly the
         trade ids ``lo..hi`` at the bottom of the front; anything else is refused (returns 0)
@@ -192,35 +196,40 @@ class SymbolStats:
         The pairs are checked first (distinct ascending prices, positive counts adding up to
         ``hi - lo + 1``; ``ValueError`` otherwise, before anything is applied). Then the ids
         are claimed (:meth:`TradeIds.claim_front`: nothing else can count them meanwhile) and
-        the pairs go into the median ``slice_size`` at a time, each slice under the lock, so a
-        reader waits one slice at most, not the whole file. Until the last slice the
-        snapshotter leaves the symbol alone: what is stored is the file's pairs and the moved
-        front together, or neither, so a crash never counts a file twice.
+        the pairs go into the median with :meth:`RunningMedian.add_many` (vectorized), under
+        the lock, ``slice_size`` pairs at a time (a file has far fewer distinct prices than
+        that, so in practice one step). Until the last slice the snapshotter leaves the symbol
+        alone: what is stored is the file's pairs and the moved front together, or neither,
+        so a crash never counts a file twice.
 
         If the merge breaks off half way (only a bug or memory exhaustion can do that: the
         input was checked), the median holds part of a file that its ids do not count. The
         symbol is then *damaged*: never stored again, so its last snapshot stays right and a
         restart restores it; the error propagates.
 
-        O(p (log d + crossings)) for p pairs. Returns the trades applied."""
-        levels, counts = list(levels), list(counts)
-        _check_pairs(levels, counts, hi - lo + 1, self.symbol)
+        O(d + p) for p pairs and d levels held (a merge of sorted arrays). Returns the trades
+        applied."""
+        try:
+            prices = np.asarray(levels, dtype=np.uint64).reshape(-1)
+            times = np.asarray(counts, dtype=np.int64).reshape(-1)
+        except (OverflowError, TypeError) as exc:
+            raise ValueError(f"{self.symbol}: a price or count out of range") from exc
+        _check_pairs(prices, times, hi - lo + 1, self.symbol)
         with self.lock:
             if self.damaged or not self.ids.claim_front(lo, hi):
                 return 0
             self.merged = 0
-        add = self.median.add
+        add_many = self.median.add_many
         try:
-            for start in range(0, len(levels), slice_size):
+            for start in range(0, len(prices), slice_size):
                 if start:
                     self._between_slices()
-                prices = levels[start : start + slice_size]
-                times = counts[start : start + slice_size]
+                part_p = prices[start : start + slice_size]
+                part_c = times[start : start + slice_size]
                 with self.lock:
-                    for price, count in zip(prices, times, strict=True):
-                        add(price, count)
-                        self.merged += count
-                    self.dirty_levels.update(prices)
+                    add_many(part_p, part_c)
+                    self.merged += int(part_c.sum())
+                    self.dirty_arrays.append(part_p)
                     self.version += 1
         except BaseException:
             with self.lock:
@@ -321,8 +330,16 @@ class SymbolStats:
             # a file half merged is never stored, nor a merge that broke off
             if not self.dirty or self.ids.claimed is not None or self.damaged:
                 return None
-            low, high = self.median._low_counts, self.median._high_counts  # C-level lookups
-            levels = [(p, low.get(-p, 0) + high.get(p, 0)) for p in self.dirty_levels]
+            levels: list[tuple[int, int]] | LevelArrays
+            if self.dirty_arrays:  # files: as arrays, 16 bytes a level, not a list of tuples
+                live = np.fromiter(self.dirty_levels, np.uint64, len(self.dirty_levels))
+                prices = _distinct(np.concatenate([*self.dirty_arrays, live]))
+                levels = LevelArrays(prices, self.median.counts_of(prices))
+                self.dirty_arrays = []
+            else:
+                live_prices = list(self.dirty_levels)
+                counts = self.median.multiplicities(live_prices)
+                levels = list(zip(live_prices, counts, strict=True))
             self.dirty_levels = set()
             self.dirty = False
             return self._state(levels)
@@ -332,7 +349,7 @@ class SymbolStats:
         with self.lock:
             return self._state(self.median.to_state())
 
-    def _state(self, levels: list[tuple[int, int]]) -> SymbolState:
+    def _state(self, levels: list[tuple[int, int]] | LevelArrays) -> SymbolState:
         return SymbolState(self.symbol, self.median.count, self.last_trade_id, self.last_price,
                            self.last_trade_time, self.ids.copy(), levels)  # fmt: skip
 
@@ -343,7 +360,11 @@ class SymbolStats:
         Raises ``ValueError`` when the state contradicts itself (count != sum of levels).
         """
         stats = cls(state.symbol)
-        stats.median = RunningMedian.from_state(state.levels)
+        levels = state.levels
+        if isinstance(levels, LevelArrays):
+            stats.median = RunningMedian.from_arrays(levels.prices, levels.counts)
+        else:
+            stats.median = RunningMedian.from_state(levels)
         if stats.median.count != state.count:
             raise ValueError(
                 f"{state.symbol}: count {state.count} but levels sum to {stats.median.count}"
@@ -400,16 +421,59 @@ class SymbolStats:
                 assert (self.last_trade_id, self.last_price) == (ids.highest, ids.highest_price)
 
 
-def _check_pairs(levels: list[int], counts: list[int], trades: int, symbol: str) -> None:
-    """Refuse (ValueError) pairs that are not distinct ascending non-negative prices with
-    positive counts adding up to ``trades``. O(p)."""
+def _check_pairs(
+    levels: np.ndarray[Any, Any], counts: np.ndarray[Any, Any], trades: int, symbol: str
+) -> None:
+    """Refuse (ValueError) pairs that are not distinct ascending prices with positive counts
+    adding up to ``trades``. O(p), vectorized."""
     if len(levels) != len(counts):
         raise ValueError(f"{symbol}: {len(levels)} prices but {len(counts)} counts")
-    if any(c <= 0 for c in counts) or sum(counts) != trades:
-        raise ValueError(f"{symbol}: pairs count {sum(counts)} trades for {trades} ids, "
+    total = int(counts.sum()) if len(counts) else 0
+    if (len(counts) and bool(np.any(counts <= 0))) or total != trades:
+        raise ValueError(f"{symbol}: pairs count {total} trades for {trades} ids, "
                          "or a count that is not positive")  # fmt: skip
-    if levels and (levels[0] < 0 or any(a >= b for a, b in itertools.pairwise(levels))):
+    if len(levels) > 1 and not bool(np.all(levels[1:] > levels[:-1])):
         raise ValueError(f"{symbol}: prices not distinct and ascending")
+
+
+def _distinct(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The distinct values, ascending: a sort in place and a mask. O(n log n). (Not
+    ``np.unique``: its hash table leaves the C heap fragmented, hundreds of MB at ten
+    million values that the process never gets back.)"""
+    values.sort()
+    if len(values) > 1:
+        keep = np.empty(len(values), bool)
+        keep[0] = True
+        np.not_equal(values[1:], values[:-1], out=keep[1:])
+        values = values[keep]
+    return values
+
+
+class LevelArrays(Sequence[tuple[int, int]]):
+    """A symbol's price levels as two numpy arrays, ascending: what the store loads, 16 bytes
+    a level (a list of tuples would cost about 120). Reads as a sequence of
+    ``(price, count)`` pairs. O(1) length and index."""
+
+    __slots__ = ("counts", "prices")
+
+    def __init__(self, prices: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> None:
+        self.prices = prices  # uint64, ascending, distinct
+        self.counts = counts  # int64, positive
+
+    def __len__(self) -> int:
+        return len(self.prices)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return list(zip(self.prices[i].tolist(), self.counts[i].tolist(), strict=True))
+        return int(self.prices[i]), int(self.counts[i])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.prices.tolist(), self.counts.tolist(), strict=True)
+
+    def total(self) -> int:
+        """Trades the levels hold. O(d)."""
+        return int(self.counts.sum()) if len(self.counts) else 0
 
 
 class SymbolTable:

@@ -174,3 +174,111 @@ def test_bulk_add_moves_the_median_across_many_levels() -> None:
     m.add(0, times=7000)
     m._check()
     assert m.twice_median == 0
+
+
+# -- cold storage: tiny thresholds so every path (spill, refill, bulk shift, merge) runs ----------
+
+TINY = {"hot_max": 4, "refill": 2, "delta_max": 3}
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 60), st.integers(1, 3)),
+        st.tuples(
+            st.just("many"),
+            st.dictionaries(st.integers(0, 60), st.integers(1, 30), max_size=12),
+            st.just(0),
+        ),
+    ),
+    max_size=40,
+)
+
+
+def _sorted_pairs(pairs: dict[int, int]) -> tuple[list[int], list[int]]:
+    keys = sorted(pairs)
+    return keys, [pairs[k] for k in keys]
+
+
+@given(ops, st.sampled_from([TINY, {"hot_max": 2, "refill": 1, "delta_max": 1},
+                             {"hot_max": 8, "refill": 8, "delta_max": 50}]))  # fmt: skip
+def test_cold_storage_equals_oracle_under_adds_and_batches(
+    script: list[tuple[str, object, int]], options: dict[str, int]
+) -> None:
+    """Single adds, batches and whole files (add_many) with levels going cold and coming back:
+    the median, every multiplicity and the state match the oracle after every step."""
+    m = RunningMedian(**options)
+    values: list[int] = []
+    for kind, arg, times in script:
+        if kind == "add":
+            assert isinstance(arg, int)
+            m.add(arg, times)
+            values.extend([arg] * times)
+        else:
+            assert isinstance(arg, dict)
+            prices, counts = _sorted_pairs(arg)
+            m.add_many(prices, counts)
+            for p, c in arg.items():
+                values.extend([p] * c)
+        m._check()
+        assert m.count == len(values)
+        assert m.twice_median == (oracle_twice_median(values) if values else None)
+        probe = [*sorted(set(values))[:20], 61, 1000]
+        assert m.multiplicities(probe) == [values.count(v) for v in probe]
+        assert [m.multiplicity(v) for v in probe[:5]] == [values.count(v) for v in probe[:5]]
+    assert m.to_state() == sorted((v, values.count(v)) for v in set(values))
+    assert m.levels == len(set(values))
+    prices_a, counts_a = m.to_arrays()
+    back = RunningMedian.from_arrays(prices_a, counts_a, **options)
+    back._check()
+    assert (back.count, back.twice_median) == (m.count, m.twice_median)
+
+
+@given(st.lists(st.integers(0, 10**19 - 1), min_size=1, max_size=80))
+def test_cold_storage_keeps_the_extremes_of_the_price_range(values: list[int]) -> None:
+    m = RunningMedian(**TINY)
+    for i, v in enumerate(values, 1):
+        m.add(v)
+        m._check()
+        assert m.twice_median == oracle_twice_median(values[:i])
+
+
+def test_heaps_stay_small_with_many_distinct_levels() -> None:
+    """100,000 distinct levels spread over the range: the heaps hold at most hot_max levels
+    each, the rest is in the cold arrays, and the median is still exact."""
+    rnd = random.Random(7)
+    values = list(range(100_000))
+    rnd.shuffle(values)
+    m = RunningMedian(hot_max=1024, refill=128, delta_max=512)
+    for v in values:
+        m.add(v, 1 + v % 5)
+    m._check()
+    assert len(m._low) <= 1024 and len(m._high) <= 1024
+    assert m.levels == 100_000
+    total = sum(1 + v % 5 for v in values)
+    assert m.count == total
+    # the oracle over the multiset, by walking the sorted levels
+    assert m.twice_median == _twice_median_of_levels([(v, 1 + v % 5) for v in range(100_000)])
+
+
+def _twice_median_of_levels(levels: list[tuple[int, int]]) -> int:
+    n = sum(c for _, c in levels)
+    want = [(n - 1) // 2, n // 2]
+    out, seen = [], 0
+    for v, c in levels:
+        while want and want[0] < seen + c:
+            out.append(v)
+            want.pop(0)
+        seen += c
+    return out[0] + out[1]
+
+
+def test_add_many_on_empty_and_on_far_sides() -> None:
+    m = RunningMedian(**TINY)
+    m.add_many([1, 2, 3], [5, 5, 5])
+    m._check()
+    assert m.twice_median == 4
+    m.add_many([100, 200], [100, 1])  # far above: the median crosses into the high cold store
+    m._check()
+    assert m.twice_median == 200
+    m.add_many([0], [300])
+    m._check()
+    assert m.twice_median == 0

@@ -15,6 +15,7 @@ from .history import bench_history, synthetic_archives
 from .ingest import bench_ingest, run_bare_client
 from .long import bench_long
 from .recovery import bench_recovery
+from .scale import bench_scale
 from .snapshot import bench_snapshot
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "bench_ingest",
     "bench_long",
     "bench_recovery",
+    "bench_scale",
     "bench_snapshot",
     "load_generate",
     "random_walk",
