@@ -33,12 +33,14 @@ import calendar
 import datetime as dt
 import hashlib
 import io
+import struct
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .prices import MAX_UNITS
 
@@ -97,9 +99,11 @@ class ArchiveFile:
 
     @property
     def path(self) -> str:
-        """Path of the zip under the archive's base URL."""
+        """Path of the zip under the archive's base URL: a symbol's name (any UTF-8 since
+        2025-12, ``币安人生USDT``) percent-encoded, as Binance's archive serves it."""
         period = "monthly" if self.monthly else "daily"
-        return f"data/spot/{period}/{self.kind}/{self.symbol}/{self.name}.zip"
+        symbol, name = quote(self.symbol, safe=""), quote(self.name, safe="-")
+        return f"data/spot/{period}/{self.kind}/{symbol}/{name}.zip"
 
     @property
     def start_ms(self) -> int:
@@ -159,7 +163,7 @@ def plan(symbol: str, first_ms: int, until_ms: int, today: dt.date) -> list[Arch
 
 def parse_checksum(text: bytes, name: str) -> str:
     """The SHA-256 hex digest a ``.CHECKSUM`` file gives for ``name``; ValueError otherwise."""
-    parts = text.decode("ascii", errors="replace").split()
+    parts = text.decode("utf-8", errors="replace").split()
     if (
         len(parts) != 2
         or parts[1].lstrip("*") != name
@@ -188,6 +192,7 @@ class Reduced:
     csv_bytes: int
     file_first_id: int = 0  # first trade id of the whole file
     file_last_id: int = 0  # last trade id of the whole file
+    quirks: dict[str, int] = field(default_factory=dict)  # what it met: header, invalid rows
 
     @property
     def trades(self) -> int:
@@ -223,24 +228,36 @@ def reduce_csv(
     ``top`` (the rest was applied already, or is not history). Raises ValueError with a
     reason prefix (``format:``, ``empty:``, ``bad_price:``, ``order:``, ``period:``) when the
     file cannot be used, or has no trade within the cut. O(rows); memory O(block size +
-    distinct prices)."""
+    distinct prices).
+
+    How, per block of rows (pyarrow's CSV reader, in C++): the price column is read
+    dictionary-encoded, so the plain-decimal check and the exact conversion to 1e-8 units
+    run once per distinct price text of the block, not once per row; the trades of each
+    row are counted against its price with one integer ``bincount`` over the dictionary
+    codes, each code repeated by the trade ids the row covers within the cut. Rows the
+    2022-04 data audit marked invalid (price 0, first and last trade id -1) keep their
+    aggregate id, cover no trade and are counted in ``Reduced.quirks``; so is a header row."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
+    quirks: dict[str, int] = {}
     head = stream.read(1)
     skip = 0
-    if head and not head.isdigit():  # a header row: tolerated, skipped
+    if head and not head.isdigit():  # a header row (futures files, other tools): skipped
         skip = 1
-    columns = _AGG if file.kind == "aggTrades" else _TRADES
-    types = {"p": pa.string(), "f": pa.int64(), "T": pa.int64()}
+        quirks["header"] = 1
+    agg = file.kind == "aggTrades"
+    columns = _AGG if agg else _TRADES
+    prices_type = pa.dictionary(pa.int32(), pa.string())
+    types = {"p": prices_type, "f": pa.int64(), "T": pa.int64()}
     wanted = ["p", "f", "T"]
-    if file.kind == "aggTrades":
+    if agg:
         types.update(a=pa.int64(), l=pa.int64())
         wanted += ["a", "l"]
     reader = pcsv.open_csv(
-        io.BufferedReader(_Prefixed(head, stream)),
+        io.BufferedReader(_Prefixed(head, stream), 1 << 20),
         read_options=pcsv.ReadOptions(
             column_names=list(columns), skip_rows=skip, use_threads=False, block_size=block_size
         ),
@@ -250,12 +267,12 @@ def reduce_csv(
     top_id = (1 << 63) - 1 if top is None else top
     level_parts: list[Any] = []
     count_parts: list[Any] = []
-    prev: tuple[int, int, int] | None = None  # (agg id, last id, time) of the previous row
+    prev: tuple[int, int, int] | None = None  # (agg id, last trade id, time) of the last row
     file_first: int | None = None  # first trade id of the file
     first: tuple[int, int | None] | None = None  # first trade id and aggregate counted
     last_counted: int | None = None
-    rows = 0
     last_row = (0, 0, 0, 0, 0)
+    rows = invalid = 0
     start, end = file.start_ms, file.end_ms
     while True:
         try:
@@ -263,76 +280,89 @@ def reduce_csv(
         except StopIteration:
             break
         except pa.ArrowInvalid as exc:
-            reason = "bad_price" if "ecimal" in str(exc) else "format"
-            raise ValueError(f"{reason}: {str(exc)[:200]}") from exc
+            raise ValueError(f"format: {str(exc)[:200]}") from exc
         n = batch.num_rows
         if not n:
             continue
-        text = batch.column("p")
+        col = batch.column("p")
+        if col.null_count or batch.column("f").null_count or batch.column("T").null_count:
+            raise ValueError("format: an empty field")
+        text = col.dictionary
         # a plain decimal with at most 8 decimals, as parse_price() accepts: no sign, no
-        # exponent, no space (a decimal parser alone would take "1e5")
-        if text.null_count or not pc.all(pc.match_substring_regex(text, _PRICE)).as_py():
+        # exponent, no space (a decimal parser alone would take "1e5"); once per distinct text
+        if len(text) and not pc.all(pc.match_substring_regex(text, _PRICE)).as_py():
             raise ValueError("bad_price: a price that is not a plain decimal")
-        prices = pc.cast(text, pa.decimal128(20, 8))
+        decimals = pc.cast(text, pa.decimal128(20, 8))
         # a decimal128 is its unscaled integer (here: 1e-8 units), low 64 bits first; the
         # regex keeps it non-negative and under 10^19, so the low word alone holds it
-        words = np.frombuffer(prices.buffers()[1], dtype=np.uint64)[2 * prices.offset :]
-        units, high = words[0 : 2 * n : 2], words[1 : 2 * n : 2]
+        words = np.frombuffer(decimals.buffers()[1], dtype=np.uint64)[2 * decimals.offset :]
+        k = len(text)
+        units, high = words[0 : 2 * k : 2], words[1 : 2 * k : 2]
         if np.any(high != 0) or np.any(units > MAX_UNITS):
             raise ValueError("bad_price: a price too large")
+        codes = col.indices.to_numpy()
         f = batch.column("f").to_numpy()
         t = batch.column("T").to_numpy()
-        if file.kind == "aggTrades":
+        if agg:
             a = batch.column("a").to_numpy()
             last = batch.column("l").to_numpy()
         else:
             a, last = f, f
-        if batch.column("f").null_count or batch.column("T").null_count:
-            raise ValueError("format: an empty field")
         t = np.where(t >= MICROS_FROM_MS * 100, t // 1000, t)  # microseconds from 2025 on
-        if np.any(last < f) or np.any(f[1:] != last[:-1] + 1) or np.any(a[1:] != a[:-1] + 1):
-            raise ValueError("order: trade ids do not tile (an overlap, a hole, or going back)")
-        if np.any(t[1:] < t[:-1]):
+        valid = f >= 0
+        if not valid.all():  # the audit's invalid rows: f = l = -1, nothing else negative
+            bad = ~valid
+            if np.any(last[bad] != -1) or np.any(f[bad] != -1) or not agg:
+                raise ValueError("format: a negative trade id")
+            invalid += int(bad.sum())
+            f, last, t, a, codes = f[valid], last[valid], t[valid], a[valid], codes[valid]
+        rows += n
+        if not len(f):
+            continue
+        if np.any(a[1:] != a[:-1] + 1) or (prev is not None and a[0] != prev[0] + 1):
+            raise ValueError("order: aggregate ids not consecutive")
+        if np.any(t[1:] < t[:-1]) or (prev is not None and t[0] < prev[2]):
             raise ValueError("order: times go back")
-        if prev is not None and (f[0] != prev[1] + 1 or a[0] != prev[0] + 1 or t[0] < prev[2]):
-            raise ValueError("order: trade ids do not tile across blocks")
         if t[0] < start or t[-1] >= end:
             raise ValueError(f"period: times outside {file.first_day}..{file.last_day}")
+        if np.any(last < f) or np.any(f[1:] != last[:-1] + 1):
+            raise ValueError("order: trade ids do not tile (an overlap, a hole, or going back)")
+        if prev is not None and f[0] != prev[1] + 1:
+            raise ValueError("order: trade ids do not tile across blocks")
+        prev = (int(a[-1]), int(last[-1]), int(t[-1]))
         if file_first is None:
             file_first = int(f[0])
-        prev = (int(a[-1]), int(last[-1]), int(t[-1]))
-        rows += n
-        clip = cut > f[0] or last[-1] > top_id  # count only ids within cut..top
-        if clip:
-            keep = (last >= cut) & (f <= top_id)
-            units, f, last, a, t = units[keep], f[keep], last[keep], a[keep], t[keep]
-            if not len(units):
-                continue
-        last_row = (int(a[-1]), int(f[-1]), int(last[-1]), int(units[-1]), int(t[-1]))
-        if clip:
-            f, last = np.maximum(f, cut), np.minimum(last, top_id)
+        lo, hi = np.maximum(f, cut), np.minimum(last, top_id)
+        reps = np.maximum(hi - lo + 1, 0)
+        inside = np.flatnonzero(reps)
+        if not len(inside):
+            continue
+        i0, i1 = int(inside[0]), int(inside[-1])
         if first is None:
-            first = (int(f[0]), int(a[0]) if file.kind == "aggTrades" else None)
-        last_counted = int(last[-1])
-        counts = pa.array(last - f + 1)
-        grouped = (
-            pa.table({"p": pa.array(units), "c": counts}).group_by("p").aggregate([("c", "sum")])
-        )
-        level_parts.append(grouped.column("p"))
-        count_parts.append(grouped.column("c_sum"))
+            first = (int(lo[i0]), int(a[i0]) if agg else None)
+        last_counted = int(hi[i1])
+        last_row = (int(a[i1]), int(f[i1]), int(last[i1]), int(units[codes[i1]]), int(t[i1]))
+        counts = np.bincount(np.repeat(codes, reps), minlength=k)
+        used = counts > 0
+        level_parts.append(units[used])
+        count_parts.append(counts[used])
     if prev is None or file_first is None:
         raise ValueError("empty: no rows")
     if first is None or last_counted is None:
         raise ValueError("empty: no trade within the ids asked for")
-    table = pa.table({"p": pa.chunked_array(level_parts), "c": pa.chunked_array(count_parts)})
-    merged = table.group_by("p").aggregate([("c", "sum")])
-    order = pc.sort_indices(merged, sort_keys=[("p", "ascending")])
-    levels = merged.column("p").take(order).to_numpy().astype(np.uint64)
-    totals = merged.column("c_sum").take(order).to_numpy().astype(np.int64)
+    if invalid:
+        quirks["invalid_rows"] = invalid
+    every = np.concatenate(level_parts)
+    order = np.argsort(every, kind="stable")
+    sorted_levels = every[order]
+    sorted_counts = np.concatenate(count_parts)[order]
+    heads = np.flatnonzero(np.r_[True, sorted_levels[1:] != sorted_levels[:-1]])
+    levels = sorted_levels[heads]
+    totals = np.add.reduceat(sorted_counts, heads).astype(np.int64)
     if int(totals.sum()) != last_counted - first[0] + 1:
         raise ValueError("order: counts do not add up to the ids")
     return Reduced(file, levels, totals, first[0], last_counted, first[1], last_row, rows, 0, 0,
-                   file_first, prev[1])  # fmt: skip
+                   file_first, prev[1], quirks)  # fmt: skip
 
 
 class _Prefixed(io.RawIOBase):
@@ -359,9 +389,60 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _get(url: str, timeout: float, sink: IO[bytes] | None = None) -> tuple[bytes, int]:
-    """GET ``url``: (body, 0) into memory, or ('', bytes written) into ``sink``, hashing
-    nothing. HTTPError 404 and others propagate."""
+class _Member(io.RawIOBase):
+    """The one member of a zip archive, inflated as it is read: ISA-L's inflate, twice as fast
+    as zlib's here, fed the member's compressed bytes straight from the archive. The archive
+    was checked against its SHA-256 first, which covers what zip's CRC-32 would."""
+
+    def __init__(self, archive: IO[bytes], info: zipfile.ZipInfo) -> None:
+        archive.seek(info.header_offset)
+        local = archive.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile("no local header where the directory says")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        archive.seek(info.header_offset + 30 + name_len + extra_len)
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            from isal import isal_zlib
+
+            self._inflate: Any = isal_zlib.decompressobj(-15)
+        elif info.compress_type == zipfile.ZIP_STORED:
+            self._inflate = None
+        else:
+            raise ValueError(f"format: compression {info.compress_type} is not deflate")
+        self._archive = archive
+        self._left = info.compress_size
+        self._pending = b""
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._at >= len(self._pending):
+            if not self._left:
+                if self._inflate is not None and self._inflate.unconsumed_tail:
+                    self._pending, self._at = self._inflate.decompress(b""), 0
+                    continue
+                return 0
+            raw = self._archive.read(min(self._left, CHUNK))
+            if not raw:
+                raise EOFError("the archive ends inside its member")
+            self._left -= len(raw)
+            self._pending = self._inflate.decompress(raw) if self._inflate else raw
+            if not self._left and self._inflate is not None:
+                self._pending += self._inflate.flush()
+            self._at = 0
+        n = min(len(buffer), len(self._pending) - self._at)
+        buffer[:n] = self._pending[self._at : self._at + n]
+        self._at += n
+        return n
+
+
+def _get(
+    url: str, timeout: float, sink: IO[bytes] | None = None, digest: Any = None
+) -> tuple[bytes, int]:
+    """GET ``url``: (body, 0) into memory, or ('', bytes written) into ``sink``, each chunk
+    also fed to ``digest`` (hashing as it downloads). HTTPError 404 and others propagate."""
     request = urllib.request.Request(url, headers={"User-Agent": "medianserv"})
     with urllib.request.urlopen(request, timeout=timeout) as resp:
         if sink is None:
@@ -372,36 +453,39 @@ def _get(url: str, timeout: float, sink: IO[bytes] | None = None) -> tuple[bytes
             if total > MAX_FILE_BYTES:
                 raise ValueError("corrupt: the file is larger than any archive")
             sink.write(chunk)
+            if digest is not None:
+                digest.update(chunk)
         return b"", total
 
 
 def fetch_and_reduce(
     base_url: str, file: ArchiveFile, cut: int = 0, top: int | None = None, timeout: float = 60.0
 ) -> Reduced | Refused:
-    """Download ``file`` and its CHECKSUM from ``base_url``, verify, reduce (counting only
-    trade ids ``cut..top``). Never raises for anything the network or the file can do: the
-    answer is then a :class:`Refused`. Runs in a pool process (all arguments and results
+    """Download ``file`` and its CHECKSUM from ``base_url`` (both now: a file republished with
+    a new checksum is checked against the one of its own time), verify, reduce (counting
+    only trade ids ``cut..top``). Never raises for anything the network or the file can do:
+    the answer is then a :class:`Refused`. Runs in a pool process (all arguments and results
     pickle)."""
     url = f"{base_url.rstrip('/')}/{file.path}"
     try:
         checksum, _ = _get(url + ".CHECKSUM", timeout)
         expected = parse_checksum(checksum, file.name + ".zip")
         with tempfile.TemporaryFile(prefix="medianserv-") as tmp:
-            _, size = _get(url, timeout, tmp)
-            tmp.seek(0)
             digest = hashlib.sha256()
-            while chunk := tmp.read(CHUNK):
-                digest.update(chunk)
+            _, size = _get(url, timeout, tmp, digest)
             if digest.hexdigest() != expected:
                 return Refused(file, "checksum", f"sha256 {digest.hexdigest()} != {expected}")
             tmp.seek(0)
             with zipfile.ZipFile(tmp) as archive:
-                names = archive.namelist()
-                if names != [file.name + ".csv"]:
-                    return Refused(file, "wrong_file", f"the zip holds {names[:3]}")
-                with archive.open(names[0]) as csv:
-                    counter = _Counting(csv)
-                    reduced = reduce_csv(counter, file, cut, top)  # type: ignore[arg-type]
+                infos = archive.infolist()
+            names = [i.filename for i in infos]
+            if len(names) > 1 and set(names) == {file.name + ".csv"}:
+                return Refused(file, "members", f"{len(names)} members named {names[0]}")
+            if names != [file.name + ".csv"]:
+                return Refused(file, "wrong_file", f"the zip holds {names[:3]}")
+            member = _Member(tmp, infos[0])
+            counter = _Counting(member)
+            reduced = reduce_csv(counter, file, cut, top)  # type: ignore[arg-type]
             reduced.zip_bytes, reduced.csv_bytes = size, counter.count
             return reduced
     except urllib.error.HTTPError as exc:
@@ -417,17 +501,20 @@ def fetch_and_reduce(
         return Refused(file, reason if known else "format", detail if known else str(exc))
 
 
-class _Counting:
+class _Counting(io.RawIOBase):
     """A read-through stream that counts the bytes it hands out."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes] | io.RawIOBase) -> None:
         self._stream = stream
         self.count = 0
 
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self.count += len(data)
-        return data
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._stream.readinto(buffer)  # type: ignore[union-attr]
+        self.count += n or 0
+        return n or 0
 
 
 def warm_up() -> None:
