@@ -29,6 +29,7 @@ from .prices import parse_price
 
 __all__ = [
     "WEIGHTS",
+    "AggRows",
     "AggTrade",
     "HistoricalTrade",
     "RateLimited",
@@ -95,26 +96,41 @@ NonNegative = msgspec.Meta(ge=0)
 class _AggRow(msgspec.Struct):
     a: Annotated[int, NonNegative]
     p: str
-    f: Annotated[int, NonNegative]
-    l: Annotated[int, NonNegative]  # noqa: E741 (Binance's name)
+    f: Annotated[int, msgspec.Meta(ge=-1)]  # -1: a row the 2022-04 audit marked invalid
+    l: Annotated[int, msgspec.Meta(ge=-1)]  # noqa: E741 (Binance's name)
     T: Annotated[int, NonNegative]
 
 
 _agg_decoder = msgspec.json.Decoder(list[_AggRow])
 
 
-def parse_agg_trades(body: bytes) -> list[AggTrade]:
-    """The rows of an aggTrades response, in Binance's order. Pure. O(n).
+class AggRows(list[AggTrade]):
+    """The valid rows of an aggTrades answer, and how many rows Binance's 2022-04 data audit
+    had marked invalid in place (``invalid``: dropped)."""
 
-    Raises :class:`InputError` for anything but a list of well-formed rows: a missing or
-    mistyped field, a negative id, ``first > last`` or a price that is not an exact decimal.
+    invalid: int = 0
+
+
+def parse_agg_trades(body: bytes) -> AggRows:
+    """The valid rows of an aggTrades response, in Binance's order. Pure. O(n).
+
+    Rows the 2022-04 data audit marked invalid in place (``f`` and ``l`` -1, price 0: they
+    cover no trade) are dropped and counted in ``AggRows.invalid``. Raises
+    :class:`InputError` for anything but a list of well-formed rows: a missing or mistyped
+    field, a negative id (other than the audit's), ``first > last`` or a price that is not an
+    exact decimal.
     """
     try:
         raw = _agg_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InputError(f"bad aggTrades answer: {exc}") from exc
-    out = []
+    out = AggRows()
     for r in raw:
+        if r.f < 0 or r.l < 0:
+            if r.f != -1 or r.l != -1 or parse_price(r.p) != 0:
+                raise InputError(f"aggregate {r.a} has a negative trade id")
+            out.invalid += 1
+            continue
         if r.f > r.l:
             raise InputError(f"aggregate {r.a} has first id {r.f} > last id {r.l}")
         out.append(AggTrade(r.a, r.f, r.l, parse_price(r.p), r.T))
@@ -199,6 +215,7 @@ class RestClient:
         self._local = threading.local()  # per thread: its connection and its reservation
         self._lock = threading.Lock()  # guards budget and the counters below
         self.budget = WeightBudget(weight_window)
+        self.invalid_agg_rows = 0  # aggTrades rows the 2022-04 audit marked invalid, dropped
         self.requests: Counter[str] = Counter()  # by endpoint
         self.weight: Counter[str] = Counter()  # weight spent, by endpoint
 
@@ -345,7 +362,11 @@ class RestClient:
             query += f"&startTime={start_ms}"
         if end_ms is not None:
             query += f"&endTime={end_ms}"
-        return parse_agg_trades(self._get("aggTrades", query))
+        rows = parse_agg_trades(self._get("aggTrades", query))
+        if rows.invalid:
+            with self._lock:
+                self.invalid_agg_rows += rows.invalid
+        return rows
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""

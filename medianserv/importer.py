@@ -182,25 +182,34 @@ def decide_refused(
     """What to do when ``file`` could not be used for ``reason`` (see
     :class:`~medianserv.archive.Refused`), after ``attempts`` tries. Pure, O(days).
 
-    A monthly file not published yet is replaced by its days up to yesterday; a download
-    that failed is retried, with a growing delay, :data:`NETWORK_ATTEMPTS` times; an
-    aggTrades file that failed a check is replaced by its ``trades`` twin; anything else is
-    left to REST.
+    A monthly file not published yet, or holding two CSVs of the same name, is replaced by
+    its days up to yesterday; a download that failed is retried, with a growing delay,
+    :data:`NETWORK_ATTEMPTS` times; a checksum that does not match is fetched again once
+    (Binance republishes files: the file and its CHECKSUM may come from either side of it);
+    an aggTrades file that failed a check is replaced by its ``trades`` twin; anything else
+    is left to REST.
 
     >>> from medianserv.archive import monthly_file
     >>> m = monthly_file("X", 2024, 8)
-    >>> decide_refused(m, "checksum", 1, dt.date(2025, 1, 1)).files[0].name
+    >>> decide_refused(m, "checksum", 1, dt.date(2025, 1, 1))
+    Retry(delay=1.0)
+    >>> decide_refused(m, "checksum", 2, dt.date(2025, 1, 1)).files[0].name
     'X-trades-2024-08'
+    >>> decide_refused(m, "members", 1, dt.date(2025, 1, 1)).files[0].name
+    'X-aggTrades-2024-08-01'
     >>> decide_refused(m, "network", 1, dt.date(2025, 1, 1))
     Retry(delay=2.0)
     >>> len(decide_refused(m, "missing", 1, dt.date(2024, 8, 10)).files)
     9
     """
-    if reason == "missing":
-        if file.monthly:  # not published yet: its days, those out by now
+    if reason in ("missing", "members"):
+        if file.monthly:  # not published yet, or two CSVs in one zip: its days, those out
             last = min(file.last_day, today - dt.timedelta(1))
             return Replace(tuple(daily_files(file.symbol, file.first_day, last, file.kind)))
-        return LeaveToRest()
+        if reason == "missing":
+            return LeaveToRest()  # not out yet (or nothing traded): REST serves the day
+    if reason == "checksum" and attempts < 2:
+        return Retry(1.0)  # republished between the two requests: both anew
     if reason == "empty":
         return LeaveToRest()  # nothing traded then
     if reason == "network":
@@ -208,6 +217,12 @@ def decide_refused(
     if file.kind == "aggTrades":
         return Replace((file.other_kind(),))
     return LeaveToRest()
+
+
+def stats_lo(stats: SymbolStats) -> int:
+    """The bottom of ``stats``'s front (0 when there is none)."""
+    front = stats.front()
+    return front.lo if front is not None else 0
 
 
 def retry_delay(failures: int) -> float:
@@ -255,6 +270,7 @@ class HistoryStats:
     rest_pages: int = 0
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     recut: collections.Counter[str] = field(default_factory=collections.Counter)
+    quirks: collections.Counter[str] = field(default_factory=collections.Counter)  # by kind
     complete: int = 0  # symbols whose history is complete
     failed: int = 0  # imports that failed and were put back in the queue
     started_at: float | None = None
@@ -511,6 +527,8 @@ class Importer:
                 if isinstance(decision, Skip):
                     continue
                 if isinstance(decision, FillFirst):
+                    self._quirk(symbol, file, "hole", result.first_id - stats_lo(stats),
+                                "trades no file holds before it, filled over REST")  # fmt: skip
                     if not self._rest_until(symbol, stats, row, decision.stop):
                         return False, row
                     keep(file, result)
@@ -521,10 +539,16 @@ class Importer:
                     files.appendleft(file)
                     submit(file, decision.lo, decision.hi)
                     continue
+                reused = (row is not None and result.first_agg is not None
+                          and result.first_agg <= row.agg_id)  # fmt: skip
                 if not self._apply(symbol, stats, result, files):
                     keep(file, result)  # the front moved meanwhile: decide again
                     continue
                 row = AggTrade(*result.last_row) if file.kind == "aggTrades" else None
+                if reused:  # its aggregate ids are not REST's: continue by trade id
+                    what = "its aggregate ids repeat the file before's; trades tile"
+                    self._quirk(symbol, file, "agg_id_reused", 1, what)
+                    row = None
         finally:
             for fut in futures.values():
                 fut.cancel()
@@ -550,11 +574,17 @@ class Importer:
     ) -> None:
         file = result.file
         decision = decide_refused(file, result.reason, attempts, self._today())
+        if result.reason == "checksum" and isinstance(decision, Retry):
+            self._quirk(symbol, file, "checksum_retried", 1, "fetched again with its CHECKSUM")
         if isinstance(decision, Retry):
             self.stopping.wait(decision.delay)
             files.appendleft(file)
             return
-        if result.reason not in ("missing", "empty"):
+        if result.reason == "members":  # a known defect of Binance's, not a failure
+            self._quirk(symbol, file, "members", 1, f"{result.detail}; its days used instead")
+        elif result.reason == "missing" and isinstance(decision, Replace):
+            self._quirk(symbol, file, "month_not_published", 1, "not out (yet): its days used")
+        elif result.reason not in ("missing", "empty"):
             with self.stats.lock:
                 self.stats.refused[result.reason] += 1
             log.warning("history of %s: %s refused (%s: %s)", symbol, file.name, result.reason,
@@ -562,13 +592,19 @@ class Importer:
         if isinstance(decision, Replace):
             files.extendleft(reversed(decision.files))
 
+    def _quirk(self, symbol: str, file: ArchiveFile, kind: str, n: int, what: str) -> None:
+        """Count and log (one line) a quirk of Binance's archives met and handled."""
+        with self.stats.lock:
+            self.stats.quirks[kind] += n
+        log.info("history of %s: %s: %s (%d): %s", symbol, file.name, kind, n, what)
+
     def _apply(
         self, symbol: str, stats: SymbolStats, r: Reduced, files: collections.deque[ArchiveFile]
     ) -> bool:
         """Merge a file; False when it could not claim the front (it moved meanwhile)."""
         try:
             applied = stats.apply_levels(
-                r.first_id, r.last_id, r.levels.tolist(), r.counts.tolist(), r.last_row[4],
+                r.first_id, r.last_id, r.levels, r.counts, r.last_row[4],
                 last_price=r.last_row[3],
             )  # fmt: skip
         except ValueError as exc:  # pairs that do not add up: refuse the file
@@ -585,8 +621,11 @@ class Importer:
             s.csv_bytes += r.csv_bytes
             s.rows += r.rows
             s.trades += applied
-        log.debug("history of %s: %s applied, %d trades at %d prices", symbol, r.file.name,
-                  applied, len(r.levels))  # fmt: skip
+        log.debug("history of %s: %s applied, %d trades at %d prices %d..%d", symbol, r.file.name,
+                  applied, len(r.levels), r.first_id, r.last_id)  # fmt: skip
+        for kind, n in r.quirks.items():
+            what = "skipped" if kind == "header" else "skipped: they cover no trade"
+            self._quirk(symbol, r.file, kind, n, what)
         return True
 
     # -- REST -------------------------------------------------------------------------------------

@@ -230,8 +230,12 @@ class ServiceCollector(Collector):
             history_states = sorted(ingest.importer.counts().items())
             history_refused = sorted(h.refused.items())
             history_recut = sorted(h.recut.items())
+            history_quirks = sorted(h.quirks.items())
+            invalid = ingest.rest.invalid_agg_rows
+            if invalid:
+                history_quirks.append(("rest_invalid_rows", invalid))
         else:
-            history_states, history_refused, history_recut = [], [], []
+            history_states, history_refused, history_recut, history_quirks = [], [], [], []
         labelled: list[tuple[str, str, str, str, list[tuple[Any, Any]]]] = [
             (
                 "frames_rejected_total",
@@ -282,6 +286,16 @@ class ServiceCollector(Collector):
                 "already) or past_top (the live range began inside them), by reason.",
                 "reason",
                 [(k, v) for k, v in history_recut] or [("none", 0)],
+            ),
+            (
+                "history_quirks_total",
+                "counter",
+                "Known quirks of Binance's archives and REST met and handled, by kind: header, "
+                "invalid_rows (the 2022-04 audit's), rest_invalid_rows, members (a zip with two "
+                "CSVs), hole (trades no file holds), agg_id_reused, checksum_retried, "
+                "month_not_published (its days used).",
+                "kind",
+                [(k, v) for k, v in history_quirks] or [("none", 0)],
             ),
             (
                 "thread_errors_total",

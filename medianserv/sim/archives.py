@@ -8,10 +8,18 @@ else is 404. Files are built from the ground truth on first request and kept, by
 (the zip's timestamps are the period's), so a CHECKSUM always matches its zip.
 
 Faults for tests (:meth:`ArchiveServer.spoil`): the next downloads come ``checksum``
-(the zip altered, its CHECKSUM not), ``truncated``, with a ``bad_price``, with ids going
-``backwards``, or with the CSV of the ``wrong_symbol`` inside; each with a CHECKSUM that
-matches what is served, so only the content can tell. The file after is right again (Binance
-republishes fixed files).
+(the zip altered, its CHECKSUM not: a file republished between the two requests),
+``truncated``, with a ``bad_price``, with ids going ``backwards``, or with the CSV of the
+``wrong_symbol`` inside; each with a CHECKSUM that matches what is served, so only the
+content can tell. The file after is right again (Binance republishes fixed files).
+
+Binance's real archives have quirks that are not faults, each one a kind too (see
+``BINANCE.md``): a ``header`` row; rows the 2022-04 ``audit`` marked invalid in place (a
+duplicate of a row with price 0 and trade ids -1); a zip with two ``members`` of the same
+name; a daily file cut short (``short_day``: its last rows missing, nowhere else); an
+aggregate id reused by the next daily file (``agg_reused``: its aggregate ids one lower than
+REST's); a file published ``late`` (404 for a while). Paths are percent-encoded UTF-8
+(non-ASCII symbols).
 
 Thread ``sim-archives`` (owned by the :class:`~medianserv.sim.server.Simulator`).
 """
@@ -24,16 +32,19 @@ import hashlib
 import io
 import re
 import threading
+import warnings
 import zipfile
 from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 from .market import DAY_MS, Market, archive_csv
 
-__all__ = ["SPOILS", "ArchiveServer"]
+__all__ = ["QUIRKS", "SPOILS", "ArchiveServer"]
 
 SPOILS = ("checksum", "truncated", "bad_price", "backwards", "wrong_symbol")
+QUIRKS = ("header", "audit", "members", "short_day", "agg_reused", "late")
 _PATH = re.compile(
     r"^/data/spot/(monthly|daily)/(aggTrades|trades)/([^/]+)/"
     r"([^/]+)-(aggTrades|trades)-(\d{4})-(\d{2})(?:-(\d{2}))?\.zip(\.CHECKSUM)?$"
@@ -94,17 +105,23 @@ class ArchiveServer:
 
     def spoil(self, kind: str, count: int = 1) -> None:
         """The next ``count`` files downloaded come spoiled in the way ``kind`` says."""
-        if kind not in SPOILS:
-            raise ValueError(f"unknown archive fault {kind!r}; one of {SPOILS}")
+        if kind not in SPOILS + QUIRKS:
+            raise ValueError(f"unknown archive fault {kind!r}; one of {SPOILS + QUIRKS}")
         with self._files_lock:
             self._faults.extend([kind] * count)
+
+    def pending_faults(self) -> int:
+        """Faults asked for and not served yet."""
+        with self._files_lock:
+            return len(self._faults)
 
     # -- serving ---------------------------------------------------------------------------------
 
     def get(self, path: str) -> tuple[int, bytes]:
         """(status, body) of a GET."""
         self.requests += 1
-        m = _PATH.match(path.split("?")[0])
+        path = unquote(path.split("?")[0], errors="strict")
+        m = _PATH.match(path)
         if m is None:
             return 404, b"Not Found"
         period, kind, symbol, name_symbol, name_kind, y, mo, d, checksum = m.groups()
@@ -129,8 +146,18 @@ class ArchiveServer:
         if checksum:
             with self._files_lock:
                 fault = self._faults.popleft() if self._faults else None
+                if fault == "late":  # not out yet: the next request finds it
+                    return 404, b"Not Found"
+                if fault in ("members", "short_day", "agg_reused") and not _fits(fault, period):
+                    self._faults.appendleft(fault)  # for a file it fits
+                    fault = None
+                bad = None
                 if fault is not None:  # this file's download will be spoiled
                     bad = self._spoil(fault, data, symbol, kind, first, last, name)
+                    if bad is None:  # a file too small for it: the next one
+                        self._faults.appendleft(fault)
+                        fault = None
+                if fault is not None and bad is not None:
                     self._spoiled[zip_path] = bad
                     if fault != "checksum":
                         data = bad  # the CHECKSUM matches what will be served
@@ -155,7 +182,7 @@ class ArchiveServer:
     def _spoil(
         self, fault: str, data: bytes, symbol: str, kind: str, first: dt.date, last: dt.date,
         name: str,
-    ) -> bytes:  # fmt: skip
+    ) -> bytes | None:  # fmt: skip
         if fault == "checksum":
             return data[:-1] + bytes([data[-1] ^ 1])
         if fault == "truncated":
@@ -163,7 +190,33 @@ class ArchiveServer:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             csv = z.read(z.namelist()[0])
         lines = csv.splitlines(keepends=True)
-        if fault == "bad_price":
+        agg = kind == "aggTrades"
+        if fault == "header":
+            head = (b"agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,"
+                    b"is_buyer_maker,is_best_match\n") if agg else (
+                    b"id,price,qty,quote_qty,time,is_buyer_maker,is_best_match\n")  # fmt: skip
+            lines.insert(0, head)
+        elif fault == "audit" and agg:  # a duplicate of a row marked invalid, after it
+            for at in (len(lines), 1):
+                fields = lines[at - 1].split(b",")
+                fields[1:5] = [b"0", b"0", b"-1", b"-1"]
+                lines.insert(at, b",".join(fields))
+        elif fault == "members":  # the CSV split in two members of the same name
+            return _zip(name, b"".join(lines[: len(lines) // 2]), first,
+                        more=b"".join(lines[len(lines) // 2 :]))  # fmt: skip
+        elif fault == "short_day":  # the day's last rows are missing
+            if len(lines) < 2:
+                return None
+            lines = lines[: len(lines) // 2]
+        elif fault == "agg_reused" and agg:  # aggregate ids one lower: the first is reused
+            with self.lock:
+                first_agg = self.market.truth[symbol].aggregate_json(0)["a"]
+            if int(lines[0].split(b",", 1)[0]) == first_agg:
+                return None  # the symbol's first file: no file before it to share an id with
+            for i, line in enumerate(lines):
+                fields = line.split(b",", 1)
+                lines[i] = b"%d,%s" % (int(fields[0]) - 1, fields[1])
+        elif fault == "bad_price":
             fields = lines[0].split(b",")
             fields[1] = b"1e5"
             lines[0] = b",".join(fields)
@@ -176,11 +229,22 @@ class ArchiveServer:
         return _zip(name, b"".join(lines), first)
 
 
-def _zip(name: str, csv: bytes, day: dt.date) -> bytes:
-    """One CSV in a zip, the same bytes every time (timestamps are the period's)."""
+def _fits(fault: str, period: str) -> bool:
+    """Whether ``fault`` happens to a file of ``period``: two members to a monthly file, a
+    day cut short or reusing an aggregate id to a daily one (as Binance's did)."""
+    return (period == "monthly") == (fault == "members")
+
+
+def _zip(name: str, csv: bytes, day: dt.date, more: bytes | None = None) -> bytes:
+    """One CSV in a zip (two of the same name with ``more``), the same bytes every time
+    (timestamps are the period's)."""
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        info = zipfile.ZipInfo(name + ".csv", date_time=(day.year, day.month, day.day, 0, 0, 0))
-        info.compress_type = zipfile.ZIP_DEFLATED
-        z.writestr(info, csv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of a duplicate name: wanted here
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for part in (csv,) if more is None else (csv, more):
+                stamp = (day.year, day.month, day.day, 0, 0, 0)
+                info = zipfile.ZipInfo(name + ".csv", date_time=stamp)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, part)
     return out.getvalue()

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 COUNTED_OPCODES = (TEXT, BINARY, PING, PONG)  # what Binance's 5-per-second limit counts
 GARBAGE_KINDS = ("not_json", "missing_fields", "unknown_symbol", "bad_price")
-AGG_FAULTS = ("overlap", "skip", "contradict", "bad_price")  # corrupt aggTrades answers
+AGG_FAULTS = ("overlap", "skip", "contradict", "bad_price", "audit")  # aggTrades answers
 HOUR_MS = 3_600_000
 
 
@@ -388,7 +388,9 @@ class Simulator:
 
     def spoil_aggregates(self, kind: str, count: int = 1) -> None:
         """Corrupt the next ``count`` non-empty aggTrades answers: rows that ``overlap``, that
-        ``skip`` ids, that ``contradict`` the published prices, or a ``bad_price``."""
+        ``skip`` ids, that ``contradict`` the published prices, or a ``bad_price``; or, as
+        Binance's 2022-04 data audit left them, with a row marked invalid in place (``audit``:
+        a duplicate of a row, same aggregate id, price and quantity 0, trade ids -1)."""
         if kind not in AGG_FAULTS:
             raise ValueError(f"unknown aggregate fault {kind!r}; one of {AGG_FAULTS}")
         with self._limits_lock:
@@ -952,6 +954,9 @@ class Simulator:
         elif kind == "contradict":
             for r in rows:
                 r["p"] = format_price(parse_price(r["p"]) + 1)
+        elif kind == "audit":  # after the first row, and at the end
+            for at, row in ((1, rows[0]), (len(rows) + 1, last)):
+                rows.insert(at, {**row, "p": "0.00000000", "q": "0.00000000", "f": -1, "l": -1})
         else:
             rows[0]["p"] = "1e5"
 
