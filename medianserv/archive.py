@@ -458,6 +458,18 @@ def _get(
         return b"", total
 
 
+def archive_exists(base_url: str, file: ArchiveFile, timeout: float = 10.0) -> bool | None:
+    """Whether ``file`` is published (its ``.CHECKSUM`` answers): True, False on a 404, None
+    when the question could not be asked (the network, another status)."""
+    try:
+        _get(f"{base_url.rstrip('/')}/{file.path}.CHECKSUM", timeout)
+        return True
+    except urllib.error.HTTPError as exc:
+        return False if exc.code == 404 else None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError):
+        return None
+
+
 def fetch_and_reduce(
     base_url: str, file: ArchiveFile, cut: int = 0, top: int | None = None, timeout: float = 60.0
 ) -> Reduced | Refused:

@@ -64,8 +64,10 @@ from .archive import (
     ArchiveFile,
     Reduced,
     Refused,
+    archive_exists,
     daily_files,
     fetch_and_reduce,
+    monthly_file,
     plan,
     pool_process_init,
 )
@@ -485,6 +487,8 @@ class Importer:
         front = stats.front()
         assert front is not None
         start = front.after_ms if front.after_ms is not None else 0
+        if self._fresh(stats):  # the origin came from REST: older archives may exist
+            start = self._earliest_archive(symbol, start)
         files = collections.deque(plan(symbol, start, int(self.clock() * 1000), self._today()))
         futures: dict[ArchiveFile, cf.Future[Reduced | Refused]] = {}
         attempts: collections.Counter[ArchiveFile] = collections.Counter()
@@ -508,9 +512,12 @@ class Importer:
                 front = stats.front()
                 if front is None:
                     break
+                # nothing imported yet: count each file from its first trade, so one that
+                # starts below the origin REST gave can lower it (see lower_origin)
+                cut = 0 if self._fresh(stats) else front.lo
                 for f in list(files)[:ahead]:  # keep the pool busy a few files ahead
                     if f not in futures:
-                        submit(f, front.lo, front.hi)
+                        submit(f, cut, front.hi)
                 file = files[0]
                 try:
                     result = futures[file].result(timeout=1.0)
@@ -522,6 +529,11 @@ class Importer:
                     attempts[file] += 1
                     self._refused(symbol, result, files, attempts[file])
                     continue
+                if result.first_id < front.lo and self._fresh(stats):
+                    grew = stats.lower_origin(result.first_id, result.file.start_ms)
+                    if grew:
+                        self._quirk(symbol, file, "origin_from_archive", grew,
+                                    "trades before the first one REST serves")  # fmt: skip
                 self._count_cut(result)
                 decision = decide_file(stats.front(), result.first_id, result.last_id)
                 if isinstance(decision, Skip):
@@ -553,6 +565,27 @@ class Importer:
             for fut in futures.values():
                 fut.cancel()
         return True, row
+
+    @staticmethod
+    def _fresh(stats: SymbolStats) -> bool:
+        """Nothing of the symbol's front is imported yet: its bottom is still the origin."""
+        front = stats.front()
+        return front is not None and stats.history_info()[1] == front.lo
+
+    def _earliest_archive(self, symbol: str, start_ms: int) -> int:
+        """The start of the earliest month before ``start_ms``'s with an archive, asking month
+        by month back until one is not published (Binance's archives begin with a symbol's
+        listing; REST may not reach back that far); ``start_ms`` when there is none."""
+        day = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC).date().replace(day=1)
+        earliest = start_ms
+        for _ in range(240):  # 20 years back at most
+            day = (day - dt.timedelta(days=1)).replace(day=1)
+            found = archive_exists(self.config.archive_url, monthly_file(symbol, day.year,
+                                                                         day.month))  # fmt: skip
+            if not found or self.stopping.is_set():
+                break
+            earliest = monthly_file(symbol, day.year, day.month).start_ms
+        return earliest
 
     def _count_cut(self, r: Reduced) -> None:
         """Count a file that was reduced to part of itself, and why."""

@@ -273,6 +273,15 @@ class SymbolStats:
         with self.lock:
             return self.ids.front
 
+    def lower_origin(self, origin_id: int, origin_ms: int | None) -> int:
+        """See :meth:`TradeIds.lower_origin`; under the lock."""
+        with self.lock:
+            grew = self.ids.lower_origin(origin_id, origin_ms)
+            if grew:
+                self.dirty = True
+                self.version += 1
+            return grew
+
     def history_info(self) -> tuple[bool, int | None, bool]:
         """(range started, the symbol's first trade id if known, history complete), at one
         instant. O(1)."""

@@ -474,6 +474,22 @@ class TradeIds:
         self.quiet = False  # every id below is history now, never a quiet symbol's gap
         return True
 
+    def lower_origin(self, origin_id: int, origin_ms: int | None) -> int:
+        """The symbol's first trade is ``origin_id``, before the origin REST gave (REST may
+        not serve a symbol's oldest trades; its earliest archive does). Allowed only while
+        nothing of the front is imported (its bottom is still the origin) and nothing is
+        claimed: the front then reaches down to ``origin_id``. Returns how many ids the
+        front grew by (0: nothing changed). O(1)."""
+        front = self.front
+        if (front is None or self.claimed is not None or self.origin != front.lo
+                or origin_id >= front.lo or origin_id < 0):  # fmt: skip
+            return 0
+        grew = front.lo - origin_id
+        self.front = front._replace(lo=origin_id, after_ms=origin_ms)
+        self.origin = self.lowest = origin_id
+        self.lowest_after_ms = origin_ms
+        return grew
+
     def claim_front(self, lo: int, hi: int) -> bool:
         """Reserve the front's ids ``lo..hi`` for a file about to be merged: they must start
         exactly at its bottom and end within it, and no other claim may be open. Until

@@ -83,19 +83,31 @@ def build(spec: list[tuple[int, int, int]], start_ms: int) -> list[tuple[int, in
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows_strategy, st.booleans(), st.booleans(), st.integers(0, 400))
+@given(
+    rows_strategy,
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 400),
+    st.lists(st.integers(0, 199), max_size=4),
+)
 def test_reduce_equals_a_brute_force_count(
-    spec: list[tuple[int, int, int]], header: bool, micros: bool, cut_at: int
+    spec: list[tuple[int, int, int]], header: bool, micros: bool, cut_at: int, audit: list[int]
 ) -> None:
-    """Pairs equal a Counter over every trade (from the cut on); µs times read as ms."""
+    """Pairs equal a Counter over every trade (from the cut on); µs times read as ms; a
+    header row and rows the 2022-04 audit marked invalid (a duplicate of a row, price 0,
+    trade ids -1) are skipped and counted."""
     day, start = (dt.date(2025, 3, 1), 1_740_787_200_000) if micros else (DAY, DAY_MS)
-    rows = build(spec, start)
+    valid_rows = build(spec, start)
+    rows = list(valid_rows)
+    for at in sorted({i % len(valid_rows) for i in audit}, reverse=True):
+        a, _, _, _, t = rows[at]
+        rows.insert(at + 1, (a, 0, -1, -1, t))
     file = ArchiveFile(day, day, "X")
     if rows[-1][4] >= start + 86_400_000:
         return  # the rows spill into the next day: another test's case
     cut = rows[0][2] + cut_at
     counter: Counter[int] = Counter()
-    for _, p, f, last, _ in rows:
+    for _, p, f, last, _ in valid_rows:
         for _tid in range(max(f, cut), last + 1):
             counter[p] += 1
     if not counter:
@@ -104,9 +116,13 @@ def test_reduce_equals_a_brute_force_count(
         return
     r = reduce_csv(io.BytesIO(agg_csv(rows, header)), file, cut, block_size=256)  # many blocks
     assert list(zip(r.levels.tolist(), r.counts.tolist(), strict=True)) == sorted(counter.items())
-    assert (r.first_id, r.last_id) == (max(cut, rows[0][2]), rows[-1][3])
-    assert r.last_row == (rows[-1][0], rows[-1][2], rows[-1][3], rows[-1][1], rows[-1][4])
+    last = valid_rows[-1]
+    assert (r.first_id, r.last_id) == (max(cut, rows[0][2]), last[3])
+    assert r.last_row == (last[0], last[2], last[3], last[1], last[4])
     assert r.rows == len(rows)
+    invalid = len(rows) - len(valid_rows)
+    assert r.quirks == {**({"header": 1} if header else {}),
+                        **({"invalid_rows": invalid} if invalid else {})}  # fmt: skip
 
 
 @pytest.mark.parametrize(

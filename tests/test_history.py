@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -36,7 +37,7 @@ def start(sim: Simulator, data: Path, *extra: str) -> Running:
 def served(run: Running, symbols: list[str]) -> dict[str, tuple[Any, ...]]:
     out = {}
     for s in symbols:
-        status, body = run.get("/" + s)
+        status, body = run.get("/" + quote(s))
         assert status == 200, body
         out[s] = (body["count"], body["median"], body["last_price"], body["first_trade_id"],
                   body["history"])  # fmt: skip
@@ -170,6 +171,44 @@ def test_quirks_of_real_archives_end_exact_and_are_said(
             assert any(f": {kind} (" in line for line in run.lines), (kind, run.lines[-20:])
     assert sim.archives.pending_faults() == 0  # every fault was served
     assert run.stop() == 0
+
+
+def test_origin_from_the_earliest_archive_when_rest_does_not_reach_it(tmp_path: Path) -> None:
+    """REST serves only the last 300 days of aggregates (``fromId=0`` answered from a much
+    later id): each symbol's first trade comes from its earliest archive, nothing before
+    REST's oldest is lost, first_trade_id is the true first, and the import says so."""
+    config = SimConfig(symbols=8, paused=True, trades_per_second=500, seed=29, past_days=500,
+                       past_trades_per_day=12, weight_window=3.0, rest_reach_days=300)  # fmt: skip
+    with Simulator(config) as sim:
+        run = start(sim, tmp_path)
+        wait_for(lambda: run.get("/-/status")[1]["history"]["complete"] == len(sim.listed()),
+                 timeout=180)  # fmt: skip
+        settle(sim, run)  # first_trade_id and count included
+        traded = [s for s, t in sim.truth().items() if t["count"]]
+        assert quirks(run).get("origin_from_archive", 0) >= len(traded) > 0
+        assert sum(": origin_from_archive (" in line for line in run.lines) == len(traded)
+        assert metric(run, "history_failures_total") == {'{reason="none"}': 0.0}
+        assert run.stop() == 0
+
+
+def test_a_symbol_with_a_non_ascii_name(tmp_path: Path) -> None:
+    """币安人生USDT: its archive paths are percent-encoded UTF-8, its streams and REST calls
+    carry the name as is; its history and live trades end exact like any other's."""
+    config = SimConfig(symbols=4, paused=True, trades_per_second=200, seed=31, past_days=70,
+                       past_trades_per_day=30, weight_window=3.0,
+                       extra_symbols=("币安人生USDT",))  # fmt: skip
+    with Simulator(config) as sim:
+        assert "币安人生USDT" in sim.listed()
+        run = start(sim, tmp_path)
+        wait_for(lambda: run.get("/-/status")[1]["history"]["complete"] == len(sim.listed()),
+                 timeout=180)  # fmt: skip
+        sim.resume()
+        publish(sim, 200)
+        settle(sim, run)
+        status, body = run.get("/" + quote("币安人生USDT"))
+        assert status == 200 and body["history"] == "complete" and body["count"] > 0
+        assert any("/币安人生USDT/" in path for path in sim.archives.served)
+        assert run.stop() == 0
 
 
 def test_history_status_while_importing(past_sim: Simulator, tmp_path: Path) -> None:

@@ -116,6 +116,8 @@ def test_agg_trades_parser_refuses_what_is_not_exact() -> None:
         b"{}",  # not a list
         b'[{"a":7,"p":"1.5","f":12,"l":10,"T":99}]',  # first > last
         b'[{"a":7,"p":"1.5","f":-1,"l":10,"T":99}]',  # negative id
+        b'[{"a":7,"p":"1.5","f":-1,"l":-1,"T":99}]',  # the audit's ids with a price
+        b'[{"a":7,"p":"0","f":-2,"l":-2,"T":99}]',  # not the audit's mark
         b'[{"a":7,"p":1.5,"f":1,"l":1,"T":99}]',  # a float price
         b'[{"a":7,"f":1,"l":1,"T":99}]',  # no price
         b'[{"a":7,"p":"1e5","f":1,"l":1,"T":99}]',  # not a plain decimal
@@ -127,6 +129,17 @@ def test_agg_trades_parser_refuses_what_is_not_exact() -> None:
         except InputError:
             continue
         raise AssertionError(body)
+
+
+def test_agg_trades_parser_drops_and_counts_the_audits_invalid_rows() -> None:
+    """Rows the 2022-04 data audit marked invalid in place (a duplicate of a row: its
+    aggregate id, price and quantity 0, trade ids -1) cover no trade: dropped, counted."""
+    body = (b'[{"a":7,"p":"1.5","q":"2","f":10,"l":12,"T":99},'
+            b'{"a":7,"p":"0.00000000","q":"0","f":-1,"l":-1,"T":99},'
+            b'{"a":8,"p":"1.6","q":"2","f":13,"l":13,"T":100}]')  # fmt: skip
+    rows = parse_agg_trades(body)
+    assert rows == [AggTrade(7, 10, 12, 150_000_000, 99), AggTrade(8, 13, 13, 160_000_000, 100)]
+    assert rows.invalid == 1
 
 
 def agg(a: int, f: int, last: int, price: int = 5, t: int = 100) -> AggTrade:

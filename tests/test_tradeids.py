@@ -235,3 +235,30 @@ def test_gaps_never_touch(base: int, script: list[tuple[int, bool]]) -> None:
         ids._check(counted=len(applied))
     expected = set(range(base + 1, top + 1)) - applied
     assert {i for g in ids.gaps for i in range(g.lo, g.hi + 1)} == expected
+
+
+@given(st.integers(10, 60), st.integers(0, 70), st.booleans(), st.booleans())
+def test_origin_lowers_only_before_anything_of_the_front_is_counted(
+    origin: int, lower: int, imported: bool, claimed: bool
+) -> None:
+    """REST gave a late origin; an archive shows older trades. The front reaches down to them
+    while nothing of it is counted and nothing claimed; never otherwise, never upwards."""
+    ids = TradeIds()
+    ids.baseline(99, 5_000)
+    ids.start_history(origin, 1_000)
+    counted = 0
+    if imported:
+        assert ids.claim_front(origin, origin)
+        counted = ids.fill_front(origin, origin, 1_100, 3)
+    elif claimed:
+        assert ids.claim_front(origin, origin + 1)
+    grew = ids.lower_origin(lower, 500)
+    ok = not imported and not claimed and lower < origin
+    assert grew == (origin - lower if ok else 0)
+    if ok:
+        assert (ids.origin, ids.lowest) == (lower, lower)
+        assert ids.front is not None and (ids.front.lo, ids.front.after_ms) == (lower, 500)
+    if claimed:
+        ids.release_front()
+    ids._check(counted=counted)
+    assert not ids.history_complete

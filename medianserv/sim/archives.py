@@ -70,6 +70,7 @@ class ArchiveServer:
         self._faults: deque[str] = deque()
         self._files_lock = threading.Lock()  # guards _files, _spoiled and _faults
         self.requests = 0
+        self.served: set[str] = set()  # paths of the zips served whole (decoded)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -162,6 +163,8 @@ class ArchiveServer:
                     if fault != "checksum":
                         data = bad  # the CHECKSUM matches what will be served
             return 200, f"{hashlib.sha256(data).hexdigest()}  {name}.zip\n".encode()
+        with self._files_lock:
+            self.served.add(zip_path)
         return 200, data
 
     def _build(

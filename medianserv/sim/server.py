@@ -43,7 +43,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 from ..prices import format_price, parse_price
 from ..recordings import read_trade_frames
 from .archives import ArchiveServer
-from .market import Listing, Market, Trade, generate_listings, load_listings, make_past
+from .market import DAY_MS, Listing, Market, Trade, generate_listings, load_listings, make_past
 
 __all__ = ["SimConfig", "Simulator"]
 
@@ -98,6 +98,11 @@ class SimConfig:
     # Binance's layout on `archive_port` (0: an ephemeral port; see Simulator.archive_url).
     past_days: int = 0
     past_trades_per_day: float = 20.0
+    # REST's aggTrades reach back only this many days (0: to the first trade); an older
+    # fromId is answered from the oldest kept (binance-public-data issue 376)
+    rest_reach_days: float = 0.0
+    # more TRADING symbols listed beside the generated ones (names such as 币安人生USDT)
+    extra_symbols: tuple[str, ...] = ()
     archive_port: int = 0
 
 
@@ -208,6 +213,9 @@ class Simulator:
             listings, self._info_top = load_listings(cfg.exchange_info)
         else:
             listings, self._info_top = generate_listings(cfg.symbols, cfg.seed), {}
+        for name in cfg.extra_symbols:
+            listings.append(Listing(name, "TRADING", name.removesuffix("USDT"), "USDT",
+                                    "0.01000000"))  # fmt: skip
         self.market = Market(listings, seed=cfg.seed, history_limit=cfg.history_limit)
         if cfg.past_days > 0:
             make_past(self.market, self._ms(), cfg.past_days, cfg.past_trades_per_day)
@@ -934,6 +942,12 @@ class Simulator:
         if end is not None and start is None:
             start = 0
         with self.hub_lock:
+            oldest = self._oldest_agg(symbol)
+            if oldest is not None:
+                if from_id is not None:
+                    from_id = max(from_id, oldest)
+                elif start is not None:
+                    start = max(start, self._ms() - int(self.config.rest_reach_days * DAY_MS))
             rows = self.market.aggregates(symbol, from_id, start, end, limit)
         if rows is None:
             return 400, {"code": -1121, "msg": "Invalid symbol."}
@@ -943,6 +957,17 @@ class Simulator:
             if fault is not None:
                 self._spoil(rows, fault)
         return 200, rows
+
+    def _oldest_agg(self, symbol: str) -> int | None:
+        """The oldest aggregate id REST serves (``rest_reach_days``), or None for all."""
+        if self.config.rest_reach_days <= 0:
+            return None
+        truth = self.market.truth.get(symbol)
+        if truth is None or not truth.agg_first:
+            return None
+        cutoff = self._ms() - int(self.config.rest_reach_days * DAY_MS)
+        i = self.market._first_agg_at(truth, cutoff)
+        return truth.agg_base + min(i, len(truth.agg_first) - 1)
 
     @staticmethod
     def _spoil(rows: list[dict[str, Any]], kind: str) -> None:
