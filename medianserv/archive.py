@@ -16,9 +16,10 @@ it against its CHECKSUM, and :func:`reduce_csv` parses the CSV and reduces it to
 prices with their trade counts: a month of BTCUSDT (tens of millions of rows) becomes a few
 hundred thousand pairs, which the service then merges into the median in bulk.
 
-Parsing is vectorised (pyarrow's CSV reader, in C++, in blocks, so memory stays bounded by
-the block size whatever the file) and exact: prices are read as 8-decimal fixed-point
-numbers, whose 128-bit unscaled integer *is* the price in 1e-8 units; no float is involved.
+Parsing is vectorised (polars' CSV reader, in Rust, in blocks of whole lines, so memory
+stays bounded by the block size whatever the file) and exact: prices stay text until only
+the distinct ones are left, which are then checked to be plain decimals and turned into
+1e-8 units with integer arithmetic; no float is involved.
 Before anything is returned the rows are checked: aggregate ids consecutive, trade ids tiling
 (each row starts where the previous one ended), times not going back and within the file's
 period, prices plain and in range, the CSV inside named for the symbol and period asked for.
@@ -38,13 +39,14 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .prices import MAX_UNITS
+from .prices import MAX_UNITS, parse_price
 
-if TYPE_CHECKING:  # numpy and pyarrow are imported where files are reduced, not at start-up
+if TYPE_CHECKING:  # numpy and polars are imported where files are reduced, not at start-up
     import numpy as np
 
 __all__ = [
@@ -230,43 +232,29 @@ def reduce_csv(
     file cannot be used, or has no trade within the cut. O(rows); memory O(block size +
     distinct prices).
 
-    How, per block of rows (pyarrow's CSV reader, in C++): the price column is read
-    dictionary-encoded, so the plain-decimal check and the exact conversion to 1e-8 units
-    run once per distinct price text of the block, not once per row; the trades of each
-    row are counted against its price with one integer ``bincount`` over the dictionary
-    codes, each code repeated by the trade ids the row covers within the cut. Rows the
-    2022-04 data audit marked invalid (price 0, first and last trade id -1) keep their
-    aggregate id, cover no trade and are counted in ``Reduced.quirks``; so is a header row."""
+    How, per block of whole lines (polars' CSV reader, in Rust, one thread): the ids and
+    times come as integer columns, checked with numpy; the price column stays text, and the
+    trades of each row within the cut are summed per price text (a hash aggregation); only
+    the distinct texts of the block are then checked to be plain decimals and turned into
+    exact 1e-8 units (integer part and zero-padded fraction, as integers). Rows the 2022-04
+    data audit marked invalid (price 0, first and last trade id -1) cover no trade: skipped
+    and counted in ``Reduced.quirks``; so is a header row."""
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pcsv
+    import polars as pl
 
     quirks: dict[str, int] = {}
-    head = stream.read(1)
-    skip = 0
-    if head and not head.isdigit():  # a header row (futures files, other tools): skipped
-        skip = 1
-        quirks["header"] = 1
     agg = file.kind == "aggTrades"
-    columns = _AGG if agg else _TRADES
-    prices_type = pa.dictionary(pa.int32(), pa.string())
-    types = {"p": prices_type, "f": pa.int64(), "T": pa.int64()}
+    names = _AGG if agg else _TRADES
+    schema: dict[str, Any] = {name: pl.String for name in names}
+    schema.update(f=pl.Int64, T=pl.Int64)
     wanted = ["p", "f", "T"]
     if agg:
-        types.update(a=pa.int64(), l=pa.int64())
+        schema.update(a=pl.Int64, l=pl.Int64)
         wanted += ["a", "l"]
-    reader = pcsv.open_csv(
-        io.BufferedReader(_Prefixed(head, stream), 1 << 20),
-        read_options=pcsv.ReadOptions(
-            column_names=list(columns), skip_rows=skip, use_threads=False, block_size=block_size
-        ),
-        parse_options=pcsv.ParseOptions(quote_char=False, double_quote=False),
-        convert_options=pcsv.ConvertOptions(column_types=types, include_columns=wanted),
-    )
     top_id = (1 << 63) - 1 if top is None else top
-    level_parts: list[Any] = []
-    count_parts: list[Any] = []
+    parts: list[Any] = []  # per block: trades per distinct price text
+    held = 0
+    last_text = ""
     prev: tuple[int, int, int] | None = None  # (agg id, last trade id, time) of the last row
     file_first: int | None = None  # first trade id of the file
     first: tuple[int, int | None] | None = None  # first trade id and aggregate counted
@@ -274,49 +262,40 @@ def reduce_csv(
     last_row = (0, 0, 0, 0, 0)
     rows = invalid = 0
     start, end = file.start_ms, file.end_ms
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        except pa.ArrowInvalid as exc:
-            raise ValueError(f"format: {str(exc)[:200]}") from exc
-        n = batch.num_rows
-        if not n:
+    for number, block in enumerate(_lines(stream, block_size)):
+        if number == 0 and not block[:1].isdigit():  # a header row (futures files, tools)
+            block = block[block.find(b"\n") + 1 :]
+            quirks["header"] = 1
+        if not block:
             continue
-        col = batch.column("p")
-        if col.null_count or batch.column("f").null_count or batch.column("T").null_count:
+        try:
+            frame = (
+                pl.scan_csv(block, has_header=False, schema=schema, quote_char=None)
+                .select(wanted)
+                .collect()
+            )
+        except pl.exceptions.PolarsError as exc:
+            raise ValueError(f"format: {str(exc).splitlines()[0][:200]}") from exc
+        n = frame.height
+        if any(frame[c].null_count() for c in wanted):
             raise ValueError("format: an empty field")
-        text = col.dictionary
-        # a plain decimal with at most 8 decimals, as parse_price() accepts: no sign, no
-        # exponent, no space (a decimal parser alone would take "1e5"); once per distinct text
-        if len(text) and not pc.all(pc.match_substring_regex(text, _PRICE)).as_py():
-            raise ValueError("bad_price: a price that is not a plain decimal")
-        decimals = pc.cast(text, pa.decimal128(20, 8))
-        # a decimal128 is its unscaled integer (here: 1e-8 units), low 64 bits first; the
-        # regex keeps it non-negative and under 10^19, so the low word alone holds it
-        words = np.frombuffer(decimals.buffers()[1], dtype=np.uint64)[2 * decimals.offset :]
-        k = len(text)
-        units, high = words[0 : 2 * k : 2], words[1 : 2 * k : 2]
-        if np.any(high != 0) or np.any(units > MAX_UNITS):
-            raise ValueError("bad_price: a price too large")
-        codes = col.indices.to_numpy()
-        f = batch.column("f").to_numpy()
-        t = batch.column("T").to_numpy()
+        f = frame["f"].to_numpy()
+        t = frame["T"].to_numpy()
         if agg:
-            a = batch.column("a").to_numpy()
-            last = batch.column("l").to_numpy()
+            a = frame["a"].to_numpy()
+            last = frame["l"].to_numpy()
         else:
             a, last = f, f
         t = np.where(t >= MICROS_FROM_MS * 100, t // 1000, t)  # microseconds from 2025 on
         valid = f >= 0
+        rows += n
         if not valid.all():  # the audit's invalid rows: f = l = -1, nothing else negative
             bad = ~valid
             if np.any(last[bad] != -1) or np.any(f[bad] != -1) or not agg:
                 raise ValueError("format: a negative trade id")
             invalid += int(bad.sum())
-            f, last, t, a, codes = f[valid], last[valid], t[valid], a[valid], codes[valid]
-        rows += n
+            frame = frame.filter(pl.Series(valid))
+            f, last, t, a = f[valid], last[valid], t[valid], a[valid]
         if not len(f):
             continue
         if np.any(a[1:] != a[:-1] + 1) or (prev is not None and a[0] != prev[0] + 1):
@@ -332,61 +311,105 @@ def reduce_csv(
         prev = (int(a[-1]), int(last[-1]), int(t[-1]))
         if file_first is None:
             file_first = int(f[0])
-        lo, hi = np.maximum(f, cut), np.minimum(last, top_id)
-        reps = np.maximum(hi - lo + 1, 0)
+        reps = np.maximum(np.minimum(last, top_id) - np.maximum(f, cut) + 1, 0)
         inside = np.flatnonzero(reps)
         if not len(inside):
             continue
         i0, i1 = int(inside[0]), int(inside[-1])
         if first is None:
-            first = (int(lo[i0]), int(a[i0]) if agg else None)
-        last_counted = int(hi[i1])
-        last_row = (int(a[i1]), int(f[i1]), int(last[i1]), int(units[codes[i1]]), int(t[i1]))
-        counts = np.bincount(np.repeat(codes, reps), minlength=k)
-        used = counts > 0
-        level_parts.append(units[used])
-        count_parts.append(counts[used])
+            first = (int(max(f[i0], cut)), int(a[i0]) if agg else None)
+        last_counted = int(min(last[i1], top_id))
+        parts.append(
+            frame.lazy()
+            .select(pl.col("p"), pl.Series("n", reps))
+            .group_by("p")
+            .agg(pl.col("n").sum())
+            .filter(pl.col("n") > 0)
+            .collect()
+        )
+        held += parts[-1].height
+        if held > _COMPACT:  # distinct texts of many blocks: merge them, memory stays bounded
+            parts = [_per_price(parts)]
+            held = parts[0].height
+        last_row = (int(a[i1]), int(f[i1]), int(last[i1]), 0, int(t[i1]))
+        last_text = frame["p"][i1]
     if prev is None or file_first is None:
         raise ValueError("empty: no rows")
     if first is None or last_counted is None:
         raise ValueError("empty: no trade within the ids asked for")
     if invalid:
         quirks["invalid_rows"] = invalid
-    every = np.concatenate(level_parts)
-    order = np.argsort(every, kind="stable")
-    sorted_levels = every[order]
-    sorted_counts = np.concatenate(count_parts)[order]
-    heads = np.flatnonzero(np.r_[True, sorted_levels[1:] != sorted_levels[:-1]])
-    levels = sorted_levels[heads]
-    totals = np.add.reduceat(sorted_counts, heads).astype(np.int64)
+    per_price = _per_price(parts)
+    every = _units(per_price["p"])  # once per distinct text of the file
+    order = np.argsort(every)
+    levels = every[order]
+    totals = per_price["n"].to_numpy()[order].astype(np.int64)
+    if len(levels) > 1 and not bool(np.all(levels[1:] > levels[:-1])):  # "1.5" and "1.50"
+        heads = np.flatnonzero(np.r_[True, levels[1:] != levels[:-1]])
+        levels, totals = levels[heads], np.add.reduceat(totals, heads)
+    last_row = (*last_row[:3], parse_price(last_text), last_row[4])
     if int(totals.sum()) != last_counted - first[0] + 1:
         raise ValueError("order: counts do not add up to the ids")
     return Reduced(file, levels, totals, first[0], last_counted, first[1], last_row, rows, 0, 0,
                    file_first, prev[1], quirks)  # fmt: skip
 
 
-class _Prefixed(io.RawIOBase):
-    """A stream with ``head`` (already read) put back in front."""
+#: Distinct price texts held across blocks before they are merged into one table.
+_COMPACT = 1 << 21
 
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
-        self._head = head
-        self._rest = rest
-        self.consumed = 0
 
-    def readable(self) -> bool:
-        return True
+def _per_price(parts: list[Any]) -> Any:
+    """The per-block tables of trades per price text, merged into one. O(rows)."""
+    import polars as pl
 
-    def readinto(self, buffer: Any) -> int:
-        if self._head:
-            n = len(self._head)
-            buffer[:n] = self._head
-            self._head = b""
-            self.consumed += n
-            return n
-        data = self._rest.read(len(buffer))
-        buffer[: len(data)] = data
-        self.consumed += len(data)
-        return len(data)
+    if len(parts) == 1:
+        return parts[0]
+    return pl.concat(parts).group_by("p").agg(pl.col("n").sum())
+
+
+def _units(texts: Any) -> Any:
+    """Plain decimal texts (a polars Series) -> their exact values in 1e-8 units (uint64), as
+    :func:`~medianserv.prices.parse_price` reads them: digits, at most one point, at most 8
+    decimals, below 10^11; ValueError ``bad_price`` otherwise (a decimal parser alone would
+    take ``1e5``, a sign, a space, or round a ninth decimal). Integer arithmetic only."""
+    import polars as pl
+
+    if not texts.str.contains(_PRICE).all():
+        raise ValueError("bad_price: a price that is not a plain decimal")
+    parts = texts.str.split_exact(".", 1).struct.unnest()
+    whole = parts[:, 0].cast(pl.UInt64)
+    fraction = parts[:, 1].fill_null("").str.pad_end(8, "0").cast(pl.UInt64)
+    units = (whole * 100_000_000 + fraction).to_numpy()
+    if len(units) and int(units.max()) > MAX_UNITS:
+        raise ValueError("bad_price: a price too large")
+    return units
+
+
+def _lines(stream: IO[bytes], block_size: int) -> Iterator[bytes]:
+    """The stream in blocks of whole lines, about ``block_size`` bytes each (the last line
+    completed with a newline if the file lacks one). Each block is one join of the chunks
+    read; only the last chunk is split, at its last newline."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        data = stream.read(block_size)
+        if data:
+            chunks.append(data)
+            size += len(data)
+            if size < block_size:
+                continue
+            cut = data.rfind(b"\n") + 1
+            if not cut:
+                continue  # no line ends in this chunk: read on
+            tail = data[cut:]
+            chunks[-1] = data[:cut] if tail else data
+            yield b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            chunks, size = ([tail], len(tail)) if tail else ([], 0)
+            continue
+        if chunks:
+            buf = b"".join(chunks)
+            yield buf if buf.endswith(b"\n") else buf + b"\n"
+        return
 
 
 class _Member(io.RawIOBase):
@@ -417,13 +440,17 @@ class _Member(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` inflated bytes (all that is left for ``n < 0``); b"" at the end. A
+        whole inflated chunk is handed over as it is when it fits."""
+        if n < 0:
+            return b"".join(iter(lambda: self.read(1 << 24), b""))
         while self._at >= len(self._pending):
             if not self._left:
                 if self._inflate is not None and self._inflate.unconsumed_tail:
                     self._pending, self._at = self._inflate.decompress(b""), 0
                     continue
-                return 0
+                return b""
             raw = self._archive.read(min(self._left, CHUNK))
             if not raw:
                 raise EOFError("the archive ends inside its member")
@@ -432,10 +459,17 @@ class _Member(io.RawIOBase):
             if not self._left and self._inflate is not None:
                 self._pending += self._inflate.flush()
             self._at = 0
-        n = min(len(buffer), len(self._pending) - self._at)
-        buffer[:n] = self._pending[self._at : self._at + n]
-        self._at += n
-        return n
+        at, pending = self._at, self._pending
+        if at == 0 and len(pending) <= n:
+            self._at = len(pending)
+            return pending
+        self._at = min(len(pending), at + n)
+        return pending[at : self._at]
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _get(
@@ -513,26 +547,34 @@ def fetch_and_reduce(
         return Refused(file, reason if known else "format", detail if known else str(exc))
 
 
-class _Counting(io.RawIOBase):
+class _Counting:
     """A read-through stream that counts the bytes it hands out."""
 
-    def __init__(self, stream: IO[bytes] | io.RawIOBase) -> None:
+    closed = False
+
+    def __init__(self, stream: Any) -> None:
         self._stream = stream
         self.count = 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
-        n = self._stream.readinto(buffer)  # type: ignore[union-attr]
-        self.count += n or 0
-        return n or 0
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._stream.read(n)
+        self.count += len(data)
+        return data
 
 
 def warm_up() -> None:
-    """Load what reducing needs (a pool process calls it once, before any file)."""
-    import pyarrow.compute
-    import pyarrow.csv  # noqa: F401
+    """Load what reducing needs (a pool process calls it once, before any file), with
+    polars on one thread: the pool's processes are the parallelism, and a thread pool per
+    process would only add switching (set before polars is first imported)."""
+    import os
+
+    os.environ.setdefault("POLARS_MAX_THREADS", "1")
+    day = dt.date(2024, 1, 1)
+    row = b"1,1.00000000,1.00000000,1,1,%d,True,True\n" % (_ms(day) + 1)
+    reduce_csv(io.BytesIO(row), ArchiveFile(day, day, "X"))  # the parser's first-use costs
 
 
 def pool_process_init(parent_pid: int) -> None:

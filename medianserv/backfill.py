@@ -493,6 +493,9 @@ class Backfill:
     def _rate_limited(self, exc: RateLimited) -> None:
         self.stats.add(rate_limited=1)
         self._rlog.warning("429", "backfill: Binance says %s; pausing", exc)
+        with self._lock:  # what next_attempt_in says meanwhile
+            self._weight_wait_until = max(self._weight_wait_until,
+                                          self.clock() + exc.retry_after)  # fmt: skip
         self.stopping.wait(exc.retry_after)
 
     def _sweep_if_due(self) -> None:

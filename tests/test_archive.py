@@ -281,3 +281,11 @@ def test_rows_during_a_merge_do_not_count_the_front_twice() -> None:
     v = stats.view()
     assert v.count == 50 and stats.ids.front == Front(50, 99, 1_500, 4_000, 6)
     stats._check()
+
+
+def test_one_price_written_two_ways_is_one_level() -> None:
+    """``1.5`` and ``1.50000000`` are the same price: one level, their trades added."""
+    rows = [(7, 150_000_000, 10, 11, DAY_MS + 1), (8, 150_000_000, 12, 12, DAY_MS + 2)]
+    text = agg_csv(rows).replace(b"1.50000000", b"1.5", 1)
+    r = reduce_csv(io.BytesIO(text), ArchiveFile(DAY, DAY, "X"))
+    assert (r.levels.tolist(), r.counts.tolist()) == ([150_000_000], [3])

@@ -382,7 +382,8 @@ def test_status_names_what_blocks_the_backfill(tmp_path: Path) -> None:
         wait_for(lambda: run.get("/-/status")[1]["missing_trades"] > 0, timeout=30)
         wait_for(lambda: (run.get("/-/status")[1]["backfill_next_attempt_s"] or 0) > 0,
                  timeout=30)  # fmt: skip
-        assert metric(run, "backfill_next_attempt_seconds")[""] > 0
+        # the same in /metrics (read again: at the instant of an attempt it is 0)
+        wait_for(lambda: metric(run, "backfill_next_attempt_seconds")[""] > 0, timeout=30)
         sim.set_weight_limit(6000)
         wait_for(lambda: run.get("/-/status")[1]["missing_trades"] == 0, timeout=60)
         assert re.search(r"backfill", "\n".join(run.lines))

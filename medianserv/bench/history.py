@@ -24,8 +24,7 @@ def synthetic_archives(
     import zipfile
 
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
+    import polars as pl
 
     from ..archive import MICROS_FROM_MS, monthly_file
 
@@ -58,18 +57,19 @@ def synthetic_archives(
         if path.exists() and Path(str(path) + ".CHECKSUM").exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        words = np.zeros(2 * n, np.int64)
-        words[0::2] = prices
-        zeros = pa.array(np.zeros(n, np.int32))
-        table = pa.table({
-            "a": agg,
-            "p": pa.Array.from_buffers(pa.decimal128(20, 8), n, [None, pa.py_buffer(words)]),
-            "q": pa.array(["0.01000000"]).take(zeros), "f": first, "l": last, "T": stamps,
-            "m": pa.array(["True"]).take(zeros), "M": pa.array(["True"]).take(zeros),
+        units = pl.Series(prices)
+        text = (
+            (units // 100_000_000).cast(pl.String)
+            + "."
+            + (units % 100_000_000).cast(pl.String).str.zfill(8)
+        )  # exact: integer arithmetic
+        table = pl.DataFrame({
+            "a": agg, "p": text, "q": pl.repeat("0.01000000", n, eager=True), "f": first,
+            "l": last, "T": stamps, "m": pl.repeat("True", n, eager=True),
+            "M": pl.repeat("True", n, eager=True),
         })  # fmt: skip
         csv_path = directory / (file.name + ".csv")
-        options = pcsv.WriteOptions(include_header=False, quoting_style="none")
-        pcsv.write_csv(table, str(csv_path), write_options=options)
+        table.write_csv(csv_path, include_header=False, quote_style="never")
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
             info = zipfile.ZipInfo(file.name + ".csv", date_time=(year, month, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -156,6 +156,8 @@ def bench_history(
     import tempfile
     import threading
 
+    import numpy as np
+
     from ..archive import Reduced, fetch_and_reduce, warm_up
     from ..config import Config
     from ..exchange import RestClient
@@ -177,32 +179,40 @@ def bench_history(
     server = StaticServer(directory)
     pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        pool.submit(warm_up).result()  # the worker is up, pyarrow loaded, before any clock
+        pool.submit(warm_up).result()  # the worker is up, polars loaded, before any clock
 
         worker = next(iter(pool._processes))  # the pool's one process, for its CPU time
 
+        split: dict[str, float] = {}
+
         def import_files(stats: SymbolStats, chosen: list[Any]) -> tuple[int, int, float, float]:
             """Import ``chosen`` in order, one file ahead: (rows, trades, seconds, CPU seconds
-            of both processes)."""
-            t, cpu = time.perf_counter(), time.process_time() + cpu_seconds(worker)
+            of both processes; ``split`` says how much was whose)."""
+            t, mine, theirs = time.perf_counter(), time.process_time(), cpu_seconds(worker)
+            cpu = mine + theirs
             n_rows = n_trades = 0
             ahead = [pool.submit(fetch_and_reduce, server.url, f) for f, _, _ in chosen[:2]]
-            for i, (file, levels, counts) in enumerate(chosen):
+            done: list[tuple[Any, Reduced]] = []
+            for i, (file, _, _) in enumerate(chosen):
                 r = ahead[i].result()
                 if i + 2 < len(chosen):
                     ahead.append(pool.submit(fetch_and_reduce, server.url, chosen[i + 2][0]))
                 if not isinstance(r, Reduced):
                     raise RuntimeError(f"{file.name} refused: {r}")
-                if r.levels.tolist() != levels.tolist() or r.counts.tolist() != counts.tolist():
-                    raise RuntimeError(f"{file.name}: reduced wrong")
-                applied = stats.apply_levels(r.first_id, r.last_id, r.levels.tolist(),
-                                             r.counts.tolist(), r.last_row[4])  # fmt: skip
+                applied = stats.apply_levels(r.first_id, r.last_id, r.levels, r.counts,
+                                             r.last_row[4])  # fmt: skip
                 if applied != r.trades:
                     raise RuntimeError(f"{file.name} not applied")
                 n_rows += r.rows
                 n_trades += r.trades
+                done.append((chosen[i], r))
+            split.update(service=time.process_time() - mine, pool=cpu_seconds(worker) - theirs)
             cpu = time.process_time() + cpu_seconds(worker) - cpu
-            return n_rows, n_trades, time.perf_counter() - t, cpu
+            elapsed = time.perf_counter() - t
+            for (file, levels, counts), r in done:  # checked after the clocks stop
+                if not (np.array_equal(r.levels, levels) and np.array_equal(r.counts, counts)):
+                    raise RuntimeError(f"{file.name}: reduced wrong")
+            return n_rows, n_trades, elapsed, cpu
 
         def fresh(total: int) -> SymbolStats:
             stats = SymbolStats("BTCUSDT")
@@ -232,6 +242,7 @@ def bench_history(
                     acc[1] += out[1]
         imp_rows, imp_trades, imp_time, imp_cpu = import_files(fresh(total), sample)
         imp_rate = imp_rows / imp_cpu
+        imp_split = dict(split)
         rows += [
             Row("decompress only (zipfile, as unzip would): rows per CPU second",
                 dec_rows / dec_cpu, "rows/s"),
@@ -247,6 +258,10 @@ def bench_history(
             Row("import end to end over local HTTP: rows per CPU second (both processes)",
                 imp_rate, "rows/s"),
             Row("import end to end: trades per CPU second", imp_trades / imp_cpu, "trades/s"),
+            Row("of its CPU, the pool process (download, checksum, inflate, parse, reduce)",
+                imp_split["pool"] / imp_cpu * 100, "%"),
+            Row("of its CPU, the service process (merge into the median)",
+                imp_split["service"] / imp_cpu * 100, "%"),
             Row("import / decompress, per core, same files, same run",
                 imp_rate / (dec_rows / dec_cpu), "x"),
         ]  # fmt: skip
