@@ -528,7 +528,7 @@ class Backfill:
                 return
             self._sweeping = True
         try:
-            if not self.rest.acquire("ticker/24hr", self.ceiling, self.stopping):
+            if not self._acquire("ticker/24hr"):  # says meanwhile how long it waits
                 return
             self.stats.add(sweeps=1)
             ranges = self.rest.trade_id_ranges()

@@ -62,6 +62,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             part = bench.bench_api(args.seconds, args.rates, shared)
         elif suite == "snapshot":
             part = bench.bench_snapshot(args.levels, shared)
+        elif suite == "history" and args.market:
+            part = bench.bench_market(args.symbols, args.trades, args.archive_dir, shared)
         elif suite == "history":
             part = bench.bench_history(args.trades, args.files, args.archive_dir, shared)
         elif suite == "scale":
@@ -307,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="trades (long, history)")  # fmt: skip
     bench.add_argument("--files", type=int, default=10,
                        help="history: monthly archive files; scale: files imported")  # fmt: skip
+    bench.add_argument(
+        "--market",
+        action="store_true",
+        help="history: the whole market's rehearsal (--symbols, --trades)",
+    )
+    bench.add_argument("--symbols", type=int, default=300, help="history --market: symbols")
     bench.add_argument("--prices", type=lambda s: int(float(s)), default=10**7,
                        help="scale: distinct prices in one median")  # fmt: skip
     bench.add_argument(

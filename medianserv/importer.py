@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .archive import (
     ArchiveFile,
@@ -103,6 +103,10 @@ NETWORK_ATTEMPTS = 4
 REFUSED_PAGES = 3
 #: Longest wait before a symbol whose import keeps failing is tried again.
 MAX_RETRY_DELAY = 300.0
+#: Seconds between two progress lines at INFO (per-file lines are DEBUG).
+PROGRESS_EVERY = 30.0
+#: Seconds over which the recent import rate (and so the ETA) is measured.
+RATE_WINDOW = 60.0
 
 
 # -- decisions (pure) ---------------------------------------------------------------------------
@@ -256,6 +260,40 @@ class Later(NamedTuple):
 SymbolOutcome = Done | Gone | Later
 
 
+class _Plan(collections.deque[ArchiveFile]):
+    """A symbol's files still to take, counting in ``stats`` every file put in and taken out
+    (the files still to go of all plans are the difference)."""
+
+    def __init__(self, files: Iterable[ArchiveFile], stats: HistoryStats) -> None:
+        super().__init__(files)
+        self.stats = stats
+        with stats.lock:
+            stats.files_planned += len(self)
+
+    def appendleft(self, file: ArchiveFile) -> None:
+        super().appendleft(file)
+        with self.stats.lock:
+            self.stats.files_planned += 1
+
+    def extendleft(self, files: Iterable[ArchiveFile]) -> None:
+        files = list(files)
+        super().extendleft(files)
+        with self.stats.lock:
+            self.stats.files_planned += len(files)
+
+    def popleft(self) -> ArchiveFile:
+        file = super().popleft()
+        with self.stats.lock:
+            self.stats.files_settled += 1
+        return file
+
+    def drop(self) -> None:
+        """The plan is abandoned (stopping, or the front is done): nothing of it is to go."""
+        with self.stats.lock:
+            self.stats.files_settled += len(self)
+        self.clear()
+
+
 # -- the thread -----------------------------------------------------------------------------------
 
 
@@ -273,9 +311,25 @@ class HistoryStats:
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     recut: collections.Counter[str] = field(default_factory=collections.Counter)
     quirks: collections.Counter[str] = field(default_factory=collections.Counter)  # by kind
+    files_planned: int = 0  # files put in a symbol's plan (again when put back)
+    files_settled: int = 0  # files taken out of a plan (applied, skipped, refused, left)
+    recent: collections.deque[tuple[float, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=4096)
+    )  # (time, trades) samples of the last minute or so: the recent rate
     complete: int = 0  # symbols whose history is complete
     failed: int = 0  # imports that failed and were put back in the queue
     started_at: float | None = None
+
+    def rate(self, now: float) -> float:
+        """Trades imported per second over the last minute (0 before two samples). O(1)
+        amortised."""
+        with self.lock:
+            recent = self.recent
+            recent.append((now, self.trades))
+            while len(recent) > 2 and now - recent[1][0] > RATE_WINDOW:
+                recent.popleft()
+            t0, n0 = recent[0]
+            return (self.trades - n0) / (now - t0) if now > t0 else 0.0
 
     def add(self, **counts: int) -> None:
         with self.lock:
@@ -304,6 +358,7 @@ class Importer:
         self.ceiling = config.rest_weight_limit * config.history_weight_share
         self.stopping = threading.Event()  # set by stop(): run() returns between steps
         self._lock = threading.Condition()  # guards the queue and the states; wakes run()
+        self._last_progress = 0.0  # when the last progress line was logged (importer thread)
         self._queue: list[tuple[float, int, str]] = []  # heap: (due time, seq, symbol)
         self._seq = itertools.count()
         self._state: dict[str, str] = {}  # symbol -> pending, importing, complete or failed
@@ -329,6 +384,49 @@ class Importer:
         if complete:
             return "complete"
         return self._state.get(symbol, "none")  # complete here: nothing traded before us
+
+    def progress(self) -> dict[str, Any]:
+        """Where the import stands, for ``/-/status``, ``/metrics`` and the progress line:
+        files applied and still to go in the current plans, bytes and rows read, trades
+        imported and still to import (every requested symbol's front), the rate over the
+        last minute and the ETA at that rate (None while unknown). O(symbols requested)."""
+        now = self.clock()
+        rate = self.stats.rate(now)
+        with self._lock:
+            requested = list(self._state)
+        table = self.table()
+        left = 0
+        for symbol in requested:
+            stats = table.get(symbol)
+            front = stats.front() if stats is not None else None
+            if front is not None:
+                left += front.hi - front.lo + 1
+        s = self.stats
+        with s.lock:
+            out: dict[str, Any] = {
+                "files_applied": s.files, "files_to_go": s.files_planned - s.files_settled,
+                "bytes": s.zip_bytes, "rows": s.rows, "trades": s.trades,
+                "trades_to_import": left, "trades_per_second": round(rate, 1),
+            }  # fmt: skip
+        out["eta_s"] = 0.0 if not left else (round(left / rate, 1) if rate > 0 else None)
+        return out
+
+    def _tick(self) -> None:
+        """After each file and page: a progress line at INFO every PROGRESS_EVERY seconds."""
+        now = self.clock()
+        if now - self._last_progress < PROGRESS_EVERY:
+            return
+        self._last_progress = now
+        p = self.progress()
+        counts = self.counts()
+        eta = "unknown" if p["eta_s"] is None else f"{p['eta_s'] / 60:.1f} min"
+        log.info(
+            "history: %d of %d symbols complete, %d files applied, %d to go in the current "
+            "plans, %.2f GB read, %.2f M trades/s, %d trades to import, ETA %s",
+            counts.get("complete", 0), sum(counts.values()), p["files_applied"],
+            p["files_to_go"], p["bytes"] / 1e9, p["trades_per_second"] / 1e6,
+            p["trades_to_import"], eta,
+        )  # fmt: skip
 
     def queued(self, symbol: str) -> bool:
         """Whether ``symbol``'s import is queued or under way (not complete). O(1)."""
@@ -371,6 +469,7 @@ class Importer:
             self.stats.started_at = self.clock()
         outcome = self._attempt(symbol)
         self._settle(symbol, outcome)
+        self._tick()
         return symbol
 
     def _attempt(self, symbol: str) -> SymbolOutcome:
@@ -464,7 +563,7 @@ class Importer:
         front = stats.front()
         if front is None:
             return Done()
-        log.info("history of %s: trades %d..%d to import", symbol, front.lo, front.hi)
+        log.debug("history of %s: trades %d..%d to import", symbol, front.lo, front.hi)
         ok, row = self._archives(symbol, stats)
         if not ok:
             return Later(0.0, False)  # stopping
@@ -473,7 +572,7 @@ class Importer:
             return Later(0.0, False)
         if stats.front() is not None:
             return Later(retry_delay(1), False)
-        log.info("history of %s: complete from its first trade", symbol)
+        log.debug("history of %s: complete from its first trade", symbol)
         return Done()
 
     def _acquire(self) -> bool:
@@ -489,7 +588,7 @@ class Importer:
         start = front.after_ms if front.after_ms is not None else 0
         if self._fresh(stats):  # the origin came from REST: older archives may exist
             start = self._earliest_archive(symbol, start)
-        files = collections.deque(plan(symbol, start, int(self.clock() * 1000), self._today()))
+        files = _Plan(plan(symbol, start, int(self.clock() * 1000), self._today()), self.stats)
         futures: dict[ArchiveFile, cf.Future[Reduced | Refused]] = {}
         attempts: collections.Counter[ArchiveFile] = collections.Counter()
         row: AggTrade | None = None
@@ -564,6 +663,7 @@ class Importer:
         finally:
             for fut in futures.values():
                 fut.cancel()
+            files.drop()
         return True, row
 
     @staticmethod
@@ -602,7 +702,7 @@ class Importer:
         self,
         symbol: str,
         result: Refused,
-        files: collections.deque[ArchiveFile],
+        files: _Plan,
         attempts: int,
     ) -> None:
         file = result.file
@@ -631,9 +731,7 @@ class Importer:
             self.stats.quirks[kind] += n
         log.info("history of %s: %s: %s (%d): %s", symbol, file.name, kind, n, what)
 
-    def _apply(
-        self, symbol: str, stats: SymbolStats, r: Reduced, files: collections.deque[ArchiveFile]
-    ) -> bool:
+    def _apply(self, symbol: str, stats: SymbolStats, r: Reduced, files: _Plan) -> bool:
         """Merge a file; False when it could not claim the front (it moved meanwhile)."""
         try:
             applied = stats.apply_levels(
@@ -654,6 +752,7 @@ class Importer:
             s.csv_bytes += r.csv_bytes
             s.rows += r.rows
             s.trades += applied
+        self._tick()
         log.debug("history of %s: %s applied, %d trades at %d prices %d..%d", symbol, r.file.name,
                   applied, len(r.levels), r.first_id, r.last_id)  # fmt: skip
         for kind, n in r.quirks.items():
@@ -700,3 +799,4 @@ class Importer:
             rows = [r._replace(last_id=min(r.last_id, stop)) for r in page.rows
                     if r.first_id <= stop]  # fmt: skip
             self.stats.add(trades=stats.apply_rows(rows))
+            self._tick()

@@ -211,6 +211,36 @@ class ServiceCollector(Collector):
         ]
         rejected = sorted(c.get("rejected", {}).items())
         rest = sorted(c.get("rest", {}).items())
+        progress = (
+            ingest.importer.progress() if ingest is not None
+            else {"files_to_go": 0, "trades_to_import": 0, "trades_per_second": 0, "eta_s": 0}
+        )  # fmt: skip
+        single += [
+            (
+                "history_files_to_go",
+                "gauge",
+                "Archive files still to take in the symbols' current plans.",
+                progress["files_to_go"],
+            ),
+            (
+                "history_trades_to_import",
+                "gauge",
+                "Trades of the requested symbols' history not imported yet.",
+                progress["trades_to_import"],
+            ),
+            (
+                "history_recent_trades_per_second",
+                "gauge",
+                "Trades imported per second over the last minute.",
+                progress["trades_per_second"],
+            ),
+            (
+                "history_eta_seconds",
+                "gauge",
+                "Seconds until the import is done at the last minute's rate (-1: unknown).",
+                -1 if progress["eta_s"] is None else progress["eta_s"],
+            ),
+        ]
         if ingest is not None:
             h = ingest.importer.stats
             elapsed = time.time() - h.started_at if h.started_at else 0.0

@@ -168,7 +168,9 @@ class Service:
         """The history import at a glance: symbols requested by state, trades imported."""
         if self.ingest is None:
             return {"symbols": 0, "complete": 0, "pending": 0, "importing": 0, "failed": 0,
-                    "trades": 0}  # fmt: skip
+                    "trades": 0, "files_applied": 0, "files_to_go": 0, "bytes": 0, "rows": 0,
+                    "trades_to_import": 0, "trades_per_second": 0.0, "eta_s": 0.0,
+                    "quirks": {}}  # fmt: skip
         by_state = self.ingest.importer.counts()
         h = self.ingest.importer.stats
         return {
@@ -179,6 +181,7 @@ class Service:
             "failed": by_state.get("failed", 0),
             "trades": h.trades,
             "quirks": dict(h.quirks),
+            **self.ingest.importer.progress(),
         }
 
     def sample(self) -> None:

@@ -55,3 +55,22 @@ def test_ingest_and_api_smoke_through_the_cli(tmp_path: Path) -> None:
         assert rows and all({"name", "value", "unit"} <= set(r) for r in rows)
         errors = [r for r in rows if r["name"].endswith("errors")]
         assert all(r["value"] == 0 for r in errors)
+
+
+def test_history_scale_and_market_smoke_through_the_cli(tmp_path: Path) -> None:
+    """The history suites at tiny sizes: each checks its own result (the import against the
+    generator's count, the restore against the import) and fails loudly otherwise."""
+    out = tmp_path / "bench.json"
+    runs = (
+        ("scale", ["--prices", "20000", "--files", "4"]),
+        ("history", ["--trades", "200000", "--files", "2"]),
+        ("history", ["--market", "--symbols", "6", "--trades", "200000"]),
+    )
+    for suite, extra in runs:
+        proc = subprocess.run(
+            [sys.executable, "-m", "medianserv", "bench", suite, "--json", str(out), *extra],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        rows = json.loads(out.read_text())
+        assert rows and all(r["value"] >= 0 for r in rows), rows

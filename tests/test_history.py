@@ -223,4 +223,16 @@ def test_history_status_while_importing(past_sim: Simulator, tmp_path: Path) -> 
     assert body["first_trade_time"] < time.time() * 1000 - 700 * 86_400_000
     rate = metric(run, "history_trades_per_second")[""]
     assert rate > 0 and metric(run, "history_files_total")[""] >= 24
+    # progress people can read: files, bytes, what is left (nothing now) and the ETA
+    history = run.get("/-/status")[1]["history"]
+    assert history["files_applied"] >= 24 and history["bytes"] > 0 and history["rows"] > 0
+    assert (history["files_to_go"], history["trades_to_import"], history["eta_s"]) == (0, 0, 0)
+    assert metric(run, "history_files_to_go")[""] == 0
+    assert metric(run, "history_trades_to_import")[""] == 0
+    assert metric(run, "history_eta_seconds")[""] == 0
+    progress = [line for line in run.lines if "INFO history medianserv.importer: history: " in line]
+    assert progress and "files applied" in progress[0], run.lines[-30:]
+    assert not any(
+        "INFO" in line and "history of" in line and " applied, " in line for line in run.lines
+    )  # per-file lines are DEBUG
     assert run.stop() == 0

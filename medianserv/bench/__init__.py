@@ -14,6 +14,7 @@ from .core import bench_core
 from .history import bench_history, synthetic_archives
 from .ingest import bench_ingest, run_bare_client
 from .long import bench_long
+from .market import bench_market
 from .recovery import bench_recovery
 from .scale import bench_scale
 from .snapshot import bench_snapshot
@@ -25,6 +26,7 @@ __all__ = [
     "bench_history",
     "bench_ingest",
     "bench_long",
+    "bench_market",
     "bench_recovery",
     "bench_scale",
     "bench_snapshot",

@@ -12,11 +12,18 @@ __all__ = ["bench_history", "engine_cpu", "synthetic_archives"]
 
 
 def synthetic_archives(
-    directory: Path, symbol: str, trades: int, files: int, seed: int = 1
+    directory: Path,
+    symbol: str,
+    trades: int,
+    files: int,
+    seed: int = 1,
+    first_month: int = 0,
+    price: float = 20_000.0,
 ) -> list[tuple[Any, Any, Any]]:
     """Write ``files`` monthly aggTrades archives of ``symbol`` in Binance's layout (zip and
-    CHECKSUM) holding ``trades`` trades, from 2024-06 on (so 2025-01-01, where times turn to
-    microseconds, is crossed from the 8th file): a geometric price walk on a 0.01 tick
+    CHECKSUM) holding ``trades`` trades, from 2024-06 on (``first_month`` months later; so
+    2025-01-01, where times turn to microseconds, is crossed from the 8th file), from
+    ``price`` on: a geometric price walk on a 0.01 tick
     (60% of orders repeat the price), 1.8 fills per order, like BTCUSDT. Kept across runs
     (same arguments, same bytes). Returns, per file, (ArchiveFile, distinct prices, counts):
     the oracle the import must equal."""
@@ -31,12 +38,12 @@ def synthetic_archives(
     rng = np.random.default_rng(seed)
     out = []
     rows_total = int(trades / 1.8)
-    price_ticks = 2_000_000.0  # 20,000.00
+    price_ticks = price * 100  # in ticks of 0.01
     next_id, next_agg = 0, 0
     for k in range(files):
-        year, month = 2024 + (5 + k) // 12, (5 + k) % 12 + 1
+        year, month = 2024 + (5 + first_month + k) // 12, (5 + first_month + k) % 12 + 1
         file = monthly_file(symbol, year, month)
-        n = rows_total // files
+        n = max(1, rows_total // files)
         moves = rng.random(n) >= 0.6
         steps = np.where(moves, rng.normal(0.0, 5e-5, n), 0.0)
         walk = price_ticks * np.exp(np.cumsum(steps))

@@ -137,8 +137,9 @@ def _restore(store_dir: str) -> dict[str, Any]:
     restore_s = time.perf_counter() - t0
     store.close()
     peaks.stop()
-    view = known[0].view()
+    view = known[0].view()  # the one symbol of ``bench scale``
     return {
+        "symbols": len(known), "count_all": sum(k.view().count for k in known),
         "start_mib": start_mib, "peak_mib": peaks.rss, "peak_anon": peaks.anon,
         "end_mib": _rss_mib(), "anon_mib": _rss_mib("RssAnon"), "load_s": loaded_s,
         "restore_s": restore_s, "count": view.count, "twice": view.twice_median,
