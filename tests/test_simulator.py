@@ -477,3 +477,14 @@ def test_replay_of_real_recordings_yields_exactly_the_files(recordings: list[Pat
         assert received == expected
         assert sum(t["count"] for t in sim.truth().values()) == len(expected)
         assert_matches_truth(sim, c)
+
+
+def test_settings_from_the_command_line_are_typed() -> None:
+    from medianserv.sim.server import iter_config_overrides
+
+    got = dict(iter_config_overrides(["rest_reach_days=300", "extra_symbols=币安人生USDT,XYZUSDT",
+                                      "paused=true", "max_streams_per_connection=5"]))  # fmt: skip
+    assert got == {"rest_reach_days": 300.0, "extra_symbols": ("币安人生USDT", "XYZUSDT"),
+                   "paused": True, "max_streams_per_connection": 5}  # fmt: skip
+    with pytest.raises(ValueError):
+        dict(iter_config_overrides(["no_such_setting=1"]))

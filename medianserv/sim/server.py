@@ -1036,4 +1036,6 @@ def iter_config_overrides(pairs: list[str]) -> Iterator[tuple[str, Any]]:
             value = int(raw)
         elif isinstance(default, float):
             value = float(raw)
+        elif isinstance(default, tuple):  # comma-separated, e.g. extra_symbols=币安人生USDT,X
+            value = tuple(part for part in raw.split(",") if part)
         yield name, value
