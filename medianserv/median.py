@@ -21,25 +21,30 @@ a whole level, when rebalancing. The median is read from the two heap tops: O(1)
 distinct prices, and a level in a heap and a dict costs about 118 bytes (two int objects, a
 dict entry, a heap slot): 1.1 GB. But the heaps only ever need the levels near the median:
 the median moves by at most one value per value added. So each heap keeps at most
-``hot_max`` levels; when it grows past that, its far half moves to the side's *cold store*
-(:class:`_Cold`): sorted numpy arrays, 16 bytes a level, and a small dict of values added
-there since the last merge. A value added beyond a heap's reach goes to the cold store (one
-comparison more on the per-trade path: ``floor`` and ``ceil`` bound the heaps); when a heap
-runs empty while its side still holds values, the nearest ``refill`` levels come back from
-the cold store. Invariants (checked by :meth:`RunningMedian._check`): every cold low level is
-below ``floor``, which is at most every low heap level; every cold high level is above
-``ceil``, which is at least every high heap level; a side with values has a non-empty heap.
+``limit`` levels, ``hot_max`` or a 32nd of the cold levels, whichever is more; when it grows
+past that, its far half moves to the side's *cold store* (:class:`_Cold`): sorted numpy
+arrays, 16 bytes a level, and a dict of values added there since the last merge, merged into
+the arrays once it holds ``delta_max`` levels and a 16th of the arrays'. A value added beyond
+a heap's reach goes to the cold store (one comparison more on the per-trade path: ``floor``
+and ``ceil`` bound the heaps); when a heap runs empty while its side still holds values, the
+nearest ``refill`` levels, or a 64th of the cold ones, come back from the cold store.
+Invariants (checked by :meth:`RunningMedian._check`): every cold low level is below
+``floor``, which is at most every low heap level; every cold high level is above ``ceil``,
+which is at least every high heap level; a side with values has a non-empty heap.
 
 ``add`` puts the value on its side (a dict increment when the level exists, a heap push when
 it is new, a dict increment in the cold store beyond the heap) and then moves at most one
-value across, so it is O(log h) for h levels in a heap (h <= ``hot_max``), plus, amortised,
-a merge of the cold dict into its arrays every ``delta_max`` new cold levels.
+value across, so it is O(log h) for h levels in a heap. The O(d) steps, for d levels held
+(a spill, a refill, a merge of a cold dict into its arrays), each come only after O(d) adds,
+because the thresholds grow with d: so an add is O(log h) amortised, plus O(1) copies of 16
+bytes; one add can take O(d). The hot levels and the cold dicts cost about 12 bytes a level
+more, at most.
 ``add(value, times=k)`` adds k equal values in one step: they go to their side at once and
 the rebalancing moves whole levels, O(log h) per level the median crosses.
 ``add_many(prices, counts)`` (a whole archive file, sorted pairs) merges the pairs beyond the
 heaps into the cold arrays in one vectorized step, O(d + p) for d levels held and p pairs,
 and moves the median across many levels at once with one cumulative sum. Memory is O(d) and
-does not depend on the number of values n: about 16 bytes a level beyond the heaps.
+does not depend on the number of values n: 16 to 30 bytes a level beyond the heaps.
 
 The median of an even count is the mean of the two middle values; it is kept as *twice* the
 median (``twice_median``), an exact integer. Values are non-negative integers below 2**64
@@ -67,12 +72,12 @@ import numpy as np
 
 __all__ = ["DELTA_MAX", "HOT_MAX", "REFILL", "RunningMedian"]
 
-#: Levels a heap keeps before its far half moves to the cold store.
+#: Levels a heap keeps, at least, before its far half moves to the cold store.
 HOT_MAX = 65_536
-#: Levels brought back from the cold store when a heap runs empty.
+#: Levels brought back from the cold store, at least, when a heap runs empty.
 REFILL = 4_096
-#: Levels added to a cold store one at a time, kept in a dict, before they are merged into
-#: its arrays (a merge costs a copy of the arrays: amortised over this many).
+#: Levels added to a cold store one at a time, kept in a dict, at least, before they are
+#: merged into its arrays (a merge costs a copy of the arrays: amortised over this many).
 DELTA_MAX = 65_536
 #: ``ceil`` when nothing is cold on the high side: above every value.
 NO_CEIL = 1 << 64
@@ -130,17 +135,19 @@ class _Cold:
         delta = self.delta
         delta[price] = delta.get(price, 0) + k
         self.total += k
-        if len(delta) > self.delta_max:
-            self.flush()
+        if len(delta) > self.delta_max and len(delta) > len(self.prices) >> 4:
+            self.flush()  # after at least d/16 new levels: O(1) copies a level, amortised
 
     def flush(self) -> None:
         """Merge ``delta`` into the arrays. O(d + delta)."""
-        if self.delta:
-            items = sorted(self.delta.items())
+        delta = self.delta
+        if delta:
             self.delta = {}
-            self.prices, self.counts = _merge(self.prices, self.counts,
-                                              _prices([p for p, _ in items]),
-                                              _counts([c for _, c in items]))  # fmt: skip
+            prices = np.fromiter(delta.keys(), np.uint64, len(delta))
+            counts = np.fromiter(delta.values(), np.int64, len(delta))
+            order = np.argsort(prices)
+            self.prices, self.counts = _merge(self.prices, self.counts, prices[order],
+                                              counts[order])  # fmt: skip
 
     def merge(self, prices: _Prices, counts: _Counts) -> None:
         """Add sorted distinct pairs. O(d + p)."""
@@ -260,15 +267,15 @@ class _Cold:
 class RunningMedian:
     """Exact running median over non-negative integers with repeated values.
 
-    Runtime complexity: :meth:`add` O(log h) for h <= ``hot_max`` levels in a heap (a batch:
-    plus O(log h) per level the median crosses), amortised O(d / delta_max) for a value beyond
-    the heaps; :meth:`add_many` O(d + p); :attr:`twice_median` and :attr:`count` O(1);
-    :meth:`to_arrays` O(d); :meth:`from_arrays` O(d); memory O(d), 16 bytes a level beyond the
-    heaps, where d is the number of distinct values added.
+    Runtime complexity: :meth:`add` O(log h) amortised, for h levels in a heap (a batch:
+    plus O(log h) per level the median crosses); one add may take O(d) (a spill, a refill or a
+    merge, each after O(d) adds); :meth:`add_many` O(d + p); :attr:`twice_median` and
+    :attr:`count` O(1); :meth:`to_arrays` O(d); :meth:`from_arrays` O(d); memory O(d), 16 to
+    30 bytes a level beyond the heaps, where d is the number of distinct values added.
     """
 
     __slots__ = (
-        "_ceil", "_cold_high", "_cold_low", "_floor", "_high", "_high_counts", "_hot_max",
+        "_ceil", "_cold_high", "_cold_low", "_floor", "_high", "_high_counts", "_hot_max", "_limit",
         "_low", "_low_counts", "_n_high", "_n_low", "_refill",
     )  # fmt: skip
 
@@ -289,6 +296,7 @@ class RunningMedian:
         self._ceil = NO_CEIL  # no cold high level is at or below it; every high heap level is
         self._hot_max = hot_max
         self._refill = refill
+        self._limit = hot_max  # levels a heap may hold now: grows with the cold stores
 
     @property
     def count(self) -> int:
@@ -338,7 +346,7 @@ class RunningMedian:
                     if c is None:
                         heappush(low, key)
                         counts[key] = 1
-                        if len(low) > self._hot_max:
+                        if len(low) > self._limit:
                             self._spill_low()
                     else:
                         counts[key] = c + 1
@@ -354,7 +362,7 @@ class RunningMedian:
                     if c is None:
                         heappush(self._high, value)
                         counts[value] = 1
-                        if len(self._high) > self._hot_max:
+                        if len(self._high) > self._limit:
                             self._spill_high()
                     else:
                         counts[value] = c + 1
@@ -380,7 +388,7 @@ class RunningMedian:
             if c is None:
                 heappush(self._low, key)
                 self._low_counts[key] = times
-                if len(self._low) > self._hot_max:
+                if len(self._low) > self._limit:
                     self._spill_low()
             else:
                 self._low_counts[key] = c + times
@@ -395,7 +403,7 @@ class RunningMedian:
             if c is None:
                 heappush(self._high, value)
                 self._high_counts[value] = times
-                if len(self._high) > self._hot_max:
+                if len(self._high) > self._limit:
                     self._spill_high()
             else:
                 self._high_counts[value] = c + times
@@ -431,6 +439,7 @@ class RunningMedian:
             else:
                 self._add_high(value, times)
         self._rebalance()
+        self._tune()
 
     # -- moving values across ------------------------------------------------------------------
 
@@ -475,7 +484,7 @@ class RunningMedian:
                 high_counts[value] = there + take
         if not low and self._n_low:
             self._refill_low()
-        if len(high) > self._hot_max:
+        if len(high) > self._limit:
             self._spill_high()
 
     def _move_high_to_low(self, k: int) -> None:
@@ -508,7 +517,7 @@ class RunningMedian:
                 low_counts[key] = there + take
         if not high and self._n_high:
             self._refill_high()
-        if len(low) > self._hot_max:
+        if len(low) > self._limit:
             self._spill_low()
 
     def _shift(self, k: int, *, up: bool) -> None:
@@ -545,28 +554,42 @@ class RunningMedian:
         self._high.clear()
         self._high_counts.clear()
 
+    def _cold_levels(self) -> int:
+        """Levels in the cold arrays (not counting those still in their dicts). O(1)."""
+        return len(self._cold_low.prices) + len(self._cold_high.prices)
+
+    def _tune(self) -> None:
+        """Size the heaps with the cold stores: a heap may hold d/32 levels (at least
+        ``hot_max``) and a refill brings back d/64 (at least ``refill``), so that a spill or
+        a refill, each O(d), happens only after O(d) adds: O(1) copies an add, amortised, at
+        a cost of about 12 bytes a level held hot. O(1)."""
+        self._limit = max(self._hot_max, self._cold_levels() >> 5, len(self._low),
+                          len(self._high))  # fmt: skip
+
     def _refill_low(self) -> None:
         """The low heap ran empty: bring back the highest cold low levels."""
-        prices, counts = self._cold_low.take_top(self._refill)
+        prices, counts = self._cold_low.take_top(max(self._refill, self._cold_levels() >> 6))
         low_counts = self._low_counts
         for p, c in zip(prices, counts, strict=True):
             low_counts[-p] = low_counts.get(-p, 0) + c
         self._low[:] = list(low_counts)
         heapify(self._low)
         self._floor = prices[0] if self._cold_low.total else -1
+        self._tune()
 
     def _refill_high(self) -> None:
         """The high heap ran empty: bring back the lowest cold high levels."""
-        prices, counts = self._cold_high.take_bottom(self._refill)
+        prices, counts = self._cold_high.take_bottom(max(self._refill, self._cold_levels() >> 6))
         high_counts = self._high_counts
         for p, c in zip(prices, counts, strict=True):
             high_counts[p] = high_counts.get(p, 0) + c
         self._high[:] = list(high_counts)
         heapify(self._high)
         self._ceil = prices[-1] if self._cold_high.total else NO_CEIL
+        self._tune()
 
     def _spill_low(self) -> None:
-        """The low heap holds more than ``hot_max`` levels: its lower half goes cold."""
+        """The low heap holds more than ``limit`` levels: its lower half goes cold."""
         prices = sorted(-key for key in self._low)
         half = len(prices) // 2
         out = prices[:half]
@@ -575,9 +598,10 @@ class RunningMedian:
         self._low[:] = [-p for p in keep]
         heapify(self._low)
         self._floor = keep[0]
+        self._tune()
 
     def _spill_high(self) -> None:
-        """The high heap holds more than ``hot_max`` levels: its upper half goes cold."""
+        """The high heap holds more than ``limit`` levels: its upper half goes cold."""
         prices = sorted(self._high)
         half = (len(prices) + 1) // 2
         out = prices[half:]
@@ -586,6 +610,7 @@ class RunningMedian:
         self._high[:] = keep
         heapify(self._high)
         self._ceil = keep[-1]
+        self._tune()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -713,7 +738,8 @@ class RunningMedian:
         assert all(high[(i - 1) // 2] <= high[i] for i in range(1, len(high))), "high heap order"
         assert all(c > 0 for c in self._low_counts.values()), "empty level on low side"
         assert all(c > 0 for c in self._high_counts.values()), "empty level on high side"
-        assert len(low) <= self._hot_max and len(high) <= self._hot_max, "heap over hot_max"
+        assert len(low) <= self._limit and len(high) <= self._limit, "heap over its limit"
+        assert self._limit >= self._hot_max, "limit under hot_max"
         cold_low, cold_high = self._cold_low, self._cold_high
         assert sum(self._low_counts.values()) + cold_low.total == self._n_low, "low count"
         assert sum(self._high_counts.values()) + cold_high.total == self._n_high, "high count"
