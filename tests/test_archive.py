@@ -178,16 +178,6 @@ def test_trades_files_count_one_trade_a_row() -> None:
 # -- the front of trade history ---------------------------------------------------------------
 
 
-fronts = st.lists(
-    st.one_of(
-        st.tuples(st.just("file"), st.integers(0, 20), st.integers(0, 30)),
-        st.tuples(st.just("rows"), st.integers(0, 20), st.integers(0, 30)),
-        st.tuples(st.just("trade"), st.integers(100, 130)),
-    ),
-    max_size=40,
-)
-
-
 def test_first_trade_id_follows_the_import() -> None:
     stats = SymbolStats("X")
     stats.baseline(99, 5_000)

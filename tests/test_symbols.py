@@ -1,4 +1,4 @@
-"""TradeIds against a set-of-applied-ids oracle; SymbolStats and SymbolTable behaviour."""
+"""SymbolStats and SymbolTable behaviour (trade ids against an oracle: test_tradeids)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from medianserv.symbols import Outcome, Row, SymbolStats, SymbolTable
+
+from .test_tradeids import _price, _time, ops
 
 
 def test_stats_apply_exactly_once_and_last_price_by_highest_id() -> None:
@@ -72,24 +74,6 @@ def test_rebuild_carries_stats_over_and_leaves_old_table_intact() -> None:
     assert fresh is not None and fresh.view().count == 0
     assert old.get("GONEUSDT") is not None  # readers of the old table are not disturbed
     assert [s for s, _ in new.items()] == ["ETHUSDT", "BTCUSDT", "NEWUSDT"]
-
-
-def _time(t: int) -> int:  # a trade's time: non-decreasing in its id, as on Binance
-    return t * 10 // 3
-
-
-def _price(t: int) -> int:
-    return (t * 7919) % 13 + 1
-
-
-ops = st.lists(
-    st.one_of(
-        st.tuples(st.just("trade"), st.integers(0, 120)),
-        st.tuples(st.just("range"), st.integers(0, 120), st.integers(0, 30)),
-        st.tuples(st.just("give_up"), st.integers(0, 120), st.integers(0, 30)),
-    ),
-    max_size=80,
-)
 
 
 @given(st.integers(0, 30), ops)
