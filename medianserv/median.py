@@ -624,9 +624,9 @@ class RunningMedian:
         return n
 
     def multiplicities(self, values: Iterable[int]) -> list[int]:
-        """:meth:`multiplicity` of each of ``values``. O(v (1 + log d))."""
-        values = list(values)
-        return self.counts_of(_prices(values)).tolist() if values else []
+        """:meth:`multiplicity` of each of ``values`` (a snapshot's few levels: dict lookups,
+        a search only for those beyond the heaps). O(v) within the heaps, O(log d) beyond."""
+        return [self.multiplicity(v) for v in values]
 
     def counts_of(self, values: _Prices) -> _Counts:
         """:meth:`multiplicity` of each of ``values`` (a uint64 array), vectorized: one

@@ -8,6 +8,7 @@ import statistics
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -223,6 +224,8 @@ def test_cold_storage_equals_oracle_under_adds_and_batches(
         assert m.twice_median == (oracle_twice_median(values) if values else None)
         probe = [*sorted(set(values))[:20], 61, 1000]
         assert m.multiplicities(probe) == [values.count(v) for v in probe]
+        wanted = np.array(probe, dtype=np.uint64)  # the vectorised lookup of a file's levels
+        assert m.counts_of(wanted).tolist() == [values.count(v) for v in probe]
         assert [m.multiplicity(v) for v in probe[:5]] == [values.count(v) for v in probe[:5]]
     assert m.to_state() == sorted((v, values.count(v)) for v in set(values))
     assert m.levels == len(set(values))
