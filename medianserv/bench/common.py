@@ -19,6 +19,7 @@ from ..median import RunningMedian
 from ..prices import parse_price
 
 __all__ = [
+    "LiveIngest",
     "Row",
     "ServiceProcess",
     "SimProcess",
@@ -268,3 +269,51 @@ class StaticServer:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+class LiveIngest:
+    """Live ingest of every symbol of ``sim`` (a :class:`SimProcess`) in this process, as
+    the service runs it, trading resumed once it is ready; ``watch()`` samples its readers'
+    worst lag every 0.1 s into ``lags`` until ``stop()``, which stops it all."""
+
+    def __init__(self, sim: SimProcess) -> None:
+        import dataclasses
+        import threading
+
+        from ..config import Config
+        from ..exchange import RestClient
+        from ..ingest import Ingest
+
+        config = dataclasses.replace(Config(), rest_url=sim.rest_url, ws_url=sim.ws_url)
+        self.ingest = Ingest(config.validate(), RestClient(config.rest_url))
+        self.lags: list[int] = []
+        self._applied = 0  # trades applied, read at stop()
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="lag-watch", daemon=True)
+        self.ingest.start()
+        self.ingest.first_listing()
+        deadline = time.monotonic() + 120
+        while not self.ingest.ready()[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sim.control("resume")
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.1):
+            self.lags.append(max(r.stats.lag_ms for r in self.ingest.readers))
+
+    def watch(self) -> None:
+        self._watcher.start()
+
+    @property
+    def worst_lag_s(self) -> float:
+        return max(self.lags, default=0) / 1000
+
+    def stop(self) -> int:
+        """Stop watching and ingesting; returns the trades applied. Idempotent."""
+        if not self._done.is_set():
+            self._done.set()
+            if self._watcher.is_alive():
+                self._watcher.join()
+            self._applied = int(self.ingest.counters()["applied"])
+            self.ingest.stop()
+        return self._applied

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import Row, SimProcess, StaticServer, cpu_seconds, peak_rss_mib
+from .common import LiveIngest, Row, SimProcess, StaticServer, cpu_seconds, peak_rss_mib
 
 __all__ = ["bench_history", "engine_cpu", "synthetic_archives"]
 
@@ -157,18 +157,13 @@ def bench_history(
     memory, and what a whole BTCUSDT history (about 5e9 trades) would take at that rate.
     The imported statistics are checked against the generator's own count."""
     import concurrent.futures as cf
-    import dataclasses
     import multiprocessing
     import resource
     import tempfile
-    import threading
 
     import numpy as np
 
     from ..archive import Reduced, fetch_and_reduce, warm_up
-    from ..config import Config
-    from ..exchange import RestClient
-    from ..ingest import Ingest
     from ..symbols import SymbolStats
 
     rows: list[Row] = []
@@ -283,30 +278,14 @@ def bench_history(
         # the whole set while live ingest runs at 3,000 trades/s in this process
         sim = SimProcess(3000, shared_data)
         try:
-            config = dataclasses.replace(Config(), rest_url=sim.rest_url, ws_url=sim.ws_url)
-            ingest = Ingest(config.validate(), RestClient(config.rest_url))
-            ingest.start()
-            ingest.first_listing()
-            deadline = time.monotonic() + 120
-            while not ingest.ready()[0] and time.monotonic() < deadline:
-                time.sleep(0.1)
-            sim.control("resume")
-            time.sleep(3.0)
-            lags: list[int] = []
-            done = threading.Event()
-
-            def watch() -> None:
-                while not done.wait(0.1):
-                    lags.append(max(r.stats.lag_ms for r in ingest.readers))
-
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
-            stats = fresh(total)
-            all_rows, all_trades, all_time, _ = import_files(stats, made)
-            done.set()
-            watcher.join()
-            applied = ingest.counters()["applied"]
-            ingest.stop()
+            live = LiveIngest(sim)
+            try:
+                time.sleep(3.0)
+                live.watch()
+                stats = fresh(total)
+                all_rows, all_trades, all_time, _ = import_files(stats, made)
+            finally:
+                applied = live.stop()
         finally:
             sim.stop()
         state = stats.median.to_state()
@@ -324,7 +303,7 @@ def bench_history(
             Row("import rate, with live ingest in the same process", rate, "trades/s"),
             Row("distinct prices after the import", len(state), "levels"),
             Row("live ingest meanwhile: trades applied", applied, "trades"),
-            Row("live ingest meanwhile: worst reader lag", max(lags, default=0) / 1000, "s"),
+            Row("live ingest meanwhile: worst reader lag", live.worst_lag_s, "s"),
             Row(
                 "peak memory, this process (live ingest of 2,292 symbols and the merge)",
                 main_mib,

@@ -16,18 +16,16 @@ REST for the days no archive holds) are left out: the files are the work.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import multiprocessing
 import os
 import resource
 import tempfile
-import threading
 import time
 import zlib
 from pathlib import Path
 from typing import Any
 
-from .common import Row, SimProcess, StaticServer, cpu_seconds, peak_rss_mib
+from .common import LiveIngest, Row, SimProcess, StaticServer, cpu_seconds, peak_rss_mib
 
 __all__ = ["bench_market"]
 
@@ -74,9 +72,6 @@ def bench_market(
 ) -> list[Row]:
     """The whole-market rehearsal (see the module's docstring)."""
     from ..archive import Reduced, fetch_and_reduce, pool_process_init
-    from ..config import Config
-    from ..exchange import RestClient
-    from ..ingest import Ingest
     from ..snapshotter import Snapshotter
     from ..store import Store
     from ..symbols import SymbolStats
@@ -110,36 +105,22 @@ def bench_market(
     spawn = multiprocessing.get_context("spawn")
     pool = cf.ProcessPoolExecutor(workers, mp_context=spawn, initializer=pool_process_init,
                                   initargs=(os.getpid(),))  # fmt: skip
-    ingest = snapshotter = None
+    live: LiveIngest | None = None
+    snapshotter = None
     try:
         list(pool.map(abs, range(workers)))  # every pool process up before any clock
         pids = list(pool._processes)
-        config = dataclasses.replace(Config(), rest_url=sim.rest_url, ws_url=sim.ws_url)
-        ingest = Ingest(config.validate(), RestClient(config.rest_url))
-        ingest.start()
-        ingest.first_listing()
-        deadline = time.monotonic() + 120
-        while not ingest.ready()[0] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        sim.control("resume")
+        live = LiveIngest(sim)
         history: dict[str, SymbolStats] = {}
         for symbol, _, n in made:
             stats = history[symbol] = SymbolStats(symbol)
             stats.baseline(n - 1, None)
             stats.start_history(0, None)
-        live = ingest
+        ingest = live.ingest
         store = Store.open(store_dir)
-        snapshotter = Snapshotter(store, lambda: [*history.values(), *live.all_stats()], 2.0)
+        snapshotter = Snapshotter(store, lambda: [*history.values(), *ingest.all_stats()], 2.0)
         snapshotter.start()
-        lags: list[int] = []
-        done = threading.Event()
-
-        def watch() -> None:
-            while not done.wait(0.1):
-                lags.append(max(r.stats.lag_ms for r in live.readers))
-
-        watcher = threading.Thread(target=watch, name="lag-watch", daemon=True)
-        watcher.start()
+        live.watch()
         ahead = 2 * workers
         t, main_cpu, pool_cpu = time.perf_counter(), time.process_time(), 0.0
         pool_cpu = sum(cpu_seconds(p) for p in pids)
@@ -166,16 +147,12 @@ def bench_market(
         elapsed = time.perf_counter() - t
         main_cpu = time.process_time() - main_cpu
         pool_cpu = sum(cpu_seconds(p) for p in pids) - pool_cpu
-        done.set()
-        watcher.join()
         pool_peak = max(peak_rss_mib(p) for p in pids)
         snapshotter.stop()
         c0 = time.perf_counter()
         snapshotter.snapshot()  # the final one, as at a stop
         final_snapshot = time.perf_counter() - c0
-        applied_live = ingest.counters()["applied"]
-        ingest.stop()
-        ingest = None
+        applied_live = live.stop()
         store.close()
         main_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         bad = [s for s, _, n in made if history[s].view().count != n
@@ -200,8 +177,7 @@ def bench_market(
             Row("market: the merge's share of one core (1.0: the merge is the bound)",
                 merge_cpu / elapsed, "x"),
             Row("market: live ingest meanwhile: trades applied", applied_live, "trades"),
-            Row("market: live ingest meanwhile: worst reader lag", max(lags, default=0) / 1000,
-                "s"),
+            Row("market: live ingest meanwhile: worst reader lag", live.worst_lag_s, "s"),
             Row("market: peak RSS, service process (live ingest, every median, snapshots)",
                 main_peak, "MiB"),
             Row("market: peak RSS, a pool process", pool_peak, "MiB"),
@@ -215,8 +191,8 @@ def bench_market(
                 "MiB"),
         ]  # fmt: skip
     finally:
-        if ingest is not None:
-            ingest.stop()
+        if live is not None:
+            live.stop()
         if snapshotter is not None:
             snapshotter.stop()
         pool.shutdown(cancel_futures=True)
