@@ -149,15 +149,11 @@ class ArchiveServer:
                 fault = self._faults.popleft() if self._faults else None
                 if fault == "late":  # not out yet: the next request finds it
                     return 404, b"Not Found"
-                if fault in ("members", "short_day", "agg_reused") and not _fits(fault, period):
-                    self._faults.appendleft(fault)  # for a file it fits
-                    fault = None
                 bad = None
                 if fault is not None:  # this file's download will be spoiled
                     bad = self._spoil(fault, data, symbol, kind, first, last, name)
-                    if bad is None:  # a file too small for it: the next one
+                    if bad is None:  # not a file it can happen to: the next one
                         self._faults.appendleft(fault)
-                        fault = None
                 if fault is not None and bad is not None:
                     self._spoiled[zip_path] = bad
                     if fault != "checksum":
@@ -186,6 +182,12 @@ class ArchiveServer:
         self, fault: str, data: bytes, symbol: str, kind: str, first: dt.date, last: dt.date,
         name: str,
     ) -> bytes | None:  # fmt: skip
+        """``data`` spoiled the way ``fault`` says, or None when it cannot happen to this
+        file: two members only to a monthly file, a day cut short or reusing an aggregate id
+        only to a daily one (as Binance's did), and one of at least two rows."""
+        daily = first == last
+        if (fault == "members" and daily) or (fault in ("short_day", "agg_reused") and not daily):
+            return None
         if fault == "checksum":
             return data[:-1] + bytes([data[-1] ^ 1])
         if fault == "truncated":
@@ -230,12 +232,6 @@ class ArchiveServer:
         else:  # wrong_symbol: another symbol's name inside
             return _zip(name.replace(symbol, "OTHER" + symbol, 1), csv, first)
         return _zip(name, b"".join(lines), first)
-
-
-def _fits(fault: str, period: str) -> bool:
-    """Whether ``fault`` happens to a file of ``period``: two members to a monthly file, a
-    day cut short or reusing an aggregate id to a daily one (as Binance's did)."""
-    return (period == "monthly") == (fault == "members")
 
 
 def _zip(name: str, csv: bytes, day: dt.date, more: bytes | None = None) -> bytes:
