@@ -127,10 +127,9 @@ def symbol_prefix(symbol: str) -> bytes:
     return bytes((len(raw),)) + raw
 
 
-def _level_items(batch: list[SymbolState], written: list[int]) -> Iterator[tuple[bytes, bytes]]:
+def _level_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
     """The ``levels`` items of ``batch``, made as they are written (a list of ten million
-    would cost gigabytes); counts them in ``written[0]``. Arrays are packed a chunk at a
-    time, vectorized."""
+    would cost gigabytes). Arrays are packed a chunk at a time, vectorized."""
     pack = _U64.pack
     for state in batch:
         prefix = symbol_prefix(state.symbol)
@@ -141,11 +140,9 @@ def _level_items(batch: list[SymbolState], written: list[int]) -> Iterator[tuple
                 values = levels.counts[start : start + 65_536].astype(">u8").tobytes()
                 for i in range(0, len(keys), 8):
                     yield prefix + keys[i : i + 8], values[i : i + 8]
-                written[0] += len(keys) // 8
         else:
             for price, count in levels:
                 yield prefix + pack(price), pack(count)
-            written[0] += len(levels)
 
 
 def level_key(symbol: str, price: int) -> bytes:
@@ -290,8 +287,7 @@ class Store:
         self, batch: list[SymbolState], saved_at: int, listing: tuple[str, ...] | None
     ) -> tuple[int, int]:
         records = [(state.symbol.encode(), encode_record(state)) for state in batch]
-        written = [0]
-        level_items = _level_items(batch, written)
+        level_items = _level_items(batch)
         with self.env.begin(write=True) as txn:
             # putmulti: one C call for many items. A put() each would hand the GIL back and
             # forth with busy reader threads once per item, which stretches a big snapshot
@@ -304,7 +300,7 @@ class Store:
                 put(b"listing", _encoder.encode(list(listing)), db=self._meta)
             snapshots = int(txn.get(b"snapshots", b"0", db=self._meta)) + 1
             put(b"snapshots", str(snapshots).encode(), db=self._meta)
-        return len(records), written[0]
+        return len(records), sum(len(state.levels) for state in batch)
 
     # -- reading --------------------------------------------------------------------------------
 
