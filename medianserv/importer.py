@@ -225,12 +225,6 @@ def decide_refused(
     return LeaveToRest()
 
 
-def stats_lo(stats: SymbolStats) -> int:
-    """The bottom of ``stats``'s front (0 when there is none)."""
-    front = stats.front()
-    return front.lo if front is not None else 0
-
-
 def retry_delay(failures: int) -> float:
     """Seconds before a symbol whose import failed ``failures`` times in a row is tried
     again: 5, 10, 20, ... up to 5 minutes. Pure.
@@ -634,11 +628,13 @@ class Importer:
                         self._quirk(symbol, file, "origin_from_archive", grew,
                                     "trades before the first one REST serves")  # fmt: skip
                 self._count_cut(result)
-                decision = decide_file(stats.front(), result.first_id, result.last_id)
+                front = stats.front()
+                decision = decide_file(front, result.first_id, result.last_id)
                 if isinstance(decision, Skip):
                     continue
                 if isinstance(decision, FillFirst):
-                    self._quirk(symbol, file, "hole", result.first_id - stats_lo(stats),
+                    assert front is not None  # a decision to fill needs a front
+                    self._quirk(symbol, file, "hole", decision.stop - front.lo + 1,
                                 "trades no file holds before it, filled over REST")  # fmt: skip
                     if not self._rest_until(symbol, stats, row, decision.stop):
                         return False, row
