@@ -30,11 +30,11 @@ FAST = ["--control-messages-per-second", "4", "--backoff-initial", "0.05", "--ba
 class Running:
     """``medianserv`` in a subprocess; its stderr is collected line by line."""
 
-    def __init__(self, sim: Simulator, data_dir: Path, *extra: str) -> None:
+    def __init__(self, sim: Simulator, data_dir: Path, *extra: str, **popen: Any) -> None:
         cmd = [sys.executable, "-m", "medianserv", "--host", "127.0.0.1", "--port", "0",
                "--data-dir", str(data_dir), "--rest-url", sim.rest_url, "--ws-url", sim.ws_url,
                "--snapshot-interval", "0.3", *FAST, *extra]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, **popen)
         STARTED.append(self.proc)
         self.lines: list[str] = []
         self.port: int | None = None

@@ -1,18 +1,23 @@
-"""The systemd unit: hardening score, and the readiness notification it relies on."""
+"""The systemd unit: hardening score, the readiness notification it relies on, and the service
+working under the unit's own restrictions."""
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 import shutil
 import socket
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from medianserv.sim import SimConfig, Simulator
 
-from .test_service import Running
+from .support import wait_for
+from .test_service import Running, publish
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "medianserv.service"
 
@@ -50,3 +55,61 @@ def test_ready_is_notified_to_systemd(tmp_path: Path, monkeypatch: pytest.Monkey
             assert run.get("/-/ready")[0] == 200
             assert run.stop() == 0
             assert sock.recv(100) == b"STOPPING=1"
+
+
+def _unit_environment() -> dict[str, str]:
+    """The variables the unit's ``Environment=`` lines set."""
+    env: dict[str, str] = {}
+    for m in re.finditer(r"^Environment=(.*)$", UNIT.read_text(), re.M):
+        for pair in m.group(1).split():
+            key, _, value = pair.partition("=")
+            env[key] = value
+    return env
+
+
+_PR_SET_MDWE, _PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+
+
+def _deny_write_execute() -> None:
+    """In the child before exec: what ``MemoryDenyWriteExecute=yes`` imposes (Linux >= 6.3),
+    inherited by the service's pool processes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_MDWE, _PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        os._exit(97)
+
+
+def test_history_imports_under_the_units_memory_restrictions(tmp_path: Path) -> None:
+    """The unit forbids memory that is writable and then executable. Everything the service
+    runs must live with that, its archive pool too (polars probes the CPU with a bit of
+    generated code unless told not to: the unit tells it). Run the service as the unit
+    would (its environment, W^X memory), with a past to import: it must end exact."""
+    text = UNIT.read_text()
+    if not re.search(r"^MemoryDenyWriteExecute=yes$", text, re.M):
+        pytest.skip("the unit does not deny write-execute memory")
+    probe = subprocess.run(["true"], preexec_fn=_deny_write_execute, check=False)
+    if probe.returncode == 97:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    config = SimConfig(symbols=4, paused=True, trades_per_second=200, seed=37, past_days=70,
+                       past_trades_per_day=30, weight_window=3.0)  # fmt: skip
+    with Simulator(config) as sim:
+        env = {**os.environ, **_unit_environment()}
+        run = Running(sim, tmp_path / "data", "--history", "all", "--archive-url",
+                      sim.archive_url, "--history-workers", "1", env=env,
+                      preexec_fn=_deny_write_execute)  # fmt: skip
+        wait_for(lambda: run.get("/-/status")[1]["history"]["complete"] == len(sim.listed()),
+                 timeout=180)  # fmt: skip
+        sim.resume()
+        publish(sim, 200)
+        sim.pause()
+        truth = sim.truth()
+
+        def exact() -> bool:
+            for s in sim.listed():
+                body, t = run.get("/" + quote(s))[1], truth.get(s)
+                want = (t["count"], t["median"]) if t else (0, None)
+                if (body["count"], body["median"]) != want:
+                    return False
+            return True
+
+        wait_for(exact, timeout=60, interval=0.5)
+        assert run.stop() == 0, "\n".join(run.lines[-20:])
