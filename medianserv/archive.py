@@ -387,27 +387,32 @@ def _units(texts: Any) -> Any:
 
 def _lines(stream: IO[bytes], block_size: int) -> Iterator[bytes]:
     """The stream in blocks of whole lines, about ``block_size`` bytes each (the last line
-    completed with a newline if the file lacks one). Each block is one join of the chunks
-    read; only the last chunk is split, at its last newline."""
-    chunks: list[bytes] = []
+    completed with a newline if the file lacks one). A block is one copy at most: the
+    pieces read (usually one) joined through a view that ends at the last newline; a read
+    that ends on a newline is handed on as it is."""
+    parts: list[Any] = []  # the pieces of the block being gathered
     size = 0
     while True:
         data = stream.read(block_size)
         if data:
-            chunks.append(data)
+            parts.append(data)
             size += len(data)
             if size < block_size:
                 continue
             cut = data.rfind(b"\n") + 1
             if not cut:
-                continue  # no line ends in this chunk: read on
+                continue  # no line ends in this piece: read on
+            if len(parts) == 1 and cut == len(data):
+                yield data
+                parts, size = [], 0
+                continue
+            parts[-1] = memoryview(data)[:cut]
+            yield b"".join(parts)
             tail = data[cut:]
-            chunks[-1] = data[:cut] if tail else data
-            yield b"".join(chunks) if len(chunks) > 1 else chunks[0]
-            chunks, size = ([tail], len(tail)) if tail else ([], 0)
+            parts, size = ([tail], len(tail)) if tail else ([], 0)
             continue
-        if chunks:
-            buf = b"".join(chunks)
+        if parts:
+            buf = b"".join(parts)
             yield buf if buf.endswith(b"\n") else buf + b"\n"
         return
 
@@ -450,6 +455,8 @@ class _Member(io.RawIOBase):
                 if self._inflate is not None and self._inflate.unconsumed_tail:
                     self._pending, self._at = self._inflate.decompress(b""), 0
                     continue
+                if self._inflate is not None and not self._inflate.eof:
+                    raise EOFError("the member's deflate stream is cut short")
                 return b""
             raw = self._archive.read(min(self._left, CHUNK))
             if not raw:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import zipfile
 from collections import Counter
 from typing import Any
 
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from medianserv.archive import (
     MICROS_FROM_MS,
     ArchiveFile,
+    _lines,
+    _Member,
     daily_files,
     monthly_file,
     parse_checksum,
@@ -279,3 +282,64 @@ def test_one_price_written_two_ways_is_one_level() -> None:
     text = agg_csv(rows).replace(b"1.50000000", b"1.5", 1)
     r = reduce_csv(io.BytesIO(text), ArchiveFile(DAY, DAY, "X"))
     assert (r.levels.tolist(), r.counts.tolist()) == ([150_000_000], [3])
+
+
+class _Pieces(io.RawIOBase):
+    """A stream that hands out its bytes in pieces of the sizes given (cycled), fewer than
+    asked for: how an inflater's reads arrive."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self._data, self._sizes, self._at, self._k = data, sizes, 0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        size = min(n, self._sizes[self._k % len(self._sizes)])
+        self._k += 1
+        out = self._data[self._at : self._at + size]
+        self._at += len(out)
+        return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    st.booleans(),
+    st.lists(st.integers(1, 40), min_size=1, max_size=5),
+    st.integers(1, 64),
+)
+def test_blocks_are_whole_lines_and_lose_nothing(
+    lines: list[bytes], final_newline: bool, sizes: list[int], block: int
+) -> None:
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    blocks = list(_lines(_Pieces(data, sizes), block))
+    assert all(b.endswith(b"\n") for b in blocks)
+    whole = b"".join(blocks)
+    assert whole == (data if not data or data.endswith(b"\n") else data + b"\n")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=5000), st.sampled_from([zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED]),
+       st.integers(1, 700))  # fmt: skip
+def test_a_member_inflates_to_its_content_whatever_the_read_size(
+    content: bytes, method: int, n: int
+) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        z.writestr("x.csv", content * 3)
+    with zipfile.ZipFile(buf) as z:
+        info = z.infolist()[0]
+    member, out = _Member(buf, info), []
+    while piece := member.read(n):
+        assert len(piece) <= n
+        out.append(piece)
+    assert b"".join(out) == content * 3
+
+
+def test_a_member_cut_short_is_an_eof_error() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.csv", bytes(range(256)) * 4000)
+    with zipfile.ZipFile(buf) as z:
+        info = z.infolist()[0]
+    info.compress_size //= 2  # the directory says less than the stream needs
+    with pytest.raises(EOFError):
+        _Member(buf, info).read(-1)
