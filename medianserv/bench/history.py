@@ -149,13 +149,15 @@ def bench_history(
     files: int = 10,
     archive_dir: Path | None = None,
     shared_data: Path | None = None,
+    rounds: int = 3,
 ) -> list[Row]:
     """History import: (1) the rate on one core, end to end over local HTTP (download,
     CHECKSUM, unzip, parse, check, reduce in a pool process; merge in this one) beside merely
-    decompressing the same files, in the same run; (2) an import of ``trades`` trades while
-    live ingest runs at 3,000 trades/s in this same process: the readers' worst lag, peak
-    memory, and what a whole BTCUSDT history (about 5e9 trades) would take at that rate.
-    The imported statistics are checked against the generator's own count."""
+    decompressing the same files and beside unzip + DuckDB and polars, in ``rounds`` rounds
+    of all of them (ratios within a round, then their median); (2) an import of ``trades``
+    trades while live ingest runs at 3,000 trades/s in this same process: the readers' worst
+    lag, peak memory, and what a whole BTCUSDT history (about 5e9 trades) would take at that
+    rate. The imported statistics are checked against the generator's own count."""
     import concurrent.futures as cf
     import multiprocessing
     import resource
@@ -224,56 +226,78 @@ def bench_history(
 
         total = int(sum(c.sum() for _, _, c in made))
         sample = made[:2]
-        dec_rows = dec_cpu = 0.0
-        for f, _, _ in sample:  # decompressing only, the same files, this run
-            c0 = time.process_time()
-            n, _ = _decompress_rows(directory / f.path)
-            dec_rows += n
-            dec_cpu += time.process_time() - c0
-        engines: dict[str, list[float]] = {}
+        # Rounds, each: decompressing, the engines, the import, over the same files; the
+        # ratios are taken within a round (minutes apart at most), then their median: the
+        # machine's drift moves both sides of a ratio alike.
+        per_round: list[dict[str, float]] = []
         with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as other:
-            for engine in ("duckdb", "polars"):  # what a user would reach for, same files
-                for f, levels, _ in sample:
-                    out = other.submit(engine_cpu, engine, str(directory / f.path)).result()
-                    if out is None:
-                        break
-                    if out[2] != len(levels):
-                        raise RuntimeError(f"{engine} found {out[2]} prices, not {len(levels)}")
-                    acc = engines.setdefault(engine, [0.0, 0.0])
-                    acc[0] += out[0]
-                    acc[1] += out[1]
-        imp_rows, imp_trades, imp_time, imp_cpu = import_files(fresh(total), sample)
-        imp_rate = imp_rows / imp_cpu
-        imp_split = dict(split)
-        rows += [
-            Row("decompress only (zipfile, as unzip would): rows per CPU second",
-                dec_rows / dec_cpu, "rows/s"),
-        ]  # fmt: skip
-        for engine, (unzip, work) in engines.items():
+            for _ in range(rounds):
+                got: dict[str, float] = {"dec_rows": 0.0, "dec_cpu": 0.0}
+                for f, _, _ in sample:  # decompressing only
+                    c0 = time.process_time()
+                    n, _ = _decompress_rows(directory / f.path)
+                    got["dec_rows"] += n
+                    got["dec_cpu"] += time.process_time() - c0
+                for engine in ("duckdb", "polars"):  # what a user would reach for
+                    for f, levels, _ in sample:
+                        out = other.submit(engine_cpu, engine, str(directory / f.path)).result()
+                        if out is None:
+                            break
+                        if out[2] != len(levels):
+                            raise RuntimeError(f"{engine} found {out[2]} prices, not {len(levels)}")
+                        got[f"{engine}_unzip"] = got.get(f"{engine}_unzip", 0.0) + out[0]
+                        got[f"{engine}_work"] = got.get(f"{engine}_work", 0.0) + out[1]
+                imp_rows, imp_trades, _, imp_cpu = import_files(fresh(total), sample)
+                got.update(imp_rows=imp_rows, imp_trades=imp_trades, imp_cpu=imp_cpu,
+                           pool=split["pool"], service=split["service"])  # fmt: skip
+                per_round.append(got)
+        engines = [e for e in ("duckdb", "polars") if f"{e}_work" in per_round[0]]
+
+        def median(values: list[float]) -> float:
+            return sorted(values)[len(values) // 2]
+
+        def rate_of(r: dict[str, float], what: str) -> float:
+            """Rows per CPU second of ``what`` in round ``r``."""
+            if what == "decompress":
+                return r["dec_rows"] / r["dec_cpu"]
+            if what == "import":
+                return r["imp_rows"] / r["imp_cpu"]
+            if what.endswith(" alone"):
+                return r["dec_rows"] / r[f"{what[:-6]}_work"]
+            return r["dec_rows"] / (r[f"{what}_unzip"] + r[f"{what}_work"])
+
+        def row(name: str, what: str) -> Row:
+            return Row(name, median([rate_of(r, what) for r in per_round]), "rows/s")
+
+        rows.append(row("decompress only (zipfile, as unzip would): rows per CPU second",
+                        "decompress"))  # fmt: skip
+        for engine in engines:
             rows += [
-                Row(f"{engine} alone on the unzipped CSV, one thread: rows per CPU second",
-                    dec_rows / work, "rows/s"),
-                Row(f"unzip + {engine}: rows per CPU second", dec_rows / (unzip + work),
-                    "rows/s"),
+                row(f"{engine} alone on the unzipped CSV, one thread: rows per CPU second",
+                    f"{engine} alone"),
+                row(f"unzip + {engine}: rows per CPU second", engine),
             ]  # fmt: skip
         rows += [
-            Row("import end to end over local HTTP: rows per CPU second (both processes)",
-                imp_rate, "rows/s"),
-            Row("import end to end: trades per CPU second", imp_trades / imp_cpu, "trades/s"),
+            row("import end to end over local HTTP: rows per CPU second (both processes)",
+                "import"),
+            Row("import end to end: trades per CPU second",
+                median([r["imp_trades"] / r["imp_cpu"] for r in per_round]), "trades/s"),
             Row("of its CPU, the pool process (download, checksum, inflate, parse, reduce)",
-                imp_split["pool"] / imp_cpu * 100, "%"),
+                median([r["pool"] / r["imp_cpu"] * 100 for r in per_round]), "%"),
             Row("of its CPU, the service process (merge into the median)",
-                imp_split["service"] / imp_cpu * 100, "%"),
-            Row("import / decompress, per core, same files, same run",
-                imp_rate / (dec_rows / dec_cpu), "x"),
+                median([r["service"] / r["imp_cpu"] * 100 for r in per_round]), "%"),
         ]  # fmt: skip
-        for engine, (unzip, work) in engines.items():
-            rows.append(Row(f"import / (unzip + {engine}), per core, same files, same run",
-                            imp_rate / (dec_rows / (unzip + work)), "x"))  # fmt: skip
+        for other_side in ("decompress", *engines):
+            ratios = [rate_of(r, "import") / rate_of(r, other_side) for r in per_round]
+            label = "decompress" if other_side == "decompress" else f"(unzip + {other_side})"
+            rows += [
+                Row(f"import / {label}, per core, same files: median of {rounds} rounds",
+                    median(ratios), "x"),
+                Row(f"import / {label}: lowest round", min(ratios), "x"),
+                Row(f"import / {label}: highest round", max(ratios), "x"),
+            ]  # fmt: skip
         if not engines:
             rows.append(Row("DuckDB and polars not installed: pip install '.[bench]'", 0, ""))
-        rows.append(Row("import end to end: wall rate, 1 pool process + this one",
-                        imp_rows / imp_time, "rows/s"))  # fmt: skip
 
         # the whole set while live ingest runs at 3,000 trades/s in this process
         sim = SimProcess(3000, shared_data)
