@@ -288,6 +288,22 @@ class _Plan(collections.deque[ArchiveFile]):
         self.clear()
 
 
+_Key = tuple[ArchiveFile, int, int]  # a file and the trade ids it is reduced for
+
+
+@dataclass
+class _Early:
+    """The first files of the symbol due next, reduced while the current one finishes (its
+    last merges, its REST tail), so the pool does not wait between symbols. Only a
+    reduction asked for exactly as the symbol's own turn asks (the same file, the same ids)
+    is used; each is still decided against the front of its time, like any other."""
+
+    symbol: str
+    front: Front  # the front the plan was made on: any change and nothing here is used
+    start_ms: int  # where the plan starts (the earliest archive, for a fresh symbol)
+    futures: dict[_Key, cf.Future[Reduced | Refused]]
+
+
 # -- the thread -----------------------------------------------------------------------------------
 
 
@@ -307,6 +323,7 @@ class HistoryStats:
     quirks: collections.Counter[str] = field(default_factory=collections.Counter)  # by kind
     files_planned: int = 0  # files put in a symbol's plan (again when put back)
     files_settled: int = 0  # files taken out of a plan (applied, skipped, refused, left)
+    files_early: int = 0  # files reduced while the symbol before them finished, then used
     recent: collections.deque[tuple[float, int]] = field(
         default_factory=lambda: collections.deque(maxlen=4096)
     )  # (time, trades) samples of the last minute or so: the recent rate
@@ -358,6 +375,8 @@ class Importer:
         self._state: dict[str, str] = {}  # symbol -> pending, importing, complete or failed
         self._failures: dict[str, int] = {}  # symbol -> failed attempts in a row (run() only)
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._early: _Early | None = None  # importer thread only, like the next one
+        self._tried: set[str] = set()  # symbols a head start was tried for, until their turn
         self._rlog = RateLimitedLog(log)
 
     # -- from any thread ------------------------------------------------------------------------
@@ -383,7 +402,8 @@ class Importer:
         """Where the import stands, for ``/-/status``, ``/metrics`` and the progress line:
         files applied and still to go in the current plans, bytes and rows read, trades
         imported and still to import (every requested symbol's front), the rate over the
-        last minute and the ETA at that rate (None while unknown). O(symbols requested)."""
+        last minute and the ETA at that rate (None while unknown), and the files reduced
+        ahead of their symbol's turn (``files_early``). O(symbols requested)."""
         now = self.clock()
         rate = self.stats.rate(now)
         with self._lock:
@@ -401,6 +421,7 @@ class Importer:
                 "files_applied": s.files, "files_to_go": s.files_planned - s.files_settled,
                 "bytes": s.zip_bytes, "rows": s.rows, "trades": s.trades,
                 "trades_to_import": left, "trades_per_second": round(rate, 1),
+                "files_early": s.files_early,
             }  # fmt: skip
         out["eta_s"] = 0.0 if not left else (round(left / rate, 1) if rate > 0 else None)
         return out
@@ -509,6 +530,7 @@ class Importer:
 
     def close_pool(self) -> None:
         """Stop the pool at once: a file half downloaded is fetched again after a restart."""
+        self._drop_early()
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -532,11 +554,42 @@ class Importer:
 
     def _import(self, symbol: str) -> SymbolOutcome:
         """Import one symbol's history as far as it goes."""
+        self._tried.discard(symbol)  # its turn: a head start may be tried again next time
+        try:
+            return self._import_turn(symbol)
+        finally:
+            if self._early is not None and self._early.symbol == symbol:
+                self._drop_early()  # its turn ended before its files were asked for
+
+    def _import_turn(self, symbol: str) -> SymbolOutcome:
         stats = self.table().get(symbol)
         if stats is None:
             return Gone()
         if stats.damaged:
             raise RuntimeError(f"{symbol}: an earlier merge broke off; a restart restores it")
+        outcome = self._ready(symbol, stats)
+        if outcome is not None:
+            return outcome
+        front = stats.front()
+        if front is None:
+            return Done()
+        log.debug("history of %s: trades %d..%d to import", symbol, front.lo, front.hi)
+        ok, row = self._archives(symbol, stats)
+        if not ok:
+            return Later(0.0, False)  # stopping
+        front = stats.front()
+        if front is not None:
+            self._prefetch(symbol)  # the next symbol's files while REST serves this one's
+            if not self._rest_until(symbol, stats, row, front.hi):
+                return Later(0.0, False)
+        if stats.front() is not None:
+            return Later(retry_delay(1), False)
+        log.debug("history of %s: complete from its first trade", symbol)
+        return Done()
+
+    def _ready(self, symbol: str, stats: SymbolStats) -> SymbolOutcome | None:
+        """Give ``symbol`` what its import starts from (a live baseline and its first trade,
+        from REST when it has none): None when it has them, else what to do instead."""
         started, origin, complete = stats.history_info()
         if complete:
             return Done()
@@ -554,20 +607,75 @@ class Importer:
             if not first:
                 return Done()
             stats.start_history(first[0].first_id, first[0].time_ms)
+        return None
+
+    def _prefetch(self, current: str) -> None:
+        """Give the symbol due after ``current`` a head start (see :class:`_Early`): the
+        first of the next few due that has files to reduce, each tried once a turn. One
+        head start at a time. Whatever goes wrong here only means no head start: that
+        symbol's own turn meets it again and handles it."""
+        if self._early is not None or self.stopping.is_set():
+            return
+        with self._lock:
+            heads = heapq.nsmallest(4, self._queue)
+        now = self.clock()
+        for due, _, symbol in heads:
+            if due > now:
+                return
+            if symbol == current or symbol in self._tried:
+                continue
+            self._tried.add(symbol)
+            if self._head_start(symbol):
+                return
+
+    def _head_start(self, symbol: str) -> bool:
+        """Submit the first files of ``symbol``'s plan, as its turn would; False when it has
+        none to reduce (complete, no trade, gone, REST refused)."""
+        stats = self.table().get(symbol)
+        if stats is None or stats.damaged:
+            return False
+        try:
+            if self._ready(symbol, stats) is not None:
+                return False
+        except (RateLimited, RestError, InputError) as exc:
+            log.debug("history of %s: no head start (%s)", symbol, exc)
+            return False
         front = stats.front()
         if front is None:
-            return Done()
-        log.debug("history of %s: trades %d..%d to import", symbol, front.lo, front.hi)
-        ok, row = self._archives(symbol, stats)
-        if not ok:
-            return Later(0.0, False)  # stopping
-        front = stats.front()
-        if front is not None and not self._rest_until(symbol, stats, row, front.hi):
-            return Later(0.0, False)
-        if stats.front() is not None:
-            return Later(retry_delay(1), False)
-        log.debug("history of %s: complete from its first trade", symbol)
-        return Done()
+            return False
+        start = self._plan_start(symbol, stats, front)
+        cut = 0 if self._fresh(stats) else front.lo
+        files = plan(symbol, start, int(self.clock() * 1000), self._today())
+        pool, base = self._pool_for(), self.config.archive_url
+        futures = {
+            (f, cut, front.hi): pool.submit(fetch_and_reduce, base, f, cut, front.hi)
+            for f in files[: self._ahead()]
+        }
+        if not futures:
+            return False
+        self._early = _Early(symbol, front, start, futures)
+        return True
+
+    def _drop_early(self) -> None:
+        early, self._early = self._early, None
+        if early is not None:
+            self._drop(early)
+
+    @staticmethod
+    def _drop(early: _Early) -> None:
+        """Cancel what was not used (a reduction under way runs out, unread)."""
+        for fut in early.futures.values():
+            fut.cancel()
+
+    def _plan_start(self, symbol: str, stats: SymbolStats, front: Front) -> int:
+        """Where a symbol's plan of files starts: the front's bottom, or for a symbol whose
+        origin came from REST, its earliest archive (older archives may exist)."""
+        start = front.after_ms if front.after_ms is not None else 0
+        return self._earliest_archive(symbol, start) if self._fresh(stats) else start
+
+    def _ahead(self) -> int:
+        """Files kept in the pool's hands at once."""
+        return max(2, 2 * self.config.history_workers)
 
     def _acquire(self) -> bool:
         return self.rest.acquire("aggTrades", self.ceiling, self.stopping)
@@ -579,17 +687,28 @@ class Importer:
         aggregate applied, for REST to continue from)."""
         front = stats.front()
         assert front is not None
-        start = front.after_ms if front.after_ms is not None else 0
-        if self._fresh(stats):  # the origin came from REST: older archives may exist
-            start = self._earliest_archive(symbol, start)
+        early = self._early
+        if early is not None and early.symbol == symbol:
+            self._early = None  # taken: used here, the rest cancelled at the end
+            if early.front != front:
+                self._drop(early)  # made on another front: nothing of it fits
+                early = None
+        else:
+            early = None  # none, or the next symbol's: left for it
+        start = early.start_ms if early is not None else self._plan_start(symbol, stats, front)
         files = _Plan(plan(symbol, start, int(self.clock() * 1000), self._today()), self.stats)
         futures: dict[ArchiveFile, cf.Future[Reduced | Refused]] = {}
         attempts: collections.Counter[ArchiveFile] = collections.Counter()
         row: AggTrade | None = None
         base = self.config.archive_url
-        ahead = max(2, 2 * self.config.history_workers)
+        ahead = self._ahead()
 
         def submit(file: ArchiveFile, lo: int, hi: int) -> None:
+            ready = early.futures.pop((file, lo, hi), None) if early is not None else None
+            if ready is not None and not ready.cancelled():
+                futures[file] = ready
+                self.stats.add(files_early=1)
+                return
             futures[file] = self._pool_for().submit(fetch_and_reduce, base, file, lo, hi)
 
         def keep(file: ArchiveFile, result: Reduced) -> None:  # decide again, no new download
@@ -611,6 +730,8 @@ class Importer:
                 for f in list(files)[:ahead]:  # keep the pool busy a few files ahead
                     if f not in futures:
                         submit(f, cut, front.hi)
+                if len(files) < ahead:  # room in the pool: the next symbol's first files
+                    self._prefetch(symbol)
                 file = files[0]
                 try:
                     result = futures[file].result(timeout=1.0)
@@ -659,6 +780,8 @@ class Importer:
         finally:
             for fut in futures.values():
                 fut.cancel()
+            if early is not None:
+                self._drop(early)
             files.drop()
         return True, row
 
