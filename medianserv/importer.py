@@ -293,10 +293,13 @@ _Key = tuple[ArchiveFile, int, int]  # a file and the trade ids it is reduced fo
 
 @dataclass
 class _Early:
-    """The first files of the symbol due next, reduced while the current one finishes (its
-    last merges, its REST tail), so the pool does not wait between symbols. Only a
-    reduction asked for exactly as the symbol's own turn asks (the same file, the same ids)
-    is used; each is still decided against the front of its time, like any other."""
+    """The first files of the symbol due next, asked for as the current one starts and
+    reduced while it goes on (the pool takes files in order: these come after the current
+    symbol's first few), so the pool does not wait between symbols: at a symbol's turn its
+    first files are ready, while the importer did the one before's last merges, its REST
+    tail, and this one's plan. Only a reduction asked for exactly as the symbol's own turn
+    asks (the same file, the same ids) is used; each is still decided against the front of
+    its time, like any other."""
 
     symbol: str
     front: Front  # the front the plan was made on: any change and nothing here is used
@@ -730,8 +733,7 @@ class Importer:
                 for f in list(files)[:ahead]:  # keep the pool busy a few files ahead
                     if f not in futures:
                         submit(f, cut, front.hi)
-                if len(files) < ahead:  # room in the pool: the next symbol's first files
-                    self._prefetch(symbol)
+                self._prefetch(symbol)  # and the next symbol's first files, once
                 file = files[0]
                 try:
                     result = futures[file].result(timeout=1.0)

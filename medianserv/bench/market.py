@@ -1,16 +1,15 @@
 """``bench history --market``: a whole market's history imported while the live market runs.
 
 Hundreds of symbols with a realistic skew (one BTCUSDT-like symbol, ``BIGUSDT``, with tens of
-millions of
-archive rows, the rest in a power law, listed at different months: thousands of monthly
-files in all) are imported the way the service imports them: a pool of processes (the
-service's default size) downloads, checks and reduces each file over local HTTP
-(:func:`~medianserv.archive.fetch_and_reduce`, a few files ahead), and this process merges
-each into its symbol's median (:meth:`~medianserv.symbols.SymbolStats.apply_levels`), in
-order, while live ingest of the 2,292 real symbols runs here too and the snapshotter writes
-everything to LMDB every 2 s. Afterwards the store is restored in a fresh process, as a
-restart does. The importer's own steps around this (asking REST for a symbol's first trade,
-REST for the days no archive holds) are left out: the files are the work.
+millions of archive rows, the rest in a power law, listed at different months: thousands of
+monthly files in all) are imported by the service's own :class:`~medianserv.importer.Importer`
+in its thread, with its pool of processes (the service's default size) downloading,
+checking and reducing each file over local HTTP, a few files ahead and the next symbol's
+first files while one finishes, and merging each into its symbol's median, while live ingest
+of the 2,292 real symbols runs here too and the snapshotter writes everything to LMDB every
+2 s. Each symbol starts with its live baseline and first trade given, as the tickers and
+REST give them, and its archives cover the rest, so no REST call is needed: the files are
+the work. Afterwards the store is restored in a fresh process, as a restart does.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import multiprocessing
 import os
 import resource
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -71,10 +71,12 @@ def bench_market(
     workers: int | None = None,
 ) -> list[Row]:
     """The whole-market rehearsal (see the module's docstring)."""
-    from ..archive import Reduced, fetch_and_reduce, pool_process_init
+    from ..config import Config
+    from ..exchange import RestClient
+    from ..importer import Importer
     from ..snapshotter import Snapshotter
     from ..store import Store
-    from ..symbols import SymbolStats
+    from ..symbols import SymbolTable
     from .scale import _child
 
     workers = workers or max(1, (os.cpu_count() or 2) - 1)  # the service's default
@@ -102,52 +104,45 @@ def bench_market(
     server = StaticServer(directory)
     sim = SimProcess(300, shared_data)
     store_dir = Path(tempfile.mkdtemp(prefix="medianserv-market-store-"))
-    spawn = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(workers, mp_context=spawn, initializer=pool_process_init,
-                                  initargs=(os.getpid(),))  # fmt: skip
+    history = SymbolTable.build([symbol for symbol, _, _ in made])
+    for symbol, files, n in made:  # the baseline and first trade, as tickers and REST say
+        stats = history.get(symbol)
+        assert stats is not None
+        stats.baseline(n - 1, None)
+        stats.start_history(0, files[0].start_ms)
+    config = Config(rest_url=sim.rest_url, archive_url=server.url, history_workers=workers)
+    importer = Importer(config, RestClient(sim.rest_url), lambda: history)
+    thread = threading.Thread(target=importer.run, name="history")
     live: LiveIngest | None = None
     snapshotter = None
     try:
+        pool = importer._pool_for()
         list(pool.map(abs, range(workers)))  # every pool process up before any clock
         pids = list(pool._processes)
         live = LiveIngest(sim)
-        history: dict[str, SymbolStats] = {}
-        for symbol, _, n in made:
-            stats = history[symbol] = SymbolStats(symbol)
-            stats.baseline(n - 1, None)
-            stats.start_history(0, None)
         ingest = live.ingest
         store = Store.open(store_dir)
-        snapshotter = Snapshotter(store, lambda: [*history.values(), *ingest.all_stats()], 2.0)
+        snapshotter = Snapshotter(
+            store, lambda: [*(st for _, st in history.items()), *ingest.all_stats()], 2.0
+        )
         snapshotter.start()
         live.watch()
-        ahead = 2 * workers
-        t, main_cpu, pool_cpu = time.perf_counter(), time.process_time(), 0.0
+        t, main_cpu = time.perf_counter(), time.process_time()
         pool_cpu = sum(cpu_seconds(p) for p in pids)
-        merge_cpu = 0.0
-        applied_files = applied_rows = applied_trades = 0
-        for symbol, files, _ in made:  # one symbol at a time, a few files ahead, as the service
-            stats = history[symbol]
-            futures = [pool.submit(fetch_and_reduce, server.url, f) for f in files[:ahead]]
-            for i, file in enumerate(files):
-                r = futures[i].result()
-                if i + ahead < len(files):
-                    futures.append(pool.submit(fetch_and_reduce, server.url, files[i + ahead]))
-                if not isinstance(r, Reduced):
-                    raise RuntimeError(f"{file.name} refused: {r}")
-                c0 = time.thread_time()
-                n = stats.apply_levels(r.first_id, r.last_id, r.levels, r.counts, r.last_row[4],
-                                       last_price=r.last_row[3])  # fmt: skip
-                merge_cpu += time.thread_time() - c0
-                if n != r.trades:
-                    raise RuntimeError(f"{file.name} not applied")
-                applied_files += 1
-                applied_rows += r.rows
-                applied_trades += n
+        importer.request([symbol for symbol, _, _ in made])
+        thread.start()
+        clock = time.pthread_getcpuclockid(thread.ident or 0)
+        while importer.counts().get("complete", 0) < len(made):
+            if not thread.is_alive() or importer.stats.failed:
+                raise RuntimeError(f"the import failed: {importer.counts()}")
+            time.sleep(0.05)
         elapsed = time.perf_counter() - t
+        merge_cpu = time.clock_gettime(clock)  # the importer thread: merges, orchestration
         main_cpu = time.process_time() - main_cpu
         pool_cpu = sum(cpu_seconds(p) for p in pids) - pool_cpu
         pool_peak = max(peak_rss_mib(p) for p in pids)
+        importer.stop()
+        thread.join(60)
         snapshotter.stop()
         c0 = time.perf_counter()
         snapshotter.snapshot()  # the final one, as at a stop
@@ -155,10 +150,14 @@ def bench_market(
         applied_live = live.stop()
         store.close()
         main_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        bad = [s for s, _, n in made if history[s].view().count != n
-               or history[s].view().history_complete is not True]  # fmt: skip
-        if bad or applied_trades != total_trades:
+        views = {s: history.get(s).view() for s, _, _ in made}  # type: ignore[union-attr]
+        bad = [
+            s for s, _, n in made if views[s].count != n or views[s].history_complete is not True
+        ]
+        s = importer.stats
+        if bad or s.trades != total_trades:
             raise RuntimeError(f"not imported exactly: {bad[:5]}")
+        applied_files, applied_rows, applied_trades = s.files, s.rows, s.trades
         store_mib = sum(f.stat().st_size for f in store_dir.rglob("*") if f.is_file()) / 2**20
         restored = _child("restore", str(store_dir))
         if restored["count_all"] < total_trades or restored["symbols"] < len(made):
@@ -171,7 +170,9 @@ def bench_market(
             Row("market: CPU of the pool processes", pool_cpu, "cpu-s"),
             Row("market: CPU of the service process (merge, live ingest, snapshots)",
                 main_cpu, "cpu-s"),
-            Row("market: of which merging files into medians", merge_cpu, "cpu-s"),
+            Row("market: of which the importer thread (merging files into medians)", merge_cpu,
+                "cpu-s"),
+            Row("market: files reduced ahead of their symbol's turn", s.files_early, "files"),
             Row("market: the pool's busy share of its cores (1.0: the pool is the bound)",
                 pool_cpu / (workers * elapsed), "x"),
             Row("market: the merge's share of one core (1.0: the merge is the bound)",
@@ -191,11 +192,14 @@ def bench_market(
                 "MiB"),
         ]  # fmt: skip
     finally:
+        importer.stop()
+        if thread.is_alive():
+            thread.join(60)
+        importer.close_pool()
         if live is not None:
             live.stop()
         if snapshotter is not None:
             snapshotter.stop()
-        pool.shutdown(cancel_futures=True)
         sim.stop()
         server.stop()
         import shutil
