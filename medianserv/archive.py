@@ -33,10 +33,13 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import hashlib
+import http.client
 import io
 import struct
 import tempfile
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -482,21 +485,108 @@ class _Member(io.RawIOBase):
 def _get(
     url: str, timeout: float, sink: IO[bytes] | None = None, digest: Any = None
 ) -> tuple[bytes, int]:
-    """GET ``url``: (body, 0) into memory, or ('', bytes written) into ``sink``, each chunk
-    also fed to ``digest`` (hashing as it downloads). HTTPError 404 and others propagate."""
+    """GET ``url``: (body, 0) into memory (a small one: at most 64 KiB are kept), or ('',
+    bytes written) into ``sink``, each chunk also fed to ``digest`` (hashing as it downloads).
+    HTTPError 404 and others propagate, as urllib raises them.
+
+    Over one kept-alive connection per host and thread (:class:`_Connections`): a pool
+    process fetches a file's CHECKSUM and zip, file after file, without a TCP and TLS
+    handshake each (two to three round trips a request, against a CDN far away). Through
+    urllib instead when a proxy is configured or the server redirects."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or urllib.request.getproxies():
+        return _get_urllib(url, timeout, sink, digest)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    for attempt in (1, 2):
+        conn = _CONNECTIONS.get(parts.scheme, parts.netloc, timeout)
+        try:
+            conn.request("GET", target, headers={"User-Agent": "medianserv"})
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            _CONNECTIONS.drop(parts.scheme, parts.netloc)
+            if attempt == 1 and isinstance(exc, _IDLE_CLOSED):
+                continue  # the server closed the kept connection while idle: a new one
+            raise urllib.error.URLError(exc) from exc  # as urllib says it: the network
+        try:
+            if resp.status in (301, 302, 303, 307, 308):
+                resp.read()
+                return _get_urllib(url, timeout, sink, digest)
+            if resp.status != 200:  # a 404 ("not yet") keeps the connection: body read
+                body = resp.read(1 << 16)
+                if not resp.isclosed():
+                    _CONNECTIONS.drop(parts.scheme, parts.netloc)
+                raise urllib.error.HTTPError(url, resp.status, resp.reason, resp.headers,
+                                             io.BytesIO(body))  # fmt: skip
+            out = _read_body(resp, sink, digest)
+        except urllib.error.HTTPError:
+            raise
+        except ValueError:
+            _CONNECTIONS.drop(parts.scheme, parts.netloc)
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            _CONNECTIONS.drop(parts.scheme, parts.netloc)
+            raise urllib.error.URLError(exc) from exc
+        if not resp.isclosed():  # more than a small body kept: the rest is not read
+            _CONNECTIONS.drop(parts.scheme, parts.netloc)
+        return out
+    raise AssertionError("unreachable")
+
+
+def _get_urllib(url: str, timeout: float, sink: IO[bytes] | None, digest: Any) -> tuple[bytes, int]:
     request = urllib.request.Request(url, headers={"User-Agent": "medianserv"})
     with urllib.request.urlopen(request, timeout=timeout) as resp:
-        if sink is None:
-            return resp.read(1 << 16), 0
-        total = 0
-        while chunk := resp.read(CHUNK):
-            total += len(chunk)
-            if total > MAX_FILE_BYTES:
-                raise ValueError("corrupt: the file is larger than any archive")
-            sink.write(chunk)
-            if digest is not None:
-                digest.update(chunk)
-        return b"", total
+        return _read_body(resp, sink, digest)
+
+
+def _read_body(resp: Any, sink: IO[bytes] | None, digest: Any) -> tuple[bytes, int]:
+    if sink is None:
+        return resp.read(1 << 16), 0
+    total = 0
+    while chunk := resp.read(CHUNK):
+        total += len(chunk)
+        if total > MAX_FILE_BYTES:
+            raise ValueError("corrupt: the file is larger than any archive")
+        sink.write(chunk)
+        if digest is not None:
+            digest.update(chunk)
+    return b"", total
+
+
+_IDLE_CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                http.client.BadStatusLine)  # fmt: skip
+
+
+class _Connections(threading.local):
+    """Kept-alive HTTP(S) connections, one per (scheme, host) and thread."""
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[str, str], http.client.HTTPConnection] = {}
+        self.made = 0  # connections opened by this thread (tests count them)
+
+    def get(self, scheme: str, netloc: str, timeout: float) -> http.client.HTTPConnection:
+        conn = self.open.get((scheme, netloc))
+        if conn is None:
+            if scheme == "https":
+                import ssl
+
+                context = ssl.create_default_context()
+                conn = http.client.HTTPSConnection(netloc, timeout=timeout, context=context)
+            else:
+                conn = http.client.HTTPConnection(netloc, timeout=timeout)
+            self.open[(scheme, netloc)] = conn
+            self.made += 1
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def drop(self, scheme: str, netloc: str) -> None:
+        conn = self.open.pop((scheme, netloc), None)
+        if conn is not None:
+            conn.close()
+
+
+_CONNECTIONS = _Connections()
 
 
 def archive_exists(base_url: str, file: ArchiveFile, timeout: float = 10.0) -> bool | None:

@@ -343,3 +343,39 @@ def test_a_member_cut_short_is_an_eof_error() -> None:
     info.compress_size //= 2  # the directory says less than the stream needs
     with pytest.raises(EOFError):
         _Member(buf, info).read(-1)
+
+
+def test_files_are_fetched_over_one_kept_connection() -> None:
+    """A pool process fetches file after file (a CHECKSUM and a zip each, and the 404s of
+    files not out yet) over one kept-alive connection, not a TCP (and TLS) handshake per
+    request; and what it reduces is the same as over fresh connections."""
+    import time as _time
+
+    from medianserv.archive import _CONNECTIONS, Reduced, fetch_and_reduce, plan
+    from medianserv.sim import SimConfig, Simulator
+
+    config = SimConfig(symbols=3, paused=True, seed=41, past_days=70, past_trades_per_day=30)
+    with Simulator(config) as sim:
+        symbol = next(iter(sim.truth()))
+        now_ms = int(_time.time() * 1000)
+        files = plan(symbol, now_ms - 75 * 86_400_000, now_ms, dt.datetime.now(dt.UTC).date())
+        _CONNECTIONS.drop("http", sim.archive_url.split("//")[1])
+        before, requests = sim.archives.connections, sim.archives.requests
+        kept = [fetch_and_reduce(sim.archive_url, f) for f in files]
+        assert sim.archives.requests - requests >= 2 * len(files) - 2  # a 404 asks once
+        assert sim.archives.connections - before == 1
+        _CONNECTIONS.drop("http", sim.archive_url.split("//")[1])
+        fresh = []
+        for f in files:  # each over a connection of its own
+            fresh.append(fetch_and_reduce(sim.archive_url, f))
+            _CONNECTIONS.drop("http", sim.archive_url.split("//")[1])
+        assert sim.archives.connections - before == 1 + len(files)
+    reduced = [r for r in kept if isinstance(r, Reduced)]
+    assert reduced and len(reduced) == sum(isinstance(r, Reduced) for r in fresh)
+    for a, b in zip(kept, fresh, strict=True):
+        if isinstance(a, Reduced):
+            assert isinstance(b, Reduced)
+            assert (a.levels.tolist(), a.counts.tolist(), a.first_id, a.last_id) == (
+                b.levels.tolist(), b.counts.tolist(), b.first_id, b.last_id)  # fmt: skip
+        else:
+            assert (a.reason, a.file) == (b.reason, b.file)  # type: ignore[union-attr]

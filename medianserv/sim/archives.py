@@ -70,10 +70,18 @@ class ArchiveServer:
         self._faults: deque[str] = deque()
         self._files_lock = threading.Lock()  # guards _files, _spoiled and _faults
         self.requests = 0
+        self.connections = 0  # TCP connections accepted
         self.served: set[str] = set()  # paths of the zips served whole (decoded)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # connections kept alive, as a CDN keeps them
+
+            def setup(self) -> None:
+                super().setup()
+                with owner._files_lock:
+                    owner.connections += 1
+
             def do_GET(self) -> None:
                 status, body = owner.get(self.path)
                 self.send_response(status)
