@@ -561,7 +561,6 @@ class _Connections(threading.local):
 
     def __init__(self) -> None:
         self.open: dict[tuple[str, str], http.client.HTTPConnection] = {}
-        self.made = 0  # connections opened by this thread (tests count them)
 
     def get(self, scheme: str, netloc: str, timeout: float) -> http.client.HTTPConnection:
         conn = self.open.get((scheme, netloc))
@@ -574,7 +573,6 @@ class _Connections(threading.local):
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=timeout)
             self.open[(scheme, netloc)] = conn
-            self.made += 1
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)

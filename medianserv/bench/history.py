@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from .common import LiveIngest, Row, SimProcess, StaticServer, cpu_seconds, peak_rss_mib
@@ -229,45 +230,38 @@ def bench_history(
         # Rounds, each: decompressing, the engines, the import, over the same files; the
         # ratios are taken within a round (minutes apart at most), then their median: the
         # machine's drift moves both sides of a ratio alike.
-        per_round: list[dict[str, float]] = []
+        per_round: list[dict[str, float]] = []  # per round: rows per CPU second of each side
+        shares: list[tuple[float, float, float]] = []  # per round: trades/s, pool %, service %
         with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as other:
             for _ in range(rounds):
-                got: dict[str, float] = {"dec_rows": 0.0, "dec_cpu": 0.0}
+                dec_rows = dec_cpu = 0.0
                 for f, _, _ in sample:  # decompressing only
                     c0 = time.process_time()
                     n, _ = _decompress_rows(directory / f.path)
-                    got["dec_rows"] += n
-                    got["dec_cpu"] += time.process_time() - c0
+                    dec_rows += n
+                    dec_cpu += time.process_time() - c0
+                rates = {"decompress": dec_rows / dec_cpu}
                 for engine in ("duckdb", "polars"):  # what a user would reach for
+                    unzip = work = 0.0
                     for f, levels, _ in sample:
                         out = other.submit(engine_cpu, engine, str(directory / f.path)).result()
                         if out is None:
                             break
                         if out[2] != len(levels):
                             raise RuntimeError(f"{engine} found {out[2]} prices, not {len(levels)}")
-                        got[f"{engine}_unzip"] = got.get(f"{engine}_unzip", 0.0) + out[0]
-                        got[f"{engine}_work"] = got.get(f"{engine}_work", 0.0) + out[1]
+                        unzip, work = unzip + out[0], work + out[1]
+                    else:
+                        rates[f"{engine} alone"] = dec_rows / work
+                        rates[engine] = dec_rows / (unzip + work)
                 imp_rows, imp_trades, _, imp_cpu = import_files(fresh(total), sample)
-                got.update(imp_rows=imp_rows, imp_trades=imp_trades, imp_cpu=imp_cpu,
-                           pool=split["pool"], service=split["service"])  # fmt: skip
-                per_round.append(got)
-        engines = [e for e in ("duckdb", "polars") if f"{e}_work" in per_round[0]]
-
-        def median(values: list[float]) -> float:
-            return sorted(values)[len(values) // 2]
-
-        def rate_of(r: dict[str, float], what: str) -> float:
-            """Rows per CPU second of ``what`` in round ``r``."""
-            if what == "decompress":
-                return r["dec_rows"] / r["dec_cpu"]
-            if what == "import":
-                return r["imp_rows"] / r["imp_cpu"]
-            if what.endswith(" alone"):
-                return r["dec_rows"] / r[f"{what[:-6]}_work"]
-            return r["dec_rows"] / (r[f"{what}_unzip"] + r[f"{what}_work"])
+                rates["import"] = imp_rows / imp_cpu
+                per_round.append(rates)
+                shares.append((imp_trades / imp_cpu, split["pool"] / imp_cpu * 100,
+                               split["service"] / imp_cpu * 100))  # fmt: skip
+        engines = [e for e in ("duckdb", "polars") if e in per_round[0]]
 
         def row(name: str, what: str) -> Row:
-            return Row(name, median([rate_of(r, what) for r in per_round]), "rows/s")
+            return Row(name, median([r[what] for r in per_round]), "rows/s")
 
         rows.append(row("decompress only (zipfile, as unzip would): rows per CPU second",
                         "decompress"))  # fmt: skip
@@ -277,18 +271,17 @@ def bench_history(
                     f"{engine} alone"),
                 row(f"unzip + {engine}: rows per CPU second", engine),
             ]  # fmt: skip
+        trades_rate, pool_share, service_share = (median(x) for x in zip(*shares, strict=True))
         rows += [
             row("import end to end over local HTTP: rows per CPU second (both processes)",
                 "import"),
-            Row("import end to end: trades per CPU second",
-                median([r["imp_trades"] / r["imp_cpu"] for r in per_round]), "trades/s"),
+            Row("import end to end: trades per CPU second", trades_rate, "trades/s"),
             Row("of its CPU, the pool process (download, checksum, inflate, parse, reduce)",
-                median([r["pool"] / r["imp_cpu"] * 100 for r in per_round]), "%"),
-            Row("of its CPU, the service process (merge into the median)",
-                median([r["service"] / r["imp_cpu"] * 100 for r in per_round]), "%"),
+                pool_share, "%"),
+            Row("of its CPU, the service process (merge into the median)", service_share, "%"),
         ]  # fmt: skip
         for other_side in ("decompress", *engines):
-            ratios = [rate_of(r, "import") / rate_of(r, other_side) for r in per_round]
+            ratios = [r["import"] / r[other_side] for r in per_round]
             label = "decompress" if other_side == "decompress" else f"(unzip + {other_side})"
             rows += [
                 Row(f"import / {label}, per core, same files: median of {rounds} rounds",
