@@ -16,10 +16,12 @@ it against its CHECKSUM, and :func:`reduce_csv` parses the CSV and reduces it to
 prices with their trade counts: a month of BTCUSDT (tens of millions of rows) becomes a few
 hundred thousand pairs, which the service then merges into the median in bulk.
 
-Parsing is vectorised (polars' CSV reader, in Rust, in blocks of whole lines, so memory
-stays bounded by the block size whatever the file) and exact: prices stay text until only
-the distinct ones are left, which are then checked to be plain decimals and turned into
-1e-8 units with integer arithmetic; no float is involved.
+Parsing is one pass in C (:mod:`medianserv._reduce`, built at install): the inflater's
+chunks are fed to it as they come, each row's needed fields are parsed straight into
+integers (the price into exact 1e-8 units, digit by digit), checked, and its trades added to
+a hash table keyed by price; memory stays bounded by the chunk and the distinct prices
+whatever the file. Where no C compiler was at hand at install, polars' CSV reader does the
+same in blocks of whole lines, three to four times slower; both read exactly, with no float.
 Before anything is returned the rows are checked: aggregate ids consecutive, trade ids tiling
 (each row starts where the previous one ended), times not going back and within the file's
 period, prices plain and in range, the CSV inside named for the symbol and period asked for.
@@ -59,6 +61,7 @@ __all__ = [
     "daily_files",
     "fetch_and_reduce",
     "monthly_file",
+    "native_reader",
     "parse_checksum",
     "plan",
     "pool_process_init",
@@ -227,21 +230,86 @@ def reduce_csv(
     cut: int = 0,
     top: int | None = None,
     block_size: int = 1 << 24,
+    engine: str | None = None,
 ) -> Reduced:
     """Parse one archive CSV (aggTrades or trades) and reduce it to (price, count) pairs,
     checking every row (see the module's docstring), counting only trade ids from ``cut`` to
     ``top`` (the rest was applied already, or is not history). Raises ValueError with a
     reason prefix (``format:``, ``empty:``, ``bad_price:``, ``order:``, ``period:``) when the
-    file cannot be used, or has no trade within the cut. O(rows); memory O(block size +
+    file cannot be used, or has no trade within the cut. O(rows); memory O(``block_size`` +
     distinct prices).
 
-    How, per block of whole lines (polars' CSV reader, in Rust, one thread): the ids and
-    times come as integer columns, checked with numpy; the price column stays text, and the
-    trades of each row within the cut are summed per price text (a hash aggregation); only
-    the distinct texts of the block are then checked to be plain decimals and turned into
-    exact 1e-8 units (integer part and zero-padded fraction, as integers). Rows the 2022-04
-    data audit marked invalid (price 0, first and last trade id -1) cover no trade: skipped
-    and counted in ``Reduced.quirks``; so is a header row."""
+    Rows the 2022-04 data audit marked invalid (price 0, first and last trade id -1) cover
+    no trade: skipped and counted in ``Reduced.quirks``; so is a header row.
+
+    Two engines, with the same checks and results: ``native`` (the default where it was
+    built at install, :mod:`medianserv._reduce`) reads the stream in chunks of
+    ``block_size`` in one pass in C: each row's five needed fields parsed straight into
+    integers, checked, and its trades added to a hash table keyed by the exact price in
+    1e-8 units. ``polars`` (where no C compiler was at hand) cuts the stream into blocks of
+    whole lines for polars' CSV reader; see :func:`_reduce_polars`."""
+    native = native_reader()
+    if engine is None:
+        engine = "native" if native is not None else "polars"
+    if engine == "polars":
+        return _reduce_polars(stream, file, cut, top, block_size)
+    if native is None:
+        raise RuntimeError("the native reader was not built at install (no C compiler?)")
+    return _reduce_native(native, stream, file, cut, top, block_size)
+
+
+def native_reader() -> Any:
+    """The C reader's module (:mod:`medianserv._reduce`), or None where it was not built at
+    install (no C compiler)."""
+    try:
+        from . import _reduce  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _reduce
+
+
+def _reduce_native(
+    native: Any, stream: IO[bytes], file: ArchiveFile, cut: int, top: int | None, chunk: int
+) -> Reduced:
+    """:func:`reduce_csv` with the C reader: the stream fed to it as it comes (an inflater's
+    chunks go in as they are, cut anywhere; no block of lines is assembled). O(rows); memory
+    O(``chunk`` + distinct prices)."""
+    import numpy as np
+
+    top_id = (1 << 63) - 1 if top is None else top
+    reducer = native.Reducer(file.kind == "aggTrades", cut, top_id, file.start_ms, file.end_ms,
+                             MICROS_FROM_MS * 100)  # fmt: skip
+    try:
+        while data := stream.read(chunk):
+            reducer.feed(data)
+        (levels_raw, counts_raw, first_id, last_id, first_agg, file_first, file_last, last_row,
+         rows, invalid, header) = reducer.finish()  # fmt: skip
+    except ValueError as exc:
+        if str(exc).startswith("period"):
+            raise ValueError(f"period: times outside {file.first_day}..{file.last_day} "
+                             f"({str(exc).partition(': ')[2]})") from None  # fmt: skip
+        raise
+    every = np.frombuffer(levels_raw, dtype=np.uint64)
+    order = np.argsort(every)
+    levels, totals = every[order], np.frombuffer(counts_raw, dtype=np.int64)[order]
+    if int(totals.sum()) != last_id - first_id + 1:
+        raise ValueError("order: counts do not add up to the ids")
+    quirks = {"header": 1} if header else {}
+    if invalid:
+        quirks["invalid_rows"] = invalid
+    return Reduced(file, levels, totals, first_id, last_id, first_agg, last_row, rows, 0, 0,
+                   file_first, file_last, quirks)  # fmt: skip
+
+
+def _reduce_polars(
+    stream: IO[bytes], file: ArchiveFile, cut: int, top: int | None, block_size: int
+) -> Reduced:
+    """:func:`reduce_csv` with polars, per block of whole lines (polars' CSV reader, in Rust,
+    one thread): the ids and times come as integer columns, checked with numpy; the price
+    column stays text, and the trades of each row within the cut are summed per price text
+    (a hash aggregation); only the distinct texts of the block are then checked to be plain
+    decimals and turned into exact 1e-8 units (integer part and zero-padded fraction, as
+    integers). O(rows); memory O(``block_size`` + distinct prices)."""
     import numpy as np
     import polars as pl
 
@@ -600,13 +668,18 @@ def archive_exists(base_url: str, file: ArchiveFile, timeout: float = 10.0) -> b
 
 
 def fetch_and_reduce(
-    base_url: str, file: ArchiveFile, cut: int = 0, top: int | None = None, timeout: float = 60.0
+    base_url: str,
+    file: ArchiveFile,
+    cut: int = 0,
+    top: int | None = None,
+    timeout: float = 60.0,
+    engine: str | None = None,
 ) -> Reduced | Refused:
     """Download ``file`` and its CHECKSUM from ``base_url`` (both now: a file republished with
     a new checksum is checked against the one of its own time), verify, reduce (counting
-    only trade ids ``cut..top``). Never raises for anything the network or the file can do:
-    the answer is then a :class:`Refused`. Runs in a pool process (all arguments and results
-    pickle)."""
+    only trade ids ``cut..top``, with :func:`reduce_csv`'s ``engine``). Never raises for
+    anything the network or the file can do: the answer is then a :class:`Refused`. Runs in
+    a pool process (all arguments and results pickle)."""
     url = f"{base_url.rstrip('/')}/{file.path}"
     try:
         checksum, _ = _get(url + ".CHECKSUM", timeout)
@@ -626,7 +699,7 @@ def fetch_and_reduce(
                 return Refused(file, "wrong_file", f"the zip holds {names[:3]}")
             member = _Member(tmp, infos[0])
             counter = _Counting(member)
-            reduced = reduce_csv(counter, file, cut, top)  # type: ignore[arg-type]
+            reduced = reduce_csv(counter, file, cut, top, engine=engine)  # type: ignore[arg-type]
             reduced.zip_bytes, reduced.csv_bytes = size, counter.count
             return reduced
     except urllib.error.HTTPError as exc:
@@ -661,10 +734,10 @@ class _Counting:
 
 
 def warm_up() -> None:
-    """Load what reducing needs (a pool process calls it once, before any file), with
-    polars on one thread (the pool's processes are the parallelism, and a thread pool per
-    process would only add switching) and its allocator keeping freed pages for reuse (set
-    before polars is first imported)."""
+    """Load what reducing needs (a pool process calls it once, before any file). Where the
+    C reader was not built, polars reduces: on one thread (the pool's processes are the
+    parallelism, and a thread pool per process would only add switching) and with its
+    allocator keeping freed pages for reuse (both set before polars is first imported)."""
     import os
 
     os.environ.setdefault("POLARS_MAX_THREADS", "1")

@@ -20,6 +20,7 @@ from medianserv.archive import (
     _Member,
     daily_files,
     monthly_file,
+    native_reader,
     parse_checksum,
     plan,
     reduce_csv,
@@ -30,6 +31,13 @@ from medianserv.symbols import Front, Row, SymbolStats
 
 DAY = dt.date(2024, 8, 9)
 DAY_MS = 1_723_161_600_000  # 2024-08-09T00:00:00Z
+
+#: Both readers of an archive CSV: the C one (built at install where a compiler is) and polars.
+ENGINES = [
+    pytest.param("native", marks=pytest.mark.skipif(
+        native_reader() is None, reason="the C reader was not built at install (no C compiler)")),
+    "polars",
+]  # fmt: skip
 
 
 def test_plan_monthly_then_daily_up_to_yesterday() -> None:
@@ -85,6 +93,7 @@ def build(spec: list[tuple[int, int, int]], start_ms: int) -> list[tuple[int, in
     return rows
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=60, deadline=None)
 @given(
     rows_strategy,
@@ -92,13 +101,21 @@ def build(spec: list[tuple[int, int, int]], start_ms: int) -> list[tuple[int, in
     st.booleans(),
     st.integers(0, 400),
     st.lists(st.integers(0, 199), max_size=4),
+    st.lists(st.integers(1, 300), min_size=1, max_size=4),
 )
 def test_reduce_equals_a_brute_force_count(
-    spec: list[tuple[int, int, int]], header: bool, micros: bool, cut_at: int, audit: list[int]
+    engine: str,
+    spec: list[tuple[int, int, int]],
+    header: bool,
+    micros: bool,
+    cut_at: int,
+    audit: list[int],
+    pieces: list[int],
 ) -> None:
     """Pairs equal a Counter over every trade (from the cut on); µs times read as ms; a
     header row and rows the 2022-04 audit marked invalid (a duplicate of a row, price 0,
-    trade ids -1) are skipped and counted."""
+    trade ids -1) are skipped and counted; the stream read in pieces of any size (lines cut
+    anywhere) and by either engine."""
     day, start = (dt.date(2025, 3, 1), 1_740_787_200_000) if micros else (DAY, DAY_MS)
     valid_rows = build(spec, start)
     rows = list(valid_rows)
@@ -113,11 +130,12 @@ def test_reduce_equals_a_brute_force_count(
     for _, p, f, last, _ in valid_rows:
         for _tid in range(max(f, cut), last + 1):
             counter[p] += 1
+    data = agg_csv(rows, header)
     if not counter:
         with pytest.raises(ValueError, match="empty"):
-            reduce_csv(io.BytesIO(agg_csv(rows, header)), file, cut, block_size=256)
+            reduce_csv(_Pieces(data, pieces), file, cut, block_size=256, engine=engine)
         return
-    r = reduce_csv(io.BytesIO(agg_csv(rows, header)), file, cut, block_size=256)  # many blocks
+    r = reduce_csv(_Pieces(data, pieces), file, cut, block_size=256, engine=engine)
     assert list(zip(r.levels.tolist(), r.counts.tolist(), strict=True)) == sorted(counter.items())
     last = valid_rows[-1]
     assert (r.first_id, r.last_id) == (max(cut, rows[0][2]), last[3])
@@ -153,27 +171,78 @@ def test_reduce_equals_a_brute_force_count(
         (lambda rows: [(*r[:4], r[4] + 86_400_000) for r in rows], "period"),  # another day
     ],
 )
-def test_files_that_do_not_tile_are_refused(mutate: Any, reason: str) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_files_that_do_not_tile_are_refused(mutate: Any, reason: str, engine: str) -> None:
     rows = build([(5, 2, 10), (6, 1, 10), (5, 3, 10)], DAY_MS)
     with pytest.raises(ValueError, match=f"^{reason}"):
-        reduce_csv(io.BytesIO(agg_csv(mutate(rows))), ArchiveFile(DAY, DAY, "X"))
+        reduce_csv(io.BytesIO(agg_csv(mutate(rows))), ArchiveFile(DAY, DAY, "X"), engine=engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_row_of_no_trades_is_refused(engine: str) -> None:
+    """A row whose last trade id is below its first (``l = f - 1``) would tile with its
+    neighbours and count nothing: it is refused all the same."""
+    rows = build([(5, 2, 10), (6, 0, 10), (5, 3, 10)], DAY_MS)
+    with pytest.raises(ValueError, match=r"^order"):
+        reduce_csv(io.BytesIO(agg_csv(rows)), ArchiveFile(DAY, DAY, "X"), engine=engine)
 
 
 @pytest.mark.parametrize("price", [b"1e5", b"-1.00000000", b" 1.0", b"1.123456789", b"", b"NaN",
-                                   b"123456789012.0"])  # fmt: skip
-def test_prices_that_are_not_plain_decimals_are_refused(price: bytes) -> None:
+                                   b"123456789012.0", b"1.", b".5", b"+1", b"1.5.5",
+                                   b"\xef\xbc\x91"])  # fmt: skip
+@pytest.mark.parametrize("engine", ENGINES)
+def test_prices_that_are_not_plain_decimals_are_refused(price: bytes, engine: str) -> None:
     good = agg_csv(build([(5, 1, 10), (6, 1, 10)], DAY_MS)).split(b"\n")
     fields = good[0].split(b",")
     fields[1] = price
     data = b"\n".join([b",".join(fields), *good[1:]])
     with pytest.raises(ValueError, match=r"^bad_price|^format"):
-        reduce_csv(io.BytesIO(data), ArchiveFile(DAY, DAY, "X"))
+        reduce_csv(io.BytesIO(data), ArchiveFile(DAY, DAY, "X"), engine=engine)
 
 
-def test_trades_files_count_one_trade_a_row() -> None:
+@pytest.mark.skipif(native_reader() is None, reason="the C reader was not built at install")
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 10**9), st.integers(1, 3), st.integers(0, 100)),
+             min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 2),
+                       st.sampled_from(b"0123456789.,-\n\r eT+")), max_size=3),
+)  # fmt: skip
+def test_the_c_reader_is_never_more_lenient_than_polars(
+    spec: list[tuple[int, int, int]], edits: list[tuple[int, int, int]]
+) -> None:
+    """A file with bytes changed, inserted or deleted anywhere: what the C reader accepts,
+    polars accepts too, with the same result (the C reader is stricter where polars lets a
+    row with an extra field or a stray carriage return pass)."""
+    data = bytearray(agg_csv(build(spec, DAY_MS)))
+    for at, op, byte in edits:
+        k = at % len(data)
+        if op == 0:
+            data[k] = byte
+        elif op == 1:
+            data.insert(k, byte)
+        else:
+            del data[k]
+
+    def run(engine: str) -> Any:
+        r = reduce_csv(io.BytesIO(bytes(data)), ArchiveFile(DAY, DAY, "X"), engine=engine)
+        return (r.levels.tolist(), r.counts.tolist(), r.first_id, r.last_id, r.first_agg,
+                r.last_row, r.rows, r.quirks, r.file_first_id, r.file_last_id)  # fmt: skip
+
+    try:
+        native = run("native")
+    except ValueError as exc:
+        assert str(exc).split(":")[0] in ("format", "bad_price", "order", "period", "empty")
+        return
+    assert run("polars") == native
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_trades_files_count_one_trade_a_row(engine: str) -> None:
     lines = [b"%d,%s,1.0,2.0,%d,True,True\n" % (100 + i, format_price(p).encode(), DAY_MS + i)
              for i, p in enumerate([5, 7, 5, 9])]  # fmt: skip
-    r = reduce_csv(io.BytesIO(b"".join(lines)), ArchiveFile(DAY, DAY, "X", "trades"))
+    r = reduce_csv(io.BytesIO(b"".join(lines)), ArchiveFile(DAY, DAY, "X", "trades"),
+                   engine=engine)  # fmt: skip
     assert list(zip(r.levels.tolist(), r.counts.tolist(), strict=True)) == [(5, 2), (7, 1), (9, 1)]
     assert (r.first_id, r.last_id, r.first_agg) == (100, 103, None)
 
@@ -276,11 +345,12 @@ def test_rows_during_a_merge_do_not_count_the_front_twice() -> None:
     stats._check()
 
 
-def test_one_price_written_two_ways_is_one_level() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_one_price_written_two_ways_is_one_level(engine: str) -> None:
     """``1.5`` and ``1.50000000`` are the same price: one level, their trades added."""
     rows = [(7, 150_000_000, 10, 11, DAY_MS + 1), (8, 150_000_000, 12, 12, DAY_MS + 2)]
     text = agg_csv(rows).replace(b"1.50000000", b"1.5", 1)
-    r = reduce_csv(io.BytesIO(text), ArchiveFile(DAY, DAY, "X"))
+    r = reduce_csv(io.BytesIO(text), ArchiveFile(DAY, DAY, "X"), engine=engine)
     assert (r.levels.tolist(), r.counts.tolist()) == ([150_000_000], [3])
 
 

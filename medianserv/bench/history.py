@@ -166,10 +166,11 @@ def bench_history(
 
     import numpy as np
 
-    from ..archive import Reduced, fetch_and_reduce, warm_up
+    from ..archive import Reduced, fetch_and_reduce, native_reader, warm_up
     from ..symbols import SymbolStats
 
     rows: list[Row] = []
+    native = native_reader() is not None  # the C reader was built at install
     keep = archive_dir is not None
     directory = archive_dir or Path(tempfile.mkdtemp(prefix="medianserv-archives-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -190,18 +191,23 @@ def bench_history(
 
         split: dict[str, float] = {}
 
-        def import_files(stats: SymbolStats, chosen: list[Any]) -> tuple[int, int, float, float]:
-            """Import ``chosen`` in order, one file ahead: (rows, trades, seconds, CPU seconds
-            of both processes; ``split`` says how much was whose)."""
+        def import_files(
+            stats: SymbolStats, chosen: list[Any], engine: str | None = None
+        ) -> tuple[int, int, float, float]:
+            """Import ``chosen`` in order, one file ahead, with the reader ``engine`` (the
+            service's own by default): (rows, trades, seconds, CPU seconds of both processes;
+            ``split`` says how much was whose)."""
             t, mine, theirs = time.perf_counter(), time.process_time(), cpu_seconds(worker)
             cpu = mine + theirs
             n_rows = n_trades = 0
-            ahead = [pool.submit(fetch_and_reduce, server.url, f) for f, _, _ in chosen[:2]]
+            ahead = [pool.submit(fetch_and_reduce, server.url, f, engine=engine)
+                     for f, _, _ in chosen[:2]]  # fmt: skip
             done: list[tuple[Any, Reduced]] = []
             for i, (file, _, _) in enumerate(chosen):
                 r = ahead[i].result()
                 if i + 2 < len(chosen):
-                    ahead.append(pool.submit(fetch_and_reduce, server.url, chosen[i + 2][0]))
+                    ahead.append(pool.submit(fetch_and_reduce, server.url, chosen[i + 2][0],
+                                             engine=engine))  # fmt: skip
                 if not isinstance(r, Reduced):
                     raise RuntimeError(f"{file.name} refused: {r}")
                 applied = stats.apply_levels(r.first_id, r.last_id, r.levels, r.counts,
@@ -253,6 +259,9 @@ def bench_history(
                     else:
                         rates[f"{engine} alone"] = dec_rows / work
                         rates[engine] = dec_rows / (unzip + work)
+                if native:  # the same import with the reader used where there is no compiler
+                    imp_rows, _, _, imp_cpu = import_files(fresh(total), sample, "polars")
+                    rates["import, polars reader"] = imp_rows / imp_cpu
                 imp_rows, imp_trades, _, imp_cpu = import_files(fresh(total), sample)
                 rates["import"] = imp_rows / imp_cpu
                 per_round.append(rates)
@@ -272,17 +281,27 @@ def bench_history(
                 row(f"unzip + {engine}: rows per CPU second", engine),
             ]  # fmt: skip
         trades_rate, pool_share, service_share = (median(x) for x in zip(*shares, strict=True))
+        if native:
+            rows.append(
+                row(
+                    "import end to end with the polars reader (no C compiler at "
+                    "install): rows per CPU second",
+                    "import, polars reader",
+                )
+            )
         rows += [
-            row("import end to end over local HTTP: rows per CPU second (both processes)",
-                "import"),
+            row("import end to end over local HTTP: rows per CPU second (both processes), "
+                f"{'C' if native else 'polars'} reader", "import"),
             Row("import end to end: trades per CPU second", trades_rate, "trades/s"),
             Row("of its CPU, the pool process (download, checksum, inflate, parse, reduce)",
                 pool_share, "%"),
             Row("of its CPU, the service process (merge into the median)", service_share, "%"),
         ]  # fmt: skip
-        for other_side in ("decompress", *engines):
+        polars_reader = ["import, polars reader"] if native else []
+        labels = {"decompress": "decompress", "import, polars reader": "(import, polars reader)"}
+        for other_side in ("decompress", *engines, *polars_reader):
             ratios = [r["import"] / r[other_side] for r in per_round]
-            label = "decompress" if other_side == "decompress" else f"(unzip + {other_side})"
+            label = labels.get(other_side, f"(unzip + {other_side})")
             rows += [
                 Row(f"import / {label}, per core, same files: median of {rounds} rounds",
                     median(ratios), "x"),

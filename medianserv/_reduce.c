@@ -1,0 +1,401 @@
+/* medianserv._reduce: one pass over a Binance trade-archive CSV (aggTrades or trades), checking
+ * every row and summing the trades of each price into a hash table. The native twin of
+ * medianserv.archive's polars reduction, with the same checks and the same reasons; see
+ * archive.reduce_csv, which drives it, for the rules and why each exists.
+ *
+ * Why native code: the layout is fixed (8 or 7 comma-separated fields, no quotes), so one
+ * pass can parse only the five fields it needs straight into integers, check them as it goes,
+ * and count each row into a table keyed by its exact price in 1e-8 units. A general CSV engine
+ * instead tokenises every field into columns, builds a string column of prices, and groups it
+ * by text in a second and third pass (see `medianserv bench history` for the measured gap).
+ *
+ * Exact and strict: prices are plain decimals (ASCII digits, at most 11 before an optional
+ * point and 1..8 after it) read with integer arithmetic only; ids and times are optionally
+ * signed integers of at most 18 digits. No float, no locale, no rounding.
+ *
+ * Pure: no I/O, no clock, no logging; the GIL is released while a chunk is parsed.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EMPTY UINT64_MAX          /* no price is this large (10^19 - 1 at most) */
+#define MAX_LINE (1 << 20)        /* a longer line is not a trade row */
+
+typedef struct {
+    PyObject_HEAD
+    /* what was asked */
+    int agg;                      /* aggTrades layout (a,p,q,f,l,T,m,M) or trades (f,p,q,qq,T,m,M) */
+    int64_t cut, top, start_ms, end_ms;
+    int64_t micros_at;            /* a time at least this large is in µs, not ms */
+    /* what was seen */
+    int busy;                     /* a feed is running (the GIL is released meanwhile) */
+    int started;                  /* a line was seen (the first may be a header) */
+    int header;
+    int64_t rows, invalid;
+    int have_prev;
+    int64_t prev_a, prev_l, prev_t;
+    int64_t file_first;
+    int have_first;
+    int64_t first_id, first_agg, last_counted;
+    int64_t last_row[5];          /* agg id, first id, last id, price units, time ms */
+    /* trades per price: open addressing, linear probing, load at most 1/2 */
+    uint64_t *keys;
+    int64_t *counts;
+    size_t cap, used;
+    int shift;                    /* 64 - log2(cap): a slot is the hash's top bits */
+    size_t run_slot;              /* slot of the previous counted row's price */
+    uint64_t run_price;
+    /* the unfinished last line of the previous chunk */
+    char *carry;
+    size_t carry_len, carry_cap;
+    char error[160];
+} Reducer;
+
+static int grow(Reducer *r) {
+    size_t cap = r->cap ? r->cap * 2 : 1 << 12;
+    int shift = r->cap ? r->shift - 1 : 64 - 12;
+    uint64_t *keys = malloc(cap * sizeof *keys);
+    int64_t *counts = malloc(cap * sizeof *counts);
+    if (!keys || !counts) {
+        free(keys);
+        free(counts);
+        return -1;
+    }
+    memset(keys, 0xff, cap * sizeof *keys);
+    for (size_t i = 0; i < r->cap; i++) {
+        if (r->keys[i] == EMPTY) continue;
+        size_t j = (size_t)((r->keys[i] * 0x9E3779B97F4A7C15ULL) >> shift);
+        while (keys[j] != EMPTY) j = (j + 1) & (cap - 1);
+        keys[j] = r->keys[i];
+        counts[j] = r->counts[i];
+    }
+    free(r->keys);
+    free(r->counts);
+    r->keys = keys;
+    r->counts = counts;
+    r->cap = cap;
+    r->shift = shift;
+    r->run_price = EMPTY;
+    return 0;
+}
+
+/* Adds n trades at price; -1 when memory runs out. O(1) expected. */
+static inline int add(Reducer *r, uint64_t price, int64_t n) {
+    if (price == r->run_price) { /* the same price as the row before: no hashing */
+        r->counts[r->run_slot] += n;
+        return 0;
+    }
+    if (2 * (r->used + 1) > r->cap && grow(r) < 0) return -1;
+    size_t mask = r->cap - 1;
+    size_t j = (size_t)((price * 0x9E3779B97F4A7C15ULL) >> r->shift);
+    while (r->keys[j] != price) {
+        if (r->keys[j] == EMPTY) {
+            r->keys[j] = price;
+            r->counts[j] = 0;
+            r->used++;
+            break;
+        }
+        j = (j + 1) & mask;
+    }
+    r->counts[j] += n;
+    r->run_slot = j;
+    r->run_price = price;
+    return 0;
+}
+
+#define FAIL(...) do { snprintf(r->error, sizeof r->error, __VA_ARGS__); return -1; } while (0)
+
+/* An integer field ending at ',' (or at '\n' when last); *p moves past the delimiter. */
+static inline int read_int(Reducer *r, const char **p, char end, int64_t *out, const char *name) {
+    const char *s = *p;
+    int neg = 0;
+    if (*s == '-') {
+        neg = 1;
+        s++;
+    }
+    const char *digits = s;
+    uint64_t v = 0; /* wraps harmlessly on a too long field, refused below */
+    while ((unsigned)(*s - '0') < 10u) v = v * 10 + (uint64_t)(*s++ - '0');
+    if (s == digits) {
+        if (*s == end && !neg) FAIL("format: row %lld: an empty field (%s)", (long long)r->rows + 1, name);
+        FAIL("format: row %lld: %s is not an integer", (long long)r->rows + 1, name);
+    }
+    if (s - digits > 18) FAIL("format: row %lld: %s has too many digits", (long long)r->rows + 1, name);
+    if (*s != end) FAIL("format: row %lld: %s is not an integer", (long long)r->rows + 1, name);
+    *p = s + 1;
+    *out = neg ? -(int64_t)v : (int64_t)v;
+    return 0;
+}
+
+/* The price field, as prices.parse_price reads it: D{1,11}(.D{1,8})?, in 1e-8 units. */
+static inline int read_price(Reducer *r, const char **p, uint64_t *out) {
+    static const uint64_t scale[9] = {100000000ULL, 10000000ULL, 1000000ULL, 100000ULL, 10000ULL,
+                                      1000ULL, 100ULL, 10ULL, 1ULL};
+    const char *s = *p, *digits = s;
+    uint64_t whole = 0, fraction = 0;
+    while ((unsigned)(*s - '0') < 10u) whole = whole * 10 + (uint64_t)(*s++ - '0');
+    size_t n = (size_t)(s - digits);
+    if (n == 0 && *s == ',') FAIL("format: row %lld: an empty field (price)", (long long)r->rows + 1);
+    if (n == 0 || n > 11) FAIL("bad_price: row %lld: a price that is not a plain decimal", (long long)r->rows + 1);
+    if (*s == '.') {
+        const char *f = ++s;
+        while ((unsigned)(*s - '0') < 10u) fraction = fraction * 10 + (uint64_t)(*s++ - '0');
+        size_t k = (size_t)(s - f);
+        if (k == 0 || k > 8) FAIL("bad_price: row %lld: a price that is not a plain decimal", (long long)r->rows + 1);
+        fraction *= scale[k];
+    }
+    if (*s != ',') FAIL("bad_price: row %lld: a price that is not a plain decimal", (long long)r->rows + 1);
+    *p = s + 1;
+    *out = whole * 100000000ULL + fraction; /* at most 10^19 - 1: no overflow */
+    return 0;
+}
+
+/* A field read over (not needed); *p moves past its ',' or, for the last one, to its '\n'. */
+static inline int skip(Reducer *r, const char **p, int last) {
+    const char *s = *p;
+    while (*s != ',' && *s != '\n') s++;
+    if (last ? *s != '\n' : *s != ',') FAIL("format: row %lld: %s fields", (long long)r->rows + 1, last ? "too many" : "too few");
+    *p = last ? s : s + 1;
+    return 0;
+}
+
+/* Lines [p, end), end just past a '\n'. 0, or -1 with r->error set. */
+static int lines(Reducer *r, const char *p, const char *end) {
+    while (p < end) {
+        if (*p == '\n') FAIL("format: row %lld: an empty line", (long long)r->rows + 1);
+        if (!r->started) {
+            r->started = 1;
+            if ((unsigned)(*p - '0') >= 10u) { /* a header row (futures files, tools) */
+                r->header = 1;
+                p = memchr(p, '\n', (size_t)(end - p));
+                p++;
+                continue;
+            }
+        }
+        int64_t a, f, l, t;
+        uint64_t price;
+        if (r->agg) {
+            if (read_int(r, &p, ',', &a, "agg id") || read_price(r, &p, &price) || skip(r, &p, 0)
+                || read_int(r, &p, ',', &f, "first id") || read_int(r, &p, ',', &l, "last id")
+                || read_int(r, &p, ',', &t, "time") || skip(r, &p, 0) || skip(r, &p, 1))
+                return -1;
+        } else {
+            if (read_int(r, &p, ',', &f, "id") || read_price(r, &p, &price) || skip(r, &p, 0)
+                || skip(r, &p, 0) || read_int(r, &p, ',', &t, "time") || skip(r, &p, 0)
+                || skip(r, &p, 1))
+                return -1;
+            a = l = f;
+        }
+        p++; /* the '\n' */
+        r->rows++;
+        if (f < 0) { /* the 2022-04 audit's invalid rows: f = l = -1 */
+            if (!r->agg || f != -1 || l != -1) FAIL("format: row %lld: a negative trade id", (long long)r->rows);
+            r->invalid++;
+            continue;
+        }
+        if (t >= r->micros_at) t /= 1000;
+        if (r->have_prev) {
+            if (a != r->prev_a + 1) FAIL("order: aggregate ids not consecutive (row %lld)", (long long)r->rows);
+            if (t < r->prev_t) FAIL("order: times go back (row %lld)", (long long)r->rows);
+        }
+        if (t < r->start_ms || t >= r->end_ms) FAIL("period: row %lld", (long long)r->rows);
+        if (l < f || (r->have_prev && f != r->prev_l + 1))
+            FAIL("order: trade ids do not tile (an overlap, a hole, or going back; row %lld)", (long long)r->rows);
+        if (!r->have_prev) r->file_first = f;
+        r->have_prev = 1;
+        r->prev_a = a;
+        r->prev_l = l;
+        r->prev_t = t;
+        int64_t lo = f > r->cut ? f : r->cut, hi = l < r->top ? l : r->top;
+        if (hi < lo) continue;
+        if (!r->have_first) {
+            r->have_first = 1;
+            r->first_id = lo;
+            r->first_agg = a;
+        }
+        r->last_counted = hi;
+        if (add(r, price, hi - lo + 1) < 0) FAIL("memory: out of memory");
+        r->last_row[0] = a;
+        r->last_row[1] = f;
+        r->last_row[2] = l;
+        r->last_row[3] = (int64_t)price;
+        r->last_row[4] = t;
+    }
+    return 0;
+}
+
+static int keep(Reducer *r, const char *data, size_t n) {
+    if (r->carry_len + n > MAX_LINE) FAIL("format: a line longer than %d bytes", MAX_LINE);
+    if (r->carry_len + n > r->carry_cap) {
+        size_t cap = (r->carry_len + n) * 2;
+        char *carry = realloc(r->carry, cap);
+        if (!carry) FAIL("memory: out of memory");
+        r->carry = carry;
+        r->carry_cap = cap;
+    }
+    memcpy(r->carry + r->carry_len, data, n);
+    r->carry_len += n;
+    return 0;
+}
+
+/* A chunk of the CSV, cut anywhere: the unfinished line before it first, then its whole
+ * lines, then its unfinished end kept for the next. */
+static int chunk(Reducer *r, const char *data, size_t n) {
+    const char *end = data + n;
+    if (r->carry_len) {
+        const char *nl = memchr(data, '\n', n);
+        if (!nl) return keep(r, data, n);
+        size_t head = (size_t)(nl - data) + 1;
+        if (keep(r, data, head) || lines(r, r->carry, r->carry + r->carry_len)) return -1;
+        r->carry_len = 0;
+        data += head;
+    }
+    const char *last = end;
+    while (last > data && last[-1] != '\n') last--;
+    if (lines(r, data, last)) return -1;
+    return keep(r, last, (size_t)(end - last));
+}
+
+static int Reducer_init(Reducer *r, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"agg", "cut", "top", "start_ms", "end_ms", "micros_at", NULL};
+    int agg;
+    long long cut, top, start, end, micros_at;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pLLLLL", names, &agg, &cut, &top, &start, &end,
+                                     &micros_at))
+        return -1;
+    if (r->cap) {
+        PyErr_SetString(PyExc_RuntimeError, "a Reducer is used once");
+        return -1;
+    }
+    r->agg = agg;
+    r->cut = cut;
+    r->top = top;
+    r->start_ms = start;
+    r->end_ms = end;
+    r->micros_at = micros_at;
+    r->run_price = EMPTY;
+    if (grow(r) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void Reducer_dealloc(Reducer *r) {
+    free(r->keys);
+    free(r->counts);
+    free(r->carry);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyObject *fail(Reducer *r) {
+    if (!strncmp(r->error, "memory", 6)) return PyErr_NoMemory();
+    PyErr_SetString(PyExc_ValueError, r->error);
+    return NULL;
+}
+
+static PyObject *Reducer_feed(Reducer *r, PyObject *arg) {
+    Py_buffer view;
+    if (r->error[0]) return fail(r);
+    if (r->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "feed() while another feed() runs");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    int rc;
+    r->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    rc = chunk(r, view.buf, (size_t)view.len);
+    Py_END_ALLOW_THREADS
+    r->busy = 0;
+    PyBuffer_Release(&view);
+    if (rc < 0) return fail(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reducer_finish(Reducer *r, PyObject *Py_UNUSED(ignored)) {
+    if (r->error[0]) return fail(r);
+    if (r->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "finish() while a feed() runs");
+        return NULL;
+    }
+    if (r->carry_len) { /* the file lacks its last newline */
+        if (keep(r, "\n", 1) || lines(r, r->carry, r->carry + r->carry_len)) return fail(r);
+        r->carry_len = 0;
+    }
+    if (!r->have_prev) {
+        PyErr_SetString(PyExc_ValueError, "empty: no rows");
+        return NULL;
+    }
+    if (!r->have_first) {
+        PyErr_SetString(PyExc_ValueError, "empty: no trade within the ids asked for");
+        return NULL;
+    }
+    PyObject *levels = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(r->used * 8));
+    PyObject *counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(r->used * 8));
+    if (!levels || !counts) {
+        Py_XDECREF(levels);
+        Py_XDECREF(counts);
+        return NULL;
+    }
+    uint64_t *lv = (uint64_t *)PyBytes_AS_STRING(levels);
+    int64_t *cn = (int64_t *)PyBytes_AS_STRING(counts);
+    size_t k = 0;
+    for (size_t i = 0; i < r->cap; i++) {
+        if (r->keys[i] == EMPTY) continue;
+        lv[k] = r->keys[i];
+        cn[k++] = r->counts[i];
+    }
+    PyObject *first_agg = r->agg ? PyLong_FromLongLong(r->first_agg) : Py_NewRef(Py_None);
+    return Py_BuildValue("NNLLNLL(LLLLL)LLi", levels, counts, (long long)r->first_id,
+                         (long long)r->last_counted, first_agg, (long long)r->file_first,
+                         (long long)r->prev_l, (long long)r->last_row[0], (long long)r->last_row[1],
+                         (long long)r->last_row[2], (long long)r->last_row[3],
+                         (long long)r->last_row[4], (long long)r->rows, (long long)r->invalid,
+                         r->header);
+}
+
+static PyMethodDef Reducer_methods[] = {
+    {"feed", (PyCFunction)Reducer_feed, METH_O,
+     "feed(chunk): the next bytes of the CSV, cut anywhere. Raises ValueError('<reason>: ...') "
+     "for a row that fails a check; the Reducer is then spent. O(len(chunk))."},
+    {"finish", (PyCFunction)Reducer_finish, METH_NOARGS,
+     "finish() -> (levels, counts, first_id, last_id, first_agg, file_first_id, file_last_id, "
+     "last_row, rows, invalid_rows, header): levels and counts as native uint64 / int64 bytes, "
+     "in no order. O(distinct prices)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReducerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "medianserv._reduce.Reducer",
+    .tp_basicsize = sizeof(Reducer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Reducer(agg, cut, top, start_ms, end_ms, micros_at): one archive CSV, fed in chunks, reduced "
+              "to trades per price (1e-8 units) with every row checked; trade ids outside "
+              "cut..top are checked but not counted; times from micros_at on are read as µs. Memory O(distinct prices + longest line).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reducer_init,
+    .tp_dealloc = (destructor)Reducer_dealloc,
+    .tp_methods = Reducer_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "medianserv._reduce",
+    "One pass over a Binance trade-archive CSV: rows checked, trades summed per price.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__reduce(void) {
+    if (PyType_Ready(&ReducerType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Reducer", (PyObject *)&ReducerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
