@@ -242,7 +242,7 @@ def reduce_csv(
     Rows the 2022-04 data audit marked invalid (price 0, first and last trade id -1) cover
     no trade: skipped and counted in ``Reduced.quirks``; so is a header row.
 
-    Two engines, with the same checks and results: ``native`` (the default where it was
+    Two engines, with the same checks and results: ``C`` (the default where it was
     built at install, :mod:`medianserv._reduce`) reads the stream in chunks of
     ``block_size`` in one pass in C: each row's five needed fields parsed straight into
     integers, checked, and its trades added to a hash table keyed by the exact price in
@@ -250,11 +250,13 @@ def reduce_csv(
     whole lines for polars' CSV reader; see :func:`_reduce_polars`."""
     native = native_reader()
     if engine is None:
-        engine = "native" if native is not None else "polars"
+        engine = "C" if native is not None else "polars"
     if engine == "polars":
         return _reduce_polars(stream, file, cut, top, block_size)
+    if engine != "C":
+        raise RuntimeError(f"no archive reader {engine!r} (C or polars)")
     if native is None:
-        raise RuntimeError("the native reader was not built at install (no C compiler?)")
+        raise RuntimeError("the C reader was not built at install (no C compiler?)")
     return _reduce_native(native, stream, file, cut, top, block_size)
 
 

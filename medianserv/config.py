@@ -104,6 +104,9 @@ class Config:
     history_workers: int = _opt(
         max(1, (os.cpu_count() or 2) - 1), "processes that download and reduce archive files "
         "(default: one core left for live ingest)", advanced=True)  # fmt: skip
+    archive_reader: str = _opt(
+        "auto", "how archive CSVs are read: 'C' (built at install), 'polars', or 'auto' (C "
+        "where it was built, polars otherwise)", advanced=True)  # fmt: skip
     history_weight_share: float = _opt(
         0.5, "ceiling on the IP's REST weight for the history import (below the backfill's, so "
         "live gaps come first)", advanced=True)  # fmt: skip
@@ -157,6 +160,13 @@ class Config:
             raise ConfigError("backfill_workers must be within 1..32")
         if not 1 <= self.history_workers <= 256:
             raise ConfigError("history_workers must be within 1..256")
+        if self.archive_reader not in ("auto", "C", "polars"):
+            raise ConfigError("archive_reader must be auto, C or polars")
+        if self.archive_reader == "C":
+            from .archive import native_reader
+
+            if native_reader() is None:
+                raise ConfigError("archive_reader C: it was not built at install (no C compiler)")
         if not 0 < self.history_weight_share <= 1:
             raise ConfigError("history_weight_share must be within (0, 1]")
         if not self.archive_url.startswith(("http://", "https://")):

@@ -649,9 +649,9 @@ class Importer:
         start = self._plan_start(symbol, stats, front)
         cut = 0 if self._fresh(stats) else front.lo
         files = plan(symbol, start, int(self.clock() * 1000), self._today())
-        pool, base = self._pool_for(), self.config.archive_url
+        pool, base, reader = self._pool_for(), self.config.archive_url, self._reader()
         futures = {
-            (f, cut, front.hi): pool.submit(fetch_and_reduce, base, f, cut, front.hi)
+            (f, cut, front.hi): pool.submit(fetch_and_reduce, base, f, cut, front.hi, engine=reader)
             for f in files[: self._ahead()]
         }
         if not futures:
@@ -675,6 +675,11 @@ class Importer:
         origin came from REST, its earliest archive (older archives may exist)."""
         start = front.after_ms if front.after_ms is not None else 0
         return self._earliest_archive(symbol, start) if self._fresh(stats) else start
+
+    def _reader(self) -> str | None:
+        """The archive reader asked for (None: the C one where it was built)."""
+        reader = self.config.archive_reader
+        return None if reader == "auto" else reader
 
     def _ahead(self) -> int:
         """Files kept in the pool's hands at once."""
@@ -712,7 +717,8 @@ class Importer:
                 futures[file] = ready
                 self.stats.add(files_early=1)
                 return
-            futures[file] = self._pool_for().submit(fetch_and_reduce, base, file, lo, hi)
+            futures[file] = self._pool_for().submit(fetch_and_reduce, base, file, lo, hi,
+                                                    engine=self._reader())  # fmt: skip
 
         def keep(file: ArchiveFile, result: Reduced) -> None:  # decide again, no new download
             done: cf.Future[Reduced | Refused] = cf.Future()

@@ -34,7 +34,7 @@ DAY_MS = 1_723_161_600_000  # 2024-08-09T00:00:00Z
 
 #: Both readers of an archive CSV: the C one (built at install where a compiler is) and polars.
 ENGINES = [
-    pytest.param("native", marks=pytest.mark.skipif(
+    pytest.param("C", marks=pytest.mark.skipif(
         native_reader() is None, reason="the C reader was not built at install (no C compiler)")),
     "polars",
 ]  # fmt: skip
@@ -230,7 +230,7 @@ def test_the_c_reader_is_never_more_lenient_than_polars(
                 r.last_row, r.rows, r.quirks, r.file_first_id, r.file_last_id)  # fmt: skip
 
     try:
-        native = run("native")
+        native = run("C")
     except ValueError as exc:
         assert str(exc).split(":")[0] in ("format", "bad_price", "order", "period", "empty")
         return

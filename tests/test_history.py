@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
+from medianserv.archive import native_reader
 from medianserv.sim import SimConfig, Simulator
 
 from .support import wait_for
@@ -230,6 +231,7 @@ def test_history_status_while_importing(past_sim: Simulator, tmp_path: Path) -> 
     # symbols one after the other: each with a past, but the first, had files reduced while
     # the one before finished, and used them
     assert history["files_early"] >= len(sim.truth()) - 1, history  # truth: those with a past
+    assert history["reader"] == ("C" if native_reader() is not None else "polars")
     assert metric(run, "history_files_to_go")[""] == 0
     assert metric(run, "history_trades_to_import")[""] == 0
     assert metric(run, "history_eta_seconds")[""] == 0

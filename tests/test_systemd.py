@@ -78,11 +78,13 @@ def _deny_write_execute() -> None:
         os._exit(97)
 
 
-def test_history_imports_under_the_units_memory_restrictions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader", ["auto", "polars"])
+def test_history_imports_under_the_units_memory_restrictions(tmp_path: Path, reader: str) -> None:
     """The unit forbids memory that is writable and then executable. Everything the service
-    runs must live with that, its archive pool too (polars probes the CPU with a bit of
-    generated code unless told not to: the unit tells it). Run the service as the unit
-    would (its environment, W^X memory), with a past to import: it must end exact."""
+    runs must live with that, its archive pool too, with either archive reader (polars, used
+    where no C compiler was at install, probes the CPU with a bit of generated code unless
+    told not to: the unit tells it). Run the service as the unit would (its environment, W^X
+    memory), with a past to import: it must end exact."""
     text = UNIT.read_text()
     if not re.search(r"^MemoryDenyWriteExecute=yes$", text, re.M):
         pytest.skip("the unit does not deny write-execute memory")
@@ -94,7 +96,8 @@ def test_history_imports_under_the_units_memory_restrictions(tmp_path: Path) -> 
     with Simulator(config) as sim:
         env = {**os.environ, **_unit_environment()}
         run = Running(sim, tmp_path / "data", "--history", "all", "--archive-url",
-                      sim.archive_url, "--history-workers", "1", env=env,
+                      sim.archive_url, "--history-workers", "1", "--archive-reader", reader,
+                      env=env,
                       preexec_fn=_deny_write_execute)  # fmt: skip
         wait_for(lambda: run.get("/-/status")[1]["history"]["complete"] == len(sim.listed()),
                  timeout=180)  # fmt: skip

@@ -183,11 +183,17 @@ def bench_history(
     zip_bytes = sum((directory / f.path).stat().st_size for f, _, _ in made)
     rows.append(Row("archive size (zip)", zip_bytes / 2**20, "MiB"))
     server = StaticServer(directory)
-    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    # one pool process per reader (the service's own, and polars' where the C one was built),
+    # each up and warmed before any clock; its process, for its CPU time and peak memory
+    pools: dict[str | None, Any] = {}
+    workers: dict[str | None, int] = {}
     try:
-        pool.submit(warm_up).result()  # the worker is up, polars loaded, before any clock
-
-        worker = next(iter(pool._processes))  # the pool's one process, for its CPU time
+        for engine in (None, "polars") if native else (None,):
+            pools[engine] = cf.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn")
+            )
+            pools[engine].submit(warm_up).result()
+            workers[engine] = next(iter(pools[engine]._processes))
 
         split: dict[str, float] = {}
 
@@ -197,6 +203,7 @@ def bench_history(
             """Import ``chosen`` in order, one file ahead, with the reader ``engine`` (the
             service's own by default): (rows, trades, seconds, CPU seconds of both processes;
             ``split`` says how much was whose)."""
+            pool, worker = pools[engine], workers[engine]
             t, mine, theirs = time.perf_counter(), time.process_time(), cpu_seconds(worker)
             cpu = mine + theirs
             n_rows = n_trades = 0
@@ -332,7 +339,9 @@ def bench_history(
         if state != sorted(expected.items()) or stats.view().count != total:
             raise RuntimeError("the imported statistics differ from the archives' own count")
         main_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        child_mib = peak_rss_mib(worker)
+        child_mib = peak_rss_mib(workers[None])
+        polars_mib = [Row("peak memory, a pool process with the polars reader (rounds above)",
+                          peak_rss_mib(workers["polars"]), "MiB")] if native else []  # fmt: skip
         rate = all_trades / all_time
         rows += [
             Row(f"import of {all_trades:,} trades ({all_rows:,} rows)", all_time, "s"),
@@ -346,6 +355,7 @@ def bench_history(
                 "MiB",
             ),
             Row("peak memory, a pool process", child_mib, "MiB"),
+            *polars_mib,
             Row(
                 "a whole BTCUSDT history (5e9 trades) at this rate, 1 pool process",
                 5e9 / rate / 3600,
@@ -353,7 +363,8 @@ def bench_history(
             ),
         ]
     finally:
-        pool.shutdown()
+        for pool in pools.values():
+            pool.shutdown()
         server.stop()
         if not keep:
             import shutil
