@@ -169,7 +169,7 @@ static int lines(Reducer *r, const char *p, const char *end) {
         if (*p == '\n') FAIL("format: row %lld: an empty line", (long long)r->rows + 1);
         if (!r->started) {
             r->started = 1;
-            if ((unsigned)(*p - '0') >= 10u) { /* a header row (futures files, tools) */
+            if ((unsigned)((*p | 0x20) - 'a') < 26u) { /* a header row (futures files, tools) */
                 r->header = 1;
                 p = memchr(p, '\n', (size_t)(end - p));
                 p++;
@@ -298,13 +298,17 @@ static PyObject *fail(Reducer *r) {
     return NULL;
 }
 
+static int ready(Reducer *r) {
+    if (!r->cap) PyErr_SetString(PyExc_RuntimeError, "the Reducer was not initialised");
+    else if (r->busy) PyErr_SetString(PyExc_RuntimeError, "the Reducer is busy in another thread");
+    else return 1;
+    return 0;
+}
+
 static PyObject *Reducer_feed(Reducer *r, PyObject *arg) {
     Py_buffer view;
+    if (!ready(r)) return NULL;
     if (r->error[0]) return fail(r);
-    if (r->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "feed() while another feed() runs");
-        return NULL;
-    }
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     int rc;
     r->busy = 1;
@@ -318,11 +322,8 @@ static PyObject *Reducer_feed(Reducer *r, PyObject *arg) {
 }
 
 static PyObject *Reducer_finish(Reducer *r, PyObject *Py_UNUSED(ignored)) {
+    if (!ready(r)) return NULL;
     if (r->error[0]) return fail(r);
-    if (r->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "finish() while a feed() runs");
-        return NULL;
-    }
     if (r->carry_len) { /* the file lacks its last newline */
         if (keep(r, "\n", 1) || lines(r, r->carry, r->carry + r->carry_len)) return fail(r);
         r->carry_len = 0;

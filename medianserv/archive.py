@@ -240,7 +240,8 @@ def reduce_csv(
     distinct prices).
 
     Rows the 2022-04 data audit marked invalid (price 0, first and last trade id -1) cover
-    no trade: skipped and counted in ``Reduced.quirks``; so is a header row.
+    no trade: skipped and counted in ``Reduced.quirks``; so is a header row (a first line
+    that starts with a letter: a first row led by anything else is never skipped unseen).
 
     Two engines, with the same checks and results: ``C`` (the default where it was
     built at install, :mod:`medianserv._reduce`) reads the stream in chunks of
@@ -336,7 +337,7 @@ def _reduce_polars(
     rows = invalid = 0
     start, end = file.start_ms, file.end_ms
     for number, block in enumerate(_lines(stream, block_size)):
-        if number == 0 and not block[:1].isdigit():  # a header row (futures files, tools)
+        if number == 0 and block[:1].isalpha():  # a header row (futures files, tools)
             block = block[block.find(b"\n") + 1 :]
             quirks["header"] = 1
         if not block:
