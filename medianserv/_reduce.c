@@ -109,8 +109,8 @@ static inline int add(Reducer *r, uint64_t price, int64_t n) {
 
 #define FAIL(...) do { snprintf(r->error, sizeof r->error, __VA_ARGS__); return -1; } while (0)
 
-/* An integer field ending at ',' (or at '\n' when last); *p moves past the delimiter. */
-static inline int read_int(Reducer *r, const char **p, char end, int64_t *out, const char *name) {
+/* An integer field, ending at its ','; *p moves past it. */
+static inline int read_int(Reducer *r, const char **p, int64_t *out, const char *name) {
     const char *s = *p;
     int neg = 0;
     if (*s == '-') {
@@ -121,11 +121,11 @@ static inline int read_int(Reducer *r, const char **p, char end, int64_t *out, c
     uint64_t v = 0; /* wraps harmlessly on a too long field, refused below */
     while ((unsigned)(*s - '0') < 10u) v = v * 10 + (uint64_t)(*s++ - '0');
     if (s == digits) {
-        if (*s == end && !neg) FAIL("format: row %lld: an empty field (%s)", (long long)r->rows + 1, name);
+        if (*s == ',' && !neg) FAIL("format: row %lld: an empty field (%s)", (long long)r->rows + 1, name);
         FAIL("format: row %lld: %s is not an integer", (long long)r->rows + 1, name);
     }
     if (s - digits > 18) FAIL("format: row %lld: %s has too many digits", (long long)r->rows + 1, name);
-    if (*s != end) FAIL("format: row %lld: %s is not an integer", (long long)r->rows + 1, name);
+    if (*s != ',') FAIL("format: row %lld: %s is not an integer", (long long)r->rows + 1, name);
     *p = s + 1;
     *out = neg ? -(int64_t)v : (int64_t)v;
     return 0;
@@ -179,13 +179,13 @@ static int lines(Reducer *r, const char *p, const char *end) {
         int64_t a, f, l, t;
         uint64_t price;
         if (r->agg) {
-            if (read_int(r, &p, ',', &a, "agg id") || read_price(r, &p, &price) || skip(r, &p, 0)
-                || read_int(r, &p, ',', &f, "first id") || read_int(r, &p, ',', &l, "last id")
-                || read_int(r, &p, ',', &t, "time") || skip(r, &p, 0) || skip(r, &p, 1))
+            if (read_int(r, &p, &a, "agg id") || read_price(r, &p, &price) || skip(r, &p, 0)
+                || read_int(r, &p, &f, "first id") || read_int(r, &p, &l, "last id")
+                || read_int(r, &p, &t, "time") || skip(r, &p, 0) || skip(r, &p, 1))
                 return -1;
         } else {
-            if (read_int(r, &p, ',', &f, "id") || read_price(r, &p, &price) || skip(r, &p, 0)
-                || skip(r, &p, 0) || read_int(r, &p, ',', &t, "time") || skip(r, &p, 0)
+            if (read_int(r, &p, &f, "id") || read_price(r, &p, &price) || skip(r, &p, 0)
+                || skip(r, &p, 0) || read_int(r, &p, &t, "time") || skip(r, &p, 0)
                 || skip(r, &p, 1))
                 return -1;
             a = l = f;
@@ -229,6 +229,7 @@ static int lines(Reducer *r, const char *p, const char *end) {
 }
 
 static int keep(Reducer *r, const char *data, size_t n) {
+    if (!n) return 0;
     if (r->carry_len + n > MAX_LINE) FAIL("format: a line longer than %d bytes", MAX_LINE);
     if (r->carry_len + n > r->carry_cap) {
         size_t cap = (r->carry_len + n) * 2;
@@ -386,8 +387,10 @@ static PyTypeObject ReducerType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "medianserv._reduce",
-    "One pass over a Binance trade-archive CSV: rows checked, trades summed per price.", -1, NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "medianserv._reduce",
+    .m_doc = "One pass over a Binance trade-archive CSV: rows checked, trades summed per price.",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__reduce(void) {
