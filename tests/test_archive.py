@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import zipfile
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -270,6 +272,50 @@ def test_the_c_reader_is_never_more_lenient_than_polars(
         assert str(exc).split(":")[0] in ("format", "bad_price", "order", "period", "empty")
         return
     assert run("polars") == native
+
+
+_UNDER_SANITIZERS = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("medianserv._reduce", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+sys.modules["medianserv._reduce"] = module  # what archive.native_reader() imports
+import pytest
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-k", "not sanitizers and not connection",
+                      __file__]))
+"""
+
+
+@pytest.mark.skipif(native_reader() is None, reason="the C reader was not built at install")
+def test_the_c_reader_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
+    """The C reader built with AddressSanitizer and UndefinedBehaviorSanitizer runs this
+    file's tests of it (the property tests included): any out-of-bounds access, use after
+    free or undefined operation stops the run. Skipped without gcc and its sanitizer
+    runtimes."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    gcc = shutil.which("gcc")
+    runtimes = [subprocess.run([gcc, f"-print-file-name={lib}"], capture_output=True,
+                               text=True, check=False).stdout.strip()
+                for lib in ("libasan.so", "libubsan.so")] if gcc else []  # fmt: skip
+    if not gcc or not all(Path(r).is_absolute() and Path(r).exists() for r in runtimes):
+        pytest.skip("no gcc with AddressSanitizer and UndefinedBehaviorSanitizer here")
+    source = Path(__file__).parents[1] / "medianserv" / "_reduce.c"
+    built = tmp_path / "_reduce_sanitized.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
+                    "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                    f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(built)],
+                   check=True)  # fmt: skip
+    script = tmp_path / "run.py"
+    script.write_text(_UNDER_SANITIZERS.replace("__file__", repr(__file__)))
+    env = {**os.environ, "LD_PRELOAD": " ".join(runtimes), "ASAN_OPTIONS": "detect_leaks=0"}
+    done = subprocess.run([sys.executable, str(script), str(built)], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert " passed" in done.stdout and "error" not in done.stderr.lower(), done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
