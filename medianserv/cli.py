@@ -63,7 +63,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         elif suite == "snapshot":
             part = bench.bench_snapshot(args.levels, shared)
         elif suite == "history" and args.market:
-            part = bench.bench_market(args.symbols, args.trades, args.archive_dir, shared)
+            part = bench.bench_market(args.symbols, args.trades, args.archive_dir, shared,
+                                      args.workers, args.latency_ms)  # fmt: skip
         elif suite == "history":
             part = bench.bench_history(args.trades, args.files, args.archive_dir, shared)
         elif suite == "scale":
@@ -315,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="history: the whole market's rehearsal (--symbols, --trades)",
     )
     bench.add_argument("--symbols", type=int, default=300, help="history --market: symbols")
+    bench.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="history --market: pool processes (default: the service's)",
+    )
+    bench.add_argument("--latency-ms", type=float, default=0.0,
+                       help="history --market: each archive answer held back this long, as "
+                       "a round trip to a CDN would")  # fmt: skip
     bench.add_argument("--prices", type=lambda s: int(float(s)), default=10**7,
                        help="scale: distinct prices in one median")  # fmt: skip
     bench.add_argument(

@@ -239,10 +239,15 @@ def peak_rss_mib(pid: int) -> float:
 
 
 _STATIC_SERVER = """
-import functools, http.server, sys
+import functools, http.server, sys, time
+DELAY = float(sys.argv[3]) / 1000
 class Handler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # connections kept alive, as a CDN keeps them
     disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall
+    def send_head(self):
+        if DELAY:
+            time.sleep(DELAY)  # a round trip to a CDN's edge, before the first byte
+        return super().send_head()
     def log_message(self, *args):
         pass
 handler = functools.partial(Handler, directory=sys.argv[2])
@@ -252,9 +257,10 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler).serve_
 
 class StaticServer:
     """A directory served over local HTTP/1.1 (the standard library's file server, keeping
-    connections alive as a CDN does), in its own process."""
+    connections alive as a CDN does), in its own process; each answer is held back
+    ``latency_ms`` before its first byte, as a round trip to a distant server would."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, latency_ms: float = 0.0) -> None:
         import socket
         import subprocess
 
@@ -262,7 +268,7 @@ class StaticServer:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _STATIC_SERVER, str(port), str(directory)],
+            [sys.executable, "-c", _STATIC_SERVER, str(port), str(directory), str(latency_ms)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"

@@ -69,8 +69,11 @@ def bench_market(
     archive_dir: Path | None = None,
     shared_data: Path | None = None,
     workers: int | None = None,
+    latency_ms: float = 0.0,
 ) -> list[Row]:
-    """The whole-market rehearsal (see the module's docstring)."""
+    """The whole-market rehearsal (see the module's docstring), with ``workers`` pool
+    processes (the service's default if None) and every archive answer held back
+    ``latency_ms`` (a round trip to a CDN; 0: loopback as it is)."""
     from ..config import Config
     from ..exchange import RestClient
     from ..importer import Importer
@@ -101,7 +104,7 @@ def bench_market(
         Row("market: archive size (zip)", zip_bytes / 2**20, "MiB"),
     ]  # fmt: skip
 
-    server = StaticServer(directory)
+    server = StaticServer(directory, latency_ms)
     sim = SimProcess(300, shared_data)
     store_dir = Path(tempfile.mkdtemp(prefix="medianserv-market-store-"))
     history = SymbolTable.build([symbol for symbol, _, _ in made])
@@ -163,7 +166,8 @@ def bench_market(
         if restored["count_all"] < total_trades or restored["symbols"] < len(made):
             raise RuntimeError(f"the restore holds {restored['count']} trades, not all")
         rows += [
-            Row(f"market: import with {workers} pool process(es), wall", elapsed, "s"),
+            Row(f"market: import with {workers} pool process(es), {latency_ms:g} ms a request, "
+                "wall", elapsed, "s"),
             Row("market: files per second", applied_files / elapsed, "files/s"),
             Row("market: archive rows per second", applied_rows / elapsed, "rows/s"),
             Row("market: trades per second", applied_trades / elapsed, "trades/s"),
