@@ -33,6 +33,7 @@ is applied. Timestamps are milliseconds before 2025-01-01 and microseconds from 
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime as dt
 import hashlib
 import http.client
@@ -71,6 +72,8 @@ __all__ = [
 DAY_MS = 86_400_000
 #: From this instant on, archive timestamps are in microseconds (before it, milliseconds).
 MICROS_FROM_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+#: How much lower a pool process's CPU priority is than the service's (``nice``).
+POOL_NICENESS = 10
 #: Bytes read from a download at a time, and the most one file may take.
 CHUNK = 1 << 20
 MAX_FILE_BYTES = 1 << 34
@@ -774,7 +777,9 @@ def pool_process_init(parent_pid: int) -> None:
     """Run once in each pool process: load what reducing needs, and exit as soon as the
     service's process (``parent_pid``) is gone, however it went (a SIGKILL of it alone does
     not reach its pool). A thread polls the parent every 0.2 s, so a pool outlives its
-    service by well under a second."""
+    service by well under a second. The process runs ``POOL_NICENESS`` below the service,
+    so that live ingest comes first even with more pool processes than cores (more hide
+    the network's latency where each file waits on round trips to a distant server)."""
     import os
     import threading
     import time
@@ -785,4 +790,6 @@ def pool_process_init(parent_pid: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    with contextlib.suppress(OSError):  # below live ingest, which takes the CPU first
+        os.nice(POOL_NICENESS)
     warm_up()

@@ -530,3 +530,18 @@ def test_files_are_fetched_over_one_kept_connection() -> None:
                 b.levels.tolist(), b.counts.tolist(), b.first_id, b.last_id)  # fmt: skip
         else:
             assert (a.reason, a.file) == (b.reason, b.file)  # type: ignore[union-attr]
+
+
+def test_pool_processes_run_below_the_service() -> None:
+    """A pool process lowers its CPU priority (``nice``), so live ingest in the service's
+    process comes first even with more pool processes than cores."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from medianserv.archive import POOL_NICENESS, pool_process_init
+
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                initializer=pool_process_init,
+                                initargs=(os.getpid(),)) as pool:  # fmt: skip
+        theirs = pool.submit(os.nice, 0).result(timeout=120)
+    assert theirs == min(19, os.nice(0) + POOL_NICENESS)
