@@ -102,8 +102,10 @@ class Config:
         1_000_000, "largest gap backfilled; larger ones are counted as lost", advanced=True
     )
     history_workers: int = _opt(
-        max(1, (os.cpu_count() or 2) - 1), "processes that download and reduce archive files "
-        "(default: one core left for live ingest)", advanced=True)  # fmt: skip
+        0, "processes that download and reduce archive files; 0: twice the cores, at most 8, "
+        "with the C archive reader (they run below live ingest, and more than the cores hide "
+        "the archive server's round trips), one core left for live ingest with polars'",
+        advanced=True)  # fmt: skip
     archive_reader: str = _opt(
         "auto", "how archive CSVs are read: 'C' (built at install), 'polars', or 'auto' (C "
         "where it was built, polars otherwise)", advanced=True)  # fmt: skip
@@ -133,6 +135,26 @@ class Config:
         names = {s.strip().upper() for s in wanted.split(",") if s.strip()}
         return [s for s in listed if s.upper() in names]
 
+    def reader(self) -> str:
+        """The archive reader in use: ``C`` or ``polars``, as asked, or for ``auto`` the C
+        one where it was built at install."""
+        if self.archive_reader != "auto":
+            return self.archive_reader
+        from .archive import native_reader
+
+        return "C" if native_reader() is not None else "polars"
+
+    def pool_size(self) -> int:
+        """History pool processes: ``history_workers``, or for 0 twice the cores (at most 8,
+        at least 2) with the C reader, whose processes are small (about 70 MiB) and run
+        below live ingest, so that more of them than cores hide the round trips to a
+        distant archive server; one core left for live ingest with polars' (about 350 MiB
+        a process)."""
+        if self.history_workers:
+            return self.history_workers
+        cores = os.cpu_count() or 2
+        return min(8, max(2, 2 * cores)) if self.reader() == "C" else max(1, cores - 1)
+
     def validate(self) -> Config:
         """Raise :class:`ConfigError` for any value out of range; returns self."""
         positive = ("snapshot_interval", "exchange_info_interval", "control_messages_per_second",
@@ -158,15 +180,12 @@ class Config:
             raise ConfigError("http_threads must be within 1..64")
         if not 1 <= self.backfill_workers <= 32:
             raise ConfigError("backfill_workers must be within 1..32")
-        if not 1 <= self.history_workers <= 256:
-            raise ConfigError("history_workers must be within 1..256")
+        if not 0 <= self.history_workers <= 256:
+            raise ConfigError("history_workers must be within 0..256 (0: by the cores)")
         if self.archive_reader not in ("auto", "C", "polars"):
             raise ConfigError("archive_reader must be auto, C or polars")
-        if self.archive_reader == "C":
-            from .archive import native_reader
-
-            if native_reader() is None:
-                raise ConfigError("archive_reader C: it was not built at install (no C compiler)")
+        if self.archive_reader == "C" and self.reader() != "C":
+            raise ConfigError("archive_reader C: it was not built at install (no C compiler)")
         if not 0 < self.history_weight_share <= 1:
             raise ConfigError("history_weight_share must be within (0, 1]")
         if not self.archive_url.startswith(("http://", "https://")):

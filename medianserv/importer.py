@@ -545,7 +545,7 @@ class Importer:
     def _pool_for(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(
-                max_workers=self.config.history_workers,
+                max_workers=self.config.pool_size(),
                 mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
                 initializer=pool_process_init,
                 initargs=(os.getpid(),),
@@ -676,14 +676,13 @@ class Importer:
         start = front.after_ms if front.after_ms is not None else 0
         return self._earliest_archive(symbol, start) if self._fresh(stats) else start
 
-    def _reader(self) -> str | None:
-        """The archive reader asked for (None: the C one where it was built)."""
-        reader = self.config.archive_reader
-        return None if reader == "auto" else reader
+    def _reader(self) -> str:
+        """The archive reader in use (``C`` or ``polars``)."""
+        return self.config.reader()
 
     def _ahead(self) -> int:
         """Files kept in the pool's hands at once."""
-        return max(2, 2 * self.config.history_workers)
+        return max(2, 2 * self.config.pool_size())
 
     def _acquire(self) -> bool:
         return self.rest.acquire("aggTrades", self.ceiling, self.stopping)

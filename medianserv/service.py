@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 from .api import HttpServer, create_wsgi
-from .archive import native_reader
 from .config import Config
 from .exchange import RestClient
 from .ingest import Ingest
@@ -182,15 +181,10 @@ class Service:
             "failed": by_state.get("failed", 0),
             "trades": h.trades,
             "quirks": dict(h.quirks),
-            "reader": self._archive_reader(),
+            "reader": self.config.reader(),
+            "pool_processes": self.config.pool_size(),
             **self.ingest.importer.progress(),
         }
-
-    def _archive_reader(self) -> str:
-        """The archive reader in use: as configured, or for ``auto`` the C one where it was
-        built at install."""
-        asked = self.config.archive_reader
-        return asked if asked != "auto" else ("C" if native_reader() is not None else "polars")
 
     def sample(self) -> None:
         """Record every traded symbol's numbers in the dashboard's samples. O(symbols)."""

@@ -545,3 +545,22 @@ def test_pool_processes_run_below_the_service() -> None:
                                 initargs=(os.getpid(),)) as pool:  # fmt: skip
         theirs = pool.submit(os.nice, 0).result(timeout=120)
     assert theirs == min(19, os.nice(0) + POOL_NICENESS)
+
+
+def test_pool_size_by_reader_and_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--history-workers`` wins; by default (0) twice the cores, between 2 and 8, with the
+    C reader (small processes, below live ingest: more than the cores hide round trips),
+    one core left for live ingest with polars'; ``--archive-reader`` must be one of three."""
+    import dataclasses
+
+    from medianserv.config import Config
+    from medianserv.errors import ConfigError
+
+    for cores, c_reader, polars_reader in ((1, 2, 1), (2, 4, 1), (3, 6, 2), (16, 8, 15)):
+        monkeypatch.setattr(os, "cpu_count", lambda n=cores: n)
+        assert Config(archive_reader="polars").pool_size() == polars_reader
+        if native_reader() is not None:
+            assert Config().pool_size() == Config(archive_reader="C").pool_size() == c_reader
+    assert Config(history_workers=3, archive_reader="polars").pool_size() == 3
+    with pytest.raises(ConfigError):
+        dataclasses.replace(Config(), archive_reader="rust").validate()

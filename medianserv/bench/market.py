@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-import os
 import resource
 import tempfile
 import threading
@@ -82,7 +81,7 @@ def bench_market(
     from ..symbols import SymbolTable
     from .scale import _child
 
-    workers = workers or max(1, (os.cpu_count() or 2) - 1)  # the service's default
+    workers = workers or Config().pool_size()  # the service's default
     keep = archive_dir is not None
     directory = archive_dir or Path(tempfile.mkdtemp(prefix="medianserv-market-"))
     directory.mkdir(parents=True, exist_ok=True)
