@@ -496,31 +496,37 @@ def test_a_member_cut_short_is_an_eof_error() -> None:
         _Member(buf, info).read(-1)
 
 
-def test_files_are_fetched_over_one_kept_connection() -> None:
-    """A pool process fetches file after file (a CHECKSUM and a zip each, and the 404s of
-    files not out yet) over one kept-alive connection, not a TCP (and TLS) handshake per
-    request; and what it reduces is the same as over fresh connections."""
+def test_files_are_fetched_over_kept_connections() -> None:
+    """A pool process fetches file after file (a zip and, on its helper thread at the same
+    time, its CHECKSUM; and the 404s of files not out yet) over two kept-alive connections,
+    one per thread, not a TCP (and TLS) handshake per request; and what it reduces is the
+    same as over fresh connections."""
     import time as _time
 
-    from medianserv.archive import _CONNECTIONS, Reduced, fetch_and_reduce, plan
+    from medianserv.archive import _CONNECTIONS, Reduced, _beside, fetch_and_reduce, plan
     from medianserv.sim import SimConfig, Simulator
 
     config = SimConfig(symbols=3, paused=True, seed=41, past_days=70, past_trades_per_day=30)
     with Simulator(config) as sim:
+        host = sim.archive_url.split("//")[1]
+
+        def drop() -> None:  # both threads' connections
+            _CONNECTIONS.drop("http", host)
+            _beside(_CONNECTIONS.drop, "http", host).result()
+
         symbol = next(iter(sim.truth()))
         now_ms = int(_time.time() * 1000)
         files = plan(symbol, now_ms - 75 * 86_400_000, now_ms, dt.datetime.now(dt.UTC).date())
-        _CONNECTIONS.drop("http", sim.archive_url.split("//")[1])
+        drop()
         before, requests = sim.archives.connections, sim.archives.requests
         kept = [fetch_and_reduce(sim.archive_url, f) for f in files]
-        assert sim.archives.requests - requests >= 2 * len(files) - 2  # a 404 asks once
-        assert sim.archives.connections - before == 1
-        _CONNECTIONS.drop("http", sim.archive_url.split("//")[1])
+        assert sim.archives.requests - requests == 2 * len(files)
+        assert sim.archives.connections - before == 2
         fresh = []
-        for f in files:  # each over a connection of its own
+        for f in files:  # each over connections of its own
+            drop()
             fresh.append(fetch_and_reduce(sim.archive_url, f))
-            _CONNECTIONS.drop("http", sim.archive_url.split("//")[1])
-        assert sim.archives.connections - before == 1 + len(files)
+        assert sim.archives.connections - before == 2 + 2 * len(files)
     reduced = [r for r in kept if isinstance(r, Reduced)]
     assert reduced and len(reduced) == sum(isinstance(r, Reduced) for r in fresh)
     for a, b in zip(kept, fresh, strict=True):

@@ -7,6 +7,10 @@ publishes a day's file the day after), neither before the symbol's first trade; 
 else is 404. Files are built from the ground truth on first request and kept, byte for byte
 (the zip's timestamps are the period's), so a CHECKSUM always matches its zip.
 
+A file's two halves (its CHECKSUM and its zip) are decided together, at the first request
+of either, whichever order they come in (a client may ask for both at once); the other half
+is then served from the same decision when it is asked for.
+
 Faults for tests (:meth:`ArchiveServer.spoil`): the next downloads come ``checksum``
 (the zip altered, its CHECKSUM not: a file republished between the two requests),
 ``truncated``, with a ``bad_price``, with ids going ``backwards``, or with the CSV of the
@@ -66,9 +70,11 @@ class ArchiveServer:
         self.lock = lock  # the simulator's hub_lock: guards the market
         self.clock = clock
         self._files: dict[str, bytes] = {}  # built zips by path; guarded by _files_lock
-        self._spoiled: dict[str, bytes] = {}  # a spoiled zip served after its CHECKSUM
+        # per zip path, the half of its last decision not asked for yet: "zip" or "checksum"
+        # -> (status, body), decided with the half already served
+        self._pending: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._faults: deque[str] = deque()
-        self._files_lock = threading.Lock()  # guards _files, _spoiled and _faults
+        self._files_lock = threading.Lock()  # guards _files, _pending and _faults
         self.requests = 0
         self.connections = 0  # TCP connections accepted
         self.served: set[str] = set()  # paths of the zips served whole (decoded)
@@ -142,35 +148,43 @@ class ArchiveServer:
         name = path.rsplit("/", 1)[1].removesuffix(".CHECKSUM").removesuffix(".zip")
         zip_path = path.removesuffix(".CHECKSUM")
         with self._files_lock:
-            data = self._spoiled.get(zip_path) if not checksum else None
-            if data is not None:
-                del self._spoiled[zip_path]
-                return 200, data
             data = self._files.get(zip_path)
         if data is None:
             data = self._build(symbol, kind, first, last, name)
             if data is None:
                 return 404, b"Not Found"
-            with self._files_lock:
-                self._files[zip_path] = data
-        if checksum:
-            with self._files_lock:
-                fault = self._faults.popleft() if self._faults else None
-                if fault == "late":  # not out yet: the next request finds it
-                    return 404, b"Not Found"
-                bad = None
-                if fault is not None:  # this file's download will be spoiled
-                    bad = self._spoil(fault, data, symbol, kind, first, last, name)
-                    if bad is None:  # not a file it can happen to: the next one
-                        self._faults.appendleft(fault)
-                if fault is not None and bad is not None:
-                    self._spoiled[zip_path] = bad
-                    if fault != "checksum":
-                        data = bad  # the CHECKSUM matches what will be served
-            return 200, f"{hashlib.sha256(data).hexdigest()}  {name}.zip\n".encode()
-        with self._files_lock:
-            self.served.add(zip_path)
-        return 200, data
+        half, other = ("checksum", "zip") if checksum else ("zip", "checksum")
+        with self._files_lock:  # decided and served at once: the other half may be here too
+            self._files.setdefault(zip_path, data)
+            pending = self._pending.pop(zip_path, None)
+            if pending is not None and half in pending:  # decided with the other half
+                out = pending[half]
+            else:
+                halves = self._decide(data, symbol, kind, first, last, name)
+                self._pending[zip_path] = {other: halves[other]}
+                out = halves[half]
+            if half == "zip" and out[0] == 200:
+                self.served.add(zip_path)
+            return out
+
+    def _decide(
+        self, data: bytes, symbol: str, kind: str, first: dt.date, last: dt.date, name: str
+    ) -> dict[str, tuple[int, bytes]]:
+        """Both halves of one download of a file (held: ``_files_lock``): the next fault, if
+        one can happen to this file, else the file as it is."""
+        fault = self._faults.popleft() if self._faults else None
+        if fault == "late":  # not out yet: the next request finds it
+            return {"zip": (404, b"Not Found"), "checksum": (404, b"Not Found")}
+        served = data
+        bad = self._spoil(fault, data, symbol, kind, first, last, name) if fault else None
+        if fault is not None and bad is None:  # not a file it can happen to: the next one
+            self._faults.appendleft(fault)
+        if bad is not None:
+            served = bad
+            if fault != "checksum":
+                data = bad  # the CHECKSUM matches what is served
+        line = f"{hashlib.sha256(data).hexdigest()}  {name}.zip\n".encode()
+        return {"zip": (200, served), "checksum": (200, line)}
 
     def _build(
         self, symbol: str, kind: str, first: dt.date, last: dt.date, name: str
