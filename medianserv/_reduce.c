@@ -1,6 +1,7 @@
 /* medianserv._reduce: one pass over a Binance trade-archive CSV (aggTrades or trades), checking
  * every row and summing the trades of each price into a hash table. The native twin of
- * medianserv.archive's polars reduction, with the same checks and the same reasons; see
+ * medianserv.archive's polars reduction, with the same checks and reasons (stricter about
+ * the layout: exactly the layout's field count, no stray byte in a number); see
  * archive.reduce_csv, which drives it, for the rules and why each exists.
  *
  * Why native code: the layout is fixed (8 or 7 comma-separated fields, no quotes), so one
