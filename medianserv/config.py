@@ -184,8 +184,11 @@ class Config:
             raise ConfigError("history_workers must be within 0..256 (0: by the cores)")
         if self.archive_reader not in ("auto", "C", "polars"):
             raise ConfigError("archive_reader must be auto, C or polars")
-        if self.archive_reader == "C" and self.reader() != "C":
-            raise ConfigError("archive_reader C: it was not built at install (no C compiler)")
+        if self.archive_reader == "C":
+            from .archive import native_reader
+
+            if native_reader() is None:
+                raise ConfigError("archive_reader C: it was not built at install (no C compiler)")
         if not 0 < self.history_weight_share <= 1:
             raise ConfigError("history_weight_share must be within (0, 1]")
         if not self.archive_url.startswith(("http://", "https://")):

@@ -559,6 +559,7 @@ def test_pool_size_by_reader_and_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     one core left for live ingest with polars'; ``--archive-reader`` must be one of three."""
     import dataclasses
 
+    import medianserv.archive as archive_module
     from medianserv.config import Config
     from medianserv.errors import ConfigError
 
@@ -570,3 +571,9 @@ def test_pool_size_by_reader_and_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Config(history_workers=3, archive_reader="polars").pool_size() == 3
     with pytest.raises(ConfigError):
         dataclasses.replace(Config(), archive_reader="rust").validate()
+    # where the C reader was not built: auto means polars', and asking for C stops the start
+    monkeypatch.setattr(archive_module, "native_reader", lambda: None)
+    assert (Config().reader(), Config().pool_size()) == ("polars", 15)
+    Config(archive_reader="polars").validate()
+    with pytest.raises(ConfigError, match="not built"):
+        Config(archive_reader="C").validate()
