@@ -757,11 +757,13 @@ class _Counting:
         return data
 
 
-def warm_up() -> None:
-    """Load what reducing needs (a pool process calls it once, before any file). Where the
-    C reader was not built, polars reduces: on one thread (the pool's processes are the
-    parallelism, and a thread pool per process would only add switching) and with its
-    allocator keeping freed pages for reuse (both set before polars is first imported)."""
+def warm_up(engine: str | None = None) -> None:
+    """Load what reducing with ``engine`` needs (see :func:`reduce_csv`; a pool process
+    calls it once, before any file) and reduce a row with it: its first-use costs are paid
+    before any clock or file. Where polars reduces, it does so on one thread (the pool's
+    processes are the parallelism, and a thread pool per process would only add switching)
+    and with its allocator keeping freed pages for reuse (both set before polars is first
+    imported)."""
     import os
 
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
@@ -773,7 +775,7 @@ def warm_up() -> None:
     _keep_freed_memory()
     day = dt.date(2024, 1, 1)
     row = b"1,1.00000000,1.00000000,1,1,%d,True,True\n" % (_ms(day) + 1)
-    reduce_csv(io.BytesIO(row), ArchiveFile(day, day, "X"))  # the parser's first-use costs
+    reduce_csv(io.BytesIO(row), ArchiveFile(day, day, "X"), engine=engine)  # first-use costs
 
 
 def _keep_freed_memory() -> None:
@@ -791,10 +793,10 @@ def _keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 256 << 20)
 
 
-def pool_process_init(parent_pid: int) -> None:
-    """Run once in each pool process: load what reducing needs, and exit as soon as the
-    service's process (``parent_pid``) is gone, however it went (a SIGKILL of it alone does
-    not reach its pool). A thread polls the parent every 0.2 s, so a pool outlives its
+def pool_process_init(parent_pid: int, engine: str | None = None) -> None:
+    """Run once in each pool process: load what reducing with ``engine`` needs, and exit as
+    soon as the service's process (``parent_pid``) is gone, however it went (a SIGKILL of it
+    alone does not reach its pool). A thread polls the parent every 0.2 s, so a pool outlives its
     service by well under a second. The process runs ``POOL_NICENESS`` below the service,
     so that live ingest comes first even with more pool processes than cores (more hide
     the network's latency where each file waits on round trips to a distant server)."""
@@ -810,4 +812,4 @@ def pool_process_init(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
     with contextlib.suppress(OSError):  # below live ingest, which takes the CPU first
         os.nice(POOL_NICENESS)
-    warm_up()
+    warm_up(engine)

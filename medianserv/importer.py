@@ -378,6 +378,8 @@ class Importer:
         self._state: dict[str, str] = {}  # symbol -> pending, importing, complete or failed
         self._failures: dict[str, int] = {}  # symbol -> failed attempts in a row (run() only)
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._engine = config.reader()  # the archive reader the pool processes use
+        self._workers = config.pool_size()  # pool processes
         self._early: _Early | None = None  # importer thread only, like the next one
         self._tried: set[str] = set()  # symbols a head start was tried for, until their turn
         self._rlog = RateLimitedLog(log)
@@ -406,7 +408,8 @@ class Importer:
         files applied and still to go in the current plans, bytes and rows read, trades
         imported and still to import (every requested symbol's front), the rate over the
         last minute and the ETA at that rate (None while unknown), and the files reduced
-        ahead of their symbol's turn (``files_early``). O(symbols requested)."""
+        ahead of their symbol's turn (``files_early``); the archive reader and the pool's
+        size. O(symbols requested)."""
         now = self.clock()
         rate = self.stats.rate(now)
         with self._lock:
@@ -424,7 +427,8 @@ class Importer:
                 "files_applied": s.files, "files_to_go": s.files_planned - s.files_settled,
                 "bytes": s.zip_bytes, "rows": s.rows, "trades": s.trades,
                 "trades_to_import": left, "trades_per_second": round(rate, 1),
-                "files_early": s.files_early,
+                "files_early": s.files_early, "reader": self._engine,
+                "pool_processes": self._workers,
             }  # fmt: skip
         out["eta_s"] = 0.0 if not left else (round(left / rate, 1) if rate > 0 else None)
         return out
@@ -545,10 +549,10 @@ class Importer:
     def _pool_for(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(
-                max_workers=self.config.pool_size(),
+                max_workers=self._workers,
                 mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
                 initializer=pool_process_init,
-                initargs=(os.getpid(),),
+                initargs=(os.getpid(), self._engine),
             )
         return self._pool
 
@@ -649,9 +653,9 @@ class Importer:
         start = self._plan_start(symbol, stats, front)
         cut = 0 if self._fresh(stats) else front.lo
         files = plan(symbol, start, int(self.clock() * 1000), self._today())
-        pool, base, reader = self._pool_for(), self.config.archive_url, self._reader()
+        pool, base, engine = self._pool_for(), self.config.archive_url, self._engine
         futures = {
-            (f, cut, front.hi): pool.submit(fetch_and_reduce, base, f, cut, front.hi, engine=reader)
+            (f, cut, front.hi): pool.submit(fetch_and_reduce, base, f, cut, front.hi, engine=engine)
             for f in files[: self._ahead()]
         }
         if not futures:
@@ -676,13 +680,9 @@ class Importer:
         start = front.after_ms if front.after_ms is not None else 0
         return self._earliest_archive(symbol, start) if self._fresh(stats) else start
 
-    def _reader(self) -> str:
-        """The archive reader in use (``C`` or ``polars``)."""
-        return self.config.reader()
-
     def _ahead(self) -> int:
         """Files kept in the pool's hands at once."""
-        return max(2, 2 * self.config.pool_size())
+        return max(2, 2 * self._workers)
 
     def _acquire(self) -> bool:
         return self.rest.acquire("aggTrades", self.ceiling, self.stopping)
@@ -717,7 +717,7 @@ class Importer:
                 self.stats.add(files_early=1)
                 return
             futures[file] = self._pool_for().submit(fetch_and_reduce, base, file, lo, hi,
-                                                    engine=self._reader())  # fmt: skip
+                                                    engine=self._engine)  # fmt: skip
 
         def keep(file: ArchiveFile, result: Reduced) -> None:  # decide again, no new download
             done: cf.Future[Reduced | Refused] = cf.Future()

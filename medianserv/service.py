@@ -181,8 +181,6 @@ class Service:
             "failed": by_state.get("failed", 0),
             "trades": h.trades,
             "quirks": dict(h.quirks),
-            "reader": self.config.reader(),
-            "pool_processes": self.config.pool_size(),
             **self.ingest.importer.progress(),
         }
 

@@ -101,6 +101,8 @@ def test_history_imports_under_the_units_memory_restrictions(tmp_path: Path, rea
                       preexec_fn=_deny_write_execute)  # fmt: skip
         wait_for(lambda: run.get("/-/status")[1]["history"]["complete"] == len(sim.listed()),
                  timeout=180)  # fmt: skip
+        if reader == "polars":  # what the pool was told to read with
+            assert run.get("/-/status")[1]["history"]["reader"] == "polars"
         sim.resume()
         publish(sim, 200)
         sim.pause()

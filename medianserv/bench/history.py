@@ -192,7 +192,7 @@ def bench_history(
             pools[engine] = cf.ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("spawn")
             )
-            pools[engine].submit(warm_up).result()
+            pools[engine].submit(warm_up, engine).result()  # its reader loaded and used once
             workers[engine] = next(iter(pools[engine]._processes))
 
         split: dict[str, float] = {}
