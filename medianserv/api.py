@@ -257,7 +257,8 @@ class Bodies:
 
     def changes(self, since: str) -> bytes:
         """``GET /-/all?since=<version>``: the rows changed after ``since`` (every row, with
-        ``"full": true``, when the feed cannot answer for that version). O(changes)."""
+        ``"full": true``, when the feed cannot answer for that version); ``ValueError`` when
+        ``since`` is no version at all. O(changes)."""
         table = self.state.table()
         with self._lock:
             version, rates = self._tick(table)
@@ -339,8 +340,12 @@ class AllResource:
         if since is None:
             _send_rep(req, resp, self.bodies.everything())
         else:
+            try:
+                data = self.bodies.changes(since)
+            except ValueError as exc:  # not a version at all: the client's mistake, said so
+                raise falcon.HTTPBadRequest(title="Bad since", description=str(exc)) from None
             resp.content_type = falcon.MEDIA_JSON
-            resp.data = self.bodies.changes(since[:100])
+            resp.data = data
 
 
 class SamplesResource:

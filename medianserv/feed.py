@@ -23,14 +23,22 @@ for); memory O(symbols + changes in the ticks kept).
 (['A'], None, None)
 >>> feed.tick({"A": 2, "B": 1}, ("A", "B")), feed.since("e.2")
 ('e.2', set())
+>>> feed.since("e.\u00b2")
+Traceback (most recent call last):
+...
+ValueError: not a version: expected 'none' or one from an earlier answer
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Hashable, Mapping
 
 __all__ = ["ChangeFeed"]
+
+#: A version as :attr:`ChangeFeed.version` writes it (ASCII only: ``re.ASCII``).
+_VERSION = re.compile(r"([A-Za-z0-9_-]{1,64})\.([0-9]{1,18})", re.ASCII)
 
 
 class ChangeFeed:
@@ -76,10 +84,17 @@ class ChangeFeed:
 
     def since(self, version: str) -> set[str] | None:
         """The symbols changed after ``version``, or None when that version cannot be
-        answered with a delta (another epoch, too old, before the listing, malformed).
-        O(changes since)."""
-        epoch, _, tick_text = version.partition(".")
-        if epoch != self.epoch or not tick_text.isdigit():
+        answered with a delta (``"none"``, another epoch, too old, before the listing).
+        ``ValueError`` for text that is no version at all: ``"<epoch>.<tick>"`` with ASCII
+        letters, digits, ``-`` or ``_`` in the epoch and ASCII digits in the tick (not any
+        Unicode digit: ``"e.²"`` is refused). O(changes since)."""
+        if version == "none":
+            return None
+        match = _VERSION.fullmatch(version)
+        if match is None:
+            raise ValueError("not a version: expected 'none' or one from an earlier answer")
+        epoch, tick_text = match.groups()
+        if epoch != self.epoch:
             return None
         tick = int(tick_text)
         if tick < self._base or tick > self._tick:

@@ -269,8 +269,8 @@ def test_large_bodies_are_gzipped_for_clients_that_accept_it() -> None:
 
 
 def test_change_feed_sends_what_changed() -> None:
-    """since=<version> answers the rows changed after that version; an unknown version (another
-    process, too old, garbage) everything, with full: true."""
+    """since=<version> answers the rows changed after that version; a version it cannot
+    answer (none, another process, too old) everything, with full: true; garbage a 400."""
     now = [0.0]
     state = State()
     bodies = Bodies(state, clock=lambda: now[0], epoch="test")
@@ -291,8 +291,14 @@ def test_change_feed_sends_what_changed() -> None:
     delta = client.simulate_get("/-/all", params={"since": version}).json
     assert not delta["full"] and [r[0] for r in delta["rows"]] == ["ETHBTC"]
     assert delta["rows"][0][1] == 1 and delta["version"] != version
-    for bad in ("other.1", "test.999", "test.x", "", "a" * 1000):
-        assert client.simulate_get("/-/all", params={"since": bad}).json["full"], bad
+    for unanswerable in ("none", "other.1", "test.999", "test.0"):
+        assert client.simulate_get("/-/all", params={"since": unanswerable}).json["full"]
+    # text that is no version at all is the client's mistake: a JSON 400, never a 500 (a
+    # Unicode digit passes str.isdigit but not int())
+    for bad in ("test.x", "", "a" * 1000, "test.\u00b2", "test.\u2460", "test.1.2", "test.-1",
+                "t\u00e9st.1", "test.1 "):
+        answer = client.simulate_get("/-/all", params={"since": bad})
+        assert answer.status_code == 400 and answer.json["title"] == "Bad since", bad
 
 
 @given(st.lists(st.dictionaries(st.sampled_from("ABCDE"), st.integers(0, 3), min_size=5,
