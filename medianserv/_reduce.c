@@ -42,7 +42,8 @@ typedef struct {
     int64_t file_first;
     int have_first;
     int64_t first_id, first_agg, last_counted;
-    int64_t last_row[5];          /* agg id, first id, last id, price units, time ms */
+    int64_t last_row[4];          /* agg id, first id, last id, time ms */
+    uint64_t last_price;          /* its price: up to 10^19 - 1 units, past INT64_MAX */
     /* trades per price: open addressing, linear probing, load at most 1/2 */
     uint64_t *keys;
     int64_t *counts;
@@ -155,11 +156,39 @@ static inline int read_price(Reducer *r, const char **p, uint64_t *out) {
     return 0;
 }
 
-/* A field read over (not needed); *p moves past its ',' or, for the last one, to its '\n'. */
+/* Whether [s, end) is UTF-8 (RFC 3629: no overlong form, no surrogate, at most U+10FFFF). */
+static int utf8(const unsigned char *s, const unsigned char *end) {
+    while (s < end) {
+        unsigned c = *s++;
+        if (c < 0x80) continue;
+        unsigned lo = 0x80, hi = 0xBF; /* the range of the first continuation byte */
+        int more;
+        if (c >= 0xC2 && c <= 0xDF) more = 1;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            more = 2;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            more = 3;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else return 0;
+        if (end - s < more || *s < lo || *s > hi) return 0;
+        for (s++, more--; more; more--, s++)
+            if (*s < 0x80 || *s > 0xBF) return 0;
+    }
+    return 1;
+}
+
+/* A field read over (not needed); *p moves past its ',' or, for the last one, to its '\n'.
+ * Its bytes must be UTF-8, as polars, which reads every field as text, requires. */
 static inline int skip(Reducer *r, const char **p, int last) {
     const char *s = *p;
-    while (*s != ',' && *s != '\n') s++;
+    unsigned char high = 0;
+    while (*s != ',' && *s != '\n') high |= (unsigned char)*s++;
     if (last ? *s != '\n' : *s != ',') FAIL("format: row %lld: %s fields", (long long)r->rows + 1, last ? "too many" : "too few");
+    if (high & 0x80 && !utf8((const unsigned char *)*p, (const unsigned char *)s))
+        FAIL("format: row %lld: a field that is not UTF-8", (long long)r->rows + 1);
     *p = last ? s : s + 1;
     return 0;
 }
@@ -223,8 +252,8 @@ static int lines(Reducer *r, const char *p, const char *end) {
         r->last_row[0] = a;
         r->last_row[1] = f;
         r->last_row[2] = l;
-        r->last_row[3] = (int64_t)price;
-        r->last_row[4] = t;
+        r->last_row[3] = t;
+        r->last_price = price;
     }
     return 0;
 }
@@ -354,11 +383,11 @@ static PyObject *Reducer_finish(Reducer *r, PyObject *Py_UNUSED(ignored)) {
         cn[k++] = r->counts[i];
     }
     PyObject *first_agg = r->agg ? PyLong_FromLongLong(r->first_agg) : Py_NewRef(Py_None);
-    return Py_BuildValue("NNLLNLL(LLLLL)LLi", levels, counts, (long long)r->first_id,
+    return Py_BuildValue("NNLLNLL(LLLKL)LLi", levels, counts, (long long)r->first_id,
                          (long long)r->last_counted, first_agg, (long long)r->file_first,
                          (long long)r->prev_l, (long long)r->last_row[0], (long long)r->last_row[1],
-                         (long long)r->last_row[2], (long long)r->last_row[3],
-                         (long long)r->last_row[4], (long long)r->rows, (long long)r->invalid,
+                         (long long)r->last_row[2], (unsigned long long)r->last_price,
+                         (long long)r->last_row[3], (long long)r->rows, (long long)r->invalid,
                          r->header);
 }
 

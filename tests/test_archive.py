@@ -243,7 +243,7 @@ def test_prices_that_are_not_plain_decimals_are_refused(price: bytes, engine: st
     st.lists(st.tuples(st.integers(1, 10**9), st.integers(1, 3), st.integers(0, 100)),
              min_size=1, max_size=8),
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 2),
-                       st.sampled_from(b"0123456789.,-\n\r eT+")), max_size=3),
+                       st.sampled_from(b"0123456789.,-\n\r eT+\x80\xc3\xff")), max_size=3),
 )  # fmt: skip
 def test_the_c_reader_is_never_more_lenient_than_polars(
     spec: list[tuple[int, int, int]], edits: list[tuple[int, int, int]]
@@ -272,6 +272,43 @@ def test_the_c_reader_is_never_more_lenient_than_polars(
         assert str(exc).split(":")[0] in ("format", "bad_price", "order", "period", "empty")
         return
     assert run("polars") == native
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("field", [2, 6, 7])  # quantity, is_buyer_maker, is_best_match
+@pytest.mark.parametrize("bad", [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf"])
+def test_invalid_utf8_in_a_field_not_read_refuses_the_file(engine: str, field: int,
+                                                           bad: bytes) -> None:
+    """A byte sequence that is not UTF-8 (a stray byte, a cut sequence, a surrogate, an
+    overlong form), even in a field neither reader needs, refuses the file in both readers
+    (polars reads every field as text; the C reader checks the fields it skips); valid
+    UTF-8 there is no reason to refuse."""
+    rows = build([(10**9, 2, 0), (10**9 + 1, 1, 5)], DAY_MS)
+    fields = agg_csv(rows).split(b"\n")[1].split(b",")
+    fields[field] = fields[field][:1] + bad + fields[field][1:]
+    data = agg_csv(rows[:1]) + b",".join(fields) + b"\n"
+    with pytest.raises(ValueError, match="^format"):
+        reduce_csv(io.BytesIO(data), ArchiveFile(DAY, DAY, "X"), engine=engine)
+    fields[field] = fields[field].replace(bad, "é".encode())
+    data = agg_csv(rows[:1]) + b",".join(fields) + b"\n"
+    assert reduce_csv(io.BytesIO(data), ArchiveFile(DAY, DAY, "X"), engine=engine).rows == 2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_last_price_of_2_to_the_63_units_and_more_stays_positive(engine: str) -> None:
+    """Prices go up to 10^19 - 1 units (11 integer digits), past a signed 64-bit integer's
+    2^63 - 1: the last row's price (the front's price below, a symbol's last price) comes
+    back exact and positive, whatever the reader."""
+    top = 10**19 - 1
+    prices = [2**63 - 1, 2**63, 2**63 + 1, top]
+    rows = build([(p, 1, 1) for p in prices], DAY_MS)
+    reduced = reduce_csv(io.BytesIO(agg_csv(rows)), ArchiveFile(DAY, DAY, "X"), engine=engine)
+    assert reduced.last_row[3] == top
+    assert sorted(reduced.levels.tolist()) == prices
+    for cut in range(4):
+        rows_cut = rows[: cut + 1]
+        r = reduce_csv(io.BytesIO(agg_csv(rows_cut)), ArchiveFile(DAY, DAY, "X"), engine=engine)
+        assert r.last_row[3] == prices[cut] > 0
 
 
 _UNDER_SANITIZERS = """
