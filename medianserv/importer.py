@@ -14,7 +14,7 @@ bottom up, in order:
    :meth:`~medianserv.symbols.SymbolStats.apply_levels`;
 2. REST aggregates for what no archive holds yet (today's trades, a file refused twice, a
    hole between files), continuing from the last row of the last file, fetched again and
-   compared, exactly as the gap backfill does (:func:`~medianserv.backfill.check_page`).
+   compared, exactly as the gap backfill does (:func:`~medianserv.paging.check_page`).
 
 *Decide purely, act thinly.* What to do with a reduced file is :func:`decide_file`, a pure
 function of the front and the ids the file covers: skip it (imported already), apply it
@@ -71,12 +71,12 @@ from .archive import (
     plan,
     pool_process_init,
 )
-from .backfill import Cursor, Hint, fetch_page
-from .backfill import plan as plan_request
 from .config import Config
 from .errors import InputError
 from .exchange import AggTrade, RateLimited, RestClient, RestError
 from .logs import RateLimitedLog, ThreadErrors
+from .paging import Cursor, Hint, fetch_page
+from .paging import plan as plan_request
 from .symbols import SymbolStats, SymbolTable
 from .tradeids import Front
 
@@ -890,7 +890,7 @@ class Importer:
 
     def _rest_until(self, symbol: str, stats: SymbolStats, row: AggTrade | None, stop: int) -> bool:
         """Fill the front over REST up to trade id ``stop``, page by page, each checked as the
-        backfill checks its own (:func:`~medianserv.backfill.fetch_page`; a page continuing
+        backfill checks its own (:func:`~medianserv.paging.fetch_page`; a page continuing
         from ``row`` must start with it). False when stopping; RestError after
         :data:`REFUSED_PAGES` refused pages in a row."""
         hint: Hint | None = None

@@ -295,8 +295,17 @@ def test_change_feed_sends_what_changed() -> None:
         assert client.simulate_get("/-/all", params={"since": unanswerable}).json["full"]
     # text that is no version at all is the client's mistake: a JSON 400, never a 500 (a
     # Unicode digit passes str.isdigit but not int())
-    for bad in ("test.x", "", "a" * 1000, "test.\u00b2", "test.\u2460", "test.1.2", "test.-1",
-                "t\u00e9st.1", "test.1 "):
+    for bad in (
+        "test.x",
+        "",
+        "a" * 1000,
+        "test.\u00b2",
+        "test.\u2460",
+        "test.1.2",
+        "test.-1",
+        "t\u00e9st.1",
+        "test.1 ",
+    ):
         answer = client.simulate_get("/-/all", params={"since": bad})
         assert answer.status_code == 400 and answer.json["title"] == "Bad since", bad
 

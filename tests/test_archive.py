@@ -277,8 +277,9 @@ def test_the_c_reader_is_never_more_lenient_than_polars(
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("field", [2, 6, 7])  # quantity, is_buyer_maker, is_best_match
 @pytest.mark.parametrize("bad", [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf"])
-def test_invalid_utf8_in_a_field_not_read_refuses_the_file(engine: str, field: int,
-                                                           bad: bytes) -> None:
+def test_invalid_utf8_in_a_field_not_read_refuses_the_file(
+    engine: str, field: int, bad: bytes
+) -> None:
     """A byte sequence that is not UTF-8 (a stray byte, a cut sequence, a surrogate, an
     overlong form), even in a field neither reader needs, refuses the file in both readers
     (polars reads every field as text; the C reader checks the fields it skips); valid
@@ -287,7 +288,7 @@ def test_invalid_utf8_in_a_field_not_read_refuses_the_file(engine: str, field: i
     fields = agg_csv(rows).split(b"\n")[1].split(b",")
     fields[field] = fields[field][:1] + bad + fields[field][1:]
     data = agg_csv(rows[:1]) + b",".join(fields) + b"\n"
-    with pytest.raises(ValueError, match="^format"):
+    with pytest.raises(ValueError, match=r"^format"):
         reduce_csv(io.BytesIO(data), ArchiveFile(DAY, DAY, "X"), engine=engine)
     fields[field] = fields[field].replace(bad, "é".encode())
     data = agg_csv(rows[:1]) + b",".join(fields) + b"\n"

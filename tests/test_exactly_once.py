@@ -39,11 +39,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from medianserv.backfill import Request, plan
 from medianserv.config import Config
 from medianserv.exchange import AggTrade, HistoricalTrade, TickerRange
 from medianserv.importer import Apply, FillFirst, Recut, Skip, decide_file
 from medianserv.ingest import Ingest
+from medianserv.paging import Request, plan
 from medianserv.snapshotter import Snapshotter
 from medianserv.store import Store
 from medianserv.symbols import GAP, Row, SymbolStats
@@ -493,7 +493,7 @@ def test_exactly_once_long() -> None:
 def test_a_page_below_the_gap_moves_on() -> None:
     """Finding 2: a page by time that ends below the gap (a thousand aggregates in the
     millisecond before it) continues from its last row instead of asking it again."""
-    from medianserv.backfill import Cursor, next_hint
+    from medianserv.paging import Cursor, next_hint
 
     gap = Gap(50, 60, after_ms=7, before_ms=9)
     page = [AggTrade(i, 20 + i, 20 + i, 5, 7) for i in range(10)]  # ids 20..29, all below

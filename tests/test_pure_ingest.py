@@ -9,15 +9,6 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medianserv.backfill import (
-    Cursor,
-    Locate,
-    Request,
-    check_page,
-    check_trades,
-    next_hint,
-    plan,
-)
 from medianserv.errors import InputError
 from medianserv.exchange import (
     AggTrade,
@@ -29,6 +20,15 @@ from medianserv.exchange import (
     parse_trade_id_ranges,
 )
 from medianserv.pacing import SlidingWindow, backoff
+from medianserv.paging import (
+    Cursor,
+    Locate,
+    Request,
+    check_page,
+    check_trades,
+    next_hint,
+    plan,
+)
 from medianserv.streams import plan_connections, stream_batches
 from medianserv.symbols import Gap
 
