@@ -1,15 +1,16 @@
-"""RunningMedian: the exact median of every value ever added, in memory O(distinct values).
+"""RunningMedian: the exact median of every value ever added, in memory O(distinct values),
+and no step that does more than a bounded amount of work.
 
 Theory of operation
 -------------------
 The classic running median keeps every value in two heaps, so its memory grows with the
 number of trades: about 40 bytes per trade, 40 GB after a billion trades. Trade prices, though,
 repeat: they sit on a tick grid and a busy symbol trades the same few thousand price levels
-millions of times. So each heap holds *distinct* price levels, and a dict beside it holds how
-many of the values at that level belong to that side:
+millions of times. So each heap holds *distinct* price levels, and a count beside each level
+says how many of the values at that level belong to that side:
 
-* ``low``  - a max-heap (stored negated, as :mod:`heapq` is a min-heap) of the lower half;
-* ``high`` - a min-heap of the upper half;
+* ``low``  - a max-heap of the lower half's levels near the median;
+* ``high`` - a min-heap of the upper half's levels near the median;
 * ``n_low`` / ``n_high`` - how many values (not levels) each side holds.
 
 The sides hold ``n_low == n_high`` or ``n_low == n_high + 1`` values, and every level of the
@@ -18,285 +19,514 @@ low side is <= every level of the high side. One price level may be split across
 a whole level, when rebalancing. The median is read from the two heap tops: O(1).
 
 *Levels far from the median go cold.* A whole history of BTCUSDT is about 10 million
-distinct prices, and a level in a heap and a dict costs about 118 bytes (two int objects, a
-dict entry, a heap slot): 1.1 GB. But the heaps only ever need the levels near the median:
-the median moves by at most one value per value added. So each heap keeps at most
-``limit`` levels, ``hot_max`` or a 32nd of the cold levels, whichever is more; when it grows
-past that, its far half moves to the side's *cold store* (:class:`_Cold`): sorted numpy
-arrays, 16 bytes a level, and a dict of values added there since the last merge, merged into
-the arrays once it holds ``delta_max`` levels and a 16th of the arrays'. A value added beyond
-a heap's reach goes to the cold store (one comparison more on the per-trade path: ``floor``
-and ``ceil`` bound the heaps); when a heap runs empty while its side still holds values, the
-nearest ``refill`` levels, or a 64th of the cold ones, come back from the cold store.
-Invariants (checked by :meth:`RunningMedian._check`): every cold low level is below
-``floor``, which is at most every low heap level; every cold high level is above ``ceil``,
-which is at least every high heap level; a side with values has a non-empty heap.
+distinct prices; the heaps only ever need the levels near the median, which moves by at most
+one value per value added. So each heap keeps at most ``hot_max`` levels; past that, its far
+half moves to its side's *cold store* (:class:`_Cold`): the side's other levels in ascending
+order, in chunks of at most ``chunk`` levels (16 bytes a level), each chunk with the sum of
+its counts. ``floor`` and ``ceil`` bound the heaps: a value below ``floor`` (above ``ceil``)
+is counted in the cold store, one comparison more on the per-trade path. When a heap runs
+empty while its side still holds values, the ``refill`` nearest levels come back from the
+cold store.
 
-``add`` puts the value on its side (a dict increment when the level exists, a heap push when
-it is new, a dict increment in the cold store beyond the heap) and then moves at most one
-value across, so it is O(log h) for h levels in a heap. The O(d) steps, for d levels held
-(a spill, a refill, a merge of a cold dict into its arrays), each come only after O(d) adds,
-because the thresholds grow with d: so an add is O(log h) amortised, plus O(1) copies of 16
-bytes; one add can take O(d). The hot levels and the cold dicts cost about 12 bytes a level
-more, at most.
-``add(value, times=k)`` adds k equal values in one step: they go to their side at once and
-the rebalancing moves whole levels, O(log h) per level the median crosses.
-``add_many(prices, counts)`` (a whole archive file, sorted pairs) merges the pairs beyond the
-heaps into the cold arrays in one vectorized step, O(d + p) for d levels held and p pairs,
-and moves the median across many levels at once with one cumulative sum. Memory is O(d) and
-does not depend on the number of values n: 16 to 30 bytes a level beyond the heaps.
+*No step does unbounded work.* Every step is bounded by the constants, never by the number
+of levels d (so a reader that waits on a symbol's lock never waits for a step over all of
+its levels):
+
+* a value beyond a heap: a search of the cold store's chunk firsts, a search and an insert
+  within one chunk (a split when it outgrows ``chunk``): O(log d + chunk);
+* a spill (a heap over ``hot_max``): sort the heap, move its far half to the near end of the
+  cold store: O(hot_max log hot_max), after at least ``hot_max / 2`` new levels;
+* a refill: ``refill`` levels from the near end of the cold store: O(refill + chunk);
+* moving ``k`` values across when more than a heap holds (a batch far from the median): both
+  heaps go cold, whole chunks move from one cold store to the other by reference (each
+  chunk's sum says how many values it holds), one chunk is cut, both heaps are refilled:
+  O(hot_max log hot_max + chunks crossed + chunk), with chunks crossed at most d / chunk;
+* :meth:`RunningMedian.add_many` (part of an archive file): O(p (log d + chunk)) for p pairs;
+  its caller bounds p (:meth:`~medianserv.symbols.SymbolStats.apply_levels` applies a file
+  in pieces, the symbol's lock released between them).
+
+Every add returns the count its level holds afterwards, so a snapshot stores what changed
+without looking a single level up again (see :mod:`medianserv.symbols`).
 
 The median of an even count is the mean of the two middle values; it is kept as *twice* the
-median (``twice_median``), an exact integer. Values are non-negative integers below 2**64
+median (``twice_median``), an exact integer. Values are integers in ``0 .. 2**64 - 1``
 (prices in 1e-8 units: up to 10**19 - 1).
 
->>> m = RunningMedian()
->>> for v in (5, 1, 5, 3):
-...     m.add(v)
->>> m.count, m.twice_median   # median of 1 3 5 5 is 4
+>>> m = PyRunningMedian()
+>>> [m.add(v) for v in (5, 1, 5, 3)]   # each add returns its level's count
+[1, 1, 2, 1]
+>>> m.count, m.twice_median            # median of 1 3 5 5 is 4
 (4, 8)
->>> m.add(9, times=3)          # 1 3 5 5 9 9 9: median 5
->>> m.count, m.twice_median
-(7, 10)
+>>> m.add(9, times=3)                   # 1 3 5 5 9 9 9: median 5
+3
+>>> m.count, m.twice_median, m.values_at([0, 6])
+(7, 10, [1, 9])
+
+Two twins, one behaviour: :class:`PyRunningMedian` here, and the same algorithm in C
+(``medianserv/_median.c``, built at install where a C compiler is), whose class
+:data:`CRunningMedian` is None where it was not built. :data:`RunningMedian` is the compiled
+one where it exists. The tests run both and hold them to the same oracle and to each other,
+state for state.
 
 Pure: no I/O, no threads, no clock, no logging. Not thread-safe: its owner serialises access.
 """
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from heapq import heapify, heappop, heappush
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DELTA_MAX", "HOT_MAX", "REFILL", "RunningMedian"]
+__all__ = ["CHUNK", "HOT_MAX", "REFILL", "CRunningMedian", "PyRunningMedian", "RunningMedian"]
 
-#: Levels a heap keeps, at least, before its far half moves to the cold store.
-HOT_MAX = 65_536
-#: Levels brought back from the cold store, at least, when a heap runs empty.
-REFILL = 4_096
-#: Levels added to a cold store one at a time, kept in a dict, at least, before they are
-#: merged into its arrays (a merge costs a copy of the arrays: amortised over this many).
-DELTA_MAX = 65_536
+#: Levels a heap holds at most; past it, its far half goes to the cold store.
+HOT_MAX = 2_048
+#: Levels a heap takes back from its cold store when it runs empty.
+REFILL = 512
+#: Levels a cold chunk holds at most; past it, the chunk splits in two.
+CHUNK = 1_024
 #: ``ceil`` when nothing is cold on the high side: above every value.
 NO_CEIL = 1 << 64
+#: Values a median holds at most (a signed 64-bit count, as the compiled twin keeps it).
+MAX_COUNT = (1 << 63) - 1
 
 _Prices = np.ndarray[Any, np.dtype[np.uint64]]
 _Counts = np.ndarray[Any, np.dtype[np.int64]]
+_Chunk = tuple["array[int]", "array[int]", int]  # prices, counts, and the sum of the counts
 
 
-def _prices(values: Any) -> _Prices:
-    return np.asarray(values, dtype=np.uint64)
-
-
-def _counts(values: Any) -> _Counts:
-    return np.asarray(values, dtype=np.int64)
-
-
-_NO_PRICES: _Prices = _prices([])
-_NO_COUNTS: _Counts = _counts([])
-
-
-def _merge(p1: _Prices, c1: _Counts, p2: _Prices, c2: _Counts) -> tuple[_Prices, _Counts]:
-    """The union of two sorted distinct level sets, counts added where prices meet. O(n + m)."""
-    if not len(p2):
-        return p1, c1
-    if not len(p1):
-        return p2, c2
-    pos = np.searchsorted(p1, p2)
-    hit = pos < len(p1)
-    hit[hit] = p1[pos[hit]] == p2[hit]
-    if hit.any():
-        c1 = c1.copy()
-        c1[pos[hit]] += c2[hit]  # positions are distinct: p2 is
-    new = ~hit
-    if not new.any():
-        return p1, c1
-    return np.insert(p1, pos[new], p2[new]), np.insert(c1, pos[new], c2[new])
+def _check_value(value: int) -> None:
+    if not 0 <= value < NO_CEIL:
+        raise ValueError(f"a value must lie in 0 .. 2**64 - 1, not {value}")
 
 
 class _Cold:
-    """One side's levels beyond its heap, 16 bytes each: prices (ascending, distinct) and
-    counts (positive) in numpy arrays, and values added one at a time since the last merge in
-    ``delta``. ``total`` counts the values held. Not thread-safe."""
+    """One side's levels beyond its heap: ascending, distinct, counts positive, in chunks of
+    at most ``chunk`` levels (``array('Q')`` prices and ``array('q')`` counts, 16 bytes a
+    level), with each chunk's first price (searched) and the sum of its counts. ``total``
+    counts the values held, ``levels`` the levels. Not thread-safe.
 
-    __slots__ = ("counts", "delta", "delta_max", "prices", "total")
+    Runtime complexity: :meth:`add` and :meth:`count_of` O(log d + chunk); :meth:`take_top`,
+    :meth:`take_bottom`, :meth:`put_top`, :meth:`put_bottom` O(levels moved + chunk);
+    :meth:`take_top_values` / :meth:`take_bottom_values` / ``put_*_chunks`` O(chunks moved +
+    chunk), the chunks moved by reference; :meth:`value_at` O(d / chunk + chunk)."""
 
-    def __init__(self, delta_max: int) -> None:
-        self.prices = _NO_PRICES
-        self.counts = _NO_COUNTS
-        self.delta: dict[int, int] = {}
-        self.delta_max = delta_max
+    __slots__ = ("_at", "chunk", "counts", "firsts", "levels", "prices", "sums", "total")
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
+        self.prices: list[array[int]] = []  # each chunk's prices, ascending
+        self.counts: list[array[int]] = []  # each chunk's counts
+        self.firsts: list[int] = []  # each chunk's first price (what a search looks at)
+        self.sums: list[int] = []  # each chunk's values
         self.total = 0
+        self.levels = 0
+        self._at = 0  # the chunk the last search found: trades cluster, the next is likely there
 
-    def add(self, price: int, k: int) -> None:
-        """``k`` values at ``price``. O(1); a merge every ``delta_max`` new levels."""
-        delta = self.delta
-        delta[price] = delta.get(price, 0) + k
+    # -- one level ---------------------------------------------------------------------------
+
+    def _find(self, price: int) -> int:
+        """The chunk where ``price`` is or belongs (the last whose first is <= price; the
+        first chunk for a price below every one). Needs a chunk. O(log d)."""
+        firsts = self.firsts
+        i, n = self._at, len(firsts)
+        if i < n and firsts[i] <= price and (i + 1 == n or price < firsts[i + 1]):
+            return i
+        i = max(0, bisect_right(firsts, price) - 1)
+        self._at = i
+        return i
+
+    def add(self, price: int, k: int) -> int:
+        """``k`` values at ``price``; returns the level's count now. O(log d + chunk)."""
         self.total += k
-        if len(delta) > self.delta_max and len(delta) > len(self.prices) >> 4:
-            self.flush()  # after at least d/16 new levels: O(1) copies a level, amortised
-
-    def flush(self) -> None:
-        """Merge ``delta`` into the arrays. O(d + delta)."""
-        delta = self.delta
-        if delta:
-            self.delta = {}
-            prices = np.fromiter(delta.keys(), np.uint64, len(delta))
-            counts = np.fromiter(delta.values(), np.int64, len(delta))
-            order = np.argsort(prices)
-            self.prices, self.counts = _merge(self.prices, self.counts, prices[order],
-                                              counts[order])  # fmt: skip
-
-    def merge(self, prices: _Prices, counts: _Counts) -> None:
-        """Add sorted distinct pairs. O(d + p)."""
-        if len(prices):
-            self.flush()
-            self.prices, self.counts = _merge(self.prices, self.counts, prices, counts)
-            self.total += int(counts.sum())
-
-    def put_top(self, prices: _Prices, counts: _Counts) -> None:
-        """Add sorted distinct pairs, each at or above every price held (the far half of the
-        low heap). O(d + p)."""
-        self.flush()
-        if not len(self.prices):
-            self.prices, self.counts = prices, counts  # no copy: the caller hands them over
-        elif len(prices):
-            if self.prices[-1] == prices[0]:
-                self.counts = self.counts.copy()
-                self.counts[-1] += counts[0]
-                prices, counts = prices[1:], counts[1:]
-            self.prices = np.concatenate((self.prices, prices))
-            self.counts = np.concatenate((self.counts, counts))
-        self.total = int(self.counts.sum())
-
-    def put_bottom(self, prices: _Prices, counts: _Counts) -> None:
-        """Add sorted distinct pairs, each at or below every price held. O(d + p)."""
-        self.flush()
-        if not len(self.prices):
-            self.prices, self.counts = prices, counts
-        elif len(prices):
-            if self.prices[0] == prices[-1]:
-                self.counts = self.counts.copy()
-                self.counts[0] += counts[-1]
-                prices, counts = prices[:-1], counts[:-1]
-            self.prices = np.concatenate((prices, self.prices))
-            self.counts = np.concatenate((counts, self.counts))
-        self.total = int(self.counts.sum())
-
-    def take_top(self, levels: int) -> tuple[list[int], list[int]]:
-        """Remove and return the highest ``levels`` levels, ascending. O(d) (a merge first)."""
-        self.flush()
-        cut = max(0, len(self.prices) - levels)
-        prices, counts = self.prices[cut:].tolist(), self.counts[cut:].tolist()
-        self.prices, self.counts = self.prices[:cut], self.counts[:cut]
-        self.total -= sum(counts)
-        return prices, counts
-
-    def take_bottom(self, levels: int) -> tuple[list[int], list[int]]:
-        """Remove and return the lowest ``levels`` levels, ascending. O(d) (a merge first)."""
-        self.flush()
-        prices, counts = self.prices[:levels].tolist(), self.counts[:levels].tolist()
-        self.prices, self.counts = self.prices[levels:], self.counts[levels:]
-        self.total -= sum(counts)
-        return prices, counts
-
-    def take_top_values(self, k: int) -> tuple[_Prices, _Counts]:
-        """Remove the ``k`` highest values (whole levels, the lowest of them maybe in part) and
-        return their levels, ascending. Needs ``k <= total``. O(d)."""
-        self.flush()
-        from_top = np.cumsum(self.counts[::-1])
-        j = int(np.searchsorted(from_top, k))  # levels j + 1 from the top are touched
-        start = len(self.prices) - j - 1
-        prices = self.prices[start:].copy()
-        counts = self.counts[start:].copy()
-        spare = int(from_top[j]) - k  # what the lowest touched level keeps
-        self.prices, self.counts = self.prices[: start + 1].copy(), self.counts[: start + 1].copy()
-        if spare:
-            counts[0] -= spare
-            self.counts[-1] = spare
-        else:
-            self.prices, self.counts = self.prices[:-1], self.counts[:-1]
-        self.total -= k
-        return prices, counts
-
-    def take_bottom_values(self, k: int) -> tuple[_Prices, _Counts]:
-        """Remove the ``k`` lowest values and return their levels, ascending. O(d)."""
-        self.flush()
-        from_bottom = np.cumsum(self.counts)
-        j = int(np.searchsorted(from_bottom, k))
-        prices = self.prices[: j + 1].copy()
-        counts = self.counts[: j + 1].copy()
-        spare = int(from_bottom[j]) - k
-        self.prices, self.counts = self.prices[j:].copy(), self.counts[j:].copy()
-        if spare:
-            counts[-1] -= spare
-            self.counts[0] = spare
-        else:
-            self.prices, self.counts = self.prices[1:], self.counts[1:]
-        self.total -= k
-        return prices, counts
+        if not self.firsts:
+            self._insert_chunks(0, [(array("Q", [price]), array("q", [k]), k)])
+            return k
+        i = self._find(price)
+        prices, counts = self.prices[i], self.counts[i]
+        j = bisect_left(prices, price)
+        self.sums[i] += k
+        if j < len(prices) and prices[j] == price:
+            c = counts[j] + k
+            counts[j] = c
+            return c
+        prices.insert(j, price)
+        counts.insert(j, k)
+        self.levels += 1
+        if j == 0:
+            self.firsts[i] = price
+        if len(prices) > self.chunk:
+            half = len(prices) // 2
+            upper = counts[half:]
+            self._insert_chunks(i + 1, [(prices[half:], upper, sum(upper))], count=False)
+            del prices[half:], counts[half:]
+            self.sums[i] -= self.sums[i + 1]
+        return k
 
     def count_of(self, price: int) -> int:
         """Values at ``price``. O(log d)."""
-        n = self.delta.get(price, 0)
-        i = int(np.searchsorted(self.prices, price))
-        if i < len(self.prices) and int(self.prices[i]) == price:
-            n += int(self.counts[i])
-        return n
+        if not self.firsts:
+            return 0
+        i = self._find(price)
+        prices = self.prices[i]
+        j = bisect_left(prices, price)
+        return self.counts[i][j] if j < len(prices) and prices[j] == price else 0
 
-    @property
-    def levels(self) -> int:
-        self.flush()
-        return len(self.prices)
+    # -- the chunk directory -----------------------------------------------------------------
+
+    def _insert_chunks(self, i: int, chunks: Sequence[_Chunk], *, count: bool = True) -> None:
+        """Put whole chunks (non-empty, in order, with their sums) at index ``i``; ``total``
+        is the caller's. O(d / chunk + chunks)."""
+        self.prices[i:i] = [p for p, _, _ in chunks]
+        self.counts[i:i] = [c for _, c, _ in chunks]
+        self.firsts[i:i] = [p[0] for p, _, _ in chunks]
+        self.sums[i:i] = [s for _, _, s in chunks]
+        if count:
+            self.levels += sum(len(p) for p, _, _ in chunks)
+
+    def _remove_chunks(self, i: int, j: int) -> list[_Chunk]:
+        """Remove chunks ``i .. j - 1`` and return them. O(d / chunk)."""
+        out = list(zip(self.prices[i:j], self.counts[i:j], self.sums[i:j], strict=True))
+        self.total -= sum(self.sums[i:j])
+        self.levels -= sum(len(p) for p, _, _ in out)
+        del self.prices[i:j], self.counts[i:j], self.firsts[i:j], self.sums[i:j]
+        return out
+
+    def _new_chunks(self, prices: Sequence[int], counts: Sequence[int], step: int) -> list[_Chunk]:
+        """Chunks of at most ``step`` levels over ascending levels. O(levels)."""
+        out = []
+        for i in range(0, len(prices), step):
+            part = array("q", counts[i : i + step])
+            out.append((array("Q", prices[i : i + step]), part, sum(part)))
+        return out
+
+    # -- the near ends -----------------------------------------------------------------------
+
+    def take_top(self, levels: int) -> tuple[list[int], list[int]]:
+        """Remove and return the highest ``levels`` levels, ascending. O(levels + chunk)."""
+        parts: list[_Chunk] = []
+        while levels > 0 and self.prices:
+            prices, counts = self.prices[-1], self.counts[-1]
+            if len(prices) <= levels:
+                levels -= len(prices)
+                parts += self._remove_chunks(len(self.prices) - 1, len(self.prices))
+            else:
+                cut = len(prices) - levels
+                taken = sum(counts[cut:])
+                part = (prices[cut:], counts[cut:], taken)
+                del prices[cut:], counts[cut:]
+                self.sums[-1] -= taken
+                self.total -= taken
+                self.levels -= levels
+                parts.append(part)
+                levels = 0
+        parts.reverse()
+        return [p for part in parts for p in part[0]], [c for part in parts for c in part[1]]
+
+    def take_bottom(self, levels: int) -> tuple[list[int], list[int]]:
+        """Remove and return the lowest ``levels`` levels, ascending. O(levels + chunk)."""
+        parts: list[_Chunk] = []
+        while levels > 0 and self.prices:
+            prices, counts = self.prices[0], self.counts[0]
+            if len(prices) <= levels:
+                levels -= len(prices)
+                parts += self._remove_chunks(0, 1)
+            else:
+                taken = sum(counts[:levels])
+                part = (prices[:levels], counts[:levels], taken)
+                del prices[:levels], counts[:levels]
+                self.sums[0] -= taken
+                self.firsts[0] = prices[0]
+                self.total -= taken
+                self.levels -= levels
+                parts.append(part)
+                levels = 0
+        return [p for part in parts for p in part[0]], [c for part in parts for c in part[1]]
+
+    def put_top(self, prices: Sequence[int], counts: Sequence[int]) -> None:
+        """Add ascending distinct levels, each at or above every level held (the far half of
+        the low heap). O(levels + chunk)."""
+        start = 0
+        if prices and self.prices and self.prices[-1][-1] == prices[0]:
+            self.counts[-1][-1] += counts[0]
+            self.sums[-1] += counts[0]
+            self.total += counts[0]
+            start = 1
+        if start < len(prices) and self.prices and len(self.prices[-1]) < self.chunk:
+            room = min(self.chunk - len(self.prices[-1]), len(prices) - start)
+            self.prices[-1].extend(prices[start : start + room])
+            self.counts[-1].extend(counts[start : start + room])
+            added = sum(counts[start : start + room])
+            self.sums[-1] += added
+            self.total += added
+            self.levels += room
+            start += room
+        chunks = self._new_chunks(prices[start:], counts[start:], self.chunk)
+        self.total += sum(s for _, _, s in chunks)
+        self._insert_chunks(len(self.prices), chunks)
+
+    def put_bottom(self, prices: Sequence[int], counts: Sequence[int]) -> None:
+        """Add ascending distinct levels, each at or below every level held (the far half of
+        the high heap). O(levels + chunk)."""
+        end = len(prices)
+        if prices and self.prices and self.prices[0][0] == prices[-1]:
+            self.counts[0][0] += counts[-1]
+            self.sums[0] += counts[-1]
+            self.total += counts[-1]
+            end -= 1
+        if end > 0 and self.prices and len(self.prices[0]) < self.chunk:
+            room = min(self.chunk - len(self.prices[0]), end)
+            self.prices[0][0:0] = array("Q", prices[end - room : end])
+            self.counts[0][0:0] = array("q", counts[end - room : end])
+            added = sum(counts[end - room : end])
+            self.sums[0] += added
+            self.firsts[0] = self.prices[0][0]
+            self.total += added
+            self.levels += room
+            end -= room
+        # chunks of `chunk` from the top down: the lowest may be short
+        first = end % self.chunk or (self.chunk if end else 0)
+        chunks = self._new_chunks(prices[:first], counts[:first], self.chunk)
+        chunks += self._new_chunks(prices[first:end], counts[first:end], self.chunk)
+        self.total += sum(s for _, _, s in chunks)
+        self._insert_chunks(0, chunks)
+
+    def take_top_values(self, k: int) -> list[_Chunk]:
+        """Remove the ``k`` highest values (whole levels, the lowest of them maybe in part)
+        and return them as chunks, ascending. Needs ``k <= total``. O(chunks moved +
+        chunk): whole chunks go by reference."""
+        i = len(self.sums)
+        rest = k
+        while i and self.sums[i - 1] <= rest:
+            i -= 1
+            rest -= self.sums[i]
+        out = self._remove_chunks(i, len(self.prices))
+        if rest:
+            prices, counts = self.prices[-1], self.counts[-1]
+            j, left = len(counts), rest
+            while counts[j - 1] <= left:
+                j -= 1
+                left -= counts[j]
+            part = (prices[j:], counts[j:], rest)  # whole levels
+            del prices[j:], counts[j:]
+            self.levels -= len(part[0])
+            if left:  # the level below them, in part
+                part[0].insert(0, prices[-1])
+                part[1].insert(0, left)
+                counts[-1] -= left
+            self.sums[-1] -= rest
+            self.total -= rest
+            out.insert(0, part)
+        return out
+
+    def take_bottom_values(self, k: int) -> list[_Chunk]:
+        """Remove the ``k`` lowest values and return them as chunks, ascending. Needs
+        ``k <= total``. O(chunks moved + chunk)."""
+        i, rest = 0, k
+        while i < len(self.sums) and self.sums[i] <= rest:
+            rest -= self.sums[i]
+            i += 1
+        out = self._remove_chunks(0, i)
+        if rest:
+            prices, counts = self.prices[0], self.counts[0]
+            j, left = 0, rest
+            while counts[j] <= left:
+                left -= counts[j]
+                j += 1
+            part = (prices[:j], counts[:j], rest)
+            del prices[:j], counts[:j]
+            self.levels -= j
+            if left:
+                part[0].append(prices[0])
+                part[1].append(left)
+                counts[0] -= left
+            self.firsts[0] = prices[0]
+            self.sums[0] -= rest
+            self.total -= rest
+            out.append(part)
+        return out
+
+    def put_bottom_chunks(self, chunks: list[_Chunk]) -> None:
+        """Add chunks (ascending, each level at or below every level held; the last may be
+        the lowest held, whose count then grows) at the bottom. O(chunks + d / chunk)."""
+        chunks = [c for c in chunks if len(c[0])]
+        if chunks and self.prices and chunks[-1][0][-1] == self.prices[0][0]:
+            prices, counts, total = chunks[-1]
+            self.counts[0][0] += counts[-1]
+            self.sums[0] += counts[-1]
+            self.total += counts[-1]
+            chunks[-1] = (prices, counts, total - counts[-1])
+            del prices[-1], counts[-1]
+            if not prices:
+                chunks.pop()
+        self.total += sum(s for _, _, s in chunks)
+        self._insert_chunks(0, chunks)
+
+    def put_top_chunks(self, chunks: list[_Chunk]) -> None:
+        """Add chunks (ascending, each level at or above every level held; the first may be
+        the highest held) at the top. O(chunks + d / chunk)."""
+        chunks = [c for c in chunks if len(c[0])]
+        if chunks and self.prices and chunks[0][0][0] == self.prices[-1][-1]:
+            prices, counts, total = chunks[0]
+            self.counts[-1][-1] += counts[0]
+            self.sums[-1] += counts[0]
+            self.total += counts[0]
+            chunks[0] = (prices, counts, total - counts[0])
+            del prices[0], counts[0]
+            if not prices:
+                chunks.pop(0)
+        self.total += sum(s for _, _, s in chunks)
+        self._insert_chunks(len(self.prices), chunks)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def value_at(self, rank: int) -> int:
+        """The value at 0-based ``rank`` among the values held, ascending. Needs ``0 <= rank
+        < total``. O(d / chunk + chunk)."""
+        i = 0
+        for s in self.sums:
+            if rank < s:
+                break
+            rank -= s
+            i += 1
+        for price, c in zip(self.prices[i], self.counts[i], strict=True):
+            if rank < c:
+                return price
+            rank -= c
+        raise AssertionError("rank beyond the cold store")
+
+    def pairs(self) -> tuple[list[int], list[int]]:
+        """Every level held and its count, ascending. O(d)."""
+        return ([p for chunk in self.prices for p in chunk],
+                [c for chunk in self.counts for c in chunk])  # fmt: skip
+
+    @classmethod
+    def build(cls, chunk: int, prices: Sequence[int], counts: Sequence[int]) -> _Cold:
+        """A store of ascending distinct levels, chunks half full (room for inserts). O(d)."""
+        cold = cls(chunk)
+        chunks = cold._new_chunks(prices, counts, max(1, chunk // 2))
+        cold.total = sum(s for _, _, s in chunks)
+        cold._insert_chunks(0, chunks)
+        return cold
 
     def _check(self, below: int | None = None, above: int | None = None) -> None:
-        p, c = self.prices, self.counts
-        assert p.dtype == np.uint64 and c.dtype == np.int64 and len(p) == len(c)
-        assert bool(np.all(p[1:] > p[:-1])), "cold prices not strictly ascending"
-        assert bool(np.all(c > 0)) and all(v > 0 for v in self.delta.values()), "empty level"
-        assert self.total == int(c.sum()) + sum(self.delta.values()), "cold total"
-        prices = [*p.tolist(), *self.delta]
-        if below is not None:
-            assert all(x < below for x in prices), "cold level not below the heap"
-        if above is not None:
-            assert all(x > above for x in prices), "cold level not above the heap"
+        """Assert its invariants; every level below ``below`` / above ``above``. O(d)."""
+        n = len(self.prices)
+        assert n == len(self.counts) == len(self.firsts) == len(self.sums), "directory"
+        levels = total = 0
+        last = -1
+        for prices, counts, first, s in zip(self.prices, self.counts, self.firsts, self.sums,
+                                            strict=True):  # fmt: skip
+            assert 0 < len(prices) == len(counts) <= self.chunk, "chunk size"
+            assert prices[0] == first and sum(counts) == s, "chunk first or sum"
+            assert all(c > 0 for c in counts), "empty level"
+            assert last < prices[0] and all(a < b for a, b in pairwise(prices)), "order"
+            last = prices[-1]
+            levels += len(prices)
+            total += s
+        assert (levels, total) == (self.levels, self.total), "cold levels or total"
+        if n and below is not None:
+            assert last < below, "cold level not below the heap"
+        if n and above is not None:
+            assert self.prices[0][0] > above, "cold level not above the heap"
 
 
-class RunningMedian:
-    """Exact running median over non-negative integers with repeated values.
+class _Bulk:
+    """What both twins build on their primitives (``_dump``, ``_load``, ``values_at``): whole
+    states in and out, as numpy arrays or pairs, checked here once for both."""
 
-    Runtime complexity: :meth:`add` O(log h) amortised, for h levels in a heap (a batch:
-    plus O(log h) per level the median crosses); one add may take O(d) (a spill, a refill or a
-    merge, each after O(d) adds); :meth:`add_many` O(d + p); :attr:`twice_median` and
-    :attr:`count` O(1); :meth:`to_arrays` O(d); :meth:`from_arrays` O(d); memory O(d), 16 to
-    30 bytes a level beyond the heaps, where d is the number of distinct values added.
-    """
+    __slots__ = ()
+
+    count: int
+    _dump: Any
+    _load: Any
+
+    def to_arrays(self) -> tuple[_Prices, _Counts]:
+        """Every distinct value with its multiplicity, ascending, as numpy arrays (uint64,
+        int64). O(d + hot_max log hot_max)."""
+        prices, counts = self._dump()
+        return np.frombuffer(prices, np.uint64).copy(), np.frombuffer(counts, np.int64).copy()
+
+    def to_state(self) -> list[tuple[int, int]]:
+        """Every distinct value with its multiplicity, ascending. O(d).
+
+        The state is all a restore needs: :meth:`from_state` rebuilds an equal structure.
+        """
+        prices, counts = self.to_arrays()
+        return list(zip(prices.tolist(), counts.tolist(), strict=True))
+
+    @classmethod
+    def from_state(cls, levels: Iterable[tuple[int, int]], **options: int) -> Any:
+        """Rebuild from ``(value, multiplicity)`` pairs, such as :meth:`to_state` returns.
+
+        O(d) for input sorted by value (as stored), O(d log d) otherwise. Values must be
+        distinct and multiplicities positive, else ``ValueError``.
+        """
+        items = list(levels)
+        return cls.from_arrays([v for v, _ in items], [c for _, c in items], **options)
+
+    @classmethod
+    def from_arrays(cls, prices: Any, counts: Any, **options: int) -> Any:
+        """Rebuild from arrays of distinct values and their positive multiplicities (sorted
+        as stored: O(d); unsorted: O(d log d)); the levels beyond the heaps go straight to the
+        cold stores. ``ValueError`` for duplicates, values outside 0 .. 2**64 - 1 or counts
+        not positive."""
+        try:
+            p = np.ascontiguousarray(prices, dtype=np.uint64)
+            c = np.ascontiguousarray(counts, dtype=np.int64)
+        except (OverflowError, TypeError) as exc:  # a negative value, or too large
+            raise ValueError("median state needs values in 0 .. 2**64 - 1") from exc
+        if p.shape != c.shape or p.ndim != 1:
+            raise ValueError("median state needs as many counts as values")
+        if len(c) and bool(np.any(c <= 0)):
+            raise ValueError("median state needs positive counts")
+        if len(p) > 1 and not bool(np.all(p[1:] > p[:-1])):
+            order = np.argsort(p, kind="stable")
+            p, c = p[order], c[order]
+            if bool(np.any(p[1:] == p[:-1])):
+                raise ValueError("duplicate value in median state")
+        m = cls(**options)
+        if len(p):
+            m._load(p, c)
+        return m
+
+    def quantile_ranks(self, q_num: int, q_den: int) -> tuple[int, int]:
+        """The two 0-based ranks whose values' mean is the ``q_num / q_den`` quantile of the
+        n values counted (numpy's "midpoint"): ``floor(q (n - 1))`` and ``ceil(q (n - 1))``,
+        in exact integers. Needs values and ``0 <= q_num <= q_den``. O(1)."""
+        lo, rem = divmod(q_num * (self.count - 1), q_den)
+        return lo, lo + (1 if rem else 0)
+
+
+class _PyCore:
+    """The pure-Python algorithm (see the module docstring); :class:`PyRunningMedian`."""
 
     __slots__ = (
-        "_ceil", "_cold_high", "_cold_low", "_floor", "_high", "_high_counts", "_hot_max", "_limit",
-        "_low", "_low_counts", "_n_high", "_n_low", "_refill",
+        "_ceil", "_chunk", "_cold_high", "_cold_low", "_floor", "_high", "_high_counts",
+        "_hot_max", "_low", "_low_counts", "_n_high", "_n_low", "_refill",
     )  # fmt: skip
 
-    def __init__(
-        self, *, hot_max: int = HOT_MAX, refill: int = REFILL, delta_max: int = DELTA_MAX
-    ) -> None:
-        if hot_max < 2 or not 1 <= refill <= hot_max or delta_max < 1:
-            raise ValueError("hot_max >= 2, 1 <= refill <= hot_max, delta_max >= 1")
+    def __init__(self, *, hot_max: int = HOT_MAX, refill: int = REFILL, chunk: int = CHUNK):
+        if hot_max < 2 or not 1 <= refill <= hot_max or chunk < 2:
+            raise ValueError("hot_max >= 2, 1 <= refill <= hot_max, chunk >= 2")
         self._low: list[int] = []  # negated levels of the lower half near the median (max-heap)
         self._low_counts: dict[int, int] = {}  # negated level -> values on the low side
         self._high: list[int] = []  # levels of the upper half near the median (min-heap)
         self._high_counts: dict[int, int] = {}  # level -> values on the high side
         self._n_low = 0  # values on the low side, cold ones included
         self._n_high = 0
-        self._cold_low = _Cold(delta_max)  # low levels beyond the heap: all below _floor
-        self._cold_high = _Cold(delta_max)  # high levels beyond the heap: all above _ceil
+        self._cold_low = _Cold(chunk)  # low levels beyond the heap: all below _floor
+        self._cold_high = _Cold(chunk)  # high levels beyond the heap: all above _ceil
         self._floor = -1  # no cold low level is at or above it; every low heap level is
         self._ceil = NO_CEIL  # no cold high level is at or below it; every high heap level is
         self._hot_max = hot_max
         self._refill = refill
-        self._limit = hot_max  # levels a heap may hold now: grows with the cold stores
+        self._chunk = chunk
 
     @property
     def count(self) -> int:
@@ -316,130 +546,144 @@ class RunningMedian:
     @property
     def levels(self) -> int:
         """Number of distinct values held (a level split across both sides counts once).
-        O(1), or O(d) to merge a cold dict first."""
+        O(1)."""
         low, high = self._low, self._high
         split = 1 if low and high and -low[0] == high[0] else 0
-        return (len(low) + len(high) - split + self._cold_low.levels
-                + self._cold_high.levels)  # fmt: skip
+        return len(low) + len(high) - split + self._cold_low.levels + self._cold_high.levels
 
     # -- adding ----------------------------------------------------------------------------------
 
-    def add(self, value: int, times: int = 1) -> None:
-        """Add ``value`` ``times`` times (``times >= 1``): one call for a whole batch of trades at
-        one price, such as an aggregate trade or a (price, count) pair of an archive.
+    def add(self, value: int, times: int = 1) -> int:
+        """Add ``value`` ``times`` times (``times >= 1``): one call for a whole batch of trades
+        at one price, such as an aggregate trade. Returns how many values the level holds now.
 
-        Cost: O(log h) heap work, O(1) when the level already exists on its side or lies
-        beyond the heap, plus O(log h) for each distinct level the median crosses while the
-        sides are rebalanced. A batch of ``times`` values moves the median by at most
-        ``times / 2`` values, so it never costs more than ``times`` single adds, and costs one
-        when the median stays within its level (the common case).
+        Cost: O(log h) heap work for h levels in a heap, O(1) when the level already exists
+        on its side, O(log d + chunk) beyond the heaps, plus O(log h) for each distinct level
+        the median crosses while the sides are rebalanced (a batch moves the median by at most
+        ``times / 2`` values), or, when more values must cross than a heap holds, the bounded
+        bulk move of the module docstring. A spill or a refill (bounded) at most.
         """
+        if not 0 <= value < NO_CEIL:
+            _check_value(value)
+        if times > MAX_COUNT - self._n_low - self._n_high:
+            raise ValueError("the count would pass 2**63 - 1")
         low = self._low
+        # a level's count does not change as it moves between heaps and cold stores: what it
+        # holds after the add is known where the value lands
         if times == 1:  # the per-trade path: at most one value moves across
             if not low or value <= -low[0]:
                 if value < self._floor:
-                    self._cold_low.add(value, 1)
+                    count = self._cold_low.add(value, 1)
                 else:
                     key = -value
                     counts = self._low_counts
                     c = counts.get(key)
                     if c is None:
                         heappush(low, key)
-                        counts[key] = 1
-                        if len(low) > self._limit:
+                        counts[key] = count = 1
+                        if len(low) > self._hot_max:
                             self._spill_low()
                     else:
-                        counts[key] = c + 1
+                        counts[key] = count = c + 1
+                    high = self._high
+                    if high and high[0] == value:  # the level is split across both sides
+                        count += self._high_counts[value]
                 self._n_low += 1
                 if self._n_low > self._n_high + 1:
                     self._move_low_to_high(1)
             else:
                 if value > self._ceil:
-                    self._cold_high.add(value, 1)
+                    count = self._cold_high.add(value, 1)
                 else:
                     counts = self._high_counts
                     c = counts.get(value)
                     if c is None:
                         heappush(self._high, value)
-                        counts[value] = 1
-                        if len(self._high) > self._limit:
+                        counts[value] = count = 1
+                        if len(self._high) > self._hot_max:
                             self._spill_high()
                     else:
-                        counts[value] = c + 1
+                        counts[value] = count = c + 1
+                    if low[0] == -value:
+                        count += self._low_counts[-value]
                 self._n_high += 1
                 if self._n_high > self._n_low:
                     self._move_high_to_low(1)
         elif times > 1:
             if not low or value <= -low[0]:
-                self._add_low(value, times)
+                count = self._add_low(value, times)
             else:
-                self._add_high(value, times)
+                count = self._add_high(value, times)
             self._rebalance()
         else:
             raise ValueError(f"times must be positive, not {times}")
+        return count
 
-    def _add_low(self, value: int, times: int) -> None:
-        """``times`` values on the low side, no rebalancing."""
-        if value < self._floor:
-            self._cold_low.add(value, times)
-        else:
-            key = -value
-            c = self._low_counts.get(key)
-            if c is None:
-                heappush(self._low, key)
-                self._low_counts[key] = times
-                if len(self._low) > self._limit:
-                    self._spill_low()
-            else:
-                self._low_counts[key] = c + times
+    def _add_low(self, value: int, times: int) -> int:
+        """``times`` values on the low side, no rebalancing; the level's count after."""
         self._n_low += times
-
-    def _add_high(self, value: int, times: int) -> None:
-        """``times`` values on the high side, no rebalancing."""
-        if value > self._ceil:
-            self._cold_high.add(value, times)
+        if value < self._floor:
+            return self._cold_low.add(value, times)
+        key = -value
+        c = self._low_counts.get(key)
+        if c is None:
+            heappush(self._low, key)
+            self._low_counts[key] = count = times
+            if len(self._low) > self._hot_max:
+                self._spill_low()
         else:
-            c = self._high_counts.get(value)
-            if c is None:
-                heappush(self._high, value)
-                self._high_counts[value] = times
-                if len(self._high) > self._limit:
-                    self._spill_high()
-            else:
-                self._high_counts[value] = c + times
-        self._n_high += times
+            self._low_counts[key] = count = c + times
+        high = self._high
+        return count + self._high_counts[value] if high and high[0] == value else count
 
-    def add_many(self, prices: Sequence[int] | _Prices, counts: Sequence[int] | _Counts) -> None:
-        """Add the distinct ascending ``prices``, each ``counts`` times (a whole archive file
-        reduced to pairs): the pairs beyond the heaps merge into the cold arrays in one
-        vectorized step, the few within them go to the heaps, and the median moves across as
-        many levels as it must at once. O(d + p) for d levels held and p pairs. The pairs must
-        be distinct, ascending, non-negative, with positive counts (the caller checks)."""
-        p, c = _prices(prices), _counts(counts)
-        if not len(p):
-            return
-        if not self.count:
-            built = RunningMedian.from_arrays(p, c, hot_max=self._hot_max, refill=self._refill,
-                                              delta_max=self._cold_low.delta_max)  # fmt: skip
-            for name in self.__slots__:
-                setattr(self, name, getattr(built, name))
-            return
-        below = int(np.searchsorted(p, self._floor, "left")) if self._floor > 0 else 0
-        above = int(np.searchsorted(p, self._ceil, "right")) if self._ceil < NO_CEIL else len(p)
-        if below:
-            self._cold_low.merge(p[:below], c[:below])
-            self._n_low += int(c[:below].sum())
-        if above < len(p):
-            self._cold_high.merge(p[above:], c[above:])
-            self._n_high += int(c[above:].sum())
-        top = -self._low[0]  # the low side's top: a value up to it belongs to the low side
-        for value, times in zip(p[below:above].tolist(), c[below:above].tolist(), strict=True):
-            if value <= top:
-                self._add_low(value, times)
-            else:
-                self._add_high(value, times)
+    def _add_high(self, value: int, times: int) -> int:
+        """``times`` values on the high side, no rebalancing; the level's count after."""
+        self._n_high += times
+        if value > self._ceil:
+            return self._cold_high.add(value, times)
+        c = self._high_counts.get(value)
+        if c is None:
+            heappush(self._high, value)
+            self._high_counts[value] = count = times
+            if len(self._high) > self._hot_max:
+                self._spill_high()
+        else:
+            self._high_counts[value] = count = c + times
+        low = self._low
+        return count + self._low_counts[-value] if low and low[0] == -value else count
+
+    def add_many(
+        self, prices: Sequence[int] | _Prices, counts: Sequence[int] | _Counts
+    ) -> list[int]:
+        """Add the distinct ascending ``prices``, each ``counts`` times (part of an archive
+        file reduced to pairs): those beyond the heaps go to the cold stores, those within
+        them to the heaps, and the median moves once, across as many levels as it must.
+        Returns each price's count after. O(p (log d + chunk)) for p pairs; the caller bounds
+        p. ``ValueError`` (nothing added) unless the prices are distinct, ascending, in
+        range and the counts positive."""
+        p = prices.tolist() if isinstance(prices, np.ndarray) else [int(x) for x in prices]
+        c = counts.tolist() if isinstance(counts, np.ndarray) else [int(x) for x in counts]
+        _check_pairs(p, c)
+        if sum(c) > MAX_COUNT - self._n_low - self._n_high:
+            raise ValueError("the count would pass 2**63 - 1")
+        if not p:
+            return []
+        top = -self._low[0] if self._low else NO_CEIL  # a value up to it belongs to the low side
+        below = bisect_left(p, self._floor)  # pairs below the floor: cold, low side
+        above = bisect_right(p, self._ceil)  # pairs from here on: above the ceiling
+        out = [0] * len(p)
+        add = self._cold_low.add
+        for i in range(below):
+            out[i] = add(p[i], c[i])
+        self._n_low += sum(c[:below])
+        add = self._cold_high.add
+        for i in range(above, len(p)):
+            out[i] = add(p[i], c[i])
+        self._n_high += sum(c[above:])
+        for i in range(below, above):
+            out[i] = self._add_low(p[i], c[i]) if p[i] <= top else self._add_high(p[i], c[i])
         self._rebalance()
-        self._tune()
+        return out
 
     # -- moving values across ------------------------------------------------------------------
 
@@ -455,8 +699,8 @@ class RunningMedian:
 
     def _move_low_to_high(self, k: int) -> None:
         """Move the ``k`` largest values from the low side to the high side, a whole level at a
-        time. O(log h) per level touched; more values than the low heap holds are moved in
-        bulk through the cold stores, O(d)."""
+        time. O(log h) per level touched (at most the heap's); more values than the low heap
+        holds move in bulk through the cold stores (see :meth:`_shift`)."""
         if k > self._n_low - self._cold_low.total:
             self._shift(k, up=True)
             return
@@ -484,12 +728,12 @@ class RunningMedian:
                 high_counts[value] = there + take
         if not low and self._n_low:
             self._refill_low()
-        if len(high) > self._limit:
+        if len(high) > self._hot_max:
             self._spill_high()
 
     def _move_high_to_low(self, k: int) -> None:
-        """Move the ``k`` smallest values from the high side to the low side, a whole level at
-        a time. O(log h) per level touched; in bulk beyond the high heap, O(d)."""
+        """Move the ``k`` smallest values from the high side to the low side (see
+        :meth:`_move_low_to_high`)."""
         if k > self._n_high - self._cold_high.total:
             self._shift(k, up=False)
             return
@@ -517,21 +761,20 @@ class RunningMedian:
                 low_counts[key] = there + take
         if not high and self._n_high:
             self._refill_high()
-        if len(low) > self._limit:
+        if len(low) > self._hot_max:
             self._spill_low()
 
     def _shift(self, k: int, *, up: bool) -> None:
         """Move ``k`` values across in bulk: both heaps go cold, the ``k`` values nearest the
-        median move from one cold store to the other with one cumulative sum, and both heaps
-        are refilled around the new median. O(d)."""
+        median move from one cold store to the other a whole chunk at a time (one chunk cut),
+        and both heaps are refilled around the new median. O(hot_max log hot_max + chunks
+        crossed + chunk + refill)."""
         self._freeze()
         if up:
-            prices, counts = self._cold_low.take_top_values(k)
-            self._cold_high.put_bottom(prices, counts)
+            self._cold_high.put_bottom_chunks(self._cold_low.take_top_values(k))
             self._n_low, self._n_high = self._n_low - k, self._n_high + k
         else:
-            prices, counts = self._cold_high.take_bottom_values(k)
-            self._cold_low.put_top(prices, counts)
+            self._cold_low.put_top_chunks(self._cold_high.take_bottom_values(k))
             self._n_low, self._n_high = self._n_low + k, self._n_high - k
         self._floor, self._ceil = NO_CEIL, -1  # both heaps empty: everything is cold
         if self._n_low:
@@ -544,193 +787,175 @@ class RunningMedian:
             self._ceil = NO_CEIL
 
     def _freeze(self) -> None:
-        """Both heaps into their cold stores (their levels are beyond every cold one)."""
+        """Both heaps into their cold stores (their levels are beyond every cold one).
+        O(hot_max log hot_max)."""
         low = sorted(-key for key in self._low)
-        self._cold_low.put_top(_prices(low), _counts([self._low_counts[-p] for p in low]))
+        self._cold_low.put_top(low, [self._low_counts[-p] for p in low])
         high = sorted(self._high)
-        self._cold_high.put_bottom(_prices(high), _counts([self._high_counts[p] for p in high]))
+        self._cold_high.put_bottom(high, [self._high_counts[p] for p in high])
         self._low.clear()
         self._low_counts.clear()
         self._high.clear()
         self._high_counts.clear()
 
-    def _cold_levels(self) -> int:
-        """Levels in the cold arrays (not counting those still in their dicts). O(1)."""
-        return len(self._cold_low.prices) + len(self._cold_high.prices)
-
-    def _tune(self) -> None:
-        """Size the heaps with the cold stores: a heap may hold d/32 levels (at least
-        ``hot_max``) and a refill brings back d/64 (at least ``refill``), so that a spill or
-        a refill, each O(d), happens only after O(d) adds: O(1) copies an add, amortised, at
-        a cost of about 12 bytes a level held hot. O(1)."""
-        self._limit = max(self._hot_max, self._cold_levels() >> 5, len(self._low),
-                          len(self._high))  # fmt: skip
-
     def _refill_low(self) -> None:
-        """The low heap ran empty: bring back the highest cold low levels."""
-        prices, counts = self._cold_low.take_top(max(self._refill, self._cold_levels() >> 6))
+        """The low heap ran empty: bring back the highest ``refill`` cold low levels."""
+        prices, counts = self._cold_low.take_top(self._refill)
         low_counts = self._low_counts
         for p, c in zip(prices, counts, strict=True):
             low_counts[-p] = low_counts.get(-p, 0) + c
         self._low[:] = list(low_counts)
         heapify(self._low)
         self._floor = prices[0] if self._cold_low.total else -1
-        self._tune()
 
     def _refill_high(self) -> None:
-        """The high heap ran empty: bring back the lowest cold high levels."""
-        prices, counts = self._cold_high.take_bottom(max(self._refill, self._cold_levels() >> 6))
+        """The high heap ran empty: bring back the lowest ``refill`` cold high levels."""
+        prices, counts = self._cold_high.take_bottom(self._refill)
         high_counts = self._high_counts
         for p, c in zip(prices, counts, strict=True):
             high_counts[p] = high_counts.get(p, 0) + c
         self._high[:] = list(high_counts)
         heapify(self._high)
         self._ceil = prices[-1] if self._cold_high.total else NO_CEIL
-        self._tune()
 
     def _spill_low(self) -> None:
-        """The low heap holds more than ``limit`` levels: its lower half goes cold."""
+        """The low heap holds more than ``hot_max`` levels: its lower half goes cold."""
         prices = sorted(-key for key in self._low)
         half = len(prices) // 2
         out = prices[:half]
-        self._cold_low.put_top(_prices(out), _counts([self._low_counts.pop(-p) for p in out]))
+        self._cold_low.put_top(out, [self._low_counts.pop(-p) for p in out])
         keep = prices[half:]
         self._low[:] = [-p for p in keep]
         heapify(self._low)
         self._floor = keep[0]
-        self._tune()
 
     def _spill_high(self) -> None:
-        """The high heap holds more than ``limit`` levels: its upper half goes cold."""
+        """The high heap holds more than ``hot_max`` levels: its upper half goes cold."""
         prices = sorted(self._high)
         half = (len(prices) + 1) // 2
         out = prices[half:]
-        self._cold_high.put_bottom(_prices(out), _counts([self._high_counts.pop(p) for p in out]))
+        self._cold_high.put_bottom(out, [self._high_counts.pop(p) for p in out])
         keep = prices[:half]
         self._high[:] = keep
         heapify(self._high)
         self._ceil = keep[-1]
-        self._tune()
 
     # -- reading -------------------------------------------------------------------------------
 
     def multiplicity(self, value: int) -> int:
         """How many times ``value`` was added. O(1) within the heaps, O(log d) beyond."""
-        n = self._low_counts.get(-value, 0) + self._high_counts.get(value, 0)
         if value < self._floor:
-            n += self._cold_low.count_of(value)
+            return self._cold_low.count_of(value)
         if value > self._ceil:
-            n += self._cold_high.count_of(value)
-        return n
+            return self._cold_high.count_of(value)
+        return self._low_counts.get(-value, 0) + self._high_counts.get(value, 0)
 
     def multiplicities(self, values: Iterable[int]) -> list[int]:
-        """:meth:`multiplicity` of each of ``values`` (a snapshot's few levels: dict lookups,
-        a search only for those beyond the heaps). O(v) within the heaps, O(log d) beyond."""
+        """:meth:`multiplicity` of each of ``values``. O(v log d)."""
         return [self.multiplicity(v) for v in values]
 
-    def counts_of(self, values: _Prices) -> _Counts:
-        """:meth:`multiplicity` of each of ``values`` (a uint64 array), vectorized: one
-        search of each cold store for them all, a dict lookup each for those within the
-        heaps' bounds. O(v log d)."""
-        out = np.zeros(len(values), np.int64)
-        if not len(values):
-            return out
-        hot = np.ones(len(values), bool)
-        for cold, low_side in ((self._cold_low, True), (self._cold_high, False)):
-            if not cold.total:
-                continue
-            cold.flush()
-            mask = values < self._floor if low_side else values > self._ceil
-            hot &= ~mask
-            if not mask.any():
-                continue
-            wanted = values[mask]
-            pos = np.searchsorted(cold.prices, wanted)
-            ok = pos < len(cold.prices)
-            ok[ok] = cold.prices[pos[ok]] == wanted[ok]
-            found = np.zeros(len(wanted), np.int64)
-            found[ok] = cold.counts[pos[ok]]
-            out[mask] = found
-        idx = np.flatnonzero(hot)
-        if len(idx):
-            low, high = self._low_counts, self._high_counts
-            out[idx] = [low.get(-v, 0) + high.get(v, 0) for v in values[idx].tolist()]
+    def values_at(self, ranks: Iterable[int]) -> list[int]:
+        """The values at these 0-based ranks among every value counted, ascending: the order
+        statistics quantiles are read from. ``IndexError`` for a rank outside ``0 .. count -
+        1``. O(d / chunk + chunk + hot_max log hot_max) for any number of ranks near the
+        median or far from it (the heaps are sorted once, a cold store is scanned by its
+        chunks' sums)."""
+        ranks = list(ranks)
+        n = self.count
+        if any(not 0 <= r < n for r in ranks):
+            raise IndexError("rank outside the values counted")
+        cold_low, cold_high = self._cold_low.total, self._cold_high.total
+        hot: list[tuple[int, int]] | None = None
+        out = []
+        for r in ranks:
+            if r < cold_low:
+                out.append(self._cold_low.value_at(r))
+            elif r >= n - cold_high:
+                out.append(self._cold_high.value_at(r - (n - cold_high)))
+            else:
+                if hot is None:  # the heaps' levels in order, a split level's halves apart
+                    hot = sorted((-k, c) for k, c in self._low_counts.items())
+                    hot += sorted(self._high_counts.items())
+                r -= cold_low
+                for value, c in hot:
+                    if r < c:
+                        out.append(value)
+                        break
+                    r -= c
         return out
 
-    def to_arrays(self) -> tuple[_Prices, _Counts]:
-        """Every distinct value with its multiplicity, ascending, as numpy arrays (uint64,
-        int64). O(d + h log h)."""
-        self._cold_low.flush()
-        self._cold_high.flush()
-        hot = {-key: c for key, c in self._low_counts.items()}
-        for value, c in self._high_counts.items():
-            hot[value] = hot.get(value, 0) + c
-        items = sorted(hot.items())
-        hot_p, hot_c = _prices([p for p, _ in items]), _counts([c for _, c in items])
-        prices, counts = _merge(self._cold_low.prices, self._cold_low.counts, hot_p, hot_c)
-        return _merge(prices, counts, self._cold_high.prices, self._cold_high.counts)
+    def _dump(self) -> tuple[bytes, bytes]:
+        """Every level and its count, ascending, as native uint64 / int64 bytes. O(d)."""
+        low_p, low_c = self._cold_low.pairs()
+        for key in sorted(self._low_counts, reverse=True):
+            low_p.append(-key)
+            low_c.append(self._low_counts[key])
+        high_p: list[int] = []
+        high_c: list[int] = []
+        for value in sorted(self._high_counts):
+            high_p.append(value)
+            high_c.append(self._high_counts[value])
+        cold_p, cold_c = self._cold_high.pairs()
+        if low_p and high_p and low_p[-1] == high_p[0]:  # a level split across both sides
+            high_c[0] += low_c.pop()
+            low_p.pop()
+        prices = array("Q", low_p + high_p + cold_p)
+        counts = array("q", low_c + high_c + cold_c)
+        return prices.tobytes(), counts.tobytes()
 
-    def to_state(self) -> list[tuple[int, int]]:
-        """Every distinct value with its multiplicity, ascending. O(d + h log h).
-
-        The state is all a restore needs: :meth:`from_state` rebuilds an equal structure.
-        """
-        prices, counts = self.to_arrays()
-        return list(zip(prices.tolist(), counts.tolist(), strict=True))
-
-    @classmethod
-    def from_state(cls, levels: Iterable[tuple[int, int]], **options: int) -> RunningMedian:
-        """Rebuild from ``(value, multiplicity)`` pairs, such as :meth:`to_state` returns.
-
-        O(d) for input sorted by value (as stored), O(d log d) otherwise. Values must be
-        distinct and multiplicities positive, else ``ValueError``.
-        """
-        items = list(levels)
-        return cls.from_arrays([v for v, _ in items], [c for _, c in items], **options)
-
-    @classmethod
-    def from_arrays(cls, prices: Any, counts: Any, **options: int) -> RunningMedian:
-        """Rebuild from arrays of distinct values and their positive multiplicities (sorted
-        as stored: O(d); unsorted: O(d log d)); the levels beyond the heaps go straight to the
-        cold stores. ``ValueError`` for duplicates, negative values or counts not positive."""
-        try:
-            p, c = _prices(prices), _counts(counts)
-        except OverflowError as exc:  # a negative value
-            raise ValueError("median state needs non-negative values") from exc
-        if len(c) and bool(np.any(c <= 0)):
-            raise ValueError("median state needs positive counts")
-        if len(p) > 1 and not bool(np.all(p[1:] > p[:-1])):
-            order = np.argsort(p, kind="stable")
-            p, c = p[order], c[order]
-            if bool(np.any(p[1:] == p[:-1])):
-                raise ValueError("duplicate value in median state")
-        m = cls(**options)
-        if not len(p):
-            return m
-        n = int(c.sum())
+    def _load(self, prices: _Prices, counts: _Counts) -> None:
+        """Become the median of checked ascending distinct ``prices`` with positive
+        ``counts`` (an empty median only). O(d)."""
+        n = int(counts.sum())
         want_low = n - n // 2  # the low side holds the extra value of an odd count
-        through = np.cumsum(c)
-        i = int(np.searchsorted(through, want_low))  # the level where the low side ends
+        through = np.cumsum(counts)
+        i = int(np.searchsorted(through, np.int64(want_low)))  # where the low side ends
         spare = int(through[i]) - want_low  # values of level i that belong to the high side
         del through
-        low_p, low_c = p[: i + 1], c[: i + 1].copy()  # prices are shared views, never written
+        p, c = prices.tolist(), counts.tolist()
+        low_p, low_c = p[: i + 1], c[: i + 1]
         low_c[-1] -= spare
         high_p, high_c = p[i:], c[i:]
         if spare:
-            high_c = high_c.copy()
             high_c[0] = spare
         else:
             high_p, high_c = high_p[1:], high_c[1:]
-        m._cold_low.put_top(low_p, low_c)
-        m._cold_high.put_bottom(high_p, high_c)
-        m._n_low, m._n_high = want_low, n - want_low
-        m._refill_low()
-        if m._n_high:
-            m._refill_high()
-        return m
+        self._cold_low = _Cold.build(self._chunk, low_p, low_c)
+        self._cold_high = _Cold.build(self._chunk, high_p, high_c)
+        self._n_low, self._n_high = want_low, n - want_low
+        self._refill_low()
+        if self._n_high:
+            self._refill_high()
+
+    def nbytes(self) -> int:
+        """Memory held, in bytes: the heaps, their counts and the int objects they own, the
+        cold stores' arrays and directories. O(h + d / chunk)."""
+        import sys
+
+        size = sys.getsizeof(self)
+        for part in (self._low, self._high, self._low_counts, self._high_counts):
+            size += sys.getsizeof(part)
+        for hot in (self._low_counts, self._high_counts):
+            for key, c in hot.items():
+                size += sys.getsizeof(key) + (0 if -5 <= c <= 256 else sys.getsizeof(c))
+        for cold in (self._cold_low, self._cold_high):
+            size += sum(map(sys.getsizeof, (cold.prices, cold.counts, cold.firsts, cold.sums)))
+            size += sum(sys.getsizeof(a) for a in cold.prices)
+            size += sum(sys.getsizeof(a) for a in cold.counts)
+            size += sum(sys.getsizeof(x) for x in cold.firsts)
+            size += sum(sys.getsizeof(x) for x in cold.sums)
+        return size
+
+    def _state(self) -> tuple[Any, ...]:
+        """Everything that decides what comes next, layout aside (heaps as sorted levels,
+        cold stores as flat levels): equal in both twins after the same operations. O(d)."""
+        return (self._n_low, self._n_high, self._floor, self._ceil,
+                sorted((-k, c) for k, c in self._low_counts.items()),
+                sorted(self._high_counts.items()),
+                self._cold_low.pairs(), self._cold_high.pairs())  # fmt: skip
 
     def _check(self) -> None:
-        """Assert every invariant. O(d log d); for tests."""
+        """Assert every invariant. O(d + h log h); for tests."""
         low, high = self._low, self._high
         assert sorted(low) == sorted(self._low_counts), "low heap and counts disagree"
         assert sorted(high) == sorted(self._high_counts), "high heap and counts disagree"
@@ -738,8 +963,7 @@ class RunningMedian:
         assert all(high[(i - 1) // 2] <= high[i] for i in range(1, len(high))), "high heap order"
         assert all(c > 0 for c in self._low_counts.values()), "empty level on low side"
         assert all(c > 0 for c in self._high_counts.values()), "empty level on high side"
-        assert len(low) <= self._limit and len(high) <= self._limit, "heap over its limit"
-        assert self._limit >= self._hot_max, "limit under hot_max"
+        assert len(low) <= self._hot_max and len(high) <= self._hot_max, "heap over hot_max"
         cold_low, cold_high = self._cold_low, self._cold_high
         assert sum(self._low_counts.values()) + cold_low.total == self._n_low, "low count"
         assert sum(self._high_counts.values()) + cold_high.total == self._n_high, "high count"
@@ -750,11 +974,62 @@ class RunningMedian:
             assert all(-key >= self._floor for key in low), "low heap level below the floor"
             cold_low._check(below=self._floor)
         else:
-            assert self._floor == -1 and not len(cold_low.prices)
+            assert self._floor == -1 and not cold_low.prices, "floor without cold levels"
         if cold_high.total:
             assert all(v <= self._ceil for v in high), "high heap level above the ceiling"
             cold_high._check(above=self._ceil)
         else:
-            assert self._ceil == NO_CEIL and not len(cold_high.prices)
+            assert self._ceil == NO_CEIL and not cold_high.prices, "ceiling without cold levels"
         if low and high:
             assert -low[0] <= high[0], "max(low) > min(high)"
+
+
+def _check_pairs(prices: list[int], counts: list[int]) -> None:
+    """ValueError unless ``prices`` are ascending, distinct and in range and ``counts``
+    positive, one each. O(p)."""
+    if len(prices) != len(counts):
+        raise ValueError(f"{len(prices)} prices but {len(counts)} counts")
+    if prices and not (prices[0] >= 0 and prices[-1] < NO_CEIL):
+        raise ValueError("a value outside 0 .. 2**64 - 1")
+    if any(b <= a for a, b in pairwise(prices)):
+        raise ValueError("prices not distinct and ascending")
+    if any(c <= 0 for c in counts):
+        raise ValueError("a count that is not positive")
+
+
+class PyRunningMedian(_Bulk, _PyCore):
+    """Exact running median over integers in ``0 .. 2**64 - 1`` with repeated values, in pure
+    Python (the reference twin; see the module docstring).
+
+    Runtime complexity: :meth:`add` O(log h) amortised for h levels in a heap, O(log d +
+    chunk) beyond the heaps, never more than a bounded step (a spill O(hot_max log hot_max),
+    a refill O(refill + chunk)) plus the median's crossing (O(log h) a level, or in bulk
+    O(d / chunk)); :meth:`add_many` O(p (log d + chunk)); :attr:`twice_median` and
+    :attr:`count` O(1); :meth:`values_at` O(d / chunk + hot_max log hot_max);
+    :meth:`to_arrays` and :meth:`from_arrays` O(d); memory O(d): 16 bytes a cold level (in
+    chunks at least half full once built), about 100 a hot one.
+    """
+
+    __slots__ = ()
+
+
+def _compiled() -> type | None:
+    """The compiled twin's class, or None where it was not built at install (no compiler)."""
+    try:
+        from . import _native  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+
+    class CRunningMedian(_Bulk, _native.Median):  # type: ignore[misc]
+        """:class:`PyRunningMedian` in C (``medianserv/_median.c``): the same algorithm, the
+        same results, the same state after the same operations."""
+
+        __slots__ = ()
+
+    return CRunningMedian
+
+
+#: The compiled twin (None where no C compiler was at install).
+CRunningMedian: Any = _compiled()
+#: The median the service uses: the compiled twin where it was built, else the pure one.
+RunningMedian: Any = CRunningMedian or PyRunningMedian

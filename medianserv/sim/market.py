@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..median import RunningMedian
+from ..median import PyRunningMedian
 from ..prices import SCALE, format_median, format_price, parse_price
 
 __all__ = [
@@ -163,7 +163,8 @@ class Trade:
 class SymbolTruth:
     """Everything published for one symbol: the ground truth tests compare against.
 
-    The median is our own :class:`RunningMedian`, itself tested against ``statistics.median``.
+    The median is our own pure :class:`PyRunningMedian` (never the compiled twin the service
+    runs: the truth stays independent of it), itself tested against ``statistics.median``.
     The last ``history_limit`` trades (price, time, side: 17 bytes a trade) are kept for
     ``historicalTrades``, and the aggregate trades covering them for ``aggTrades``: a new
     aggregate starts wherever a trade differs from the previous one in price, side or
@@ -172,7 +173,7 @@ class SymbolTruth:
 
     first_id: int
     next_id: int
-    median: RunningMedian = field(default_factory=RunningMedian)
+    median: PyRunningMedian = field(default_factory=PyRunningMedian)
     last_price: int | None = None
     prices: array[int] = field(default_factory=lambda: array("Q"))
     times: array[int] = field(default_factory=lambda: array("q"))

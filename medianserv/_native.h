@@ -1,0 +1,80 @@
+/* medianserv._native: the compiled twins of medianserv's pure modules, one extension module.
+ *
+ *   _median.c   the twin of median.py (PyRunningMedian): type Median
+ *   _hotpath.c  the twin of hotpath.py (the per-trade path): types Lock, Index, TradePath
+ *   _native.c   the module: its types and functions put together
+ *
+ * Each C file mirrors its Python module function for function; the tests run both twins
+ * against the same oracles and against each other. The CPython API only: no numpy headers,
+ * no other library, so any C compiler builds it at install (and where none is, the pure
+ * Python twins run). */
+#ifndef MEDIANSERV_NATIVE_H
+#define MEDIANSERV_NATIVE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+typedef uint64_t u64;
+typedef int64_t i64;
+
+/* -- the median (_median.c) ---------------------------------------------------------------- */
+
+/* price -> count, open addressing, linear probing, backward-shift deletion; a slot is free
+ * when its count is 0 (every price 0 .. 2^64 - 1 is a valid key) */
+typedef struct {
+    u64 *keys;
+    i64 *vals;
+    size_t cap, used;   /* cap a power of two (or 0), used <= cap / 2 */
+    int shift;          /* 64 - log2(cap) */
+} Map;
+
+/* one cold chunk: n levels, prices ascending, in one block with room for cap of each */
+typedef struct {
+    int n, cap;
+    u64 *p;
+    i64 *c;
+} Chunk;
+
+/* one side's levels beyond its heap (medianserv.median._Cold) */
+typedef struct {
+    Chunk **chunks;     /* ascending */
+    u64 *firsts;        /* each chunk's first price */
+    i64 *sums;          /* each chunk's values */
+    size_t n, cap;      /* chunks held, directory room */
+    i64 total, levels;
+    size_t at;          /* the chunk the last search found */
+    int chunk;          /* levels a chunk holds at most */
+} Cold;
+
+typedef struct {
+    PyObject_HEAD
+    u64 *low;           /* max-heap of the low side's levels near the median */
+    size_t nlow, caplow;
+    u64 *high;          /* min-heap of the high side's levels near the median */
+    size_t nhigh, caphigh;
+    Map low_counts, high_counts;
+    i64 n_low, n_high;  /* values on each side, cold ones included */
+    Cold cold_low, cold_high;
+    u64 floor_;         /* has_floor: no cold low level is at or above it (else -1) */
+    u64 ceil_;          /* has_ceil: no cold high level is at or below it (else 2^64) */
+    int has_floor, has_ceil;
+    int hot_max, refill, chunk;
+    int broken;         /* memory ran out half way through a step: refuse every use */
+} Median;
+
+extern PyTypeObject MedianType;
+
+/* Adds `times` values at `value`; the level's count after, or -1 with an exception set. */
+i64 median_add(Median *m, u64 value, i64 times);
+
+/* -- the per-trade path (_hotpath.c) --------------------------------------------------------- */
+
+extern PyTypeObject LockType, IndexType, TradePathType;
+int hotpath_ready(PyObject *module);
+
+/* zlib's crc32 and adler32, bit for bit (perfect_hash.py hashes with zlib's) */
+uint32_t ms_crc32(uint32_t crc, const unsigned char *s, size_t n);
+uint32_t ms_adler32(const unsigned char *s, size_t n);
+
+#endif
