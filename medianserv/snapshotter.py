@@ -1,8 +1,9 @@
 """The snapshot thread: every ``snapshot_interval`` seconds, what changed goes to LMDB.
 
-Per symbol it holds the symbol's lock only to copy the levels touched since the previous
-snapshot (:meth:`SymbolStats.harvest`); encoding and the LMDB write happen outside every lock,
-so readers wait at most one harvest (``max_hold_ms``). If a write fails (a full disk, an I/O
+Per symbol it holds the symbol's lock only to take the log of levels changed since the
+previous snapshot (:meth:`SymbolStats.harvest`: the log changes hands whole, each level with
+its count, O(1)) and copy its bookkeeping; encoding and the LMDB write happen outside every
+lock, so readers wait at most one harvest (``max_hold_ms``). If a write fails (a full disk, an I/O
 error) the harvested changes stay in memory and go out with the next attempt; the service
 keeps serving meanwhile and says so loudly in the log and in /metrics.
 """
@@ -18,7 +19,7 @@ import lmdb
 
 from .logs import ThreadErrors
 from .store import Store
-from .symbols import SymbolState, SymbolStats
+from .symbols import LevelLog, SymbolState, SymbolStats
 
 __all__ = ["SnapshotStats", "Snapshotter"]
 
@@ -109,10 +110,10 @@ class Snapshotter:
                 if state is None:
                     continue
                 before = pending.get(state.symbol)
-                if before is not None:  # an earlier write failed: merge, newest counts win
-                    merged = dict(before.levels)
-                    merged.update(state.levels)
-                    state.levels = list(merged.items())
+                if before is not None:  # an earlier write failed: its log first, this one after
+                    assert isinstance(before.levels, LevelLog)
+                    assert isinstance(state.levels, LevelLog)
+                    state.levels = before.levels.then(state.levels)
                 pending[state.symbol] = state
             listing = self.listing()
             new_listing = listing if listing and listing != self._saved_listing else None

@@ -35,7 +35,7 @@ import msgspec
 import numpy as np
 
 from .errors import MedianservError
-from .symbols import Front, Gap, LevelArrays, SymbolState, TradeIds
+from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds
 
 __all__ = ["FORMAT_VERSION", "Store", "StoreError", "decode_record", "encode_record", "level_key"]
 
@@ -130,20 +130,25 @@ def symbol_prefix(symbol: str) -> bytes:
 
 def _level_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
     """The ``levels`` items of ``batch``, made as they are written (a list of ten million
-    would cost gigabytes). Arrays are packed a chunk at a time, vectorized."""
+    would cost gigabytes). Arrays are packed a chunk at a time, vectorized. A harvest's log
+    is written in its order: a level it holds twice is written twice, the later count last,
+    so the put that stays is its count at the harvest."""
     pack = _U64.pack
     for state in batch:
         prefix = symbol_prefix(state.symbol)
         levels = state.levels
-        if isinstance(levels, LevelArrays):
-            for start in range(0, len(levels), 65_536):
-                keys = levels.prices[start : start + 65_536].astype(">u8").tobytes()
-                values = levels.counts[start : start + 65_536].astype(">u8").tobytes()
-                for i in range(0, len(keys), 8):
-                    yield prefix + keys[i : i + 8], values[i : i + 8]
-        else:
-            for price, count in levels:
-                yield prefix + pack(price), pack(count)
+        entries = levels.entries if isinstance(levels, LevelLog) else [levels]
+        for entry in entries:
+            if isinstance(entry, LevelArrays):
+                for start in range(0, len(entry), 65_536):
+                    keys = entry.prices[start : start + 65_536].astype(">u8").tobytes()
+                    values = entry.counts[start : start + 65_536].astype(">u8").tobytes()
+                    for i in range(0, len(keys), 8):
+                        yield prefix + keys[i : i + 8], values[i : i + 8]
+            else:
+                pairs = entry.items() if isinstance(entry, dict) else entry
+                for price, count in pairs:
+                    yield prefix + pack(price), pack(count)
 
 
 def _native(buf: bytearray, dtype: Any) -> np.ndarray[Any, Any]:

@@ -16,13 +16,14 @@ ties them together: the trades the median holds are exactly the ids the bookkeep
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .median import RunningMedian
+from .median import CRunningMedian, PyRunningMedian
 from .perfect_hash import PerfectHash
 from .tradeids import (
     APPLIED,
@@ -36,6 +37,9 @@ from .tradeids import (
     TradeIds,
 )
 
+#: Rows of a batch (a backfilled page) applied under one hold of a symbol's lock.
+ROWS_PIECE = 128
+
 __all__ = [
     "APPLIED",
     "DUPLICATE",
@@ -44,6 +48,7 @@ __all__ = [
     "Front",
     "Gap",
     "LevelArrays",
+    "LevelLog",
     "Outcome",
     "Row",
     "StatsView",
@@ -51,7 +56,42 @@ __all__ = [
     "SymbolStats",
     "SymbolTable",
     "TradeIds",
+    "compiled",
+    "use_compiled",
 ]
+
+#: The median class every new SymbolStats holds: the compiled twin where it was built at
+#: install, unless :func:`use_compiled` said otherwise (``--trade-path python``).
+_Median: Any = CRunningMedian or PyRunningMedian
+#: Its lock: with the compiled median, the compiled per-trade path's lock (the same semantics
+#: as ``threading.Lock``, which that path takes without the interpreter); else threading's.
+_Lock: Any = threading.Lock
+
+
+def _native_lock() -> Any:
+    from . import _native  # type: ignore[attr-defined]
+
+    return _native.Lock
+
+
+if CRunningMedian is not None:
+    _Lock = _native_lock()
+
+
+def use_compiled(enabled: bool) -> None:
+    """Choose the median of every SymbolStats made from now on: the compiled twin (True;
+    ``RuntimeError`` where it was not built) or the pure Python one. Called once at start,
+    before anything is restored (the per-trade path in C needs the compiled median)."""
+    global _Median, _Lock
+    if enabled and CRunningMedian is None:
+        raise RuntimeError("the compiled median was not built at install (no C compiler)")
+    _Median = CRunningMedian if enabled else PyRunningMedian
+    _Lock = _native_lock() if enabled else threading.Lock
+
+
+def compiled() -> bool:
+    """Whether new SymbolStats hold the compiled median. O(1)."""
+    return bool(_Median is not PyRunningMedian)
 
 
 @dataclass(slots=True)
@@ -59,8 +99,9 @@ class SymbolState:
     """One symbol as a snapshot stores it: its last trade, a copy of its trade-id bookkeeping
     and its price levels. ``count`` is the number of trades the levels hold.
 
-    From :meth:`SymbolStats.harvest`, ``levels`` holds only the levels changed since the last
-    snapshot; from the store, every level, ascending by price.
+    From :meth:`SymbolStats.harvest`, ``levels`` is a :class:`LevelLog` of only the levels
+    changed since the last snapshot, each with its count (a later entry of one level supersedes
+    an earlier one); from the store, every level, ascending by price.
     """
 
     symbol: str
@@ -69,7 +110,7 @@ class SymbolState:
     last_price: int | None
     last_trade_time: int | None
     ids: TradeIds
-    levels: list[tuple[int, int]] | LevelArrays
+    levels: list[tuple[int, int]] | LevelArrays | LevelLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,31 +139,35 @@ class SymbolStats:
 
     :attr:`lock` serialises writers (a symbol may briefly arrive on two connections during a
     rotation, a backfill worker and the history import may write at once) and lets readers
-    and the snapshotter copy a consistent instant.
+    and the snapshotter copy a consistent instant. No method holds it for more than a bounded
+    step: a batch of rows and an archive file are applied in pieces (:data:`ROWS_PIECE` rows,
+    :attr:`levels_piece` pairs), the lock released between them.
 
-    For incremental snapshots it remembers what changed since the last :meth:`harvest`: the
-    price levels touched (``dirty_levels``) and whether anything at all changed (``dirty``).
+    For incremental snapshots it logs what changed since the last :meth:`harvest`: every add
+    to the median returns the count its level holds after, so each change is logged with its
+    count (``_live``, a dict of the levels trades touched; a file's pieces as arrays, in
+    ``_log`` in order). A harvest hands the log over whole, O(1): no level is looked up again.
 
     Runtime complexity: :meth:`apply` O(log d) (the median add), :meth:`view` O(g), in practice
-    O(1) as gaps are few; :meth:`harvest` O(levels touched since the last one).
+    O(1) as gaps are few; :meth:`harvest` O(g).
     """
 
     __slots__ = (
-        "damaged", "dirty", "dirty_arrays", "dirty_levels", "ids", "imported", "last_price",
-        "last_trade_id", "last_trade_time", "lock", "median", "merged", "symbol", "version",
+        "_live", "_log", "damaged", "dirty", "ids", "imported", "last_price", "last_trade_id",
+        "last_trade_time", "lock", "median", "merged", "symbol", "version",
     )  # fmt: skip
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
-        self.lock = threading.Lock()  # guards every attribute below
-        self.median = RunningMedian()
+        self.lock: Any = _Lock()  # guards every attribute below
+        self.median: PyRunningMedian = _Median()  # or its compiled twin: the same interface
         self.ids = TradeIds()
         self.last_trade_id = -1  # highest trade id counted
         self.last_price: int | None = None  # its price
         self.last_trade_time: int | None = None  # its time
         self.dirty = False  # changed since the last harvest
-        self.dirty_levels: set[int] = set()  # price levels added to since the last harvest
-        self.dirty_arrays: list[np.ndarray[Any, Any]] = []  # and those of whole files
+        self._live: dict[int, int] = {}  # level -> its count, for levels trades touched
+        self._log: list[dict[int, int] | LevelArrays] = []  # closed entries: older first
         self.merged = 0  # trades of the claimed file merged so far (see apply_levels)
         self.imported = 0  # trades of history imported by this process (in memory only)
         self.damaged = False  # a merge broke off half way: never stored again (see apply_levels)
@@ -130,16 +175,22 @@ class SymbolStats:
         # read without the lock: an int read is atomic, and a stale one only delays a rebuild)
         self.version = 0
 
+    @property
+    def levels_piece(self) -> int:
+        """Pairs of a file merged under one hold of the lock: about half a millisecond's
+        work at ten million levels, for either median."""
+        return 256 if isinstance(self.median, PyRunningMedian) else 2048
+
     # -- applying trades --------------------------------------------------------------------------
 
     def apply(self, trade_id: int, price: int, trade_time: int) -> Outcome:
-        """Apply one trade exactly once. O(log d); one lock taken. The per-trade path."""
+        """Apply one trade exactly once. O(log d); one lock taken. The per-trade path (the
+        compiled one, :mod:`medianserv.hotpath`, does the same for the common outcomes)."""
         with self.lock:
             outcome = self.ids.observe(trade_id, trade_time, price)
             if outcome is DUPLICATE:
                 return outcome
-            self.median.add(price)
-            self.dirty_levels.add(price)
+            self._live[price] = self.median.add(price)
             self.dirty = True
             self.version += 1
             if trade_id > self.last_trade_id:
@@ -148,34 +199,67 @@ class SymbolStats:
                 self.last_trade_time = trade_time
             return outcome
 
+    def apply_common(self, trade_id: int, price: int, trade_time: int) -> Outcome | None:
+        """:meth:`apply` for its common outcomes only: the next trade of the range (APPLIED)
+        or one already counted above every gap (DUPLICATE), the same effects as
+        :meth:`apply`. None, and nothing done, for anything else (a first trade, a jump in
+        ids, a trade inside a gap), which :meth:`apply` handles. What the per-trade path
+        (:mod:`medianserv.hotpath`) applies, step for step in its compiled twin. O(log d)."""
+        with self.lock:
+            ids = self.ids
+            highest = ids.highest
+            if highest is None:
+                return None
+            if trade_id == highest + 1:
+                ids.highest, ids.after_highest_ms, ids.highest_price = trade_id, trade_time, price
+                self._live[price] = self.median.add(price)
+                self.dirty = True
+                self.version += 1
+                if trade_id > self.last_trade_id:
+                    self.last_trade_id = trade_id
+                    self.last_price = price
+                    self.last_trade_time = trade_time
+                return APPLIED
+            if trade_id <= highest:
+                gaps = ids.gaps
+                if not gaps or trade_id > gaps[-1].hi:
+                    return DUPLICATE
+            return None
+
     def apply_rows(self, rows: Iterable[Row]) -> int:
         """Apply a batch of trades exactly once: of each row, the ids still missing (or at the
         bottom of the front) are added to the median in one step (``add(price, times=k)``),
-        the rest ignored. One lock for the whole batch. O(r (log g + log d)) for r rows, plus
-        the median's level crossings. Returns how many trades were applied."""
+        the rest ignored. The lock is held for :data:`ROWS_PIECE` rows at a time, each row
+        whole. O(r (log g + log d)) for r rows, plus the median's level crossings. Returns
+        how many trades were applied."""
         applied = 0
-        with self.lock:
-            ids, median, dirty_levels = self.ids, self.median, self.dirty_levels
-            before = ids.to_import
-            for first_id, last_id, price, time_ms in rows:
-                k = ids.fill(first_id, last_id, time_ms, price)
-                if not k:
-                    continue
-                applied += k
-                median.add(price, k)
-                dirty_levels.add(price)
-                if last_id > self.last_trade_id:
-                    # the highest id of the row is ours only if it was missing: trades above
-                    # our range stay for the stream to deliver
-                    top = min(last_id, ids.highest if ids.highest is not None else last_id)
-                    if top > self.last_trade_id:
-                        self.last_trade_id, self.last_price, self.last_trade_time = (
-                            top, price, time_ms,
-                        )  # fmt: skip
-            if applied:
-                self.dirty = True
-                self.version += 1
-                self.imported += before - ids.to_import
+        rows = list(rows)
+        for start in range(0, len(rows), ROWS_PIECE):
+            if start:
+                time.sleep(0)  # let readers waiting for the interpreter in
+            with self.lock:
+                ids, median, live = self.ids, self.median, self._live
+                before = ids.to_import
+                piece = 0
+                for first_id, last_id, price, time_ms in rows[start : start + ROWS_PIECE]:
+                    k = ids.fill(first_id, last_id, time_ms, price)
+                    if not k:
+                        continue
+                    piece += k
+                    live[price] = median.add(price, k)
+                    if last_id > self.last_trade_id:
+                        # the highest id of the row is ours only if it was missing: trades
+                        # above our range stay for the stream to deliver
+                        top = min(last_id, ids.highest if ids.highest is not None else last_id)
+                        if top > self.last_trade_id:
+                            self.last_trade_id, self.last_price, self.last_trade_time = (
+                                top, price, time_ms,
+                            )  # fmt: skip
+                if piece:
+                    applied += piece
+                    self.dirty = True
+                    self.version += 1
+                    self.imported += before - ids.to_import
         return applied
 
     def apply_levels(
@@ -187,7 +271,7 @@ class SymbolStats:
         last_ms: int | None,
         *,
         last_price: int | None = None,
-        slice_size: int = 1 << 22,
+        piece: int | None = None,
     ) -> int:
         """Apply a whole archive file, reduced to (price, count) pairs, covering exactly the
         trade ids ``lo..hi`` at the bottom of the front; anything else is refused (returns 0)
@@ -196,19 +280,19 @@ class SymbolStats:
         The pairs are checked first (distinct ascending prices, positive counts adding up to
         ``hi - lo + 1``; ``ValueError`` otherwise, before anything is applied). Then the ids
         are claimed (:meth:`TradeIds.claim_front`: nothing else can count them meanwhile) and
-        the pairs go into the median with :meth:`RunningMedian.add_many` (vectorized), under
-        the lock, ``slice_size`` pairs at a time (a file has far fewer distinct prices than
-        that, so in practice one step). Until the last slice the snapshotter leaves the symbol
-        alone: what is stored is the file's pairs and the moved front together, or neither,
-        so a crash never counts a file twice.
+        the pairs go into the median with :meth:`RunningMedian.add_many`, ``piece`` pairs at a
+        time (:attr:`levels_piece` by default) under the lock, released between pieces so
+        that no reader waits for a whole file. Until the last piece the snapshotter leaves the
+        symbol alone: what is stored is the file's pairs and the moved front together, or
+        neither, so a crash never counts a file twice.
 
         If the merge breaks off half way (only a bug or memory exhaustion can do that: the
         input was checked), the median holds part of a file that its ids do not count. The
         symbol is then *damaged*: never stored again, so its last snapshot stays right and a
         restart restores it; the error propagates.
 
-        O(d + p) for p pairs and d levels held (a merge of sorted arrays). Returns the trades
-        applied."""
+        O(p (log d + chunk)) for p pairs and d levels held, in pieces of bounded work.
+        Returns the trades applied."""
         try:
             prices = np.asarray(levels, dtype=np.uint64).reshape(-1)
             times = np.asarray(counts, dtype=np.int64).reshape(-1)
@@ -220,16 +304,20 @@ class SymbolStats:
                 return 0
             self.merged = 0
         add_many = self.median.add_many
+        step = piece or self.levels_piece
         try:
-            for start in range(0, len(prices), slice_size):
+            for start in range(0, len(prices), step):
                 if start:
-                    self._between_slices()
-                part_p = prices[start : start + slice_size]
-                part_c = times[start : start + slice_size]
+                    self._between_pieces()
+                part_p = prices[start : start + step]
+                part_c = times[start : start + step]
                 with self.lock:
-                    add_many(part_p, part_c)
+                    now = add_many(part_p, part_c)
                     self.merged += int(part_c.sum())
-                    self.dirty_arrays.append(part_p)
+                    if self._live:
+                        self._log.append(self._live)
+                        self._live = {}
+                    self._log.append(LevelArrays(part_p, np.asarray(now, np.int64)))
                     self.version += 1
         except BaseException:
             with self.lock:
@@ -247,10 +335,12 @@ class SymbolStats:
                 self.last_trade_time = last_ms
         return filled
 
-    def _between_slices(self) -> None:
-        """Called by :meth:`apply_levels` between two slices, the lock released: where other
-        threads apply trades, snapshot or read meanwhile. Does nothing; tests override it to
-        put any other event at exactly this point."""
+    def _between_pieces(self) -> None:
+        """Called by :meth:`apply_levels` between two pieces, the lock released: where other
+        threads apply trades, snapshot or read meanwhile. Yields the interpreter to them (a
+        file's merge is many pieces); tests override it to put any other event at exactly
+        this point."""
+        time.sleep(0)
 
     # -- bookkeeping, under the lock --------------------------------------------------------------
 
@@ -330,35 +420,30 @@ class SymbolStats:
     # -- snapshots and views ----------------------------------------------------------------------
 
     def harvest(self) -> SymbolState | None:
-        """What changed since the last harvest, copied under the lock (None if nothing did).
+        """What changed since the last harvest, handed over under the lock (None if nothing
+        did): the log of levels touched, each with its count, and a copy of the bookkeeping.
 
         Levels carry their full multiplicity, so writing them over the stored ones is
-        idempotent. O(levels touched + g); this is all a snapshot holds the lock for.
+        idempotent. O(g): the log changes hands whole; this is all a snapshot holds the lock
+        for.
         """
         with self.lock:
             # a file half merged is never stored, nor a merge that broke off
             if not self.dirty or self.ids.claimed is not None or self.damaged:
                 return None
-            levels: list[tuple[int, int]] | LevelArrays
-            if self.dirty_arrays:  # files: as arrays, 16 bytes a level, not a list of tuples
-                live = np.fromiter(self.dirty_levels, np.uint64, len(self.dirty_levels))
-                prices = _distinct(np.concatenate([*self.dirty_arrays, live]))
-                levels = LevelArrays(prices, self.median.counts_of(prices))
-                self.dirty_arrays = []
-            else:
-                live_prices = list(self.dirty_levels)
-                counts = self.median.multiplicities(live_prices)
-                levels = list(zip(live_prices, counts, strict=True))
-            self.dirty_levels = set()
+            log = self._log
+            if self._live:
+                log.append(self._live)
+            self._log, self._live = [], {}
             self.dirty = False
-            return self._state(levels)
+            return self._state(LevelLog(log))
 
     def full_state(self) -> SymbolState:
         """Everything, levels included (for exports and tests). O(d log d) under the lock."""
         with self.lock:
             return self._state(self.median.to_state())
 
-    def _state(self, levels: list[tuple[int, int]] | LevelArrays) -> SymbolState:
+    def _state(self, levels: list[tuple[int, int]] | LevelArrays | LevelLog) -> SymbolState:
         return SymbolState(self.symbol, self.median.count, self.last_trade_id, self.last_price,
                            self.last_trade_time, self.ids.copy(), levels)  # fmt: skip
 
@@ -371,9 +456,9 @@ class SymbolStats:
         stats = cls(state.symbol)
         levels = state.levels
         if isinstance(levels, LevelArrays):
-            stats.median = RunningMedian.from_arrays(levels.prices, levels.counts)
+            stats.median = _Median.from_arrays(levels.prices, levels.counts)
         else:
-            stats.median = RunningMedian.from_state(levels)
+            stats.median = _Median.from_state(levels)
         if stats.median.count != state.count:
             raise ValueError(
                 f"{state.symbol}: count {state.count} but levels sum to {stats.median.count}"
@@ -445,19 +530,6 @@ def _check_pairs(
         raise ValueError(f"{symbol}: prices not distinct and ascending")
 
 
-def _distinct(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """The distinct values, ascending: a sort in place and a mask. O(n log n). (Not
-    ``np.unique``: its hash table leaves the C heap fragmented, hundreds of MB at ten
-    million values that the process never gets back.)"""
-    values.sort()
-    if len(values) > 1:
-        keep = np.empty(len(values), bool)
-        keep[0] = True
-        np.not_equal(values[1:], values[:-1], out=keep[1:])
-        values = values[keep]
-    return values
-
-
 class LevelArrays(Sequence[tuple[int, int]]):
     """A symbol's price levels as two numpy arrays, ascending: what the store loads, 16 bytes
     a level (a list of tuples would cost about 120). Reads as a sequence of
@@ -485,6 +557,34 @@ class LevelArrays(Sequence[tuple[int, int]]):
         return int(self.counts.sum()) if len(self.counts) else 0
 
 
+class LevelLog:
+    """The levels a symbol changed since its last snapshot, each with its count then, in the
+    order they changed: entries that are dicts (levels trades touched) and
+    :class:`LevelArrays` (pieces of files). A later entry of one level supersedes an earlier
+    one, so writing them in order leaves every level at its count at the harvest.
+    Iterates as ``(price, count)`` pairs in that order; ``len`` counts them. O(1) to build."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: list[dict[int, int] | LevelArrays]) -> None:
+        self.entries = entries
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self.entries)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for e in self.entries:
+            yield from (e.items() if isinstance(e, dict) else e)
+
+    def then(self, later: LevelLog) -> LevelLog:
+        """This log followed by a later one (a harvest kept after a failed write). O(1)."""
+        return LevelLog(self.entries + later.entries)
+
+    def final(self) -> dict[int, int]:
+        """Each level's last count: what the log leaves stored. O(entries); for tests."""
+        return dict(iter(self))
+
+
 class SymbolTable:
     """The hashmap: listed symbol -> :class:`SymbolStats`, via a minimal perfect hash.
 
@@ -494,11 +594,14 @@ class SymbolTable:
     are never returned, because :meth:`PerfectHash.slot` verifies the key.
     """
 
-    __slots__ = ("_hash", "_stats", "get", "symbols")
+    __slots__ = ("_hash", "_stats", "get", "index", "symbols")
 
     get: Callable[[str], SymbolStats | None]
     """``get(symbol)``: the stats of ``symbol``, or None when it is not listed. O(1): one
     perfect-hash lookup straight into the array, one call."""
+    index: Any
+    """The same map for the compiled per-trade path (``medianserv._native.Index``: the same
+    perfect hash in C over the same array), or None where the pure twins run."""
 
     def __init__(
         self, phash: PerfectHash, stats: list[SymbolStats | None], symbols: tuple[str, ...]
@@ -508,6 +611,7 @@ class SymbolTable:
         self._stats = stats  # stats[slot] belongs to phash.keys[slot]; None in unused slots
         self.symbols = symbols  # listing order, as the exchange lists them
         self.get = phash.lookup_in(stats)
+        self.index = phash.compiled_lookup_in(stats) if compiled() else None
 
     @classmethod
     def build(cls, symbols: Iterable[str]) -> SymbolTable:

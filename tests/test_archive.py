@@ -396,7 +396,7 @@ def test_a_file_is_stored_whole_or_not_at_all() -> None:
     seen: list[object] = []
 
     class Probed(SymbolStats):
-        def _between_slices(self) -> None:  # the lock is released here
+        def _between_pieces(self) -> None:  # the lock is released here
             if len(seen) < 2 and self.merged == 14:
                 seen.append(self.harvest())
                 seen.append(self.view().count)
@@ -405,7 +405,7 @@ def test_a_file_is_stored_whole_or_not_at_all() -> None:
     stats.baseline(999, 5_000)
     stats.start_history(0, 1_000)
     assert stats.harvest() is not None
-    assert stats.apply_levels(0, 99, list(range(1, 101)), [1] * 100, 2_000, slice_size=7) == 100
+    assert stats.apply_levels(0, 99, list(range(1, 101)), [1] * 100, 2_000, piece=7) == 100
     assert seen == [None, 14]  # two slices merged, nothing stored
     state = stats.harvest()
     assert state is not None and state.count == 100 and len(state.levels) == 100
@@ -433,7 +433,7 @@ def test_a_merge_that_breaks_off_is_never_stored() -> None:
     its last snapshot (what a restart restores) stays right."""
 
     class Breaking(SymbolStats):
-        def _between_slices(self) -> None:
+        def _between_pieces(self) -> None:
             raise MemoryError("out of memory half way")
 
     stats = Breaking("X")
@@ -441,7 +441,7 @@ def test_a_merge_that_breaks_off_is_never_stored() -> None:
     stats.start_history(0, 1_000)
     assert stats.harvest() is not None
     with pytest.raises(MemoryError):
-        stats.apply_levels(0, 49, [5, 6], [30, 20], 1_500, slice_size=1)
+        stats.apply_levels(0, 49, [5, 6], [30, 20], 1_500, piece=1)
     assert stats.damaged and stats.ids.front == Front(0, 99, 1_000, 4_000)
     assert stats.harvest() is None  # never stored again
     assert stats.apply_levels(0, 49, [5, 6], [30, 20], 1_500) == 0  # nor merged into
@@ -452,13 +452,13 @@ def test_rows_during_a_merge_do_not_count_the_front_twice() -> None:
     were counted, then the file too. The file's ids are claimed: the rows leave them alone."""
 
     class Interleaved(SymbolStats):
-        def _between_slices(self) -> None:
+        def _between_pieces(self) -> None:
             assert self.apply_rows([Row(0, 3, 5, 1_100)]) == 0  # the claimed bottom
 
     stats = Interleaved("X")
     stats.baseline(99, 5_000)
     stats.start_history(0, 1_000)
-    assert stats.apply_levels(0, 49, [5, 6], [30, 20], 1_500, last_price=6, slice_size=1) == 50
+    assert stats.apply_levels(0, 49, [5, 6], [30, 20], 1_500, last_price=6, piece=1) == 50
     v = stats.view()
     assert v.count == 50 and stats.ids.front == Front(50, 99, 1_500, 4_000, 6)
     stats._check()

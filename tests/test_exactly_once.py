@@ -77,12 +77,12 @@ class Market:
 
 
 class Probed(SymbolStats):
-    """SymbolStats with its merge seam open: ``hook`` runs once between two slices of a merge,
+    """SymbolStats with its merge seam open: ``hook`` runs once between two pieces of a merge,
     the lock released, as another thread would."""
 
     hook: Any = None
 
-    def _between_slices(self) -> None:
+    def _between_pieces(self) -> None:
         hook, self.hook = self.hook, None
         if hook is not None:
             hook()
@@ -338,12 +338,12 @@ class ExactlyOnce(RuleBasedStateMachine):
 
     def _merge(self, first: int, last: int, levels: list[int], counts: list[int], row: AggTrade,
                during: str) -> None:  # fmt: skip
-        if during != "none":  # another event (or an error) between the first two slices
+        if during != "none":  # another event (or an error) between the first two pieces
             self.stats.hook = lambda: self._during_merge(during)
         self.merging = True
         try:
             n = self.stats.apply_levels(first, last, levels, counts, row.time_ms,
-                                        last_price=row.price, slice_size=1)  # fmt: skip
+                                        last_price=row.price, piece=1)  # fmt: skip
         except RuntimeError:
             assert during == "raise"
             self.damaged = True

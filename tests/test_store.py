@@ -201,3 +201,49 @@ def test_truncated_store_is_refused(tmp_path: Path) -> None:
 
 def test_lmdb_error_type_is_what_the_snapshotter_catches() -> None:
     assert issubclass(lmdb.ReadonlyError, lmdb.Error)
+
+
+@pytest.mark.parametrize("order", ["live-file-live", "file-live-file", "files-only"])
+@pytest.mark.parametrize("snapshot_after", [None, 0, 1])
+def test_a_snapshot_stores_each_level_at_its_count_at_the_harvest(
+    tmp_path: Path, order: str, snapshot_after: int | None
+) -> None:
+    """A harvest hands over the log of what changed, each level with its count then, in the
+    order of the changes (trades' levels, a file's pieces): a level changed by trades and by a
+    file, in either order, is stored at its last count, and the store restores exactly."""
+    stats = SymbolStats("BTCUSDT")
+    stats.baseline(999, 1)
+    stats.start_history(0, 0)  # ids 0..999 are the front: files of 100 trades
+    lo, tid = 0, 1000
+
+    def file(prices: list[int]) -> None:
+        nonlocal lo
+        counts = [100 // len(prices)] * len(prices)
+        counts[-1] += 100 - sum(counts)
+        assert stats.apply_levels(lo, lo + 99, prices, counts, 5, last_price=prices[-1],
+                                  piece=2) == 100  # fmt: skip
+        lo += 100
+
+    def live(prices: list[int]) -> None:
+        nonlocal tid
+        for p in prices:
+            stats.apply(tid, p, 10)
+            tid += 1
+
+    store = Store.open(tmp_path)
+    steps = {"live-file-live": [live, file, live], "file-live-file": [file, live, file],
+             "files-only": [file, file, file]}[order]  # fmt: skip
+    for k, step in enumerate(steps):
+        step([500, 600, 700 + k, 800])  # 500 and 600 every time, in every kind of step
+        if k == snapshot_after:
+            store.save([stats.harvest()])  # type: ignore[list-item]
+    state = stats.harvest()
+    assert state is not None
+    final = state.levels.final()  # type: ignore[union-attr]
+    assert all(final[p] == stats.median.multiplicity(p) for p in final)
+    store.save([state])
+    restored = SymbolStats.restore(store.load()[0])
+    restored._check()
+    assert restored.full_state() == stats.full_state()
+    assert restored.view() == stats.view()
+    store.close()
