@@ -109,6 +109,14 @@ class Config:
     archive_reader: str = _opt(
         "auto", "how archive CSVs are read: 'C' (built at install), 'polars', or 'auto' (C "
         "where it was built, polars otherwise)", advanced=True)  # fmt: skip
+    trade_path: str = _opt(
+        "auto", "how trades are applied: 'C' (the compiled per-trade path and median, built at "
+        "install), 'python' (their pure twins), or 'auto' (C where it was built)",
+        advanced=True)  # fmt: skip
+    read_coalesce: float = _opt(
+        0.002, "seconds a reader lets a connection's frames gather after a short read before "
+        "reading again (0: read at once); each wakeup costs more than a frame",
+        advanced=True)  # fmt: skip
     history_weight_share: float = _opt(
         0.5, "ceiling on the IP's REST weight for the history import (below the backfill's, so "
         "live gaps come first)", advanced=True)  # fmt: skip
@@ -143,6 +151,15 @@ class Config:
         from .archive import native_reader
 
         return "C" if native_reader() is not None else "polars"
+
+    def compiled_trades(self) -> bool:
+        """Whether trades go through the compiled per-trade path and median: ``trade_path``
+        C, or auto where they were built at install."""
+        if self.trade_path != "auto":
+            return self.trade_path == "C"
+        from .median import CRunningMedian
+
+        return CRunningMedian is not None
 
     def pool_size(self) -> int:
         """History pool processes: ``history_workers``, or for 0 twice the cores (at most 8,
@@ -189,6 +206,15 @@ class Config:
 
             if native_reader() is None:
                 raise ConfigError("archive_reader C: it was not built at install (no C compiler)")
+        if self.trade_path not in ("auto", "C", "python"):
+            raise ConfigError("trade_path must be auto, C or python")
+        if self.trade_path == "C":
+            from .median import CRunningMedian
+
+            if CRunningMedian is None:
+                raise ConfigError("trade_path C: it was not built at install (no C compiler)")
+        if not 0 <= self.read_coalesce <= 0.1:
+            raise ConfigError("read_coalesce must be within 0..0.1 seconds")
         if not 0 < self.history_weight_share <= 1:
             raise ConfigError("history_weight_share must be within (0, 1]")
         if not self.archive_url.startswith(("http://", "https://")):

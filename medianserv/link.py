@@ -40,6 +40,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidMessage
@@ -48,13 +49,28 @@ from websockets.http11 import Response
 from websockets.protocol import CLOSED, CONNECTING, OPEN, Event
 from websockets.uri import parse_uri
 
-__all__ = ["Link", "Payload"]
+__all__ = ["Consumer", "Handler", "Link", "Payload"]
 
 #: Bytes read from the socket at once: many frames per call.
 READ_SIZE = 1 << 17
 
 Connector = Callable[[tuple[str, int], float], socket.socket]
 Payload = bytes | bytearray | memoryview  # a message as the protocol hands it over
+Handler = Callable[[list[Payload]], None]  # takes the payloads of a chunk, in order
+
+
+class Consumer(Protocol):
+    """What :meth:`Link.feed` takes as a trade path (:class:`~medianserv.hotpath.TradePath`)."""
+
+    def consume(self, data: bytes, pos: int) -> int: ...
+
+
+def _deliver(out: list[Payload], handle: Handler | None) -> list[Payload]:
+    if handle is None:
+        return out
+    if out:
+        handle(out)
+    return []
 
 
 def _connect_tcp(address: tuple[str, int], timeout: float) -> socket.socket:
@@ -75,6 +91,8 @@ class Link:
         self.protocol = protocol
         self.close_timeout = close_timeout
         self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self.last_read = 0  # bytes the last read took from the socket
         self._parts: list[Payload] = []  # fragments of an unfinished message
         self._early: list[Payload] = []  # messages that came with the handshake response
         self._rest = b""  # the start of a frame not complete yet (the fast path's, see read)
@@ -134,13 +152,17 @@ class Link:
 
     # -- bytes in, messages out -------------------------------------------------------------------
 
-    def read(self, timeout: float | None) -> list[Payload]:
+    def read(
+        self, timeout: float | None, handle: Handler | None = None, path: Consumer | None = None
+    ) -> list[Payload]:
         """The payloads of the messages that arrived within ``timeout`` seconds (0: only what
-        is there already), oldest first; ``[]`` when nothing did. Raises ConnectionClosed once
-        the connection has ended (after every message it delivered was returned)."""
+        is there already), oldest first; ``[]`` when nothing did. With ``handle`` they go to
+        it instead, and with ``path`` the trade frames it takes are applied between them (see
+        :meth:`feed`). Raises ConnectionClosed once the connection has ended (after every
+        message it delivered was returned)."""
         if self._early:
             early, self._early = self._early, []
-            return early
+            return _deliver(early, handle)
         protocol = self.protocol
         if protocol.state is not OPEN:  # closed by the server, or failed: after its messages
             self._finish()
@@ -156,13 +178,26 @@ class Link:
                 self._rest = b""
             protocol.receive_eof()
             self._flush()
-            return self._messages(protocol.events_received())
-        return self.feed(self._buffer[:n])
+            return _deliver(self._messages(protocol.events_received()), handle)
+        self.last_read = n
+        return self.feed(self._view[:n], handle, path)
 
-    def feed(self, chunk: bytes | bytearray) -> list[Payload]:
+    def feed(
+        self,
+        chunk: bytes | bytearray | memoryview,
+        handle: Handler | None = None,
+        path: Consumer | None = None,
+    ) -> list[Payload]:
         """Frame ``chunk`` (the next bytes from the server): the payloads of the messages it
         completes, in order. Control frames go to the protocol, which answers them at once.
+
+        With ``handle``, each payload goes to it as soon as it is framed (and ``[]`` comes
+        back); with ``path`` too (a :class:`~medianserv.hotpath.TradePath`), the path takes
+        the trade frames it can apply straight from the bytes wherever a frame starts and no
+        fragmented message is in progress, and every frame it leaves goes the way it would
+        without it, whole and in order: payloads to ``handle`` before the path goes on.
         O(len(chunk))."""
+        assert path is None or handle is not None, "a path needs a handler for what it leaves"
         protocol = self.protocol
         data = self._rest + chunk if self._rest else bytes(chunk)
         out: list[Payload] = []
@@ -171,6 +206,12 @@ class Link:
         # Whole frames only, fast path or not: the protocol never holds half a frame, so the
         # next frame boundary is always ours to find.
         while protocol.state is OPEN:
+            if path is not None and protocol.current_size is None:
+                if out:
+                    assert handle is not None
+                    handle(out)  # in order: before the path applies the frames after them
+                    out = []
+                i = path.consume(data, i)
             if end - i < 2:
                 break
             head, size = data[i], data[i + 1]
@@ -207,7 +248,7 @@ class Link:
                 protocol.receive_data(data[i:])
                 self._flush()
                 out += self._messages(protocol.events_received())
-        return out
+        return _deliver(out, handle)
 
     def _messages(self, events: Iterable[Event]) -> list[Payload]:
         """Text and binary payloads among ``events``, fragmented messages joined."""

@@ -43,7 +43,7 @@ threads may call :meth:`slot` at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 from zlib import adler32, crc32
 
 from .errors import PerfectHashError, SymbolError
@@ -149,6 +149,18 @@ class PerfectHash:
             return _absent
         factory = _wide_lookup if self._wide else _fast_lookup
         return factory(self._keys, self._disp, self._seed, values)
+
+    def compiled_lookup_in(self, values: list[V | None]) -> Any:
+        """:meth:`lookup_in` for the compiled per-trade path: a ``medianserv._native.Index``
+        over ``values`` (its ``get`` is the same function, bit for bit, in C), or None where
+        the compiled module was not built. O(size)."""
+        if len(values) != len(self._keys):
+            raise ValueError("one value per slot is needed")
+        try:
+            from . import _native  # type: ignore[attr-defined]
+        except ImportError:
+            return None
+        return _native.Index(self._keys, list(self._disp), self._seed, self._wide, values)
 
     @classmethod
     def build(cls, keys: Iterable[str], *, first_seed: int = 0) -> PerfectHash:

@@ -31,7 +31,7 @@ from .metrics import render as render_metrics
 from .samples import SampleBook
 from .snapshotter import YIELD_EVERY, Snapshotter
 from .store import Store, StoreError
-from .symbols import SymbolStats, SymbolTable
+from .symbols import SymbolStats, SymbolTable, use_compiled
 
 __all__ = ["Service", "sd_notify"]
 
@@ -162,6 +162,7 @@ class Service:
             "snapshot_age_s": None if age is None else round(age, 1),
             "history": self._history_status(),
             "snapshot_interval_s": self.config.snapshot_interval,
+            "trade_path": "C" if self.config.compiled_trades() else "python",
         }
 
     def _history_status(self) -> dict[str, Any]:
@@ -201,6 +202,9 @@ class Service:
     def run(self, stop: threading.Event) -> int:
         cfg = self.config
         sys.setswitchinterval(cfg.switch_interval)
+        use_compiled(cfg.compiled_trades())  # before anything is restored or built
+        log.info("trade path: %s", "C (compiled at install)" if cfg.compiled_trades()
+                 else "python (the pure twins)")  # fmt: skip
         try:
             store = Store.open(cfg.data_dir, reset=cfg.reset)
         except StoreError as exc:

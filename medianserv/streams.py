@@ -45,7 +45,8 @@ from websockets.exceptions import WebSocketException
 
 from .config import Config
 from .errors import PriceError
-from .link import Link, Payload
+from .hotpath import PRICE_CACHE_SIZE, CTradePath, PyTradePath
+from .link import READ_SIZE, Link, Payload
 from .logs import RateLimitedLog, ThreadErrors
 from .messages import Rejected, Reply, ServerShutdown, TradeEvent, decode
 from .pacing import SlidingWindow, backoff
@@ -62,9 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Price texts each reader keeps parsed (about 100 bytes each); past it the cache starts over.
-PRICE_CACHE_SIZE = 1 << 16
 
 
 def stream_of(symbol: str) -> str:
@@ -190,6 +188,7 @@ class _Connection:
 
     def __init__(self, link: Link, now: float, rotate_at: float, rate: float):
         self.link = link
+        self.handle: Callable[[list[Payload]], None] = lambda payloads: None  # see Reader._open
         self.opened = now
         self.rotate_at = rotate_at
         self.last_frame = now
@@ -240,6 +239,11 @@ class Reader:
         # price text -> units: trades repeat a few price levels, and a dict hit is a fraction
         # of a parse. Exact (the key is the text itself); bounded by PRICE_CACHE_SIZE.
         self._prices: dict[str, int] = {}
+        # the per-trade path: the common trade frames of a chunk, straight from its bytes (in
+        # C where it was built); what it leaves comes to _handle_all, in order
+        compiled = config.compiled_trades() and CTradePath is not None
+        self.path: Any = CTradePath() if compiled else PyTradePath()
+        self._compiled = compiled
 
     # -- control, from the owner's thread ------------------------------------------------------
 
@@ -300,7 +304,30 @@ class Reader:
         self.stats.connects += 1
         cfg = self.config
         rotate_at = now + cfg.rotate_after + self.rnd.random() * cfg.rotate_jitter
-        return _Connection(link, now, rotate_at, cfg.control_messages_per_second)
+        conn = _Connection(link, now, rotate_at, cfg.control_messages_per_second)
+        conn.handle = lambda payloads: self._handle_all(payloads, conn)
+        return conn
+
+    def _read(self, conn: _Connection, timeout: float | None) -> bool:
+        """Read what ``conn`` has (waiting up to ``timeout`` seconds) and apply it: the trade
+        path takes the common trade frames, the rest comes to :meth:`_handle_all`, in order.
+        True if any frame arrived. O(bytes read)."""
+        stats, path = self.stats, self.path
+        before = stats.frames
+        if path is None:  # the general path alone (the reference the tests hold both to)
+            conn.link.read(timeout, conn.handle)
+            return stats.frames != before
+        table = self.owner.table  # the table of this chunk (a listing swap is atomic)
+        path.index = table.index if self._compiled else table.get
+        conn.link.read(timeout, conn.handle, path)
+        frames, applied, duplicates, event_ms = path.take_counts()
+        if frames:
+            stats.frames += frames
+            stats.applied += applied
+            stats.duplicates += duplicates
+            if event_ms >= 0:
+                stats.lag_ms = int(time.time() * 1000) - event_ms
+        return stats.frames != before
 
     def _run_connection(self) -> None:
         conn = self._open()
@@ -308,12 +335,14 @@ class Reader:
         announced = False
         try:
             next_housekeeping = 0.0
+            coalesce = self.config.read_coalesce
             while not self.stopping.is_set():
-                payloads = conn.link.read(0.25)
+                arrived = self._read(conn, 0.25)
                 now = self.clock()
-                if payloads:
+                if arrived:
                     conn.last_frame = now
-                    self._handle_all(payloads, conn)
+                    if coalesce and conn.link.last_read < READ_SIZE // 2:
+                        time.sleep(coalesce)  # a short read: let the next frames gather
                 if now >= next_housekeeping:
                     next_housekeeping = now + 0.25
                     self.stats.ready = self._reconcile(conn, now)
@@ -327,8 +356,9 @@ class Reader:
     # -- frames ------------------------------------------------------------------------------------
 
     def _handle_all(self, payloads: list[Payload], conn: _Connection) -> None:
-        """Apply every frame of a chunk, in order. The per-trade path: decode, one
-        perfect-hash lookup, parse, apply (one lock); nothing else is done per trade."""
+        """Apply frames the trade path left, in order: the general path (decode, one
+        perfect-hash lookup, parse, apply under one lock), which handles every kind of frame
+        and outcome (replies, notices, rejections, a jump in ids, a trade inside a gap)."""
         stats = self.stats
         get = self.owner.table.get  # the table of this chunk (a listing swap is atomic)
         prices = self._prices
@@ -471,10 +501,8 @@ class Reader:
                     break
                 if now > deadline:
                     raise Stalled("replacement connection never confirmed its subscriptions")
-                payloads = new.link.read(0.02)
-                if payloads:
+                if self._read(new, 0.02):
                     new.last_frame = now
-                    self._handle_all(payloads, new)
                 if drain is not None:
                     drain = self._drain(drain)
         except BaseException:
@@ -493,11 +521,11 @@ class Reader:
         deadline = self.clock() + limit
         try:
             while not old.pace.try_add(self.clock()) and self.clock() < deadline:
-                self._handle_all(old.link.read(0.05), old)  # keep reading while we wait
+                self._read(old, 0.05)  # keep reading while we wait
             self._send(old, "LIST_SUBSCRIPTIONS", None)
             marker = old.next_id
             while marker in old.pending and self.clock() < deadline:
-                self._handle_all(old.link.read(max(0.0, deadline - self.clock())), old)
+                self._read(old, max(0.0, deadline - self.clock()))
         except (OSError, WebSocketException):
             pass  # what the old connection did not deliver, the gap backfill will fetch
         finally:
@@ -507,10 +535,8 @@ class Reader:
         """Apply what the old connection has received already; None once it is gone."""
         try:
             for _ in range(64):
-                payloads = conn.link.read(0)
-                if not payloads:
+                if not self._read(conn, 0):
                     return conn
-                self._handle_all(payloads, conn)
         except (OSError, WebSocketException):
             conn.close()
             return None

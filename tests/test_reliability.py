@@ -100,6 +100,15 @@ def settle_history(sim: Simulator, run: Running, timeout: float = 120) -> float:
 # -- findings, one test each --------------------------------------------------------------------
 
 
+def dropped(sim: Simulator, run: Running) -> None:
+    """Cut every connection, and wait until the service has seen it go and is subscribed
+    again (asked at once, /-/ready could still answer for the connection just cut)."""
+    before = run.get("/-/status")[1]["reconnects"]
+    sim.drop_all()
+    wait_for(lambda: run.get("/-/status")[1]["reconnects"] > before, timeout=30)
+    wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
+
+
 def test_gaps_restored_from_the_store_are_filled_though_nothing_trades(tmp_path: Path) -> None:
     """Finding 0: a symbol killed with a gap open, that does not trade while the service is
     down, stayed one trade short forever (nothing queued a restored gap). Gaps are made while
@@ -113,8 +122,7 @@ def test_gaps_restored_from_the_store_are_filled_though_nothing_trades(tmp_path:
         publish(sim, 400)  # every trading symbol's range starts on the stream
         sim.set_weight_limit(0)  # every REST call gets 429: gaps stay open
         sim.refuse_connections(2.0)  # trades are missed while the readers cannot reconnect
-        sim.drop_all()
-        wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
+        dropped(sim, run)
         publish(sim, 400)  # ...and the streams jump over them: gaps
         sim.pause()
         wait_for(lambda: run.get("/-/status")[1]["missing_trades"] > 0, timeout=30)
@@ -376,8 +384,7 @@ def test_status_names_what_blocks_the_backfill(tmp_path: Path) -> None:
         publish(sim, 300)
         sim.set_weight_limit(0)
         sim.refuse_connections(2.0)
-        sim.drop_all()
-        wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
+        dropped(sim, run)
         publish(sim, 300)
         wait_for(lambda: run.get("/-/status")[1]["missing_trades"] > 0, timeout=30)
         wait_for(lambda: (run.get("/-/status")[1]["backfill_next_attempt_s"] or 0) > 0,

@@ -1,0 +1,753 @@
+/* The compiled twin of medianserv/hotpath.py's PyTradePath: a chunk's trade frames applied
+ * straight from the bytes, as far as each is the common case (see hotpath.py).
+ *
+ *   Lock       threading.Lock's semantics, which the path takes without the interpreter
+ *   Index      the perfect hash of a SymbolTable (perfect_hash.py's lookup, bit for bit: zlib's
+ *              crc32 and adler32 reimplemented here) over its array of SymbolStats
+ *   TradePath  consume(data, pos): WebSocket header, the frame's JSON, the symbol, the price,
+ *              and SymbolStats.apply_common's update, in C
+ *
+ * The JSON is read strictly: only what the general path's decoder (msgspec) reads the same way
+ * is taken (plain ASCII strings without escapes, integers without sign, fraction or exponent
+ * for the fields used, strings, integers, true, false or null beside them); anything else goes
+ * to the general path, whole and in order. SymbolStats and TradeIds are Python classes with
+ * __slots__: their slots are read and written through the member descriptors' offsets,
+ * checked once when a TradePath is made, and every object is checked to be of exactly those
+ * classes before it is touched.
+ *
+ * No I/O, no clock, no logging; the interpreter's lock is held throughout (each symbol's lock
+ * is taken without waiting: a busy one sends the frame to the general path, which waits). */
+#include "_native.h"
+
+#include <string.h>
+#include <structmember.h>
+
+/* -- zlib's checksums ------------------------------------------------------------------------- */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+uint32_t ms_crc32(uint32_t crc, const unsigned char *s, size_t n) {
+    crc ^= 0xFFFFFFFFu;
+    while (n--) crc = crc_table[(crc ^ *s++) & 0xFF] ^ (crc >> 8);
+    return crc ^ 0xFFFFFFFFu;
+}
+
+uint32_t ms_adler32(const unsigned char *s, size_t n) {
+    uint32_t a = 1, b = 0;
+    while (n--) {
+        a = (a + *s++) % 65521u;
+        b = (b + a) % 65521u;
+    }
+    return b << 16 | a;
+}
+
+static PyObject *py_crc32(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer view;
+    unsigned long start = 0;
+    if (!PyArg_ParseTuple(args, "y*|k:crc32", &view, &start)) return NULL;
+    uint32_t c = ms_crc32((uint32_t)start, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(c);
+}
+
+static PyObject *py_adler32(PyObject *Py_UNUSED(module), PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    uint32_t a = ms_adler32(view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(a);
+}
+
+static PyMethodDef hotpath_functions[] = {
+    {"crc32", py_crc32, METH_VARARGS, "crc32(data, start=0): zlib.crc32, bit for bit (for tests)."},
+    {"adler32", py_adler32, METH_O, "adler32(data): zlib.adler32, bit for bit (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* -- Lock ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    char locked;
+} Lock;
+
+static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Lock() takes no arguments");
+        return NULL;
+    }
+    Lock *l = (Lock *)type->tp_alloc(type, 0);
+    if (!l) return NULL;
+    l->lock = PyThread_allocate_lock();
+    if (!l->lock) {
+        Py_DECREF(l);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)l;
+}
+
+static void Lock_dealloc(Lock *l) {
+    if (l->lock) {
+        if (l->locked) PyThread_release_lock(l->lock);
+        PyThread_free_lock(l->lock);
+    }
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+/* takes the lock, waiting (the interpreter released meanwhile) up to timeout_us (-1: forever) */
+static int lock_take(Lock *l, long long timeout_us) {
+    PyLockStatus r = PyThread_acquire_lock_timed(l->lock, 0, 0);
+    if (r != PY_LOCK_ACQUIRED && timeout_us != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        r = PyThread_acquire_lock_timed(l->lock, timeout_us, 0);
+        Py_END_ALLOW_THREADS
+    }
+    if (r != PY_LOCK_ACQUIRED) return 0;
+    l->locked = 1;
+    return 1;
+}
+
+static PyObject *Lock_acquire(Lock *l, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"blocking", "timeout", NULL};
+    int blocking = 1;
+    double timeout = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pd:acquire", names, &blocking, &timeout)) return NULL;
+    if (!blocking && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+        return NULL;
+    }
+    if (timeout < 0 && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "timeout value must be a non-negative number");
+        return NULL;
+    }
+    long long us = !blocking ? 0 : timeout < 0 ? -1 : (long long)(timeout * 1e6);
+    return PyBool_FromLong(lock_take(l, us));
+}
+
+static void lock_give(Lock *l) {
+    l->locked = 0;
+    PyThread_release_lock(l->lock);
+}
+
+static PyObject *Lock_release(Lock *l, PyObject *Py_UNUSED(ignored)) {
+    if (!l->locked) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    lock_give(l);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lock_enter(Lock *l, PyObject *Py_UNUSED(ignored)) {
+    lock_take(l, -1);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Lock_exit(Lock *l, PyObject *Py_UNUSED(args)) {
+    return Lock_release(l, NULL);
+}
+
+static PyObject *Lock_locked(Lock *l, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(l->locked);
+}
+
+static PyMethodDef Lock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Lock_acquire, METH_VARARGS | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool"},
+    {"release", (PyCFunction)Lock_release, METH_NOARGS, "release()"},
+    {"locked", (PyCFunction)Lock_locked, METH_NOARGS, "locked() -> bool"},
+    {"__enter__", (PyCFunction)Lock_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Lock_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject LockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "medianserv._native.Lock",
+    .tp_basicsize = sizeof(Lock),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Lock(): threading.Lock's semantics (acquire, release, locked, with), which the "
+              "compiled per-trade path takes without the interpreter.",
+    .tp_new = Lock_new,
+    .tp_dealloc = (destructor)Lock_dealloc,
+    .tp_methods = Lock_methods,
+};
+
+/* -- Index: a SymbolTable's perfect hash over its stats -------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t m;
+    uint32_t seed;
+    int wide;
+    long long *disp;
+    const char **kp;    /* each slot's key, UTF-8 (kept alive by `keys`), or NULL */
+    Py_ssize_t *kn;
+    PyObject *keys;     /* tuple of str | None */
+    PyObject *values;   /* list: each slot's SymbolStats or None */
+} Index;
+
+static void Index_dealloc(Index *x) {
+    PyObject_GC_UnTrack(x);
+    PyMem_Free(x->disp);
+    PyMem_Free(x->kp);
+    PyMem_Free(x->kn);
+    Py_CLEAR(x->keys);
+    Py_CLEAR(x->values);
+    Py_TYPE(x)->tp_free((PyObject *)x);
+}
+
+static int Index_traverse(Index *x, visitproc visit, void *arg) {
+    Py_VISIT(x->keys);
+    Py_VISIT(x->values);
+    return 0;
+}
+
+static int Index_clear(Index *x) {
+    Py_CLEAR(x->keys);
+    Py_CLEAR(x->values);
+    return 0;
+}
+
+static PyObject *Index_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"keys", "disp", "seed", "wide", "values", NULL};
+    PyObject *keys, *disp, *values;
+    unsigned long seed;
+    int wide;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!kpO!:Index", names, &PyTuple_Type, &keys,
+                                     &PyList_Type, &disp, &seed, &wide, &PyList_Type, &values))
+        return NULL;
+    Py_ssize_t m = PyTuple_GET_SIZE(keys);
+    if (PyList_GET_SIZE(disp) != m || PyList_GET_SIZE(values) != m) {
+        PyErr_SetString(PyExc_ValueError, "one displacement and one value per slot");
+        return NULL;
+    }
+    Index *x = (Index *)type->tp_alloc(type, 0);
+    if (!x) return NULL;
+    x->m = m;
+    x->seed = (uint32_t)seed;
+    x->wide = wide;
+    x->disp = PyMem_Calloc((size_t)(m ? m : 1), sizeof *x->disp);
+    x->kp = PyMem_Calloc((size_t)(m ? m : 1), sizeof *x->kp);
+    x->kn = PyMem_Calloc((size_t)(m ? m : 1), sizeof *x->kn);
+    if (!x->disp || !x->kp || !x->kn) {
+        Py_DECREF(x);
+        return PyErr_NoMemory();
+    }
+    x->keys = Py_NewRef(keys);
+    x->values = Py_NewRef(values);
+    for (Py_ssize_t i = 0; i < m; i++) {
+        PyObject *d = PyList_GET_ITEM(disp, i), *k = PyTuple_GET_ITEM(keys, i);
+        x->disp[i] = PyLong_AsLongLong(d);
+        if (x->disp[i] == -1 && PyErr_Occurred()) goto fail;
+        if (x->disp[i] < -m || x->disp[i] >= (1LL << 32)) {
+            PyErr_SetString(PyExc_ValueError, "a displacement out of range");
+            goto fail;
+        }
+        if (k == Py_None) continue;
+        if (!PyUnicode_Check(k)) {
+            PyErr_SetString(PyExc_TypeError, "keys must be str or None");
+            goto fail;
+        }
+        x->kp[i] = PyUnicode_AsUTF8AndSize(k, &x->kn[i]);
+        if (!x->kp[i]) goto fail;
+    }
+    return (PyObject *)x; /* tracked by the garbage collector since tp_alloc */
+fail:
+    Py_DECREF(x);
+    return NULL;
+}
+
+/* the slot of a key (UTF-8), or -1 when it is not in the set */
+static Py_ssize_t index_slot(const Index *x, const unsigned char *s, size_t n) {
+    if (!x->m) return -1;
+    uint32_t a = x->wide ? ms_adler32(s, n) : 0;
+    long long d = x->disp[(ms_crc32(x->seed, s, n) ^ a) % (uint32_t)x->m];
+    Py_ssize_t i = d < 0 ? (Py_ssize_t)(-d - 1) : (Py_ssize_t)((ms_crc32((uint32_t)d, s, n) ^ a) % (uint32_t)x->m);
+    if (x->kp[i] && (size_t)x->kn[i] == n && memcmp(x->kp[i], s, n) == 0) return i;
+    return -1;
+}
+
+static PyObject *Index_get(Index *x, PyObject *key) {
+    Py_ssize_t n;
+    const char *s;
+    if (!PyUnicode_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "a symbol is a str");
+        return NULL;
+    }
+    s = PyUnicode_AsUTF8AndSize(key, &n);
+    if (!s) {
+        PyErr_Clear(); /* not UTF-8 (a lone surrogate): not in the set */
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t i = index_slot(x, (const unsigned char *)s, (size_t)n);
+    return Py_NewRef(i < 0 ? Py_None : PyList_GET_ITEM(x->values, i));
+}
+
+static PyMethodDef Index_methods[] = {
+    {"get", (PyCFunction)Index_get, METH_O,
+     "get(symbol): the value of its slot, or None when it is not in the set (PerfectHash's "
+     "lookup_in, bit for bit). O(len(symbol))."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject IndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "medianserv._native.Index",
+    .tp_basicsize = sizeof(Index),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Index(keys, disp, seed, wide, values): a PerfectHash over one value per slot.",
+    .tp_new = Index_new,
+    .tp_dealloc = (destructor)Index_dealloc,
+    .tp_traverse = (traverseproc)Index_traverse,
+    .tp_clear = (inquiry)Index_clear,
+    .tp_methods = Index_methods,
+};
+
+/* -- the JSON of a trade frame, read strictly ------------------------------------------------- */
+
+typedef const unsigned char *Pos;
+
+typedef struct {
+    Pos e, s, p;        /* the strings' bytes */
+    size_t en, sn, pn;
+    long long E, t, T;
+    unsigned have;      /* bits: e E s t p T */
+} Fields;
+
+static inline Pos ws(Pos p, Pos end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* a string: printable ASCII, no escape (else NULL: the general path reads it) */
+static inline Pos str(Pos p, Pos end, Pos *s, size_t *n) {
+    if (p >= end || *p != '"') return NULL;
+    Pos start = ++p;
+    while (p < end && *p != '"') {
+        if (*p < 0x20 || *p > 0x7e || *p == '\\') return NULL;
+        p++;
+    }
+    if (p >= end) return NULL;
+    *s = start;
+    *n = (size_t)(p - start);
+    return p + 1;
+}
+
+/* a JSON integer (0, or no leading zero) of at most 18 digits, no sign */
+static inline Pos uint18(Pos p, Pos end, long long *out) {
+    Pos start = p;
+    unsigned long long v = 0; /* wraps harmlessly on a longer number, refused below */
+    while (p < end && (unsigned)(*p - '0') < 10u) v = v * 10 + (unsigned)(*p++ - '0');
+    size_t n = (size_t)(p - start);
+    if (!n || n > 18 || (n > 1 && *start == '0')) return NULL;
+    if (p < end && (*p == '.' || *p == 'e' || *p == 'E')) return NULL;
+    *out = (long long)v;
+    return p;
+}
+
+/* a value beside the fields used: a string, an integer, true, false or null */
+static inline Pos skip_value(Pos p, Pos end) {
+    if (p >= end) return NULL;
+    if (*p == '"') {
+        Pos s;
+        size_t n;
+        return str(p, end, &s, &n);
+    }
+    if (*p == '-' || (unsigned)(*p - '0') < 10u) {
+        long long v;
+        if (*p == '-') p++;
+        return uint18(p, end, &v);
+    }
+    if (end - p >= 4 && (!memcmp(p, "true", 4) || !memcmp(p, "null", 4))) return p + 4;
+    if (end - p >= 5 && !memcmp(p, "false", 5)) return p + 5;
+    return NULL;
+}
+
+/* the "data" object: the six fields once each, others skipped */
+static Pos data_object(Pos p, Pos end, Fields *f) {
+    if (p >= end || *p != '{') return NULL;
+    p = ws(p + 1, end);
+    for (;;) {
+        Pos k;
+        size_t kn;
+        if (!(p = str(p, end, &k, &kn))) return NULL;
+        p = ws(p, end);
+        if (p >= end || *p != ':') return NULL;
+        p = ws(p + 1, end);
+        unsigned bit = 0;
+        if (kn == 1) {
+            switch (*k) {
+                case 'e': bit = 1; break;
+                case 'E': bit = 2; break;
+                case 's': bit = 4; break;
+                case 't': bit = 8; break;
+                case 'p': bit = 16; break;
+                case 'T': bit = 32; break;
+            }
+        }
+        if (bit & f->have) return NULL; /* a field twice: the general path decides */
+        f->have |= bit;
+        switch (bit) {
+            case 1: p = str(p, end, &f->e, &f->en); break;
+            case 2: p = uint18(p, end, &f->E); break;
+            case 4: p = str(p, end, &f->s, &f->sn); break;
+            case 8: p = uint18(p, end, &f->t); break;
+            case 16: p = str(p, end, &f->p, &f->pn); break;
+            case 32: p = uint18(p, end, &f->T); break;
+            default: p = skip_value(p, end);
+        }
+        if (!p) return NULL;
+        p = ws(p, end);
+        if (p < end && *p == ',') {
+            p = ws(p + 1, end);
+            continue;
+        }
+        if (p < end && *p == '}') return p + 1;
+        return NULL;
+    }
+}
+
+/* a combined-stream frame {"stream":..., "data":{...}}: its trade's fields, or 0 */
+static int trade_fields(Pos p, Pos end, Fields *f) {
+    int data = 0;
+    f->have = 0;
+    p = ws(p, end);
+    if (p >= end || *p != '{') return 0;
+    p = ws(p + 1, end);
+    for (;;) {
+        Pos k;
+        size_t kn;
+        if (!(p = str(p, end, &k, &kn))) return 0;
+        p = ws(p, end);
+        if (p >= end || *p != ':') return 0;
+        p = ws(p + 1, end);
+        if (kn == 4 && !memcmp(k, "data", 4)) {
+            if (data++) return 0;
+            p = data_object(p, end, f);
+        } else p = skip_value(p, end);
+        if (!p) return 0;
+        p = ws(p, end);
+        if (p < end && *p == ',') {
+            p = ws(p + 1, end);
+            continue;
+        }
+        if (p < end && *p == '}') break;
+        return 0;
+    }
+    return ws(p + 1, end) == end && f->have == 63 && f->en == 5 && !memcmp(f->e, "trade", 5);
+}
+
+/* prices.parse_price: D{1,11}(.D{1,8})?, in 1e-8 units; 0 when it is not one */
+static int price_units(Pos s, size_t n, u64 *out) {
+    static const u64 scale[9] = {100000000ULL, 10000000ULL, 1000000ULL, 100000ULL, 10000ULL,
+                                 1000ULL, 100ULL, 10ULL, 1ULL};
+    Pos end = s + n, p = s;
+    u64 whole = 0, frac = 0;
+    while (p < end && (unsigned)(*p - '0') < 10u) whole = whole * 10 + (u64)(*p++ - '0');
+    size_t w = (size_t)(p - s);
+    if (!w || w > 11) return 0;
+    if (p < end) {
+        if (*p != '.') return 0;
+        Pos f = ++p;
+        while (p < end && (unsigned)(*p - '0') < 10u) frac = frac * 10 + (u64)(*p++ - '0');
+        size_t k = (size_t)(p - f);
+        if (!k || k > 8 || p != end) return 0;
+        frac *= scale[k];
+    }
+    *out = whole * 100000000ULL + frac;
+    return 1;
+}
+
+/* -- TradePath -------------------------------------------------------------------------------- */
+
+enum { S_LOCK, S_MEDIAN, S_IDS, S_LIVE, S_DIRTY, S_VERSION, S_LAST_ID, S_LAST_PRICE, S_LAST_TIME,
+       I_HIGHEST, I_AFTER_MS, I_HIGHEST_PRICE, I_GAPS, N_SLOTS };
+
+static const char *slot_names[N_SLOTS] = {
+    "lock", "median", "ids", "_live", "dirty", "version", "last_trade_id", "last_price",
+    "last_trade_time", "highest", "after_highest_ms", "highest_price", "gaps",
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *stats_type, *ids_type;
+    Py_ssize_t off[N_SLOTS];
+    long long max_size;
+    PyObject *index;    /* Index or None */
+    long long frames, applied, duplicates, last_event_ms;
+} TradePath;
+
+#define SLOT(obj, k) (*(PyObject **)((char *)(obj) + tp->off[k]))
+
+static void set_slot(PyObject **slot, PyObject *value) {
+    PyObject *old = *slot;
+    *slot = Py_NewRef(value);
+    Py_XDECREF(old);
+}
+
+/* the offset of an object slot of a class with __slots__ */
+static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *off) {
+    PyObject *d = PyObject_GetAttrString((PyObject *)type, name);
+    if (!d) return -1;
+    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+             !(((PyMemberDescrObject *)d)->d_member->flags & READONLY);
+    if (ok) *off = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_DECREF(d);
+    if (!ok) PyErr_Format(PyExc_TypeError, "%s.%s is not a writable slot", type->tp_name, name);
+    return ok ? 0 : -1;
+}
+
+static PyObject *TradePath_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"stats_type", "ids_type", "max_size", NULL};
+    PyTypeObject *stats_type, *ids_type;
+    long long max_size = 1 << 20;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!|L:TradePath", names, &PyType_Type,
+                                     &stats_type, &PyType_Type, &ids_type, &max_size))
+        return NULL;
+    TradePath *tp = (TradePath *)type->tp_alloc(type, 0);
+    if (!tp) return NULL;
+    tp->stats_type = (PyTypeObject *)Py_NewRef(stats_type);
+    tp->ids_type = (PyTypeObject *)Py_NewRef(ids_type);
+    tp->index = Py_NewRef(Py_None);
+    tp->max_size = max_size;
+    tp->last_event_ms = -1;
+    for (int k = 0; k < N_SLOTS; k++)
+        if (slot_offset(k < I_HIGHEST ? stats_type : ids_type, slot_names[k], &tp->off[k]) < 0) {
+            Py_DECREF(tp);
+            return NULL;
+        }
+    return (PyObject *)tp;
+}
+
+static void TradePath_dealloc(TradePath *tp) {
+    PyObject_GC_UnTrack(tp);
+    Py_CLEAR(tp->stats_type);
+    Py_CLEAR(tp->ids_type);
+    Py_CLEAR(tp->index);
+    Py_TYPE(tp)->tp_free((PyObject *)tp);
+}
+
+static int TradePath_traverse(TradePath *tp, visitproc visit, void *arg) {
+    Py_VISIT(tp->stats_type);
+    Py_VISIT(tp->ids_type);
+    Py_VISIT(tp->index);
+    return 0;
+}
+
+static int TradePath_clear(TradePath *tp) {
+    Py_CLEAR(tp->index);
+    return 0;
+}
+
+/* an int slot's value as a C integer; 0 when it is no int or out of range */
+static inline int int_slot(PyObject *v, long long *out) {
+    if (!v || !PyLong_CheckExact(v)) return 0;
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+    return !overflow && !(*out == -1 && PyErr_Occurred());
+}
+
+enum { NOT_COMMON = 0, APPLIED = 1, DUPLICATE = 2, ERROR = -1 };
+
+/* SymbolStats.apply_common, in C: the same checks, the same effects, in the same order */
+static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, long long T) {
+    if (Py_TYPE(stats) != tp->stats_type) return NOT_COMMON;
+    PyObject *lock = SLOT(stats, S_LOCK);
+    if (!lock || !Py_IS_TYPE(lock, &LockType)) return NOT_COMMON;
+    if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
+    int rc = NOT_COMMON;
+    PyObject *tid = NULL, *when = NULL, *units = NULL, *count = NULL, *version = NULL;
+    PyObject *ids = SLOT(stats, S_IDS);
+    long long highest, last_id, v;
+    if (!ids || Py_TYPE(ids) != tp->ids_type || !int_slot(SLOT(ids, I_HIGHEST), &highest) ||
+        highest == LLONG_MAX)
+        goto done;
+    if (t == highest + 1) {
+        PyObject *median = SLOT(stats, S_MEDIAN), *live = SLOT(stats, S_LIVE);
+        if (!median || !PyObject_TypeCheck(median, &MedianType) || !live || !PyDict_CheckExact(live) ||
+            !int_slot(SLOT(stats, S_VERSION), &v) || !int_slot(SLOT(stats, S_LAST_ID), &last_id) ||
+            v == LLONG_MAX)
+            goto done;
+        rc = ERROR;
+        if (!(tid = PyLong_FromLongLong(t)) || !(when = PyLong_FromLongLong(T)) ||
+            !(units = PyLong_FromUnsignedLongLong(price)) || !(version = PyLong_FromLongLong(v + 1)))
+            goto done;
+        i64 c = median_add((Median *)median, price, 1);
+        if (c < 0 || !(count = PyLong_FromLongLong(c)) || PyDict_SetItem(live, units, count) < 0)
+            goto done;
+        set_slot(&SLOT(ids, I_HIGHEST), tid);
+        set_slot(&SLOT(ids, I_AFTER_MS), when);
+        set_slot(&SLOT(ids, I_HIGHEST_PRICE), units);
+        set_slot(&SLOT(stats, S_DIRTY), Py_True);
+        set_slot(&SLOT(stats, S_VERSION), version);
+        if (t > last_id) {
+            set_slot(&SLOT(stats, S_LAST_ID), tid);
+            set_slot(&SLOT(stats, S_LAST_PRICE), units);
+            set_slot(&SLOT(stats, S_LAST_TIME), when);
+        }
+        rc = APPLIED;
+    } else if (t <= highest) {
+        PyObject *gaps = SLOT(ids, I_GAPS);
+        if (!gaps || !PyList_CheckExact(gaps)) goto done;
+        Py_ssize_t n = PyList_GET_SIZE(gaps);
+        if (n) {
+            PyObject *last = PyList_GET_ITEM(gaps, n - 1);
+            long long hi;
+            if (!PyTuple_Check(last) || PyTuple_GET_SIZE(last) < 2 || !int_slot(PyTuple_GET_ITEM(last, 1), &hi) ||
+                t <= hi)
+                goto done;
+        }
+        rc = DUPLICATE;
+    }
+done:
+    Py_XDECREF(tid);
+    Py_XDECREF(when);
+    Py_XDECREF(units);
+    Py_XDECREF(count);
+    Py_XDECREF(version);
+    lock_give((Lock *)lock);
+    return rc;
+}
+
+static PyObject *TradePath_consume(TradePath *tp, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos;
+    if (!PyArg_ParseTuple(args, "y*n:consume", &view, &pos)) return NULL;
+    if (pos < 0 || pos > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "pos outside the data");
+        return NULL;
+    }
+    if (!Py_IS_TYPE(tp->index, &IndexType)) {
+        PyBuffer_Release(&view);
+        return PyLong_FromSsize_t(pos);
+    }
+    Index *x = (Index *)tp->index;
+    const unsigned char *d = view.buf;
+    Py_ssize_t end = view.len;
+    long long frames = 0, applied = 0, duplicates = 0, event_ms = -1;
+    int failed = 0;
+    while (end - pos >= 2) {
+        unsigned size = d[pos + 1];
+        if (d[pos] != 0x81 || size > 127) break; /* FIN text, unmasked; else the general path */
+        Py_ssize_t start = pos + 2;
+        unsigned long long n = size;
+        if (size == 126) {
+            if (end - pos < 4) break;
+            n = (unsigned long long)d[pos + 2] << 8 | d[pos + 3];
+            start = pos + 4;
+        } else if (size == 127) {
+            if (end - pos < 10) break;
+            n = 0;
+            for (int k = 2; k < 10; k++) n = n << 8 | d[pos + k];
+            start = pos + 10;
+        }
+        if (n > (unsigned long long)tp->max_size || n > (unsigned long long)(end - start)) break;
+        Py_ssize_t stop = start + (Py_ssize_t)n;
+        Fields f = {NULL, NULL, NULL, 0, 0, 0, 0, 0, 0, 0};
+        u64 price;
+        if (!trade_fields(d + start, d + stop, &f) || !price_units(f.p, f.pn, &price)) break;
+        Py_ssize_t slot = index_slot(x, f.s, f.sn);
+        if (slot < 0 || slot >= PyList_GET_SIZE(x->values)) break;
+        PyObject *stats = PyList_GET_ITEM(x->values, slot);
+        int rc = apply_common(tp, stats, f.t, price, f.T);
+        if (rc == ERROR) {
+            failed = 1;
+            break;
+        }
+        if (rc == NOT_COMMON) break;
+        frames++;
+        if (rc == APPLIED) {
+            applied++;
+            event_ms = f.E;
+        } else duplicates++;
+        pos = stop;
+    }
+    PyBuffer_Release(&view);
+    tp->frames += frames;
+    tp->applied += applied;
+    tp->duplicates += duplicates;
+    if (event_ms >= 0) tp->last_event_ms = event_ms;
+    return failed ? NULL : PyLong_FromSsize_t(pos);
+}
+
+static PyObject *TradePath_take_counts(TradePath *tp, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = Py_BuildValue("(LLLL)", tp->frames, tp->applied, tp->duplicates, tp->last_event_ms);
+    tp->frames = tp->applied = tp->duplicates = 0;
+    tp->last_event_ms = -1;
+    return out;
+}
+
+static PyObject *TradePath_get_index(TradePath *tp, void *Py_UNUSED(closure)) {
+    return Py_NewRef(tp->index);
+}
+
+static int TradePath_set_index(TradePath *tp, PyObject *value, void *Py_UNUSED(closure)) {
+    if (!value || (value != Py_None && !Py_IS_TYPE(value, &IndexType))) {
+        PyErr_SetString(PyExc_TypeError, "index is an Index or None");
+        return -1;
+    }
+    Py_SETREF(tp->index, Py_NewRef(value));
+    return 0;
+}
+
+static PyMethodDef TradePath_methods[] = {
+    {"consume", (PyCFunction)TradePath_consume, METH_VARARGS,
+     "consume(data, pos) -> int: see PyTradePath.consume."},
+    {"take_counts", (PyCFunction)TradePath_take_counts, METH_NOARGS,
+     "take_counts() -> (frames, applied, duplicates, last_event_ms), reset."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef TradePath_members[] = {
+    {"max_size", T_LONGLONG, offsetof(TradePath, max_size), READONLY, NULL},
+    {"frames", T_LONGLONG, offsetof(TradePath, frames), READONLY, NULL},
+    {"applied", T_LONGLONG, offsetof(TradePath, applied), READONLY, NULL},
+    {"duplicates", T_LONGLONG, offsetof(TradePath, duplicates), READONLY, NULL},
+    {"last_event_ms", T_LONGLONG, offsetof(TradePath, last_event_ms), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef TradePath_getset[] = {
+    {"index", (getter)TradePath_get_index, (setter)TradePath_set_index,
+     "The current table's Index (SymbolTable.index), set before each chunk.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject TradePathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "medianserv._native.TradePath",
+    .tp_basicsize = sizeof(TradePath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "TradePath(stats_type, ids_type, max_size=2**20): the compiled twin of "
+              "medianserv.hotpath.PyTradePath (see there).",
+    .tp_new = TradePath_new,
+    .tp_dealloc = (destructor)TradePath_dealloc,
+    .tp_traverse = (traverseproc)TradePath_traverse,
+    .tp_clear = (inquiry)TradePath_clear,
+    .tp_methods = TradePath_methods,
+    .tp_members = TradePath_members,
+    .tp_getset = TradePath_getset,
+};
+
+int hotpath_ready(PyObject *module) {
+    crc_init();
+    if (PyType_Ready(&LockType) < 0 || PyType_Ready(&IndexType) < 0 || PyType_Ready(&TradePathType) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(module, "Lock", (PyObject *)&LockType) < 0 ||
+        PyModule_AddObjectRef(module, "Index", (PyObject *)&IndexType) < 0 ||
+        PyModule_AddObjectRef(module, "TradePath", (PyObject *)&TradePathType) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, hotpath_functions);
+}

@@ -1,0 +1,21 @@
+/* medianserv._native: the compiled twins (see _native.h), put together as one module. */
+#include "_native.h"
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "medianserv._native",
+    .m_doc = "The compiled twins of medianserv's pure modules: Median (median.py); Lock, "
+             "Index and TradePath (hotpath.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&MedianType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Median", (PyObject *)&MedianType) < 0 || hotpath_ready(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,439 @@
+"""The per-trade path: both twins (pure and compiled) against the general path alone, effect
+for effect, through a real reader over a real socket, for any chunking of any sequence of
+frames (hostile ones included); and the compiled perfect hash, checksums and lock against
+their Python twins."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.protocol import OPEN, SERVER
+from websockets.uri import parse_uri
+
+from medianserv import symbols
+from medianserv.config import Config
+from medianserv.hotpath import CTradePath
+from medianserv.link import Link
+from medianserv.perfect_hash import PerfectHash
+from medianserv.streams import AttemptGate, Reader, _Connection
+from medianserv.symbols import SymbolStats, SymbolTable
+
+needs_c = pytest.mark.skipif(CTradePath is None, reason="the compiled twins were not built")
+
+SYMBOLS = ["BTCUSDT", "ETHBTC", "BNBUSDT", "币安人生USDT", "XRPEUR"]
+BASE = 1_000  # the first trade id of every symbol
+MAX_SIZE = 2_000  # frames beyond it fail the connection (a small max_size makes it reachable)
+KINDS = ["general", "py"] + (["C"] if CTradePath is not None else [])
+
+
+@pytest.fixture(autouse=True)
+def _compiled_by_default() -> Iterator[None]:
+    yield
+    symbols.use_compiled(CTradePath is not None)
+
+
+# -- frames ----------------------------------------------------------------------------------
+
+PRICES = ["100.5", "100.50000000", "0.00000001", "99999999999.99999999", "7", "100.5"]
+BAD_PRICES = ["1e5", "-1", "1.123456789", "", " 1", "\u0661", "1.", ".5", "123456789012"]
+STYLES = ["plain"] * 8 + [
+    "spaced", "reordered", "escaped", "extra", "dupkey", "float", "leading0", "not_trade",
+    "missing", "bigint", "negative", "unicode", "binary", "fragmented", "bad_price",
+    "unknown", "nul",
+]  # fmt: skip
+
+
+def trade_json(symbol: str, tid: int, price: str, style: str, ms: int) -> bytes:
+    stream = symbol.lower() + "@trade"
+    fields = [("e", '"trade"'), ("E", str(ms + 1)), ("s", f'"{symbol}"'), ("t", str(tid)),
+              ("p", f'"{price}"'), ("q", '"1.00000000"'), ("T", str(ms)), ("m", "true"),
+              ("M", "false")]  # fmt: skip
+    if style == "escaped":
+        fields[2] = ("s", '"\\u0042' + symbol[1:] + '"') if symbol == "BTCUSDT" else fields[2]
+    elif style == "extra":
+        fields.append(("x", '{"y":[1,2.5,null]}'))
+    elif style == "dupkey":
+        fields.append(("t", str(tid + 1)))
+    elif style == "float":
+        fields[1] = ("E", "1.5")
+    elif style == "leading0":
+        fields[3] = ("t", "0" + str(tid))
+    elif style == "not_trade":
+        fields[0] = ("e", '"aggTrade"')
+    elif style == "missing":
+        del fields[4]
+    elif style == "bigint":
+        fields[3] = ("t", "123456789012345678901234567890")
+    elif style == "negative":
+        fields[3] = ("t", "-" + str(tid))
+    elif style == "unicode":
+        fields[5] = ("q", '"1.0\u00e9"')
+    elif style == "nul":
+        fields[5] = ("q", '"1\\u0000"')
+    if style == "reordered":
+        fields.reverse()
+    sep, colon = (" ,\n", " : ") if style == "spaced" else (",", ":")
+    data = "{" + sep.join(f'"{k}"{colon}{v}' for k, v in fields) + "}"
+    if style == "reordered":
+        return f'{{"data":{data},"stream":"{stream}","extra":0}}'.encode()
+    return f'{{"stream"{colon}"{stream}"{sep}"data"{colon}{data}}}'.encode()
+
+
+def frame(payload: bytes, opcode: Opcode = Opcode.TEXT) -> list[bytes]:
+    return [Frame(opcode, payload).serialize(mask=False)]
+
+
+MOVES = [0] * 12 + [-1, -2, -3, -4, 1, 2, 3, 5, 40]  # next trade, back (repeat or gap), skip
+OTHERS = ["reply", "shutdown", "ping", "garbage", "mutated"]
+
+
+def event(pick: int, seed: int) -> tuple[str, int, int, int, str]:
+    """One event of a script: 4 in 5 a trade (its symbol, id move, price and style drawn
+    from ``seed``), else another frame."""
+    rnd = random.Random(seed)
+    if pick < 80:
+        return ("trade", rnd.randrange(len(SYMBOLS)), rnd.choice(MOVES),
+                rnd.randrange(len(PRICES)), rnd.choice(STYLES))  # fmt: skip
+    kind = OTHERS[pick % len(OTHERS)]
+    a = {"reply": rnd.choice([1, 2, 3, 99]), "garbage": seed, "mutated": seed % len(SYMBOLS)}
+    return (kind, a.get(kind, 0), seed, 0, "")
+
+
+#: Scripts of up to 100 events, mostly trades (the stream's own mix), every style common.
+events = st.lists(
+    st.builds(event, st.integers(0, 99), st.integers(0, 2**32)), min_size=1, max_size=100
+)
+
+
+def wire_of(script: list[tuple[str, int, int, int, str]], fatal: str | None) -> bytes:
+    """The server's bytes for a script of events (ids follow each symbol's own sequence)."""
+    next_id = dict.fromkeys(SYMBOLS, BASE)
+    out: list[bytes] = []
+    for k, (kind, a, b, c, style) in enumerate(script):
+        ms = 1_700_000_000_000 + k
+        if kind == "trade":
+            symbol = SYMBOLS[a] if style != "unknown" else "NOPEUSDT"
+            tid = max(BASE, next_id.get(symbol, BASE) + b)
+            next_id[symbol] = max(next_id.get(symbol, BASE), tid + 1)
+            price = PRICES[c] if style != "bad_price" else BAD_PRICES[c % len(BAD_PRICES)]
+            payload = trade_json(symbol, tid, price, style, ms)
+            if style == "binary":
+                out += frame(payload, Opcode.BINARY)
+            elif style == "fragmented":
+                half = len(payload) // 2
+                out.append(Frame(Opcode.TEXT, payload[:half], fin=False).serialize(mask=False))
+                out.append(Frame(Opcode.CONT, payload[half:]).serialize(mask=False))
+            else:
+                out += frame(payload)
+        elif kind == "reply":
+            result = '["btcusdt@trade"]' if a == 2 else "null"
+            out += frame(f'{{"result":{result},"id":{a}}}'.encode())
+        elif kind == "shutdown":
+            out += frame(b'{"stream":"!x","data":{"e":"serverShutdown","E":5}}')
+        elif kind == "ping":
+            out += frame(b"p%d" % k, Opcode.PING)
+        elif kind == "garbage":
+            out += frame(random.Random(a).randbytes(a % 60))
+        else:  # a plain trade with bytes changed: hostile, whatever it decodes to
+            rnd = random.Random(b)
+            payload = bytearray(trade_json(SYMBOLS[a], next_id[SYMBOLS[a]], "100.5", "plain", ms))
+            for _ in range(1 + b % 4):
+                payload[rnd.randrange(len(payload))] = rnd.choice(b'0123456789",:{}[]e\\ \xff.')
+            out += frame(bytes(payload))
+    if fatal == "masked":  # a server must not mask: the protocol fails the connection
+        out.append(Frame(Opcode.TEXT, b'{"a":1}').serialize(mask=True))
+    elif fatal == "too_big":
+        out += frame(b" " * (MAX_SIZE + 1))
+    if fatal:
+        out += frame(trade_json(SYMBOLS[0], next_id[SYMBOLS[0]], "1", "plain", 0))
+    return b"".join(out)
+
+
+# -- a reader over a socket, as the service runs it ------------------------------------------
+
+
+class Owner:
+    """What a reader needs from its owner (the Ingest): the table, and where gaps go."""
+
+    def __init__(self, table: SymbolTable) -> None:
+        self.table = table
+        self.gaps: list[str] = []
+
+    def gap_found(self, symbol: str) -> None:
+        self.gaps.append(symbol)
+
+    def resubscribed(self, streams: frozenset[str]) -> None:
+        pass
+
+
+class Pipeline:
+    """One reader of one kind (``general``: no trade path; ``py``, ``C``: the twins) with its
+    own table, reading a socket we write to."""
+
+    def __init__(self, kind: str, baselined: set[str]) -> None:
+        symbols.use_compiled(kind == "C")
+        self.table = SymbolTable.build(SYMBOLS)
+        for symbol, stats in self.table.items():
+            if symbol in baselined:
+                stats.baseline(BASE - 1, 0)
+        self.owner = Owner(self.table)
+        config = Config(trade_path="C" if kind == "C" else "python")
+        self.reader = Reader(0, self.owner, config, AttemptGate(100, 1.0))
+        if kind == "general":
+            self.reader.path = None
+        assert kind != "C" or isinstance(self.reader.path, CTradePath)
+        self.ours, self.theirs = socket.socketpair()
+        protocol = ClientProtocol(parse_uri("ws://x/stream"), state=OPEN, max_size=MAX_SIZE)
+        link = Link(self.ours, protocol, close_timeout=0.01)
+        link.max_size = MAX_SIZE
+        conn = self.conn = _Connection(link, 0.0, 1e18, 5.0)
+        conn.handle = lambda payloads: self.reader._handle_all(payloads, conn)
+        conn.pending = {1: ("SUBSCRIBE", ["btcusdt@trade"]), 2: ("LIST_SUBSCRIPTIONS", [])}
+
+    def drive(self, wire: bytes, cuts: list[int]) -> None:
+        """Write the wire in chunks, reading each in full before the next (the socket may cut
+        a chunk further)."""
+        pos = 0
+        link = self.conn.link
+        for cut in [*cuts, len(wire)]:
+            chunk = wire[pos : pos + max(1, cut)]
+            pos += len(chunk)
+            self.theirs.sendall(chunk)
+            got = 0
+            while got < len(chunk):
+                link.last_read = 0
+                try:
+                    self.reader._read(self.conn, 5.0)
+                except ConnectionClosed:
+                    return
+                got += link.last_read
+            if pos >= len(wire):
+                return
+
+    def effects(self) -> Any:
+        per_symbol = {}
+        for symbol, stats in self.table.items():
+            full = stats.full_state()
+            harvest = stats.harvest()
+            per_symbol[symbol] = (full, stats.view(), stats.version,
+                                  None if harvest is None else harvest.levels.final())  # type: ignore[union-attr]  # fmt: skip
+            stats._check()
+        s = self.reader.stats
+        counters = (s.frames, s.applied, s.duplicates, s.filled, s.gaps, dict(s.rejected),
+                    s.shutdown_notices, self.reader._rotate_now)  # fmt: skip
+        self.theirs.setblocking(False)
+        sent = b""
+        try:
+            while chunk := self.theirs.recv(1 << 16):
+                sent += chunk
+        except BlockingIOError:
+            pass
+        p = ClientProtocol(parse_uri("ws://x/stream"), state=OPEN)
+        p.side = SERVER  # our frames are masked at random: read them as the server would
+        p.receive_data(sent)
+        frames = [(f.opcode, bytes(f.data)) for f in p.events_received() if isinstance(f, Frame)]
+        return (per_symbol, counters, self.owner.gaps, sorted(self.conn.subscribed),
+                sorted(self.conn.pending), frames, self.conn.link.protocol.state)  # fmt: skip
+
+    def close(self) -> None:
+        self.ours.close()
+        self.theirs.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events,
+    st.lists(st.integers(1, 400), max_size=20),
+    st.sets(st.sampled_from(SYMBOLS)),
+    st.sampled_from([None] * 8 + ["masked", "too_big"]),
+)
+def test_both_trade_paths_equal_the_general_path(
+    script: list[tuple[str, int, int, int, str]], cuts: list[int], baselined: set[str],
+    fatal: str | None,
+) -> None:  # fmt: skip
+    """Whatever the frames (trades next, repeated, skipping ahead or back into a gap; JSON
+    the compiled path leaves to the general one; bad prices, unknown symbols, garbage, bytes
+    changed at random; replies, notices, pings, fragments, binary frames; a frame that fails
+    the connection) and however the bytes are cut: each symbol's count, levels, median, trade
+    ids, gaps, last trade, version and snapshot log, the reader's counters and rejections,
+    the gaps reported, the replies taken and the pongs sent are the same with either trade
+    path as with the general path alone."""
+    wire = wire_of(script, fatal)
+    results = []
+    for kind in KINDS:
+        pipeline = Pipeline(kind, baselined)
+        try:
+            pipeline.drive(wire, cuts)
+            results.append((kind, pipeline.effects()))
+        finally:
+            pipeline.close()
+    reference = results[0][1]
+    for kind, got in results[1:]:
+        assert got[0] == reference[0], f"{kind}: statistics differ"
+        assert got[1:] == reference[1:], f"{kind}: counters, replies or frames sent differ"
+
+
+def test_the_trade_path_takes_the_common_frames() -> None:
+    """The twins do take the common case (so the property test above is not vacuous): a
+    run of next trades and repeats of one baselined symbol is consumed whole, and what
+    follows it (a reply) is where each stops."""
+    for kind in KINDS[1:]:
+        pipeline = Pipeline(kind, set(SYMBOLS))
+        path = pipeline.reader.path
+        path.index = pipeline.table.index if kind == "C" else pipeline.table.get
+        trades = b"".join(frame(trade_json("BTCUSDT", BASE + i, "1.5", "plain", i))[0]
+                          for i in [0, 1, 2, 1, 3])  # fmt: skip
+        reply = frame(b'{"result":null,"id":1}')[0]
+        data = trades + reply + trades
+        assert path.consume(data, 0) == len(trades), kind
+        assert path.take_counts() == (5, 4, 1, 3 + 1), kind
+        assert path.consume(data, len(trades)) == len(trades), kind  # the reply: general path
+        stats = pipeline.table.get("BTCUSDT")
+        assert stats is not None and stats.view().count == 4 and stats.version == 1 + 4  # baseline
+        pipeline.close()
+
+
+@needs_c
+def test_a_busy_symbol_lock_sends_the_frame_to_the_general_path() -> None:
+    """The compiled path never waits for a symbol's lock: held elsewhere, the frame is left
+    to the general path (which waits for it), and nothing is applied."""
+    pipeline = Pipeline("C", set(SYMBOLS))
+    path = pipeline.reader.path
+    path.index = pipeline.table.index
+    stats = pipeline.table.get("ETHBTC")
+    assert stats is not None
+    data = frame(trade_json("ETHBTC", BASE, "1.5", "plain", 0))[0]
+    with stats.lock:
+        assert path.consume(data, 0) == 0
+    assert stats.view().count == 0
+    assert path.consume(data, 0) == len(data) and stats.view().count == 1
+    pipeline.close()
+
+
+@needs_c
+def test_the_compiled_path_refuses_classes_it_was_not_made_for() -> None:
+    class NoSlots:
+        pass
+
+    with pytest.raises((TypeError, AttributeError)):
+        CTradePath.__base__(NoSlots, NoSlots)
+    path = CTradePath()
+    with pytest.raises(TypeError):
+        path.index = {}
+    assert path.consume(b"\x81\x02{}", 0) == 0  # no index yet: nothing taken
+
+
+# -- the compiled perfect hash, checksums and lock against their Python twins -----------------
+
+
+@needs_c
+@given(st.binary(max_size=300), st.integers(0, 2**32 - 1))
+def test_crc32_and_adler32_are_zlibs(data: bytes, start: int) -> None:
+    from medianserv import _native  # type: ignore[attr-defined]
+
+    assert _native.crc32(data, start) == zlib.crc32(data, start)
+    assert _native.adler32(data) == zlib.adler32(data)
+
+
+def _crc_twins() -> list[str]:
+    """Two keys of equal length and equal CRC-32 (a birthday search): they force the perfect
+    hash into its wide mode."""
+    seen: dict[int, str] = {}
+    rnd = random.Random(1)
+    for _ in range(1 << 20):
+        key = "".join(rnd.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ", k=10))
+        other = seen.setdefault(zlib.crc32(key.encode()), key)
+        if other != key:
+            return [other, key]
+    raise AssertionError("no CRC collision found")
+
+
+@needs_c
+@given(st.lists(st.text(min_size=1, max_size=12), max_size=60, unique=True),
+       st.lists(st.text(max_size=12), max_size=30), st.booleans())  # fmt: skip
+@settings(max_examples=60, deadline=None)
+def test_index_is_the_perfect_hash(keys: list[str], probes: list[str], wide: bool) -> None:
+    """The compiled lookup equals PerfectHash's for every key and for keys outside the set
+    (lone surrogates included), in fast mode and in wide mode (a CRC collision in the set)."""
+    keys = [k for k in keys if not any(0xD800 <= ord(c) < 0xE000 for c in k)]
+    if wide:
+        keys = [k for k in keys if k not in TWINS] + TWINS
+    phash = PerfectHash.build(keys)
+    values: list[str | None] = [None if k is None else k + "!" for k in phash.keys]
+    get, index = phash.lookup_in(values), phash.compiled_lookup_in(values)
+    assert phash._wide == (wide and len(keys) >= 2)
+    for probe in [*keys, *probes, "\ud800", "", "BTCUSDT"]:
+        assert index.get(probe) == get(probe), probe
+
+
+TWINS = _crc_twins() if CTradePath is not None else []
+
+
+@needs_c
+def test_the_lock_is_a_lock() -> None:
+    """The compiled path's lock has threading.Lock's semantics: exclusive, non-reentrant,
+    with timeouts, released by any thread, an error to release unlocked, usable in with."""
+    from medianserv import _native  # type: ignore[attr-defined]
+
+    lock = _native.Lock()
+    assert not lock.locked() and lock.acquire() and lock.locked()
+    assert not lock.acquire(False) and not lock.acquire(timeout=0.01)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=30)))
+    waiter.start()
+    lock.release()  # the waiter gets it (released by this thread, held by that one)
+    waiter.join(30)
+    assert got == [True] and lock.locked()
+    lock.release()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    with lock:
+        assert lock.locked()
+    assert not lock.locked()
+    with pytest.raises(ValueError):
+        lock.acquire(False, 1.0)
+    stats = SymbolStats("X")
+    assert isinstance(stats.lock, _native.Lock)
+
+
+def test_apply_common_is_apply_for_the_common_outcomes() -> None:
+    """SymbolStats.apply_common (what the trade path applies) has apply's effects for the
+    next trade and a repeat above every gap, and leaves everything else alone."""
+    for compiled in {False, CTradePath is not None}:
+        symbols.use_compiled(compiled)
+        a, b = SymbolStats("X"), SymbolStats("X")
+        assert b.apply_common(5, 100, 1) is None  # a first trade: not common
+        for s in (a, b):
+            s.apply(5, 100, 1)
+        rnd = random.Random(1)
+        tid = 6
+        for _ in range(300):
+            t = tid + rnd.choice([0, 0, 0, -1, -2, 1, 3])
+            price, ms = rnd.randrange(90, 110), rnd.randrange(10**9)
+            before, version = b.full_state(), b.version
+            outcome = b.apply_common(t, price, ms)
+            if outcome is None:  # left alone: the general path applies it
+                assert b.full_state() == before and b.version == version
+                b.apply(t, price, ms)
+            expected = a.apply(t, price, ms)
+            assert outcome is None or outcome == expected
+            tid = max(tid, t + 1)
+            assert a.full_state() == b.full_state() and a.version == b.version
+            ha, hb = a.harvest(), b.harvest()
+            assert (ha is None) == (hb is None)
+            if ha is not None and hb is not None:
+                assert ha.levels.final() == hb.levels.final()  # type: ignore[union-attr]
+                ha.levels = hb.levels = []
+                assert ha == hb
+            b._check()
