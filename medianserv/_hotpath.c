@@ -190,8 +190,9 @@ typedef struct {
     uint32_t seed;
     int wide;
     long long *disp;
-    const char **kp;    /* each slot's key, UTF-8 (kept alive by `keys`), or NULL */
+    const char **kp;    /* each slot's key, UTF-8, or NULL: into `kbuf`, side by side */
     Py_ssize_t *kn;
+    char *kbuf;
     PyObject *keys;     /* tuple of str | None */
     PyObject *values;   /* list: each slot's SymbolStats or None */
 } Index;
@@ -201,6 +202,7 @@ static void Index_dealloc(Index *x) {
     PyMem_Free(x->disp);
     PyMem_Free(x->kp);
     PyMem_Free(x->kn);
+    PyMem_Free(x->kbuf);
     Py_CLEAR(x->keys);
     Py_CLEAR(x->values);
     Py_TYPE(x)->tp_free((PyObject *)x);
@@ -245,6 +247,7 @@ static PyObject *Index_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     }
     x->keys = Py_NewRef(keys);
     x->values = Py_NewRef(values);
+    size_t total = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
         PyObject *d = PyList_GET_ITEM(disp, i), *k = PyTuple_GET_ITEM(keys, i);
         x->disp[i] = PyLong_AsLongLong(d);
@@ -258,8 +261,22 @@ static PyObject *Index_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
             PyErr_SetString(PyExc_TypeError, "keys must be str or None");
             goto fail;
         }
-        x->kp[i] = PyUnicode_AsUTF8AndSize(k, &x->kn[i]);
-        if (!x->kp[i]) goto fail;
+        if (!PyUnicode_AsUTF8AndSize(k, &x->kn[i])) goto fail;
+        total += (size_t)x->kn[i];
+    }
+    /* the keys side by side in one block: the comparison of a lookup stays in a few lines */
+    x->kbuf = PyMem_Malloc(total ? total : 1);
+    if (!x->kbuf) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    total = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        PyObject *k = PyTuple_GET_ITEM(keys, i);
+        if (k == Py_None) continue;
+        memcpy(x->kbuf + total, PyUnicode_AsUTF8(k), (size_t)x->kn[i]);
+        x->kp[i] = x->kbuf + total;
+        total += (size_t)x->kn[i];
     }
     return (PyObject *)x; /* tracked by the garbage collector since tp_alloc */
 fail:
@@ -470,11 +487,11 @@ static int price_units(Pos s, size_t n, u64 *out) {
 
 /* -- TradePath -------------------------------------------------------------------------------- */
 
-enum { S_LOCK, S_MEDIAN, S_IDS, S_LIVE, S_DIRTY, S_VERSION, S_LAST_ID, S_LAST_PRICE, S_LAST_TIME,
+enum { S_LOCK, S_MEDIAN, S_IDS, S_DIRTY, S_VERSION, S_LAST_ID, S_LAST_PRICE, S_LAST_TIME,
        I_HIGHEST, I_AFTER_MS, I_HIGHEST_PRICE, I_GAPS, N_SLOTS };
 
 static const char *slot_names[N_SLOTS] = {
-    "lock", "median", "ids", "_live", "dirty", "version", "last_trade_id", "last_price",
+    "lock", "median", "ids", "dirty", "version", "last_trade_id", "last_price",
     "last_trade_time", "highest", "after_highest_ms", "highest_price", "gaps",
 };
 
@@ -567,15 +584,15 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     if (!lock || !Py_IS_TYPE(lock, &LockType)) return NOT_COMMON;
     if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
     int rc = NOT_COMMON;
-    PyObject *tid = NULL, *when = NULL, *units = NULL, *count = NULL, *version = NULL;
+    PyObject *tid = NULL, *when = NULL, *units = NULL, *version = NULL;
     PyObject *ids = SLOT(stats, S_IDS);
     long long highest, last_id, v;
     if (!ids || Py_TYPE(ids) != tp->ids_type || !int_slot(SLOT(ids, I_HIGHEST), &highest) ||
         highest == LLONG_MAX)
         goto done;
     if (t == highest + 1) {
-        PyObject *median = SLOT(stats, S_MEDIAN), *live = SLOT(stats, S_LIVE);
-        if (!median || !PyObject_TypeCheck(median, &MedianType) || !live || !PyDict_CheckExact(live) ||
+        PyObject *median = SLOT(stats, S_MEDIAN);
+        if (!median || !PyObject_TypeCheck(median, &MedianType) ||
             !int_slot(SLOT(stats, S_VERSION), &v) || !int_slot(SLOT(stats, S_LAST_ID), &last_id) ||
             v == LLONG_MAX)
             goto done;
@@ -583,9 +600,7 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
         if (!(tid = PyLong_FromLongLong(t)) || !(when = PyLong_FromLongLong(T)) ||
             !(units = PyLong_FromUnsignedLongLong(price)) || !(version = PyLong_FromLongLong(v + 1)))
             goto done;
-        i64 c = median_add((Median *)median, price, 1);
-        if (c < 0 || !(count = PyLong_FromLongLong(c)) || PyDict_SetItem(live, units, count) < 0)
-            goto done;
+        if (median_add((Median *)median, price, 1) < 0) goto done;
         set_slot(&SLOT(ids, I_HIGHEST), tid);
         set_slot(&SLOT(ids, I_AFTER_MS), when);
         set_slot(&SLOT(ids, I_HIGHEST_PRICE), units);
@@ -614,7 +629,6 @@ done:
     Py_XDECREF(tid);
     Py_XDECREF(when);
     Py_XDECREF(units);
-    Py_XDECREF(count);
     Py_XDECREF(version);
     lock_give((Lock *)lock);
     return rc;

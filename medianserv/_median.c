@@ -88,6 +88,23 @@ static i64 map_add(Map *m, u64 key, i64 k, int *inserted) {
     return k;
 }
 
+/* key's count becomes v (v > 0; a new key is inserted): 0, or -1 when memory ran out */
+static int map_put(Map *m, u64 key, i64 v) {
+    if (2 * (m->used + 1) > m->cap && map_grow(m) < 0) return -1;
+    size_t mask = m->cap - 1, j = map_home(m, key);
+    while (m->vals[j]) {
+        if (m->keys[j] == key) {
+            m->vals[j] = v;
+            return 0;
+        }
+        j = (j + 1) & mask;
+    }
+    m->keys[j] = key;
+    m->vals[j] = v;
+    m->used++;
+    return 0;
+}
+
 /* removes the key in slot j (backward-shift deletion: no tombstones) */
 static void map_del_slot(Map *m, size_t j) {
     size_t mask = m->cap - 1, i = j;
@@ -998,6 +1015,7 @@ i64 median_add(Median *m, u64 value, i64 times) {
         PyErr_Format(PyExc_ValueError, "times must be positive, not %lld", (long long)times);
         return -1;
     }
+    if (map_put(&m->touched, value, count) < 0) FAIL_MEM(m);
     return count;
 }
 
@@ -1046,6 +1064,7 @@ static void Median_dealloc(Median *m) {
     free(m->high);
     map_free(&m->low_counts);
     map_free(&m->high_counts);
+    map_free(&m->touched);
     cold_free(&m->cold_low);
     cold_free(&m->cold_high);
     Py_TYPE(m)->tp_free((PyObject *)m);
@@ -1232,6 +1251,12 @@ static PyObject *Median_add_many(Median *m, PyObject *args) {
             if (got[i] < 0) goto done;
         }
         if (rebalance(m) < 0) goto done;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (map_put(&m->touched, p[i], got[i]) < 0) {
+                m->broken = 1;
+                PyErr_NoMemory();
+                goto done;
+            }
     }
     out = PyList_New(n);
     if (!out) goto done;
@@ -1248,6 +1273,105 @@ done:
     free(p);
     free(c);
     return out;
+}
+
+/* -- Levels: what take_touched hands over ---------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Map map;
+} Levels;
+
+static void Levels_dealloc(Levels *l) {
+    map_free(&l->map);
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+static Py_ssize_t Levels_len(Levels *l) {
+    return (Py_ssize_t)l->map.used;
+}
+
+typedef struct {
+    u64 p;
+    i64 c;
+} Pair;
+
+static int cmp_pair(const void *a, const void *b) {
+    u64 x = ((const Pair *)a)->p, y = ((const Pair *)b)->p;
+    return x < y ? -1 : x > y;
+}
+
+/* the levels ascending and their counts, as native bytes; sorted without the GIL (no other
+ * thread holds this object: its median handed it over) */
+static PyObject *Levels_sorted_bytes(Levels *l, PyObject *Py_UNUSED(ignored)) {
+    size_t n = l->map.used, k = 0;
+    Pair *pairs = malloc((n ? n : 1) * sizeof *pairs);
+    if (!pairs) return PyErr_NoMemory();
+    for (size_t i = 0; i < l->map.cap; i++)
+        if (l->map.vals[i]) {
+            pairs[k].p = l->map.keys[i];
+            pairs[k++].c = l->map.vals[i];
+        }
+    Py_BEGIN_ALLOW_THREADS
+    qsort(pairs, n, sizeof *pairs, cmp_pair);
+    Py_END_ALLOW_THREADS
+    PyObject *pb = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
+    PyObject *cb = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
+    if (pb && cb) {
+        u64 *p = (u64 *)PyBytes_AS_STRING(pb);
+        i64 *c = (i64 *)PyBytes_AS_STRING(cb);
+        for (size_t i = 0; i < n; i++) {
+            p[i] = pairs[i].p;
+            c[i] = pairs[i].c;
+        }
+    }
+    free(pairs);
+    if (!pb || !cb) {
+        Py_XDECREF(pb);
+        Py_XDECREF(cb);
+        return NULL;
+    }
+    return Py_BuildValue("NN", pb, cb);
+}
+
+static PyObject *Levels_to_dict(Levels *l, PyObject *Py_UNUSED(ignored)) {
+    PyObject *d = PyDict_New();
+    for (size_t i = 0; d && i < l->map.cap; i++) {
+        if (!l->map.vals[i]) continue;
+        PyObject *k = PyLong_FromUnsignedLongLong(l->map.keys[i]), *v = PyLong_FromLongLong(l->map.vals[i]);
+        if (!k || !v || PyDict_SetItem(d, k, v) < 0) Py_CLEAR(d);
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+static PyMethodDef Levels_methods[] = {
+    {"sorted_bytes", (PyCFunction)Levels_sorted_bytes, METH_NOARGS,
+     "sorted_bytes() -> (prices, counts): native uint64 / int64 bytes, ascending. O(t log t)."},
+    {"to_dict", (PyCFunction)Levels_to_dict, METH_NOARGS, "to_dict() -> dict (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Levels_as_sequence = {.sq_length = (lenfunc)Levels_len};
+
+PyTypeObject LevelsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "medianserv._native.Levels",
+    .tp_basicsize = sizeof(Levels),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Levels changed since a median last handed them over, each with its count.",
+    .tp_dealloc = (destructor)Levels_dealloc,
+    .tp_as_sequence = &Levels_as_sequence,
+    .tp_methods = Levels_methods,
+};
+
+static PyObject *Median_take_touched(Median *m, PyObject *Py_UNUSED(ignored)) {
+    Levels *l = PyObject_New(Levels, &LevelsType);
+    if (!l) return NULL;
+    l->map = m->touched; /* the map changes hands whole: O(1) */
+    memset(&m->touched, 0, sizeof m->touched);
+    return (PyObject *)l;
 }
 
 static PyObject *Median_multiplicity(Median *m, PyObject *value) {
@@ -1504,13 +1628,25 @@ static PyObject *hot_list(const u64 *heap, size_t n, Map *counts) {
     return out;
 }
 
+static PyObject *touched_list(const Map *t) {
+    PyObject *out = PyList_New(0);
+    for (size_t i = 0; out && i < t->cap; i++) {
+        if (!t->vals[i]) continue;
+        PyObject *pair = Py_BuildValue("(KL)", (unsigned long long)t->keys[i], (long long)t->vals[i]);
+        if (!pair || PyList_Append(out, pair) < 0) Py_CLEAR(out);
+        Py_XDECREF(pair);
+    }
+    if (out && PyList_Sort(out) < 0) Py_CLEAR(out);
+    return out;
+}
+
 static PyObject *Median_state(Median *m, PyObject *Py_UNUSED(ignored)) {
     PyObject *floor_ = m->has_floor ? PyLong_FromUnsignedLongLong(m->floor_) : PyLong_FromLong(-1);
     PyObject *ceil_ = m->has_ceil ? PyLong_FromUnsignedLongLong(m->ceil_) : sum_u64(UINT64_MAX, 1);
-    return Py_BuildValue("(LLNNNNNN)", (long long)m->n_low, (long long)m->n_high, floor_, ceil_,
+    return Py_BuildValue("(LLNNNNNNN)", (long long)m->n_low, (long long)m->n_high, floor_, ceil_,
                          hot_list(m->low, m->nlow, &m->low_counts),
                          hot_list(m->high, m->nhigh, &m->high_counts), pairs_list(&m->cold_low),
-                         pairs_list(&m->cold_high));
+                         pairs_list(&m->cold_high), touched_list(&m->touched));
 }
 
 static size_t cold_nbytes(const Cold *s) {
@@ -1521,7 +1657,7 @@ static size_t cold_nbytes(const Cold *s) {
 
 static PyObject *Median_nbytes(Median *m, PyObject *Py_UNUSED(ignored)) {
     size_t n = sizeof(Median) + (m->caplow + m->caphigh) * sizeof(u64);
-    n += (m->low_counts.cap + m->high_counts.cap) * 16;
+    n += (m->low_counts.cap + m->high_counts.cap + m->touched.cap) * 16;
     n += cold_nbytes(&m->cold_low) + cold_nbytes(&m->cold_high);
     return PyLong_FromSize_t(n);
 }
@@ -1607,6 +1743,8 @@ static PyMethodDef Median_methods[] = {
     {"add_many", (PyCFunction)Median_add_many, METH_VARARGS,
      "add_many(prices, counts) -> list[int]: see PyRunningMedian.add_many."},
     {"multiplicity", (PyCFunction)Median_multiplicity, METH_O, "multiplicity(value) -> int."},
+    {"take_touched", (PyCFunction)Median_take_touched, METH_NOARGS,
+     "take_touched() -> Levels: see PyRunningMedian.take_touched. O(1)."},
     {"multiplicities", (PyCFunction)Median_multiplicities, METH_O, "multiplicities(values) -> list."},
     {"values_at", (PyCFunction)Median_values_at, METH_O, "values_at(ranks) -> list[int]."},
     {"_dump", (PyCFunction)Median_dump, METH_NOARGS, "(prices bytes, counts bytes), ascending."},

@@ -10,7 +10,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&MedianType) < 0) return NULL;
+    if (PyType_Ready(&MedianType) < 0 || PyType_Ready(&LevelsType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "Median", (PyObject *)&MedianType) < 0 || hotpath_ready(m) < 0) {

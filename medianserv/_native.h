@@ -54,6 +54,7 @@ typedef struct {
     u64 *high;          /* min-heap of the high side's levels near the median */
     size_t nhigh, caphigh;
     Map low_counts, high_counts;
+    Map touched;        /* level -> its count, for the levels added to since take_touched */
     i64 n_low, n_high;  /* values on each side, cold ones included */
     Cold cold_low, cold_high;
     u64 floor_;         /* has_floor: no cold low level is at or above it (else -1) */
@@ -63,7 +64,7 @@ typedef struct {
     int broken;         /* memory ran out half way through a step: refuse every use */
 } Median;
 
-extern PyTypeObject MedianType;
+extern PyTypeObject MedianType, LevelsType;
 
 /* Adds `times` values at `value`; the level's count after, or -1 with an exception set. */
 i64 median_add(Median *m, u64 value, i64 times);

@@ -40,8 +40,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
     shared = args.shared_data if args.shared_data.exists() else None
-    if args.suite == "bare":  # the baseline client process of the ingest benchmark
-        bench.run_bare_client(args.url, args.rest_url, args.seconds)
+    if args.suite == "decode-client":  # the yardstick's process in the ingest benchmark
+        bench.run_decode_client(args.url, args.rest_url, args.seconds)
         return 0
     if args.suite == "load":  # the load generator process of the api benchmark
         print(
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "suite",
         choices=["core", "ingest", "api", "snapshot", "long", "history", "recovery", "scale", "all",
-                 "load", "bare"],
+                 "load", "decode-client"],
         nargs="?", default="all",
         help="'all' runs every suite but history and recovery (long on their own)",
     )  # fmt: skip

@@ -82,7 +82,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CHUNK", "HOT_MAX", "REFILL", "CRunningMedian", "PyRunningMedian", "RunningMedian"]
+__all__ = [
+    "CHUNK", "HOT_MAX", "REFILL", "CRunningMedian", "PyRunningMedian", "RunningMedian", "Touched",
+    "touched_arrays",
+]  # fmt: skip
 
 #: Levels a heap holds at most; past it, its far half goes to the cold store.
 HOT_MAX = 2_048
@@ -436,6 +439,29 @@ class _Cold:
             assert self.prices[0][0] > above, "cold level not above the heap"
 
 
+class Touched(dict[int, int]):
+    """The pure twin's levels changed since they were last taken: level -> count now."""
+
+    def sorted_bytes(self) -> tuple[bytes, bytes]:
+        """The levels ascending and their counts, as native uint64 / int64 bytes. O(t log t);
+        off any lock (its median no longer holds it)."""
+        prices = np.fromiter(self.keys(), np.uint64, len(self))
+        counts = np.fromiter(self.values(), np.int64, len(self))
+        order = np.argsort(prices, kind="stable")
+        return prices[order].tobytes(), counts[order].tobytes()
+
+    def to_dict(self) -> dict[int, int]:
+        """A plain dict of it (for tests). O(t)."""
+        return dict(self)
+
+
+def touched_arrays(touched: Any) -> tuple[_Prices, _Counts]:
+    """What :meth:`~PyRunningMedian.take_touched` handed over (either twin's), as numpy
+    arrays ascending by level. O(t log t)."""
+    prices, counts = touched.sorted_bytes()
+    return np.frombuffer(prices, np.uint64), np.frombuffer(counts, np.int64)
+
+
 class _Bulk:
     """What both twins build on their primitives (``_dump``, ``_load``, ``values_at``): whole
     states in and out, as numpy arrays or pairs, checked here once for both."""
@@ -508,7 +534,7 @@ class _PyCore:
 
     __slots__ = (
         "_ceil", "_chunk", "_cold_high", "_cold_low", "_floor", "_high", "_high_counts",
-        "_hot_max", "_low", "_low_counts", "_n_high", "_n_low", "_refill",
+        "_hot_max", "_low", "_low_counts", "_n_high", "_n_low", "_refill", "_touched",
     )  # fmt: skip
 
     def __init__(self, *, hot_max: int = HOT_MAX, refill: int = REFILL, chunk: int = CHUNK):
@@ -527,6 +553,7 @@ class _PyCore:
         self._hot_max = hot_max
         self._refill = refill
         self._chunk = chunk
+        self._touched = Touched()  # level -> its count, for the levels added to since taken
 
     @property
     def count(self) -> int:
@@ -617,6 +644,7 @@ class _PyCore:
             self._rebalance()
         else:
             raise ValueError(f"times must be positive, not {times}")
+        self._touched[value] = count
         return count
 
     def _add_low(self, value: int, times: int) -> int:
@@ -683,6 +711,7 @@ class _PyCore:
         for i in range(below, above):
             out[i] = self._add_low(p[i], c[i]) if p[i] <= top else self._add_high(p[i], c[i])
         self._rebalance()
+        self._touched.update(zip(p, out, strict=True))
         return out
 
     # -- moving values across ------------------------------------------------------------------
@@ -850,6 +879,13 @@ class _PyCore:
             return self._cold_high.count_of(value)
         return self._low_counts.get(-value, 0) + self._high_counts.get(value, 0)
 
+    def take_touched(self) -> Touched:
+        """The levels added to since the last call, each with its count now, handed over
+        whole (what a snapshot stores: every change of a level's count comes through add or
+        add_many). O(1)."""
+        touched, self._touched = self._touched, Touched()
+        return touched
+
     def multiplicities(self, values: Iterable[int]) -> list[int]:
         """:meth:`multiplicity` of each of ``values``. O(v log d)."""
         return [self.multiplicity(v) for v in values]
@@ -935,7 +971,8 @@ class _PyCore:
         size = sys.getsizeof(self)
         for part in (self._low, self._high, self._low_counts, self._high_counts):
             size += sys.getsizeof(part)
-        for hot in (self._low_counts, self._high_counts):
+        for hot in (self._low_counts, self._high_counts, self._touched):
+            size += sys.getsizeof(hot) if hot is self._touched else 0
             for key, c in hot.items():
                 size += sys.getsizeof(key) + (0 if -5 <= c <= 256 else sys.getsizeof(c))
         for cold in (self._cold_low, self._cold_high):
@@ -952,7 +989,8 @@ class _PyCore:
         return (self._n_low, self._n_high, self._floor, self._ceil,
                 sorted((-k, c) for k, c in self._low_counts.items()),
                 sorted(self._high_counts.items()),
-                self._cold_low.pairs(), self._cold_high.pairs())  # fmt: skip
+                self._cold_low.pairs(), self._cold_high.pairs(),
+                sorted(self._touched.items()))  # fmt: skip
 
     def _check(self) -> None:
         """Assert every invariant. O(d + h log h); for tests."""

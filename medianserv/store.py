@@ -130,25 +130,24 @@ def symbol_prefix(symbol: str) -> bytes:
 
 def _level_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
     """The ``levels`` items of ``batch``, made as they are written (a list of ten million
-    would cost gigabytes). Arrays are packed a chunk at a time, vectorized. A harvest's log
-    is written in its order: a level it holds twice is written twice, the later count last,
-    so the put that stays is its count at the harvest."""
+    would cost gigabytes). Arrays are packed a chunk at a time, vectorized; a harvest's record
+    is sorted first (ascending keys: LMDB's pages are filled in order). Records kept after a
+    failed write are written in their order, so the put that stays is a level's latest
+    count."""
     pack = _U64.pack
     for state in batch:
         prefix = symbol_prefix(state.symbol)
         levels = state.levels
-        entries = levels.entries if isinstance(levels, LevelLog) else [levels]
-        for entry in entries:
-            if isinstance(entry, LevelArrays):
-                for start in range(0, len(entry), 65_536):
-                    keys = entry.prices[start : start + 65_536].astype(">u8").tobytes()
-                    values = entry.counts[start : start + 65_536].astype(">u8").tobytes()
-                    for i in range(0, len(keys), 8):
-                        yield prefix + keys[i : i + 8], values[i : i + 8]
-            else:
-                pairs = entry.items() if isinstance(entry, dict) else entry
-                for price, count in pairs:
-                    yield prefix + pack(price), pack(count)
+        if isinstance(levels, list):  # a full state's pairs
+            for price, count in levels:
+                yield prefix + pack(price), pack(count)
+            continue
+        for entry in levels.arrays() if isinstance(levels, LevelLog) else [levels]:
+            for start in range(0, len(entry), 65_536):
+                keys = entry.prices[start : start + 65_536].astype(">u8").tobytes()
+                values = entry.counts[start : start + 65_536].astype(">u8").tobytes()
+                for i in range(0, len(keys), 8):
+                    yield prefix + keys[i : i + 8], values[i : i + 8]
 
 
 def _native(buf: bytearray, dtype: Any) -> np.ndarray[Any, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .median import CRunningMedian, PyRunningMedian
+from .median import CRunningMedian, PyRunningMedian, touched_arrays
 from .perfect_hash import PerfectHash
 from .tradeids import (
     APPLIED,
@@ -143,18 +143,17 @@ class SymbolStats:
     step: a batch of rows and an archive file are applied in pieces (:data:`ROWS_PIECE` rows,
     :attr:`levels_piece` pairs), the lock released between them.
 
-    For incremental snapshots it logs what changed since the last :meth:`harvest`: every add
-    to the median returns the count its level holds after, so each change is logged with its
-    count (``_live``, a dict of the levels trades touched; a file's pieces as arrays, in
-    ``_log`` in order). A harvest hands the log over whole, O(1): no level is looked up again.
+    For incremental snapshots the median records every level added to since the last
+    :meth:`harvest`, with its count then (:meth:`RunningMedian.take_touched`): a harvest takes
+    that record over whole, O(1), and looks no level up again.
 
     Runtime complexity: :meth:`apply` O(log d) (the median add), :meth:`view` O(g), in practice
     O(1) as gaps are few; :meth:`harvest` O(g).
     """
 
     __slots__ = (
-        "_live", "_log", "damaged", "dirty", "ids", "imported", "last_price", "last_trade_id",
-        "last_trade_time", "lock", "median", "merged", "symbol", "version",
+        "damaged", "dirty", "ids", "imported", "last_price", "last_trade_id", "last_trade_time",
+        "lock", "median", "merged", "symbol", "version",
     )  # fmt: skip
 
     def __init__(self, symbol: str) -> None:
@@ -166,8 +165,6 @@ class SymbolStats:
         self.last_price: int | None = None  # its price
         self.last_trade_time: int | None = None  # its time
         self.dirty = False  # changed since the last harvest
-        self._live: dict[int, int] = {}  # level -> its count, for levels trades touched
-        self._log: list[dict[int, int] | LevelArrays] = []  # closed entries: older first
         self.merged = 0  # trades of the claimed file merged so far (see apply_levels)
         self.imported = 0  # trades of history imported by this process (in memory only)
         self.damaged = False  # a merge broke off half way: never stored again (see apply_levels)
@@ -190,7 +187,7 @@ class SymbolStats:
             outcome = self.ids.observe(trade_id, trade_time, price)
             if outcome is DUPLICATE:
                 return outcome
-            self._live[price] = self.median.add(price)
+            self.median.add(price)
             self.dirty = True
             self.version += 1
             if trade_id > self.last_trade_id:
@@ -212,7 +209,7 @@ class SymbolStats:
                 return None
             if trade_id == highest + 1:
                 ids.highest, ids.after_highest_ms, ids.highest_price = trade_id, trade_time, price
-                self._live[price] = self.median.add(price)
+                self.median.add(price)
                 self.dirty = True
                 self.version += 1
                 if trade_id > self.last_trade_id:
@@ -238,7 +235,7 @@ class SymbolStats:
             if start:
                 time.sleep(0)  # let readers waiting for the interpreter in
             with self.lock:
-                ids, median, live = self.ids, self.median, self._live
+                ids, median = self.ids, self.median
                 before = ids.to_import
                 piece = 0
                 for first_id, last_id, price, time_ms in rows[start : start + ROWS_PIECE]:
@@ -246,7 +243,7 @@ class SymbolStats:
                     if not k:
                         continue
                     piece += k
-                    live[price] = median.add(price, k)
+                    median.add(price, k)
                     if last_id > self.last_trade_id:
                         # the highest id of the row is ours only if it was missing: trades
                         # above our range stay for the stream to deliver
@@ -312,12 +309,8 @@ class SymbolStats:
                 part_p = prices[start : start + step]
                 part_c = times[start : start + step]
                 with self.lock:
-                    now = add_many(part_p, part_c)
+                    add_many(part_p, part_c)
                     self.merged += int(part_c.sum())
-                    if self._live:
-                        self._log.append(self._live)
-                        self._live = {}
-                    self._log.append(LevelArrays(part_p, np.asarray(now, np.int64)))
                     self.version += 1
         except BaseException:
             with self.lock:
@@ -421,7 +414,8 @@ class SymbolStats:
 
     def harvest(self) -> SymbolState | None:
         """What changed since the last harvest, handed over under the lock (None if nothing
-        did): the log of levels touched, each with its count, and a copy of the bookkeeping.
+        did): the levels added to, each with its count (the median's record, taken over
+        whole), and a copy of the bookkeeping.
 
         Levels carry their full multiplicity, so writing them over the stored ones is
         idempotent. O(g): the log changes hands whole; this is all a snapshot holds the lock
@@ -431,12 +425,8 @@ class SymbolStats:
             # a file half merged is never stored, nor a merge that broke off
             if not self.dirty or self.ids.claimed is not None or self.damaged:
                 return None
-            log = self._log
-            if self._live:
-                log.append(self._live)
-            self._log, self._live = [], {}
             self.dirty = False
-            return self._state(LevelLog(log))
+            return self._state(LevelLog([self.median.take_touched()]))
 
     def full_state(self) -> SymbolState:
         """Everything, levels included (for exports and tests). O(d log d) under the lock."""
@@ -558,15 +548,15 @@ class LevelArrays(Sequence[tuple[int, int]]):
 
 
 class LevelLog:
-    """The levels a symbol changed since its last snapshot, each with its count then, in the
-    order they changed: entries that are dicts (levels trades touched) and
-    :class:`LevelArrays` (pieces of files). A later entry of one level supersedes an earlier
-    one, so writing them in order leaves every level at its count at the harvest.
-    Iterates as ``(price, count)`` pairs in that order; ``len`` counts them. O(1) to build."""
+    """The levels a symbol changed since its last stored snapshot, each with its count then:
+    one record per harvest (:meth:`RunningMedian.take_touched`), older first; a harvest kept
+    after a failed write is followed by the next one's, whose counts are later. Iterates as
+    ``(price, count)`` pairs in that order (so writing them in order leaves every level at
+    its latest count); ``len`` counts them. O(1) to build."""
 
     __slots__ = ("entries",)
 
-    def __init__(self, entries: list[dict[int, int] | LevelArrays]) -> None:
+    def __init__(self, entries: list[Any]) -> None:
         self.entries = entries
 
     def __len__(self) -> int:
@@ -574,7 +564,12 @@ class LevelLog:
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for e in self.entries:
-            yield from (e.items() if isinstance(e, dict) else e)
+            yield from e.to_dict().items()
+
+    def arrays(self) -> Iterator[LevelArrays]:
+        """Each record as arrays ascending by price, in order. O(t log t), off any lock."""
+        for e in self.entries:
+            yield LevelArrays(*touched_arrays(e))
 
     def then(self, later: LevelLog) -> LevelLog:
         """This log followed by a later one (a harvest kept after a failed write). O(1)."""

@@ -12,7 +12,7 @@ from .api import bench_api, load_generate
 from .common import Row, random_walk
 from .core import bench_core
 from .history import bench_history, synthetic_archives
-from .ingest import bench_ingest, run_bare_client
+from .ingest import bench_ingest, run_decode_client
 from .long import bench_long
 from .market import bench_market
 from .recovery import bench_recovery
@@ -32,6 +32,6 @@ __all__ = [
     "bench_snapshot",
     "load_generate",
     "random_walk",
-    "run_bare_client",
+    "run_decode_client",
     "synthetic_archives",
 ]

@@ -1,146 +1,216 @@
-"""``bench ingest``: medianserv and a bare websockets client, each in its own process, flooded at
-the same time.
+"""``bench ingest``: medianserv's readers against a client that only decodes, each flooded alone
+in turn, on several markets.
+
+The simulator floods every connection of whichever client it is told to as fast as that client
+reads (``/_sim/flood?agent=...``), the other one idle meanwhile. Each market (walk, fresh,
+hot, real; see :class:`~medianserv.sim.SimConfig`) is measured in windows A B B A (medianserv,
+the client, the client, medianserv), so both sides of every ratio run in the same minutes; a
+side's CPU per item is its process's CPU (``/proc``) over the items it took in its window.
 """
 
 from __future__ import annotations
 
+import statistics
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .common import Row, ServiceProcess, SimProcess, cpu_seconds
 
-__all__ = ["bench_ingest", "run_bare_client"]
+__all__ = ["CLIENT_AGENT", "bench_ingest", "run_decode_client"]
+
+#: The decode-only client's User-Agent (the simulator floods by it).
+CLIENT_AGENT = "picows-decode-bench"
+MARKETS = ("walk", "fresh", "hot", "real")
 
 
-def run_bare_client(ws_url: str, rest_url: str, seconds: float) -> None:
-    """The baseline, in a process of its own: websockets' sync client on the same streams over
-    the same number of connections as medianserv, each thread doing ``recv()`` and
-    ``json.loads`` only. Prints ``ready`` once subscribed, then ``<monotonic> <frames>`` every
-    0.2 s on stdout, for ``seconds``."""
+def run_decode_client(ws_url: str, rest_url: str, seconds: float) -> None:
+    """The yardstick, in a process of its own: picows (uvloop where it installs) on the same
+    streams over the same number of connections as medianserv, each frame decoded with msgspec
+    into the same typed struct medianserv's general path uses, and nothing else. Prints
+    ``ready`` once subscribed, then ``<monotonic> <trades decoded>`` every 0.2 s on stdout,
+    for ``seconds``."""
+    import asyncio
     import json
-    import threading
     import urllib.request
 
-    from websockets.sync.client import connect
+    import msgspec
+    from picows import WSListener, WSMsgType, ws_connect
 
+    from ..messages import _TradeFrame
     from ..streams import plan_connections, stream_of
 
     with urllib.request.urlopen(rest_url + "/api/v3/exchangeInfo", timeout=30) as resp:
         symbols = [x["symbol"] for x in json.loads(resp.read())["symbols"]]
     groups = [sorted(g) for g in plan_connections([stream_of(s) for s in symbols], 1024)]
-    counts = [0] * len(groups)
-    subscribed = threading.Barrier(len(groups) + 1)
-    stop = threading.Event()
+    decode = msgspec.json.Decoder(_TradeFrame).decode
+    errors = (msgspec.DecodeError, msgspec.ValidationError)
+    count = [0]
 
-    def run(i: int, group: list[str]) -> None:
-        with connect(
-            ws_url + "/stream", max_size=2**20, ping_interval=None, max_queue=(4096, 1024)
-        ) as ws:
-            for j in range(0, len(group), 150):  # 2 a second: well under Binance's 5
-                ws.send(json.dumps({"method": "SUBSCRIBE", "params": group[j : j + 150], "id": j}))
-                time.sleep(0.5)
-            subscribed.wait()
-            while not stop.is_set():
+    class Listener(WSListener):
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            if frame.msg_type == WSMsgType.TEXT:
                 try:
-                    json.loads(ws.recv(timeout=0.2))
-                    counts[i] += 1
-                except TimeoutError:
-                    continue
+                    decode(frame.get_payload_as_memoryview())
+                    count[0] += 1
+                except errors:  # a reply to SUBSCRIBE
+                    pass
 
-    threads = [threading.Thread(target=run, args=(i, g), daemon=True) for i, g in enumerate(groups)]
-    for t in threads:
-        t.start()
-    subscribed.wait()
-    print("ready", flush=True)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        time.sleep(0.2)
-        print(time.monotonic(), sum(counts), flush=True)
-    stop.set()
+    async def main() -> None:
+        transports = []
+        for group in groups:
+            transport, _ = await ws_connect(
+                Listener, ws_url + "/stream", extra_headers={"User-Agent": CLIENT_AGENT}
+            )
+            transports.append(transport)
+            for j in range(0, len(group), 150):  # 2 a second: well under Binance's 5
+                body = {"method": "SUBSCRIBE", "params": group[j : j + 150], "id": j + 1}
+                transport.send(WSMsgType.TEXT, json.dumps(body).encode())
+                await asyncio.sleep(0.5)
+        print("ready", flush=True)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.sleep(0.2)
+            print(time.monotonic(), count[0], flush=True)
+        for transport in transports:
+            transport.disconnect()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
 
 
-def bench_ingest(seconds: float = 10.0, shared_data: Path | None = None) -> list[Row]:
-    """medianserv and the bare sync client side by side, at the same time, each in its own
-    process with its own connections to one simulator that floods every connection as fast as
-    it reads (the real symbol set), once both are subscribed: trades/s of each, their ratio,
-    CPU per trade, and the worst pong latency the simulator measured for each (it pings every
-    5 s). A run in which either client lost a connection is refused."""
-    import subprocess
+class _Client:
+    """The decode-only client's process and its counts as it prints them."""
+
+    def __init__(self, sim: SimProcess, seconds: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "medianserv", "bench", "decode-client", "--url", sim.ws_url,
+             "--rest-url", sim.rest_url, "--seconds", str(seconds)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the decode-only client did not subscribe")
+        self.samples: list[tuple[float, int]] = []
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            t, n = line.split()
+            self.samples.append((float(t), int(n)))
+
+    def count(self) -> int:
+        """Trades decoded so far (its latest report, at most 0.2 s old)."""
+        deadline = time.monotonic() + 5
+        while not self.samples and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.samples[-1][1] if self.samples else 0
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def _picows_available() -> bool:
+    try:
+        import picows  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: int = 1,
+                 markets: tuple[str, ...] = MARKETS) -> list[Row]:  # fmt: skip
+    """medianserv and the decode-only client (picows + msgspec, in the ``bench`` extra)
+    flooded alone in turn on each market, windows A B B A of ``seconds``: CPU per trade of
+    each, their ratio, rates, and for medianserv the slowest market against the fastest.
+    Without picows, medianserv alone. A run in which a client lost a connection is refused."""
     import tempfile
-    import threading
 
+    recordings = sorted((shared_data / "trades").glob("*_2024080*.gz")) if shared_data else []
+    markets = tuple(m for m in markets if m != "real" or recordings)
+    extra = ["--set", "flood=true", "--set", "ping_interval=5", "--set", "flood_agent=nobody"]
+    if recordings:
+        extra += ["--replay", *map(str, recordings)]
     rows: list[Row] = []
-    sim = SimProcess(0, shared_data, ["--set", "flood=true", "--set", "ping_interval=5"])
-    bare: subprocess.Popen[str] | None = None
+    sim = SimProcess(0, shared_data, extra)
+    client: _Client | None = None
     with tempfile.TemporaryDirectory() as tmp:
         svc = ServiceProcess(sim, Path(tmp))
         try:
-            bare = subprocess.Popen(
-                [sys.executable, "-m", "medianserv", "bench", "bare", "--url", sim.ws_url,
-                 "--rest-url", sim.rest_url, "--seconds", str(seconds + 120)],
-                stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            assert bare.stdout is not None
-            samples: list[tuple[float, int]] = []
-            if bare.stdout.readline().strip() != "ready":
-                raise RuntimeError("the bare client did not subscribe")
-
-            def collect() -> None:
-                assert bare is not None and bare.stdout is not None
-                for line in bare.stdout:
-                    t, n = line.split()
-                    samples.append((float(t), int(n)))
-
-            threading.Thread(target=collect, daemon=True).start()
+            if _picows_available():
+                client = _Client(sim, 3600)
             svc.wait_ready()
-            symbols = svc.get("/-/status")["symbols"]
-            rows.append(Row("symbols / connections, each client", symbols, "/ 3"))
-            sim.control("resume")  # both subscribed: the flood starts for both at once
-            time.sleep(2.0)  # warm up
-
-            def applied() -> float:
-                return svc.metric("trades_applied_total")[""]
-
-            def bare_count(at: float) -> tuple[float, int]:
-                while not samples or samples[-1][0] < at:
-                    time.sleep(0.05)
-                return min(samples, key=lambda s: abs(s[0] - at))
-
-            t0, a0 = time.monotonic(), applied()
-            c0 = (cpu_seconds(svc.proc.pid), cpu_seconds(bare.pid))
-            sent0 = sim.control("stats")["frames_sent"]
-            time.sleep(seconds)
-            t1, a1 = time.monotonic(), applied()
-            c1 = (cpu_seconds(svc.proc.pid), cpu_seconds(bare.pid))
-            sent1 = sim.control("stats")["frames_sent"]
-            (bt0, b0), (bt1, b1) = bare_count(t0), bare_count(t1)
-            ours, base = (a1 - a0) / (t1 - t0), (b1 - b0) / (bt1 - bt0)
+            status = svc.get("/-/status")
+            connections = len(status["connections"])
+            rows.append(Row(f"symbols, over {connections} connections each client",
+                            status["symbols"], "symbols"))  # fmt: skip
+            rows.append(Row(f"medianserv's trade path is {status['trade_path']}",
+                            1 if status["trade_path"] == "C" else 0, "(1: compiled)"))  # fmt: skip
+            sim.control("resume")
+            sides: dict[str, tuple[Any, Any]] = {
+                "medianserv": (svc.proc.pid, lambda: int(svc.metric("trades_applied_total")[""])),
+            }
+            if client is not None:
+                sides["client"] = (client.proc.pid, client.count)
+            order = ["medianserv", "client", "client", "medianserv"] * rounds
+            per_trade: dict[str, dict[str, list[float]]] = {m: {} for m in markets}
+            rates: dict[str, dict[str, list[float]]] = {m: {} for m in markets}
+            for market in markets:
+                sim.control(f"flood?market={market}&agent=nobody")
+                for side in [s for s in order if s in sides]:
+                    pid, count = sides[side]
+                    agent = "medianserv" if side == "medianserv" else CLIENT_AGENT
+                    sim.control(f"flood?agent={agent}")
+                    time.sleep(1.0)  # the flood reaches its pace
+                    c0, n0, t0 = cpu_seconds(pid), count(), time.monotonic()
+                    time.sleep(seconds)
+                    c1, n1, t1 = cpu_seconds(pid), count(), time.monotonic()
+                    sim.control("flood?agent=nobody")
+                    time.sleep(0.5)  # what is in flight drains before the other side's turn
+                    per_trade[market].setdefault(side, []).append((c1 - c0) / max(1, n1 - n0) * 1e6)
+                    rates[market].setdefault(side, []).append((n1 - n0) / (t1 - t0))
             stats = sim.control("stats")
-            if stats["violations"] or stats["connections_open"] != 2 * 3:
+            expected = connections * (2 if client else 1)
+            if stats["violations"] or stats["connections_open"] != expected:
                 raise RuntimeError(f"a client lost a connection; the run does not count: {stats}")
+            ours = {}
+            for market in markets:
+                mine = statistics.median(per_trade[market]["medianserv"])
+                ours[market] = mine
+                rows.append(Row(f"{market}: medianserv CPU per trade (whole process)", mine,
+                                "us/trade"))  # fmt: skip
+                rows.append(Row(f"{market}: medianserv trades/s", statistics.median(
+                    rates[market]["medianserv"]), "trades/s"))  # fmt: skip
+                if "client" in per_trade[market]:
+                    theirs = statistics.median(per_trade[market]["client"])
+                    rows.append(Row(f"{market}: decode-only client CPU per trade", theirs,
+                                    "us/trade"))  # fmt: skip
+                    rows.append(Row(f"{market}: decode-only client trades/s", statistics.median(
+                        rates[market]["client"]), "trades/s"))  # fmt: skip
+                    rows.append(Row(f"{market}: client CPU / medianserv CPU per trade (goal 1)",
+                                    theirs / mine, "x"))  # fmt: skip
+            rows.append(Row("medianserv CPU per trade, slowest market / fastest",
+                            max(ours.values()) / min(ours.values()), "x"))  # fmt: skip
             latency = stats["pong_latency_by_agent"]
-            rows += [
-                Row("simulator: frames sent, both clients", (sent1 - sent0) / (t1 - t0),
-                    "frames/s"),
-                Row("medianserv ingest, end to end", ours, "trades/s"),
-                Row("bare sync client (recv + json.loads), same time", base, "trades/s"),
-                Row("medianserv / bare client, same run", ours / base if base else 0.0, "x"),
-                Row("medianserv CPU per trade (whole process)",
-                    (c1[0] - c0[0]) / max(1.0, a1 - a0) * 1e6, "us/trade"),
-                Row("bare client CPU per trade", (c1[1] - c0[1]) / max(1.0, b1 - b0) * 1e6,
-                    "us/trade"),
-                Row("medianserv: worst pong latency under the flood",
-                    1000 * latency.get("medianserv", -0.001), "ms"),
-                Row("bare client: worst pong latency under the flood",
-                    1000 * max((v for k, v in latency.items() if k != "medianserv"), default=0),
-                    "ms"),
-                Row("Binance limit violations", sum(stats["violations"].values()), "violations"),
-            ]  # fmt: skip
+            rows.append(Row("medianserv: worst pong latency (pings every 5 s)",
+                            1000 * latency.get("medianserv", 0.0), "ms"))  # fmt: skip
+            if client is not None:
+                rows.append(Row("decode-only client: worst pong latency",
+                                1000 * latency.get(CLIENT_AGENT, 0.0), "ms"))  # fmt: skip
+            rows.append(Row("Binance limit violations", sum(stats["violations"].values()),
+                            "violations"))  # fmt: skip
         finally:
-            if bare is not None:
-                bare.kill()
-                bare.wait(10)
+            if client is not None:
+                client.stop()
             svc.stop()
             sim.stop()
     return rows

@@ -21,6 +21,7 @@ import contextlib
 import heapq
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -93,6 +94,13 @@ class SimConfig:
     # reads them (TCP back-pressure paces each one alone), unless paused. Flood trades are not
     # in the truth; tickers then report no trades, so clients start every symbol at its first.
     flood: bool = False
+    # what the flood trades (settable while running: /_sim/flood?market=...&agent=...):
+    # walk: a few price levels, one trade of every stream a round; fresh: a new price level
+    # every round; hot: one symbol only (the first trading one), every frame of a round its
+    # trade; real: the recordings given as `replay`, looped with their ids renumbered
+    flood_market: str = "walk"
+    flood_agent: str = ""  # only connections whose User-Agent holds this are flooded
+    late_pong: float = 1.0  # a pong later than this (seconds) is counted late
     # A past: `past_days` days of trades (about `past_trades_per_day` a day per trading
     # symbol) before the simulator starts, in the truth and in REST, and as archives in
     # Binance's layout on `archive_port` (0: an ephemeral port; see Simulator.archive_url).
@@ -124,6 +132,9 @@ class Session:
     shutdown_at: float | None = None  # serverShutdown announced: close at this time
     flood_round: int = 0  # flood mode: rounds sent (the trade id of the next one)
     flood_template: tuple[tuple[str, ...], list[bytes]] | None = None  # streams, frames
+    flood_key: tuple[tuple[str, ...], str] | None = None  # hot, real: what flood_block is for
+    flood_block: bytes = b""  # hot, real: a round's frames, its id prefix and time to fill
+    latency_seen: float = 0.0  # the connection's last ping latency already counted
     agent: str = ""  # the client's User-Agent
 
 
@@ -162,6 +173,9 @@ class Counters:
         self.max_window_weight = 0  # the most weight any one window saw
         self.max_pong_latency = 0.0  # seconds from a ping sent to its pong, the worst seen
         self.pong_latency_by_agent: dict[str, float] = {}  # the same, by User-Agent
+        self.pongs_by_agent: Counter[str] = Counter()  # pongs received, by User-Agent
+        self.late_pongs_by_agent: Counter[str] = Counter()  # of which later than late_pong
+        self.closed: Counter[str] = Counter()  # connections ended, by why
         self.trades_published = 0
         self.frames_sent = 0
         self.violations: Counter[str] = Counter()
@@ -181,6 +195,9 @@ class Counters:
                 "max_window_weight": self.max_window_weight,
                 "max_pong_latency": self.max_pong_latency,
                 "pong_latency_by_agent": dict(self.pong_latency_by_agent),
+                "pongs_by_agent": dict(self.pongs_by_agent),
+                "late_pongs_by_agent": dict(self.late_pongs_by_agent),
+                "closed": dict(self.closed),
                 "trades_published": self.trades_published,
                 "frames_sent": self.frames_sent,
                 "violations": dict(self.violations),
@@ -196,6 +213,13 @@ def _json_response(status: int, body: Any, headers: dict[str, str] | None = None
 
 def stream_name(symbol: str) -> str:
     return symbol.lower() + "@trade"
+
+
+def _ws_frame(payload: bytes) -> bytes:
+    """An unmasked, final text frame around ``payload`` (a server's, as Binance sends them)."""
+    n = len(payload)
+    head = bytes((0x81, n)) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big")
+    return head + payload
 
 
 class Simulator:
@@ -228,6 +252,9 @@ class Simulator:
         self._subscribers: dict[str, set[Session]] = {}
         self._next_session = 0
         self._rate = cfg.trades_per_second
+        self._flood_market = cfg.flood_market
+        self._flood_agent = cfg.flood_agent
+        self._recorded: list[tuple[str, bytes]] | None = None  # real flood: (stream, frame)
         self._paused = threading.Event()  # set while trading is paused
         if cfg.paused:
             self._paused.set()
@@ -450,7 +477,7 @@ class Simulator:
 
     def _run_market(self) -> None:
         try:
-            if self.config.replay:
+            if self.config.replay and not self.config.flood:  # flooding: the real flood's source
                 self._replay()
             else:
                 self._generate()
@@ -577,15 +604,21 @@ class Simulator:
                     conn.close(1008, "slow consumer")
                     reason = "slow consumer"
                     return
-                if conn.latency > self.counters.pong_latency_by_agent.get(session.agent, 0.0):
+                if conn.latency != session.latency_seen:  # a pong came since the last look
+                    session.latency_seen = latency = conn.latency
                     with self.counters.lock:
                         c = self.counters
-                        c.max_pong_latency = max(c.max_pong_latency, conn.latency)
-                        c.pong_latency_by_agent[session.agent] = conn.latency
+                        c.max_pong_latency = max(c.max_pong_latency, latency)
+                        worst = c.pong_latency_by_agent.get(session.agent, 0.0)
+                        c.pong_latency_by_agent[session.agent] = max(worst, latency)
+                        c.pongs_by_agent[session.agent] += 1
+                        if latency > self.config.late_pong:
+                            c.late_pongs_by_agent[session.agent] += 1
                 if now >= session.stalled_until:
                     try:
                         self._flush(session)
-                        if self.config.flood and session.streams and not self._paused.is_set():
+                        if (self.config.flood and session.streams and not self._paused.is_set()
+                                and self._flood_agent in session.agent):  # fmt: skip
                             self._flood(session)
                             session.wake.set()  # at once again: as fast as the client reads
                     except OSError:  # the client is gone; websockets reports how
@@ -607,6 +640,7 @@ class Simulator:
                     self._subscribers.get(name, set()).discard(session)
             with self.counters.lock:
                 self.counters.connections_open -= 1
+                self.counters.closed[reason] += 1
             log.debug("connection %d closed: %s", session.id, reason)
 
     def _flush(self, session: Session) -> None:
@@ -625,13 +659,39 @@ class Simulator:
             with self.counters.lock:
                 self.counters.frames_sent += n
 
+    def set_flood(self, market: str | None = None, agent: str | None = None) -> dict[str, str]:
+        """What the flood trades from now on, and to whom (see SimConfig.flood_market)."""
+        if market is not None:
+            if market not in ("walk", "fresh", "hot", "real"):
+                raise ValueError(f"unknown flood market {market!r}")
+            if market == "real" and not self.config.replay:
+                raise ValueError("the real flood needs recordings (replay)")
+            self._flood_market = market
+        if agent is not None:
+            self._flood_agent = agent
+        return {"market": self._flood_market, "agent": self._flood_agent}
+
     def _flood(self, session: Session) -> None:
-        """Flood mode: one fresh trade of every subscribed stream, written straight to the
-        socket as ready-made frames. Every trade of a round has the same id, price and time, so
-        a round is the session's template with three fixed-width fields replaced: a few C-level
-        passes over the bytes, cheap enough that the simulator is never what limits a client.
-        Sent in pieces cut at frame boundaries, so a ping of websockets' keepalive can go out
-        between them."""
+        """Flood mode: fresh trades of the session's streams, written straight to the socket
+        as ready-made frames, as fast as the client reads them. ``walk`` and ``fresh``: one
+        trade of every subscribed stream a round, all with the same id, time and price (a
+        template with three fixed-width fields replaced: a few C-level passes over the bytes,
+        cheap enough that the simulator is never what limits a client); ``hot``: as many
+        frames a round of the first trading symbol, if the session carries it; ``real``: the
+        recorded frames of its streams, ids renumbered. Sent in pieces cut at frame
+        boundaries, so a ping of websockets' keepalive can go out between them."""
+        market = self._flood_market
+        if market in ("hot", "real"):
+            data = self._flood_frames(session, market)
+            if data is not None:  # in pieces of about 64 KiB, at frame boundaries
+                pieces, start = [], 0
+                while start < len(data):
+                    end = data.find(b"\x81\x7e", start + 65_536)
+                    end = len(data) if end < 0 else end
+                    pieces.append(data[start:end])
+                    start = end
+                self._flood_send(session, pieces, data.count(b'"e":"trade"'))
+            return
         with self.hub_lock:
             streams = tuple(sorted(session.streams))
         if session.flood_template is None or session.flood_template[0] != streams:
@@ -645,25 +705,84 @@ class Simulator:
                         b'"m":true,"M":true}}'
                         % (name.encode(), name.split("@")[0].upper().encode())
                     )  # fmt: skip
-                    n = len(payload)
-                    head = bytes((0x81, n)) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big")
-                    frames.append(head + payload)
+                    frames.append(_ws_frame(payload))
                 pieces.append(b"".join(frames))
             session.flood_template = (streams, pieces)
         tid = session.flood_round = session.flood_round + 1
-        ms, price = b"%013d" % self._ms(), b"%02d.%08d" % (10 + tid % 7, tid % 3)
+        ms = b"%013d" % self._ms()
+        if market == "fresh":  # a price level no round had before
+            price = b"%02d.%08d" % (10 + (tid // 10**8) % 90, tid % 10**8)
+        else:
+            price = b"%02d.%08d" % (10 + tid % 7, tid % 3)
         trade_id = b"%013d" % (10**12 + tid)
+        pieces = [
+            p.replace(b"@EEEEEEEEEEEE", ms).replace(b"@TTTTTTTTTTTT", trade_id).replace(
+                b"@P.PPPPPPPP", price)
+            for p in session.flood_template[1]
+        ]  # fmt: skip
+        self._flood_send(session, pieces, len(streams))
+
+    def _flood_frames(self, session: Session, market: str) -> bytes | None:
+        """One round of the ``hot`` or ``real`` flood for ``session`` (None: nothing of it):
+        a block of frames whose ids are ``<round><k>``, with ``k`` (3 digits) baked in per
+        frame and the round's 10-digit prefix and the time filled by one ``replace`` each:
+        C-level passes over the bytes, as fast as the walk flood. ``hot``: 1,000 trades of
+        the first trading symbol; ``real``: 1,000 recorded trades of each recorded stream
+        the session carries, in their recorded order."""
+        with self.hub_lock:
+            streams = tuple(sorted(session.streams))
+        if session.flood_key != (streams, market):
+            session.flood_key = (streams, market)
+            session.flood_round = 0
+            frames: list[bytes] = []
+            if market == "hot":
+                hot = stream_name(next(s for s, x in self.market.listings.items()
+                                       if x.status == "TRADING"))  # fmt: skip
+                if hot in streams:
+                    head = b'{"stream":"%s","data":{"e":"trade","E":@EEEEEEEEEEEE,"s":"%s",' % (
+                        hot.encode(),
+                        hot.split("@")[0].upper().encode(),
+                    )
+                    frames = [_ws_frame(head + b'"t":@PPPPPPPPP%03d,"p":"%02d.%08d","q":"1.0",'
+                                        b'"T":@EEEEEEEEEEEE,"m":true,"M":true}}'
+                                        % (k, 10 + k % 7, k % 3)) for k in range(1000)]  # fmt: skip
+            else:
+                wanted, seen = set(streams), Counter[str]()
+                for name, payload in self._recordings():
+                    if name in wanted and seen[name] < 1000:
+                        frames.append(_ws_frame(payload.replace(b"@K", b"%03d" % seen[name])))
+                        seen[name] += 1
+            session.flood_block = b"".join(frames)
+        if not session.flood_block:
+            return None
+        session.flood_round += 1
+        block = session.flood_block
+        prefix = b"%010d" % (10**9 + session.flood_round)
+        return block.replace(b"@PPPPPPPPP", prefix).replace(b"@EEEEEEEEEEEE", b"%013d" % self._ms())
+
+    def _recordings(self) -> list[tuple[str, bytes]]:
+        """The recorded trade frames (``replay``) in time order, each payload with its ``t``
+        ``@PPPPPPPPP@K`` (a round's 10-digit prefix and the frame's number in it, filled
+        later);
+        loaded once."""
+        if self._recorded is None:
+            recorded = []
+            for _, frame in heapq.merge(*(read_trade_frames(p) for p in self.config.replay)):
+                payload = re.sub(rb'"t":\d+', b'"t":@PPPPPPPPP@K', frame, count=1)
+                recorded.append((json.loads(frame)["stream"], payload))
+            self._recorded = recorded
+        return self._recorded
+
+    def _flood_send(self, session: Session, pieces: list[bytes], trades: int) -> None:
         conn = session.conn
-        for piece in session.flood_template[1]:
-            data = piece.replace(b"@EEEEEEEEEEEE", ms).replace(b"@TTTTTTTTTTTT", trade_id)
-            data = data.replace(b"@P.PPPPPPPP", price)
+        for piece in pieces:
             with conn.protocol_mutex:
                 if conn.protocol.state is not OPEN:
                     return
-                conn.socket.sendall(data)
+                conn.socket.sendall(piece)
         with self.counters.lock:
-            self.counters.trades_published += len(streams)
-            self.counters.frames_sent += len(streams)
+            self.counters.trades_published += trades
+            self.counters.frames_sent += trades
 
     def _reply(self, session: Session, body: dict[str, Any]) -> None:
         session.outbox.append(json.dumps(body, separators=(",", ":")).encode())
@@ -1007,6 +1126,7 @@ class Simulator:
                 params.get("kind", "checksum"), int(params.get("count", "1"))
             ),
             "garbage": lambda: self.send_garbage(params.get("kind", "not_json")),
+            "flood": lambda: self.set_flood(params.get("market"), params.get("agent")),
             "list": lambda: self.list_symbol(params["symbol"], params.get("tick", "0.01000000")),
             "delist": lambda: self.delist(params["symbol"]),
         }
