@@ -15,6 +15,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifndef _WIN32
+#include <sys/mman.h>
+#endif
 
 #define HOT_MAX 2048
 #define REFILL 512
@@ -88,21 +91,137 @@ static i64 map_add(Map *m, u64 key, i64 k, int *inserted) {
     return k;
 }
 
-/* key's count becomes v (v > 0; a new key is inserted): 0, or -1 when memory ran out */
-static int map_put(Map *m, u64 key, i64 v) {
-    if (2 * (m->used + 1) > m->cap && map_grow(m) < 0) return -1;
+static void map_clear(Map *m) {
+    if (m->cap) memset(m->vals, 0, m->cap * sizeof *m->vals);
+    m->used = 0;
+}
+
+static void map_free(Map *m) {
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
+}
+
+/* -- the record of levels touched: a map that never rehashes all at once -------------------- */
+
+#define MOVE_SLOTS 16           /* of old's slots, looked at by each put */
+#define MAPPED (1u << 16)       /* bytes from which a record's table is mapped, not allocated */
+
+/* zeroed memory that costs nothing until touched: above MAPPED bytes the kernel's pages,
+ * each zeroed when first written (a page at a time over the puts that follow, never
+ * megabytes at once, as calloc can when the heap serves it); NULL when none */
+static void *zeroed(size_t bytes) {
+#ifndef _WIN32
+    if (bytes >= MAPPED) {
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+#endif
+    return calloc(1, bytes);
+}
+
+static void unzeroed(void *p, size_t bytes) {
+#ifndef _WIN32
+    if (bytes >= MAPPED) {
+        if (p) munmap(p, bytes);
+        return;
+    }
+#endif
+    free(p);
+}
+
+static void table_free(Map *m) {
+    unzeroed(m->keys, m->cap * sizeof(u64));
+    unzeroed(m->vals, m->cap * sizeof(i64));
+    memset(m, 0, sizeof *m);
+}
+
+#define PAGE 4096
+
+/* key -> v in a map known to have room (no growth): insert or overwrite */
+static void map_set_in_room(Map *m, u64 key, i64 v, int only_if_absent) {
     size_t mask = m->cap - 1, j = map_home(m, key);
     while (m->vals[j]) {
         if (m->keys[j] == key) {
-            m->vals[j] = v;
-            return 0;
+            if (!only_if_absent) m->vals[j] = v;
+            return;
         }
         j = (j + 1) & mask;
     }
     m->keys[j] = key;
     m->vals[j] = v;
     m->used++;
+}
+
+static int table_new(Map *m, size_t cap, int shift) {
+    Map fresh = {zeroed(cap * sizeof(u64)), zeroed(cap * sizeof(i64)), cap, 0, shift};
+    if (!fresh.keys || !fresh.vals) {
+        unzeroed(fresh.keys, cap * sizeof(u64));
+        unzeroed(fresh.vals, cap * sizeof(i64));
+        return -1;
+    }
+    *m = fresh;
     return 0;
+}
+
+/* key's count becomes v: O(1), never more than MOVE_SLOTS slots of a rehash nor two pages
+ * of a successor's to touch; -1 (memory) */
+static int record_put(Record *r, u64 key, i64 v) {
+    if (r->old.cap) { /* move a few of old's entries over, unless cur has a newer one */
+        size_t end = r->cursor + MOVE_SLOTS < r->old.cap ? r->cursor + MOVE_SLOTS : r->old.cap;
+        for (; r->cursor < end; r->cursor++) {
+            size_t j = r->cursor;
+            if (!r->old.vals[j]) continue;
+            map_set_in_room(&r->cur, r->old.keys[j], r->old.vals[j], 1);
+            r->old.vals[j] = 0;
+            r->old.used--;
+        }
+        if (r->cursor == r->old.cap) { /* moved: a large one is kept, freed off the lock */
+            Map *dead = r->old.cap * sizeof(u64) >= MAPPED
+                            ? realloc(r->dead, (r->ndead + 1) * sizeof *r->dead) : NULL;
+            if (dead) {
+                r->dead = dead;
+                r->dead[r->ndead++] = r->old;
+                memset(&r->old, 0, sizeof r->old);
+            } else table_free(&r->old);
+            r->cursor = 0;
+        }
+    }
+    size_t bytes = r->cur.cap * 2 * sizeof(u64); /* each array of the successor */
+    if (bytes >= MAPPED && 8 * (r->cur.used + 1) > 3 * r->cur.cap) { /* 3/8 full: prepare */
+        if (!r->next.cap && table_new(&r->next, r->cur.cap * 2, r->cur.shift - 1) < 0) return -1;
+        /* a page of each array every 16 new keys: cap/8 of them come before cur is full, and
+         * the arrays are cap/256 pages each, so all are in before they are needed */
+        if (r->ready < bytes && r->cur.used % 16 == 0) {
+            ((volatile char *)r->next.keys)[r->ready] = 0;
+            ((volatile char *)r->next.vals)[r->ready] = 0;
+            r->ready += PAGE;
+        }
+    }
+    if (2 * (r->cur.used + 1) > r->cur.cap) { /* full: it becomes old, a twice larger one cur */
+        if (r->old.cap) return -1; /* not reached: old is moved long before cur fills */
+        Map fresh = r->next;
+        if (!fresh.cap && table_new(&fresh, r->cur.cap ? r->cur.cap * 2 : 8,
+                                    r->cur.cap ? r->cur.shift - 1 : 64 - 3) < 0)
+            return -1;
+        memset(&r->next, 0, sizeof r->next);
+        r->ready = 0;
+        r->old = r->cur;
+        r->cur = fresh;
+        r->cursor = 0;
+    }
+    map_set_in_room(&r->cur, key, v, 0);
+    return 0;
+}
+
+static void record_free(Record *r) {
+    table_free(&r->cur);
+    table_free(&r->old);
+    table_free(&r->next);
+    for (size_t i = 0; i < r->ndead; i++) table_free(&r->dead[i]);
+    free(r->dead);
+    r->dead = NULL;
+    r->ndead = r->cursor = r->ready = 0;
 }
 
 /* removes the key in slot j (backward-shift deletion: no tombstones) */
@@ -120,17 +239,6 @@ static void map_del_slot(Map *m, size_t j) {
         m->vals[i] = 0;
         j = i;
     }
-}
-
-static void map_clear(Map *m) {
-    if (m->cap) memset(m->vals, 0, m->cap * sizeof *m->vals);
-    m->used = 0;
-}
-
-static void map_free(Map *m) {
-    free(m->keys);
-    free(m->vals);
-    memset(m, 0, sizeof *m);
 }
 
 /* -- heaps of prices (low: max-heap, high: min-heap) ---------------------------------------- */
@@ -1015,7 +1123,7 @@ i64 median_add(Median *m, u64 value, i64 times) {
         PyErr_Format(PyExc_ValueError, "times must be positive, not %lld", (long long)times);
         return -1;
     }
-    if (map_put(&m->touched, value, count) < 0) FAIL_MEM(m);
+    if (record_put(&m->touched, value, count) < 0) FAIL_MEM(m);
     return count;
 }
 
@@ -1064,7 +1172,7 @@ static void Median_dealloc(Median *m) {
     free(m->high);
     map_free(&m->low_counts);
     map_free(&m->high_counts);
-    map_free(&m->touched);
+    record_free(&m->touched);
     cold_free(&m->cold_low);
     cold_free(&m->cold_high);
     Py_TYPE(m)->tp_free((PyObject *)m);
@@ -1252,7 +1360,7 @@ static PyObject *Median_add_many(Median *m, PyObject *args) {
         }
         if (rebalance(m) < 0) goto done;
         for (Py_ssize_t i = 0; i < n; i++)
-            if (map_put(&m->touched, p[i], got[i]) < 0) {
+            if (record_put(&m->touched, p[i], got[i]) < 0) {
                 m->broken = 1;
                 PyErr_NoMemory();
                 goto done;
@@ -1279,22 +1387,50 @@ done:
 
 typedef struct {
     PyObject_HEAD
-    Map map;
+    Record record;      /* as the median left it: its tables are made one when read */
 } Levels;
 
 static void Levels_dealloc(Levels *l) {
-    map_free(&l->map);
+    Py_BEGIN_ALLOW_THREADS /* unmapping megabytes: not with the interpreter held */
+    record_free(&l->record);
+    Py_END_ALLOW_THREADS
     Py_TYPE(l)->tp_free((PyObject *)l);
-}
-
-static Py_ssize_t Levels_len(Levels *l) {
-    return (Py_ssize_t)l->map.used;
 }
 
 typedef struct {
     u64 p;
     i64 c;
 } Pair;
+
+/* every level of a record once, with its latest count (cur's, else old's): a new array */
+static Pair *record_pairs(const Record *r, size_t *n) {
+    Pair *out = malloc((r->cur.used + r->old.used + 1) * sizeof *out);
+    if (!out) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < r->cur.cap; i++)
+        if (r->cur.vals[i]) {
+            out[k].p = r->cur.keys[i];
+            out[k++].c = r->cur.vals[i];
+        }
+    for (size_t i = 0; i < r->old.cap; i++)
+        if (r->old.vals[i] && map_find(&r->cur, r->old.keys[i]) == SIZE_MAX) {
+            out[k].p = r->old.keys[i];
+            out[k++].c = r->old.vals[i];
+        }
+    *n = k;
+    return out;
+}
+
+static Py_ssize_t Levels_len(Levels *l) {
+    size_t n;
+    Pair *pairs = record_pairs(&l->record, &n);
+    if (!pairs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    free(pairs);
+    return (Py_ssize_t)n;
+}
 
 static int cmp_pair(const void *a, const void *b) {
     u64 x = ((const Pair *)a)->p, y = ((const Pair *)b)->p;
@@ -1304,14 +1440,9 @@ static int cmp_pair(const void *a, const void *b) {
 /* the levels ascending and their counts, as native bytes; sorted without the GIL (no other
  * thread holds this object: its median handed it over) */
 static PyObject *Levels_sorted_bytes(Levels *l, PyObject *Py_UNUSED(ignored)) {
-    size_t n = l->map.used, k = 0;
-    Pair *pairs = malloc((n ? n : 1) * sizeof *pairs);
+    size_t n;
+    Pair *pairs = record_pairs(&l->record, &n);
     if (!pairs) return PyErr_NoMemory();
-    for (size_t i = 0; i < l->map.cap; i++)
-        if (l->map.vals[i]) {
-            pairs[k].p = l->map.keys[i];
-            pairs[k++].c = l->map.vals[i];
-        }
     Py_BEGIN_ALLOW_THREADS
     qsort(pairs, n, sizeof *pairs, cmp_pair);
     Py_END_ALLOW_THREADS
@@ -1335,14 +1466,17 @@ static PyObject *Levels_sorted_bytes(Levels *l, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Levels_to_dict(Levels *l, PyObject *Py_UNUSED(ignored)) {
+    size_t n;
+    Pair *pairs = record_pairs(&l->record, &n);
+    if (!pairs) return PyErr_NoMemory();
     PyObject *d = PyDict_New();
-    for (size_t i = 0; d && i < l->map.cap; i++) {
-        if (!l->map.vals[i]) continue;
-        PyObject *k = PyLong_FromUnsignedLongLong(l->map.keys[i]), *v = PyLong_FromLongLong(l->map.vals[i]);
+    for (size_t i = 0; d && i < n; i++) {
+        PyObject *k = PyLong_FromUnsignedLongLong(pairs[i].p), *v = PyLong_FromLongLong(pairs[i].c);
         if (!k || !v || PyDict_SetItem(d, k, v) < 0) Py_CLEAR(d);
         Py_XDECREF(k);
         Py_XDECREF(v);
     }
+    free(pairs);
     return d;
 }
 
@@ -1369,7 +1503,7 @@ PyTypeObject LevelsType = {
 static PyObject *Median_take_touched(Median *m, PyObject *Py_UNUSED(ignored)) {
     Levels *l = PyObject_New(Levels, &LevelsType);
     if (!l) return NULL;
-    l->map = m->touched; /* the map changes hands whole: O(1) */
+    l->record = m->touched; /* the record changes hands whole, as it is: O(1) */
     memset(&m->touched, 0, sizeof m->touched);
     return (PyObject *)l;
 }
@@ -1628,15 +1762,18 @@ static PyObject *hot_list(const u64 *heap, size_t n, Map *counts) {
     return out;
 }
 
-static PyObject *touched_list(const Map *t) {
-    PyObject *out = PyList_New(0);
-    for (size_t i = 0; out && i < t->cap; i++) {
-        if (!t->vals[i]) continue;
-        PyObject *pair = Py_BuildValue("(KL)", (unsigned long long)t->keys[i], (long long)t->vals[i]);
-        if (!pair || PyList_Append(out, pair) < 0) Py_CLEAR(out);
-        Py_XDECREF(pair);
+static PyObject *touched_list(const Record *t) {
+    size_t n;
+    Pair *pairs = record_pairs(t, &n);
+    if (!pairs) return PyErr_NoMemory();
+    qsort(pairs, n, sizeof *pairs, cmp_pair);
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; out && i < n; i++) {
+        PyObject *pair = Py_BuildValue("(KL)", (unsigned long long)pairs[i].p, (long long)pairs[i].c);
+        if (!pair) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, (Py_ssize_t)i, pair);
     }
-    if (out && PyList_Sort(out) < 0) Py_CLEAR(out);
+    free(pairs);
     return out;
 }
 
@@ -1657,7 +1794,9 @@ static size_t cold_nbytes(const Cold *s) {
 
 static PyObject *Median_nbytes(Median *m, PyObject *Py_UNUSED(ignored)) {
     size_t n = sizeof(Median) + (m->caplow + m->caphigh) * sizeof(u64);
-    n += (m->low_counts.cap + m->high_counts.cap + m->touched.cap) * 16;
+    n += (m->low_counts.cap + m->high_counts.cap) * 16;
+    n += (m->touched.cur.cap + m->touched.old.cap + m->touched.next.cap) * 16;
+    for (size_t i = 0; i < m->touched.ndead; i++) n += m->touched.dead[i].cap * 16;
     n += cold_nbytes(&m->cold_low) + cold_nbytes(&m->cold_high);
     return PyLong_FromSize_t(n);
 }

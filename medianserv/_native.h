@@ -29,6 +29,22 @@ typedef struct {
     int shift;          /* 64 - log2(cap) */
 } Map;
 
+/* a Map that grows without a stall: when `cur` is full it becomes `old`, a table twice the
+ * size takes its place, and every put moves a few of `old`'s entries over (Redis's
+ * incremental rehash); a key is only ever looked up in `cur`, so an entry of `old` whose key
+ * `cur` holds already is older and dropped. A large table's successor is mapped before it
+ * is needed and its pages touched a few at a time, and a large old one, once moved, is kept
+ * until the record is handed over and freed then by whoever took it, off the lock: no put
+ * pays for zeroing or unmapping megabytes. */
+typedef struct {
+    Map cur, old;
+    size_t cursor;      /* old's slots below it are moved */
+    Map next;           /* a large cur's successor, mapped early and touched a page at a time */
+    size_t ready;       /* bytes of next's two arrays touched so far */
+    Map *dead;          /* large olds, moved: unmapped with the record, off the lock */
+    size_t ndead;
+} Record;
+
 /* one cold chunk: n levels, prices ascending, in one block with room for cap of each */
 typedef struct {
     int n, cap;
@@ -54,7 +70,7 @@ typedef struct {
     u64 *high;          /* min-heap of the high side's levels near the median */
     size_t nhigh, caphigh;
     Map low_counts, high_counts;
-    Map touched;        /* level -> its count, for the levels added to since take_touched */
+    Record touched;     /* level -> its count, for the levels added to since take_touched */
     i64 n_low, n_high;  /* values on each side, cold ones included */
     Cold cold_low, cold_high;
     u64 floor_;         /* has_floor: no cold low level is at or above it (else -1) */

@@ -146,6 +146,134 @@ def _restore(store_dir: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+class _TimedLock:
+    """A symbol's lock that records how long each hold lasted: wall time (what a thread
+    waiting for it feels, preemptions included) and this thread's CPU time (the work done
+    under it)."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.holds: list[tuple[int, int]] = []  # (wall ns, CPU ns)
+        self._t = self._c = 0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self._t, self._c = time.perf_counter_ns(), time.thread_time_ns()
+
+    def __exit__(self, *exc: object) -> None:
+        self.holds.append((time.perf_counter_ns() - self._t, time.thread_time_ns() - self._c))
+        self.lock.release()
+
+    def take(self) -> list[tuple[int, int]]:
+        out, self.holds = self.holds, []
+        return out
+
+
+def _locks(levels: int, compiled: bool) -> dict[str, Any]:
+    """Child: every operation on one symbol holding ``levels`` distinct prices, and how long
+    each held the symbol's lock: single trades (near the median and far beyond the heaps),
+    aggregates of 2 to 1,000 trades and batches of 1,000 of them (a backfilled page), a
+    batch so large it moves the median across half the levels, files of 300,000 pairs (a
+    month of BTCUSDT) and the snapshot's harvest after each."""
+    import numpy as np
+
+    from ..median import CRunningMedian, PyRunningMedian
+    from ..symbols import Row as Trade
+    from ..symbols import SymbolStats, use_compiled
+
+    use_compiled(compiled)
+    median = CRunningMedian if compiled else PyRunningMedian
+    rng = np.random.default_rng(7)
+    step = 100
+    prices = (np.arange(levels, dtype=np.uint64) * step + 10**9).astype(np.uint64)
+    counts = rng.integers(1, 6, levels).astype(np.int64)
+    stats = SymbolStats(SYMBOL)
+    stats.median = median.from_arrays(prices, counts)
+    top = 10**12
+    stats.baseline(top, 2_000_000_000_000)
+    stats.start_history(0, 1_500_000_000_000)  # ids 0..top: the front, for files
+    timed = _TimedLock(stats.lock)
+    stats.lock = timed
+    out: dict[str, Any] = {}
+    import gc
+
+    gc.collect()
+    gc.freeze()  # as the service does after start-up: no full collection walks what lives on
+
+    def record(name: str, holds: list[tuple[int, int]] | None = None) -> None:
+        holds = timed.take() if holds is None else holds
+        wall = sorted(w for w, _ in holds)
+        out[name] = {"n": len(holds), "worst_ms": wall[-1] / 1e6,
+                     "p9999_ms": wall[min(len(wall) - 1, int(len(wall) * 0.9999))] / 1e6,
+                     "worst_cpu_ms": max(c for _, c in holds) / 1e6}  # fmt: skip
+
+    span = levels * step
+    tid = top + 1
+    mid = 10**9 + span // 2
+    near = (mid + rng.integers(-3000, 3000, 100_000) * step // 3).tolist()
+    far = (10**9 + rng.integers(0, span, 100_000) // step * step + rng.integers(0, 2, 100_000)
+           ).tolist()  # fmt: skip
+    for p in [x for pair in zip(near, far, strict=True) for x in pair]:
+        stats.apply(tid, int(p), 0)
+        tid += 1
+    record("add")
+
+    def gap(k: int) -> int:
+        """The stream jumps ``k`` ids: they are missing, for rows to fill. The first id."""
+        nonlocal tid
+        stats.apply(tid + k, int(near[tid % len(near)]), 0)
+        first, tid = tid, tid + k + 1
+        return first
+
+    holds: list[tuple[int, int]] = []
+    for _ in range(20_000):
+        k = int(rng.integers(2, 1001))
+        first = gap(k)
+        timed.take()
+        stats.apply_rows([Trade(first, first + k - 1, int(far[first % len(far)]), 0)])
+        holds += timed.take()
+    record("add with times", holds)
+    holds = []
+    for _ in range(100):
+        sizes = rng.integers(1, 4, 1000).tolist()
+        first = gap(sum(sizes))
+        timed.take()
+        rows = []
+        for k in sizes:
+            rows.append(Trade(first, first + k - 1, int(far[first % len(far)]), 0))
+            first += k
+        stats.apply_rows(rows)
+        holds += timed.take()
+    record("batch of 1,000 aggregates", holds)
+    holds = []
+    for edge in (0, 10**9 + span + step, 0, 10**9 + span + step):
+        k = stats.median.count  # the median crosses about half the levels
+        first = gap(k)
+        timed.take()
+        assert stats.apply_rows([Trade(first, first + k - 1, edge, 0)]) == k
+        holds += timed.take()
+    record("one aggregate moving the median across half the levels", holds)
+    lo = 0
+    for _ in range(5):
+        pairs = np.unique(10**9 + rng.integers(0, span, 300_000) // 10 * 10).astype(np.uint64)
+        c = rng.integers(1, 30, len(pairs)).astype(np.int64)
+        hi = lo + int(c.sum()) - 1
+        assert stats.apply_levels(lo, hi, pairs, c, 1_600_000_000_000, last_price=int(pairs[-1]))
+        lo = hi + 1
+        out.setdefault("_files", []).extend(timed.take())
+        for _ in range(1000):
+            stats.apply(tid, int(near[tid % len(near)]), 0)
+            tid += 1
+        timed.take()
+        assert stats.harvest() is not None
+        out.setdefault("_harvests", []).extend(timed.take())
+    record("file merge (300,000 pairs)", out.pop("_files"))
+    record("snapshot harvest", out.pop("_harvests"))
+    stats.median._check()
+    out["levels"] = stats.median.levels
+    return out
+
+
 def _child(*args: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "medianserv.bench.scale", *args],
@@ -156,16 +284,32 @@ def _child(*args: str) -> dict[str, Any]:
 
 
 def bench_scale(prices: int = 10**7, files: int = 100) -> list[Row]:
-    """Peak RSS of one process holding a median of ``prices`` distinct prices imported in
-    ``files`` files and snapshotted, the store's size, and the time and peak RSS of a
-    restore in a fresh process."""
+    """How long each operation holds a symbol's lock at a tenth of ``prices`` and at
+    ``prices`` distinct prices (worst, 99.99th percentile, CPU under it), with the compiled
+    median and the pure one; peak RSS of one process holding a median of ``prices`` distinct
+    prices imported in ``files`` files and snapshotted, the store's size, and the time and
+    peak RSS of a restore in a fresh process."""
+    from ..median import CRunningMedian
+
+    rows: list[Row] = []
+    for compiled in [True, False] if CRunningMedian is not None else [False]:
+        twin = "C" if compiled else "py"
+        for size in sorted({max(1000, prices // 10), prices}):
+            held = _child("locks", str(size), str(int(compiled)))
+            n = f"{held['levels']:.2g} levels, {twin}"
+            for op, h in held.items():
+                if isinstance(h, dict):
+                    rows.append(Row(f"lock held, {op}, {n}: worst", h["worst_ms"], "ms"))
+                    rows.append(Row(f"lock held, {op}, {n}: 99.99%", h["p9999_ms"], "ms"))
+                    rows.append(Row(f"lock held, {op}, {n}: worst CPU", h["worst_cpu_ms"],
+                                    f"ms ({h['n']:,} holds)"))  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="medianserv-scale-") as tmp:
         built = _child("build", tmp, str(prices), str(files))
         restored = _child("restore", tmp)
     if (restored["count"], restored["twice"]) != (built["count"], built["twice"]):
         raise AssertionError(f"restore differs: {restored} vs {built}")
     n = f"{built['levels']:.2g} prices"
-    return [
+    return rows + [
         Row(f"scale: distinct prices held, {n}", built["levels"], "levels"),
         Row(f"scale: trades held, {n}", built["count"], "trades"),
         Row(f"scale: import {files} files, wall, {n}", built["build_s"], "s"),
@@ -193,5 +337,7 @@ def bench_scale(prices: int = 10**7, files: int = 100) -> list[Row]:
 if __name__ == "__main__":
     if sys.argv[1] == "build":
         print(json.dumps(_build(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+    elif sys.argv[1] == "locks":
+        print(json.dumps(_locks(int(sys.argv[2]), sys.argv[3] == "1")))
     else:
         print(json.dumps(_restore(sys.argv[2])))
