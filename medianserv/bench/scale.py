@@ -309,7 +309,8 @@ def bench_scale(prices: int = 10**7, files: int = 100) -> list[Row]:
     if (restored["count"], restored["twice"]) != (built["count"], built["twice"]):
         raise AssertionError(f"restore differs: {restored} vs {built}")
     n = f"{built['levels']:.2g} prices"
-    return rows + [
+    return [
+        *rows,
         Row(f"scale: distinct prices held, {n}", built["levels"], "levels"),
         Row(f"scale: trades held, {n}", built["count"], "trades"),
         Row(f"scale: import {files} files, wall, {n}", built["build_s"], "s"),
