@@ -69,6 +69,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             part = bench.bench_history(args.trades, args.files, args.archive_dir, shared)
         elif suite == "scale":
             part = bench.bench_scale(args.prices, args.files)
+        elif suite == "soak":
+            part = bench.bench_soak(args.minutes, tps=args.tps or 16_000.0)
         elif suite == "recovery":
             part = bench.bench_recovery(
                 shared, tps=args.tps or 300.0, down_seconds=args.down_seconds,
@@ -273,13 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks: core, ingest, api, snapshot, long, or all",
+        help="benchmarks: core, ingest, api, snapshot, long, or all; history, recovery, scale "
+        "and soak run alone",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench.add_argument(
         "suite",
         choices=["core", "ingest", "api", "snapshot", "long", "history", "recovery", "scale", "all",
-                 "load", "decode-client"],
+                 "soak", "load", "decode-client"],
         nargs="?", default="all",
         help="'all' runs every suite but history and recovery (long on their own)",
     )  # fmt: skip
@@ -325,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--latency-ms", type=float, default=0.0,
                        help="history --market: each archive answer held back this long, as "
                        "a round trip to a CDN would")  # fmt: skip
+    bench.add_argument("--minutes", type=float, default=60.0,
+                       help="soak: how long, at --tps (default 16,000) trades a second")  # fmt: skip
     bench.add_argument("--prices", type=lambda s: int(float(s)), default=10**7,
                        help="scale: distinct prices in one median")  # fmt: skip
     bench.add_argument(

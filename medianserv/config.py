@@ -114,9 +114,9 @@ class Config:
         "install), 'python' (their pure twins), or 'auto' (C where it was built)",
         advanced=True)  # fmt: skip
     read_coalesce: float = _opt(
-        0.002, "seconds a reader lets a connection's frames gather after a short read before "
-        "reading again (0: read at once); each wakeup costs more than a frame",
-        advanced=True)  # fmt: skip
+        0.02, "seconds a reader lets a connection's frames gather after a short read before "
+        "reading again (0: read at once): a wakeup costs far more than a frame, and a full "
+        "read never waits", advanced=True)  # fmt: skip
     history_weight_share: float = _opt(
         0.5, "ceiling on the IP's REST weight for the history import (below the backfill's, so "
         "live gaps come first)", advanced=True)  # fmt: skip

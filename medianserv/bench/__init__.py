@@ -18,6 +18,7 @@ from .market import bench_market
 from .recovery import bench_recovery
 from .scale import bench_scale
 from .snapshot import bench_snapshot
+from .soak import bench_soak
 
 __all__ = [
     "Row",
@@ -30,6 +31,7 @@ __all__ = [
     "bench_recovery",
     "bench_scale",
     "bench_snapshot",
+    "bench_soak",
     "load_generate",
     "random_walk",
     "run_decode_client",

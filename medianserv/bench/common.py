@@ -110,7 +110,10 @@ def two_heaps(values: Sequence[int]) -> tuple[list[int], list[int]]:
 class SimProcess:
     """``medianserv simulate`` in a subprocess (its own GIL and core), paused at start."""
 
-    def __init__(self, tps: float, shared_data: Path | None, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, tps: float, shared_data: Path | None, extra: Sequence[str] = (), symbols: int = 2292
+    ) -> None:
+        """The real symbol list where ``shared_data`` has it, else ``symbols`` generated."""
         import subprocess
 
         info = (shared_data or Path()) / "exchangeInfo-2023-09-08.json"
@@ -119,7 +122,7 @@ class SimProcess:
         if shared_data is not None and info.exists():
             cmd += ["--exchange-info", str(info)]
         else:
-            cmd += ["--symbols", "2292"]
+            cmd += ["--symbols", str(symbols)]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
