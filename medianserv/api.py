@@ -44,6 +44,7 @@ from waitress.server import create_server
 from .feed import ChangeFeed
 from .metrics import CONTENT_TYPE
 from .prices import format_median, format_price
+from .quantiles import parse_quantiles
 from .symbols import StatsView, SymbolStats, SymbolTable
 
 __all__ = [
@@ -322,8 +323,24 @@ class SymbolResource:
         self.state, self.bodies = state, bodies
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
-        """One symbol's statistics at one instant; the symbol is case-insensitive. O(1)."""
-        _send_rep(req, resp, self.bodies.symbol(find_symbol(self.state.table(), symbol)))
+        """One symbol's statistics at one instant; the symbol is case-insensitive. O(1).
+        With ``q=0.01,0.99``: its exact quantiles too, under ``quantiles`` keyed as written
+        (:mod:`medianserv.quantiles`), read at the same instant (O(d / 1,024 + h log h))."""
+        stats = find_symbol(self.state.table(), symbol)
+        asked = req.params.get("q")
+        if asked is None:
+            _send_rep(req, resp, self.bodies.symbol(stats))
+            return
+        try:
+            if not isinstance(asked, str):
+                raise ValueError("q: give it once, its values separated by commas")
+            qs = parse_quantiles(asked)
+        except ValueError as exc:
+            raise falcon.HTTPBadRequest(title="Bad q", description=str(exc)) from None
+        view, twice = stats.quantiles(qs)
+        body = stats_json(view, self.state.history_status(view.symbol, view.history_complete))
+        body["quantiles"] = {q.text: _median(t) for q, t in zip(qs, twice, strict=True)}
+        _send_rep(req, resp, represent(_json.encode(body)))
 
 
 class AllResource:
@@ -453,6 +470,7 @@ class HttpRules:
         ):
             resp.status = falcon.HTTP_304
             resp.data = None
+            resp.delete_header("Content-Type")  # no body, no type (RFC 9110 15.4.5)
 
 
 def _internal_error(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
@@ -596,11 +614,22 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/{symbol}": {"get": {
                 "summary": "Statistics of one symbol (case-insensitive)",
-                "parameters": [{"name": "symbol", "in": "path", "required": True,
-                                "schema": {"type": "string"}}],
+                "parameters": [
+                    {"name": "symbol", "in": "path", "required": True,
+                     "schema": {"type": "string"}},
+                    {"name": "q", "in": "query", "required": False,
+                     "description": "exact quantiles to add: up to 16 decimals from 0 to 1, "
+                     "comma-separated (0.01,0.5,0.99). The q-quantile of the n prices counted "
+                     "is the mean of the prices at 0-based ranks floor(q(n-1)) and "
+                     "ceil(q(n-1)), q read exactly as written: q=0.5 is the median",
+                     "schema": {"type": "string", "pattern": "^[01](\\.[0-9]{1,18})?(,[01]"
+                                "(\\.[0-9]{1,18})?){0,15}$"}},
+                ],
                 "responses": {
-                    "200": {"description": "statistics",
+                    "200": {"description": "statistics, with quantiles when q was given",
                             "content": json_of({"$ref": "#/components/schemas/Stats"})},
+                    "400": {"description": "q is not a list of decimals from 0 to 1",
+                            "content": json_of(error)},
                     "404": {"description": "not listed", "content": json_of(error)},
                 },
             }},
@@ -658,6 +687,10 @@ def openapi_document() -> dict[str, Any]:
                                 "description": "trades missed and given up for good"},
                 "trades_per_second": {"type": "number",
                                       "description": "/-/all only: over the last minute"},
+                "quantiles": {"type": "object", "additionalProperties": {
+                    "type": "string", "nullable": True},
+                    "description": "with ?q= only: each q as written -> its exact quantile "
+                                   "(formatted as median; null before the first trade)"},
             }},
             "Error": {"type": "object", "properties": {
                 "title": {"type": "string"}, "description": {"type": "string"}}},

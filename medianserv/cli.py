@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="history --market: each archive answer held back this long, as "
                        "a round trip to a CDN would")  # fmt: skip
     bench.add_argument("--minutes", type=float, default=60.0,
-                       help="soak: how long, at --tps (default 16,000) trades a second")  # fmt: skip
+                       help="soak: how long, at --tps (16,000 by default) trades/s")  # fmt: skip
     bench.add_argument("--prices", type=lambda s: int(float(s)), default=10**7,
                        help="scale: distinct prices in one median")  # fmt: skip
     bench.add_argument(

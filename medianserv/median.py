@@ -521,13 +521,6 @@ class _Bulk:
             m._load(p, c)
         return m
 
-    def quantile_ranks(self, q_num: int, q_den: int) -> tuple[int, int]:
-        """The two 0-based ranks whose values' mean is the ``q_num / q_den`` quantile of the
-        n values counted (numpy's "midpoint"): ``floor(q (n - 1))`` and ``ceil(q (n - 1))``,
-        in exact integers. Needs values and ``0 <= q_num <= q_den``. O(1)."""
-        lo, rem = divmod(q_num * (self.count - 1), q_den)
-        return lo, lo + (1 if rem else 0)
-
 
 class _PyCore:
     """The pure-Python algorithm (see the module docstring); :class:`PyRunningMedian`."""

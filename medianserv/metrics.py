@@ -61,6 +61,13 @@ class ServiceCollector(Collector):
             ),
             ("symbols", "gauge", "Symbols listed and served.", len(service.table())),
             (
+                "price_levels",
+                "gauge",
+                "Distinct price levels the listed symbols' medians hold (as of the last "
+                "sample, every --sample-interval): what memory grows with.",
+                service.levels,
+            ),
+            (
                 "trades_applied_total",
                 "counter",
                 "Trades applied from the streams.",

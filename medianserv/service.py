@@ -81,6 +81,7 @@ class Service:
         self.book = SampleBook(config.sample_count)  # samples for the dashboard
         self.registry = create_registry(self)  # what /metrics exposes
         self._rates: dict[str, float] = {}  # replaced whole after each sample
+        self.levels = 0  # distinct price levels held by the listed symbols, at the last sample
         self._next_sample = 0.0
 
     # -- the ServiceState the API reads --------------------------------------------------------
@@ -188,11 +189,14 @@ class Service:
     def sample(self) -> None:
         """Record every traded symbol's numbers in the dashboard's samples. O(symbols)."""
         views = []
+        levels = 0
         for i, (_, stats) in enumerate(self.table().items()):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 time.sleep(0)  # let request and reader threads in (see snapshotter)
             v = stats.view()
             views.append((v.symbol, v.count, v.twice_median, v.last_price, v.live_count))
+            levels += v.levels
+        self.levels = levels
         now = int(time.time() * 1000)
         self.book.sample(views, now)
         self._rates = self.book.rates(now)

@@ -92,9 +92,11 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                           if v - prev["closed"].get(k, 0)}  # fmt: skip
                 trades = applied - prev["applied"]
                 memory = _rss_mib(pid)
+                levels = svc.metric("price_levels")[""]
                 rss.append((minute, memory))
                 lags.append(lag)
-                print(f"minute {minute:3d}: RSS {memory:7.1f} MiB, CPU {cpu - prev['cpu']:5.2f} s"
+                print(f"minute {minute:3d}: RSS {memory:7.1f} MiB ({levels:,.0f} levels), CPU "
+                      f"{cpu - prev['cpu']:5.2f} s"
                       f" ({(cpu - prev['cpu']) / max(1.0, trades) * 1e6:5.2f} us/trade, "
                       f"{trades / 60:,.0f} trades/s), worst lag {lag:.3f} s, pongs "
                       f"{pongs - prev['pongs']} ({late - prev['late']} late, "
@@ -123,7 +125,7 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                     "soak: CPU per trade, whole process",
                     (prev["cpu"] - cpu0) / max(1, total) * 1e6,
                     "us/trade",
-                ),  # fmt: skip
+                ),
                 Row("soak: worst reader lag (polled every 5 s)", max(lags), "s"),
                 Row("soak: pings answered", prev["pongs"], "pongs"),
                 Row(f"soak: pings answered late (> {late_pong:g} s)", prev["late"], "pongs"),
@@ -131,21 +133,22 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                     "soak: pings missed (connection closed for it)",
                     stats["violations"].get("pong_timeout", 0),
                     "pings",
-                ),  # fmt: skip
+                ),
                 Row(
                     "soak: worst pong latency",
                     1000 * stats["pong_latency_by_agent"].get("medianserv", 0.0),
                     "ms",
-                ),  # fmt: skip
+                ),
                 Row("soak: reconnects (connection failures)", prev["reconnects"], "reconnects"),
                 Row(
                     "soak: connections closed by the exchange, any reason",
                     sum(stats["closed"].values()),
                     "closes",
-                ),  # fmt: skip
+                ),
                 Row("soak: RSS at minute 5", steady[0][1], "MiB"),
                 Row("soak: RSS at the end", rss[-1][1], "MiB"),
                 Row("soak: RSS slope from minute 5", _slope_per_hour(steady), "MiB/hour"),
+                Row("soak: price levels held at the end", levels, "levels"),
                 Row("soak: symbols not exact at the end", wrong, "symbols"),
                 Row("soak: seconds from the pause until exact", exact_after, "s"),
             ]
