@@ -35,14 +35,13 @@ from typing import Any
 
 import msgspec
 
+from .errors import PriceError
+from .link import frame_header
 from .messages import TradeEvent, _TradeFrame
-from .prices import parse_price
+from .prices import PriceCache
 from .symbols import APPLIED, SymbolStats, TradeIds
 
-__all__ = ["PRICE_CACHE_SIZE", "CTradePath", "PyTradePath", "TradePath"]
-
-#: Price texts the pure twin keeps parsed (about 100 bytes each); past it the cache starts over.
-PRICE_CACHE_SIZE = 1 << 16
+__all__ = ["CTradePath", "PyTradePath", "TradePath"]
 
 _decode = msgspec.json.Decoder(_TradeFrame).decode
 _Errors = (msgspec.ValidationError, msgspec.DecodeError)
@@ -68,7 +67,7 @@ class PyTradePath:
         self.index: Callable[[str], SymbolStats | None] | None = None
         self.frames = self.applied = self.duplicates = 0
         self.last_event_ms = -1
-        self._prices: dict[str, int] = {}  # price text -> units: trades repeat a few levels
+        self._prices = PriceCache()
 
     def consume(self, data: bytes, pos: int) -> int:
         """Apply the common trade frames of ``data`` from ``pos`` on (see the module); the
@@ -81,22 +80,14 @@ class PyTradePath:
         end, max_size = len(data), self.max_size
         frames = applied = duplicates = 0
         event_ms = -1
-        while end - pos >= 2:
-            size = data[pos + 1]
-            if data[pos] != 0x81 or size > 127:  # FIN text, unmasked; else the general path
+        while True:
+            header = frame_header(data, pos)
+            if header is None:
                 break
-            start = pos + 2
-            if size == 126:
-                if end - pos < 4:
-                    break
-                size, start = data[pos + 2] << 8 | data[pos + 3], pos + 4
-            elif size == 127:
-                if end - pos < 10:
-                    break
-                size, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
+            head, start, size = header
             stop = start + size
-            if size > max_size or stop > end:
-                break
+            if head != 0x81 or data[pos + 1] > 127 or size > max_size or stop > end:
+                break  # not a complete, unmasked, final text frame: the general path's
             try:
                 event: TradeEvent = _decode(data[start:stop]).data
             except _Errors:
@@ -106,15 +97,10 @@ class PyTradePath:
             stats = get(event.s)
             if stats is None:
                 break
-            price = prices.get(event.p)
-            if price is None:
-                try:
-                    price = parse_price(event.p)
-                except ValueError:
-                    break
-                if len(prices) >= PRICE_CACHE_SIZE:
-                    prices.clear()
-                prices[event.p] = price
+            try:
+                price = prices.units(event.p)
+            except PriceError:
+                break
             outcome = stats.apply_common(event.t, price, event.T)
             if outcome is None:
                 break

@@ -65,6 +65,26 @@ class Consumer(Protocol):
     def consume(self, data: bytes, pos: int) -> int: ...
 
 
+def frame_header(data: bytes, i: int) -> tuple[int, int, int] | None:
+    """The header of the server frame starting at ``data[i]``: (first byte, where its payload
+    starts, the payload's length), or None while the header is incomplete. A masked frame
+    (which a server must not send) comes back with its length byte as it is, over 127,
+    unparsed. O(1)."""
+    end = len(data)
+    if end - i < 2:
+        return None
+    head, size = data[i], data[i + 1]
+    if size < 126:
+        return head, i + 2, size
+    if size == 126:
+        return (head, i + 4, data[i + 2] << 8 | data[i + 3]) if end - i >= 4 else None
+    if size == 127:
+        return (
+            (head, i + 10, int.from_bytes(data[i + 2 : i + 10], "big")) if end - i >= 10 else None
+        )
+    return head, i + 2, size
+
+
 def _deliver(out: list[Payload], handle: Handler | None) -> list[Payload]:
     if handle is None:
         return out
@@ -212,23 +232,12 @@ class Link:
                     handle(out)  # in order: before the path applies the frames after them
                     out = []
                 i = path.consume(data, i)
-            if end - i < 2:
+            header = frame_header(data, i)
+            if header is None:
                 break
-            head, size = data[i], data[i + 1]
-            if size > 127 or size > max_size:  # masked by a server, or too big: the protocol
-                handoff = True  # refuses it (and closes) from its header alone
-                break
-            start = i + 2
-            if size == 126:
-                if end - i < 4:
-                    break
-                size, start = data[i + 2] << 8 | data[i + 3], i + 4
-            elif size == 127:
-                if end - i < 10:
-                    break
-                size, start = int.from_bytes(data[i + 2 : i + 10], "big"), i + 10
-            if size > max_size:
-                handoff = True
+            head, start, size = header
+            if data[i + 1] > 127 or size > max_size:  # masked by a server, or too big: the
+                handoff = True  # protocol refuses it (and closes) from its header alone
                 break
             stop = start + size
             if stop > end:

@@ -25,6 +25,7 @@ __all__ = [
     "MAX_UNITS",
     "MAX_WHOLE_DIGITS",
     "SCALE",
+    "PriceCache",
     "format_median",
     "format_price",
     "parse_price",
@@ -72,6 +73,29 @@ def parse_price(text: str) -> int:
         if digits.isascii() and digits.isdigit():
             return int(digits + _PAD[len(frac)])
     raise PriceError(f"not a price: {text[:40]!r}")
+
+
+class PriceCache:
+    """:func:`parse_price` behind a dict of the texts already parsed: trades repeat a few
+    price levels, and a dict hit is a fraction of a parse. Exact (the key is the text
+    itself); bounded: past ``size`` texts (about 100 bytes each) it starts over. One per
+    thread. O(len(text)), O(1) for a text seen."""
+
+    __slots__ = ("_known", "size")
+
+    def __init__(self, size: int = 1 << 16) -> None:
+        self.size = size
+        self._known: dict[str, int] = {}
+
+    def units(self, text: str) -> int:
+        """``parse_price(text)``; :class:`PriceError` as it raises it."""
+        known = self._known.get(text)
+        if known is None:
+            known = parse_price(text)
+            if len(self._known) >= self.size:
+                self._known.clear()
+            self._known[text] = known
+        return known
 
 
 def _format_fixed(value: int, decimals: int) -> str:

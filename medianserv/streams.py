@@ -45,12 +45,12 @@ from websockets.exceptions import WebSocketException
 
 from .config import Config
 from .errors import PriceError
-from .hotpath import PRICE_CACHE_SIZE, CTradePath, PyTradePath
+from .hotpath import CTradePath, PyTradePath
 from .link import READ_SIZE, Link, Payload
 from .logs import RateLimitedLog, ThreadErrors
 from .messages import Rejected, Reply, ServerShutdown, TradeEvent, decode
 from .pacing import SlidingWindow, backoff
-from .prices import parse_price
+from .prices import PriceCache
 from .symbols import APPLIED, DUPLICATE, GAP, SymbolTable
 
 __all__ = [
@@ -236,9 +236,7 @@ class Reader:
         self.thread: threading.Thread | None = None
         self._rotate_now = False  # set on serverShutdown
         self._rlog = RateLimitedLog(log)
-        # price text -> units: trades repeat a few price levels, and a dict hit is a fraction
-        # of a parse. Exact (the key is the text itself); bounded by PRICE_CACHE_SIZE.
-        self._prices: dict[str, int] = {}
+        self._prices = PriceCache()  # the general path's parsed price texts
         # the per-trade path: the common trade frames of a chunk, straight from its bytes (in
         # C where it was built); what it leaves comes to _handle_all, in order
         compiled = config.compiled_trades() and CTradePath is not None
@@ -371,16 +369,11 @@ class Reader:
                 if symbol_stats is None:
                     self._reject("unknown_symbol", msg.s)
                     continue
-                price = prices.get(msg.p)
-                if price is None:
-                    try:
-                        price = parse_price(msg.p)
-                    except PriceError:
-                        self._reject("bad_price", f"{msg.s} {msg.p[:40]!r}")
-                        continue
-                    if len(prices) >= PRICE_CACHE_SIZE:
-                        prices.clear()
-                    prices[msg.p] = price
+                try:
+                    price = prices.units(msg.p)
+                except PriceError:
+                    self._reject("bad_price", f"{msg.s} {msg.p[:40]!r}")
+                    continue
                 outcome = symbol_stats.apply(msg.t, price, msg.T)
                 if outcome is APPLIED:
                     applied += 1

@@ -187,16 +187,20 @@ class SymbolStats:
         compiled one, :mod:`medianserv.hotpath`, does the same for the common outcomes)."""
         with self.lock:
             outcome = self.ids.observe(trade_id, trade_time, price)
-            if outcome is DUPLICATE:
-                return outcome
-            self.median.add(price)
-            self.dirty = True
-            self.version += 1
-            if trade_id > self.last_trade_id:
-                self.last_trade_id = trade_id
-                self.last_price = price
-                self.last_trade_time = trade_time
+            if outcome is not DUPLICATE:
+                self._count(trade_id, price, trade_time)
             return outcome
+
+    def _count(self, trade_id: int, price: int, trade_time: int) -> None:
+        """One trade the bookkeeping accepted, into the median and the last trade. Caller
+        holds the lock. O(log d)."""
+        self.median.add(price)
+        self.dirty = True
+        self.version += 1
+        if trade_id > self.last_trade_id:
+            self.last_trade_id = trade_id
+            self.last_price = price
+            self.last_trade_time = trade_time
 
     def apply_common(self, trade_id: int, price: int, trade_time: int) -> Outcome | None:
         """:meth:`apply` for its common outcomes only: the next trade of the range (APPLIED)
@@ -211,13 +215,7 @@ class SymbolStats:
                 return None
             if trade_id == highest + 1:
                 ids.highest, ids.after_highest_ms, ids.highest_price = trade_id, trade_time, price
-                self.median.add(price)
-                self.dirty = True
-                self.version += 1
-                if trade_id > self.last_trade_id:
-                    self.last_trade_id = trade_id
-                    self.last_price = price
-                    self.last_trade_time = trade_time
+                self._count(trade_id, price, trade_time)
                 return APPLIED
             if trade_id <= highest:
                 gaps = ids.gaps
