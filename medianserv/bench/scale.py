@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,7 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
     import numpy as np
 
     from ..median import CRunningMedian, PyRunningMedian
+    from ..quantiles import parse_quantiles
     from ..symbols import Row as Trade
     from ..symbols import SymbolStats, use_compiled
 
@@ -269,6 +271,31 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
         out.setdefault("_harvests", []).extend(timed.take())
     record("file merge (300,000 pairs)", out.pop("_files"))
     record("snapshot harvest", out.pop("_harvests"))
+    # quantile queries (15 q's) while live trades of the same symbol go on in another thread
+    qs = parse_quantiles("0,0.001,0.01,0.05,0.1,0.25,0.333,0.5,0.667,0.75,0.9,0.95,0.99,0.999,1")
+    sys.setswitchinterval(0.001)  # as the service sets it
+    done = threading.Event()
+
+    def ingest() -> None:
+        nonlocal tid
+        while not done.is_set():
+            stats.apply(tid, int(near[tid % len(near)]), 0)
+            tid += 1
+
+    feeder = threading.Thread(target=ingest, daemon=True)
+    feeder.start()
+    times = []
+    for _ in range(2000):
+        t = time.perf_counter_ns()
+        stats.quantiles(qs)
+        times.append(time.perf_counter_ns() - t)
+        time.sleep(0.0005)
+    done.set()
+    feeder.join()
+    timed.take()
+    times.sort()
+    out["quantiles"] = {"n": len(times), "p99_ms": times[int(len(times) * 0.99)] / 1e6,
+                        "worst_ms": times[-1] / 1e6}  # fmt: skip
     stats.median._check()
     out["levels"] = stats.median.levels
     return out
@@ -297,6 +324,10 @@ def bench_scale(prices: int = 10**7, files: int = 100) -> list[Row]:
         for size in sorted({max(1000, prices // 10), prices}):
             held = _child("locks", str(size), str(int(compiled)))
             n = f"{held['levels']:.2g} levels, {twin}"
+            q = held.pop("quantiles")
+            rows.append(Row(f"quantile query (15 q's), {n}: 99%", q["p99_ms"], "ms"))
+            rows.append(Row(f"quantile query (15 q's), {n}: worst", q["worst_ms"],
+                            f"ms ({q['n']:,} queries)"))  # fmt: skip
             for op, h in held.items():
                 if isinstance(h, dict):
                     rows.append(Row(f"lock held, {op}, {n}: worst", h["worst_ms"], "ms"))
