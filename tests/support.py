@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from fractions import Fraction
+from pathlib import Path
 from statistics import median
 from typing import Any
 
+import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from medianserv.prices import format_median, format_price, parse_price
@@ -121,3 +128,28 @@ class RefClient:
 
 def trade_streams(symbols: Iterable[str]) -> list[str]:
     return [s.lower() + "@trade" for s in symbols]
+
+
+def run_under_sanitizers(
+    sources: list[Path], built: Path, script: str, args: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Build ``sources`` into the extension ``built`` with AddressSanitizer and
+    UndefinedBehaviorSanitizer (any undefined operation fatal) and run the Python ``script``
+    with their runtimes preloaded, from the repository's top, with ``built`` and ``args``
+    after it; the finished process. Skips the calling test without gcc and those runtimes."""
+    gcc = shutil.which("gcc")
+    runtimes = [subprocess.run([gcc, f"-print-file-name={lib}"], capture_output=True,
+                               text=True, check=False).stdout.strip()
+                for lib in ("libasan.so", "libubsan.so")] if gcc else []  # fmt: skip
+    if not gcc or not all(Path(r).is_absolute() and Path(r).exists() for r in runtimes):
+        pytest.skip("no gcc with AddressSanitizer and UndefinedBehaviorSanitizer here")
+    subprocess.run([gcc, "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
+                    "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                    f"-I{sysconfig.get_paths()['include']}", *map(str, sources), "-o",
+                    str(built)], check=True)  # fmt: skip
+    runner = built.with_suffix(".py")
+    runner.write_text(script)
+    env = {**os.environ, "LD_PRELOAD": " ".join(runtimes), "ASAN_OPTIONS": "detect_leaks=0"}
+    return subprocess.run([sys.executable, str(runner), str(built), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          cwd=Path(__file__).parents[1])  # fmt: skip

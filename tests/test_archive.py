@@ -31,6 +31,8 @@ from medianserv.median import RunningMedian
 from medianserv.prices import format_price
 from medianserv.symbols import Front, Row, SymbolStats
 
+from .support import run_under_sanitizers
+
 DAY = dt.date(2024, 8, 9)
 DAY_MS = 1_723_161_600_000  # 2024-08-09T00:00:00Z
 
@@ -330,28 +332,10 @@ def test_the_c_reader_under_address_and_undefined_behaviour_sanitizers(tmp_path:
     file's tests of it (the property tests included): any out-of-bounds access, use after
     free or undefined operation stops the run. Skipped without gcc and its sanitizer
     runtimes."""
-    import shutil
-    import subprocess
-    import sys
-    import sysconfig
-
-    gcc = shutil.which("gcc")
-    runtimes = [subprocess.run([gcc, f"-print-file-name={lib}"], capture_output=True,
-                               text=True, check=False).stdout.strip()
-                for lib in ("libasan.so", "libubsan.so")] if gcc else []  # fmt: skip
-    if not gcc or not all(Path(r).is_absolute() and Path(r).exists() for r in runtimes):
-        pytest.skip("no gcc with AddressSanitizer and UndefinedBehaviorSanitizer here")
     source = Path(__file__).parents[1] / "medianserv" / "_reduce.c"
-    built = tmp_path / "_reduce_sanitized.so"
-    subprocess.run([gcc, "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
-                    "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                    f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(built)],
-                   check=True)  # fmt: skip
-    script = tmp_path / "run.py"
-    script.write_text(_UNDER_SANITIZERS.replace("__file__", repr(__file__)))
-    env = {**os.environ, "LD_PRELOAD": " ".join(runtimes), "ASAN_OPTIONS": "detect_leaks=0"}
-    done = subprocess.run([sys.executable, str(script), str(built)], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    script = _UNDER_SANITIZERS.replace("__file__", repr(__file__))
+    done = run_under_sanitizers([source], tmp_path / "_reduce_sanitized.so", script, [],
+                                timeout=600)  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert " passed" in done.stdout and "error" not in done.stderr.lower(), done.stderr[-3000:]
 

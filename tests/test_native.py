@@ -3,12 +3,7 @@ UndefinedBehaviorSanitizer, and fuzzed with bytes no server would send."""
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -19,6 +14,8 @@ from medianserv import symbols
 from medianserv.hotpath import CTradePath
 from medianserv.median import CRunningMedian, PyRunningMedian
 from medianserv.symbols import SymbolTable
+
+from .support import run_under_sanitizers
 
 needs_c = pytest.mark.skipif(CTradePath is None, reason="the compiled twins were not built")
 SOURCES = [Path(__file__).parents[1] / "medianserv" / f for f in
@@ -97,22 +94,7 @@ def test_the_compiled_twins_under_address_and_undefined_behaviour_sanitizers(
     twins' tests (the property tests and the fuzzing above included) in a subprocess: any
     out-of-bounds access, use after free or undefined operation stops the run. Skipped
     without gcc and its sanitizer runtimes."""
-    gcc = shutil.which("gcc")
-    runtimes = [subprocess.run([gcc, f"-print-file-name={lib}"], capture_output=True,
-                               text=True, check=False).stdout.strip()
-                for lib in ("libasan.so", "libubsan.so")] if gcc else []  # fmt: skip
-    if not gcc or not all(Path(r).is_absolute() and Path(r).exists() for r in runtimes):
-        pytest.skip("no gcc with AddressSanitizer and UndefinedBehaviorSanitizer here")
-    built = tmp_path / "_native_sanitized.so"
-    subprocess.run([gcc, "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
-                    "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                    f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES), "-o",
-                    str(built)], check=True)  # fmt: skip
-    script = tmp_path / "run.py"
-    script.write_text(_UNDER_SANITIZERS)
-    env = {**os.environ, "LD_PRELOAD": " ".join(runtimes), "ASAN_OPTIONS": "detect_leaks=0"}
-    done = subprocess.run([sys.executable, str(script), str(built), str(Path(__file__).parent)],
-                          env=env, capture_output=True, text=True, timeout=900,
-                          check=False, cwd=Path(__file__).parents[1])  # fmt: skip
+    done = run_under_sanitizers(SOURCES, tmp_path / "_native_sanitized.so", _UNDER_SANITIZERS,
+                                [str(Path(__file__).parent)], timeout=900)  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert " passed" in done.stdout and "runtime error" not in done.stderr, done.stderr[-3000:]
