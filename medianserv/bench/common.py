@@ -28,6 +28,7 @@ __all__ = [
     "median_bytes",
     "peak_rss_mib",
     "random_walk",
+    "rss_mib",
     "two_heaps",
     "two_heaps_bytes",
 ]
@@ -220,13 +221,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int, kind: str = "VmRSS") -> float:
+    """A running process's resident memory (Linux /proc): now (``VmRSS``) or its peak
+    (``VmHWM``); MiB, 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(kind + ":"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
 def peak_rss_mib(pid: int) -> float:
     """The peak resident memory of a running process (Linux /proc), MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_mib(pid, "VmHWM")
 
 
 _STATIC_SERVER = """

@@ -18,17 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import Row, ServiceProcess, SimProcess, cpu_seconds
+from .common import Row, ServiceProcess, SimProcess, cpu_seconds, rss_mib
 
 __all__ = ["bench_soak"]
-
-
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _slope_per_hour(points: list[tuple[float, float]]) -> float:
@@ -91,7 +83,7 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                 closed = {k: v - prev["closed"].get(k, 0) for k, v in stats["closed"].items()
                           if v - prev["closed"].get(k, 0)}  # fmt: skip
                 trades = applied - prev["applied"]
-                memory = _rss_mib(pid)
+                memory = rss_mib(pid)
                 levels = svc.metric("price_levels")[""]
                 rss.append((minute, memory))
                 lags.append(lag)
