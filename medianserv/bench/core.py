@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
-from ..median import RunningMedian
+from ..median import CRunningMedian, PyRunningMedian, RunningMedian
 from ..perfect_hash import PerfectHash
 from ..prices import SCALE, parse_price
 from .common import Row, loop_ns, median_bytes, random_walk, two_heaps, two_heaps_bytes
@@ -39,8 +40,15 @@ def _sorted_list_median(values: Sequence[int]) -> int:
 
 def _bench_median(rows: list[Row], n: int, start: str, tick: str, label: str) -> None:
     prices = random_walk(n, start, tick)
+    twins = [("C", CRunningMedian)] if CRunningMedian is not None else []
+    for twin, make in [*twins, ("py", PyRunningMedian)]:
+        _bench_twin(rows, make(), prices, f"{label}, {twin}")
+
+
+def _bench_twin(rows: list[Row], m: Any, prices: Sequence[int], label: str) -> None:
+    """One twin's add (a call a trade, as the per-trade path makes it) and read."""
+    n = len(prices)
     gc.collect()
-    m = RunningMedian()
     add = m.add
     t0 = time.perf_counter_ns()
     for p in prices:
