@@ -70,7 +70,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         elif suite == "scale":
             part = bench.bench_scale(args.prices, args.files)
         elif suite == "soak":
-            part = bench.bench_soak(args.minutes, tps=args.tps or 16_000.0)
+            part = bench.bench_soak(args.minutes, tps=args.tps or 16_000.0,
+                                    walk_levels=args.walk_levels)  # fmt: skip
         elif suite == "recovery":
             part = bench.bench_recovery(
                 shared, tps=args.tps or 300.0, down_seconds=args.down_seconds,
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "a round trip to a CDN would")  # fmt: skip
     bench.add_argument("--minutes", type=float, default=60.0,
                        help="soak: how long, at --tps (16,000 by default) trades/s")  # fmt: skip
+    bench.add_argument("--walk-levels", type=int, default=0,
+                       help="soak: keep each symbol's price within this many ticks, a market "
+                       "whose levels stop growing (0: a free walk)")  # fmt: skip
     bench.add_argument("--prices", type=lambda s: int(float(s)), default=10**7,
                        help="scale: distinct prices in one median")  # fmt: skip
     bench.add_argument(

@@ -111,6 +111,22 @@ def test_generated_market_is_skewed_and_deterministic() -> None:
     assert ids == list(range(ids[0], ids[0] + len(ids)))  # consecutive per symbol
 
 
+def test_a_bounded_walk_keeps_each_price_within_its_band_of_ticks() -> None:
+    """With walk_levels, every symbol's prices are at most that many distinct ticks (the
+    band is reached, not merely respected); without it the hot symbols walk past it."""
+    listings = generate_listings(50, seed=4)
+    bounded, free = Market(listings, seed=2, walk_levels=8), Market(listings, seed=2)
+    for market, most in ((bounded, 8), (free, None)):
+        levels: dict[str, set[int]] = {}
+        for t in market.next_trades(40_000, 1):
+            levels.setdefault(t.symbol, set()).add(t.price)
+        widest = max(len(v) for v in levels.values())
+        if most is None:
+            assert widest > 8
+        else:
+            assert widest == most
+
+
 def test_raw_stream_url_and_duplicates_on_two_connections() -> None:
     with simulator(paused=True) as sim:
         symbol = trading_symbols(sim)[0]

@@ -8,6 +8,12 @@ them. Every minute the suite prints the service's resident memory, its CPU over 
 (past ``late_pong`` seconds) or missed (the simulator closed the connection for it), and the
 connections it lost or replaced, by why. At the end trading pauses and the service must equal
 the simulator's truth, every symbol (count, median and last price), within two minutes.
+
+The service's memory grows with the distinct price levels its medians hold, never with the
+trades: on the simulator's free walk (moves of about 1e-4 of the price) new levels keep
+coming, so the suite prints the levels beside RSS and the RSS grown per level added;
+``walk_levels`` keeps every price within a band of ticks, so the levels stop growing and RSS
+must then stay flat: anything else there is a leak.
 """
 
 from __future__ import annotations
@@ -43,10 +49,12 @@ def _mismatches(svc: ServiceProcess, sim: SimProcess) -> int:
 
 
 def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000,
-               late_pong: float = 1.0) -> list[Row]:  # fmt: skip
+               late_pong: float = 1.0, walk_levels: int = 0) -> list[Row]:  # fmt: skip
     """The service for ``minutes`` minutes at ``tps`` trades a second over ``symbols``
-    symbols; a line a minute on stdout, then the figures of the whole run (see the module)."""
-    sim = SimProcess(tps, None, ["--set", f"late_pong={late_pong}"], symbols=symbols)
+    symbols, each price walking freely or, with ``walk_levels``, within that many ticks; a
+    line a minute on stdout, then the figures of the whole run (see the module)."""
+    extra = ["--set", f"late_pong={late_pong}", "--set", f"walk_levels={walk_levels}"]
+    sim = SimProcess(tps, None, extra, symbols=symbols)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="medianserv-soak-") as tmp:
         svc = ServiceProcess(sim, Path(tmp))
@@ -64,6 +72,7 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
             prev: dict[str, Any] = {"applied": applied0, "cpu": cpu0, "pongs": 0, "late": 0,
                                     "closed": {}, "reconnects": 0.0, "rotations": 0.0}  # fmt: skip
             rss: list[tuple[float, float]] = []
+            held: list[tuple[float, float]] = []  # price levels the medians hold
             lags: list[float] = []
             minute = 0
             while minute < minutes:
@@ -86,6 +95,7 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                 memory = rss_mib(pid)
                 levels = svc.metric("price_levels")[""]
                 rss.append((minute, memory))
+                held.append((minute, levels))
                 lags.append(lag)
                 print(f"minute {minute:3d}: RSS {memory:7.1f} MiB ({levels:,.0f} levels), CPU "
                       f"{cpu - prev['cpu']:5.2f} s"
@@ -109,6 +119,8 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
             stats = sim.control("stats")
             total = prev["applied"] - applied0
             steady = [p for p in rss if p[0] >= 5] or rss
+            since = held[len(rss) - len(steady)][1]
+            grown = held[-1][1] - since
             rows += [
                 Row("soak: minutes", minute, "min"),
                 Row("soak: trades applied", total, "trades"),
@@ -140,7 +152,13 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                 Row("soak: RSS at minute 5", steady[0][1], "MiB"),
                 Row("soak: RSS at the end", rss[-1][1], "MiB"),
                 Row("soak: RSS slope from minute 5", _slope_per_hour(steady), "MiB/hour"),
-                Row("soak: price levels held at the end", levels, "levels"),
+                Row("soak: price levels held at minute 5", since, "levels"),
+                Row("soak: price levels held at the end", held[-1][1], "levels"),
+                Row(
+                    "soak: RSS grown from minute 5 per price level added",
+                    (rss[-1][1] - steady[0][1]) * 2**20 / grown if grown > 0 else 0.0,
+                    "B/level",
+                ),
                 Row("soak: symbols not exact at the end", wrong, "symbols"),
                 Row("soak: seconds from the pause until exact", exact_after, "s"),
             ]

@@ -228,9 +228,21 @@ class Market:
     Runtime complexity: :meth:`next_trades` O(k log d) for k trades; memory O(symbols + history).
     """
 
-    def __init__(self, listings: Iterable[Listing], *, seed: int = 1, history_limit: int = 200_000):
+    def __init__(
+        self,
+        listings: Iterable[Listing],
+        *,
+        seed: int = 1,
+        history_limit: int = 200_000,
+        walk_levels: int = 0,
+    ):
+        """``walk_levels`` > 0 keeps each symbol's price within that many ticks around where
+        it started, a tick a move (a market whose set of levels stops growing); 0 lets it
+        walk freely, moves of about 1e-4 of the price."""
         self.rnd = random.Random(seed)
         self.history_limit = history_limit
+        self.walk_levels = walk_levels
+        self._home: dict[str, int] = {}  # the price a bounded walk stays around, in ticks
         self.listings: dict[str, Listing] = {}
         self.truth: dict[str, SymbolTruth] = {}  # every symbol ever listed
         self._ticks: dict[str, int] = {}  # current price, in ticks
@@ -312,8 +324,16 @@ class Market:
         rnd = self.rnd
         ticks = self._ticks[symbol]
         if rnd.random() >= 0.6:  # 60% of orders trade at the last price, like real ones
-            step = round(rnd.gauss(0.0, max(1.0, ticks * 1e-4)))
-            ticks = max(1, ticks + (step or rnd.choice((-1, 1))))
+            if self.walk_levels:
+                home = self._home.setdefault(symbol, ticks)
+                low = home - self.walk_levels // 2
+                step = rnd.choice((-1, 1))  # reflected at the band's edges
+                if not low <= ticks + step < low + self.walk_levels:
+                    step = -step
+                ticks = max(1, ticks + step)
+            else:
+                step = round(rnd.gauss(0.0, max(1.0, ticks * 1e-4)))
+                ticks = max(1, ticks + (step or rnd.choice((-1, 1))))
             self._ticks[symbol] = ticks
         price = ticks * self._tick_units[symbol]
         buyer_maker = rnd.random() < 0.5

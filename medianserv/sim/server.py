@@ -90,6 +90,7 @@ class SimConfig:
     max_outbox: int = 500_000  # frames queued for one slow client before it is disconnected
     history_limit: int = 200_000  # trades kept per symbol for historicalTrades
     tick_seconds: float = 0.005  # granularity of the trade generator
+    walk_levels: int = 0  # > 0: each price stays within that many ticks (see Market)
     # Throughput benchmarks: every connection gets fresh trades of its streams as fast as it
     # reads them (TCP back-pressure paces each one alone), unless paused. Flood trades are not
     # in the truth; tickers then report no trades, so clients start every symbol at its first.
@@ -240,7 +241,8 @@ class Simulator:
         for name in cfg.extra_symbols:
             listings.append(Listing(name, "TRADING", name.removesuffix("USDT"), "USDT",
                                     "0.01000000"))  # fmt: skip
-        self.market = Market(listings, seed=cfg.seed, history_limit=cfg.history_limit)
+        self.market = Market(listings, seed=cfg.seed, history_limit=cfg.history_limit,
+                             walk_levels=cfg.walk_levels)  # fmt: skip
         if cfg.past_days > 0:
             make_past(self.market, self._ms(), cfg.past_days, cfg.past_trades_per_day)
         if cfg.replay:
