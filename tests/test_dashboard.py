@@ -102,6 +102,9 @@ def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
                 browser.evaluate("document.getElementById('d-median').textContent")
                 == api[busiest]["median"]
             )
+            q = http_get(f"{run.base}/{busiest}?q=0.01,0.25,0.75,0.99")[2]["quantiles"]
+            wait_for(lambda: browser.evaluate("document.getElementById('d-quantiles').textContent")
+                     == " / ".join(q[k] for k in ("0.01", "0.25", "0.75", "0.99")))  # fmt: skip
             assert browser.evaluate("document.getElementById('state').textContent") == "live"
 
             shot = browser.screenshot()
