@@ -58,7 +58,9 @@ typedef struct {
     u64 *firsts;        /* each chunk's first price */
     i64 *sums;          /* each chunk's values */
     size_t n, cap;      /* chunks held, directory room */
-    i64 total, levels;
+    i64 total;
+    i64 *levels;        /* levels held, counted with the other side's: a whole chunk moving
+                         * across is neither read nor counted again */
     size_t at;          /* the chunk the last search found */
     int chunk;          /* levels a chunk holds at most */
 } Cold;
@@ -73,6 +75,7 @@ typedef struct {
     Record touched;     /* level -> its count, for the levels added to since take_touched */
     i64 n_low, n_high;  /* values on each side, cold ones included */
     Cold cold_low, cold_high;
+    i64 cold_levels;    /* levels the two cold stores hold (a level split across both, twice) */
     u64 floor_;         /* has_floor: no cold low level is at or above it (else -1) */
     u64 ceil_;          /* has_ceil: no cold high level is at or below it (else 2^64) */
     int has_floor, has_ceil;
