@@ -66,9 +66,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             part = bench.bench_market(args.symbols, args.trades, args.archive_dir, shared,
                                       args.workers, args.latency_ms)  # fmt: skip
         elif suite == "history":
-            part = bench.bench_history(args.trades, args.files, args.archive_dir, shared)
+            part = bench.bench_history(args.trades, args.files or 10, args.archive_dir, shared)
         elif suite == "scale":
-            part = bench.bench_scale(args.prices, args.files)
+            part = bench.bench_scale(args.prices, args.files or 100)
         elif suite == "soak":
             part = bench.bench_soak(args.minutes, tps=args.tps or 16_000.0,
                                     walk_levels=args.walk_levels)  # fmt: skip
@@ -312,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--levels", type=int, default=10_000_000, help="levels stored (snapshot)")
     bench.add_argument("--trades", type=lambda s: int(float(s)), default=10**8,
                        help="trades (long, history)")  # fmt: skip
-    bench.add_argument("--files", type=int, default=10,
-                       help="history: monthly archive files; scale: files imported")  # fmt: skip
+    bench.add_argument("--files", type=int, default=None,
+                       help="history: monthly archive files (10); scale: files imported, a "
+                       "snapshot every 10 (100)")  # fmt: skip
     bench.add_argument(
         "--market",
         action="store_true",
