@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -147,26 +148,46 @@ def _restore(store_dir: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+class _Collections:
+    """The garbage collector's pauses (any thread stops for them, lock or no lock): the
+    longest of each generation, and how many ran."""
+
+    def __init__(self) -> None:
+        self.worst_ns = [0, 0, 0]
+        self.n = self._t = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter_ns()
+        else:
+            self.n += 1
+            g = info["generation"]
+            self.worst_ns[g] = max(self.worst_ns[g], time.perf_counter_ns() - self._t)
+
+
 class _TimedLock:
     """A symbol's lock that records how long each hold lasted: wall time (what a thread
-    waiting for it feels, preemptions included) and this thread's CPU time (the work done
-    under it)."""
+    waiting for it feels, preemptions included), this thread's CPU time (the work done
+    under it) and whether a garbage collection ran inside it. Kept in an untracked array:
+    a list of tuples would grow the collector's work under the very holds it times."""
 
-    def __init__(self, lock: Any) -> None:
-        self.lock = lock
-        self.holds: list[tuple[int, int]] = []  # (wall ns, CPU ns)
-        self._t = self._c = 0
+    def __init__(self, lock: Any, collections: _Collections) -> None:
+        self.lock, self.collections = lock, collections
+        self.holds = array("q")  # wall ns, CPU ns, collections, wall ns, ...
+        self._t = self._c = self._n = 0
 
     def __enter__(self) -> None:
         self.lock.acquire()
+        self._n = self.collections.n
         self._t, self._c = time.perf_counter_ns(), time.thread_time_ns()
 
     def __exit__(self, *exc: object) -> None:
-        self.holds.append((time.perf_counter_ns() - self._t, time.thread_time_ns() - self._c))
+        wall, cpu = time.perf_counter_ns() - self._t, time.thread_time_ns() - self._c
         self.lock.release()
+        self.holds.extend((wall, cpu, self.collections.n - self._n))
 
-    def take(self) -> list[tuple[int, int]]:
-        out, self.holds = self.holds, []
+    def take(self) -> array[int]:
+        out, self.holds = self.holds, array("q")
         return out
 
 
@@ -194,28 +215,33 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
     top = 10**12
     stats.baseline(top, 2_000_000_000_000)
     stats.start_history(0, 1_500_000_000_000)  # ids 0..top: the front, for files
-    timed = _TimedLock(stats.lock)
+    collections = _Collections()
+    timed = _TimedLock(stats.lock, collections)
     stats.lock = timed
     out: dict[str, Any] = {}
-    import gc
-
-    gc.collect()
-    gc.freeze()  # as the service does after start-up: no full collection walks what lives on
-
-    def record(name: str, holds: list[tuple[int, int]] | None = None) -> None:
-        holds = timed.take() if holds is None else holds
-        wall = sorted(w for w, _ in holds)
-        out[name] = {"n": len(holds), "worst_ms": wall[-1] / 1e6,
-                     "p9999_ms": wall[min(len(wall) - 1, int(len(wall) * 0.9999))] / 1e6,
-                     "worst_cpu_ms": max(c for _, c in holds) / 1e6}  # fmt: skip
-
     span = levels * step
     tid = top + 1
     mid = 10**9 + span // 2
     near = (mid + rng.integers(-3000, 3000, 100_000) * step // 3).tolist()
     far = (10**9 + rng.integers(0, span, 100_000) // step * step + rng.integers(0, 2, 100_000)
            ).tolist()  # fmt: skip
-    for p in [x for pair in zip(near, far, strict=True) for x in pair]:
+    mixed = [x for pair in zip(near, far, strict=True) for x in pair]
+    import gc
+
+    gc.collect()
+    gc.freeze()  # as the service does after start-up: no collection walks what lives on
+    gc.callbacks.append(collections)
+
+    def record(name: str, holds: array[int] | None = None) -> None:
+        holds = timed.take() if holds is None else holds
+        wall = sorted(holds[0::3])
+        calm = [w for w, n in zip(holds[0::3], holds[2::3], strict=True) if not n]
+        out[name] = {"n": len(wall), "worst_ms": wall[-1] / 1e6,
+                     "p9999_ms": wall[min(len(wall) - 1, int(len(wall) * 0.9999))] / 1e6,
+                     "worst_cpu_ms": max(holds[1::3]) / 1e6,
+                     "worst_calm_ms": max(calm, default=0) / 1e6}  # fmt: skip
+
+    for p in mixed:
         stats.apply(tid, int(p), 0)
         tid += 1
     record("add")
@@ -227,7 +253,7 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
         first, tid = tid, tid + k + 1
         return first
 
-    holds: list[tuple[int, int]] = []
+    holds = array("q")
     for _ in range(20_000):
         k = int(rng.integers(2, 1001))
         first = gap(k)
@@ -235,7 +261,7 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
         stats.apply_rows([Trade(first, first + k - 1, int(far[first % len(far)]), 0)])
         holds += timed.take()
     record("add with times", holds)
-    holds = []
+    holds = array("q")
     for _ in range(100):
         sizes = rng.integers(1, 4, 1000).tolist()
         first = gap(sum(sizes))
@@ -247,7 +273,7 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
         stats.apply_rows(rows)
         holds += timed.take()
     record("batch of 1,000 aggregates", holds)
-    holds = []
+    holds = array("q")
     for edge in (0, 10**9 + span + step, 0, 10**9 + span + step):
         k = stats.median.count  # the median crosses about half the levels
         first = gap(k)
@@ -262,13 +288,13 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
         hi = lo + int(c.sum()) - 1
         assert stats.apply_levels(lo, hi, pairs, c, 1_600_000_000_000, last_price=int(pairs[-1]))
         lo = hi + 1
-        out.setdefault("_files", []).extend(timed.take())
+        out.setdefault("_files", array("q")).extend(timed.take())
         for _ in range(1000):
             stats.apply(tid, int(near[tid % len(near)]), 0)
             tid += 1
         timed.take()
         assert stats.harvest() is not None
-        out.setdefault("_harvests", []).extend(timed.take())
+        out.setdefault("_harvests", array("q")).extend(timed.take())
     record("file merge (300,000 pairs)", out.pop("_files"))
     record("snapshot harvest", out.pop("_harvests"))
     # quantile queries (15 q's) while live trades of the same symbol go on in another thread
@@ -296,6 +322,12 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
     times.sort()
     out["quantiles"] = {"n": len(times), "p99_ms": times[int(len(times) * 0.99)] / 1e6,
                         "worst_ms": times[-1] / 1e6}  # fmt: skip
+    gc.callbacks.remove(collections)
+    out["collections"] = {
+        "n": collections.n,
+        "worst_ms": max(collections.worst_ns) / 1e6,
+        "by_generation_ms": [w / 1e6 for w in collections.worst_ns],
+    }
     stats.median._check()
     out["levels"] = stats.median.levels
     return out
@@ -325,6 +357,9 @@ def bench_scale(prices: int = 10**7, files: int = 100) -> list[Row]:
             held = _child("locks", str(size), str(int(compiled)))
             n = f"{held['levels']:.2g} levels, {twin}"
             q = held.pop("quantiles")
+            gc = held.pop("collections")
+            rows.append(Row(f"garbage collection (stops every thread), {n}: worst",
+                            gc["worst_ms"], f"ms ({gc['n']:,} collections)"))  # fmt: skip
             rows.append(Row(f"quantile query (15 q's), {n}: 99%", q["p99_ms"], "ms"))
             rows.append(Row(f"quantile query (15 q's), {n}: worst", q["worst_ms"],
                             f"ms ({q['n']:,} queries)"))  # fmt: skip
@@ -332,6 +367,8 @@ def bench_scale(prices: int = 10**7, files: int = 100) -> list[Row]:
                 if isinstance(h, dict):
                     rows.append(Row(f"lock held, {op}, {n}: worst", h["worst_ms"], "ms"))
                     rows.append(Row(f"lock held, {op}, {n}: 99.99%", h["p9999_ms"], "ms"))
+                    rows.append(Row(f"lock held, {op}, {n}: worst with no collection in it",
+                                    h["worst_calm_ms"], "ms"))  # fmt: skip
                     rows.append(Row(f"lock held, {op}, {n}: worst CPU", h["worst_cpu_ms"],
                                     f"ms ({h['n']:,} holds)"))  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="medianserv-scale-") as tmp:
