@@ -124,4 +124,64 @@ def bench_core(sizes: Sequence[int] = (10**6, 10**7), shared_data: Path | None =
         d = {k: i for i, k in enumerate(keys)}
         rows.append(Row(f"slot(), {label}", loop_ns(ph.slot, probes), "ns/lookup"))
         rows.append(Row(f"dict.get, {label}", loop_ns(d.get, probes), "ns/lookup"))
+    _bench_trade_path(rows)
     return rows
+
+
+def _trade_frames(n: int, symbols: list[str]) -> tuple[bytes, list[bytes]]:
+    """``n`` trade frames of a combined stream as a server sends them (unmasked text frames,
+    ids in sequence per symbol, a walk of 0.01 ticks), and their payloads."""
+    rnd = random.Random(3)
+    next_id = dict.fromkeys(symbols, 1000)
+    cents = dict.fromkeys(symbols, 1_000_000)
+    frames, payloads = [], []
+    for k in range(n):
+        symbol = rnd.choice(symbols)
+        cents[symbol] += rnd.choice((-1, 0, 0, 1))
+        c, ms = cents[symbol], 1_700_000_000_000 + k
+        payload = (
+            f'{{"stream":"{symbol.lower()}@trade","data":{{"e":"trade","E":{ms},"s":"{symbol}",'
+            f'"t":{next_id[symbol]},"p":"{c // 100}.{c % 100:02d}000000","q":"0.01000000",'
+            f'"T":{ms},"m":true,"M":true}}}}'
+        ).encode()
+        next_id[symbol] += 1
+        size = len(payload)
+        head = bytes([0x81, size]) if size < 126 else bytes([0x81, 126]) + size.to_bytes(2, "big")
+        frames.append(head + payload)
+        payloads.append(payload)
+    return b"".join(frames), payloads
+
+
+def _bench_trade_path(rows: list[Row], n: int = 200_000) -> None:
+    """The per-trade path alone, CPU per trade: both twins over the same frames of 300
+    symbols (each trade the next of its symbol: the common case), and msgspec merely
+    decoding each payload, the floor of any path that makes a Python object per frame."""
+    from .. import symbols as symbols_module
+    from ..hotpath import CTradePath, PyTradePath, _decode
+    from ..symbols import SymbolTable
+
+    was = symbols_module.compiled()
+    names = [f"S{i:03d}USDT" for i in range(300)]
+    data, payloads = _trade_frames(n, names)
+    twins: list[tuple[str, Any]] = [("C", CTradePath)] if CTradePath is not None else []
+    for twin, make in [*twins, ("py", PyTradePath)]:
+        symbols_module.use_compiled(twin == "C")
+        table = SymbolTable.build(names)
+        for _, stats in table.items():
+            stats.baseline(999, 0)
+        path = make()
+        path.index = table.index if twin == "C" else table.get
+        t0, pos = time.process_time(), 0
+        while pos < len(data):
+            after = path.consume(data, pos)
+            if after <= pos:
+                raise AssertionError(f"{twin}: the trade path stopped at {pos}")
+            pos = after
+        ns = (time.process_time() - t0) / n * 1e9
+        rows.append(Row(f"trade path, frame to median, {twin}", ns, "ns/trade"))
+    symbols_module.use_compiled(was)
+    t0 = time.process_time()
+    for payload in payloads:
+        _decode(payload)
+    ns = (time.process_time() - t0) / n * 1e9
+    rows.append(Row("msgspec decode of a trade frame alone", ns, "ns/frame"))
