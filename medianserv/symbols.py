@@ -44,7 +44,8 @@ from .tradeids import (
 #: well under a millisecond (``bench scale``).
 ROWS_PIECE = 32
 
-#: The longest a file's merge goes on between two yields of the interpreter, in ns.
+#: The longest a batch or a file goes on being applied between two yields of the interpreter,
+#: in ns (see SymbolStats._maybe_yield).
 YIELD_NS = 500_000
 
 __all__ = [
