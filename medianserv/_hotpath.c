@@ -577,7 +577,8 @@ static inline int int_slot(PyObject *v, long long *out) {
 
 enum { NOT_COMMON = 0, APPLIED = 1, DUPLICATE = 2, ERROR = -1 };
 
-/* SymbolStats.apply_common, in C: the same checks, the same effects, in the same order */
+/* SymbolStats.apply_common (TradeIds.observe_common, then the count), in C: the same checks,
+   the same effects, in the same order */
 static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, long long T) {
     if (Py_TYPE(stats) != tp->stats_type) return NOT_COMMON;
     PyObject *lock = SLOT(stats, S_LOCK);

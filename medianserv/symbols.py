@@ -99,7 +99,7 @@ def use_compiled(enabled: bool) -> None:
 
 def compiled() -> bool:
     """Whether new SymbolStats hold the compiled median. O(1)."""
-    return bool(_Median is not PyRunningMedian)
+    return _Median is not PyRunningMedian
 
 
 @dataclass(slots=True)
@@ -219,19 +219,10 @@ class SymbolStats:
         ids, a trade inside a gap), which :meth:`apply` handles. What the per-trade path
         (:mod:`medianserv.hotpath`) applies, step for step in its compiled twin. O(log d)."""
         with self.lock:
-            ids = self.ids
-            highest = ids.highest
-            if highest is None:
-                return None
-            if trade_id == highest + 1:
-                ids.highest, ids.after_highest_ms, ids.highest_price = trade_id, trade_time, price
+            outcome = self.ids.observe_common(trade_id, trade_time, price)
+            if outcome is APPLIED:
                 self._count(trade_id, price, trade_time)
-                return APPLIED
-            if trade_id <= highest:
-                gaps = ids.gaps
-                if not gaps or trade_id > gaps[-1].hi:
-                    return DUPLICATE
-            return None
+            return outcome
 
     def apply_rows(self, rows: Iterable[Row]) -> int:
         """Apply a batch of trades exactly once: of each row, the ids still missing (or at the

@@ -281,27 +281,43 @@ class TradeIds:
     def observe(self, trade_id: int, time_ms: int = 0, price: int | None = None) -> Outcome:
         """Account for one trade and say whether to count it (APPLIED, GAP, FILLED) or not
         (DUPLICATE)."""
+        common = self.observe_common(trade_id, time_ms, price)
+        if common is not None:
+            return common
         highest = self.highest
         if highest is None:
             self.lowest = self.highest = trade_id
             self.lowest_after_ms = self.after_highest_ms = time_ms
             self.highest_price = price
             return APPLIED
-        if trade_id == highest + 1:
-            self.highest, self.after_highest_ms, self.highest_price = trade_id, time_ms, price
-            return APPLIED
         if trade_id > highest:
             self._extend(trade_id - 1, time_ms, price)
             self.highest, self.after_highest_ms, self.highest_price = trade_id, time_ms, price
             return GAP
-        gaps = self.gaps
-        if not gaps or trade_id > gaps[-1].hi:
-            return DUPLICATE
+        gaps = self.gaps  # trade_id lies at or below the last gap's top
         i = bisect_right(gaps, trade_id, key=_lo) - 1  # last gap starting <= trade_id
         if i < 0 or gaps[i].hi < trade_id:
             return DUPLICATE
         self._split(i, trade_id, trade_id, time_ms, price)
         return FILLED
+
+    def observe_common(self, trade_id: int, time_ms: int, price: int | None) -> Outcome | None:
+        """:meth:`observe` for its common outcomes only, in O(1): the next id of the range
+        (APPLIED) or one already counted above every gap (DUPLICATE). None, and nothing
+        done, for anything else (a first trade, a jump in ids, an id at or below a gap's top),
+        which :meth:`observe` goes on to handle. The per-trade path's bookkeeping (its
+        compiled twin in ``_hotpath.c`` does the same on the same slots)."""
+        highest = self.highest
+        if highest is None:
+            return None
+        if trade_id == highest + 1:
+            self.highest, self.after_highest_ms, self.highest_price = trade_id, time_ms, price
+            return APPLIED
+        if trade_id <= highest:
+            gaps = self.gaps
+            if not gaps or trade_id > gaps[-1].hi:
+                return DUPLICATE
+        return None
 
     def _extend(self, top: int, before_ms: int | None, price_after: int | None) -> int:
         """Ids ``highest + 1 .. top`` are missing: a new gap, or the last one grown when it

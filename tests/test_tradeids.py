@@ -3,6 +3,7 @@ the invariants and the identity counted + missing + lost + to import = width."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -38,6 +39,28 @@ fronts = st.lists(
     ),
     max_size=40,
 )
+
+
+@given(st.lists(st.integers(min_value=0, max_value=200), max_size=300))
+def test_observe_common_is_observe_or_nothing(ids: list[int]) -> None:
+    """The per-trade path's bookkeeping: observe_common gives observe's outcome and effects,
+    or None and changes nothing (observe then decides alone)."""
+
+    def state(ids: TradeIds) -> dict[str, Any]:
+        return {k: copy.deepcopy(getattr(ids, k)) for k in TradeIds.__slots__}
+
+    common, reference = TradeIds(), TradeIds()
+    for t in ids:
+        before = state(common)
+        outcome = common.observe_common(t, _time(t), _price(t))
+        expected = reference.observe(t, _time(t), _price(t))
+        if outcome is None:
+            assert state(common) == before
+            assert before["highest"] is None or t != before["highest"] + 1  # the next: common
+            common.observe(t, _time(t), _price(t))
+        else:
+            assert outcome is expected
+        assert state(common) == state(reference)
 
 
 @given(st.lists(st.integers(min_value=0, max_value=200), max_size=300))
