@@ -197,26 +197,25 @@ typedef struct {
     PyObject *values;   /* list: each slot's SymbolStats or None */
 } Index;
 
+static int Index_clear(Index *x) {
+    Py_CLEAR(x->keys);
+    Py_CLEAR(x->values);
+    return 0;
+}
+
 static void Index_dealloc(Index *x) {
     PyObject_GC_UnTrack(x);
     PyMem_Free(x->disp);
     PyMem_Free(x->kp);
     PyMem_Free(x->kn);
     PyMem_Free(x->kbuf);
-    Py_CLEAR(x->keys);
-    Py_CLEAR(x->values);
+    Index_clear(x);
     Py_TYPE(x)->tp_free((PyObject *)x);
 }
 
 static int Index_traverse(Index *x, visitproc visit, void *arg) {
     Py_VISIT(x->keys);
     Py_VISIT(x->values);
-    return 0;
-}
-
-static int Index_clear(Index *x) {
-    Py_CLEAR(x->keys);
-    Py_CLEAR(x->values);
     return 0;
 }
 
@@ -547,11 +546,16 @@ static PyObject *TradePath_new(PyTypeObject *type, PyObject *args, PyObject *kwd
     return (PyObject *)tp;
 }
 
-static void TradePath_dealloc(TradePath *tp) {
-    PyObject_GC_UnTrack(tp);
+static int TradePath_clear(TradePath *tp) {
     Py_CLEAR(tp->stats_type);
     Py_CLEAR(tp->ids_type);
     Py_CLEAR(tp->index);
+    return 0;
+}
+
+static void TradePath_dealloc(TradePath *tp) {
+    PyObject_GC_UnTrack(tp);
+    TradePath_clear(tp);
     Py_TYPE(tp)->tp_free((PyObject *)tp);
 }
 
@@ -559,11 +563,6 @@ static int TradePath_traverse(TradePath *tp, visitproc visit, void *arg) {
     Py_VISIT(tp->stats_type);
     Py_VISIT(tp->ids_type);
     Py_VISIT(tp->index);
-    return 0;
-}
-
-static int TradePath_clear(TradePath *tp) {
-    Py_CLEAR(tp->index);
     return 0;
 }
 
