@@ -5,15 +5,18 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "medianserv._native",
     .m_doc = "The compiled twins of medianserv's pure modules: Median (median.py); Lock, "
-             "Index and TradePath (hotpath.py).",
+             "Index and TradePath (hotpath.py); Period (candles.py).",
     .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&MedianType) < 0 || PyType_Ready(&LevelsType) < 0) return NULL;
+    if (PyType_Ready(&MedianType) < 0 || PyType_Ready(&LevelsType) < 0 ||
+        PyType_Ready(&PeriodType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "Median", (PyObject *)&MedianType) < 0 || hotpath_ready(m) < 0) {
+    if (PyModule_AddObjectRef(m, "Median", (PyObject *)&MedianType) < 0 ||
+        PyModule_AddObjectRef(m, "Period", (PyObject *)&PeriodType) < 0 || hotpath_ready(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

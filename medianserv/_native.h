@@ -2,6 +2,7 @@
  *
  *   _median.c   the twin of median.py (PyRunningMedian): type Median
  *   _hotpath.c  the twin of hotpath.py (the per-trade path): types Lock, Index, TradePath
+ *   _candles.c  the twin of candles.py's PyPeriod: type Period
  *   _native.c   the module: its types and functions put together
  *
  * Each C file mirrors its Python module function for function; the tests run both twins
@@ -87,6 +88,27 @@ extern PyTypeObject MedianType, LevelsType;
 
 /* Adds `times` values at `value`; the level's count after, or -1 with an exception set. */
 i64 median_add(Median *m, u64 value, i64 times);
+
+/* a Map's key grows by k (inserted if new): the count after, -1 when memory ran out; a Map's
+ * memory freed */
+i64 ms_map_add(Map *m, u64 key, i64 k);
+void ms_map_free(Map *m);
+
+/* -- median candles (_candles.c) ------------------------------------------------------------ */
+
+/* one period's trades (medianserv.candles.PyPeriod) */
+typedef struct {
+    PyObject_HEAD
+    long long start, length;
+    long long open_id, close_id, count;
+    unsigned long long open_price, close_price, high, low;
+    Map levels;
+} Period;
+
+extern PyTypeObject PeriodType;
+
+/* PyPeriod.add: times trades at price, ids lo..hi; 0, or -1 with MemoryError set */
+int period_add(Period *p, long long lo, long long hi, u64 price, long long times);
 
 /* -- the per-trade path (_hotpath.c) --------------------------------------------------------- */
 

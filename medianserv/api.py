@@ -41,6 +41,7 @@ import falcon
 import msgspec
 from waitress.server import create_server
 
+from .candles import INTERVALS, CandleRow, select_rows
 from .feed import ChangeFeed
 from .metrics import CONTENT_TYPE
 from .prices import format_median, format_price
@@ -91,6 +92,10 @@ class ServiceState(Protocol):
     def history_status(self, symbol: str, complete: bool) -> str: ...
 
     def rates(self) -> dict[str, float]: ...
+
+    def stored_candles(
+        self, symbol: str, k: int, start: int, end: int, limit: int, from_start: bool
+    ) -> list[CandleRow]: ...
 
 
 def _exact(units: int | None) -> str | None:
@@ -343,6 +348,72 @@ class SymbolResource:
         _send_rep(req, resp, represent(_json.encode(body)))
 
 
+#: ``GET /{symbol}/candles``: rows by default and at most
+CANDLE_LIMIT, MAX_CANDLE_LIMIT = 500, 1000
+_INTERVAL_INDEX = {name: k for k, (name, _) in enumerate(INTERVALS)}
+_CANDLE_FIELDS = ["open_time", "open", "high", "low", "close", "count", "median", "final"]
+_MAX_MS = 2**53  # beyond any trade time, and exact in every JSON reader
+
+
+def _ms_param(req: falcon.Request, name: str) -> int | None:
+    text = req.params.get(name)
+    if text is None:
+        return None
+    if not isinstance(text, str) or not text.isdigit() or not text.isascii() or len(text) > 16:
+        raise falcon.HTTPBadRequest(
+            title=f"Bad {name}", description=f"{name}: a time in ms since the epoch, given once"
+        )
+    value = int(text)
+    if value > _MAX_MS:
+        raise falcon.HTTPBadRequest(title=f"Bad {name}", description=f"{name}: out of range")
+    return value
+
+
+class CandlesResource:
+    cacheable = True
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+        """One symbol's median candles of one interval (:mod:`medianserv.candles`): rows with
+        open time in ``start..end`` (end excluded), the first ``limit`` from ``start`` when
+        it is given, else the latest ``limit`` before ``end``. O(limit + p + L log L) for the
+        open periods' L levels, the stored rows read in one LMDB transaction."""
+        stats = find_symbol(self.state.table(), symbol)
+        interval = req.params.get("interval")
+        k = _INTERVAL_INDEX.get(interval) if isinstance(interval, str) else None
+        if k is None:
+            raise falcon.HTTPBadRequest(
+                title="Bad interval", description="interval: one of 1m, 1h, 1d"
+            )
+        start, end = _ms_param(req, "start"), _ms_param(req, "end")
+        limit_text = req.params.get("limit", str(CANDLE_LIMIT))
+        if (not isinstance(limit_text, str) or not limit_text.isdigit() or not limit_text.isascii()
+                or not 1 <= int(limit_text[:5]) <= MAX_CANDLE_LIMIT or len(limit_text) > 5):  # fmt: skip
+            raise falcon.HTTPBadRequest(
+                title="Bad limit", description=f"limit: an integer from 1 to {MAX_CANDLE_LIMIT}"
+            )
+        limit = int(limit_text)
+        if start is not None and end is not None and start >= end:
+            raise falcon.HTTPBadRequest(title="Bad range", description="start must be before end")
+        lo, hi = start if start is not None else 0, end if end is not None else _MAX_MS
+        memory, origin = stats.candle_rows(k, 0, _MAX_MS)  # few: the open periods
+        stored = self.state.stored_candles(stats.symbol, k, lo, hi, limit, start is not None)
+        chosen = select_rows(stored, memory, origin, start, end, limit)
+        body = {
+            "symbol": stats.symbol,
+            "interval": INTERVALS[k][0],
+            "fields": _CANDLE_FIELDS,
+            "rows": [
+                [r.open_time, format_price(r.open), format_price(r.high), format_price(r.low),
+                 format_price(r.close), r.count, format_median(r.twice_median), final]
+                for r, final in chosen
+            ],  # fmt: skip
+        }
+        _send_rep(req, resp, represent(_json.encode(body)))
+
+
 class AllResource:
     cacheable = True
 
@@ -540,8 +611,8 @@ def create_wsgi(state: ServiceState, *, cache_max_age: float = 0.0) -> SymbolSho
 def create_app(
     state: ServiceState, *, cache_max_age: float = 0.0, bodies: Bodies | None = None
 ) -> falcon.App[falcon.Request, falcon.Response]:
-    """The WSGI app. Routes: / (dashboard), /symbols, /{symbol}, /-/all, /-/status,
-    /-/samples/{symbol}, /-/healthy, /-/ready, /-/openapi.json, /metrics."""
+    """The WSGI app. Routes: / (dashboard), /symbols, /{symbol}, /{symbol}/candles, /-/all,
+    /-/status, /-/samples/{symbol}, /-/healthy, /-/ready, /-/openapi.json, /metrics."""
     bodies = bodies or Bodies(state)
     app = falcon.App(middleware=[HttpRules(cache_max_age)])
     app.req_options.strip_url_path_trailing_slash = True
@@ -555,6 +626,7 @@ def create_app(
     app.add_route("/-/ready", ReadyResource(state))
     app.add_route("/-/openapi.json", OpenApiResource())
     app.add_route("/{symbol}", SymbolResource(state, bodies))
+    app.add_route("/{symbol}/candles", CandlesResource(state))
     app.add_error_handler(Exception, _internal_error)
     return app
 

@@ -40,6 +40,12 @@ class Config:
         "wss://stream.binance.com:9443", "Binance WebSocket base URL (/stream appended)"
     )
     snapshot_interval: float = _opt(5.0, "seconds between snapshots to LMDB")
+    candle_minutes_days: float = _opt(
+        7.0, "days of 1m median candles kept before each symbol's latest trade (0: forever)"
+    )
+    candle_hours_days: float = _opt(
+        90.0, "days of 1h median candles kept before each symbol's latest trade (0: forever)"
+    )
     exchange_info_interval: float = _opt(
         300.0, "seconds between re-reads of exchangeInfo (listings and delistings)"
     )
@@ -172,12 +178,20 @@ class Config:
         cores = os.cpu_count() or 2
         return min(8, max(2, 2 * cores)) if self.reader() == "C" else max(1, cores - 1)
 
+    def candle_keep_ms(self) -> list[int | None]:
+        """How long each interval's candles are kept (1m, 1h, 1d), in ms; None: forever."""
+        days = (self.candle_minutes_days, self.candle_hours_days, 0.0)
+        return [round(d * 86_400_000) or None for d in days]
+
     def validate(self) -> Config:
         """Raise :class:`ConfigError` for any value out of range; returns self."""
         positive = ("snapshot_interval", "exchange_info_interval", "control_messages_per_second",
                     "silence_timeout", "probe_timeout", "backoff_initial", "backoff_max",
                     "connection_window", "rotate_after", "sample_interval",
                     "rest_weight_window", "switch_interval")  # fmt: skip
+        for name in ("candle_minutes_days", "candle_hours_days"):
+            if not 0 <= getattr(self, name) < 1e6:
+                raise ConfigError(f"{name} must be 0 (forever) or positive, not {getattr(self, name)}")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")

@@ -31,7 +31,8 @@ from .metrics import render as render_metrics
 from .samples import SampleBook
 from .snapshotter import YIELD_EVERY, Snapshotter
 from .store import Store, StoreError
-from .symbols import SymbolStats, SymbolTable, use_compiled
+from .candles import CandleRow
+from .symbols import SymbolStats, SymbolTable, keep_candles, use_compiled
 
 __all__ = ["Service", "sd_notify"]
 
@@ -83,6 +84,7 @@ class Service:
         self._rates: dict[str, float] = {}  # replaced whole after each sample
         self.levels = 0  # distinct price levels held by the listed symbols, at the last sample
         self._next_sample = 0.0
+        self.store: Store | None = None  # open while running: stored candles are read from it
 
     # -- the ServiceState the API reads --------------------------------------------------------
 
@@ -104,6 +106,12 @@ class Service:
         if self.ingest is None:
             return "complete" if complete else "none"
         return self.ingest.importer.status(symbol, complete)
+
+    def stored_candles(
+        self, symbol: str, k: int, start: int, end: int, limit: int, from_start: bool
+    ) -> list[CandleRow]:
+        store = self.store
+        return [] if store is None else store.candles(symbol, k, start, end, limit, from_start)
 
     def rates(self) -> dict[str, float]:
         """Live trades per second of every symbol over the last minute, as of the last
@@ -207,6 +215,7 @@ class Service:
         cfg = self.config
         sys.setswitchinterval(cfg.switch_interval)
         use_compiled(cfg.compiled_trades())  # before anything is restored or built
+        keep_candles(True, cfg.candle_keep_ms())
         log.info("trade path: %s", "C (compiled at install)" if cfg.compiled_trades()
                  else "python (the pure twins)")  # fmt: skip
         try:
@@ -214,9 +223,11 @@ class Service:
         except StoreError as exc:
             log.error("%s", exc)
             return 2
+        self.store = store
         try:
             return self._run(store, stop)
         finally:
+            self.store = None
             store.close()
 
     def _run(self, store: Store, stop: threading.Event) -> int:

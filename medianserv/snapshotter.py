@@ -18,6 +18,7 @@ from collections.abc import Callable
 import lmdb
 
 from .logs import ThreadErrors
+from .candles import then_candles
 from .store import Store
 from .symbols import LevelLog, SymbolState, SymbolStats
 
@@ -114,6 +115,7 @@ class Snapshotter:
                     assert isinstance(before.levels, LevelLog)
                     assert isinstance(state.levels, LevelLog)
                     state.levels = before.levels.then(state.levels)
+                    state.candles = then_candles(before.candles, state.candles)
                 pending[state.symbol] = state
             listing = self.listing()
             new_listing = listing if listing and listing != self._saved_listing else None

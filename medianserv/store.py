@@ -10,6 +10,14 @@ Layout (format version 2), three named databases in one LMDB environment:
 * ``levels``: ``len(symbol) | symbol | price (8 bytes, big-endian)`` -> count (8 bytes,
   big-endian). Keys sort by symbol, then by price, so a symbol's levels are one ascending
   cursor range: restoring its median is O(d) (:meth:`RunningMedian.from_state`).
+* ``candles`` (added within format 2: a store without it reads as one with no candles):
+  ``len(symbol) | symbol | 0`` -> msgpack ``[first_ms, latest_ms, front_top_ms, current
+  minute]`` (:class:`~medianserv.candles.Candles`' bounds), and ``len(symbol) | symbol |
+  interval (1 byte: 1 minute, 2 hour, 3 day) | open time (8 bytes, big-endian)`` -> msgpack
+  ``[0, open, high, low, close, count, twice the median, open id, close id]`` for a settled
+  period, or ``[1, open id, open price, close id, close price, high, low, count, prices,
+  counts]`` for an open one (its levels, 8 big-endian bytes each). A symbol's periods of one
+  interval are one ascending cursor range.
 
 A snapshot is one write transaction: after a crash the store holds the previous snapshot or
 the new one, never a mix. Snapshots are incremental: only symbols and levels changed since the
@@ -35,6 +43,7 @@ import msgspec
 import numpy as np
 
 from .errors import MedianservError
+from .candles import INTERVALS, CandleRow, CandleState, period_fields, restore_period
 from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds
 
 __all__ = ["FORMAT_VERSION", "Store", "StoreError", "decode_record", "encode_record", "level_key"]
@@ -160,6 +169,49 @@ def _native(buf: bytearray, dtype: Any) -> np.ndarray[Any, Any]:
     return values
 
 
+def candle_key(symbol: str, k: int, start: int) -> bytes:
+    """The ``candles`` key of interval ``k``'s period at ``start`` (ms). Pure."""
+    return symbol_prefix(symbol) + bytes((k + 1,)) + _U64.pack(max(0, start))
+
+
+def _candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
+    """The ``candles`` items of ``batch``, in their order (a later put of a period supersedes
+    an earlier one). O(periods + their levels)."""
+    encode = _encoder.encode
+    for state in batch:
+        c = state.candles
+        if c is None:
+            continue
+        prefix = symbol_prefix(state.symbol)
+        yield prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current])
+        for k, entries in enumerate(c.periods):
+            head = prefix + bytes((k + 1,))
+            for start, row, period in entries:
+                if row is not None:
+                    value = encode([0, *row[1:]])
+                else:
+                    prices, counts = period.items()
+                    value = encode([1, *period_fields(period),
+                                    np.asarray(prices, ">u8").tobytes(),
+                                    np.asarray(counts, ">u8").tobytes()])  # fmt: skip
+                yield head + _U64.pack(start), value
+
+
+def _decode_candle(symbol: str, k: int, start: int, value: bytes) -> CandleRow | Any:
+    """A stored period: a CandleRow (settled) or an open period. StoreError if corrupt."""
+    try:
+        record = msgspec.msgpack.decode(value)
+        if record[0] == 0 and len(record) == 9:
+            return CandleRow(start, *(int(x) for x in record[1:]))
+        if record[0] == 1 and len(record) == 10:
+            prices = _native(bytearray(record[8]), np.uint64).tolist()
+            counts = _native(bytearray(record[9]), np.int64).tolist()
+            return restore_period(start, INTERVALS[k][1], record[1:8], prices, counts)
+    except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
+        raise StoreError(f"{symbol}: corrupt candle at {start}: {exc}") from exc
+    raise StoreError(f"{symbol}: corrupt candle at {start}")
+
+
 def level_key(symbol: str, price: int) -> bytes:
     """The ``levels`` key of one price level. Pure."""
     return symbol_prefix(symbol) + _U64.pack(price)
@@ -207,6 +259,10 @@ class Store:
         self._meta = env.open_db(b"meta")
         self._symbols = env.open_db(b"symbols")
         self._levels = env.open_db(b"levels")
+        try:
+            self._candles: Any = env.open_db(b"candles")
+        except lmdb.Error:  # read-only, of a store written before candles: none
+            self._candles = None
         self.version = FORMAT_VERSION  # of the records on disk; set by _check_format
 
     @classmethod
@@ -309,6 +365,9 @@ class Store:
             # from a fraction of a second to minutes.
             txn.cursor(db=self._symbols).putmulti(records)
             txn.cursor(db=self._levels).putmulti(level_items)
+            if self._candles is not None:
+                self._prune_candles(txn, batch)
+                txn.cursor(db=self._candles).putmulti(_candle_items(batch))
             put = txn.put
             put(b"saved_at", str(saved_at).encode(), db=self._meta)
             if listing is not None:
@@ -317,7 +376,127 @@ class Store:
             put(b"snapshots", str(snapshots).encode(), db=self._meta)
         return len(records), sum(len(state.levels) for state in batch)
 
+    def _prune_candles(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
+        """Delete the stored periods past retention of the symbols in ``batch``. O(deleted +
+        log n) per symbol and interval."""
+        cursor = txn.cursor(db=self._candles)
+        for state in batch:
+            c = state.candles
+            if c is None:
+                continue
+            prefix = symbol_prefix(state.symbol)
+            for k, expired in enumerate(c.expired):
+                if expired is None or expired <= 0:
+                    continue
+                head = prefix + bytes((k + 1,))
+                stop = head + _U64.pack(expired)
+                if cursor.set_range(head):
+                    while cursor.key() < stop and cursor.key().startswith(head):
+                        if not cursor.delete():
+                            break
+
     # -- reading --------------------------------------------------------------------------------
+
+    def candles(
+        self, symbol: str, k: int, start: int, end: int, limit: int, from_start: bool
+    ) -> list[CandleRow]:
+        """Settled rows of ``symbol``'s interval ``k`` with open time in ``start..end`` (end
+        excluded): the first ``limit`` from ``start`` (``from_start``) or the last ``limit``
+        before ``end``, with the settled row just outside on the other side of each end
+        (what a row's finality is judged by), ascending. O(limit + log n), one read
+        transaction."""
+        if self._candles is None:
+            return []
+        head = symbol_prefix(symbol) + bytes((k + 1,))
+        lo, hi = head + _U64.pack(max(0, start)), head + _U64.pack(max(0, min(end, 2**63)))
+        n = len(head)
+        out: list[CandleRow] = []
+
+        def settled(key: bytes, value: bytes) -> CandleRow | None:
+            if not bytes(key).startswith(head) or bytes(value[:1]) != b"\x99":
+                return None  # another symbol's, the bounds, or an open period (in memory)
+            row = _decode_candle(symbol, k, _U64.unpack(bytes(key[n:]))[0], bytes(value))
+            return row if isinstance(row, CandleRow) else None
+
+        def forward(cursor: Any, stop_key: bytes | None, most: int) -> list[CandleRow]:
+            found: list[CandleRow] = []
+            for key, value in cursor.iternext():
+                if not bytes(key).startswith(head):
+                    break
+                row = settled(key, value)
+                if row is None:
+                    continue
+                found.append(row)
+                if len(found) >= most or (stop_key is not None and bytes(key) >= stop_key):
+                    break
+            return found
+
+        def backward(cursor: Any, stop_key: bytes | None, most: int) -> list[CandleRow]:
+            found: list[CandleRow] = []
+            for key, value in cursor.iterprev():
+                if not bytes(key).startswith(head):
+                    break
+                row = settled(key, value)
+                if row is None:
+                    continue
+                found.append(row)
+                if len(found) >= most or (stop_key is not None and bytes(key) < stop_key):
+                    break
+            return found
+
+        try:
+            with self.env.begin(db=self._candles) as txn:
+                cursor = txn.cursor()
+                if from_start:
+                    # the row before start, then up to limit from start and the one after
+                    if cursor.set_range(lo):
+                        if cursor.prev():
+                            out += backward(cursor, None, 1)
+                    elif cursor.last():
+                        out += backward(cursor, None, 1)
+                    if cursor.set_range(lo):
+                        out += forward(cursor, hi, limit + 1)
+                else:
+                    # the row at or after end, then up to limit before end and the one before
+                    if cursor.set_range(hi):
+                        out += forward(cursor, None, 1)
+                        cursor.set_range(hi)
+                        if cursor.prev():
+                            out += backward(cursor, lo, limit + 1)
+                    elif cursor.last():
+                        out += backward(cursor, lo, limit + 1)
+                return sorted(set(out))
+        except lmdb.Error as exc:
+            raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc
+
+    def _load_candles(self, txn: lmdb.Transaction, symbol: str) -> CandleState | None:
+        """The stored bounds and open periods of ``symbol``'s candles (None if none). O(open
+        periods' levels + settled rows)."""
+        if self._candles is None:
+            return None
+        prefix = symbol_prefix(symbol)
+        meta = txn.get(prefix + b"\0", db=self._candles)
+        if meta is None:
+            return None
+        try:
+            first_ms, latest_ms, front_top_ms, current = msgspec.msgpack.decode(bytes(meta))
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            raise StoreError(f"{symbol}: corrupt candle bounds: {exc}") from exc
+        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
+        cursor = txn.cursor(db=self._candles)
+        for k in range(len(INTERVALS)):
+            head = prefix + bytes((k + 1,))
+            if not cursor.set_range(head):
+                continue
+            for key, value in cursor:
+                if not bytes(key).startswith(head):
+                    break
+                if bytes(value[:1]) != b"\x9a":  # a settled row (nine items): stays stored
+                    continue
+                start = _U64.unpack(bytes(key[len(head) :]))[0]
+                periods[k].append((start, None, _decode_candle(symbol, k, start, bytes(value))))
+        return CandleState(first_ms, latest_ms, front_top_ms, current, periods)
+
 
     def load(self, progress: Callable[[int, int], None] | None = None) -> list[SymbolState]:
         """Every stored symbol with all its levels, ascending. O(total levels).
@@ -353,6 +532,7 @@ class Store:
                             f"{symbol}: levels do not add up to its count {state.count}"
                         )
                     state.levels = levels
+                    state.candles = self._load_candles(txn, symbol)
                     out.append(state)
         except lmdb.Error as exc:
             raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from . import candles as _candles_module
+from .candles import INTERVALS, Candles, CandleRow, CandleState, PyPeriod, period_row
 from .median import CRunningMedian, PyRunningMedian, touched_arrays
 from .perfect_hash import PerfectHash
 from .quantiles import Quantile, ranks
@@ -71,6 +73,28 @@ __all__ = [
 #: The median class every new SymbolStats holds: the compiled twin where it was built at
 #: install, unless :func:`use_compiled` said otherwise (``--trade-path python``).
 _Median: Any = CRunningMedian or PyRunningMedian
+_CPeriod: Any = None
+try:
+    from ._native import Period as _CPeriod  # type: ignore[attr-defined,no-redef]
+except ImportError:
+    pass
+_candles_module.use_period(_CPeriod or PyPeriod)
+
+#: Whether new SymbolStats keep median candles (:func:`keep_candles`).
+_candles_kept = True
+#: How long open candles of each interval are kept before the latest trade, in ms (None:
+#: forever); set from the configuration (:func:`keep_candles`).
+candle_keep_ms: list[int | None] = [7 * 86_400_000, 90 * 86_400_000, None]
+
+
+def keep_candles(enabled: bool, keep_ms: Sequence[int | None] | None = None) -> None:
+    """Whether SymbolStats made from now on keep median candles, and for how long each
+    interval's are kept (ms before the latest trade; None: forever). Called once at start,
+    before anything is restored; benchmarks turn them off to measure what they cost."""
+    global _candles_kept
+    _candles_kept = enabled
+    if keep_ms is not None:
+        candle_keep_ms[:] = list(keep_ms)
 #: Its lock: with the compiled median, the compiled per-trade path's lock (the same semantics
 #: as ``threading.Lock``, which that path takes without the interpreter); else threading's.
 _Lock: Any = threading.Lock
@@ -95,6 +119,7 @@ def use_compiled(enabled: bool) -> None:
         raise RuntimeError("the compiled median was not built at install (no C compiler)")
     _Median = CRunningMedian if enabled else PyRunningMedian
     _Lock = _native_lock() if enabled else threading.Lock
+    _candles_module.use_period(_CPeriod if enabled else PyPeriod)
 
 
 def compiled() -> bool:
@@ -119,6 +144,7 @@ class SymbolState:
     last_trade_time: int | None
     ids: TradeIds
     levels: list[tuple[int, int]] | LevelArrays | LevelLog
+    candles: CandleState | None = None  # the candles' open periods and settled rows changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +187,8 @@ class SymbolStats:
     """
 
     __slots__ = (
-        "damaged", "dirty", "ids", "imported", "last_price", "last_trade_id", "last_trade_time",
-        "lock", "median", "merged", "symbol", "version", "yielded_ns",
+        "candles", "damaged", "dirty", "ids", "imported", "last_price", "last_trade_id",
+        "last_trade_time", "lock", "median", "merged", "symbol", "version", "yielded_ns",
     )  # fmt: skip
 
     def __init__(self, symbol: str) -> None:
@@ -170,6 +196,8 @@ class SymbolStats:
         self.lock: Any = _Lock()  # guards every attribute below
         self.median: PyRunningMedian = _Median()  # or its compiled twin: the same interface
         self.ids = TradeIds()
+        # median candles (None: not kept); every trade counted by id goes into them too
+        self.candles: Candles | None = Candles() if _candles_kept else None
         self.last_trade_id = -1  # highest trade id counted
         self.last_price: int | None = None  # its price
         self.last_trade_time: int | None = None  # its time
@@ -205,6 +233,8 @@ class SymbolStats:
         """One trade the bookkeeping accepted, into the median and the last trade. Caller
         holds the lock. O(log d)."""
         self.median.add(price)
+        if self.candles is not None:
+            self.candles.add(trade_id, trade_id, price, trade_time)
         self.dirty = True
         self.version += 1
         if trade_id > self.last_trade_id:
@@ -219,6 +249,10 @@ class SymbolStats:
         ids, a trade inside a gap), which :meth:`apply` handles. What the per-trade path
         (:mod:`medianserv.hotpath`) applies, step for step in its compiled twin. O(log d)."""
         with self.lock:
+            candles, highest = self.candles, self.ids.highest
+            if (candles is not None and highest is not None and trade_id == highest + 1
+                    and not candles.takes(trade_time)):  # fmt: skip
+                return None  # a new minute, or a late trade: Candles.add's general case
             outcome = self.ids.observe_common(trade_id, trade_time, price)
             if outcome is APPLIED:
                 self._count(trade_id, price, trade_time)
@@ -236,7 +270,7 @@ class SymbolStats:
             if start:
                 self._maybe_yield()  # let readers waiting for the interpreter in
             with self.lock:
-                ids, median = self.ids, self.median
+                ids, median, candles = self.ids, self.median, self.candles
                 before = ids.to_import
                 piece = 0
                 for first_id, last_id, price, time_ms in rows[start : start + ROWS_PIECE]:
@@ -245,6 +279,10 @@ class SymbolStats:
                         continue
                     piece += k
                     median.add(price, k)
+                    if candles is not None:  # the row's ids, as far as they are ours
+                        lo = max(first_id, ids.lowest if ids.lowest is not None else first_id)
+                        hi = min(last_id, ids.highest if ids.highest is not None else last_id)
+                        candles.add(lo, hi, price, time_ms, k)
                     if last_id > self.last_trade_id:
                         # the highest id of the row is ours only if it was missing: trades
                         # above our range stay for the stream to deliver
@@ -353,7 +391,10 @@ class SymbolStats:
         with self.lock:
             self.dirty = True
             self.version += 1
-            return self.ids.start_history(origin_id, origin_ms)
+            started = self.ids.start_history(origin_id, origin_ms)
+            if started and self.candles is not None:
+                self.candles.start_history()
+            return started
 
     def adopt(self, last_id: int, close_ms: int | None) -> None:
         """See :meth:`TradeIds.adopt`; under the lock."""
@@ -437,7 +478,10 @@ class SymbolStats:
             if not self.dirty or self.ids.claimed is not None or self.damaged:
                 return None
             self.dirty = False
-            return self._state(LevelLog([self.median.take_touched()]))
+            state = self._state(LevelLog([self.median.take_touched()]))
+            if self.candles is not None:
+                state.candles = self.candles.harvest(self.ids, candle_keep_ms)
+            return state
 
     def full_state(self) -> SymbolState:
         """Everything, levels included (for exports and tests). O(d log d) under the lock."""
@@ -465,6 +509,8 @@ class SymbolStats:
                 f"{state.symbol}: count {state.count} but levels sum to {stats.median.count}"
             )
         stats.ids = state.ids.copy()
+        if stats.candles is not None and state.candles is not None:
+            stats.candles = Candles.restore(state.candles)
         stats.last_trade_id = state.last_trade_id
         stats.last_price = state.last_price
         stats.last_trade_time = state.last_trade_time
@@ -518,6 +564,20 @@ class SymbolStats:
             values = self.median.values_at([r for pair in wanted for r in pair])
         return view, [values[2 * i] + values[2 * i + 1] for i in range(len(qs))]
 
+    def candle_rows(self, k: int, start: int, end: int) -> tuple[list[CandleRow], int | None]:
+        """The rows of interval ``k`` (an index of :data:`INTERVALS`) held in memory with an
+        open time in ``start..end`` (end excluded): those settled and being written, and the
+        open periods (the current minute folded in), their medians exact; and the symbol's
+        first trade id if known (what makes a first row final). Copies are taken under the
+        lock in O(p + L); the medians are computed after it, O(L log L)."""
+        assert 0 <= k < len(INTERVALS)
+        with self.lock:
+            origin = self.ids.origin
+            if self.candles is None:
+                return [], origin
+            rows, periods = self.candles.snapshot(k, start, end)
+        return sorted(rows + [period_row(p) for p in periods]), origin
+
     def _check(self) -> None:
         """Assert every invariant: the median's, the bookkeeping's, and the identity that ties
         them (trades in the median, less a merge in flight, are the ids counted). O(d log d);
@@ -533,6 +593,8 @@ class SymbolStats:
                 assert self.last_trade_id <= ids.highest, "last trade above the range"
             if ids.highest_price is not None:
                 assert (self.last_trade_id, self.last_price) == (ids.highest, ids.highest_price)
+            if self.candles is not None:
+                self.candles._check()
 
 
 def _check_pairs(

@@ -22,6 +22,7 @@ from websockets.protocol import OPEN, SERVER
 from websockets.uri import parse_uri
 
 from medianserv import symbols
+from medianserv.candles import state_key
 from medianserv.config import Config
 from medianserv.hotpath import CTradePath
 from medianserv.link import Link
@@ -225,9 +226,11 @@ class Pipeline:
         per_symbol = {}
         for symbol, stats in self.table.items():
             full = stats.full_state()
+            candles = None if stats.candles is None else stats.candles.canonical()
             harvest = stats.harvest()
-            per_symbol[symbol] = (full, stats.view(), stats.version,
-                                  None if harvest is None else harvest.levels.final())  # type: ignore[union-attr]  # fmt: skip
+            per_symbol[symbol] = (full, stats.view(), stats.version, candles,
+                                  None if harvest is None else harvest.levels.final(),  # type: ignore[union-attr]
+                                  None if harvest is None else state_key(harvest.candles))  # fmt: skip
             stats._check()
         s = self.reader.stats
         counters = (s.frames, s.applied, s.duplicates, s.filled, s.gaps, dict(s.rejected),
@@ -285,22 +288,28 @@ def test_both_trade_paths_equal_the_general_path(
 
 
 def test_the_trade_path_takes_the_common_frames() -> None:
-    """The twins do take the common case (so the property test above is not vacuous): a
-    run of next trades and repeats of one baselined symbol is consumed whole, and what
-    follows it (a reply) is where each stops."""
+    """The twins do take the common case (so the property test above is not vacuous): once
+    a symbol's current minute has begun (its first trade, through the general path), a run
+    of next trades and repeats in that minute is consumed whole, and what follows it (a
+    reply, or a trade of the next minute: the candles' general case) is where each stops."""
     for kind in KINDS[1:]:
         pipeline = Pipeline(kind, set(SYMBOLS))
         path = pipeline.reader.path
         path.index = pipeline.table.index if kind == "C" else pipeline.table.get
+        stats = pipeline.table.get("BTCUSDT")
+        assert stats is not None
+        stats.apply(BASE, 150_000_000, 0)  # the minute's first trade: Candles.add's general case
         trades = b"".join(frame(trade_json("BTCUSDT", BASE + i, "1.5", "plain", i))[0]
-                          for i in [0, 1, 2, 1, 3])  # fmt: skip
+                          for i in [1, 2, 1, 3])  # fmt: skip
         reply = frame(b'{"result":null,"id":1}')[0]
         data = trades + reply + trades
         assert path.consume(data, 0) == len(trades), kind
-        assert path.take_counts() == (5, 4, 1, 3 + 1), kind
+        assert path.take_counts() == (4, 3, 1, 3 + 1), kind
         assert path.consume(data, len(trades)) == len(trades), kind  # the reply: general path
-        stats = pipeline.table.get("BTCUSDT")
-        assert stats is not None and stats.view().count == 4 and stats.version == 1 + 4  # baseline
+        assert stats.view().count == 4 and stats.version == 1 + 4  # baseline
+        later = frame(trade_json("BTCUSDT", BASE + 4, "1.5", "plain", 60_000))[0]
+        assert path.consume(later, 0) == 0, kind  # a new minute: the general path's
+        assert stats.candles is not None and stats.candles.minute.count == 4
         pipeline.close()
 
 
@@ -313,11 +322,12 @@ def test_a_busy_symbol_lock_sends_the_frame_to_the_general_path() -> None:
     path.index = pipeline.table.index
     stats = pipeline.table.get("ETHBTC")
     assert stats is not None
-    data = frame(trade_json("ETHBTC", BASE, "1.5", "plain", 0))[0]
+    stats.apply(BASE, 150_000_000, 0)  # the minute begun (see above)
+    data = frame(trade_json("ETHBTC", BASE + 1, "1.5", "plain", 0))[0]
     with stats.lock:
         assert path.consume(data, 0) == 0
-    assert stats.view().count == 0
-    assert path.consume(data, 0) == len(data) and stats.view().count == 1
+    assert stats.view().count == 1
+    assert path.consume(data, 0) == len(data) and stats.view().count == 2
     pipeline.close()
 
 
@@ -422,18 +432,24 @@ def test_apply_common_is_apply_for_the_common_outcomes() -> None:
             t = tid + rnd.choice([0, 0, 0, -1, -2, 1, 3])
             price, ms = rnd.randrange(90, 110), rnd.randrange(10**9)
             before, version = b.full_state(), b.version
+            assert b.candles is not None and a.candles is not None
+            candles = b.candles.canonical()
             outcome = b.apply_common(t, price, ms)
             if outcome is None:  # left alone: the general path applies it
                 assert b.full_state() == before and b.version == version
+                assert b.candles.canonical() == candles
                 b.apply(t, price, ms)
             expected = a.apply(t, price, ms)
             assert outcome is None or outcome == expected
             tid = max(tid, t + 1)
             assert a.full_state() == b.full_state() and a.version == b.version
+            assert a.candles.canonical() == b.candles.canonical()
             ha, hb = a.harvest(), b.harvest()
             assert (ha is None) == (hb is None)
             if ha is not None and hb is not None:
                 assert ha.levels.final() == hb.levels.final()  # type: ignore[union-attr]
                 ha.levels = hb.levels = []
+                assert state_key(ha.candles) == state_key(hb.candles)
+                ha.candles = hb.candles = None
                 assert ha == hb
             b._check()

@@ -1,4 +1,5 @@
-"""The compiled twins (medianserv/_native.c, _median.c, _hotpath.c) under AddressSanitizer and
+"""The compiled twins (medianserv/_native.c, _median.c, _hotpath.c, _candles.c) under
+AddressSanitizer and
 UndefinedBehaviorSanitizer, and fuzzed with bytes no server would send."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .support import run_under_sanitizers
 
 needs_c = pytest.mark.skipif(CTradePath is None, reason="the compiled twins were not built")
 SOURCES = [Path(__file__).parents[1] / "medianserv" / f for f in
-           ("_native.c", "_median.c", "_hotpath.c")]  # fmt: skip
+           ("_native.c", "_median.c", "_hotpath.c", "_candles.c")]  # fmt: skip
 
 
 @needs_c
@@ -80,7 +81,7 @@ spec.loader.exec_module(module)
 sys.modules["medianserv._native"] = module  # what median.py and hotpath.py import
 import pytest
 tests = [f"{sys.argv[2]}/{name}" for name in ("test_median.py", "test_hotpath.py",
-                                              "test_native.py")]
+                                              "test_native.py", "test_candles.py")]
 # -s: a sanitizer's report goes to the process's stderr, not to pytest's capture
 sys.exit(pytest.main(["-q", "-s", "-p", "no:cacheprovider", "-k", "not sanitizers", *tests]))
 """

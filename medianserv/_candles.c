@@ -1,0 +1,248 @@
+/* The compiled twin of medianserv.candles.PyPeriod: one period's open, close, extremes, count
+ * and levels (price -> trades, a Map of _median.c). Method for method the same; the per-trade
+ * path (_hotpath.c) calls period_add for a trade of the current minute. */
+#include "_native.h"
+#include "structmember.h"
+
+int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
+    if (ms_map_add(&p->levels, price, times) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (!p->count) {
+        p->open_id = lo;
+        p->close_id = hi;
+        p->open_price = p->close_price = p->high = p->low = price;
+    } else {
+        if (lo < p->open_id) {
+            p->open_id = lo;
+            p->open_price = price;
+        }
+        if (hi > p->close_id) {
+            p->close_id = hi;
+            p->close_price = price;
+        }
+        if (price > p->high)
+            p->high = price;
+        else if (price < p->low)
+            p->low = price;
+    }
+    p->count += times;
+    return 0;
+}
+
+static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"start", "length", NULL};
+    long long start, length;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LL:Period", names, &start, &length)) return NULL;
+    if (length <= 0) {
+        PyErr_SetString(PyExc_ValueError, "a period's length must be positive");
+        return NULL;
+    }
+    Period *p = (Period *)type->tp_alloc(type, 0);
+    if (!p) return NULL;
+    p->start = start;
+    p->length = length;
+    p->open_id = p->close_id = -1;
+    return (PyObject *)p;
+}
+
+static void Period_dealloc(Period *p) {
+    ms_map_free(&p->levels);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+/* a Python int in 0 .. 2^64 - 1 */
+static int price_arg(PyObject *o, u64 *out) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    *out = v;
+    return 0;
+}
+
+static PyObject *Period_add(Period *p, PyObject *args) {
+    long long lo, hi, times;
+    PyObject *price_o;
+    u64 price;
+    if (!PyArg_ParseTuple(args, "LLOL:add", &lo, &hi, &price_o, &times)) return NULL;
+    if (price_arg(price_o, &price) < 0) return NULL;
+    if (times <= 0 || hi < lo) {
+        PyErr_SetString(PyExc_ValueError, "add: times must be positive and lo <= hi");
+        return NULL;
+    }
+    if (period_add(p, lo, hi, price, times) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Period_add_in(Period *p, PyObject *args) {
+    long long tid, when;
+    PyObject *price_o;
+    u64 price;
+    if (!PyArg_ParseTuple(args, "LOL:add_in", &tid, &price_o, &when)) return NULL;
+    if (price_arg(price_o, &price) < 0) return NULL;
+    if (when < p->start || when - p->start >= p->length) Py_RETURN_FALSE;
+    if (period_add(p, tid, tid, price, 1) < 0) return NULL;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Period_add_level(Period *p, PyObject *args) {
+    long long times;
+    PyObject *price_o;
+    u64 price;
+    if (!PyArg_ParseTuple(args, "OL:add_level", &price_o, &times)) return NULL;
+    if (price_arg(price_o, &price) < 0) return NULL;
+    if (times <= 0) {
+        PyErr_SetString(PyExc_ValueError, "add_level: times must be positive");
+        return NULL;
+    }
+    if (ms_map_add(&p->levels, price, times) < 0) return PyErr_NoMemory();
+    p->count += times;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Period_fold(Period *p, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &PeriodType)) {
+        PyErr_SetString(PyExc_TypeError, "fold: a Period is needed");
+        return NULL;
+    }
+    Period *o = (Period *)arg;
+    if (!o->count) Py_RETURN_NONE;
+    if (o == p) {
+        PyErr_SetString(PyExc_ValueError, "fold: a period cannot fold itself");
+        return NULL;
+    }
+    for (size_t i = 0; i < o->levels.cap; i++)
+        if (o->levels.vals[i] && ms_map_add(&p->levels, o->levels.keys[i], o->levels.vals[i]) < 0)
+            return PyErr_NoMemory(); /* only memory exhaustion; the caller's symbol is damaged */
+    if (!p->count) {
+        p->open_id = o->open_id;
+        p->open_price = o->open_price;
+        p->close_id = o->close_id;
+        p->close_price = o->close_price;
+        p->high = o->high;
+        p->low = o->low;
+    } else {
+        if (o->open_id < p->open_id) {
+            p->open_id = o->open_id;
+            p->open_price = o->open_price;
+        }
+        if (o->close_id > p->close_id) {
+            p->close_id = o->close_id;
+            p->close_price = o->close_price;
+        }
+        if (o->high > p->high) p->high = o->high;
+        if (o->low < p->low) p->low = o->low;
+    }
+    p->count += o->count;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
+    Period *c = (Period *)Py_TYPE(p)->tp_alloc(Py_TYPE(p), 0);
+    if (!c) return NULL;
+    c->start = p->start;
+    c->length = p->length;
+    c->open_id = p->open_id;
+    c->close_id = p->close_id;
+    c->count = p->count;
+    c->open_price = p->open_price;
+    c->close_price = p->close_price;
+    c->high = p->high;
+    c->low = p->low;
+    if (p->levels.cap) {
+        Map *m = &c->levels;
+        m->keys = malloc(p->levels.cap * sizeof *m->keys);
+        m->vals = malloc(p->levels.cap * sizeof *m->vals);
+        if (!m->keys || !m->vals) {
+            Py_DECREF(c);
+            return PyErr_NoMemory();
+        }
+        memcpy(m->keys, p->levels.keys, p->levels.cap * sizeof *m->keys);
+        memcpy(m->vals, p->levels.vals, p->levels.cap * sizeof *m->vals);
+        m->cap = p->levels.cap;
+        m->used = p->levels.used;
+        m->shift = p->levels.shift;
+    }
+    return (PyObject *)c;
+}
+
+typedef struct {
+    u64 price;
+    i64 count;
+} Pair;
+
+static int pair_cmp(const void *a, const void *b) {
+    u64 x = ((const Pair *)a)->price, y = ((const Pair *)b)->price;
+    return (x > y) - (x < y);
+}
+
+static PyObject *Period_items(Period *p, PyObject *Py_UNUSED(ignored)) {
+    size_t n = p->levels.used, k = 0;
+    Pair *pairs = n ? malloc(n * sizeof *pairs) : NULL;
+    if (n && !pairs) return PyErr_NoMemory();
+    for (size_t i = 0; i < p->levels.cap; i++)
+        if (p->levels.vals[i]) pairs[k++] = (Pair){p->levels.keys[i], p->levels.vals[i]};
+    qsort(pairs, n, sizeof *pairs, pair_cmp);
+    PyObject *prices = PyList_New((Py_ssize_t)n), *counts = PyList_New((Py_ssize_t)n);
+    if (!prices || !counts) goto fail;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *a = PyLong_FromUnsignedLongLong(pairs[i].price);
+        if (!a) goto fail;
+        PyList_SET_ITEM(prices, (Py_ssize_t)i, a);
+        PyObject *b = PyLong_FromLongLong(pairs[i].count);
+        if (!b) goto fail;
+        PyList_SET_ITEM(counts, (Py_ssize_t)i, b);
+    }
+    free(pairs);
+    return Py_BuildValue("(NN)", prices, counts);
+fail:
+    free(pairs);
+    Py_XDECREF(prices);
+    Py_XDECREF(counts);
+    return NULL;
+}
+
+static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t(p->levels.used);
+}
+
+static PyMethodDef Period_methods[] = {
+    {"add", (PyCFunction)Period_add, METH_VARARGS, "See PyPeriod.add."},
+    {"add_in", (PyCFunction)Period_add_in, METH_VARARGS, "See PyPeriod.add_in."},
+    {"add_level", (PyCFunction)Period_add_level, METH_VARARGS, "See PyPeriod.add_level."},
+    {"fold", (PyCFunction)Period_fold, METH_O, "See PyPeriod.fold."},
+    {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},
+    {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
+    {NULL},
+};
+
+static PyMemberDef Period_members[] = {
+    {"start", T_LONGLONG, offsetof(Period, start), READONLY, NULL},
+    {"length", T_LONGLONG, offsetof(Period, length), READONLY, NULL},
+    {"count", T_LONGLONG, offsetof(Period, count), READONLY, NULL},
+    {"open_id", T_LONGLONG, offsetof(Period, open_id), 0, NULL},
+    {"close_id", T_LONGLONG, offsetof(Period, close_id), 0, NULL},
+    {"open_price", T_ULONGLONG, offsetof(Period, open_price), 0, NULL},
+    {"close_price", T_ULONGLONG, offsetof(Period, close_price), 0, NULL},
+    {"high", T_ULONGLONG, offsetof(Period, high), 0, NULL},
+    {"low", T_ULONGLONG, offsetof(Period, low), 0, NULL},
+    {NULL},
+};
+
+static PyGetSetDef Period_getset[] = {
+    {"levels", (getter)Period_get_levels, NULL, "Distinct prices held.", NULL},
+    {NULL},
+};
+
+PyTypeObject PeriodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "medianserv._native.Period",
+    .tp_doc = "One period's trades: the compiled twin of medianserv.candles.PyPeriod.",
+    .tp_basicsize = sizeof(Period),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Period_new,
+    .tp_dealloc = (destructor)Period_dealloc,
+    .tp_methods = Period_methods,
+    .tp_members = Period_members,
+    .tp_getset = Period_getset,
+};

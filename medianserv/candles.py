@@ -1,0 +1,530 @@
+"""Median candles: per UTC period of a minute, an hour and a day, the open, high, low, close,
+count and exact median of the prices of the trades counted in it (pure).
+
+Theory of operation
+-------------------
+A trade belongs to the period of its trade time. A :class:`PyPeriod` holds one period's
+open (the price of its lowest trade id), close (of its highest), high, low, count and its
+levels (price -> trades), from which its median is exact.
+
+Each symbol has one :class:`Candles` book. Its *current minute* (:attr:`Candles.minute`) takes
+every trade of the live stream, which nearly always falls in it: the per-trade path adds to
+it alone, one level map update, and the compiled path does so without the interpreter. When
+a later minute begins, the current one is *retired*: folded into its hour and its day (its
+levels merged into theirs, once) and kept with its own levels among the open minutes. A late
+trade (a backfill after a reconnect or a restart, REST rows of the history) goes into the
+minute, hour and day of its own time directly. So an hour is the fold of its retired minutes
+and its late trades, and the current minute is added to it only when it is shown.
+
+A period stays *open* (its levels kept) while a trade may still land in it: until it has
+ended (a trade at or after its end is counted), no gap of missing trade ids and no front of
+history still to import may hold a trade of its time, and, while the history is not
+complete, it does not reach back to the first trade counted (the range may still be extended
+below it). Then :meth:`Candles.harvest` *settles* it: its median is taken once, its levels are
+dropped, and its row is handed to the snapshot with the open periods changed since the last
+harvest (their levels whole). So memory holds the levels of the few open periods, never of
+the history, and a restart restores the open periods from the same transaction that holds
+the trades they count.
+
+A row is *final* when every trade of its period is counted. Trade times rise with trade ids,
+so the trades of a period are consecutive ids, and a row is final when its count is
+``close_id - open_id + 1`` (none missing inside), the row before it ends at ``open_id - 1``
+(or ``open_id`` is the symbol's first trade) and the row after it starts at
+``close_id + 1`` (:func:`final_flags`).
+
+Pure: no I/O, no threads, no clock. Not thread-safe: :class:`~medianserv.symbols.SymbolStats`
+serialises access with its lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from .tradeids import TradeIds
+
+__all__ = [
+    "DAY",
+    "HOUR",
+    "INTERVALS",
+    "MINUTE",
+    "Candles",
+    "CandleRow",
+    "CandleState",
+    "PyPeriod",
+    "final_flags",
+    "merge_rows",
+    "period_key",
+    "period_row",
+    "restore_period",
+    "select_rows",
+    "state_key",
+    "then_candles",
+]
+
+#: The intervals: (name, length in ms), indexed by MINUTE, HOUR, DAY.
+INTERVALS: tuple[tuple[str, int], ...] = (("1m", 60_000), ("1h", 3_600_000), ("1d", 86_400_000))
+MINUTE, HOUR, DAY = 0, 1, 2
+#: Trade ids and times (ms) at or above it are left out of candles: 10^18, what the compiled
+#: per-trade path reads (18 digits), far beyond any real one.
+LIMIT = 10**18
+_LENGTHS = tuple(length for _, length in INTERVALS)
+
+
+class CandleRow(NamedTuple):
+    """One period's candle. ``twice_median`` is twice the median (an exact integer in units
+    of 1e-8, as the API's medians are kept); prices in units of 1e-8."""
+
+    open_time: int
+    open: int
+    high: int
+    low: int
+    close: int
+    count: int
+    twice_median: int
+    open_id: int
+    close_id: int
+
+
+class PyPeriod:
+    """One period's trades: open, close, extremes, count and levels (price -> trades).
+
+    The pure twin of the compiled ``Period`` (``medianserv/_candles.c``), with the same
+    interface. Runtime complexity: :meth:`add` O(1) expected; :meth:`fold` O(levels of the
+    other); :meth:`items` O(L log L) for L levels; :meth:`copy` O(L).
+    """
+
+    __slots__ = ("_levels", "close_id", "close_price", "count", "high", "length", "low",
+                 "open_id", "open_price", "start")  # fmt: skip
+
+    def __init__(self, start: int, length: int) -> None:
+        self.start = start
+        self.length = length
+        self.open_id = self.close_id = -1
+        self.open_price = self.close_price = self.high = self.low = 0
+        self.count = 0
+        self._levels: dict[int, int] = {}
+
+    @property
+    def levels(self) -> int:
+        """Distinct prices held. O(1)."""
+        return len(self._levels)
+
+    def add(self, lo: int, hi: int, price: int, times: int) -> None:
+        """Count ``times`` trades at ``price`` with ids ``lo..hi`` (one trade: ``lo == hi``;
+        an aggregate row: all its ids at one price). O(1) expected."""
+        if not self.count:
+            self.open_id, self.open_price, self.close_id, self.close_price = lo, price, hi, price
+            self.high = self.low = price
+        else:
+            if lo < self.open_id:
+                self.open_id, self.open_price = lo, price
+            if hi > self.close_id:
+                self.close_id, self.close_price = hi, price
+            if price > self.high:
+                self.high = price
+            elif price < self.low:
+                self.low = price
+        self.count += times
+        levels = self._levels
+        levels[price] = levels.get(price, 0) + times
+
+    def add_in(self, trade_id: int, price: int, time_ms: int) -> bool:
+        """:meth:`add` one trade if ``time_ms`` falls in this period; False, and nothing done,
+        if not. O(1) expected. What the per-trade path does for each trade."""
+        if not 0 <= time_ms - self.start < self.length:
+            return False
+        self.add(trade_id, trade_id, price, 1)
+        return True
+
+    def fold(self, other: PyPeriod) -> None:
+        """Add every trade of ``other`` (a period inside this one). O(levels of other)."""
+        if not other.count:
+            return
+        if not self.count:
+            self.open_id, self.open_price = other.open_id, other.open_price
+            self.close_id, self.close_price = other.close_id, other.close_price
+            self.high, self.low = other.high, other.low
+        else:
+            if other.open_id < self.open_id:
+                self.open_id, self.open_price = other.open_id, other.open_price
+            if other.close_id > self.close_id:
+                self.close_id, self.close_price = other.close_id, other.close_price
+            self.high = max(self.high, other.high)
+            self.low = min(self.low, other.low)
+        self.count += other.count
+        levels = self._levels
+        for price, n in other._levels.items():
+            levels[price] = levels.get(price, 0) + n
+
+    def copy(self) -> PyPeriod:
+        """A detached copy. O(L)."""
+        twin = PyPeriod(self.start, self.length)
+        twin.open_id, twin.open_price = self.open_id, self.open_price
+        twin.close_id, twin.close_price = self.close_id, self.close_price
+        twin.high, twin.low, twin.count = self.high, self.low, self.count
+        twin._levels = dict(self._levels)
+        return twin
+
+    def items(self) -> tuple[list[int], list[int]]:
+        """(prices, counts), ascending by price. O(L log L)."""
+        prices = sorted(self._levels)
+        levels = self._levels
+        return prices, [levels[p] for p in prices]
+
+    def add_level(self, price: int, times: int) -> None:
+        """Count ``times`` trades at ``price`` in the levels and the count alone (a stored
+        period restored level by level; its other fields are set after). O(1) expected."""
+        if times <= 0:
+            raise ValueError("add_level: times must be positive")
+        self.count += times
+        self._levels[price] = self._levels.get(price, 0) + times
+
+
+def period_row(period: Any) -> CandleRow:
+    """A period's candle, its median exact. O(L log L). The period must hold a trade."""
+    prices, counts = period.items()
+    return CandleRow(period.start, period.open_price, period.high, period.low,
+                     period.close_price, period.count,
+                     _twice_median(prices, counts, period.count),
+                     period.open_id, period.close_id)  # fmt: skip
+
+
+def period_key(period: Any) -> tuple[Any, ...]:
+    """A period as plain values, equal for equal periods of either twin. O(L log L)."""
+    prices, counts = period.items()
+    return (period.start, period.length, *period_fields(period), tuple(prices), tuple(counts))
+
+
+def state_key(state: CandleState | None) -> Any:
+    """A harvest's candles as plain values (periods as :func:`period_key`). O(L log L)."""
+    if state is None:
+        return None
+    periods = tuple(
+        tuple((s, r, None if p is None else period_key(p)) for s, r, p in entries)
+        for entries in state.periods
+    )
+    return state._replace(periods=periods)
+
+
+def period_fields(period: Any) -> tuple[int, int, int, int, int, int, int]:
+    """(open_id, open_price, close_id, close_price, high, low, count): what is stored beside
+    its levels. O(1)."""
+    return (period.open_id, period.open_price, period.close_id, period.close_price,
+            period.high, period.low, period.count)  # fmt: skip
+
+
+def restore_period(
+    start: int, length: int, fields: Sequence[int], prices: Iterable[int], counts: Iterable[int]
+) -> Any:
+    """The period (of the type in use) that :func:`period_fields` and its levels describe.
+    ``ValueError`` if the levels do not add up to its count or the fields contradict them.
+    O(L)."""
+    period = _Period(start, length)
+    for price, n in zip(prices, counts, strict=True):
+        period.add_level(int(price), int(n))
+    open_id, open_price, close_id, close_price, high, low, count = (int(f) for f in fields)
+    if count != period.count or count <= 0 or open_id > close_id or low > high:
+        raise ValueError("a stored candle contradicts its levels")
+    period.open_id, period.open_price, period.close_id = open_id, open_price, close_id
+    period.close_price, period.high, period.low = close_price, high, low
+    return period
+
+
+def _twice_median(prices: Sequence[int], counts: Sequence[int], n: int) -> int:
+    """Twice the median of ``n`` trades at ascending ``prices`` (``counts`` each): the sum of
+    the prices at ranks (n - 1) // 2 and n // 2. O(L)."""
+    lo_rank, hi_rank = (n - 1) // 2, n // 2
+    seen = 0
+    lo_price = None
+    for price, k in zip(prices, counts, strict=True):
+        seen += k
+        if lo_price is None and seen > lo_rank:
+            lo_price = price
+        if seen > hi_rank:
+            assert lo_price is not None
+            return lo_price + price
+    raise ValueError("the levels hold fewer trades than counted")
+
+
+_Period: Any = PyPeriod
+
+
+def use_period(kind: Any) -> None:
+    """Choose the period type of every Candles made from now on: the compiled ``Period`` or
+    :class:`PyPeriod` (see :func:`medianserv.symbols.use_compiled`)."""
+    global _Period
+    _Period = kind
+
+
+class CandleState(NamedTuple):
+    """What a harvest hands to the snapshot, or a restore takes: the book's bounds, and per
+    interval the periods to store, each ``(start, row, period)``: a settled row (period
+    None) or an open period (row None) whose levels are stored whole."""
+
+    first_ms: int
+    latest_ms: int
+    front_top_ms: int | None
+    current: int | None  # the start of the current minute, if any
+    periods: tuple[list[tuple[int, CandleRow | None, Any]], ...]
+    # per interval, the open time before which stored periods are past retention (None: none)
+    expired: tuple[int | None, ...] = (None, None, None)
+
+
+def then_candles(before: CandleState | None, after: CandleState | None) -> CandleState | None:
+    """Two harvests as one (a write failed, the earlier is retried with the later): the later
+    bounds, the earlier periods then the later (written in order, the later put of a period
+    stays). O(periods)."""
+    if before is None or after is None:
+        return after or before
+    periods = tuple(a + b for a, b in zip(before.periods, after.periods, strict=True))
+    return after._replace(periods=periods)
+
+
+class Candles:
+    """One symbol's candles of every interval (see the module docstring).
+
+    Runtime complexity: :meth:`add` O(1) expected (O(levels of a minute) when it retires the
+    current minute); :meth:`harvest` O(p + L log L) for p open periods and L levels of those
+    settled or changed; :meth:`rows` O(p + L log L) for L the levels of the open periods in the
+    window.
+    """
+
+    __slots__ = ("dirty", "first_ms", "front_top_ms", "harvested", "latest_ms", "left_out",
+                 "minute", "open", "recent")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
+        self.open: tuple[dict[int, Any], ...] = ({}, {}, {})  # start -> retired open period
+        self.recent: tuple[dict[int, CandleRow], ...] = ({}, {}, {})  # settled, being written
+        self.dirty: tuple[set[int], ...] = (set(), set(), set())  # open starts changed
+        self.first_ms = -1  # the earliest trade time counted (-1: none yet)
+        self.latest_ms = -1  # the latest
+        self.front_top_ms: int | None = None  # history to import lies at or before this
+        self.harvested: tuple[int, int] = (-1, 0)  # the current minute's (start, count) then
+        self.left_out = 0  # trades beyond LIMIT, not in any candle (in memory only)
+
+    # -- counting -------------------------------------------------------------------------------
+
+    def add(self, lo: int, hi: int, price: int, time_ms: int, times: int = 1) -> None:
+        """Count ``times`` trades at ``price``, ids ``lo..hi``, at ``time_ms``. O(1) expected.
+        A trade whose id or time is beyond :data:`LIMIT` (no real one is) is left out of the
+        candles and counted in :attr:`left_out`, never raised about: the caller has counted
+        it already."""
+        if not (0 <= lo <= hi < LIMIT and 0 <= time_ms < LIMIT and 0 <= price < 2**64):
+            self.left_out += times
+            return
+        if time_ms > self.latest_ms:
+            self.latest_ms = time_ms
+        if time_ms < self.first_ms or self.first_ms < 0:
+            self.first_ms = time_ms
+        start = time_ms - time_ms % 60_000
+        minute = self.minute
+        if minute is not None and minute.start == start:
+            minute.add(lo, hi, price, times)
+            return
+        if minute is None or start > minute.start:
+            if minute is not None:
+                self._retire(minute)
+            minute = self.minute = _Period(start, 60_000)
+            minute.add(lo, hi, price, times)
+            return
+        for k in (MINUTE, HOUR, DAY):  # a late trade: into its own periods
+            self._period(k, time_ms - time_ms % _LENGTHS[k]).add(lo, hi, price, times)
+
+    def _retire(self, minute: Any) -> None:
+        """The current minute is over: fold it into its hour and day, keep it open. O(L)."""
+        self.open[MINUTE][minute.start] = minute
+        self.dirty[MINUTE].add(minute.start)
+        for k in (HOUR, DAY):
+            self._period(k, minute.start - minute.start % _LENGTHS[k]).fold(minute)
+
+    def _period(self, k: int, start: int) -> Any:
+        """The open period of interval ``k`` at ``start`` (made if new), marked changed."""
+        periods = self.open[k]
+        period = periods.get(start)
+        if period is None:
+            period = periods[start] = _Period(start, _LENGTHS[k])
+        self.dirty[k].add(start)
+        return period
+
+    def takes(self, time_ms: int) -> bool:
+        """Whether a trade at ``time_ms`` goes into the current minute and moves no bound
+        but the latest: what the per-trade path applies (and its compiled twin checks the
+        same), anything else going through :meth:`add`'s general case. O(1)."""
+        minute = self.minute
+        return (minute is not None and 0 <= time_ms - minute.start < 60_000
+                and time_ms >= self.first_ms)  # fmt: skip
+
+    @property
+    def count(self) -> int:
+        """Trades counted in the open periods' minutes (the current one included): what a
+        check adds up. O(p)."""
+        minute = self.minute.count if self.minute is not None else 0
+        return minute + sum(p.count for p in self.open[MINUTE].values())
+
+    # -- settling and snapshots -----------------------------------------------------------------
+
+    def start_history(self) -> None:
+        """History before every trade counted is about to be imported: it lies at or before
+        the earliest trade time counted. O(1)."""
+        self.front_top_ms = self.first_ms if self.first_ms >= 0 else None
+
+    def _can_land(self, ids: TradeIds, start: int, end: int) -> bool:
+        """Whether a trade of ``start..end`` (ms, end excluded) may still be counted. O(g)."""
+        if self.latest_ms < end:
+            return True  # not over
+        if not ids.history_complete and ids.front is None and start <= self.first_ms:
+            return True  # counting began in it: the range may still reach below
+        front = ids.front
+        if front is not None and _overlaps(front.after_ms, self.front_top_ms, start, end):
+            return True
+        return any(_overlaps(g.after_ms, g.before_ms, start, end) for g in ids.gaps)
+
+    def harvest(self, ids: TradeIds, keep_ms: Sequence[int | None]) -> CandleState | None:
+        """Settle every open period no trade can land in any more, drop those older than
+        ``keep_ms[k]`` before the latest trade (None: keep forever), and hand over what
+        changed since the last harvest: settled rows, and copies of the open periods changed
+        (the current minute included). None if nothing did. O(p + L log L)."""
+        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
+        expired: list[int | None] = [None, None, None]
+        for k, (_, length) in enumerate(INTERVALS):
+            self.recent[k].clear()  # written by the snapshot that took them
+            keep = keep_ms[k]
+            oldest = None if keep is None else self.latest_ms - keep
+            if oldest is not None:
+                expired[k] = oldest - length + 1
+            out, opened, dirty = periods[k], self.open[k], self.dirty[k]
+            for start in sorted(opened):
+                if oldest is not None and start + length <= oldest:
+                    del opened[start]  # past retention: its stored record goes with it
+                    dirty.discard(start)
+                    continue
+                if self._can_land(ids, start, start + length):
+                    continue
+                row = period_row(opened.pop(start))
+                self.recent[k][start] = row
+                out.append((start, row, None))
+                dirty.discard(start)
+            out.extend((start, None, opened[start].copy()) for start in sorted(dirty))
+            dirty.clear()
+        minute = self.minute
+        if minute is not None and (minute.start, minute.count) != self.harvested:
+            self.harvested = (minute.start, minute.count)
+            periods[MINUTE].append((minute.start, None, minute.copy()))
+        if not any(periods):
+            return None
+        current = None if minute is None else minute.start
+        return CandleState(self.first_ms, self.latest_ms, self.front_top_ms, current, periods,
+                           tuple(expired))  # fmt: skip
+
+    @classmethod
+    def restore(cls, state: CandleState) -> Candles:
+        """The book a stored state describes (open periods only; settled rows stay in the
+        store). O(L)."""
+        book = cls()
+        book.first_ms, book.latest_ms, book.front_top_ms = (
+            state.first_ms, state.latest_ms, state.front_top_ms,
+        )  # fmt: skip
+        for k, entries in enumerate(state.periods):
+            for start, row, period in entries:
+                if row is not None or period is None:
+                    continue
+                if k == MINUTE and start == state.current:
+                    book.minute = period
+                    book.harvested = (start, period.count)
+                else:
+                    book.open[k][start] = period
+        return book
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def snapshot(self, k: int, start: int, end: int) -> tuple[list[CandleRow], list[Any]]:
+        """Of interval ``k``, the rows settled and not yet in the store, and copies of the open
+        periods (the current minute folded in) starting in ``start..end`` (end excluded): what
+        a reader takes under the lock, to compute their medians after it. O(p + L)."""
+        rows = [row for s, row in self.recent[k].items() if start <= s < end]
+        opened = {s: p for s, p in self.open[k].items() if start <= s < end}
+        copies = {s: p.copy() for s, p in opened.items()}
+        minute = self.minute
+        if minute is not None and minute.count:
+            s = minute.start - minute.start % _LENGTHS[k]
+            if start <= s < end:
+                if s in copies:
+                    copies[s].fold(minute)
+                else:
+                    copies[s] = minute.copy() if k == MINUTE else _folded(minute, k)
+        return rows, [copies[s] for s in sorted(copies)]
+
+    def canonical(self) -> tuple[Any, ...]:
+        """Everything the book holds as plain values (periods as :func:`period_key`): what
+        tests compare, whichever twin holds the periods. O(L log L)."""
+        minute = None if self.minute is None else period_key(self.minute)
+        opened = tuple(tuple(period_key(p) for _, p in sorted(o.items())) for o in self.open)
+        recent = tuple(tuple(sorted(r.items())) for r in self.recent)
+        return (minute, opened, recent, self.first_ms, self.latest_ms, self.front_top_ms,
+                self.left_out)  # fmt: skip
+
+    def _check(self) -> None:
+        """Assert the book's invariants: every open hour and day holds exactly the trades of
+        the retired open minutes inside it, where all of them are still open. O(L); for tests."""
+        minutes = self.open[MINUTE]
+        for k in (HOUR, DAY):
+            for start, period in self.open[k].items():
+                inside = [m for s, m in minutes.items() if start <= s < start + _LENGTHS[k]]
+                assert period.count >= sum(m.count for m in inside), "a period lost trades"
+        if self.minute is not None:
+            assert self.minute.start not in minutes, "the current minute retired twice"
+
+
+def _folded(minute: Any, k: int) -> Any:
+    period = _Period(minute.start - minute.start % _LENGTHS[k], _LENGTHS[k])
+    period.fold(minute)
+    return period
+
+
+def _overlaps(after_ms: int | None, before_ms: int | None, start: int, end: int) -> bool:
+    """Whether times in ``after_ms..before_ms`` (None: unbounded) meet ``start..end - 1``."""
+    return (after_ms is None or after_ms < end) and (before_ms is None or before_ms >= start)
+
+
+def final_flags(rows: Sequence[CandleRow], origin: int | None) -> list[bool]:
+    """For consecutive stored rows of one interval, ascending by time, whether each is final
+    (see the module docstring): its count spans its ids, the row before ends just below it
+    (or it opens at ``origin``, the symbol's first trade id) and the row after starts just
+    above it (so the period has ended). O(rows)."""
+    out = []
+    for i, row in enumerate(rows):
+        inside = row.count == row.close_id - row.open_id + 1
+        below = row.open_id == origin or (i > 0 and rows[i - 1].close_id == row.open_id - 1)
+        above = i + 1 < len(rows) and rows[i + 1].open_id == row.close_id + 1
+        out.append(inside and below and above)
+    return out
+
+
+def select_rows(
+    stored: Iterable[CandleRow],
+    memory: Iterable[CandleRow],
+    origin: int | None,
+    start: int | None,
+    end: int | None,
+    limit: int,
+) -> list[tuple[CandleRow, bool]]:
+    """What ``GET /{symbol}/candles`` answers, from the stored rows (with a neighbour beyond
+    each end of the window) and memory's: rows with open time in ``start..end`` (end
+    excluded; None: unbounded), the first ``limit`` from ``start`` when it is given, else
+    the last ``limit`` before ``end``; each with whether it is final. O(r log r)."""
+    rows = merge_rows(stored, memory)
+    finals = final_flags(rows, origin)
+    lo = start if start is not None else -1
+    inside = [i for i, r in enumerate(rows) if lo <= r.open_time and (end is None or r.open_time < end)]
+    chosen = inside[:limit] if start is not None else inside[-limit:] if limit else []
+    return [(rows[i], finals[i]) for i in chosen]
+
+
+def merge_rows(stored: Iterable[CandleRow], memory: Iterable[CandleRow]) -> list[CandleRow]:
+    """Rows of the store and of memory by open time, memory's taking precedence (it is the
+    newer). O(r log r)."""
+    by_start = {row.open_time: row for row in stored}
+    by_start.update((row.open_time, row) for row in memory)
+    return [by_start[s] for s in sorted(by_start)]

@@ -1,0 +1,384 @@
+"""Median candles against brute-force oracles: both period twins, the book through the real
+SymbolStats (live trades, jumps, backfills, restarts, retention), LMDB round trips and the
+window selection of GET /{symbol}/candles."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medianserv import candles, symbols
+from medianserv.candles import (
+    INTERVALS,
+    CandleRow,
+    CandleState,
+    PyPeriod,
+    final_flags,
+    period_key,
+    period_row,
+    restore_period,
+    select_rows,
+)
+from medianserv.median import CRunningMedian
+from medianserv.store import Store
+from medianserv.symbols import Row, SymbolStats
+
+try:
+    from medianserv._native import Period as CPeriod  # type: ignore[attr-defined]
+except ImportError:
+    CPeriod = None
+
+TWINS = [False] + ([True] if CRunningMedian is not None else [])
+PERIODS = [PyPeriod] + ([CPeriod] if CPeriod is not None else [])
+LENGTHS = [length for _, length in INTERVALS]
+
+
+@pytest.fixture(autouse=True)
+def _defaults() -> Iterator[None]:
+    yield
+    symbols.use_compiled(CRunningMedian is not None)
+    symbols.keep_candles(True, [7 * 86_400_000, 90 * 86_400_000, None])
+
+
+# -- the period twins -------------------------------------------------------------------------
+
+period_ops = st.lists(
+    st.tuples(st.integers(0, 10**6), st.integers(0, 3), st.integers(0, 2**64 - 1) | st.integers(1, 9),
+              st.integers(1, 5)),
+    max_size=60,
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(period_ops, period_ops, st.integers(0, 10**6))
+def test_period_twins_equal_each_other_and_the_oracle(
+    ops: list[tuple[int, int, int, int]], other: list[tuple[int, int, int, int]], at: int
+) -> None:
+    """add, fold, copy, add_in and the row of both twins: the same fields and levels, and a
+    row equal to one computed from the trades themselves."""
+    keys = []
+    for kind in PERIODS:
+        p, q = kind(60_000, 3_600_000), kind(60_000, 3_600_000)
+        trades: list[tuple[int, int, int, int]] = []
+        for lo, extra, price, times in ops:
+            p.add(lo, lo + extra, price, times)
+            trades.append((lo, lo + extra, price, times))
+        for lo, extra, price, times in other:
+            q.add(lo, lo + extra, price, times)
+            trades.append((lo, lo + extra, price, times))
+        before = period_key(p)
+        twin = p.copy()
+        p.fold(q)
+        assert period_key(twin) == before  # a copy is detached
+        took = p.add_in(at, 7, 5 * at)
+        assert took == (60_000 <= 5 * at < 3_660_000)
+        if took:
+            trades.append((at, at, 7, 1))
+        keys.append(period_key(p))
+        if trades:
+            assert period_row(p) == oracle_row(60_000, trades)
+    assert all(k == keys[0] for k in keys)
+
+
+def oracle_row(start: int, trades: list[tuple[int, int, int, int]]) -> CandleRow:
+    """The candle of (lo, hi, price, times) trades, from its definition."""
+    prices = sorted(p for _, _, p, n in trades for _ in range(n))
+    n = len(prices)
+    lo = min(trades, key=lambda t: t[0])
+    hi = max(trades, key=lambda t: t[1])
+    # open/close: the price of the lowest/highest id; ties of an id are a twin's choice
+    # only where two trades share an id, which no caller does
+    return CandleRow(start, lo[2], prices[-1], prices[0], hi[2], n,
+                     prices[(n - 1) // 2] + prices[n // 2], lo[0], hi[1])  # fmt: skip
+
+
+def test_period_restore_refuses_what_contradicts_itself() -> None:
+    for kind in PERIODS:
+        candles.use_period(kind)
+        p = restore_period(0, 60_000, (1, 5, 3, 6, 6, 5, 3), [5, 6], [1, 2])
+        assert period_row(p) == CandleRow(0, 5, 6, 5, 6, 3, 12, 1, 3)
+        for fields, prices, counts in [
+            ((1, 5, 3, 6, 6, 5, 4), [5, 6], [1, 2]),  # count off
+            ((3, 5, 1, 6, 6, 5, 3), [5, 6], [1, 2]),  # ids reversed
+            ((1, 5, 3, 6, 6, 5, 3), [5, 6], [1, 0]),  # an empty level
+        ]:
+            with pytest.raises(ValueError):
+                restore_period(0, 60_000, fields, prices, counts)
+    candles.use_period(CPeriod or PyPeriod)
+
+
+# -- the book through SymbolStats, against the trades themselves ------------------------------
+
+
+class Market:
+    """One symbol's true trades (ids 1.., times rising) and what reached the service."""
+
+    def __init__(self, rnd: random.Random, n: int, steps: list[int]) -> None:
+        self.trades: list[tuple[int, int, int]] = []  # id, price, time
+        t = 1_700_000_000_000
+        for i in range(1, n + 1):
+            t += rnd.choice(steps)
+            self.trades.append((i, rnd.randrange(95, 106), t))
+
+    def candles(self, counted: set[int], k: int) -> dict[int, CandleRow]:
+        length = LENGTHS[k]
+        groups: dict[int, list[tuple[int, int, int, int]]] = {}
+        for tid, price, t in self.trades:
+            if tid in counted:
+                groups.setdefault(t - t % length, []).append((tid, tid, price, 1))
+        return {s: oracle_row(s, g) for s, g in groups.items()}
+
+    def truly_final(self, counted: set[int], k: int, start: int) -> bool:
+        """Every trade of the period counted, and a counted trade after it."""
+        end = start + LENGTHS[k]
+        inside = [tid for tid, _, t in self.trades if start <= t < end]
+        after = [tid for tid, _, t in self.trades if t >= end and tid in counted]
+        return all(tid in counted for tid in inside) and bool(after)
+
+
+class FakeStore:
+    """The candles db as a dict: what harvests put, as LMDB would hold it."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[int, int], Any] = {}
+        self.meta: tuple[int, int, int | None, int | None] | None = None
+
+    def put(self, state: CandleState | None) -> None:
+        if state is None:
+            return
+        self.meta = (state.first_ms, state.latest_ms, state.front_top_ms, state.current)
+        for k, expired in enumerate(state.expired):
+            if expired is not None:
+                for key in [key for key in self.items if key[0] == k and key[1] < expired]:
+                    del self.items[key]
+        for k, entries in enumerate(state.periods):
+            for start, row, period in entries:
+                self.items[(k, start)] = row if row is not None else period_key(period)
+
+    def load(self) -> CandleState | None:
+        if self.meta is None:
+            return None
+        periods: tuple[list[Any], ...] = ([], [], [])
+        for (k, start), value in sorted(self.items.items()):
+            if not isinstance(value, CandleRow):
+                fields, prices, counts = value[2:9], value[9], value[10]
+                periods[k].append((start, None, restore_period(start, LENGTHS[k], fields,
+                                                               prices, counts)))  # fmt: skip
+        return CandleState(*self.meta, periods)
+
+    def rows(self, k: int) -> list[CandleRow]:
+        return [v for (kk, _), v in sorted(self.items.items()) if kk == k and isinstance(v, CandleRow)]
+
+
+def snapshot(stats: SymbolStats, store: FakeStore) -> None:
+    state = stats.harvest()
+    if state is not None:
+        store.put(state.candles)
+
+
+def restart(stats: SymbolStats, store: FakeStore) -> SymbolStats:
+    snapshot(stats, store)
+    full = stats.full_state()
+    full.candles = store.load()
+    return SymbolStats.restore(full)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.sampled_from(TWINS), st.sampled_from(["live", "late", "rest"]),
+       st.sampled_from([[0, 1, 5_000], [1_000, 30_000, 400_000], [0, 600_000, 7_200_000]]))  # fmt: skip
+def test_candles_equal_the_trades_counted(seed: int, compiled: bool, style: str,
+                                          steps: list[int]) -> None:  # fmt: skip
+    """Random markets (a minute's worth of trades to a few a day), delivered live with jumps
+    (gaps), backfilled by REST rows and single late trades in any order, with restarts and
+    snapshots anywhere: every interval's rows (stored, and in memory) equal the candles of
+    exactly the trades counted; a row said final is truly final (every trade of its period
+    counted, one after it too); and once every trade is counted, every row but the last is
+    final. The counts of a symbol's minute candles add up to its count."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    rnd = random.Random(seed)
+    market = Market(rnd, rnd.randrange(1, 400), steps)
+    stats = SymbolStats("X")
+    store = FakeStore()
+    counted: set[int] = set()
+    skipped: list[int] = []
+    by_id = {tid: (price, t) for tid, price, t in market.trades}
+    for tid, price, t in market.trades:
+        if counted and rnd.random() < 0.1:
+            skipped.append(tid)  # missed by the stream: a gap when the next one comes
+        else:
+            if stats.apply_common(tid, price, t) is None:
+                stats.apply(tid, price, t)
+            counted.add(tid)
+        roll = rnd.random()
+        if roll < 0.05:
+            snapshot(stats, store)
+        elif roll < 0.07:
+            stats = restart(stats, store)
+        if skipped and rnd.random() < 0.1:
+            fill = skipped.pop(rnd.randrange(len(skipped)))
+            fill_one(stats, style, fill, by_id, counted)
+    rnd.shuffle(skipped)
+    for i, fill in enumerate(skipped):
+        fill_one(stats, style, fill, by_id, counted)
+        if i % 3 == 0:
+            snapshot(stats, store)
+    snapshot(stats, store)
+    stats._check()
+    check_candles(stats, store, market, counted, complete=not stats.ids.gaps)
+    stats = restart(stats, store)
+    check_candles(stats, store, market, counted, complete=not stats.ids.gaps)
+
+
+def fill_one(stats: SymbolStats, style: str, tid: int, by_id: dict[int, tuple[int, int]],
+             counted: set[int]) -> None:  # fmt: skip
+    price, t = by_id[tid]
+    highest = stats.ids.highest
+    if style == "rest" and highest is not None and tid < highest:  # REST fills gaps only
+        stats.apply_rows([Row(tid, tid, price, t)])
+    else:
+        stats.apply(tid, price, t)
+    counted.add(tid)  # inside a gap: every skipped id comes after a counted one
+
+
+def check_candles(stats: SymbolStats, store: FakeStore, market: Market, counted: set[int],
+                  complete: bool) -> None:  # fmt: skip
+    assert stats.view().count == len(counted)
+    for k in range(len(INTERVALS)):
+        memory, origin = stats.candle_rows(k, 0, 2**62)
+        rows = select_rows(store.rows(k), memory, origin, None, None, 10**6)
+        expected = market.candles(counted, k)
+        assert {r.open_time: r for r, _ in rows} == expected, INTERVALS[k][0]
+        for row, final in rows:
+            if final:
+                assert market.truly_final(counted, k, row.open_time), (INTERVALS[k][0], row)
+        if complete and rows:
+            # the first period is where counting began: final only from the symbol's origin
+            assert all(final for _, final in rows[1:-1]), INTERVALS[k][0]
+    minutes = select_rows(store.rows(0), stats.candle_rows(0, 0, 2**62)[0], None, None, None,
+                          10**6)  # fmt: skip
+    assert sum(r.count for r, _ in minutes) == stats.view().count
+
+
+def test_a_trade_on_a_period_boundary_opens_the_next_period() -> None:
+    stats = SymbolStats("X")
+    stats.apply(1, 10, 59_999)
+    stats.apply(2, 20, 60_000)
+    stats.apply(3, 30, 3_600_000)
+    rows = stats.candle_rows(0, 0, 2**62)[0]
+    assert [(r.open_time, r.count, r.open) for r in rows] == [(0, 1, 10), (60_000, 1, 20),
+                                                              (3_600_000, 1, 30)]  # fmt: skip
+    hours = stats.candle_rows(1, 0, 2**62)[0]
+    assert [(r.open_time, r.count, r.twice_median) for r in hours] == [(0, 2, 30),
+                                                                       (3_600_000, 1, 60)]  # fmt: skip
+
+
+def test_retention_drops_old_minutes_and_keeps_days() -> None:
+    symbols.keep_candles(True, [120_000, None, None])
+    stats = SymbolStats("X")
+    store = FakeStore()
+    for i in range(1, 11):
+        stats.apply(i, 100 + i, i * 60_000)
+        snapshot(stats, store)
+    minutes = store.rows(0) + stats.candle_rows(0, 0, 2**62)[0]
+    assert min(r.open_time for r in minutes) >= 10 * 60_000 - 120_000 - 60_000
+    days = select_rows(store.rows(2), stats.candle_rows(2, 0, 2**62)[0], None, None, None, 10)
+    assert [r.count for r, _ in days] == [10]
+
+
+def test_candles_off_costs_nothing_and_changes_nothing_else() -> None:
+    symbols.keep_candles(False)
+    stats = SymbolStats("X")
+    assert stats.candles is None
+    stats.apply(1, 10, 0)
+    assert stats.apply_common(2, 11, 1) is not None
+    assert stats.candle_rows(0, 0, 2**62) == ([], None)
+    state = stats.harvest()
+    assert state is not None and state.candles is None
+
+
+# -- the window of GET /{symbol}/candles ------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 40), unique=True, max_size=30), st.integers(0, 45) | st.none(),
+       st.integers(0, 45) | st.none(), st.integers(1, 8), st.data())  # fmt: skip
+def test_select_rows_is_the_window_asked_for(
+    starts: list[int], start: int | None, end: int | None, limit: int, data: st.DataObject
+) -> None:
+    rows = [CandleRow(s, 1, 1, 1, 1, 1, 2, s * 10, s * 10 + data.draw(st.sampled_from([0, 9])))
+            for s in sorted(starts)]  # fmt: skip
+    split = data.draw(st.integers(0, len(rows)))
+    got = select_rows(rows[:split], rows[split:], None, start, end, limit)
+    inside = [r for r in rows if (start is None or r.open_time >= start)
+              and (end is None or r.open_time < end)]  # fmt: skip
+    want = inside[:limit] if start is not None else inside[-limit:]
+    assert [r for r, _ in got] == want
+    flags = dict(zip(rows, final_flags(rows, None), strict=True))
+    for r, final in got:
+        i = rows.index(r)
+        assert final == flags[r] == (
+            r.close_id - r.open_id + 1 == r.count and 0 < i < len(rows) - 1
+            and rows[i - 1].close_id == r.open_id - 1 and rows[i + 1].open_id == r.close_id + 1
+        )  # fmt: skip
+
+
+# -- LMDB ---------------------------------------------------------------------------------------
+
+
+def test_the_store_keeps_candles_across_a_restart(tmp_path: Path) -> None:
+    """Snapshots through the real store: a restored symbol's open periods and the store's
+    settled rows give the same candles as before; the store's windowed reads bring the row
+    beyond each end; retention deletes stored rows."""
+    symbols.keep_candles(True, [None, None, None])
+    rnd = random.Random(7)
+    market = Market(rnd, 500, [1_000, 20_000, 90_000])
+    store = Store.open(tmp_path)
+    stats = SymbolStats("BTCUSDT")
+    for i, (tid, price, t) in enumerate(market.trades):
+        stats.apply(tid, price, t)
+        if i % 37 == 0:
+            store.save([s for s in [stats.harvest()] if s is not None])
+    store.save([s for s in [stats.harvest()] if s is not None])
+    before = [stats.candle_rows(k, 0, 2**62)[0] for k in range(3)]
+    expected = [market.candles({t[0] for t in market.trades}, k) for k in range(3)]
+    (state,) = store.load()
+    restored = SymbolStats.restore(state)
+    for k in range(3):
+        memory = restored.candle_rows(k, 0, 2**62)[0]
+        stored = store.candles("BTCUSDT", k, 0, 2**62, 10**6, True)
+        rows = select_rows(stored, memory, None, None, None, 10**6)
+        assert {r.open_time: r for r, _ in rows} == expected[k]
+        assert memory == [r for r in before[k] if r.open_time not in {s.open_time for s in stored}]
+        all_rows = sorted(stored)
+        windows = [(0, 2**62, 3)] if all_rows else []
+        if len(all_rows) > 6:
+            windows += [(all_rows[2].open_time, all_rows[-3].open_time, 2),
+                        (all_rows[2].open_time, all_rows[4].open_time, 5)]  # fmt: skip
+        for lo, hi, limit in windows:
+            up = store.candles("BTCUSDT", k, lo, hi, limit, True)
+            down = store.candles("BTCUSDT", k, lo, hi, limit, False)
+            inside = [r for r in all_rows if lo <= r.open_time < hi]
+            i, j = all_rows.index(inside[0]), all_rows.index(inside[-1])
+            # the row beyond each end of the window, limit rows inside
+            assert up == all_rows[max(0, i - 1) : min(i + limit + 1, j + 2)]
+            assert down == all_rows[max(0, j - limit, i - 1) : j + 2]
+    # retention: minutes older than an hour before the latest trade go
+    symbols.keep_candles(True, [3_600_000, None, None])
+    old = store.candles("BTCUSDT", 0, 0, market.trades[-1][2] - 3_700_000, 10**6, True)
+    assert len(old) > 10
+    restored.apply(501, 100, market.trades[-1][2] + 1)
+    store.save([s for s in [restored.harvest()] if s is not None])
+    latest = market.trades[-1][2] + 1
+    assert all(r.open_time + 60_000 > latest - 3_600_000
+               for r in store.candles("BTCUSDT", 0, 0, 2**62, 10**6, True))  # fmt: skip
+    days = select_rows(store.candles("BTCUSDT", 2, 0, 2**62, 10**6, True),
+                       restored.candle_rows(2, 0, 2**62)[0], None, None, None, 10**6)  # fmt: skip
+    assert sum(r.count for r, _ in days) == 501  # days are kept forever
+    store.close()
