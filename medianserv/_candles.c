@@ -182,7 +182,7 @@ static PyObject *Period_items(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (n && !pairs) return PyErr_NoMemory();
     for (size_t i = 0; i < p->levels.cap; i++)
         if (p->levels.vals[i]) pairs[k++] = (Pair){p->levels.keys[i], p->levels.vals[i]};
-    qsort(pairs, n, sizeof *pairs, pair_cmp);
+    if (n) qsort(pairs, n, sizeof *pairs, pair_cmp);
     PyObject *prices = PyList_New((Py_ssize_t)n), *counts = PyList_New((Py_ssize_t)n);
     if (!prices || !counts) goto fail;
     for (size_t i = 0; i < n; i++) {

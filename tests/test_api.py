@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medianserv.api import Bodies, HttpServer, create_app, openapi_document
+from medianserv.candles import CandleRow
+from medianserv.store import Store
 from medianserv.symbols import SymbolTable
 
 
@@ -28,6 +30,7 @@ class State:
         for tid, price in ((10, 6183763000000), (11, 6183764000000), (14, 6183763000000)):
             btc.apply(tid, price, 1723161255342 + tid)
         self.is_ready = (False, "connections [0] not subscribed yet")
+        self.stored: Store | None = None  # where settled candles are read, if anywhere
 
     def table(self) -> SymbolTable:
         return self._table
@@ -52,6 +55,11 @@ class State:
 
     def history_status(self, symbol: str, complete: bool) -> str:
         return "complete" if complete else "importing" if symbol == "ETHBTC" else "none"
+
+    def stored_candles(
+        self, symbol: str, k: int, start: int, end: int, limit: int, from_start: bool
+    ) -> list[CandleRow]:
+        return self.stored.candles(symbol, k, start, end, limit, from_start) if self.stored else []
 
 
 @pytest.fixture

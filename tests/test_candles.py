@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import falcon.testing
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,9 +26,13 @@ from medianserv.candles import (
     restore_period,
     select_rows,
 )
+from medianserv.api import create_app
 from medianserv.median import CRunningMedian
+from medianserv.prices import format_median, format_price
 from medianserv.store import Store
 from medianserv.symbols import Row, SymbolStats
+
+from .test_api import State
 
 try:
     from medianserv._native import Period as CPeriod  # type: ignore[attr-defined]
@@ -382,3 +387,60 @@ def test_the_store_keeps_candles_across_a_restart(tmp_path: Path) -> None:
                        restored.candle_rows(2, 0, 2**62)[0], None, None, None, 10**6)  # fmt: skip
     assert sum(r.count for r, _ in days) == 501  # days are kept forever
     store.close()
+
+
+# -- the API ------------------------------------------------------------------------------------
+
+
+def test_candles_endpoint_answers_the_rows_and_refuses_bad_requests(tmp_path: Path) -> None:
+    """GET /{symbol}/candles through Falcon with rows in LMDB and in memory: the fields, exact
+    decimal strings, the window and limit asked for, final flags; 400 JSON for a bad
+    interval, start, end, range or limit; 404 JSON for an unknown symbol."""
+    symbols.keep_candles(True, [None, None, None])
+    state = State()
+    state.stored = Store.open(tmp_path)
+    stats = state.table().get("ETHBTC")
+    assert stats is not None
+    market = Market(random.Random(3), 300, [5_000, 30_000])
+    for i, (tid, price, t) in enumerate(market.trades):
+        stats.apply(tid, price * 10**6, t)
+        if i % 50 == 0:
+            state.stored.save([s for s in [stats.harvest()] if s is not None])
+    state.stored.save([s for s in [stats.harvest()] if s is not None])
+    client = falcon.testing.TestClient(create_app(state))
+    expected = sorted(market.candles({t[0] for t in market.trades}, 0).values())
+    r = client.simulate_get("/ethbtc/candles", params={"interval": "1m", "limit": "1000"})
+    assert r.status_code == 200, r.text
+    body = r.json
+    assert body["symbol"] == "ETHBTC" and body["interval"] == "1m"
+    assert body["fields"] == ["open_time", "open", "high", "low", "close", "count", "median",
+                              "final"]  # fmt: skip
+    assert [row[:7] for row in body["rows"]] == [
+        [e.open_time, format_price(e.open * 10**6), format_price(e.high * 10**6),
+         format_price(e.low * 10**6), format_price(e.close * 10**6), e.count,
+         format_median(e.twice_median * 10**6)] for e in expected
+    ]  # fmt: skip
+    finals = [row[7] for row in body["rows"]]
+    assert finals == [False] + [True] * (len(expected) - 2) + [False]  # began; still open
+    # windows: the first limit from start, else the latest limit before end
+    mid = expected[len(expected) // 2].open_time
+    r = client.simulate_get("/ETHBTC/candles", params={"interval": "1m", "start": str(mid),
+                                                       "limit": "3"})  # fmt: skip
+    assert [row[0] for row in r.json["rows"]] == [e.open_time for e in expected if e.open_time >= mid][:3]
+    r = client.simulate_get("/ETHBTC/candles", params={"interval": "1m", "end": str(mid),
+                                                       "limit": "3"})  # fmt: skip
+    assert [row[0] for row in r.json["rows"]] == [e.open_time for e in expected if e.open_time < mid][-3:]
+    r = client.simulate_get("/ETHBTC/candles", params={"interval": "1d"})
+    assert [row[5] for row in r.json["rows"]] == [300] and r.json["rows"][0][7] is False
+    for params in [{}, {"interval": "5m"}, {"interval": "1m", "limit": "0"},
+                   {"interval": "1m", "limit": "1001"}, {"interval": "1m", "limit": "x"},
+                   {"interval": "1m", "start": "-1"}, {"interval": "1m", "end": "1.5"},
+                   {"interval": "1m", "start": "10", "end": "10"},
+                   {"interval": "1m", "start": str(2**60)}]:  # fmt: skip
+        r = client.simulate_get("/ETHBTC/candles", params=params)
+        assert r.status_code == 400 and r.json["title"].startswith("Bad"), params
+    r = client.simulate_get("/NOPE/candles", params={"interval": "1m"})
+    assert r.status_code == 404 and "title" in r.json
+    r = client.simulate_get("/QUIETUSDT/candles", params={"interval": "1h"})
+    assert r.status_code == 200 and r.json["rows"] == []
+    state.stored.close()

@@ -1,6 +1,5 @@
 """The compiled twins (medianserv/_native.c, _median.c, _hotpath.c, _candles.c) under
-AddressSanitizer and
-UndefinedBehaviorSanitizer, and fuzzed with bytes no server would send."""
+AddressSanitizer and UndefinedBehaviorSanitizer, and fuzzed with bytes no server would send."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from medianserv.prices import format_median, format_price
 from medianserv.sim import SimConfig, Simulator
 
 from .conftest import STARTED
@@ -81,6 +82,40 @@ def settle(sim: Simulator, run: Running, timeout: float = 60) -> None:
     sim.pause()
     symbols = sim.listed()
     wait_for(lambda: served(run, symbols) == truth(sim), timeout=timeout, interval=0.3)
+
+
+def expected_candles(sim: Simulator, symbol: str, length: int) -> list[list[Any]]:
+    """The candles of every trade the simulator published for ``symbol`` (all counted once the
+    service has settled), as the API writes them, final flags aside."""
+    with sim.hub_lock:
+        t = sim.market.truth[symbol]
+        assert t.history_first == t.first_id, "the truth no longer holds every trade"
+        trades = list(zip(t.prices, t.times, strict=True))
+    groups: dict[int, list[int]] = {}
+    for price, ms in trades:  # in trade id order
+        groups.setdefault(ms - ms % length, []).append(price)
+    rows = []
+    for start in sorted(groups):
+        prices = groups[start]
+        ranked, n = sorted(prices), len(prices)
+        rows.append([start, format_price(prices[0]), format_price(ranked[-1]),
+                     format_price(ranked[0]), format_price(prices[-1]), n,
+                     format_median(ranked[(n - 1) // 2] + ranked[n // 2])])  # fmt: skip
+    return rows
+
+
+def assert_candles_exact(sim: Simulator, run: Running) -> None:
+    """Every symbol's candles of every interval equal the simulator's trades: no trade lost or
+    counted twice in any candle; every row final but the first (where counting began) and
+    the last (still open)."""
+    for symbol in sim.truth():
+        for interval, length in (("1m", 60_000), ("1h", 3_600_000), ("1d", 86_400_000)):
+            status, body = run.get(f"/{symbol}/candles?interval={interval}&limit=1000")
+            assert status == 200, body
+            rows = body["rows"]
+            assert [r[:7] for r in rows] == expected_candles(sim, symbol, length), (symbol, interval)
+            assert [r[7] for r in rows[1:-1]] == [True] * len(rows[1:-1]), (symbol, interval)
+            assert not rows or rows[0][7] is False and rows[-1][7] is False
 
 
 def publish(sim: Simulator, n: int) -> None:
@@ -148,6 +183,7 @@ def test_run_stop_restart_restore(sim: Simulator, tmp_path: Path) -> None:
     wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
     settle(sim, run)
     assert served(run, sim.listed()) == before
+    assert_candles_exact(sim, run)  # the trades missed while down landed in their own periods
     assert run.stop(signal.SIGTERM) == 0
 
 
@@ -194,7 +230,41 @@ def crash_cycles(sim: Simulator, data_dir: Path, kills: int, seed: int) -> None:
     wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
     publish(sim, 500)
     settle(sim, run, timeout=90)
+    assert_candles_exact(sim, run)  # after SIGKILLs: no trade lost or doubled in any candle
     assert run.stop() == 0
+
+
+def test_candles_stay_exact_over_days_restarts_and_kills(tmp_path: Path) -> None:
+    """The simulator's clock runs 600 times faster, from two hours before a UTC midnight:
+    trades cross many minutes, hours and a day while the service is stopped, SIGKILLed and
+    restarted; after catch-up every symbol's 1m, 1h and 1d candles equal its trades."""
+    real0 = time.time()
+    midnight = (real0 // 86_400 + 1) * 86_400
+    sim_clock = lambda: midnight - 7_200 + (time.time() - real0) * 600  # noqa: E731
+    config = SimConfig(symbols=30, paused=True, trades_per_second=1000, seed=5, weight_window=3.0)
+    with Simulator(config, clock=sim_clock) as sim:
+        run = Running(sim, tmp_path)
+        wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
+        wait_for(lambda: snapshots_written(run) >= 1)
+        publish(sim, 4000)
+        run.proc.send_signal(signal.SIGKILL)
+        run.proc.wait(10)
+        publish(sim, 3000)  # while we are down: backfilled into their own periods
+        run = Running(sim, tmp_path)
+        publish(sim, 3000)
+        run.proc.send_signal(signal.SIGKILL)
+        run.proc.wait(10)
+        run = Running(sim, tmp_path)
+        publish(sim, 4000)
+        wait_for(lambda: sim_clock() > midnight + 60, timeout=60)
+        publish(sim, 1000)
+        settle(sim, run, timeout=90)
+        assert_candles_exact(sim, run)
+        some = next(iter(sim.truth()))
+        days = run.get(f"/{some}/candles?interval=1d")[1]["rows"]
+        minutes = run.get(f"/{some}/candles?interval=1m&limit=1000")[1]["rows"]
+        assert len(days) == 2 and len(minutes) > 60  # the test spans what it claims
+        assert run.stop() == 0
 
 
 def test_refuses_a_store_of_another_version(sim: Simulator, tmp_path: Path) -> None:
