@@ -269,6 +269,7 @@ class CandleState(NamedTuple):
     periods: tuple[list[tuple[int, CandleRow | None, Any]], ...]
     # per interval, the open time before which stored periods are past retention (None: none)
     expired: tuple[int | None, ...] = (None, None, None)
+    counts: tuple[int, ...] = (0,) * 8  # Candles.counts()
 
 
 def then_candles(before: CandleState | None, after: CandleState | None) -> CandleState | None:
@@ -290,8 +291,9 @@ class Candles:
     window.
     """
 
-    __slots__ = ("dirty", "first_ms", "front_top_ms", "harvested", "latest_ms", "left_out",
-                 "minute", "open", "recent")  # fmt: skip
+    __slots__ = ("dirty", "expired", "first_ms", "front_top_ms", "harvested",
+                 "harvested_counts", "latest_ms", "minute", "open", "outside", "recent", "settled",
+                 "total")  # fmt: skip
 
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
@@ -302,17 +304,22 @@ class Candles:
         self.latest_ms = -1  # the latest
         self.front_top_ms: int | None = None  # history to import lies at or before this
         self.harvested: tuple[int, int] = (-1, 0)  # the current minute's (start, count) then
-        self.left_out = 0  # trades beyond LIMIT, not in any candle (in memory only)
+        # what the invariant adds up (:meth:`_check`), stored with the bounds
+        self.total = 0  # trades in the candles but the current minute's (which C adds to)
+        self.outside = 0  # trades the symbol counts that no candle holds (see add_outside)
+        self.settled = [0, 0, 0]  # per interval, trades in the rows settled
+        self.expired = [0, 0, 0]  # per interval, trades in periods dropped past retention
+        self.harvested_counts: tuple[int, ...] = ()  # counts() at the last harvest
 
     # -- counting -------------------------------------------------------------------------------
 
     def add(self, lo: int, hi: int, price: int, time_ms: int, times: int = 1) -> None:
         """Count ``times`` trades at ``price``, ids ``lo..hi``, at ``time_ms``. O(1) expected.
         A trade whose id or time is beyond :data:`LIMIT` (no real one is) is left out of the
-        candles and counted in :attr:`left_out`, never raised about: the caller has counted
+        candles and counted in :attr:`outside`, never raised about: the caller has counted
         it already."""
         if not (0 <= lo <= hi < LIMIT and 0 <= time_ms < LIMIT and 0 <= price < 2**64):
-            self.left_out += times
+            self.outside += times
             return
         if time_ms > self.latest_ms:
             self.latest_ms = time_ms
@@ -329,12 +336,19 @@ class Candles:
             minute = self.minute = _Period(start, 60_000)
             minute.add(lo, hi, price, times)
             return
+        self.total += times
         for k in (MINUTE, HOUR, DAY):  # a late trade: into its own periods
             self._period(k, time_ms - time_ms % _LENGTHS[k]).add(lo, hi, price, times)
+
+    def add_outside(self, trades: int) -> None:
+        """``trades`` the symbol counted without their times (an archive file merged whole,
+        or a store written before candles): in no candle, but accounted for. O(1)."""
+        self.outside += trades
 
     def _retire(self, minute: Any) -> None:
         """The current minute is over: fold it into its hour and day, keep it open. O(L)."""
         self.open[MINUTE][minute.start] = minute
+        self.total += minute.count
         self.dirty[MINUTE].add(minute.start)
         for k in (HOUR, DAY):
             self._period(k, minute.start - minute.start % _LENGTHS[k]).fold(minute)
@@ -397,12 +411,13 @@ class Candles:
             out, opened, dirty = periods[k], self.open[k], self.dirty[k]
             for start in sorted(opened):
                 if oldest is not None and start + length <= oldest:
-                    del opened[start]  # past retention: its stored record goes with it
+                    self.expired[k] += opened.pop(start).count  # its stored record goes too
                     dirty.discard(start)
                     continue
                 if self._can_land(ids, start, start + length):
                     continue
                 row = period_row(opened.pop(start))
+                self.settled[k] += row.count
                 self.recent[k][start] = row
                 out.append((start, row, None))
                 dirty.discard(start)
@@ -412,11 +427,18 @@ class Candles:
         if minute is not None and (minute.start, minute.count) != self.harvested:
             self.harvested = (minute.start, minute.count)
             periods[MINUTE].append((minute.start, None, minute.copy()))
-        if not any(periods):
+        counts = self.counts()
+        if not any(periods) and counts == self.harvested_counts:
             return None
+        self.harvested_counts = counts
         current = None if minute is None else minute.start
         return CandleState(self.first_ms, self.latest_ms, self.front_top_ms, current, periods,
-                           tuple(expired))  # fmt: skip
+                           tuple(expired), counts)  # fmt: skip
+
+    def counts(self) -> tuple[int, ...]:
+        """(total, outside, settled per interval, expired per interval): stored with the
+        bounds. O(1)."""
+        return (self.total, self.outside, *self.settled, *self.expired)
 
     @classmethod
     def restore(cls, state: CandleState) -> Candles:
@@ -426,6 +448,9 @@ class Candles:
         book.first_ms, book.latest_ms, book.front_top_ms = (
             state.first_ms, state.latest_ms, state.front_top_ms,
         )  # fmt: skip
+        book.total, book.outside = state.counts[0], state.counts[1]
+        book.settled, book.expired = list(state.counts[2:5]), list(state.counts[5:8])
+        book.harvested_counts = tuple(state.counts)
         for k, entries in enumerate(state.periods):
             for start, row, period in entries:
                 if row is not None or period is None:
@@ -463,18 +488,24 @@ class Candles:
         opened = tuple(tuple(period_key(p) for _, p in sorted(o.items())) for o in self.open)
         recent = tuple(tuple(sorted(r.items())) for r in self.recent)
         return (minute, opened, recent, self.first_ms, self.latest_ms, self.front_top_ms,
-                self.left_out)  # fmt: skip
+                self.counts())  # fmt: skip
 
-    def _check(self) -> None:
-        """Assert the book's invariants: every open hour and day holds exactly the trades of
-        the retired open minutes inside it, where all of them are still open. O(L); for tests."""
-        minutes = self.open[MINUTE]
-        for k in (HOUR, DAY):
-            for start, period in self.open[k].items():
-                inside = [m for s, m in minutes.items() if start <= s < start + _LENGTHS[k]]
-                assert period.count >= sum(m.count for m in inside), "a period lost trades"
+    def _check(self, counted: int | None = None) -> None:
+        """Assert the book's invariants: of every interval, the trades of its settled rows,
+        its periods dropped past retention and its open periods (the current minute
+        included) add up to the trades in the candles; with ``counted`` (the symbol's count),
+        those and the trades outside any candle add up to it. O(p); for tests."""
+        current = self.minute.count if self.minute is not None else 0
+        for k in range(len(INTERVALS)):
+            held = sum(p.count for p in self.open[k].values())
+            assert self.settled[k] + self.expired[k] + held == self.total, (
+                f"{INTERVALS[k][0]}: candles hold {self.settled[k]} + {self.expired[k]} + "
+                f"{held} + {current} trades, not {self.total}"
+            )
+        if counted is not None:
+            assert self.total + current + self.outside == counted, "candles and count differ"
         if self.minute is not None:
-            assert self.minute.start not in minutes, "the current minute retired twice"
+            assert self.minute.start not in self.open[MINUTE], "the current minute retired twice"
 
 
 def _folded(minute: Any, k: int) -> Any:

@@ -12,7 +12,8 @@ Layout (format version 2), three named databases in one LMDB environment:
   cursor range: restoring its median is O(d) (:meth:`RunningMedian.from_state`).
 * ``candles`` (added within format 2: a store without it reads as one with no candles):
   ``len(symbol) | symbol | 0`` -> msgpack ``[first_ms, latest_ms, front_top_ms, current
-  minute]`` (:class:`~medianserv.candles.Candles`' bounds), and ``len(symbol) | symbol |
+  minute, *counts]`` (:class:`~medianserv.candles.Candles`' bounds and what its invariant
+  adds up), and ``len(symbol) | symbol |
   interval (1 byte: 1 minute, 2 hour, 3 day) | open time (8 bytes, big-endian)`` -> msgpack
   ``[0, open, high, low, close, count, twice the median, open id, close id]`` for a settled
   period, or ``[1, open id, open price, close id, close price, high, low, count, prices,
@@ -183,7 +184,8 @@ def _candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
         if c is None:
             continue
         prefix = symbol_prefix(state.symbol)
-        yield prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current])
+        yield prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
+                                       *c.counts])  # fmt: skip
         for k, entries in enumerate(c.periods):
             head = prefix + bytes((k + 1,))
             for start, row, period in entries:
@@ -479,8 +481,12 @@ class Store:
         if meta is None:
             return None
         try:
-            first_ms, latest_ms, front_top_ms, current = msgspec.msgpack.decode(bytes(meta))
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            bounds = msgspec.msgpack.decode(bytes(meta), type=list[int | None])
+            first_ms, latest_ms, front_top_ms, current = bounds[:4]
+            counts = tuple(int(n or 0) for n in bounds[4:12])
+            if len(counts) != 8 or first_ms is None or latest_ms is None:
+                raise ValueError("incomplete")
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
             raise StoreError(f"{symbol}: corrupt candle bounds: {exc}") from exc
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         cursor = txn.cursor(db=self._candles)
@@ -495,7 +501,8 @@ class Store:
                     continue
                 start = _U64.unpack(bytes(key[len(head) :]))[0]
                 periods[k].append((start, None, _decode_candle(symbol, k, start, bytes(value))))
-        return CandleState(first_ms, latest_ms, front_top_ms, current, periods)
+        return CandleState(first_ms, latest_ms, front_top_ms, current, periods,
+                           (None, None, None), counts)  # fmt: skip
 
 
     def load(self, progress: Callable[[int, int], None] | None = None) -> list[SymbolState]:

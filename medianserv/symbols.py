@@ -360,6 +360,8 @@ class SymbolStats:
             assert filled == hi - lo + 1, "the claim was lost"
             self.merged = 0
             self.imported += filled
+            if self.candles is not None:  # a file's pairs carry no times (see Candles)
+                self.candles.add_outside(filled)
             self.dirty = True
             self.version += 1
             if hi > self.last_trade_id and last_price is not None:
@@ -509,8 +511,11 @@ class SymbolStats:
                 f"{state.symbol}: count {state.count} but levels sum to {stats.median.count}"
             )
         stats.ids = state.ids.copy()
-        if stats.candles is not None and state.candles is not None:
-            stats.candles = Candles.restore(state.candles)
+        if stats.candles is not None:
+            if state.candles is not None:
+                stats.candles = Candles.restore(state.candles)
+            else:  # a store written without candles: its trades are in none
+                stats.candles.add_outside(state.count)
         stats.last_trade_id = state.last_trade_id
         stats.last_price = state.last_price
         stats.last_trade_time = state.last_trade_time
@@ -594,7 +599,7 @@ class SymbolStats:
             if ids.highest_price is not None:
                 assert (self.last_trade_id, self.last_price) == (ids.highest, ids.highest_price)
             if self.candles is not None:
-                self.candles._check()
+                self.candles._check(self.median.count - self.merged)
 
 
 def _check_pairs(

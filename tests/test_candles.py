@@ -153,11 +153,13 @@ class FakeStore:
     def __init__(self) -> None:
         self.items: dict[tuple[int, int], Any] = {}
         self.meta: tuple[int, int, int | None, int | None] | None = None
+        self.counts: tuple[int, ...] = ()
 
     def put(self, state: CandleState | None) -> None:
         if state is None:
             return
         self.meta = (state.first_ms, state.latest_ms, state.front_top_ms, state.current)
+        self.counts = state.counts
         for k, expired in enumerate(state.expired):
             if expired is not None:
                 for key in [key for key in self.items if key[0] == k and key[1] < expired]:
@@ -175,7 +177,7 @@ class FakeStore:
                 fields, prices, counts = value[2:9], value[9], value[10]
                 periods[k].append((start, None, restore_period(start, LENGTHS[k], fields,
                                                                prices, counts)))  # fmt: skip
-        return CandleState(*self.meta, periods)
+        return CandleState(*self.meta, periods, (None, None, None), self.counts)
 
     def rows(self, k: int) -> list[CandleRow]:
         return [v for (kk, _), v in sorted(self.items.items()) if kk == k and isinstance(v, CandleRow)]
