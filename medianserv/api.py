@@ -705,6 +705,41 @@ def openapi_document() -> dict[str, Any]:
                     "404": {"description": "not listed", "content": json_of(error)},
                 },
             }},
+            "/{symbol}/candles": {"get": {
+                "summary": "Median candles of one symbol: per UTC period, open, high, low, "
+                "close, count and the exact median of the prices of its trades",
+                "description": "One row per period holding at least one counted trade, "
+                "ascending by open_time (ms). open/close: the prices of the lowest/highest "
+                "trade id in the period; median: as /{symbol}'s. A trade belongs to the period "
+                "of its trade time. final: every trade of the period is counted and it has "
+                "ended (a row stays false where counting began without --history, and where "
+                "trades were given up). Rows of 1m are kept 7 days and of 1h 90 days by "
+                "default (--candle-minutes-days, --candle-hours-days); 1d forever.",
+                "parameters": [
+                    {"name": "symbol", "in": "path", "required": True,
+                     "schema": {"type": "string"}},
+                    {"name": "interval", "in": "query", "required": True,
+                     "schema": {"type": "string", "enum": ["1m", "1h", "1d"]}},
+                    {"name": "start", "in": "query", "required": False,
+                     "description": "open times from this one (ms); the first limit rows from it",
+                     "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "end", "in": "query", "required": False,
+                     "description": "open times before this one (ms); without start, the latest "
+                     "limit rows before it",
+                     "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CANDLE_LIMIT,
+                                "default": CANDLE_LIMIT}},
+                ],
+                "responses": {
+                    "200": {"description": "rows of [open_time, open, high, low, close, count, "
+                            "median, final]; prices are exact decimal strings",
+                            "content": json_of({"$ref": "#/components/schemas/Candles"})},
+                    "400": {"description": "bad interval, start, end or limit",
+                            "content": json_of(error)},
+                    "404": {"description": "not listed", "content": json_of(error)},
+                },
+            }},
             "/-/all": {"get": {
                 "summary": "Every symbol's statistics in one response, with trades_per_second",
                 "responses": {"200": {"description": "statistics", "content": json_of(
@@ -763,6 +798,14 @@ def openapi_document() -> dict[str, Any]:
                     "type": "string", "nullable": True},
                     "description": "with ?q= only: each q as written -> its exact quantile "
                                    "(formatted as median; null before the first trade)"},
+            }},
+            "Candles": {"type": "object",
+                        "required": ["symbol", "interval", "fields", "rows"], "properties": {
+                "symbol": {"type": "string"},
+                "interval": {"type": "string", "enum": ["1m", "1h", "1d"]},
+                "fields": {"type": "array", "items": {"type": "string"}},
+                "rows": {"type": "array", "items": {"type": "array", "minItems": 8,
+                                                    "maxItems": 8, "items": {}}},
             }},
             "Error": {"type": "object", "properties": {
                 "title": {"type": "string"}, "description": {"type": "string"}}},

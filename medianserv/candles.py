@@ -49,6 +49,7 @@ __all__ = [
     "INTERVALS",
     "MINUTE",
     "Candles",
+    "Delta",
     "CandleRow",
     "CandleState",
     "PyPeriod",
@@ -201,10 +202,19 @@ def state_key(state: CandleState | None) -> Any:
     if state is None:
         return None
     periods = tuple(
-        tuple((s, r, None if p is None else period_key(p)) for s, r, p in entries)
+        tuple((s, r, None if p is None else _delta_key(p) if isinstance(p, Delta)
+               else period_key(p)) for s, r, p in entries)
         for entries in state.periods
-    )
+    )  # fmt: skip
     return state._replace(periods=periods)
+
+
+def _delta_key(delta: Delta) -> tuple[Any, ...]:
+    levels: dict[int, int] = {}
+    for prices, counts in delta.chunks:
+        for price, n in zip(prices, counts, strict=True):
+            levels[int(price)] = levels.get(int(price), 0) + int(n)
+    return (delta.fields, delta.seq, tuple(sorted(levels.items())))
 
 
 def period_fields(period: Any) -> tuple[int, int, int, int, int, int, int]:
@@ -257,10 +267,22 @@ def use_period(kind: Any) -> None:
     _Period = kind
 
 
+class Delta(NamedTuple):
+    """What an open hour or day gained since the last harvest: its fields now and the levels
+    added (``chunks`` of (prices, counts); a price may recur), stored as the period's
+    ``seq``-th delta: a stored period is its header and the sum of its deltas, so a harvest
+    writes what changed (a minute's levels), never the day's every level again."""
+
+    fields: tuple[int, ...]
+    seq: int
+    chunks: list[tuple[Sequence[int], Sequence[int]]]
+
+
 class CandleState(NamedTuple):
     """What a harvest hands to the snapshot, or a restore takes: the book's bounds, and per
     interval the periods to store, each ``(start, row, period)``: a settled row (period
-    None) or an open period (row None) whose levels are stored whole."""
+    None), or an open period (row None): a minute whole, an hour or a day as a
+    :class:`Delta` (from the store, restored whole, with ``seqs`` its next delta's number)."""
 
     first_ms: int
     latest_ms: int
@@ -270,6 +292,7 @@ class CandleState(NamedTuple):
     # per interval, the open time before which stored periods are past retention (None: none)
     expired: tuple[int | None, ...] = (None, None, None)
     counts: tuple[int, ...] = (0,) * 8  # Candles.counts()
+    seqs: tuple[tuple[int, int, int], ...] = ()  # (interval, start, next delta) of the store
 
 
 def then_candles(before: CandleState | None, after: CandleState | None) -> CandleState | None:
@@ -292,8 +315,8 @@ class Candles:
     """
 
     __slots__ = ("dirty", "expired", "first_ms", "front_top_ms", "harvested",
-                 "harvested_counts", "latest_ms", "minute", "open", "outside", "recent", "settled",
-                 "total")  # fmt: skip
+                 "harvested_counts", "latest_ms", "minute", "open", "outside", "pending",
+                 "recent", "seq", "settled", "total")  # fmt: skip
 
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
@@ -310,6 +333,12 @@ class Candles:
         self.settled = [0, 0, 0]  # per interval, trades in the rows settled
         self.expired = [0, 0, 0]  # per interval, trades in periods dropped past retention
         self.harvested_counts: tuple[int, ...] = ()  # counts() at the last harvest
+        # of the open hours and days: levels added since the last harvest, and the number of
+        # the next delta each will be stored as
+        self.pending: tuple[dict[int, list[tuple[Sequence[int], Sequence[int]]]], ...] = (
+            {}, {}, {},
+        )  # fmt: skip
+        self.seq: dict[tuple[int, int], int] = {}
 
     # -- counting -------------------------------------------------------------------------------
 
@@ -338,7 +367,10 @@ class Candles:
             return
         self.total += times
         for k in (MINUTE, HOUR, DAY):  # a late trade: into its own periods
-            self._period(k, time_ms - time_ms % _LENGTHS[k]).add(lo, hi, price, times)
+            start = time_ms - time_ms % _LENGTHS[k]
+            self._period(k, start).add(lo, hi, price, times)
+            if k != MINUTE:
+                self.pending[k].setdefault(start, []).append(([price], [times]))
 
     def add_outside(self, trades: int) -> None:
         """``trades`` the symbol counted without their times (an archive file merged whole,
@@ -350,8 +382,11 @@ class Candles:
         self.open[MINUTE][minute.start] = minute
         self.total += minute.count
         self.dirty[MINUTE].add(minute.start)
+        levels = minute.items()
         for k in (HOUR, DAY):
-            self._period(k, minute.start - minute.start % _LENGTHS[k]).fold(minute)
+            start = minute.start - minute.start % _LENGTHS[k]
+            self._period(k, start).fold(minute)
+            self.pending[k].setdefault(start, []).append(levels)
 
     def _period(self, k: int, start: int) -> Any:
         """The open period of interval ``k`` at ``start`` (made if new), marked changed."""
@@ -412,7 +447,7 @@ class Candles:
             for start in sorted(opened):
                 if oldest is not None and start + length <= oldest:
                     self.expired[k] += opened.pop(start).count  # its stored record goes too
-                    dirty.discard(start)
+                    self._forget(k, start)
                     continue
                 if self._can_land(ids, start, start + length):
                     continue
@@ -420,8 +455,16 @@ class Candles:
                 self.settled[k] += row.count
                 self.recent[k][start] = row
                 out.append((start, row, None))
-                dirty.discard(start)
-            out.extend((start, None, opened[start].copy()) for start in sorted(dirty))
+                self._forget(k, start)
+            for start in sorted(dirty):
+                period = opened[start]
+                if k == MINUTE:
+                    out.append((start, None, period.copy()))
+                    continue
+                seq = self.seq.get((k, start), 0)
+                self.seq[(k, start)] = seq + 1
+                delta = Delta(period_fields(period), seq, self.pending[k].pop(start, []))
+                out.append((start, None, delta))
             dirty.clear()
         minute = self.minute
         if minute is not None and (minute.start, minute.count) != self.harvested:
@@ -434,6 +477,12 @@ class Candles:
         current = None if minute is None else minute.start
         return CandleState(self.first_ms, self.latest_ms, self.front_top_ms, current, periods,
                            tuple(expired), counts)  # fmt: skip
+
+    def _forget(self, k: int, start: int) -> None:
+        """An open period of interval ``k`` is gone (settled, or past retention)."""
+        self.dirty[k].discard(start)
+        self.pending[k].pop(start, None)
+        self.seq.pop((k, start), None)
 
     def counts(self) -> tuple[int, ...]:
         """(total, outside, settled per interval, expired per interval): stored with the
@@ -451,6 +500,7 @@ class Candles:
         book.total, book.outside = state.counts[0], state.counts[1]
         book.settled, book.expired = list(state.counts[2:5]), list(state.counts[5:8])
         book.harvested_counts = tuple(state.counts)
+        book.seq = {(k, start): seq for k, start, seq in state.seqs}
         for k, entries in enumerate(state.periods):
             for start, row, period in entries:
                 if row is not None or period is None:

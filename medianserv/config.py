@@ -119,6 +119,12 @@ class Config:
         "auto", "how trades are applied: 'C' (the compiled per-trade path and median, built at "
         "install), 'python' (their pure twins), or 'auto' (C where it was built)",
         advanced=True)  # fmt: skip
+    no_candles: bool = _opt(
+        False, "keep no median candles (/{symbol}/candles answers no rows): a little less CPU "
+        "a trade and less disk", advanced=True)  # fmt: skip
+    user_agent: str = _opt(
+        "medianserv", "User-Agent of the WebSocket connections (benchmarks tell two services "
+        "apart by it)", advanced=True)  # fmt: skip
     read_coalesce: float = _opt(
         0.02, "seconds a reader lets a connection's frames gather after a short read before "
         "reading again (0: read at once): a wakeup costs far more than a frame, and a full "

@@ -128,6 +128,7 @@ class Link:
         close_timeout: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
         connector: Connector = _connect_tcp,
+        user_agent: str = "medianserv",
     ) -> Link:
         """Connect to ``url`` (``ws://`` or ``wss://``) and complete the opening handshake
         within ``timeout`` seconds. Raises OSError, TimeoutError or InvalidHandshake."""
@@ -142,7 +143,7 @@ class Link:
             link = cls(sock, protocol, close_timeout)
             link.max_size = max_size
             request = protocol.connect()
-            request.headers["User-Agent"] = "medianserv"
+            request.headers["User-Agent"] = user_agent
             protocol.send_request(request)
             link._flush()
             while protocol.state is CONNECTING:

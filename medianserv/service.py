@@ -215,7 +215,7 @@ class Service:
         cfg = self.config
         sys.setswitchinterval(cfg.switch_interval)
         use_compiled(cfg.compiled_trades())  # before anything is restored or built
-        keep_candles(True, cfg.candle_keep_ms())
+        keep_candles(not cfg.no_candles, cfg.candle_keep_ms())
         log.info("trade path: %s", "C (compiled at install)" if cfg.compiled_trades()
                  else "python (the pure twins)")  # fmt: skip
         try:

@@ -16,9 +16,12 @@ Layout (format version 2), three named databases in one LMDB environment:
   adds up), and ``len(symbol) | symbol |
   interval (1 byte: 1 minute, 2 hour, 3 day) | open time (8 bytes, big-endian)`` -> msgpack
   ``[0, open, high, low, close, count, twice the median, open id, close id]`` for a settled
-  period, or ``[1, open id, open price, close id, close price, high, low, count, prices,
-  counts]`` for an open one (its levels, 8 big-endian bytes each). A symbol's periods of one
-  interval are one ascending cursor range.
+  period; ``[1, open id, open price, close id, close price, high, low, count, prices,
+  counts]`` for an open minute (its levels, 8 big-endian bytes each); ``[2, the same seven
+  fields, deltas]`` for an open hour or day, whose levels are the sum of its deltas, each
+  under the period's key and a 4-byte number -> ``[prices, counts]`` (what it gained
+  between two snapshots: a harvest writes a minute's levels, not the day's again). A
+  symbol's periods of one interval are one ascending cursor range.
 
 A snapshot is one write transaction: after a crash the store holds the previous snapshot or
 the new one, never a mix. Snapshots are incremental: only symbols and levels changed since the
@@ -44,7 +47,7 @@ import msgspec
 import numpy as np
 
 from .errors import MedianservError
-from .candles import INTERVALS, CandleRow, CandleState, period_fields, restore_period
+from .candles import INTERVALS, CandleRow, CandleState, Delta, period_fields, restore_period
 from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds
 
 __all__ = ["FORMAT_VERSION", "Store", "StoreError", "decode_record", "encode_record", "level_key"]
@@ -53,6 +56,7 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 INITIAL_MAP_SIZE = 64 << 20
 _U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
 
 
 class StoreError(MedianservError):
@@ -191,6 +195,16 @@ def _candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
             for start, row, period in entries:
                 if row is not None:
                     value = encode([0, *row[1:]])
+                elif isinstance(period, Delta):
+                    key = head + _U64.pack(start)
+                    yield key, encode([2, *period.fields, period.seq + 1])
+                    prices = [np.asarray(p, ">u8") for p, _ in period.chunks]
+                    counts = [np.asarray(c, ">u8") for _, c in period.chunks]
+                    yield key + _U32.pack(period.seq), encode([
+                        b"".join(a.tobytes() for a in prices),
+                        b"".join(a.tobytes() for a in counts),
+                    ])  # fmt: skip
+                    continue
                 else:
                     prices, counts = period.items()
                     value = encode([1, *period_fields(period),
@@ -370,6 +384,7 @@ class Store:
             if self._candles is not None:
                 self._prune_candles(txn, batch)
                 txn.cursor(db=self._candles).putmulti(_candle_items(batch))
+                self._drop_deltas(txn, batch)
             put = txn.put
             put(b"saved_at", str(saved_at).encode(), db=self._meta)
             if listing is not None:
@@ -397,6 +412,25 @@ class Store:
                         if not cursor.delete():
                             break
 
+    def _drop_deltas(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
+        """Delete the deltas of every hour and day settled in ``batch`` (its row replaced its
+        header). O(deltas + log n) each."""
+        cursor = txn.cursor(db=self._candles)
+        for state in batch:
+            c = state.candles
+            if c is None:
+                continue
+            prefix = symbol_prefix(state.symbol)
+            for k, entries in enumerate(c.periods):
+                for start, row, _ in entries if k else ():
+                    if row is None:
+                        continue
+                    key = prefix + bytes((k + 1,)) + _U64.pack(start)
+                    if cursor.set_range(key + b"\0"):
+                        while cursor.key().startswith(key) and len(cursor.key()) > len(key):
+                            if not cursor.delete():
+                                break
+
     # -- reading --------------------------------------------------------------------------------
 
     def candles(
@@ -415,8 +449,8 @@ class Store:
         out: list[CandleRow] = []
 
         def settled(key: bytes, value: bytes) -> CandleRow | None:
-            if not bytes(key).startswith(head) or bytes(value[:1]) != b"\x99":
-                return None  # another symbol's, the bounds, or an open period (in memory)
+            if len(key) != n + 8 or not bytes(key).startswith(head) or bytes(value[:2]) != b"\x99\0":
+                return None  # another symbol's, the bounds, an open period (in memory), a delta
             row = _decode_candle(symbol, k, _U64.unpack(bytes(key[n:]))[0], bytes(value))
             return row if isinstance(row, CandleRow) else None
 
@@ -489,20 +523,60 @@ class Store:
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
             raise StoreError(f"{symbol}: corrupt candle bounds: {exc}") from exc
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
+        seqs: list[tuple[int, int, int]] = []
         cursor = txn.cursor(db=self._candles)
         for k in range(len(INTERVALS)):
             head = prefix + bytes((k + 1,))
+            n = len(head)
             if not cursor.set_range(head):
                 continue
+            header: tuple[int, list[Any], list[bytes], list[bytes]] | None = None
             for key, value in cursor:
-                if not bytes(key).startswith(head):
+                key = bytes(key)
+                if not key.startswith(head):
                     break
-                if bytes(value[:1]) != b"\x9a":  # a settled row (nine items): stays stored
+                if len(key) == n + 12:  # a delta of the header before it
+                    if header is None or key[n : n + 8] != _U64.pack(header[0]):
+                        raise StoreError(f"{symbol}: a candle delta without its period")
+                    try:
+                        more = msgspec.msgpack.decode(bytes(value), type=tuple[bytes, bytes])
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        raise StoreError(f"{symbol}: corrupt candle delta: {exc}") from exc
+                    header[2].append(more[0])
+                    header[3].append(more[1])
                     continue
-                start = _U64.unpack(bytes(key[len(head) :]))[0]
-                periods[k].append((start, None, _decode_candle(symbol, k, start, bytes(value))))
+                if header is not None:
+                    periods[k].append(self._delta_period(symbol, k, header))
+                    seqs.append((k, header[0], int(header[1][8])))
+                    header = None
+                start = _U64.unpack(key[n:])[0]
+                kind = bytes(value[:2])
+                if kind == b"\x9a\x01":  # an open minute, whole
+                    periods[k].append((start, None, _decode_candle(symbol, k, start, bytes(value))))
+                elif kind == b"\x99\x02":  # an open hour or day: its deltas follow
+                    header = (start, msgspec.msgpack.decode(bytes(value)), [], [])
+            if header is not None:
+                periods[k].append(self._delta_period(symbol, k, header))
+                seqs.append((k, header[0], int(header[1][8])))
         return CandleState(first_ms, latest_ms, front_top_ms, current, periods,
-                           (None, None, None), counts)  # fmt: skip
+                           (None, None, None), counts, tuple(seqs))  # fmt: skip
+
+    @staticmethod
+    def _delta_period(
+        symbol: str, k: int, header: tuple[int, list[Any], list[bytes], list[bytes]]
+    ) -> tuple[int, None, Any]:
+        """An open hour or day from its header and the sum of its deltas. O(L)."""
+        start, record, prices, counts = header
+        try:
+            period = restore_period(
+                start, INTERVALS[k][1], record[1:8],
+                _native(bytearray(b"".join(prices)), np.uint64).tolist(),
+                _native(bytearray(b"".join(counts)), np.int64).tolist(),
+            )  # fmt: skip
+        except (ValueError, TypeError, IndexError) as exc:
+            raise StoreError(f"{symbol}: corrupt candle at {start}: {exc}") from exc
+        return start, None, period
+
 
 
     def load(self, progress: Callable[[int, int], None] | None = None) -> list[SymbolState]:

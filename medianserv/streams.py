@@ -297,6 +297,7 @@ class Reader:
             timeout=10,
             max_size=2**20,
             close_timeout=2,
+            user_agent=self.config.user_agent,
         )
         now = self.clock()
         self.stats.connects += 1

@@ -19,6 +19,7 @@ from medianserv.candles import (
     INTERVALS,
     CandleRow,
     CandleState,
+    Delta,
     PyPeriod,
     final_flags,
     period_key,
@@ -148,10 +149,12 @@ class Market:
 
 
 class FakeStore:
-    """The candles db as a dict: what harvests put, as LMDB would hold it."""
+    """The candles db as a dict: what harvests put, as LMDB would hold it (an hour or a day
+    as its header and deltas)."""
 
     def __init__(self) -> None:
         self.items: dict[tuple[int, int], Any] = {}
+        self.deltas: dict[tuple[int, int], dict[int, list[Any]]] = {}
         self.meta: tuple[int, int, int | None, int | None] | None = None
         self.counts: tuple[int, ...] = ()
 
@@ -164,23 +167,40 @@ class FakeStore:
             if expired is not None:
                 for key in [key for key in self.items if key[0] == k and key[1] < expired]:
                     del self.items[key]
+                    self.deltas.pop(key, None)
         for k, entries in enumerate(state.periods):
             for start, row, period in entries:
-                self.items[(k, start)] = row if row is not None else period_key(period)
+                if row is not None:
+                    self.items[(k, start)] = row
+                    self.deltas.pop((k, start), None)
+                elif isinstance(period, Delta):
+                    self.items[(k, start)] = ("delta", period.fields, period.seq + 1)
+                    self.deltas.setdefault((k, start), {})[period.seq] = period.chunks
+                else:
+                    self.items[(k, start)] = period_key(period)
 
     def load(self) -> CandleState | None:
         if self.meta is None:
             return None
         periods: tuple[list[Any], ...] = ([], [], [])
-        for (k, start), value in sorted(self.items.items()):
-            if not isinstance(value, CandleRow):
-                fields, prices, counts = value[2:9], value[9], value[10]
-                periods[k].append((start, None, restore_period(start, LENGTHS[k], fields,
-                                                               prices, counts)))  # fmt: skip
-        return CandleState(*self.meta, periods, (None, None, None), self.counts)
+        seqs = []
+        for (k, start), value in sorted(self.items.items(), key=lambda kv: kv[0]):
+            if isinstance(value, CandleRow):
+                continue
+            if value[0] == "delta":
+                chunks = [c for _, cs in sorted(self.deltas[(k, start)].items()) for c in cs]
+                prices = [p for ps, _ in chunks for p in ps]
+                counts = [n for _, ns in chunks for n in ns]
+                period = restore_period(start, LENGTHS[k], value[1], prices, counts)
+                seqs.append((k, start, value[2]))
+            else:
+                period = restore_period(start, LENGTHS[k], value[2:9], value[9], value[10])
+            periods[k].append((start, None, period))
+        return CandleState(*self.meta, periods, (None, None, None), self.counts, tuple(seqs))
 
     def rows(self, k: int) -> list[CandleRow]:
-        return [v for (kk, _), v in sorted(self.items.items()) if kk == k and isinstance(v, CandleRow)]
+        return [v for (kk, _), v in sorted(self.items.items(), key=lambda kv: kv[0])
+                if kk == k and isinstance(v, CandleRow)]  # fmt: skip
 
 
 def snapshot(stats: SymbolStats, store: FakeStore) -> None:

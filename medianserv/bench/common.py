@@ -154,6 +154,7 @@ class ServiceProcess:
     def __init__(self, sim: SimProcess, data_dir: Path, extra: Sequence[str] = ()) -> None:
         import subprocess
 
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / f"service-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(

@@ -154,32 +154,56 @@ def _trade_frames(n: int, symbols: list[str]) -> tuple[bytes, list[bytes]]:
 
 def _bench_trade_path(rows: list[Row], n: int = 200_000) -> None:
     """The per-trade path alone, CPU per trade: both twins over the same frames of 300
-    symbols (each trade the next of its symbol: the common case), and msgspec merely
-    decoding each payload, the floor of any path that makes a Python object per frame."""
+    symbols (each trade the next of its symbol: the common case; a symbol's first trade
+    and its first of each minute go through the general path, as in the service), with
+    median candles kept and without, alternated (A B B A) in the same run; and msgspec
+    merely decoding each payload, the floor of any path that makes a Python object per
+    frame."""
     from .. import symbols as symbols_module
     from ..hotpath import CTradePath, PyTradePath, _decode
+    from ..prices import PriceCache
     from ..symbols import SymbolTable
 
     was = symbols_module.compiled()
     names = [f"S{i:03d}USDT" for i in range(300)]
     data, payloads = _trade_frames(n, names)
+    starts, at = {}, 0
+    for i, payload in enumerate(payloads):
+        starts[at] = i
+        at += len(payload) + (2 if len(payload) < 126 else 4)
+    units = PriceCache().units
     twins: list[tuple[str, Any]] = [("C", CTradePath)] if CTradePath is not None else []
     for twin, make in [*twins, ("py", PyTradePath)]:
         symbols_module.use_compiled(twin == "C")
-        table = SymbolTable.build(names)
-        for _, stats in table.items():
-            stats.baseline(999, 0)
-        path = make()
-        path.index = table.index if twin == "C" else table.get
-        t0, pos = time.process_time(), 0
-        while pos < len(data):
-            after = path.consume(data, pos)
-            if after <= pos:
-                raise AssertionError(f"{twin}: the trade path stopped at {pos}")
-            pos = after
-        ns = (time.process_time() - t0) / n * 1e9
-        rows.append(Row(f"trade path, frame to median, {twin}", ns, "ns/trade"))
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for candles in (True, False, False, True):
+            symbols_module.keep_candles(candles)
+            table = SymbolTable.build(names)
+            for _, stats in table.items():
+                stats.baseline(999, 0)
+            path = make()
+            path.index = table.index if twin == "C" else table.get
+            t0, pos = time.process_time(), 0
+            while pos < len(data):
+                after = path.consume(data, pos)
+                if after <= pos:  # the general path's frame, as the reader hands it over
+                    i = starts[pos]
+                    event = _decode(payloads[i]).data
+                    found = table.get(event.s)
+                    assert found is not None
+                    found.apply(event.t, units(event.p), event.T)
+                    after = pos + len(data[pos : pos + 1]) + len(payloads[i]) + (
+                        1 if len(payloads[i]) < 126 else 3)  # fmt: skip
+                pos = after
+            times[candles].append((time.process_time() - t0) / n * 1e9)
+            if twin == "C":
+                for _, stats in table.items():
+                    stats._check()
+        for candles, label in ((True, "with candles"), (False, "without candles")):
+            rows.append(Row(f"trade path, frame to median, {twin}, {label}",
+                            statistics.mean(times[candles]), "ns/trade"))  # fmt: skip
     symbols_module.use_compiled(was)
+    symbols_module.keep_candles(True)
     t0 = time.process_time()
     for payload in payloads:
         _decode(payload)

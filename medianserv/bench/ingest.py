@@ -3,9 +3,10 @@ in turn, on several markets.
 
 The simulator floods every connection of whichever client it is told to as fast as that client
 reads (``/_sim/flood?agent=...``), the other one idle meanwhile. Each market (walk, fresh,
-hot, real; see :class:`~medianserv.sim.SimConfig`) is measured in windows A B B A (medianserv,
-the client, the client, medianserv), so both sides of every ratio run in the same minutes; a
-side's CPU per item is its process's CPU (``/proc``) over the items it took in its window.
+hot, real; see :class:`~medianserv.sim.SimConfig`) is measured in windows A B C C B A
+(medianserv, medianserv with ``--no-candles``, the client, the client, ...), so every side of
+every ratio runs in the same minutes; a side's CPU per item is its process's CPU (``/proc``)
+over the items it took in its window. The two services are told apart by their User-Agent.
 """
 
 from __future__ import annotations
@@ -130,8 +131,10 @@ def _picows_available() -> bool:
 def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: int = 1,
                  markets: tuple[str, ...] = MARKETS) -> list[Row]:  # fmt: skip
     """medianserv and the decode-only client (picows + msgspec, in the ``bench`` extra)
-    flooded alone in turn on each market, windows A B B A of ``seconds``: CPU per trade of
-    each, their ratio, rates, and for medianserv the slowest market against the fastest.
+    flooded alone in turn on each market, with a second medianserv that keeps no candles,
+    windows A B C C B A of ``seconds``: CPU per trade of each, their ratios (the client's
+    over medianserv's; medianserv's with candles over without), rates, and for medianserv
+    the slowest market against the fastest.
     Without picows, medianserv alone. A run in which a client lost a connection is refused."""
     import tempfile
 
@@ -144,11 +147,17 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
     sim = SimProcess(0, shared_data, extra)
     client: _Client | None = None
     with tempfile.TemporaryDirectory() as tmp:
-        svc = ServiceProcess(sim, Path(tmp))
+        svc = ServiceProcess(sim, Path(tmp) / "a", ["--user-agent", "medianserv-candles"])
+        bare: ServiceProcess | None = None
+        agents = {"medianserv": "medianserv-candles", "no candles": "medianserv-nocandles",
+                  "client": CLIENT_AGENT}  # fmt: skip
         try:
+            bare = ServiceProcess(sim, Path(tmp) / "b",
+                                  ["--user-agent", agents["no candles"], "--no-candles"])  # fmt: skip
             if _picows_available():
                 client = _Client(sim, 3600)
             svc.wait_ready()
+            bare.wait_ready()
             status = svc.get("/-/status")
             connections = len(status["connections"])
             rows.append(Row(f"symbols, over {connections} connections each client",
@@ -156,20 +165,23 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             rows.append(Row(f"medianserv's trade path is {status['trade_path']}",
                             1 if status["trade_path"] == "C" else 0, "(1: compiled)"))  # fmt: skip
             sim.control("resume")
+            assert bare is not None
             sides: dict[str, tuple[Any, Any]] = {
                 "medianserv": (svc.proc.pid, lambda: int(svc.metric("trades_applied_total")[""])),
+                "no candles": (bare.proc.pid,
+                               lambda: int(bare.metric("trades_applied_total")[""])),
             }
             if client is not None:
                 sides["client"] = (client.proc.pid, client.count)
-            order = ["medianserv", "client", "client", "medianserv"] * rounds
+            order = ["medianserv", "no candles", "client", "client", "no candles",
+                     "medianserv"] * rounds  # fmt: skip
             per_trade: dict[str, dict[str, list[float]]] = {m: {} for m in markets}
             rates: dict[str, dict[str, list[float]]] = {m: {} for m in markets}
             for market in markets:
                 sim.control(f"flood?market={market}&agent=nobody")
                 for side in [s for s in order if s in sides]:
                     pid, count = sides[side]
-                    agent = "medianserv" if side == "medianserv" else CLIENT_AGENT
-                    sim.control(f"flood?agent={agent}")
+                    sim.control(f"flood?agent={agents[side]}")
                     time.sleep(1.0)  # the flood reaches its pace
                     c0, n0, t0 = cpu_seconds(pid), count(), time.monotonic()
                     time.sleep(seconds)
@@ -179,7 +191,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                     per_trade[market].setdefault(side, []).append((c1 - c0) / max(1, n1 - n0) * 1e6)
                     rates[market].setdefault(side, []).append((n1 - n0) / (t1 - t0))
             stats = sim.control("stats")
-            expected = connections * (2 if client else 1)
+            expected = connections * (3 if client else 2)
             if stats["violations"] or stats["connections_open"] != expected:
                 raise RuntimeError(f"a client lost a connection; the run does not count: {stats}")
             ours = {}
@@ -190,6 +202,11 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                                 "us/trade"))  # fmt: skip
                 rows.append(Row(f"{market}: medianserv trades/s", statistics.median(
                     rates[market]["medianserv"]), "trades/s"))  # fmt: skip
+                without = statistics.median(per_trade[market]["no candles"])
+                rows.append(Row(f"{market}: medianserv --no-candles CPU per trade", without,
+                                "us/trade"))  # fmt: skip
+                rows.append(Row(f"{market}: CPU per trade with candles / without (goal <= 1.1)",
+                                mine / without, "x"))  # fmt: skip
                 if "client" in per_trade[market]:
                     theirs = statistics.median(per_trade[market]["client"])
                     rows.append(Row(f"{market}: decode-only client CPU per trade", theirs,
@@ -202,7 +219,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                             max(ours.values()) / min(ours.values()), "x"))  # fmt: skip
             latency = stats["pong_latency_by_agent"]
             rows.append(Row("medianserv: worst pong latency (pings every 5 s)",
-                            1000 * latency.get("medianserv", 0.0), "ms"))  # fmt: skip
+                            1000 * latency.get(agents["medianserv"], 0.0), "ms"))  # fmt: skip
             if client is not None:
                 rows.append(Row("decode-only client: worst pong latency",
                                 1000 * latency.get(CLIENT_AGENT, 0.0), "ms"))  # fmt: skip
@@ -212,5 +229,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             if client is not None:
                 client.stop()
             svc.stop()
+            if bare is not None:
+                bare.stop()
             sim.stop()
     return rows

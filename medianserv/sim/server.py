@@ -765,12 +765,14 @@ class Simulator:
     def _recordings(self) -> list[tuple[str, bytes]]:
         """The recorded trade frames (``replay``) in time order, each payload with its ``t``
         ``@PPPPPPPPP@K`` (a round's 10-digit prefix and the frame's number in it, filled
-        later);
+        later) and its ``T`` the round's time (as Binance's, trade times rise with ids);
         loaded once."""
         if self._recorded is None:
             recorded = []
             for _, frame in heapq.merge(*(read_trade_frames(p) for p in self.config.replay)):
                 payload = re.sub(rb'"t":\d+', b'"t":@PPPPPPPPP@K', frame, count=1)
+                # the round's time too: the ids rise round after round, so must the times
+                payload = re.sub(rb'"T":\d+', b'"T":@EEEEEEEEEEEE', payload, count=1)
                 recorded.append((json.loads(frame)["stream"], payload))
             self._recorded = recorded
         return self._recorded
