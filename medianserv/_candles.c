@@ -41,8 +41,9 @@ static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     }
     Period *p = (Period *)type->tp_alloc(type, 0);
     if (!p) return NULL;
-    p->start = start;
+    p->start = p->lo_ms = start;
     p->length = length;
+    p->last_ms = -1;
     p->open_id = p->close_id = -1;
     return (PyObject *)p;
 }
@@ -80,8 +81,9 @@ static PyObject *Period_add_in(Period *p, PyObject *args) {
     u64 price;
     if (!PyArg_ParseTuple(args, "LOL:add_in", &tid, &price_o, &when)) return NULL;
     if (price_arg(price_o, &price) < 0) return NULL;
-    if (when < p->start || when - p->start >= p->length) Py_RETURN_FALSE;
+    if (when < p->lo_ms || when - p->start >= p->length) Py_RETURN_FALSE;
     if (period_add(p, tid, tid, price, 1) < 0) return NULL;
+    if (when > p->last_ms) p->last_ms = when;
     Py_RETURN_TRUE;
 }
 
@@ -142,6 +144,8 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (!c) return NULL;
     c->start = p->start;
     c->length = p->length;
+    c->lo_ms = p->lo_ms;
+    c->last_ms = p->last_ms;
     c->open_id = p->open_id;
     c->close_id = p->close_id;
     c->count = p->count;
@@ -202,6 +206,31 @@ fail:
     return NULL;
 }
 
+static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
+    size_t n = p->levels.used, k = 0;
+    Pair *pairs = n ? malloc(n * sizeof *pairs) : NULL;
+    if (n && !pairs) return PyErr_NoMemory();
+    for (size_t i = 0; i < p->levels.cap; i++)
+        if (p->levels.vals[i]) pairs[k++] = (Pair){p->levels.keys[i], p->levels.vals[i]};
+    if (n) qsort(pairs, n, sizeof *pairs, pair_cmp);
+    PyObject *prices = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 * n));
+    PyObject *counts = prices ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 * n)) : NULL;
+    if (!prices || !counts) {
+        free(pairs);
+        Py_XDECREF(prices);
+        return NULL;
+    }
+    unsigned char *a = (unsigned char *)PyBytes_AS_STRING(prices);
+    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(counts);
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < 8; j++) {
+            a[8 * i + j] = (unsigned char)(pairs[i].price >> (56 - 8 * j));
+            b[8 * i + j] = (unsigned char)((u64)pairs[i].count >> (56 - 8 * j));
+        }
+    free(pairs);
+    return Py_BuildValue("(NN)", prices, counts);
+}
+
 static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
     return PyLong_FromSize_t(p->levels.used);
 }
@@ -213,12 +242,15 @@ static PyMethodDef Period_methods[] = {
     {"fold", (PyCFunction)Period_fold, METH_O, "See PyPeriod.fold."},
     {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
+    {"packed", (PyCFunction)Period_packed, METH_NOARGS, "See PyPeriod.packed."},
     {NULL},
 };
 
 static PyMemberDef Period_members[] = {
     {"start", T_LONGLONG, offsetof(Period, start), READONLY, NULL},
     {"length", T_LONGLONG, offsetof(Period, length), READONLY, NULL},
+    {"lo_ms", T_LONGLONG, offsetof(Period, lo_ms), 0, NULL},
+    {"last_ms", T_LONGLONG, offsetof(Period, last_ms), 0, NULL},
     {"count", T_LONGLONG, offsetof(Period, count), READONLY, NULL},
     {"open_id", T_LONGLONG, offsetof(Period, open_id), 0, NULL},
     {"close_id", T_LONGLONG, offsetof(Period, close_id), 0, NULL},

@@ -487,13 +487,12 @@ static int price_units(Pos s, size_t n, u64 *out) {
 /* -- TradePath -------------------------------------------------------------------------------- */
 
 enum { S_LOCK, S_MEDIAN, S_IDS, S_DIRTY, S_VERSION, S_LAST_ID, S_LAST_PRICE, S_LAST_TIME,
-       S_CANDLES, I_HIGHEST, I_AFTER_MS, I_HIGHEST_PRICE, I_GAPS, C_MINUTE, C_LATEST, C_FIRST,
-       N_SLOTS };
+       S_CANDLES, I_HIGHEST, I_AFTER_MS, I_HIGHEST_PRICE, I_GAPS, C_MINUTE, N_SLOTS };
 
 static const char *slot_names[N_SLOTS] = {
     "lock", "median", "ids", "dirty", "version", "last_trade_id", "last_price",
     "last_trade_time", "candles", "highest", "after_highest_ms", "highest_price", "gaps",
-    "minute", "latest_ms", "first_ms",
+    "minute",
 };
 
 typedef struct {
@@ -606,15 +605,12 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
         /* Candles.add for a trade of the current minute; any other goes the general way */
         PyObject *candles = SLOT(stats, S_CANDLES);
         Period *minute = NULL;
-        long long latest = 0, first = 0;
         if (candles && candles != Py_None) {
             if (Py_TYPE(candles) != tp->candles_type) goto done;
             PyObject *m = SLOT(candles, C_MINUTE);
-            if (!m || !Py_IS_TYPE(m, &PeriodType) || !int_slot(SLOT(candles, C_LATEST), &latest) ||
-                !int_slot(SLOT(candles, C_FIRST), &first))
-                goto done;
+            if (!m || !Py_IS_TYPE(m, &PeriodType)) goto done;
             minute = (Period *)m;
-            if (T < minute->start || T - minute->start >= minute->length || T < first) goto done;
+            if (T < minute->lo_ms || T - minute->start >= minute->length) goto done;
         }
         rc = ERROR;
         if (!(tid = PyLong_FromLongLong(t)) || !(when = PyLong_FromLongLong(T)) ||
@@ -622,7 +618,7 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
             goto done;
         if (minute && period_add(minute, t, t, price, 1) < 0) goto done;
         if (median_add((Median *)median, price, 1) < 0) goto done;
-        if (minute && T > latest) set_slot(&SLOT(candles, C_LATEST), when);
+        if (minute && T > minute->last_ms) minute->last_ms = T;
         set_slot(&SLOT(ids, I_HIGHEST), tid);
         set_slot(&SLOT(ids, I_AFTER_MS), when);
         set_slot(&SLOT(ids, I_HIGHEST_PRICE), units);

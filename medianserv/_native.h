@@ -100,6 +100,7 @@ void ms_map_free(Map *m);
 typedef struct {
     PyObject_HEAD
     long long start, length;
+    long long lo_ms, last_ms;   /* add_in takes times from lo_ms on; the latest it took */
     long long open_id, close_id, count;
     unsigned long long open_price, close_price, high, low;
     Map levels;

@@ -95,12 +95,14 @@ class PyPeriod:
     other); :meth:`items` O(L log L) for L levels; :meth:`copy` O(L).
     """
 
-    __slots__ = ("_levels", "close_id", "close_price", "count", "high", "length", "low",
-                 "open_id", "open_price", "start")  # fmt: skip
+    __slots__ = ("_levels", "close_id", "close_price", "count", "high", "last_ms", "length",
+                 "lo_ms", "low", "open_id", "open_price", "start")  # fmt: skip
 
     def __init__(self, start: int, length: int) -> None:
         self.start = start
         self.length = length
+        self.lo_ms = start  # add_in takes times from here (a current minute's first trade on)
+        self.last_ms = -1  # the latest time add_in took
         self.open_id = self.close_id = -1
         self.open_price = self.close_price = self.high = self.low = 0
         self.count = 0
@@ -133,9 +135,11 @@ class PyPeriod:
     def add_in(self, trade_id: int, price: int, time_ms: int) -> bool:
         """:meth:`add` one trade if ``time_ms`` falls in this period; False, and nothing done,
         if not. O(1) expected. What the per-trade path does for each trade."""
-        if not 0 <= time_ms - self.start < self.length:
+        if time_ms < self.lo_ms or time_ms - self.start >= self.length:
             return False
         self.add(trade_id, trade_id, price, 1)
+        if time_ms > self.last_ms:
+            self.last_ms = time_ms
         return True
 
     def fold(self, other: PyPeriod) -> None:
@@ -164,8 +168,17 @@ class PyPeriod:
         twin.open_id, twin.open_price = self.open_id, self.open_price
         twin.close_id, twin.close_price = self.close_id, self.close_price
         twin.high, twin.low, twin.count = self.high, self.low, self.count
+        twin.lo_ms, twin.last_ms = self.lo_ms, self.last_ms
         twin._levels = dict(self._levels)
         return twin
+
+    def packed(self) -> tuple[bytes, bytes]:
+        """(prices, counts) as 8-byte big-endian integers, ascending by price: what is
+        stored, made without a Python object per level in the compiled twin. O(L log L)."""
+        prices = sorted(self._levels)
+        levels = self._levels
+        return (b"".join(p.to_bytes(8, "big") for p in prices),
+                b"".join(levels[p].to_bytes(8, "big") for p in prices))  # fmt: skip
 
     def items(self) -> tuple[list[int], list[int]]:
         """(prices, counts), ascending by price. O(L log L)."""
@@ -212,9 +225,14 @@ def state_key(state: CandleState | None) -> Any:
 def _delta_key(delta: Delta) -> tuple[Any, ...]:
     levels: dict[int, int] = {}
     for prices, counts in delta.chunks:
-        for price, n in zip(prices, counts, strict=True):
-            levels[int(price)] = levels.get(int(price), 0) + int(n)
+        for price, n in zip(unpack(prices), unpack(counts), strict=True):
+            levels[price] = levels.get(price, 0) + n
     return (delta.fields, delta.seq, tuple(sorted(levels.items())))
+
+
+def unpack(data: bytes) -> list[int]:
+    """8-byte big-endian integers (what :meth:`PyPeriod.packed` makes) as ints. O(n)."""
+    return [int.from_bytes(data[i : i + 8], "big") for i in range(0, len(data), 8)]
 
 
 def period_fields(period: Any) -> tuple[int, int, int, int, int, int, int]:
@@ -275,7 +293,7 @@ class Delta(NamedTuple):
 
     fields: tuple[int, ...]
     seq: int
-    chunks: list[tuple[Sequence[int], Sequence[int]]]
+    chunks: list[tuple[bytes, bytes]]  # PyPeriod.packed()
 
 
 class CandleState(NamedTuple):
@@ -335,7 +353,7 @@ class Candles:
         self.harvested_counts: tuple[int, ...] = ()  # counts() at the last harvest
         # of the open hours and days: levels added since the last harvest, and the number of
         # the next delta each will be stored as
-        self.pending: tuple[dict[int, list[tuple[Sequence[int], Sequence[int]]]], ...] = (
+        self.pending: tuple[dict[int, list[tuple[bytes, bytes]]], ...] = (
             {}, {}, {},
         )  # fmt: skip
         self.seq: dict[tuple[int, int], int] = {}
@@ -363,14 +381,16 @@ class Candles:
             if minute is not None:
                 self._retire(minute)
             minute = self.minute = _Period(start, 60_000)
+            minute.lo_ms = max(start, self.first_ms)  # an earlier time moves first_ms
             minute.add(lo, hi, price, times)
             return
         self.total += times
+        level = (price.to_bytes(8, "big"), times.to_bytes(8, "big"))
         for k in (MINUTE, HOUR, DAY):  # a late trade: into its own periods
             start = time_ms - time_ms % _LENGTHS[k]
             self._period(k, start).add(lo, hi, price, times)
             if k != MINUTE:
-                self.pending[k].setdefault(start, []).append(([price], [times]))
+                self.pending[k].setdefault(start, []).append(level)
 
     def add_outside(self, trades: int) -> None:
         """``trades`` the symbol counted without their times (an archive file merged whole,
@@ -382,7 +402,7 @@ class Candles:
         self.open[MINUTE][minute.start] = minute
         self.total += minute.count
         self.dirty[MINUTE].add(minute.start)
-        levels = minute.items()
+        levels = minute.packed()
         for k in (HOUR, DAY):
             start = minute.start - minute.start % _LENGTHS[k]
             self._period(k, start).fold(minute)
@@ -402,8 +422,16 @@ class Candles:
         but the latest: what the per-trade path applies (and its compiled twin checks the
         same), anything else going through :meth:`add`'s general case. O(1)."""
         minute = self.minute
-        return (minute is not None and 0 <= time_ms - minute.start < 60_000
-                and time_ms >= self.first_ms)  # fmt: skip
+        return minute is not None and minute.lo_ms <= time_ms and time_ms - minute.start < 60_000
+
+    @property
+    def latest(self) -> int:
+        """The latest trade time counted (-1: none): the per-trade path keeps the current
+        minute's. O(1)."""
+        minute = self.minute
+        if minute is None or minute.last_ms <= self.latest_ms:
+            return self.latest_ms
+        return int(minute.last_ms)
 
     @property
     def count(self) -> int:
@@ -421,7 +449,7 @@ class Candles:
 
     def _can_land(self, ids: TradeIds, start: int, end: int) -> bool:
         """Whether a trade of ``start..end`` (ms, end excluded) may still be counted. O(g)."""
-        if self.latest_ms < end:
+        if self.latest < end:
             return True  # not over
         if not ids.history_complete and ids.front is None and start <= self.first_ms:
             return True  # counting began in it: the range may still reach below
@@ -440,7 +468,7 @@ class Candles:
         for k, (_, length) in enumerate(INTERVALS):
             self.recent[k].clear()  # written by the snapshot that took them
             keep = keep_ms[k]
-            oldest = None if keep is None else self.latest_ms - keep
+            oldest = None if keep is None else self.latest - keep
             if oldest is not None:
                 expired[k] = oldest - length + 1
             out, opened, dirty = periods[k], self.open[k], self.dirty[k]
@@ -475,7 +503,7 @@ class Candles:
             return None
         self.harvested_counts = counts
         current = None if minute is None else minute.start
-        return CandleState(self.first_ms, self.latest_ms, self.front_top_ms, current, periods,
+        return CandleState(self.first_ms, self.latest, self.front_top_ms, current, periods,
                            tuple(expired), counts)  # fmt: skip
 
     def _forget(self, k: int, start: int) -> None:
@@ -507,6 +535,7 @@ class Candles:
                     continue
                 if k == MINUTE and start == state.current:
                     book.minute = period
+                    period.lo_ms = max(start, book.first_ms)
                     book.harvested = (start, period.count)
                 else:
                     book.open[k][start] = period
@@ -537,7 +566,7 @@ class Candles:
         minute = None if self.minute is None else period_key(self.minute)
         opened = tuple(tuple(period_key(p) for _, p in sorted(o.items())) for o in self.open)
         recent = tuple(tuple(sorted(r.items())) for r in self.recent)
-        return (minute, opened, recent, self.first_ms, self.latest_ms, self.front_top_ms,
+        return (minute, opened, recent, self.first_ms, self.latest, self.front_top_ms,
                 self.counts())  # fmt: skip
 
     def _check(self, counted: int | None = None) -> None:

@@ -198,18 +198,13 @@ def _candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
                 elif isinstance(period, Delta):
                     key = head + _U64.pack(start)
                     yield key, encode([2, *period.fields, period.seq + 1])
-                    prices = [np.asarray(p, ">u8") for p, _ in period.chunks]
-                    counts = [np.asarray(c, ">u8") for _, c in period.chunks]
                     yield key + _U32.pack(period.seq), encode([
-                        b"".join(a.tobytes() for a in prices),
-                        b"".join(a.tobytes() for a in counts),
+                        b"".join(p for p, _ in period.chunks),
+                        b"".join(c for _, c in period.chunks),
                     ])  # fmt: skip
                     continue
                 else:
-                    prices, counts = period.items()
-                    value = encode([1, *period_fields(period),
-                                    np.asarray(prices, ">u8").tobytes(),
-                                    np.asarray(counts, ">u8").tobytes()])  # fmt: skip
+                    value = encode([1, *period_fields(period), *period.packed()])
                 yield head + _U64.pack(start), value
 
 

@@ -26,6 +26,7 @@ from medianserv.candles import (
     period_row,
     restore_period,
     select_rows,
+    unpack,
 )
 from medianserv.api import create_app
 from medianserv.median import CRunningMedian
@@ -82,11 +83,16 @@ def test_period_twins_equal_each_other_and_the_oracle(
         twin = p.copy()
         p.fold(q)
         assert period_key(twin) == before  # a copy is detached
+        p.lo_ms = 120_000
         took = p.add_in(at, 7, 5 * at)
-        assert took == (60_000 <= 5 * at < 3_660_000)
+        assert took == (120_000 <= 5 * at < 3_660_000)
+        assert p.last_ms == (5 * at if took else -1)
         if took:
             trades.append((at, at, 7, 1))
-        keys.append(period_key(p))
+        prices, counts = p.items()
+        assert p.packed() == (b"".join(x.to_bytes(8, "big") for x in prices),
+                              b"".join(x.to_bytes(8, "big") for x in counts))  # fmt: skip
+        keys.append((period_key(p), p.lo_ms, p.last_ms))
         if trades:
             assert period_row(p) == oracle_row(60_000, trades)
     assert all(k == keys[0] for k in keys)
@@ -189,8 +195,8 @@ class FakeStore:
                 continue
             if value[0] == "delta":
                 chunks = [c for _, cs in sorted(self.deltas[(k, start)].items()) for c in cs]
-                prices = [p for ps, _ in chunks for p in ps]
-                counts = [n for _, ns in chunks for n in ns]
+                prices = [p for ps, _ in chunks for p in unpack(ps)]
+                counts = [n for _, ns in chunks for n in unpack(ns)]
                 period = restore_period(start, LENGTHS[k], value[1], prices, counts)
                 seqs.append((k, start, value[2]))
             else:
