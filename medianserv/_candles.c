@@ -1,11 +1,47 @@
 /* The compiled twin of medianserv.candles.PyPeriod: one period's open, close, extremes, count
- * and levels (price -> trades, a Map of _median.c). Method for method the same; the per-trade
+ * and levels (price -> trades, a PairMap). Method for method the same; the per-trade
  * path (_hotpath.c) calls period_add for a trade of the current minute. */
 #include "_native.h"
 #include "structmember.h"
 
+/* -- the levels: PairMap ---------------------------------------------------------------------- */
+
+static int pm_grow(PairMap *m) {
+    size_t cap = m->cap ? m->cap * 2 : 8;
+    int shift = m->cap ? m->shift - 1 : 64 - 3;
+    LevelCount *slots = calloc(cap, sizeof *slots);
+    if (!slots) return -1;
+    for (size_t i = 0; i < m->cap; i++) {
+        if (!m->slots[i].count) continue;
+        size_t j = (size_t)((m->slots[i].price * 0x9E3779B97F4A7C15ULL) >> shift);
+        while (slots[j].count) j = (j + 1) & (cap - 1);
+        slots[j] = m->slots[i];
+    }
+    free(m->slots);
+    m->slots = slots;
+    m->cap = cap;
+    m->shift = shift;
+    return 0;
+}
+
+/* price's count grows by k > 0 (inserted if new); -1 when memory ran out */
+static int pm_add(PairMap *m, u64 price, i64 k) {
+    if (2 * (m->used + 1) > m->cap && pm_grow(m) < 0) return -1;
+    size_t mask = m->cap - 1, j = (size_t)((price * 0x9E3779B97F4A7C15ULL) >> m->shift);
+    while (m->slots[j].count) {
+        if (m->slots[j].price == price) {
+            m->slots[j].count += k;
+            return 0;
+        }
+        j = (j + 1) & mask;
+    }
+    m->slots[j] = (LevelCount){price, k};
+    m->used++;
+    return 0;
+}
+
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
-    if (ms_map_add(&p->levels, price, times) < 0) {
+    if (pm_add(&p->levels, price, times) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -49,7 +85,7 @@ static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 }
 
 static void Period_dealloc(Period *p) {
-    ms_map_free(&p->levels);
+    free(p->levels.slots);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
 
@@ -97,7 +133,7 @@ static PyObject *Period_add_level(Period *p, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "add_level: times must be positive");
         return NULL;
     }
-    if (ms_map_add(&p->levels, price, times) < 0) return PyErr_NoMemory();
+    if (pm_add(&p->levels, price, times) < 0) return PyErr_NoMemory();
     p->count += times;
     Py_RETURN_NONE;
 }
@@ -114,7 +150,8 @@ static PyObject *Period_fold(Period *p, PyObject *arg) {
         return NULL;
     }
     for (size_t i = 0; i < o->levels.cap; i++)
-        if (o->levels.vals[i] && ms_map_add(&p->levels, o->levels.keys[i], o->levels.vals[i]) < 0)
+        if (o->levels.slots[i].count &&
+            pm_add(&p->levels, o->levels.slots[i].price, o->levels.slots[i].count) < 0)
             return PyErr_NoMemory(); /* only memory exhaustion; the caller's symbol is damaged */
     if (!p->count) {
         p->open_id = o->open_id;
@@ -154,15 +191,13 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     c->high = p->high;
     c->low = p->low;
     if (p->levels.cap) {
-        Map *m = &c->levels;
-        m->keys = malloc(p->levels.cap * sizeof *m->keys);
-        m->vals = malloc(p->levels.cap * sizeof *m->vals);
-        if (!m->keys || !m->vals) {
+        PairMap *m = &c->levels;
+        m->slots = malloc(p->levels.cap * sizeof *m->slots);
+        if (!m->slots) {
             Py_DECREF(c);
             return PyErr_NoMemory();
         }
-        memcpy(m->keys, p->levels.keys, p->levels.cap * sizeof *m->keys);
-        memcpy(m->vals, p->levels.vals, p->levels.cap * sizeof *m->vals);
+        memcpy(m->slots, p->levels.slots, p->levels.cap * sizeof *m->slots);
         m->cap = p->levels.cap;
         m->used = p->levels.used;
         m->shift = p->levels.shift;
@@ -170,22 +205,17 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     return (PyObject *)c;
 }
 
-typedef struct {
-    u64 price;
-    i64 count;
-} Pair;
-
 static int pair_cmp(const void *a, const void *b) {
-    u64 x = ((const Pair *)a)->price, y = ((const Pair *)b)->price;
+    u64 x = ((const LevelCount *)a)->price, y = ((const LevelCount *)b)->price;
     return (x > y) - (x < y);
 }
 
 static PyObject *Period_items(Period *p, PyObject *Py_UNUSED(ignored)) {
     size_t n = p->levels.used, k = 0;
-    Pair *pairs = n ? malloc(n * sizeof *pairs) : NULL;
+    LevelCount *pairs = n ? malloc(n * sizeof *pairs) : NULL;
     if (n && !pairs) return PyErr_NoMemory();
     for (size_t i = 0; i < p->levels.cap; i++)
-        if (p->levels.vals[i]) pairs[k++] = (Pair){p->levels.keys[i], p->levels.vals[i]};
+        if (p->levels.slots[i].count) pairs[k++] = p->levels.slots[i];
     if (n) qsort(pairs, n, sizeof *pairs, pair_cmp);
     PyObject *prices = PyList_New((Py_ssize_t)n), *counts = PyList_New((Py_ssize_t)n);
     if (!prices || !counts) goto fail;
@@ -208,10 +238,10 @@ fail:
 
 static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
     size_t n = p->levels.used, k = 0;
-    Pair *pairs = n ? malloc(n * sizeof *pairs) : NULL;
+    LevelCount *pairs = n ? malloc(n * sizeof *pairs) : NULL;
     if (n && !pairs) return PyErr_NoMemory();
     for (size_t i = 0; i < p->levels.cap; i++)
-        if (p->levels.vals[i]) pairs[k++] = (Pair){p->levels.keys[i], p->levels.vals[i]};
+        if (p->levels.slots[i].count) pairs[k++] = p->levels.slots[i];
     if (n) qsort(pairs, n, sizeof *pairs, pair_cmp);
     PyObject *prices = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 * n));
     PyObject *counts = prices ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 * n)) : NULL;

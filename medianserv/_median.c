@@ -102,15 +102,6 @@ static void map_free(Map *m) {
     memset(m, 0, sizeof *m);
 }
 
-/* the maps for the other compiled twins (_candles.c): key's count grows by k; -1 when memory
-   ran out */
-i64 ms_map_add(Map *m, u64 key, i64 k) {
-    int inserted;
-    return map_add(m, key, k, &inserted);
-}
-
-void ms_map_free(Map *m) { map_free(m); }
-
 /* -- the record of levels touched: a map that never rehashes all at once -------------------- */
 
 #define MOVE_SLOTS 16           /* of old's slots, looked at by each put */

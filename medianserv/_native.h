@@ -89,21 +89,32 @@ extern PyTypeObject MedianType, LevelsType;
 /* Adds `times` values at `value`; the level's count after, or -1 with an exception set. */
 i64 median_add(Median *m, u64 value, i64 times);
 
-/* a Map's key grows by k (inserted if new): the count after, -1 when memory ran out; a Map's
- * memory freed */
-i64 ms_map_add(Map *m, u64 key, i64 k);
-void ms_map_free(Map *m);
-
 /* -- median candles (_candles.c) ------------------------------------------------------------ */
 
-/* one period's trades (medianserv.candles.PyPeriod) */
+/* price -> trades of one period, each price beside its count (one cache line holds four:
+ * a live trade of a cold symbol misses once, not once for the key and once for the count);
+ * open addressing, linear probing, a slot free when its count is 0 */
+typedef struct {
+    u64 price;
+    i64 count;
+} LevelCount;
+
+typedef struct {
+    LevelCount *slots;
+    size_t cap, used;   /* cap a power of two (or 0), used <= cap / 2 */
+    int shift;          /* 64 - log2(cap) */
+} PairMap;
+
+/* one period's trades (medianserv.candles.PyPeriod); what a live trade reads and writes first,
+ * so that it touches as few cache lines as it can */
 typedef struct {
     PyObject_HEAD
-    long long start, length;
-    long long lo_ms, last_ms;   /* add_in takes times from lo_ms on; the latest it took */
-    long long open_id, close_id, count;
-    unsigned long long open_price, close_price, high, low;
-    Map levels;
+    long long lo_ms, start, length;   /* add_in takes times lo_ms .. start + length - 1 */
+    long long count, close_id;
+    u64 close_price, high, low;
+    PairMap levels;
+    long long open_id, last_ms;       /* last_ms: the latest time add_in took */
+    u64 open_price;
 } Period;
 
 extern PyTypeObject PeriodType;

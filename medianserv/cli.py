@@ -67,6 +67,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                                       args.workers, args.latency_ms)  # fmt: skip
         elif suite == "history":
             part = bench.bench_history(args.trades, args.files or 10, args.archive_dir, shared)
+        elif suite == "candles":
+            part = bench.bench_candles(args.trades_per_day)
         elif suite == "scale":
             part = bench.bench_scale(args.prices, args.files or 100)
         elif suite == "soak":
@@ -283,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "suite",
         choices=["core", "ingest", "api", "snapshot", "long", "history", "recovery", "scale", "all",
-                 "soak", "load", "decode-client"],
+                 "soak", "candles", "load", "decode-client"],
         nargs="?", default="all",
         help="'all' runs every suite but history and recovery (long on their own)",
     )  # fmt: skip
@@ -312,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--levels", type=int, default=10_000_000, help="levels stored (snapshot)")
     bench.add_argument("--trades", type=lambda s: int(float(s)), default=10**8,
                        help="trades (long, history)")  # fmt: skip
+    bench.add_argument("--trades-per-day", type=lambda s: int(float(s)), default=1_500_000,
+                       help="candles: trades a day of the BTCUSDT-like symbol")  # fmt: skip
     bench.add_argument("--files", type=int, default=None,
                        help="history: monthly archive files (10); scale: files imported, a "
                        "snapshot every 10 (100)")  # fmt: skip

@@ -9,6 +9,7 @@ our parser next to ``Decimal``, the import next to DuckDB on the same files).
 from __future__ import annotations
 
 from .api import bench_api, load_generate
+from .candles import bench_candles
 from .common import Row, random_walk
 from .core import bench_core
 from .history import bench_history, synthetic_archives
@@ -23,6 +24,7 @@ from .soak import bench_soak
 __all__ = [
     "Row",
     "bench_api",
+    "bench_candles",
     "bench_core",
     "bench_history",
     "bench_ingest",
