@@ -487,17 +487,17 @@ static int price_units(Pos s, size_t n, u64 *out) {
 /* -- TradePath -------------------------------------------------------------------------------- */
 
 enum { S_LOCK, S_MEDIAN, S_IDS, S_DIRTY, S_VERSION, S_LAST_ID, S_LAST_PRICE, S_LAST_TIME,
-       S_CANDLES, I_HIGHEST, I_AFTER_MS, I_HIGHEST_PRICE, I_GAPS, C_MINUTE, N_SLOTS };
+       S_CANDLES, S_MINUTE, I_HIGHEST, I_AFTER_MS, I_HIGHEST_PRICE, I_GAPS, N_SLOTS };
 
 static const char *slot_names[N_SLOTS] = {
     "lock", "median", "ids", "dirty", "version", "last_trade_id", "last_price",
-    "last_trade_time", "candles", "highest", "after_highest_ms", "highest_price", "gaps",
-    "minute",
+    "last_trade_time", "candles", "minute", "highest", "after_highest_ms", "highest_price",
+    "gaps",
 };
 
 typedef struct {
     PyObject_HEAD
-    PyTypeObject *stats_type, *ids_type, *candles_type;
+    PyTypeObject *stats_type, *ids_type;
     Py_ssize_t off[N_SLOTS];
     long long max_size;
     PyObject *index;    /* Index or None */
@@ -526,24 +526,21 @@ static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *off) {
 }
 
 static PyObject *TradePath_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"stats_type", "ids_type", "candles_type", "max_size", NULL};
-    PyTypeObject *stats_type, *ids_type, *candles_type;
+    static char *names[] = {"stats_type", "ids_type", "max_size", NULL};
+    PyTypeObject *stats_type, *ids_type;
     long long max_size = 1 << 20;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!|L:TradePath", names, &PyType_Type,
-                                     &stats_type, &PyType_Type, &ids_type, &PyType_Type,
-                                     &candles_type, &max_size))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!|L:TradePath", names, &PyType_Type,
+                                     &stats_type, &PyType_Type, &ids_type, &max_size))
         return NULL;
     TradePath *tp = (TradePath *)type->tp_alloc(type, 0);
     if (!tp) return NULL;
     tp->stats_type = (PyTypeObject *)Py_NewRef(stats_type);
     tp->ids_type = (PyTypeObject *)Py_NewRef(ids_type);
-    tp->candles_type = (PyTypeObject *)Py_NewRef(candles_type);
     tp->index = Py_NewRef(Py_None);
     tp->max_size = max_size;
     tp->last_event_ms = -1;
     for (int k = 0; k < N_SLOTS; k++)
-        if (slot_offset(k < I_HIGHEST ? stats_type : k < C_MINUTE ? ids_type : candles_type,
-                        slot_names[k], &tp->off[k]) < 0) {
+        if (slot_offset(k < I_HIGHEST ? stats_type : ids_type, slot_names[k], &tp->off[k]) < 0) {
             Py_DECREF(tp);
             return NULL;
         }
@@ -553,7 +550,6 @@ static PyObject *TradePath_new(PyTypeObject *type, PyObject *args, PyObject *kwd
 static int TradePath_clear(TradePath *tp) {
     Py_CLEAR(tp->stats_type);
     Py_CLEAR(tp->ids_type);
-    Py_CLEAR(tp->candles_type);
     Py_CLEAR(tp->index);
     return 0;
 }
@@ -567,7 +563,6 @@ static void TradePath_dealloc(TradePath *tp) {
 static int TradePath_traverse(TradePath *tp, visitproc visit, void *arg) {
     Py_VISIT(tp->stats_type);
     Py_VISIT(tp->ids_type);
-    Py_VISIT(tp->candles_type);
     Py_VISIT(tp->index);
     return 0;
 }
@@ -602,12 +597,11 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
             !int_slot(SLOT(stats, S_VERSION), &v) || !int_slot(SLOT(stats, S_LAST_ID), &last_id) ||
             v == LLONG_MAX)
             goto done;
-        /* Candles.add for a trade of the current minute; any other goes the general way */
-        PyObject *candles = SLOT(stats, S_CANDLES);
+        /* Candles.add for a trade of the current minute (stats.minute is candles.minute);
+           any other, or a book with no current minute, goes the general way */
+        PyObject *candles = SLOT(stats, S_CANDLES), *m = SLOT(stats, S_MINUTE);
         Period *minute = NULL;
         if (candles && candles != Py_None) {
-            if (Py_TYPE(candles) != tp->candles_type) goto done;
-            PyObject *m = SLOT(candles, C_MINUTE);
             if (!m || !Py_IS_TYPE(m, &PeriodType)) goto done;
             minute = (Period *)m;
             if (T < minute->lo_ms || T - minute->start >= minute->length) goto done;

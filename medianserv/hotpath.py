@@ -39,7 +39,6 @@ from .errors import PriceError
 from .link import frame_header
 from .messages import TradeEvent, _TradeFrame
 from .prices import PriceCache
-from .candles import Candles
 from .symbols import APPLIED, SymbolStats, TradeIds
 
 __all__ = ["CTradePath", "PyTradePath", "TradePath"]
@@ -142,7 +141,7 @@ def _compiled() -> Any:
         __slots__ = ()
 
         def __new__(cls, max_size: int = 2**20) -> Any:
-            return super().__new__(cls, SymbolStats, TradeIds, Candles, max_size)
+            return super().__new__(cls, SymbolStats, TradeIds, max_size)
 
     return CTradePath
 
