@@ -261,6 +261,40 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
     return Py_BuildValue("(NN)", prices, counts);
 }
 
+static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
+    size_t n = p->levels.used, k = 0;
+    if (!n) {
+        PyErr_SetString(PyExc_ValueError, "twice_median: the period holds no trade");
+        return NULL;
+    }
+    LevelCount *pairs = malloc(n * sizeof *pairs);
+    if (!pairs) return PyErr_NoMemory();
+    for (size_t i = 0; i < p->levels.cap; i++)
+        if (p->levels.slots[i].count) pairs[k++] = p->levels.slots[i];
+    qsort(pairs, n, sizeof *pairs, pair_cmp);
+    long long lo_rank = (p->count - 1) / 2, hi_rank = p->count / 2, seen = 0;
+    u64 lo = 0;
+    int have_lo = 0;
+    PyObject *out = NULL;
+    for (size_t i = 0; i < n; i++) {
+        seen += pairs[i].count;
+        if (!have_lo && seen > lo_rank) {
+            lo = pairs[i].price;
+            have_lo = 1;
+        }
+        if (seen > hi_rank) {  /* the sum of two u64 prices, exact */
+            PyObject *a = PyLong_FromUnsignedLongLong(lo), *b = PyLong_FromUnsignedLongLong(pairs[i].price);
+            if (a && b) out = PyNumber_Add(a, b);
+            Py_XDECREF(a);
+            Py_XDECREF(b);
+            break;
+        }
+    }
+    free(pairs);
+    if (!out && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "levels short of the count");
+    return out;
+}
+
 static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
     return PyLong_FromSize_t(p->levels.used);
 }
@@ -273,6 +307,8 @@ static PyMethodDef Period_methods[] = {
     {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
     {"packed", (PyCFunction)Period_packed, METH_NOARGS, "See PyPeriod.packed."},
+    {"twice_median", (PyCFunction)Period_twice_median, METH_NOARGS,
+     "See PyPeriod.twice_median."},
     {NULL},
 };
 

@@ -388,13 +388,13 @@ class CandlesResource:
                 title="Bad interval", description="interval: one of 1m, 1h, 1d"
             )
         start, end = _ms_param(req, "start"), _ms_param(req, "end")
-        limit_text = req.params.get("limit", str(CANDLE_LIMIT))
-        if (not isinstance(limit_text, str) or not limit_text.isdigit() or not limit_text.isascii()
-                or not 1 <= int(limit_text[:5]) <= MAX_CANDLE_LIMIT or len(limit_text) > 5):  # fmt: skip
+        text = req.params.get("limit", str(CANDLE_LIMIT))
+        if not (isinstance(text, str) and text.isascii() and text.isdigit() and len(text) < 6
+                and 1 <= int(text) <= MAX_CANDLE_LIMIT):  # fmt: skip
             raise falcon.HTTPBadRequest(
                 title="Bad limit", description=f"limit: an integer from 1 to {MAX_CANDLE_LIMIT}"
             )
-        limit = int(limit_text)
+        limit = int(text)
         if start is not None and end is not None and start >= end:
             raise falcon.HTTPBadRequest(title="Bad range", description="start must be before end")
         lo, hi = start if start is not None else 0, end if end is not None else _MAX_MS
@@ -406,10 +406,18 @@ class CandlesResource:
             "interval": INTERVALS[k][0],
             "fields": _CANDLE_FIELDS,
             "rows": [
-                [r.open_time, format_price(r.open), format_price(r.high), format_price(r.low),
-                 format_price(r.close), r.count, format_median(r.twice_median), final]
+                [
+                    r.open_time,
+                    format_price(r.open),
+                    format_price(r.high),
+                    format_price(r.low),
+                    format_price(r.close),
+                    r.trades,
+                    format_median(r.twice_median),
+                    final,
+                ]
                 for r, final in chosen
-            ],  # fmt: skip
+            ],
         }
         _send_rep(req, resp, represent(_json.encode(body)))
 

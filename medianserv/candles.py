@@ -48,10 +48,10 @@ __all__ = [
     "HOUR",
     "INTERVALS",
     "MINUTE",
-    "Candles",
-    "Delta",
     "CandleRow",
     "CandleState",
+    "Candles",
+    "Delta",
     "PyPeriod",
     "final_flags",
     "merge_rows",
@@ -81,7 +81,7 @@ class CandleRow(NamedTuple):
     high: int
     low: int
     close: int
-    count: int
+    trades: int  # the API's "count" (a NamedTuple's field cannot be named count)
     twice_median: int
     open_id: int
     close_id: int
@@ -172,6 +172,14 @@ class PyPeriod:
         twin._levels = dict(self._levels)
         return twin
 
+    def twice_median(self) -> int:
+        """Twice the median of the period's trades (the sum of the prices at ranks
+        (n - 1) // 2 and n // 2), exact. O(L log L). ``ValueError`` if it holds none."""
+        if not self.count:
+            raise ValueError("twice_median: the period holds no trade")
+        prices, counts = self.items()
+        return _twice_median(prices, counts, self.count)
+
     def packed(self) -> tuple[bytes, bytes]:
         """(prices, counts) as 8-byte big-endian integers, ascending by price: what is
         stored, made without a Python object per level in the compiled twin. O(L log L)."""
@@ -197,10 +205,8 @@ class PyPeriod:
 
 def period_row(period: Any) -> CandleRow:
     """A period's candle, its median exact. O(L log L). The period must hold a trade."""
-    prices, counts = period.items()
     return CandleRow(period.start, period.open_price, period.high, period.low,
-                     period.close_price, period.count,
-                     _twice_median(prices, counts, period.count),
+                     period.close_price, period.count, period.twice_median(),
                      period.open_id, period.close_id)  # fmt: skip
 
 
@@ -215,8 +221,8 @@ def state_key(state: CandleState | None) -> Any:
     if state is None:
         return None
     periods = tuple(
-        tuple((s, r, None if p is None else _delta_key(p) if isinstance(p, Delta)
-               else period_key(p)) for s, r, p in entries)
+        [(s, r, None if p is None else _delta_key(p) if isinstance(p, Delta)
+          else period_key(p)) for s, r, p in entries]
         for entries in state.periods
     )  # fmt: skip
     return state._replace(periods=periods)
@@ -437,8 +443,8 @@ class Candles:
     def count(self) -> int:
         """Trades counted in the open periods' minutes (the current one included): what a
         check adds up. O(p)."""
-        minute = self.minute.count if self.minute is not None else 0
-        return minute + sum(p.count for p in self.open[MINUTE].values())
+        minute = int(self.minute.count) if self.minute is not None else 0
+        return minute + sum(int(p.count) for p in self.open[MINUTE].values())
 
     # -- settling and snapshots -----------------------------------------------------------------
 
@@ -480,7 +486,7 @@ class Candles:
                 if self._can_land(ids, start, start + length):
                     continue
                 row = period_row(opened.pop(start))
-                self.settled[k] += row.count
+                self.settled[k] += row.trades
                 self.recent[k][start] = row
                 out.append((start, row, None))
                 self._forget(k, start)
@@ -605,7 +611,7 @@ def final_flags(rows: Sequence[CandleRow], origin: int | None) -> list[bool]:
     above it (so the period has ended). O(rows)."""
     out = []
     for i, row in enumerate(rows):
-        inside = row.count == row.close_id - row.open_id + 1
+        inside = row.trades == row.close_id - row.open_id + 1
         below = row.open_id == origin or (i > 0 and rows[i - 1].close_id == row.open_id - 1)
         above = i + 1 < len(rows) and rows[i + 1].open_id == row.close_id + 1
         out.append(inside and below and above)
@@ -627,7 +633,9 @@ def select_rows(
     rows = merge_rows(stored, memory)
     finals = final_flags(rows, origin)
     lo = start if start is not None else -1
-    inside = [i for i, r in enumerate(rows) if lo <= r.open_time and (end is None or r.open_time < end)]
+    inside = [
+        i for i, r in enumerate(rows) if lo <= r.open_time and (end is None or r.open_time < end)
+    ]
     chosen = inside[:limit] if start is not None else inside[-limit:] if limit else []
     return [(rows[i], finals[i]) for i in chosen]
 

@@ -197,7 +197,9 @@ class Config:
                     "rest_weight_window", "switch_interval")  # fmt: skip
         for name in ("candle_minutes_days", "candle_hours_days"):
             if not 0 <= getattr(self, name) < 1e6:
-                raise ConfigError(f"{name} must be 0 (forever) or positive, not {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name} must be 0 (forever) or positive, not {getattr(self, name)}"
+                )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")

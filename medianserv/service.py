@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from .api import HttpServer, create_wsgi
+from .candles import CandleRow
 from .config import Config
 from .exchange import RestClient
 from .ingest import Ingest
@@ -31,7 +32,6 @@ from .metrics import render as render_metrics
 from .samples import SampleBook
 from .snapshotter import YIELD_EVERY, Snapshotter
 from .store import Store, StoreError
-from .candles import CandleRow
 from .symbols import SymbolStats, SymbolTable, keep_candles, use_compiled
 
 __all__ = ["Service", "sd_notify"]

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import lmdb
 
-from .logs import ThreadErrors
 from .candles import then_candles
+from .logs import ThreadErrors
 from .store import Store
 from .symbols import LevelLog, SymbolState, SymbolStats
 

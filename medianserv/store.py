@@ -46,8 +46,8 @@ import lmdb
 import msgspec
 import numpy as np
 
-from .errors import MedianservError
 from .candles import INTERVALS, CandleRow, CandleState, Delta, period_fields, restore_period
+from .errors import MedianservError
 from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds
 
 __all__ = ["FORMAT_VERSION", "Store", "StoreError", "decode_record", "encode_record", "level_key"]
@@ -403,7 +403,7 @@ class Store:
                 head = prefix + bytes((k + 1,))
                 stop = head + _U64.pack(expired)
                 if cursor.set_range(head):
-                    while cursor.key() < stop and cursor.key().startswith(head):
+                    while bytes(cursor.key()) < stop and bytes(cursor.key()).startswith(head):
                         if not cursor.delete():
                             break
 
@@ -422,7 +422,7 @@ class Store:
                         continue
                     key = prefix + bytes((k + 1,)) + _U64.pack(start)
                     if cursor.set_range(key + b"\0"):
-                        while cursor.key().startswith(key) and len(cursor.key()) > len(key):
+                        while bytes(cursor.key()).startswith(key) and len(cursor.key()) > len(key):
                             if not cursor.delete():
                                 break
 
@@ -444,7 +444,11 @@ class Store:
         out: list[CandleRow] = []
 
         def settled(key: bytes, value: bytes) -> CandleRow | None:
-            if len(key) != n + 8 or not bytes(key).startswith(head) or bytes(value[:2]) != b"\x99\0":
+            if (
+                len(key) != n + 8
+                or not bytes(key).startswith(head)
+                or bytes(value[:2]) != b"\x99\0"
+            ):
                 return None  # another symbol's, the bounds, an open period (in memory), a delta
             row = _decode_candle(symbol, k, _U64.unpack(bytes(key[n:]))[0], bytes(value))
             return row if isinstance(row, CandleRow) else None
@@ -571,8 +575,6 @@ class Store:
         except (ValueError, TypeError, IndexError) as exc:
             raise StoreError(f"{symbol}: corrupt candle at {start}: {exc}") from exc
         return start, None, period
-
-
 
     def load(self, progress: Callable[[int, int], None] | None = None) -> list[SymbolState]:
         """Every stored symbol with all its levels, ascending. O(total levels).

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import candles as _candles_module
-from .candles import INTERVALS, Candles, CandleRow, CandleState, PyPeriod, period_row
+from .candles import INTERVALS, CandleRow, Candles, CandleState, PyPeriod, period_row
 from .median import CRunningMedian, PyRunningMedian, touched_arrays
 from .perfect_hash import PerfectHash
 from .quantiles import Quantile, ranks
@@ -73,11 +73,13 @@ __all__ = [
 #: The median class every new SymbolStats holds: the compiled twin where it was built at
 #: install, unless :func:`use_compiled` said otherwise (``--trade-path python``).
 _Median: Any = CRunningMedian or PyRunningMedian
-_CPeriod: Any = None
+_CPeriod: Any
 try:
-    from ._native import Period as _CPeriod  # type: ignore[attr-defined,no-redef]
+    from . import _native  # type: ignore[attr-defined]
+
+    _CPeriod = _native.Period
 except ImportError:
-    pass
+    _CPeriod = None
 _candles_module.use_period(_CPeriod or PyPeriod)
 
 #: Whether new SymbolStats keep median candles (:func:`keep_candles`).
@@ -95,6 +97,8 @@ def keep_candles(enabled: bool, keep_ms: Sequence[int | None] | None = None) -> 
     _candles_kept = enabled
     if keep_ms is not None:
         candle_keep_ms[:] = list(keep_ms)
+
+
 #: Its lock: with the compiled median, the compiled per-trade path's lock (the same semantics
 #: as ``threading.Lock``, which that path takes without the interpreter); else threading's.
 _Lock: Any = threading.Lock

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medianserv import candles, symbols
+from medianserv.api import create_app
 from medianserv.candles import (
     INTERVALS,
     CandleRow,
@@ -28,7 +29,6 @@ from medianserv.candles import (
     select_rows,
     unpack,
 )
-from medianserv.api import create_app
 from medianserv.median import CRunningMedian
 from medianserv.prices import format_median, format_price
 from medianserv.store import Store
@@ -56,8 +56,8 @@ def _defaults() -> Iterator[None]:
 # -- the period twins -------------------------------------------------------------------------
 
 period_ops = st.lists(
-    st.tuples(st.integers(0, 10**6), st.integers(0, 3), st.integers(0, 2**64 - 1) | st.integers(1, 9),
-              st.integers(1, 5)),
+    st.tuples(st.integers(0, 10**6), st.integers(0, 3),
+              st.integers(0, 2**64 - 1) | st.integers(1, 9), st.integers(1, 5)),
     max_size=60,
 )  # fmt: skip
 
@@ -112,6 +112,8 @@ def oracle_row(start: int, trades: list[tuple[int, int, int, int]]) -> CandleRow
 
 def test_period_restore_refuses_what_contradicts_itself() -> None:
     for kind in PERIODS:
+        with pytest.raises(ValueError):
+            kind(0, 60_000).twice_median()  # no trade, no median
         candles.use_period(kind)
         p = restore_period(0, 60_000, (1, 5, 3, 6, 6, 5, 3), [5, 6], [1, 2])
         assert period_row(p) == CandleRow(0, 5, 6, 5, 6, 3, 12, 1, 3)
@@ -224,7 +226,8 @@ def restart(stats: SymbolStats, store: FakeStore) -> SymbolStats:
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32), st.sampled_from(TWINS), st.sampled_from(["live", "late", "rest"]),
-       st.sampled_from([[0, 1, 5_000], [1_000, 30_000, 400_000], [0, 600_000, 7_200_000]]))  # fmt: skip
+       st.sampled_from([[0, 1, 5_000], [1_000, 30_000, 400_000],
+                        [0, 600_000, 7_200_000]]))  # fmt: skip
 def test_candles_equal_the_trades_counted(seed: int, compiled: bool, style: str,
                                           steps: list[int]) -> None:  # fmt: skip
     """Random markets (a minute's worth of trades to a few a day), delivered live with jumps
@@ -296,7 +299,7 @@ def check_candles(stats: SymbolStats, store: FakeStore, market: Market, counted:
             assert all(final for _, final in rows[1:-1]), INTERVALS[k][0]
     minutes = select_rows(store.rows(0), stats.candle_rows(0, 0, 2**62)[0], None, None, None,
                           10**6)  # fmt: skip
-    assert sum(r.count for r, _ in minutes) == stats.view().count
+    assert sum(r.trades for r, _ in minutes) == stats.view().count
 
 
 def test_a_trade_on_a_period_boundary_opens_the_next_period() -> None:
@@ -305,11 +308,11 @@ def test_a_trade_on_a_period_boundary_opens_the_next_period() -> None:
     stats.apply(2, 20, 60_000)
     stats.apply(3, 30, 3_600_000)
     rows = stats.candle_rows(0, 0, 2**62)[0]
-    assert [(r.open_time, r.count, r.open) for r in rows] == [(0, 1, 10), (60_000, 1, 20),
+    assert [(r.open_time, r.trades, r.open) for r in rows] == [(0, 1, 10), (60_000, 1, 20),
                                                               (3_600_000, 1, 30)]  # fmt: skip
     hours = stats.candle_rows(1, 0, 2**62)[0]
-    assert [(r.open_time, r.count, r.twice_median) for r in hours] == [(0, 2, 30),
-                                                                       (3_600_000, 1, 60)]  # fmt: skip
+    got = [(r.open_time, r.trades, r.twice_median) for r in hours]
+    assert got == [(0, 2, 30), (3_600_000, 1, 60)]
 
 
 def test_retention_drops_old_minutes_and_keeps_days() -> None:
@@ -322,7 +325,7 @@ def test_retention_drops_old_minutes_and_keeps_days() -> None:
     minutes = store.rows(0) + stats.candle_rows(0, 0, 2**62)[0]
     assert min(r.open_time for r in minutes) >= 10 * 60_000 - 120_000 - 60_000
     days = select_rows(store.rows(2), stats.candle_rows(2, 0, 2**62)[0], None, None, None, 10)
-    assert [r.count for r, _ in days] == [10]
+    assert [r.trades for r, _ in days] == [10]
 
 
 def test_candles_off_costs_nothing_and_changes_nothing_else() -> None:
@@ -357,7 +360,7 @@ def test_select_rows_is_the_window_asked_for(
     for r, final in got:
         i = rows.index(r)
         assert final == flags[r] == (
-            r.close_id - r.open_id + 1 == r.count and 0 < i < len(rows) - 1
+            r.close_id - r.open_id + 1 == r.trades and 0 < i < len(rows) - 1
             and rows[i - 1].close_id == r.open_id - 1 and rows[i + 1].open_id == r.close_id + 1
         )  # fmt: skip
 
@@ -413,7 +416,7 @@ def test_the_store_keeps_candles_across_a_restart(tmp_path: Path) -> None:
                for r in store.candles("BTCUSDT", 0, 0, 2**62, 10**6, True))  # fmt: skip
     days = select_rows(store.candles("BTCUSDT", 2, 0, 2**62, 10**6, True),
                        restored.candle_rows(2, 0, 2**62)[0], None, None, None, 10**6)  # fmt: skip
-    assert sum(r.count for r, _ in days) == 501  # days are kept forever
+    assert sum(r.trades for r, _ in days) == 501  # days are kept forever
     store.close()
 
 
@@ -445,7 +448,7 @@ def test_candles_endpoint_answers_the_rows_and_refuses_bad_requests(tmp_path: Pa
                               "final"]  # fmt: skip
     assert [row[:7] for row in body["rows"]] == [
         [e.open_time, format_price(e.open * 10**6), format_price(e.high * 10**6),
-         format_price(e.low * 10**6), format_price(e.close * 10**6), e.count,
+         format_price(e.low * 10**6), format_price(e.close * 10**6), e.trades,
          format_median(e.twice_median * 10**6)] for e in expected
     ]  # fmt: skip
     finals = [row[7] for row in body["rows"]]
@@ -454,10 +457,14 @@ def test_candles_endpoint_answers_the_rows_and_refuses_bad_requests(tmp_path: Pa
     mid = expected[len(expected) // 2].open_time
     r = client.simulate_get("/ETHBTC/candles", params={"interval": "1m", "start": str(mid),
                                                        "limit": "3"})  # fmt: skip
-    assert [row[0] for row in r.json["rows"]] == [e.open_time for e in expected if e.open_time >= mid][:3]
+    assert [row[0] for row in r.json["rows"]] == [
+        e.open_time for e in expected if e.open_time >= mid
+    ][:3]
     r = client.simulate_get("/ETHBTC/candles", params={"interval": "1m", "end": str(mid),
                                                        "limit": "3"})  # fmt: skip
-    assert [row[0] for row in r.json["rows"]] == [e.open_time for e in expected if e.open_time < mid][-3:]
+    assert [row[0] for row in r.json["rows"]] == [
+        e.open_time for e in expected if e.open_time < mid
+    ][-3:]
     r = client.simulate_get("/ETHBTC/candles", params={"interval": "1d"})
     assert [row[5] for row in r.json["rows"]] == [300] and r.json["rows"][0][7] is False
     for params in [{}, {"interval": "5m"}, {"interval": "1m", "limit": "0"},

@@ -228,9 +228,9 @@ class Pipeline:
             full = stats.full_state()
             candles = None if stats.candles is None else stats.candles.canonical()
             harvest = stats.harvest()
-            per_symbol[symbol] = (full, stats.view(), stats.version, candles,
-                                  None if harvest is None else harvest.levels.final(),  # type: ignore[union-attr]
-                                  None if harvest is None else state_key(harvest.candles))  # fmt: skip
+            levels = None if harvest is None else harvest.levels.final()  # type: ignore[union-attr]
+            stored = None if harvest is None else state_key(harvest.candles)
+            per_symbol[symbol] = (full, stats.view(), stats.version, candles, levels, stored)
             stats._check()
         s = self.reader.stats
         counters = (s.frames, s.applied, s.duplicates, s.filled, s.gaps, dict(s.rejected),

@@ -113,9 +113,12 @@ def assert_candles_exact(sim: Simulator, run: Running) -> None:
             status, body = run.get(f"/{symbol}/candles?interval={interval}&limit=1000")
             assert status == 200, body
             rows = body["rows"]
-            assert [r[:7] for r in rows] == expected_candles(sim, symbol, length), (symbol, interval)
+            assert [r[:7] for r in rows] == expected_candles(sim, symbol, length), (
+                symbol,
+                interval,
+            )
             assert [r[7] for r in rows[1:-1]] == [True] * len(rows[1:-1]), (symbol, interval)
-            assert not rows or rows[0][7] is False and rows[-1][7] is False
+            assert not rows or (rows[0][7] is False and rows[-1][7] is False)
 
 
 def publish(sim: Simulator, n: int) -> None:

@@ -152,8 +152,8 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
         agents = {"medianserv": "medianserv-candles", "no candles": "medianserv-nocandles",
                   "client": CLIENT_AGENT}  # fmt: skip
         try:
-            bare = ServiceProcess(sim, Path(tmp) / "b",
-                                  ["--user-agent", agents["no candles"], "--no-candles"])  # fmt: skip
+            extra = ["--user-agent", agents["no candles"], "--no-candles"]
+            bare = ServiceProcess(sim, Path(tmp) / "b", extra)
             if _picows_available():
                 client = _Client(sim, 3600)
             svc.wait_ready()
@@ -168,8 +168,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             assert bare is not None
             sides: dict[str, tuple[Any, Any]] = {
                 "medianserv": (svc.proc.pid, lambda: int(svc.metric("trades_applied_total")[""])),
-                "no candles": (bare.proc.pid,
-                               lambda: int(bare.metric("trades_applied_total")[""])),
+                "no candles": (bare.proc.pid, lambda: int(bare.metric("trades_applied_total")[""])),
             }
             if client is not None:
                 sides["client"] = (client.proc.pid, client.count)
