@@ -271,26 +271,33 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (!pairs) return PyErr_NoMemory();
     for (size_t i = 0; i < p->levels.cap; i++)
         if (p->levels.slots[i].count) pairs[k++] = p->levels.slots[i];
-    qsort(pairs, n, sizeof *pairs, pair_cmp);
     long long lo_rank = (p->count - 1) / 2, hi_rank = p->count / 2, seen = 0;
-    u64 lo = 0;
-    int have_lo = 0;
-    PyObject *out = NULL;
+    u64 lo = 0, hi = 0;
+    int have_lo = 0, found = 0;
+    /* the sort and the walk read only this private array: other threads run meanwhile */
+    Py_BEGIN_ALLOW_THREADS
+    qsort(pairs, n, sizeof *pairs, pair_cmp);
     for (size_t i = 0; i < n; i++) {
         seen += pairs[i].count;
         if (!have_lo && seen > lo_rank) {
             lo = pairs[i].price;
             have_lo = 1;
         }
-        if (seen > hi_rank) {  /* the sum of two u64 prices, exact */
-            PyObject *a = PyLong_FromUnsignedLongLong(lo), *b = PyLong_FromUnsignedLongLong(pairs[i].price);
-            if (a && b) out = PyNumber_Add(a, b);
-            Py_XDECREF(a);
-            Py_XDECREF(b);
+        if (seen > hi_rank) {
+            hi = pairs[i].price;
+            found = 1;
             break;
         }
     }
+    Py_END_ALLOW_THREADS
     free(pairs);
+    PyObject *out = NULL;
+    if (found) {  /* the sum of two u64 prices, exact */
+        PyObject *a = PyLong_FromUnsignedLongLong(lo), *b = PyLong_FromUnsignedLongLong(hi);
+        if (a && b) out = PyNumber_Add(a, b);
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+    }
     if (!out && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "levels short of the count");
     return out;
 }

@@ -53,7 +53,9 @@ __all__ = [
     "Candles",
     "Delta",
     "PyPeriod",
+    "Settled",
     "final_flags",
+    "finish",
     "merge_rows",
     "period_key",
     "period_row",
@@ -291,6 +293,14 @@ def use_period(kind: Any) -> None:
     _Period = kind
 
 
+class Settled(NamedTuple):
+    """A period that has settled, handed over by :meth:`Candles.harvest` with its median not
+    yet taken: :func:`finish` takes it after the symbol's lock is released (a day's levels
+    sort in milliseconds, and no reader should wait for that)."""
+
+    period: Any
+
+
 class Delta(NamedTuple):
     """What an open hour or day gained since the last harvest: its fields now and the levels
     added (``chunks`` of (prices, counts); a price may recur), stored as the period's
@@ -319,6 +329,19 @@ class CandleState(NamedTuple):
     seqs: tuple[tuple[int, int, int], ...] = ()  # (interval, start, next delta) of the store
 
 
+def finish(state: CandleState | None) -> CandleState | None:
+    """``state`` with the rows of its settled periods made (their medians taken): what
+    :meth:`Candles.harvest` leaves to be done outside the symbol's lock. O(L log L)."""
+    if state is None:
+        return None
+    periods = tuple(
+        [(s, period_row(p.period), None) if isinstance(p, Settled) else (s, r, p)
+         for s, r, p in entries]
+        for entries in state.periods
+    )  # fmt: skip
+    return state._replace(periods=periods)
+
+
 def then_candles(before: CandleState | None, after: CandleState | None) -> CandleState | None:
     """Two harvests as one (a write failed, the earlier is retried with the later): the later
     bounds, the earlier periods then the later (written in order, the later put of a period
@@ -345,7 +368,7 @@ class Candles:
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
         self.open: tuple[dict[int, Any], ...] = ({}, {}, {})  # start -> retired open period
-        self.recent: tuple[dict[int, CandleRow], ...] = ({}, {}, {})  # settled, being written
+        self.recent: tuple[dict[int, Any], ...] = ({}, {}, {})  # settled periods, being written
         self.dirty: tuple[set[int], ...] = (set(), set(), set())  # open starts changed
         self.first_ms = -1  # the earliest trade time counted (-1: none yet)
         self.latest_ms = -1  # the latest
@@ -485,10 +508,10 @@ class Candles:
                     continue
                 if self._can_land(ids, start, start + length):
                     continue
-                row = period_row(opened.pop(start))
-                self.settled[k] += row.trades
-                self.recent[k][start] = row
-                out.append((start, row, None))
+                period = opened.pop(start)  # no trade can land in it: read-only from now on
+                self.settled[k] += period.count
+                self.recent[k][start] = period
+                out.append((start, None, Settled(period)))
                 self._forget(k, start)
             for start in sorted(dirty):
                 period = opened[start]
@@ -549,11 +572,12 @@ class Candles:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def snapshot(self, k: int, start: int, end: int) -> tuple[list[CandleRow], list[Any]]:
-        """Of interval ``k``, the rows settled and not yet in the store, and copies of the open
-        periods (the current minute folded in) starting in ``start..end`` (end excluded): what
-        a reader takes under the lock, to compute their medians after it. O(p + L)."""
-        rows = [row for s, row in self.recent[k].items() if start <= s < end]
+    def snapshot(self, k: int, start: int, end: int) -> list[Any]:
+        """Of interval ``k``, the periods settled and not yet in the store (read-only, so
+        shared) and copies of the open ones (the current minute folded in) starting in
+        ``start..end`` (end excluded), by start: what a reader takes under the lock, to
+        compute their medians after it. O(p + L)."""
+        settled = {s: p for s, p in self.recent[k].items() if start <= s < end}
         opened = {s: p for s, p in self.open[k].items() if start <= s < end}
         copies = {s: p.copy() for s, p in opened.items()}
         minute = self.minute
@@ -564,14 +588,15 @@ class Candles:
                     copies[s].fold(minute)
                 else:
                     copies[s] = minute.copy() if k == MINUTE else _folded(minute, k)
-        return rows, [copies[s] for s in sorted(copies)]
+        copies.update(settled)
+        return [copies[s] for s in sorted(copies)]
 
     def canonical(self) -> tuple[Any, ...]:
         """Everything the book holds as plain values (periods as :func:`period_key`): what
         tests compare, whichever twin holds the periods. O(L log L)."""
         minute = None if self.minute is None else period_key(self.minute)
         opened = tuple(tuple(period_key(p) for _, p in sorted(o.items())) for o in self.open)
-        recent = tuple(tuple(sorted(r.items())) for r in self.recent)
+        recent = tuple(tuple(period_key(p) for _, p in sorted(r.items())) for r in self.recent)
         return (minute, opened, recent, self.first_ms, self.latest, self.front_top_ms,
                 self.counts())  # fmt: skip
 

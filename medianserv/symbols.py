@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import candles as _candles_module
-from .candles import INTERVALS, CandleRow, Candles, CandleState, PyPeriod, period_row
+from .candles import INTERVALS, CandleRow, Candles, CandleState, PyPeriod, finish, period_row
 from .median import CRunningMedian, PyRunningMedian, touched_arrays
 from .perfect_hash import PerfectHash
 from .quantiles import Quantile, ranks
@@ -493,7 +493,9 @@ class SymbolStats:
             state = self._state(LevelLog([self.median.take_touched()]))
             if self.candles is not None:
                 state.candles = self.candles.harvest(self.ids, candle_keep_ms)
-            return state
+        if state.candles is not None:  # the medians of periods settled, off the lock
+            state.candles = finish(state.candles)
+        return state
 
     def full_state(self) -> SymbolState:
         """Everything, levels included (for exports and tests). O(d log d) under the lock."""
@@ -591,8 +593,8 @@ class SymbolStats:
             origin = self.ids.origin
             if self.candles is None:
                 return [], origin
-            rows, periods = self.candles.snapshot(k, start, end)
-        return sorted(rows + [period_row(p) for p in periods]), origin
+            periods = self.candles.snapshot(k, start, end)
+        return [period_row(p) for p in periods], origin
 
     def _check(self) -> None:
         """Assert every invariant: the median's, the bookkeeping's, and the identity that ties
