@@ -20,11 +20,12 @@ A period stays *open* (its levels kept) while a trade may still land in it: unti
 ended (a trade at or after its end is counted), no gap of missing trade ids and no front of
 history still to import may hold a trade of its time, and, while the history is not
 complete, it does not reach back to the first trade counted (the range may still be extended
-below it). Then :meth:`Candles.harvest` *settles* it: its median is taken once, its levels are
-dropped, and its row is handed to the snapshot with the open periods changed since the last
-harvest (their levels whole). So memory holds the levels of the few open periods, never of
-the history, and a restart restores the open periods from the same transaction that holds
-the trades they count.
+below it). Then :meth:`Candles.harvest` *settles* it: it leaves the book, read-only, and its
+median is taken once, after the symbol's lock is released (:func:`finish`); its row goes to
+the snapshot with the open periods changed since the last harvest (the current minute whole,
+an hour or a day as a :class:`Delta` of what it gained). So memory holds the levels of the
+few open periods, never of the history, and a restart restores the open periods from the
+same transaction that holds the trades they count.
 
 A row is *final* when every trade of its period is counted. Trade times rise with trade ids,
 so the trades of a period are consecutive ids, and a row is final when its count is
@@ -355,10 +356,10 @@ def then_candles(before: CandleState | None, after: CandleState | None) -> Candl
 class Candles:
     """One symbol's candles of every interval (see the module docstring).
 
-    Runtime complexity: :meth:`add` O(1) expected (O(levels of a minute) when it retires the
-    current minute); :meth:`harvest` O(p + L log L) for p open periods and L levels of those
-    settled or changed; :meth:`rows` O(p + L log L) for L the levels of the open periods in the
-    window.
+    Runtime complexity: :meth:`add` O(1) expected (O(levels of a minute log) when it retires
+    the current minute); :meth:`harvest` O(p + L) for p open periods and L levels of the
+    current minute (the medians of those settled: :func:`finish`, O(L log L), off the lock);
+    :meth:`snapshot` O(p + L) for L the levels of the open periods it copies.
     """
 
     __slots__ = ("dirty", "expired", "first_ms", "front_top_ms", "harvested",
@@ -461,13 +462,6 @@ class Candles:
         if minute is None or minute.last_ms <= self.latest_ms:
             return self.latest_ms
         return int(minute.last_ms)
-
-    @property
-    def count(self) -> int:
-        """Trades counted in the open periods' minutes (the current one included): what a
-        check adds up. O(p)."""
-        minute = int(self.minute.count) if self.minute is not None else 0
-        return minute + sum(int(p.count) for p in self.open[MINUTE].values())
 
     # -- settling and snapshots -----------------------------------------------------------------
 
