@@ -106,6 +106,15 @@ def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
             wait_for(lambda: browser.evaluate("document.getElementById('d-quantiles').textContent")
                      == " / ".join(q[k] for k in ("0.01", "0.25", "0.75", "0.99")))  # fmt: skip
             assert browser.evaluate("document.getElementById('state').textContent") == "live"
+            # its median candles: daily by default, then minutes, as many as the API has
+            span = "document.getElementById('c-span').textContent"
+            for interval in ("1d", "1m"):
+                want = len(http_get(f"{run.base}/{busiest}/candles?interval={interval}")[2]["rows"])
+                browser.evaluate(f"document.querySelector('button[data-interval=\"{interval}\"]')"
+                                 ".click()")  # fmt: skip
+                wait_for(lambda want=want, interval=interval: f" {interval} " in
+                         (browser.evaluate(span) or "")
+                         and browser.evaluate("window.__candleRows") == want > 0)  # fmt: skip
 
             shot = browser.screenshot()
             assert shot.startswith(b"\x89PNG")
