@@ -210,13 +210,25 @@ static int pair_cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static PyObject *Period_items(Period *p, PyObject *Py_UNUSED(ignored)) {
+/* a new array of the period's levels (levels.used of them), ascending by price if `sorted`:
+   NULL with MemoryError set when memory ran out, or when the period holds none */
+static LevelCount *levels_of(const Period *p, int sorted) {
     size_t n = p->levels.used, k = 0;
     LevelCount *pairs = n ? malloc(n * sizeof *pairs) : NULL;
-    if (n && !pairs) return PyErr_NoMemory();
+    if (n && !pairs) {
+        PyErr_NoMemory();
+        return NULL;
+    }
     for (size_t i = 0; i < p->levels.cap; i++)
         if (p->levels.slots[i].count) pairs[k++] = p->levels.slots[i];
-    if (n) qsort(pairs, n, sizeof *pairs, pair_cmp);
+    if (sorted && n) qsort(pairs, n, sizeof *pairs, pair_cmp);
+    return pairs;
+}
+
+static PyObject *Period_items(Period *p, PyObject *Py_UNUSED(ignored)) {
+    size_t n = p->levels.used;
+    LevelCount *pairs = levels_of(p, 1);
+    if (n && !pairs) return NULL;
     PyObject *prices = PyList_New((Py_ssize_t)n), *counts = PyList_New((Py_ssize_t)n);
     if (!prices || !counts) goto fail;
     for (size_t i = 0; i < n; i++) {
@@ -237,12 +249,9 @@ fail:
 }
 
 static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
-    size_t n = p->levels.used, k = 0;
-    LevelCount *pairs = n ? malloc(n * sizeof *pairs) : NULL;
-    if (n && !pairs) return PyErr_NoMemory();
-    for (size_t i = 0; i < p->levels.cap; i++)
-        if (p->levels.slots[i].count) pairs[k++] = p->levels.slots[i];
-    if (n) qsort(pairs, n, sizeof *pairs, pair_cmp);
+    size_t n = p->levels.used;
+    LevelCount *pairs = levels_of(p, 1);
+    if (n && !pairs) return NULL;
     PyObject *prices = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 * n));
     PyObject *counts = prices ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 * n)) : NULL;
     if (!prices || !counts) {
@@ -262,15 +271,13 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
-    size_t n = p->levels.used, k = 0;
+    size_t n = p->levels.used;
     if (!n) {
         PyErr_SetString(PyExc_ValueError, "twice_median: the period holds no trade");
         return NULL;
     }
-    LevelCount *pairs = malloc(n * sizeof *pairs);
-    if (!pairs) return PyErr_NoMemory();
-    for (size_t i = 0; i < p->levels.cap; i++)
-        if (p->levels.slots[i].count) pairs[k++] = p->levels.slots[i];
+    LevelCount *pairs = levels_of(p, 0);  /* sorted below, the interpreter released */
+    if (!pairs) return NULL;
     long long lo_rank = (p->count - 1) / 2, hi_rank = p->count / 2, seen = 0;
     u64 lo = 0, hi = 0;
     int have_lo = 0, found = 0;

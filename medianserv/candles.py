@@ -484,8 +484,10 @@ class Candles:
     def harvest(self, ids: TradeIds, keep_ms: Sequence[int | None]) -> CandleState | None:
         """Settle every open period no trade can land in any more, drop those older than
         ``keep_ms[k]`` before the latest trade (None: keep forever), and hand over what
-        changed since the last harvest: settled rows, and copies of the open periods changed
-        (the current minute included). None if nothing did. O(p + L log L)."""
+        changed since the last harvest: the periods settled (:class:`Settled`, their rows
+        made by :func:`finish`), copies of the open minutes changed (the current one
+        included) and :class:`Delta` s of the hours and days. None if nothing did.
+        O(p + L) for L the levels of the minutes copied."""
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired: list[int | None] = [None, None, None]
         for k, (_, length) in enumerate(INTERVALS):
@@ -596,15 +598,16 @@ class Candles:
 
     def _check(self, counted: int | None = None) -> None:
         """Assert the book's invariants: of every interval, the trades of its settled rows,
-        its periods dropped past retention and its open periods (the current minute
-        included) add up to the trades in the candles; with ``counted`` (the symbol's count),
-        those and the trades outside any candle add up to it. O(p); for tests."""
+        its periods dropped past retention and its open periods add up to :attr:`total` (the
+        trades in candles but the current minute's); with ``counted`` (the symbol's count),
+        those, the current minute's and the trades outside any candle add up to it. O(p);
+        for tests."""
         current = self.minute.count if self.minute is not None else 0
         for k in range(len(INTERVALS)):
             held = sum(p.count for p in self.open[k].values())
             assert self.settled[k] + self.expired[k] + held == self.total, (
                 f"{INTERVALS[k][0]}: candles hold {self.settled[k]} + {self.expired[k]} + "
-                f"{held} + {current} trades, not {self.total}"
+                f"{held} trades, not {self.total}"
             )
         if counted is not None:
             assert self.total + current + self.outside == counted, "candles and count differ"

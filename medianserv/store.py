@@ -50,7 +50,15 @@ from .candles import INTERVALS, CandleRow, CandleState, Delta, period_fields, re
 from .errors import MedianservError
 from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds
 
-__all__ = ["FORMAT_VERSION", "Store", "StoreError", "decode_record", "encode_record", "level_key"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Store",
+    "StoreError",
+    "candle_items",
+    "decode_record",
+    "encode_record",
+    "level_key",
+]
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -179,7 +187,7 @@ def candle_key(symbol: str, k: int, start: int) -> bytes:
     return symbol_prefix(symbol) + bytes((k + 1,)) + _U64.pack(max(0, start))
 
 
-def _candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
+def candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
     """The ``candles`` items of ``batch``, in their order (a later put of a period supersedes
     an earlier one). O(periods + their levels)."""
     encode = _encoder.encode
@@ -221,6 +229,14 @@ def _decode_candle(symbol: str, k: int, start: int, value: bytes) -> CandleRow |
     except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
         raise StoreError(f"{symbol}: corrupt candle at {start}: {exc}") from exc
     raise StoreError(f"{symbol}: corrupt candle at {start}")
+
+
+def _delete_range(cursor: Any, first: bytes, until: bytes) -> None:
+    """Delete the keys from ``first`` up to ``until`` (excluded). O(deleted + log n)."""
+    if cursor.set_range(first):
+        while bytes(cursor.key()) < until:
+            if not cursor.delete():
+                break
 
 
 def level_key(symbol: str, price: int) -> bytes:
@@ -378,7 +394,7 @@ class Store:
             txn.cursor(db=self._levels).putmulti(level_items)
             if self._candles is not None:
                 self._prune_candles(txn, batch)
-                txn.cursor(db=self._candles).putmulti(_candle_items(batch))
+                txn.cursor(db=self._candles).putmulti(candle_items(batch))
                 self._drop_deltas(txn, batch)
             put = txn.put
             put(b"saved_at", str(saved_at).encode(), db=self._meta)
@@ -401,11 +417,7 @@ class Store:
                 if expired is None or expired <= 0:
                     continue
                 head = prefix + bytes((k + 1,))
-                stop = head + _U64.pack(expired)
-                if cursor.set_range(head):
-                    while bytes(cursor.key()) < stop and bytes(cursor.key()).startswith(head):
-                        if not cursor.delete():
-                            break
+                _delete_range(cursor, head, head + _U64.pack(expired))
 
     def _drop_deltas(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
         """Delete the deltas of every hour and day settled in ``batch`` (its row replaced its
@@ -421,10 +433,7 @@ class Store:
                     if row is None:
                         continue
                     key = prefix + bytes((k + 1,)) + _U64.pack(start)
-                    if cursor.set_range(key + b"\0"):
-                        while bytes(cursor.key()).startswith(key) and len(cursor.key()) > len(key):
-                            if not cursor.delete():
-                                break
+                    _delete_range(cursor, key + b"\0", key + b"\xff" * 5)  # its 4-byte deltas
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -453,31 +462,29 @@ class Store:
             row = _decode_candle(symbol, k, _U64.unpack(bytes(key[n:]))[0], bytes(value))
             return row if isinstance(row, CandleRow) else None
 
-        def forward(cursor: Any, stop_key: bytes | None, most: int) -> list[CandleRow]:
+        def take(items: Any, most: int, beyond: Callable[[bytes], bool]) -> list[CandleRow]:
+            """Settled rows of ``items`` (a cursor's walk either way) until ``most`` are
+            taken or the first one ``beyond`` the window is."""
             found: list[CandleRow] = []
-            for key, value in cursor.iternext():
+            for key, value in items:
                 if not bytes(key).startswith(head):
                     break
                 row = settled(key, value)
                 if row is None:
                     continue
                 found.append(row)
-                if len(found) >= most or (stop_key is not None and bytes(key) >= stop_key):
+                if len(found) >= most or beyond(bytes(key)):
                     break
             return found
 
-        def backward(cursor: Any, stop_key: bytes | None, most: int) -> list[CandleRow]:
-            found: list[CandleRow] = []
-            for key, value in cursor.iterprev():
-                if not bytes(key).startswith(head):
-                    break
-                row = settled(key, value)
-                if row is None:
-                    continue
-                found.append(row)
-                if len(found) >= most or (stop_key is not None and bytes(key) < stop_key):
-                    break
-            return found
+        def nowhere(key: bytes) -> bool:
+            return False
+
+        def forward(cursor: Any, most: int, stop: bytes | None = None) -> list[CandleRow]:
+            return take(cursor.iternext(), most, nowhere if stop is None else stop.__le__)
+
+        def backward(cursor: Any, most: int, stop: bytes | None = None) -> list[CandleRow]:
+            return take(cursor.iterprev(), most, nowhere if stop is None else stop.__gt__)
 
         try:
             with self.env.begin(db=self._candles) as txn:
@@ -486,20 +493,20 @@ class Store:
                     # the row before start, then up to limit from start and the one after
                     if cursor.set_range(lo):
                         if cursor.prev():
-                            out += backward(cursor, None, 1)
+                            out += backward(cursor, 1)
                     elif cursor.last():
-                        out += backward(cursor, None, 1)
+                        out += backward(cursor, 1)
                     if cursor.set_range(lo):
-                        out += forward(cursor, hi, limit + 1)
+                        out += forward(cursor, limit + 1, hi)
                 else:
                     # the row at or after end, then up to limit before end and the one before
                     if cursor.set_range(hi):
-                        out += forward(cursor, None, 1)
+                        out += forward(cursor, 1)
                         cursor.set_range(hi)
                         if cursor.prev():
-                            out += backward(cursor, lo, limit + 1)
+                            out += backward(cursor, limit + 1, lo)
                     elif cursor.last():
-                        out += backward(cursor, lo, limit + 1)
+                        out += backward(cursor, limit + 1, lo)
                 return sorted(set(out))
         except lmdb.Error as exc:
             raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc

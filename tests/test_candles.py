@@ -328,7 +328,7 @@ def test_retention_drops_old_minutes_and_keeps_days() -> None:
     assert [r.trades for r, _ in days] == [10]
 
 
-def test_candles_off_costs_nothing_and_changes_nothing_else() -> None:
+def test_candles_off_keeps_none_and_the_trade_path_still_takes_trades() -> None:
     symbols.keep_candles(False)
     stats = SymbolStats("X")
     assert stats.candles is None

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from .. import symbols as symbols_module
 from ..candles import INTERVALS, select_rows
-from ..store import Store, symbol_prefix
-from ..symbols import SymbolStats
+from ..store import Store, candle_items, symbol_prefix
+from ..symbols import SymbolState, SymbolStats
 from .common import Row, random_walk
 
 __all__ = ["bench_candles"]
@@ -96,23 +96,9 @@ def bench_candles(trades_per_day: int = 1_500_000, days: int = 3) -> list[Row]:
     return rows
 
 
-def _candle_bytes(state: object) -> int:
-    """The bytes a harvest's candles put (values, roughly: levels at 16 bytes each)."""
-    from ..candles import Delta
-
-    candles = getattr(state, "candles", None)
-    if candles is None:
-        return 0
-    total = 0
-    for entries in candles.periods:
-        for _, row, period in entries:
-            if row is not None:
-                total += 80
-            elif isinstance(period, Delta):
-                total += 80 + sum(len(p) + len(c) for p, c in period.chunks)
-            else:
-                total += 80 + 16 * period.levels
-    return total
+def _candle_bytes(state: SymbolState) -> int:
+    """The bytes of the keys and values a harvest's candles put (the store's own items)."""
+    return sum(len(key) + len(value) for key, value in candle_items([state]))
 
 
 def _stored_bytes(store: Store, start: int, end: int) -> list[tuple[int, int]]:

@@ -192,8 +192,7 @@ def _bench_trade_path(rows: list[Row], n: int = 200_000) -> None:
                     found = table.get(event.s)
                     assert found is not None
                     found.apply(event.t, units(event.p), event.T)
-                    after = pos + len(data[pos : pos + 1]) + len(payloads[i]) + (
-                        1 if len(payloads[i]) < 126 else 3)  # fmt: skip
+                    after = pos + len(payloads[i]) + (2 if len(payloads[i]) < 126 else 4)
                 pos = after
             times[candles].append((time.process_time() - t0) / n * 1e9)
             if twin == "C":
