@@ -1,5 +1,6 @@
 /* medianserv._reduce: one pass over a Binance trade-archive CSV (aggTrades or trades), checking
- * every row and summing the trades of each price into a hash table. The native twin of
+ * every row and summing the trades of each price into a hash table, and each UTC day's into
+ * its own, for the day's median candle (see end_day). The native twin of
  * medianserv.archive's polars reduction, with the same checks and reasons (stricter about
  * the layout: exactly the layout's field count, no stray byte in a number); see
  * archive.reduce_csv, which drives it, for the rules and why each exists.
@@ -26,6 +27,38 @@
 #define EMPTY UINT64_MAX          /* no price is this large (10^19 - 1 at most) */
 #define MAX_LINE (1 << 20)        /* a longer line is not a trade row */
 
+/* Trades per price: open addressing, linear probing, load at most 1/2. */
+typedef struct {
+    uint64_t *keys;
+    int64_t *counts;
+    size_t cap, used;
+    int shift;                    /* 64 - log2(cap): a slot is the hash's top bits */
+    size_t run_slot;              /* slot of the previous price added */
+    uint64_t run_price;
+} Table;
+
+/* A UTC day's counted trades, summed as its rows come (they come in time order). */
+typedef struct {
+    int64_t start, end;           /* [start, end) in ms; end 0 before the first row */
+    int64_t first_ms, last_ms, open_id, close_id, count;
+    uint64_t open_price, close_price;
+    int partial;                  /* a row of it was (partly) outside cut..top, or it is the
+                                   * file's first or last (others may hold some of its trades) */
+} Day;
+
+/* A finished day: its candle, with its median (whole) or its levels (partial). */
+typedef struct {
+    Day day;
+    uint64_t high, low;
+    uint64_t median_lo, median_hi; /* whole days only: the prices at the middle ranks */
+    size_t at, n;                 /* partial days: its levels in the reducer's spill */
+} DayOut;
+
+typedef struct {
+    uint64_t price;
+    int64_t count;
+} Pair;
+
 typedef struct {
     PyObject_HEAD
     /* what was asked */
@@ -44,22 +77,25 @@ typedef struct {
     int64_t first_id, first_agg, last_counted;
     int64_t last_row[4];          /* agg id, first id, last id, time ms */
     uint64_t last_price;          /* its price: up to 10^19 - 1 units, past INT64_MAX */
-    /* trades per price: open addressing, linear probing, load at most 1/2 */
-    uint64_t *keys;
-    int64_t *counts;
-    size_t cap, used;
-    int shift;                    /* 64 - log2(cap): a slot is the hash's top bits */
-    size_t run_slot;              /* slot of the previous counted row's price */
-    uint64_t run_price;
+    /* trades per price of the file, made by merging each day's at its end */
+    Table all, today;
+    Day day;
+    int64_t first_day;            /* the start of the file's first row's day */
+    DayOut *days;                 /* the days finished */
+    size_t ndays, days_cap;
+    Pair *spill;                  /* the levels of the partial days, ascending per day */
+    size_t nspill, spill_cap;
     /* the unfinished last line of the previous chunk */
     char *carry;
     size_t carry_len, carry_cap;
     char error[160];
 } Reducer;
 
-static int grow(Reducer *r) {
-    size_t cap = r->cap ? r->cap * 2 : 1 << 12;
-    int shift = r->cap ? r->shift - 1 : 64 - 12;
+#define DAY_MS 86400000LL
+
+static int grow(Table *t) {
+    size_t cap = t->cap ? t->cap * 2 : 1 << 12;
+    int shift = t->cap ? t->shift - 1 : 64 - 12;
     uint64_t *keys = malloc(cap * sizeof *keys);
     int64_t *counts = malloc(cap * sizeof *counts);
     if (!keys || !counts) {
@@ -68,44 +104,134 @@ static int grow(Reducer *r) {
         return -1;
     }
     memset(keys, 0xff, cap * sizeof *keys);
-    for (size_t i = 0; i < r->cap; i++) {
-        if (r->keys[i] == EMPTY) continue;
-        size_t j = (size_t)((r->keys[i] * 0x9E3779B97F4A7C15ULL) >> shift);
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->keys[i] == EMPTY) continue;
+        size_t j = (size_t)((t->keys[i] * 0x9E3779B97F4A7C15ULL) >> shift);
         while (keys[j] != EMPTY) j = (j + 1) & (cap - 1);
-        keys[j] = r->keys[i];
-        counts[j] = r->counts[i];
+        keys[j] = t->keys[i];
+        counts[j] = t->counts[i];
     }
-    free(r->keys);
-    free(r->counts);
-    r->keys = keys;
-    r->counts = counts;
-    r->cap = cap;
-    r->shift = shift;
-    r->run_price = EMPTY;
+    free(t->keys);
+    free(t->counts);
+    t->keys = keys;
+    t->counts = counts;
+    t->cap = cap;
+    t->shift = shift;
+    t->run_price = EMPTY;
     return 0;
 }
 
 /* Adds n trades at price; -1 when memory runs out. O(1) expected. */
-static inline int add(Reducer *r, uint64_t price, int64_t n) {
-    if (price == r->run_price) { /* the same price as the row before: no hashing */
-        r->counts[r->run_slot] += n;
+static inline int add(Table *t, uint64_t price, int64_t n) {
+    if (price == t->run_price) { /* the same price as the row before: no hashing */
+        t->counts[t->run_slot] += n;
         return 0;
     }
-    if (2 * (r->used + 1) > r->cap && grow(r) < 0) return -1;
-    size_t mask = r->cap - 1;
-    size_t j = (size_t)((price * 0x9E3779B97F4A7C15ULL) >> r->shift);
-    while (r->keys[j] != price) {
-        if (r->keys[j] == EMPTY) {
-            r->keys[j] = price;
-            r->counts[j] = 0;
-            r->used++;
+    if (2 * (t->used + 1) > t->cap && grow(t) < 0) return -1;
+    size_t mask = t->cap - 1;
+    size_t j = (size_t)((price * 0x9E3779B97F4A7C15ULL) >> t->shift);
+    while (t->keys[j] != price) {
+        if (t->keys[j] == EMPTY) {
+            t->keys[j] = price;
+            t->counts[j] = 0;
+            t->used++;
             break;
         }
         j = (j + 1) & mask;
     }
-    r->counts[j] += n;
-    r->run_slot = j;
-    r->run_price = price;
+    t->counts[j] += n;
+    t->run_slot = j;
+    t->run_price = price;
+    return 0;
+}
+
+static void table_free(Table *t) {
+    free(t->keys);
+    free(t->counts);
+}
+
+static int by_price(const void *a, const void *b) {
+    uint64_t x = ((const Pair *)a)->price, y = ((const Pair *)b)->price;
+    return (x > y) - (x < y);
+}
+
+/* The day being summed is over: its levels go into the file's table, and its candle (with
+ * its median where every trade of it was counted here, else its levels) into the days
+ * finished. The day's table is emptied for the next. O(L log L) for its L levels. */
+static int end_day(Reducer *r) {
+    Table *t = &r->today;
+    if (!r->day.count) return 0;
+    if (r->day.start == r->first_day) r->day.partial = 1;
+    if (r->ndays == r->days_cap) {
+        size_t cap = r->days_cap ? r->days_cap * 2 : 32;
+        DayOut *days = realloc(r->days, cap * sizeof *days);
+        if (!days) return -1;
+        r->days = days;
+        r->days_cap = cap;
+    }
+    Pair *pairs = malloc((t->used ? t->used : 1) * sizeof *pairs);
+    if (!pairs) return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->keys[i] == EMPTY) continue;
+        pairs[n].price = t->keys[i];
+        pairs[n++].count = t->counts[i];
+        if (add(&r->all, t->keys[i], t->counts[i]) < 0) {
+            free(pairs);
+            return -1;
+        }
+    }
+    qsort(pairs, n, sizeof *pairs, by_price);
+    DayOut *out = &r->days[r->ndays];
+    out->day = r->day;
+    out->low = pairs[0].price;
+    out->high = pairs[n - 1].price;
+    out->median_lo = out->median_hi = 0;
+    out->at = out->n = 0;
+    if (r->day.partial) {
+        if (r->nspill + n > r->spill_cap) {
+            size_t cap = (r->nspill + n) * 2;
+            Pair *spill = realloc(r->spill, cap * sizeof *spill);
+            if (!spill) {
+                free(pairs);
+                return -1;
+            }
+            r->spill = spill;
+            r->spill_cap = cap;
+        }
+        memcpy(r->spill + r->nspill, pairs, n * sizeof *pairs);
+        out->at = r->nspill;
+        out->n = n;
+        r->nspill += n;
+    } else { /* the prices at ranks (count - 1) / 2 and count / 2 */
+        int64_t lo_rank = (r->day.count - 1) / 2, hi_rank = r->day.count / 2, seen = 0;
+        uint64_t lo_price = EMPTY;
+        for (size_t i = 0; i < n; i++) {
+            seen += pairs[i].count;
+            if (lo_price == EMPTY && seen > lo_rank) lo_price = pairs[i].price;
+            if (seen > hi_rank) {
+                out->median_lo = lo_price;
+                out->median_hi = pairs[i].price;
+                break;
+            }
+        }
+    }
+    free(pairs);
+    r->ndays++;
+    memset(t->keys, 0xff, t->cap * sizeof *t->keys);
+    t->used = 0;
+    t->run_price = EMPTY;
+    r->day.count = 0;
+    return 0;
+}
+
+/* A row at time t: the day it falls in begins, ending the one before. */
+static inline int to_day(Reducer *r, int64_t t) {
+    if (t < r->day.end) return 0;
+    if (end_day(r) < 0) return -1;
+    memset(&r->day, 0, sizeof r->day);
+    r->day.start = t - t % DAY_MS;
+    r->day.end = r->day.start + DAY_MS;
     return 0;
 }
 
@@ -235,12 +361,17 @@ static int lines(Reducer *r, const char *p, const char *end) {
         if (t < r->start_ms || t >= r->end_ms) FAIL("period: row %lld", (long long)r->rows);
         if (l < f || (r->have_prev && f != r->prev_l + 1))
             FAIL("order: trade ids do not tile (an overlap, a hole, or going back; row %lld)", (long long)r->rows);
-        if (!r->have_prev) r->file_first = f;
+        if (to_day(r, t) < 0) FAIL("memory: out of memory");
+        if (!r->have_prev) {
+            r->file_first = f;
+            r->first_day = r->day.start;
+        }
         r->have_prev = 1;
         r->prev_a = a;
         r->prev_l = l;
         r->prev_t = t;
         int64_t lo = f > r->cut ? f : r->cut, hi = l < r->top ? l : r->top;
+        if (lo > f || hi < l) r->day.partial = 1;
         if (hi < lo) continue;
         if (!r->have_first) {
             r->have_first = 1;
@@ -248,7 +379,17 @@ static int lines(Reducer *r, const char *p, const char *end) {
             r->first_agg = a;
         }
         r->last_counted = hi;
-        if (add(r, price, hi - lo + 1) < 0) FAIL("memory: out of memory");
+        if (add(&r->today, price, hi - lo + 1) < 0) FAIL("memory: out of memory");
+        Day *d = &r->day;
+        if (!d->count) {
+            d->first_ms = t;
+            d->open_id = lo;
+            d->open_price = price;
+        }
+        d->last_ms = t;
+        d->close_id = hi;
+        d->close_price = price;
+        d->count += hi - lo + 1;
         r->last_row[0] = a;
         r->last_row[1] = f;
         r->last_row[2] = l;
@@ -298,7 +439,7 @@ static int Reducer_init(Reducer *r, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "pLLLLL", names, &agg, &cut, &top, &start, &end,
                                      &micros_at))
         return -1;
-    if (r->cap) {
+    if (r->all.cap) {
         PyErr_SetString(PyExc_RuntimeError, "a Reducer is used once");
         return -1;
     }
@@ -308,8 +449,7 @@ static int Reducer_init(Reducer *r, PyObject *args, PyObject *kwds) {
     r->start_ms = start;
     r->end_ms = end;
     r->micros_at = micros_at;
-    r->run_price = EMPTY;
-    if (grow(r) < 0) {
+    if (grow(&r->all) < 0 || grow(&r->today) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -317,8 +457,10 @@ static int Reducer_init(Reducer *r, PyObject *args, PyObject *kwds) {
 }
 
 static void Reducer_dealloc(Reducer *r) {
-    free(r->keys);
-    free(r->counts);
+    table_free(&r->all);
+    table_free(&r->today);
+    free(r->days);
+    free(r->spill);
     free(r->carry);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
@@ -330,7 +472,7 @@ static PyObject *fail(Reducer *r) {
 }
 
 static int ready(Reducer *r) {
-    if (!r->cap) PyErr_SetString(PyExc_RuntimeError, "the Reducer was not initialised");
+    if (!r->all.cap) PyErr_SetString(PyExc_RuntimeError, "the Reducer was not initialised");
     else if (r->busy) PyErr_SetString(PyExc_RuntimeError, "the Reducer is busy in another thread");
     else return 1;
     return 0;
@@ -352,6 +494,56 @@ static PyObject *Reducer_feed(Reducer *r, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* The days finished, as tuples (start, first_ms, last_ms, open_id, open_price, close_id,
+ * close_price, high, low, count, median_lo, median_hi, prices, counts): a whole day's
+ * median prices with None levels, a partial day's levels (native 8-byte bytes, ascending)
+ * with None medians. */
+static PyObject *days_list(Reducer *r) {
+    PyObject *out = PyList_New((Py_ssize_t)r->ndays);
+    if (!out) return NULL;
+    for (size_t i = 0; i < r->ndays; i++) {
+        DayOut *o = &r->days[i];
+        PyObject *lo, *hi, *prices, *counts;
+        if (o->day.partial) {
+            lo = Py_NewRef(Py_None);
+            hi = Py_NewRef(Py_None);
+            prices = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(o->n * 8));
+            counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(o->n * 8));
+            if (prices && counts) {
+                uint64_t *pv = (uint64_t *)PyBytes_AS_STRING(prices);
+                int64_t *cv = (int64_t *)PyBytes_AS_STRING(counts);
+                for (size_t j = 0; j < o->n; j++) {
+                    pv[j] = r->spill[o->at + j].price;
+                    cv[j] = r->spill[o->at + j].count;
+                }
+            }
+        } else {
+            lo = PyLong_FromUnsignedLongLong(o->median_lo);
+            hi = PyLong_FromUnsignedLongLong(o->median_hi);
+            prices = Py_NewRef(Py_None);
+            counts = Py_NewRef(Py_None);
+        }
+        PyObject *item = NULL;
+        if (lo && hi && prices && counts)
+            item = Py_BuildValue("LLLLKLKKKLOOOO", (long long)o->day.start, (long long)o->day.first_ms,
+                                 (long long)o->day.last_ms, (long long)o->day.open_id,
+                                 (unsigned long long)o->day.open_price, (long long)o->day.close_id,
+                                 (unsigned long long)o->day.close_price, (unsigned long long)o->high,
+                                 (unsigned long long)o->low, (long long)o->day.count, lo, hi,
+                                 prices, counts);
+        Py_XDECREF(lo);
+        Py_XDECREF(hi);
+        Py_XDECREF(prices);
+        Py_XDECREF(counts);
+        if (!item) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+    }
+    return out;
+}
+
 static PyObject *Reducer_finish(Reducer *r, PyObject *Py_UNUSED(ignored)) {
     if (!ready(r)) return NULL;
     if (r->error[0]) return fail(r);
@@ -367,28 +559,33 @@ static PyObject *Reducer_finish(Reducer *r, PyObject *Py_UNUSED(ignored)) {
         PyErr_SetString(PyExc_ValueError, "empty: no trade within the ids asked for");
         return NULL;
     }
-    PyObject *levels = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(r->used * 8));
-    PyObject *counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(r->used * 8));
-    if (!levels || !counts) {
+    r->day.partial = 1; /* the file's last day */
+    if (end_day(r) < 0) return PyErr_NoMemory();
+    Table *t = &r->all;
+    PyObject *levels = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(t->used * 8));
+    PyObject *counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(t->used * 8));
+    PyObject *days = days_list(r);
+    if (!levels || !counts || !days) {
         Py_XDECREF(levels);
         Py_XDECREF(counts);
+        Py_XDECREF(days);
         return NULL;
     }
     uint64_t *lv = (uint64_t *)PyBytes_AS_STRING(levels);
     int64_t *cn = (int64_t *)PyBytes_AS_STRING(counts);
     size_t k = 0;
-    for (size_t i = 0; i < r->cap; i++) {
-        if (r->keys[i] == EMPTY) continue;
-        lv[k] = r->keys[i];
-        cn[k++] = r->counts[i];
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->keys[i] == EMPTY) continue;
+        lv[k] = t->keys[i];
+        cn[k++] = t->counts[i];
     }
     PyObject *first_agg = r->agg ? PyLong_FromLongLong(r->first_agg) : Py_NewRef(Py_None);
-    return Py_BuildValue("NNLLNLL(LLLKL)LLi", levels, counts, (long long)r->first_id,
+    return Py_BuildValue("NNLLNLL(LLLKL)LLiN", levels, counts, (long long)r->first_id,
                          (long long)r->last_counted, first_agg, (long long)r->file_first,
                          (long long)r->prev_l, (long long)r->last_row[0], (long long)r->last_row[1],
                          (long long)r->last_row[2], (unsigned long long)r->last_price,
                          (long long)r->last_row[3], (long long)r->rows, (long long)r->invalid,
-                         r->header);
+                         r->header, days);
 }
 
 static PyMethodDef Reducer_methods[] = {
@@ -397,8 +594,11 @@ static PyMethodDef Reducer_methods[] = {
      "for a row that fails a check; the Reducer is then spent. O(len(chunk))."},
     {"finish", (PyCFunction)Reducer_finish, METH_NOARGS,
      "finish() -> (levels, counts, first_id, last_id, first_agg, file_first_id, file_last_id, "
-     "last_row, rows, invalid_rows, header): levels and counts as native uint64 / int64 bytes, "
-     "in no order. O(distinct prices)."},
+     "last_row, rows, invalid_rows, header, days): levels and counts as native uint64 / int64 "
+     "bytes, in no order; days the UTC days of the trades counted, each (start, first_ms, "
+     "last_ms, open_id, open_price, close_id, close_price, high, low, count, median_lo, "
+     "median_hi, prices, counts): median prices where every trade of the day in the file was "
+     "counted, else its levels (native bytes, ascending). O(distinct prices)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from .candles import DayCandle
 from .prices import MAX_UNITS, parse_price
 
 if TYPE_CHECKING:  # numpy and polars are imported where files are reduced, not at start-up
@@ -205,6 +206,7 @@ class Reduced:
     file_first_id: int = 0  # first trade id of the whole file
     file_last_id: int = 0  # last trade id of the whole file
     quirks: dict[str, int] = field(default_factory=dict)  # what it met: header, invalid rows
+    days: list[DayCandle] = field(default_factory=list)  # the UTC days counted, in order
 
     @property
     def trades(self) -> int:
@@ -290,7 +292,7 @@ def _reduce_native(
         while data := stream.read(chunk):
             reducer.feed(data)
         (levels_raw, counts_raw, first_id, last_id, first_agg, file_first, file_last, last_row,
-         rows, invalid, header) = reducer.finish()  # fmt: skip
+         rows, invalid, header, days_raw) = reducer.finish()  # fmt: skip
     except ValueError as exc:
         if str(exc).startswith("period"):
             raise ValueError(f"period: times outside {file.first_day}..{file.last_day} "
@@ -304,8 +306,15 @@ def _reduce_native(
     quirks = {"header": 1} if header else {}
     if invalid:
         quirks["invalid_rows"] = invalid
+    days = []
+    for *fields, lo, hi, prices, counts in days_raw:
+        if prices is None:
+            days.append(DayCandle(*fields, lo + hi))
+        else:
+            days.append(DayCandle(*fields, None, np.frombuffer(prices, dtype=np.uint64),
+                                  np.frombuffer(counts, dtype=np.int64)))  # fmt: skip
     return Reduced(file, levels, totals, first_id, last_id, first_agg, last_row, rows, 0, 0,
-                   file_first, file_last, quirks)  # fmt: skip
+                   file_first, file_last, quirks, days)  # fmt: skip
 
 
 def _reduce_polars(
@@ -330,7 +339,7 @@ def _reduce_polars(
         schema.update(a=pl.Int64, l=pl.Int64)
         wanted += ["a", "l"]
     top_id = (1 << 63) - 1 if top is None else top
-    parts: list[Any] = []  # per block: trades per distinct price text
+    parts: list[Any] = []  # per block: trades per (day, distinct price text)
     held = 0
     last_text = ""
     prev: tuple[int, int, int] | None = None  # (agg id, last trade id, time) of the last row
@@ -339,6 +348,9 @@ def _reduce_polars(
     last_counted: int | None = None
     last_row = (0, 0, 0, 0, 0)
     rows = invalid = 0
+    days: dict[int, list[Any]] = {}  # per UTC day counted: see _day_bounds
+    partial: set[int] = set()  # days with a row outside cut..top, and the first and last
+    first_day = 0
     start, end = file.start_ms, file.end_ms
     for number, block in enumerate(_lines(stream, block_size)):
         if number == 0 and block[:1].isalpha():  # a header row (futures files, tools)
@@ -389,7 +401,10 @@ def _reduce_polars(
         prev = (int(a[-1]), int(last[-1]), int(t[-1]))
         if file_first is None:
             file_first = int(f[0])
+            first_day = int(t[0] - t[0] % DAY_MS)
         reps = np.maximum(np.minimum(last, top_id) - np.maximum(f, cut) + 1, 0)
+        d = t - t % DAY_MS
+        partial.update(np.unique(d[reps != last - f + 1]).tolist())
         inside = np.flatnonzero(reps)
         if not len(inside):
             continue
@@ -397,10 +412,11 @@ def _reduce_polars(
         if first is None:
             first = (int(max(f[i0], cut)), int(a[i0]) if agg else None)
         last_counted = int(min(last[i1], top_id))
+        _day_bounds(days, d, inside, f, last, t, reps, frame["p"], cut, top_id)
         parts.append(
             frame.lazy()
-            .select(pl.col("p"), pl.Series("n", reps))
-            .group_by("p")
+            .select(pl.Series("d", d), pl.col("p"), pl.Series("n", reps))
+            .group_by("d", "p")
             .agg(pl.col("n").sum())
             .filter(pl.col("n") > 0)
             .collect()
@@ -418,18 +434,82 @@ def _reduce_polars(
     if invalid:
         quirks["invalid_rows"] = invalid
     per_price = _per_price(parts)
-    every = _units(per_price["p"])  # once per distinct text of the file
-    order = np.argsort(every)
-    levels = every[order]
-    totals = per_price["n"].to_numpy()[order].astype(np.int64)
-    if len(levels) > 1 and not bool(np.all(levels[1:] > levels[:-1])):  # "1.5" and "1.50"
-        heads = np.flatnonzero(np.r_[True, levels[1:] != levels[:-1]])
-        levels, totals = levels[heads], np.add.reduceat(totals, heads)
+    every = _units(per_price["p"])  # once per distinct text of each day of the file
+    levels, totals = _summed(every, per_price["n"].to_numpy().astype(np.int64))
     last_row = (*last_row[:3], parse_price(last_text), last_row[4])
     if int(totals.sum()) != last_counted - first[0] + 1:
         raise ValueError("order: counts do not add up to the ids")
+    partial.update((first_day, prev[2] - prev[2] % DAY_MS))  # others may hold some of theirs
+    day_of = per_price["d"].to_numpy()
+    candles = []
+    for start, (first_ms, last_ms, open_id, open_text, close_id, close_text, n) in days.items():
+        prices, counts = _summed(every[day_of == start],
+                                 per_price["n"].to_numpy()[day_of == start].astype(np.int64))  # fmt: skip
+        fields = (start, first_ms, last_ms, open_id, parse_price(open_text), close_id,
+                  parse_price(close_text), int(prices[-1]), int(prices[0]), n)  # fmt: skip
+        if start in partial:
+            candles.append(DayCandle(*fields, None, prices, counts))
+        else:
+            candles.append(DayCandle(*fields, _twice_median(prices, counts, n)))
     return Reduced(file, levels, totals, first[0], last_counted, first[1], last_row, rows, 0, 0,
-                   file_first, prev[1], quirks)  # fmt: skip
+                   file_first, prev[1], quirks, candles)  # fmt: skip
+
+
+def _summed(prices: Any, counts: Any) -> tuple[Any, Any]:
+    """Prices (uint64, any order, maybe repeated: "1.5" and "1.50") with their counts, as
+    distinct ascending prices with the counts summed. O(n log n)."""
+    import numpy as np
+
+    order = np.argsort(prices, kind="stable")
+    prices, counts = prices[order], counts[order]
+    if len(prices) > 1 and not bool(np.all(prices[1:] > prices[:-1])):
+        heads = np.flatnonzero(np.r_[True, prices[1:] != prices[:-1]])
+        prices, counts = prices[heads], np.add.reduceat(counts, heads)
+    return prices, counts
+
+
+def _twice_median(prices: Any, counts: Any, n: int) -> int:
+    """Twice the median of ``n`` trades at distinct ascending ``prices``: the sum of the
+    prices at ranks (n - 1) // 2 and n // 2. O(L)."""
+    import numpy as np
+
+    seen = np.cumsum(counts)
+    lo = int(np.searchsorted(seen, (n - 1) // 2, side="right"))
+    hi = int(np.searchsorted(seen, n // 2, side="right"))
+    return int(prices[lo]) + int(prices[hi])
+
+
+def _day_bounds(
+    days: dict[int, list[Any]],
+    d: Any,
+    inside: Any,
+    f: Any,
+    last: Any,
+    t: Any,
+    reps: Any,
+    texts: Any,
+    cut: int,
+    top: int,
+) -> None:
+    """Fold a block's counted rows (``inside``, in time order) into ``days``: per day start,
+    [first_ms, last_ms, open id, open price text, close id, close price text, trades].
+    O(rows of the block)."""
+    import numpy as np
+
+    day = d[inside]
+    heads = np.flatnonzero(np.r_[True, day[1:] != day[:-1]])
+    tails = np.r_[heads[1:] - 1, len(day) - 1]
+    sums = np.add.reduceat(reps[inside], heads)
+    for h, e, n in zip(heads.tolist(), tails.tolist(), sums.tolist(), strict=True):
+        i, j = int(inside[h]), int(inside[e])
+        close = [int(t[j]), int(min(last[j], top)), texts[j]]
+        entry = days.get(int(day[h]))
+        if entry is None:
+            days[int(day[h])] = [int(t[i]), close[0], int(max(f[i], cut)), texts[i], close[1],
+                                 close[2], int(n)]  # fmt: skip
+        else:
+            entry[1], entry[4], entry[5] = close
+            entry[6] += int(n)
 
 
 #: Distinct price texts held across blocks before they are merged into one table.
@@ -437,12 +517,12 @@ _COMPACT = 1 << 21
 
 
 def _per_price(parts: list[Any]) -> Any:
-    """The per-block tables of trades per price text, merged into one. O(rows)."""
+    """The per-block tables of trades per (day, price text), merged into one. O(rows)."""
     import polars as pl
 
     if len(parts) == 1:
         return parts[0]
-    return pl.concat(parts).group_by("p").agg(pl.col("n").sum())
+    return pl.concat(parts).group_by("d", "p").agg(pl.col("n").sum())
 
 
 def _units(texts: Any) -> Any:

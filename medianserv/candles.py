@@ -52,15 +52,19 @@ __all__ = [
     "CandleRow",
     "CandleState",
     "Candles",
+    "DayCandle",
+    "Landing",
     "Delta",
     "PyPeriod",
     "Settled",
     "final_flags",
     "finish",
+    "landings",
     "merge_rows",
     "period_key",
     "period_row",
     "restore_period",
+    "row_of",
     "select_rows",
     "state_key",
     "then_candles",
@@ -88,6 +92,64 @@ class CandleRow(NamedTuple):
     twice_median: int
     open_id: int
     close_id: int
+
+
+class DayCandle(NamedTuple):
+    """One UTC day of an archive file's trades (what the reduction emits per day): its
+    bounds and candle fields; its median (``twice_median``) where the file held every trade
+    of the day that was counted from it, else its levels (``prices`` ascending, ``counts``),
+    to be merged with the day's trades counted elsewhere (live, REST). Prices in 1e-8
+    units."""
+
+    start: int
+    first_ms: int
+    last_ms: int
+    open_id: int
+    open_price: int
+    close_id: int
+    close_price: int
+    high: int
+    low: int
+    count: int
+    twice_median: int | None
+    prices: Any = None  # uint64 array (partial days)
+    counts: Any = None  # int64 array
+
+    def row(self) -> CandleRow:
+        """The day's candle (a whole day only). O(1)."""
+        assert self.twice_median is not None, "a partial day has no median of its own"
+        return CandleRow(self.start, self.open_price, self.high, self.low, self.close_price,
+                         self.count, self.twice_median, self.open_id, self.close_id)  # fmt: skip
+
+    def key(self) -> tuple[Any, ...]:
+        """As plain values, equal for equal days (tests compare the two reductions). O(L)."""
+        levels = None if self.prices is None else (list(map(int, self.prices)),
+                                                   list(map(int, self.counts)))  # fmt: skip
+        return (*self[:11], levels)
+
+
+class Landing(NamedTuple):
+    """A :class:`DayCandle` made ready to enter a book (:meth:`Candles.add_days`): a partial
+    day's levels as a period of the type in use and as stored bytes; None for a whole day."""
+
+    day: DayCandle
+    period: Any
+    packed: tuple[bytes, bytes] | None
+
+
+def landings(days: Iterable[DayCandle]) -> list[Landing]:
+    """``days`` made ready for :meth:`Candles.add_days`, the work done here, outside the
+    symbol's lock. O(levels of the partial days)."""
+    out = []
+    for day in days:
+        if day.twice_median is not None:
+            out.append(Landing(day, None, None))
+            continue
+        fields = (day.open_id, day.open_price, day.close_id, day.close_price, day.high,
+                  day.low, day.count)  # fmt: skip
+        period = restore_period(day.start, _LENGTHS[DAY], fields, day.prices, day.counts)
+        out.append(Landing(day, period, period.packed()))
+    return out
 
 
 class PyPeriod:
@@ -326,7 +388,7 @@ class CandleState(NamedTuple):
     periods: tuple[list[tuple[int, CandleRow | None, Any]], ...]
     # per interval, the open time before which stored periods are past retention (None: none)
     expired: tuple[int | None, ...] = (None, None, None)
-    counts: tuple[int, ...] = (0,) * 8  # Candles.counts()
+    counts: tuple[int, ...] = (0,) * 9  # Candles.counts()
     seqs: tuple[tuple[int, int, int], ...] = ()  # (interval, start, next delta) of the store
 
 
@@ -363,13 +425,14 @@ class Candles:
     """
 
     __slots__ = ("dirty", "expired", "first_ms", "front_top_ms", "harvested",
-                 "harvested_counts", "latest_ms", "minute", "open", "outside", "pending",
-                 "recent", "seq", "settled", "total")  # fmt: skip
+                 "harvested_counts", "history", "landed", "latest_ms", "minute", "open",
+                 "outside", "pending", "recent", "seq", "settled", "total")  # fmt: skip
 
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
         self.open: tuple[dict[int, Any], ...] = ({}, {}, {})  # start -> retired open period
         self.recent: tuple[dict[int, Any], ...] = ({}, {}, {})  # settled periods, being written
+        self.landed: dict[int, CandleRow] = {}  # imported whole days, for the next harvest
         self.dirty: tuple[set[int], ...] = (set(), set(), set())  # open starts changed
         self.first_ms = -1  # the earliest trade time counted (-1: none yet)
         self.latest_ms = -1  # the latest
@@ -378,6 +441,7 @@ class Candles:
         # what the invariant adds up (:meth:`_check`), stored with the bounds
         self.total = 0  # trades in the candles but the current minute's (which C adds to)
         self.outside = 0  # trades the symbol counts that no candle holds (see add_outside)
+        self.history = 0  # trades in day candles alone: archive files' (see add_days)
         self.settled = [0, 0, 0]  # per interval, trades in the rows settled
         self.expired = [0, 0, 0]  # per interval, trades in periods dropped past retention
         self.harvested_counts: tuple[int, ...] = ()  # counts() at the last harvest
@@ -423,9 +487,42 @@ class Candles:
                 self.pending[k].setdefault(start, []).append(level)
 
     def add_outside(self, trades: int) -> None:
-        """``trades`` the symbol counted without their times (an archive file merged whole,
-        or a store written before candles): in no candle, but accounted for. O(1)."""
+        """``trades`` the symbol counted without their times (a store written before
+        candles): in no candle, but accounted for. O(1)."""
         self.outside += trades
+
+    def add_days(self, days: Iterable[Landing]) -> None:
+        """The UTC days of an archive file the symbol has just counted (merged whole, as
+        (price, count) pairs: no trade's time is known, only each day's), made ready by
+        :func:`landings` before the lock. A day whose every trade came from the file is a
+        settled row at once, handed to the next harvest; a partial one (its other trades
+        counted live or over REST) is folded, levels and all, into the open day. Their
+        trades are in day candles alone (:attr:`history`): minutes and hours begin where
+        trades were counted one by one. A whole day the book holds trades of already (never,
+        while each id is counted once) is counted :attr:`outside`. O(days + levels of the
+        partial ones)."""
+        for day, period, packed in days:
+            if not (0 <= day.open_id <= day.close_id < LIMIT
+                    and 0 <= day.first_ms <= day.last_ms < LIMIT):  # fmt: skip
+                self.outside += day.count
+                continue
+            start = day.start
+            if period is None:
+                minute = self.minute
+                if (start in self.open[DAY] or start in self.landed or start in self.recent[DAY]
+                        or minute is not None and minute.start - minute.start % _LENGTHS[DAY] == start):  # fmt: skip
+                    self.outside += day.count
+                    continue
+                self.landed[start] = day.row()
+                self.settled[DAY] += day.count
+            else:
+                self._period(DAY, start).fold(period)
+                self.pending[DAY].setdefault(start, []).append(packed)
+            self.history += day.count
+            if day.first_ms < self.first_ms or self.first_ms < 0:
+                self.first_ms = day.first_ms
+            if day.last_ms > self.latest_ms:
+                self.latest_ms = day.last_ms
 
     def _retire(self, minute: Any) -> None:
         """The current minute is over: fold it into its hour and day, keep it open. O(L)."""
@@ -497,6 +594,11 @@ class Candles:
             if oldest is not None:
                 expired[k] = oldest - length + 1
             out, opened, dirty = periods[k], self.open[k], self.dirty[k]
+            if k == DAY and self.landed:  # imported whole days: rows already
+                for start in sorted(self.landed):
+                    out.append((start, self.landed[start], None))
+                self.recent[DAY].update(self.landed)
+                self.landed.clear()
             for start in sorted(opened):
                 if oldest is not None and start + length <= oldest:
                     self.expired[k] += opened.pop(start).count  # its stored record goes too
@@ -538,9 +640,9 @@ class Candles:
         self.seq.pop((k, start), None)
 
     def counts(self) -> tuple[int, ...]:
-        """(total, outside, settled per interval, expired per interval): stored with the
-        bounds. O(1)."""
-        return (self.total, self.outside, *self.settled, *self.expired)
+        """(total, outside, settled per interval, expired per interval, history): stored
+        with the bounds. O(1)."""
+        return (self.total, self.outside, *self.settled, *self.expired, self.history)
 
     @classmethod
     def restore(cls, state: CandleState) -> Candles:
@@ -552,6 +654,7 @@ class Candles:
         )  # fmt: skip
         book.total, book.outside = state.counts[0], state.counts[1]
         book.settled, book.expired = list(state.counts[2:5]), list(state.counts[5:8])
+        book.history = state.counts[8]
         book.harvested_counts = tuple(state.counts)
         book.seq = {(k, start): seq for k, start, seq in state.seqs}
         for k, entries in enumerate(state.periods):
@@ -574,6 +677,8 @@ class Candles:
         ``start..end`` (end excluded), by start: what a reader takes under the lock, to
         compute their medians after it. O(p + L)."""
         settled = {s: p for s, p in self.recent[k].items() if start <= s < end}
+        if k == DAY:
+            settled.update((s, r) for s, r in self.landed.items() if start <= s < end)
         opened = {s: p for s, p in self.open[k].items() if start <= s < end}
         copies = {s: p.copy() for s, p in opened.items()}
         minute = self.minute
@@ -592,27 +697,42 @@ class Candles:
         tests compare, whichever twin holds the periods. O(L log L)."""
         minute = None if self.minute is None else period_key(self.minute)
         opened = tuple(tuple(period_key(p) for _, p in sorted(o.items())) for o in self.open)
-        recent = tuple(tuple(period_key(p) for _, p in sorted(r.items())) for r in self.recent)
-        return (minute, opened, recent, self.first_ms, self.latest, self.front_top_ms,
+        recent = tuple(tuple(_row_key(p) for _, p in sorted(r.items())) for r in self.recent)
+        landed = tuple(sorted(self.landed.items()))
+        return (minute, opened, recent, landed, self.first_ms, self.latest, self.front_top_ms,
                 self.counts())  # fmt: skip
 
     def _check(self, counted: int | None = None) -> None:
         """Assert the book's invariants: of every interval, the trades of its settled rows,
         its periods dropped past retention and its open periods add up to :attr:`total` (the
-        trades in candles but the current minute's); with ``counted`` (the symbol's count),
-        those, the current minute's and the trades outside any candle add up to it. O(p);
-        for tests."""
+        trades in candles but the current minute's), plus :attr:`history` for days; with
+        ``counted`` (the symbol's count), those, the current minute's, the archives' and the
+        trades outside any candle add up to it. O(p); for tests."""
         current = self.minute.count if self.minute is not None else 0
         for k in range(len(INTERVALS)):
             held = sum(p.count for p in self.open[k].values())
-            assert self.settled[k] + self.expired[k] + held == self.total, (
+            want = self.total + (self.history if k == DAY else 0)
+            assert self.settled[k] + self.expired[k] + held == want, (
                 f"{INTERVALS[k][0]}: candles hold {self.settled[k]} + {self.expired[k]} + "
-                f"{held} trades, not {self.total}"
+                f"{held} trades, not {want}"
             )
         if counted is not None:
-            assert self.total + current + self.outside == counted, "candles and count differ"
+            assert self.total + current + self.outside + self.history == counted, (
+                "candles and count differ"
+            )
         if self.minute is not None:
             assert self.minute.start not in self.open[MINUTE], "the current minute retired twice"
+
+
+def _row_key(entry: Any) -> Any:
+    """A settled entry as plain values: a row as it is, a period as :func:`period_key`."""
+    return entry if isinstance(entry, CandleRow) else period_key(entry)
+
+
+def row_of(entry: Any) -> CandleRow:
+    """A settled or open entry's row (what :meth:`Candles.snapshot` gives: a row of an
+    imported day, or a period whose median is then taken, O(L log L))."""
+    return entry if isinstance(entry, CandleRow) else period_row(entry)
 
 
 def _folded(minute: Any, k: int) -> Any:

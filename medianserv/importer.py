@@ -862,7 +862,7 @@ class Importer:
         try:
             applied = stats.apply_levels(
                 r.first_id, r.last_id, r.levels, r.counts, r.last_row[4],
-                last_price=r.last_row[3],
+                last_price=r.last_row[3], days=r.days,
             )  # fmt: skip
         except ValueError as exc:  # pairs that do not add up: refuse the file
             self._refused(symbol, Refused(r.file, "format", str(exc)), files, 1)

@@ -523,8 +523,10 @@ class Store:
         try:
             bounds = msgspec.msgpack.decode(bytes(meta), type=list[int | None])
             first_ms, latest_ms, front_top_ms, current = bounds[:4]
-            counts = tuple(int(n or 0) for n in bounds[4:12])
-            if len(counts) != 8 or first_ms is None or latest_ms is None:
+            counts = tuple(int(n or 0) for n in bounds[4:13])
+            if len(counts) == 8:  # written before day candles came from the archives
+                counts += (0,)
+            if len(counts) != 9 or first_ms is None or latest_ms is None:
                 raise ValueError("incomplete")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
             raise StoreError(f"{symbol}: corrupt candle bounds: {exc}") from exc

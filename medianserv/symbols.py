@@ -24,7 +24,17 @@ from typing import Any
 import numpy as np
 
 from . import candles as _candles_module
-from .candles import INTERVALS, CandleRow, Candles, CandleState, PyPeriod, finish, period_row
+from .candles import (
+    INTERVALS,
+    CandleRow,
+    Candles,
+    CandleState,
+    DayCandle,
+    PyPeriod,
+    finish,
+    landings,
+    row_of,
+)
 from .median import CRunningMedian, PyRunningMedian, touched_arrays
 from .perfect_hash import PerfectHash
 from .quantiles import Quantile, ranks
@@ -318,6 +328,7 @@ class SymbolStats:
         *,
         last_price: int | None = None,
         piece: int | None = None,
+        days: Sequence[DayCandle] = (),
     ) -> int:
         """Apply a whole archive file, reduced to (price, count) pairs, covering exactly the
         trade ids ``lo..hi`` at the bottom of the front; anything else is refused (returns 0)
@@ -332,6 +343,11 @@ class SymbolStats:
         symbol alone: what is stored is the file's pairs and the moved front together, or
         neither, so a crash never counts a file twice.
 
+        ``days`` are the file's UTC days (:class:`~medianserv.candles.DayCandle`, made by
+        the reduction): they enter the candles with the last piece
+        (:meth:`Candles.add_days`), their partial days' periods built before the lock;
+        without them the file's trades are counted outside any candle.
+
         If the merge breaks off half way (only a bug or memory exhaustion can do that: the
         input was checked), the median holds part of a file that its ids do not count. The
         symbol is then *damaged*: never stored again, so its last snapshot stays right and a
@@ -345,6 +361,9 @@ class SymbolStats:
         except (OverflowError, TypeError) as exc:
             raise ValueError(f"{self.symbol}: a price or count out of range") from exc
         _check_pairs(prices, times, hi - lo + 1, self.symbol)
+        ready = landings(days) if self.candles is not None else []
+        if ready and sum(d.count for d in days) != hi - lo + 1:
+            raise ValueError(f"{self.symbol}: the days do not add up to the file's trades")
         with self.lock:
             if self.damaged or not self.ids.claim_front(lo, hi):
                 return 0
@@ -370,8 +389,11 @@ class SymbolStats:
             assert filled == hi - lo + 1, "the claim was lost"
             self.merged = 0
             self.imported += filled
-            if self.candles is not None:  # a file's pairs carry no times (see Candles)
-                self.candles.add_outside(filled)
+            if self.candles is not None:
+                if ready:
+                    self.candles.add_days(ready)
+                else:  # no day candles came with the pairs
+                    self.candles.add_outside(filled)
             self.dirty = True
             self.version += 1
             if hi > self.last_trade_id and last_price is not None:
@@ -594,7 +616,7 @@ class SymbolStats:
             if self.candles is None:
                 return [], origin
             periods = self.candles.snapshot(k, start, end)
-        return [period_row(p) for p in periods], origin
+        return [row_of(p) for p in periods], origin
 
     def _check(self) -> None:
         """Assert every invariant: the median's, the bookkeeping's, and the identity that ties

@@ -17,7 +17,7 @@ from medianserv.archive import native_reader
 from medianserv.sim import SimConfig, Simulator
 
 from .support import wait_for
-from .test_service import Running, http_get_text, publish
+from .test_service import Running, expected_candles, http_get_text, publish
 
 
 @pytest.fixture
@@ -67,6 +67,18 @@ def settle(sim: Simulator, run: Running, timeout: float = 120) -> None:
         raise AssertionError(f"{len(diff)} differ, e.g. {list(diff.items())[:3]}") from None
 
 
+def assert_days_since_listing(sim: Simulator, run: Running) -> None:
+    """Every symbol's daily candles reach back to its first trade and equal the simulator's
+    trades, archived (days whole in a file, or split between files and REST) and live; each
+    is final but the open one."""
+    for symbol in sim.truth():
+        status, body = run.get(f"/{quote(symbol)}/candles?interval=1d&limit=1000")
+        assert status == 200, body
+        rows = body["rows"]
+        assert [r[:7] for r in rows] == expected_candles(sim, symbol, 86_400_000), symbol
+        assert [r[7] for r in rows] == [True] * (len(rows) - 1) + [False] * bool(rows), symbol
+
+
 def metric(run: Running, name: str) -> dict[str, float]:
     text = http_get_text(run.base + "/metrics")[2]
     pattern = rf"^medianserv_{name}(\{{[^}}]*\}})? (\S+)$"
@@ -98,6 +110,7 @@ def test_every_trade_since_listing_across_kills_and_stops(
              and run.get("/-/status")[1]["history"]["importing"] == 0, timeout=180)  # fmt: skip
     publish(sim, 300)
     settle(sim, run)
+    assert_days_since_listing(sim, run)
     status = run.get("/-/status")[1]["history"]
     assert status["symbols"] == len(sim.listed()) and status["failed"] == 0
     assert metric(run, "history_failures_total") == {'{reason="none"}': 0.0}
@@ -117,6 +130,7 @@ def test_bad_archives_are_refused_and_counted(
     wait_for(lambda: run.get("/-/status")[1]["history"]["complete"] == len(sim.listed()),
              timeout=180)  # fmt: skip
     settle(sim, run)
+    assert_days_since_listing(sim, run)
     reason = {"truncated": "corrupt", "backwards": "order", "wrong_symbol": "wrong_file"}.get(
         kind, kind
     )
@@ -161,6 +175,7 @@ def test_quirks_of_real_archives_end_exact_and_are_said(
     wait_for(lambda: run.get("/-/status")[1]["history"]["complete"] == len(sim.listed()),
              timeout=180)  # fmt: skip
     settle(sim, run)
+    assert_days_since_listing(sim, run)
     met = quirks(run)
     for kind, n in said.items():
         assert met.get(kind, 0) >= n, (kind, met, [x for x in run.lines if "history of" in x])
@@ -185,6 +200,7 @@ def test_origin_from_the_earliest_archive_when_rest_does_not_reach_it(tmp_path: 
         wait_for(lambda: run.get("/-/status")[1]["history"]["complete"] == len(sim.listed()),
                  timeout=180)  # fmt: skip
         settle(sim, run)  # first_trade_id and count included
+        assert_days_since_listing(sim, run)
         traded = [s for s, t in sim.truth().items() if t["count"]]
         assert quirks(run).get("origin_from_archive", 0) >= len(traded) > 0
         assert sum(": origin_from_archive (" in line for line in run.lines) == len(traded)
@@ -206,6 +222,7 @@ def test_a_symbol_with_a_non_ascii_name(tmp_path: Path) -> None:
         sim.resume()
         publish(sim, 200)
         settle(sim, run)
+        assert_days_since_listing(sim, run)
         status, body = run.get("/" + quote("币安人生USDT"))
         assert status == 200 and body["history"] == "complete" and body["count"] > 0
         assert any("/币安人生USDT/" in path for path in sim.archives.served)
