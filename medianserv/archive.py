@@ -309,10 +309,10 @@ def _reduce_native(
     days = []
     for *fields, lo, hi, prices, counts in days_raw:
         if prices is None:
-            days.append(DayCandle(*fields, lo + hi))
+            days.append(DayCandle._make((*fields, lo + hi, None, None)))
         else:
-            days.append(DayCandle(*fields, None, np.frombuffer(prices, dtype=np.uint64),
-                                  np.frombuffer(counts, dtype=np.int64)))  # fmt: skip
+            days.append(DayCandle._make((*fields, None, np.frombuffer(prices, dtype=np.uint64),
+                                         np.frombuffer(counts, dtype=np.int64))))  # fmt: skip
     return Reduced(file, levels, totals, first_id, last_id, first_agg, last_row, rows, 0, 0,
                    file_first, file_last, quirks, days)  # fmt: skip
 
@@ -443,8 +443,8 @@ def _reduce_polars(
     day_of = per_price["d"].to_numpy()
     candles = []
     for start, (first_ms, last_ms, open_id, open_text, close_id, close_text, n) in days.items():
-        prices, counts = _summed(every[day_of == start],
-                                 per_price["n"].to_numpy()[day_of == start].astype(np.int64))  # fmt: skip
+        mine = day_of == start
+        prices, counts = _summed(every[mine], per_price["n"].to_numpy()[mine].astype(np.int64))
         fields = (start, first_ms, last_ms, open_id, parse_price(open_text), close_id,
                   parse_price(close_text), int(prices[-1]), int(prices[0]), n)  # fmt: skip
         if start in partial:

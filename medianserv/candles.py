@@ -53,8 +53,8 @@ __all__ = [
     "CandleState",
     "Candles",
     "DayCandle",
-    "Landing",
     "Delta",
+    "Landing",
     "PyPeriod",
     "Settled",
     "final_flags",
@@ -110,7 +110,7 @@ class DayCandle(NamedTuple):
     close_price: int
     high: int
     low: int
-    count: int
+    trades: int  # its count (a NamedTuple's field cannot be named count)
     twice_median: int | None
     prices: Any = None  # uint64 array (partial days)
     counts: Any = None  # int64 array
@@ -119,7 +119,7 @@ class DayCandle(NamedTuple):
         """The day's candle (a whole day only). O(1)."""
         assert self.twice_median is not None, "a partial day has no median of its own"
         return CandleRow(self.start, self.open_price, self.high, self.low, self.close_price,
-                         self.count, self.twice_median, self.open_id, self.close_id)  # fmt: skip
+                         self.trades, self.twice_median, self.open_id, self.close_id)  # fmt: skip
 
     def key(self) -> tuple[Any, ...]:
         """As plain values, equal for equal days (tests compare the two reductions). O(L)."""
@@ -146,7 +146,7 @@ def landings(days: Iterable[DayCandle]) -> list[Landing]:
             out.append(Landing(day, None, None))
             continue
         fields = (day.open_id, day.open_price, day.close_id, day.close_price, day.high,
-                  day.low, day.count)  # fmt: skip
+                  day.low, day.trades)  # fmt: skip
         period = restore_period(day.start, _LENGTHS[DAY], fields, day.prices, day.counts)
         out.append(Landing(day, period, period.packed()))
     return out
@@ -504,21 +504,27 @@ class Candles:
         for day, period, packed in days:
             if not (0 <= day.open_id <= day.close_id < LIMIT
                     and 0 <= day.first_ms <= day.last_ms < LIMIT):  # fmt: skip
-                self.outside += day.count
+                self.outside += day.trades
                 continue
             start = day.start
             if period is None:
                 minute = self.minute
-                if (start in self.open[DAY] or start in self.landed or start in self.recent[DAY]
-                        or minute is not None and minute.start - minute.start % _LENGTHS[DAY] == start):  # fmt: skip
-                    self.outside += day.count
+                today = None if minute is None else minute.start - minute.start % _LENGTHS[DAY]
+                if (
+                    start in self.open[DAY]
+                    or start in self.landed
+                    or start in self.recent[DAY]
+                    or (start == today)
+                ):
+                    self.outside += day.trades
                     continue
                 self.landed[start] = day.row()
-                self.settled[DAY] += day.count
+                self.settled[DAY] += day.trades
             else:
+                assert packed is not None
                 self._period(DAY, start).fold(period)
                 self.pending[DAY].setdefault(start, []).append(packed)
-            self.history += day.count
+            self.history += day.trades
             if day.first_ms < self.first_ms or self.first_ms < 0:
                 self.first_ms = day.first_ms
             if day.last_ms > self.latest_ms:

@@ -362,7 +362,7 @@ class SymbolStats:
             raise ValueError(f"{self.symbol}: a price or count out of range") from exc
         _check_pairs(prices, times, hi - lo + 1, self.symbol)
         ready = landings(days) if self.candles is not None else []
-        if ready and sum(d.count for d in days) != hi - lo + 1:
+        if ready and sum(d.trades for d in days) != hi - lo + 1:
             raise ValueError(f"{self.symbol}: the days do not add up to the file's trades")
         with self.lock:
             if self.damaged or not self.ids.claim_front(lo, hi):

@@ -150,6 +150,72 @@ def test_reduce_equals_a_brute_force_count(
                         **({"invalid_rows": invalid} if invalid else {})}  # fmt: skip
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 30), st.integers(1, 4), st.integers(0, 30_000_000)),
+             min_size=1, max_size=120),
+    st.booleans(),
+    st.integers(0, 500),
+    st.integers(0, 500),
+    st.lists(st.integers(1, 500), min_size=1, max_size=3),
+)  # fmt: skip
+def test_each_day_of_a_file_is_its_candle_or_its_levels(
+    engine: str,
+    spec: list[tuple[int, int, int]],
+    micros: bool,
+    cut_at: int,
+    top_back: int,
+    pieces: list[int],
+) -> None:
+    """A file spanning days (a month's): each UTC day with a trade counted is one DayCandle
+    equal to its trades' candle: its median where the file counted every trade of it here
+    (a day inside the file, none of its rows cut), its levels where others may hold some
+    (the file's first and last days, days with rows outside cut..top), by either engine."""
+    month = (
+        (dt.date(2025, 3, 1), dt.date(2025, 3, 31))
+        if micros
+        else (dt.date(2024, 8, 1), dt.date(2024, 8, 31))
+    )
+    file = ArchiveFile(*month, "X")
+    rows = build([(p * 10**7, n, step) for p, n, step in spec], file.start_ms)
+    if rows[-1][4] >= file.end_ms:
+        return
+    cut = rows[0][2] + cut_at
+    top = rows[-1][3] - top_back
+    counted: dict[int, list[tuple[int, int]]] = {}  # day -> (id, price) counted
+    partial = {rows[0][4] - rows[0][4] % 86_400_000, rows[-1][4] - rows[-1][4] % 86_400_000}
+    for _, p, f, last, t in rows:
+        day = t - t % 86_400_000
+        ids = range(max(f, cut), min(last, top) + 1)
+        if len(ids) != last - f + 1:
+            partial.add(day)
+        counted.setdefault(day, []).extend((i, p) for i in ids)
+    expected = []
+    for day, trades in sorted(counted.items()):
+        if not trades:
+            continue
+        prices = sorted(p for _, p in trades)
+        n = len(prices)
+        times = [t for _, _, f, last, t in rows if t - t % 86_400_000 == day
+                 and max(f, cut) <= min(last, top)]  # fmt: skip
+        levels = sorted(Counter(prices).items())
+        fields = (day, times[0], times[-1], trades[0][0], trades[0][1], trades[-1][0],
+                  trades[-1][1], prices[-1], prices[0], n)  # fmt: skip
+        if day in partial:
+            expected.append((*fields, None, ([p for p, _ in levels], [c for _, c in levels])))
+        else:
+            expected.append((*fields, prices[(n - 1) // 2] + prices[n // 2], None))
+    data = agg_csv(rows)
+    if not expected:
+        with pytest.raises(ValueError, match="empty"):
+            reduce_csv(_Pieces(data, pieces), file, cut, top, block_size=300, engine=engine)
+        return
+    r = reduce_csv(_Pieces(data, pieces), file, cut, top, block_size=300, engine=engine)
+    assert [d.key() for d in r.days] == expected
+    assert sum(d.trades for d in r.days) == r.trades
+
+
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
@@ -266,7 +332,8 @@ def test_the_c_reader_is_never_more_lenient_than_polars(
     def run(engine: str) -> Any:
         r = reduce_csv(io.BytesIO(bytes(data)), ArchiveFile(DAY, DAY, "X"), engine=engine)
         return (r.levels.tolist(), r.counts.tolist(), r.first_id, r.last_id, r.first_agg,
-                r.last_row, r.rows, r.quirks, r.file_first_id, r.file_last_id)  # fmt: skip
+                r.last_row, r.rows, r.quirks, r.file_first_id, r.file_last_id,
+                [d.key() for d in r.days])  # fmt: skip
 
     try:
         native = run("C")

@@ -4,6 +4,8 @@ window selection of GET /{symbol}/candles."""
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 
 from medianserv import candles, symbols
 from medianserv.api import create_app
+from medianserv.archive import ArchiveFile, native_reader, reduce_csv
 from medianserv.candles import (
     INTERVALS,
     CandleRow,
@@ -35,6 +38,7 @@ from medianserv.store import Store
 from medianserv.symbols import Row, SymbolStats
 
 from .test_api import State
+from .test_archive import agg_csv
 
 try:
     from medianserv._native import Period as CPeriod  # type: ignore[attr-defined]
@@ -479,3 +483,82 @@ def test_candles_endpoint_answers_the_rows_and_refuses_bad_requests(tmp_path: Pa
     r = client.simulate_get("/QUIETUSDT/candles", params={"interval": "1h"})
     assert r.status_code == 200 and r.json["rows"] == []
     state.stored.close()
+
+
+# -- daily candles from the archives ----------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32), st.sampled_from(TWINS), st.sampled_from(["C", "polars"]))
+def test_archive_files_fill_the_days_since_listing(seed: int, compiled: bool,
+                                                   engine: str) -> None:  # fmt: skip
+    """A symbol counted live from some trade on, then its history imported as the service
+    does: archive files of one to a few UTC days (reduced by the real reduction, either
+    engine), some replaced by REST rows (a file refused), some missing their first trades
+    (filled over REST, the file then cut below), with snapshots and restarts between files.
+    Its daily candles equal those of every trade since listing, each final but the last;
+    minutes and hours those of the trades counted one by one; the invariant holds."""
+    pytest.importorskip("polars") if engine == "polars" else None
+    if engine == "C" and native_reader() is None:
+        pytest.skip("the C reader was not built")
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    rnd = random.Random(seed)
+    market = Market(rnd, rnd.randrange(2, 300), [0, 600_000, 3_600_000, 14_400_000])
+    market.trades = trades = [(i, p * 10**6, t) for i, p, t in market.trades]  # cents
+    live_from = rnd.randrange(2, len(trades) + 1)  # trade ids live_from.. are counted live
+    stats = SymbolStats("X")
+    store = FakeStore()
+    one_by_one: set[int] = set()
+    for tid, price, t in trades[live_from - 1 :]:
+        stats.apply(tid, price, t)
+        one_by_one.add(tid)
+    assert stats.start_history(1, trades[0][2])
+    day = 86_400_000
+    days = sorted({t - t % day for _, _, t in trades[: live_from - 1]})
+    while days:  # files of 1..3 whole UTC days, oldest first
+        span = days[: rnd.randint(1, 3)]
+        days = days[len(span) :]
+        first, last = span[0], span[-1]
+        inside = [tr for tr in trades[: live_from - 1] if first <= tr[2] < last + day]
+        front = stats.front()
+        assert front is not None and front.lo == inside[0][0]
+        roll = rnd.random()
+        if roll < 0.2:  # refused: its trades come over REST
+            stats.apply_rows([Row(tid, tid, price, t) for tid, price, t in inside])
+            one_by_one.update(tid for tid, _, _ in inside)
+        else:
+            if roll < 0.4 and len(inside) > 1:  # a hole at its start, filled over REST
+                hole = inside[: rnd.randrange(1, len(inside))]
+                stats.apply_rows([Row(tid, tid, price, t) for tid, price, t in hole])
+                one_by_one.update(tid for tid, _, _ in hole)
+            front = stats.front()
+            assert front is not None
+            file = ArchiveFile(_date(first), _date(last), "X")
+            data = agg_csv([(7 + i, price, tid, tid, t)
+                            for i, (tid, price, t) in enumerate(inside)])  # fmt: skip
+            r = reduce_csv(io.BytesIO(data), file, front.lo, front.hi, engine=engine)
+            assert stats.apply_levels(r.first_id, r.last_id, r.levels, r.counts, r.last_row[4],
+                                      last_price=r.last_row[3], days=r.days)  # fmt: skip
+        if rnd.random() < 0.3:
+            snapshot(stats, store)
+        if rnd.random() < 0.2:
+            stats = restart(stats, store)
+    assert stats.front() is None
+    snapshot(stats, store)
+    stats._check()
+    for state in (stats, restart(stats, store)):
+        rows = select_rows(store.rows(2), state.candle_rows(2, 0, 2**62)[0], state.ids.origin,
+                           None, None, 10**6)  # fmt: skip
+        everything = {tid for tid, _, _ in trades}
+        assert {r.open_time: r for r, _ in rows} == market.candles(everything, 2)
+        assert [f for _, f in rows] == [True] * (len(rows) - 1) + [False]
+        for k in (0, 1):
+            memory = state.candle_rows(k, 0, 2**62)[0]
+            got = {r.open_time: r for r, _ in select_rows(store.rows(k), memory, None, None,
+                                                          None, 10**6)}  # fmt: skip
+            assert got == market.candles(one_by_one, k), INTERVALS[k][0]
+
+
+def _date(ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
