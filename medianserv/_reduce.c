@@ -65,6 +65,7 @@ typedef struct {
     int agg;                      /* aggTrades layout (a,p,q,f,l,T,m,M) or trades (f,p,q,qq,T,m,M) */
     int64_t cut, top, start_ms, end_ms;
     int64_t micros_at;            /* a time at least this large is in µs, not ms */
+    int by_day;                   /* sum each UTC day apart too (day candles) */
     /* what was seen */
     int busy;                     /* a feed is running (the GIL is released meanwhile) */
     int started;                  /* a line was seen (the first may be a header) */
@@ -361,7 +362,7 @@ static int lines(Reducer *r, const char *p, const char *end) {
         if (t < r->start_ms || t >= r->end_ms) FAIL("period: row %lld", (long long)r->rows);
         if (l < f || (r->have_prev && f != r->prev_l + 1))
             FAIL("order: trade ids do not tile (an overlap, a hole, or going back; row %lld)", (long long)r->rows);
-        if (to_day(r, t) < 0) FAIL("memory: out of memory");
+        if (r->by_day && to_day(r, t) < 0) FAIL("memory: out of memory");
         if (!r->have_prev) {
             r->file_first = f;
             r->first_day = r->day.start;
@@ -379,7 +380,7 @@ static int lines(Reducer *r, const char *p, const char *end) {
             r->first_agg = a;
         }
         r->last_counted = hi;
-        if (add(&r->today, price, hi - lo + 1) < 0) FAIL("memory: out of memory");
+        if (add(r->by_day ? &r->today : &r->all, price, hi - lo + 1) < 0) FAIL("memory: out of memory");
         Day *d = &r->day;
         if (!d->count) {
             d->first_ms = t;
@@ -433,11 +434,11 @@ static int chunk(Reducer *r, const char *data, size_t n) {
 }
 
 static int Reducer_init(Reducer *r, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"agg", "cut", "top", "start_ms", "end_ms", "micros_at", NULL};
-    int agg;
+    static char *names[] = {"agg", "cut", "top", "start_ms", "end_ms", "micros_at", "days", NULL};
+    int agg, by_day = 1;
     long long cut, top, start, end, micros_at;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pLLLLL", names, &agg, &cut, &top, &start, &end,
-                                     &micros_at))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pLLLLL|p", names, &agg, &cut, &top, &start, &end,
+                                     &micros_at, &by_day))
         return -1;
     if (r->all.cap) {
         PyErr_SetString(PyExc_RuntimeError, "a Reducer is used once");
@@ -449,6 +450,7 @@ static int Reducer_init(Reducer *r, PyObject *args, PyObject *kwds) {
     r->start_ms = start;
     r->end_ms = end;
     r->micros_at = micros_at;
+    r->by_day = by_day;
     if (grow(&r->all) < 0 || grow(&r->today) < 0) {
         PyErr_NoMemory();
         return -1;
@@ -560,7 +562,7 @@ static PyObject *Reducer_finish(Reducer *r, PyObject *Py_UNUSED(ignored)) {
         return NULL;
     }
     r->day.partial = 1; /* the file's last day */
-    if (end_day(r) < 0) return PyErr_NoMemory();
+    if (r->by_day && end_day(r) < 0) return PyErr_NoMemory();
     Table *t = &r->all;
     PyObject *levels = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(t->used * 8));
     PyObject *counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(t->used * 8));
@@ -607,9 +609,11 @@ static PyTypeObject ReducerType = {
     .tp_name = "medianserv._reduce.Reducer",
     .tp_basicsize = sizeof(Reducer),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Reducer(agg, cut, top, start_ms, end_ms, micros_at): one archive CSV, fed in chunks, reduced "
-              "to trades per price (1e-8 units) with every row checked; trade ids outside "
-              "cut..top are checked but not counted; times from micros_at on are read as µs. Memory O(distinct prices + longest line).",
+    .tp_doc = "Reducer(agg, cut, top, start_ms, end_ms, micros_at, days=True): one archive CSV, fed in "
+              "chunks, reduced to trades per price (1e-8 units) with every row checked, and "
+              "(days) to each UTC day's candle; trade ids outside cut..top are checked but not "
+              "counted; times from micros_at on are read as µs. Memory O(distinct prices + "
+              "longest line).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Reducer_init,
     .tp_dealloc = (destructor)Reducer_dealloc,

@@ -237,10 +237,15 @@ def reduce_csv(
     top: int | None = None,
     block_size: int = 1 << 24,
     engine: str | None = None,
+    days: bool = True,
 ) -> Reduced:
     """Parse one archive CSV (aggTrades or trades) and reduce it to (price, count) pairs,
     checking every row (see the module's docstring), counting only trade ids from ``cut`` to
-    ``top`` (the rest was applied already, or is not history). Raises ValueError with a
+    ``top`` (the rest was applied already, or is not history), and with ``days`` each UTC
+    day's candle (:attr:`Reduced.days`: its median where the file holds every trade of the
+    day counted from it, else its levels; a day inside a file whose rows were all counted
+    is whole, the file's first and last days never are, as other files or REST may hold
+    some of their trades). Raises ValueError with a
     reason prefix (``format:``, ``empty:``, ``bad_price:``, ``order:``, ``period:``) when the
     file cannot be used, or has no trade within the cut. O(rows); memory O(``block_size`` +
     distinct prices).
@@ -259,12 +264,12 @@ def reduce_csv(
     if engine is None:
         engine = "C" if native is not None else "polars"
     if engine == "polars":
-        return _reduce_polars(stream, file, cut, top, block_size)
+        return _reduce_polars(stream, file, cut, top, block_size, days)
     if engine != "C":
         raise RuntimeError(f"no archive reader {engine!r} (C or polars)")
     if native is None:
         raise RuntimeError("the C reader was not built at install (no C compiler?)")
-    return _reduce_native(native, stream, file, cut, top, block_size)
+    return _reduce_native(native, stream, file, cut, top, block_size, days)
 
 
 def native_reader() -> Any:
@@ -278,7 +283,13 @@ def native_reader() -> Any:
 
 
 def _reduce_native(
-    native: Any, stream: IO[bytes], file: ArchiveFile, cut: int, top: int | None, chunk: int
+    native: Any,
+    stream: IO[bytes],
+    file: ArchiveFile,
+    cut: int,
+    top: int | None,
+    chunk: int,
+    days: bool,
 ) -> Reduced:
     """:func:`reduce_csv` with the C reader: the stream fed to it as it comes (an inflater's
     chunks go in as they are, cut anywhere; no block of lines is assembled). O(rows); memory
@@ -287,7 +298,7 @@ def _reduce_native(
 
     top_id = (1 << 63) - 1 if top is None else top
     reducer = native.Reducer(file.kind == "aggTrades", cut, top_id, file.start_ms, file.end_ms,
-                             MICROS_FROM_MS * 100)  # fmt: skip
+                             MICROS_FROM_MS * 100, days)  # fmt: skip
     try:
         while data := stream.read(chunk):
             reducer.feed(data)
@@ -306,19 +317,19 @@ def _reduce_native(
     quirks = {"header": 1} if header else {}
     if invalid:
         quirks["invalid_rows"] = invalid
-    days = []
+    candles = []
     for *fields, lo, hi, prices, counts in days_raw:
         if prices is None:
-            days.append(DayCandle._make((*fields, lo + hi, None, None)))
+            candles.append(DayCandle._make((*fields, lo + hi, None, None)))
         else:
-            days.append(DayCandle._make((*fields, None, np.frombuffer(prices, dtype=np.uint64),
+            candles.append(DayCandle._make((*fields, None, np.frombuffer(prices, dtype=np.uint64),
                                          np.frombuffer(counts, dtype=np.int64))))  # fmt: skip
     return Reduced(file, levels, totals, first_id, last_id, first_agg, last_row, rows, 0, 0,
-                   file_first, file_last, quirks, days)  # fmt: skip
+                   file_first, file_last, quirks, candles)  # fmt: skip
 
 
 def _reduce_polars(
-    stream: IO[bytes], file: ArchiveFile, cut: int, top: int | None, block_size: int
+    stream: IO[bytes], file: ArchiveFile, cut: int, top: int | None, block_size: int, days: bool
 ) -> Reduced:
     """:func:`reduce_csv` with polars, per block of whole lines (polars' CSV reader, in Rust,
     one thread): the ids and times come as integer columns, checked with numpy; the price
@@ -348,7 +359,7 @@ def _reduce_polars(
     last_counted: int | None = None
     last_row = (0, 0, 0, 0, 0)
     rows = invalid = 0
-    days: dict[int, list[Any]] = {}  # per UTC day counted: see _day_bounds
+    by_day: dict[int, list[Any]] = {}  # per UTC day counted: see _day_bounds
     partial: set[int] = set()  # days with a row outside cut..top, and the first and last
     first_day = 0
     start, end = file.start_ms, file.end_ms
@@ -412,7 +423,7 @@ def _reduce_polars(
         if first is None:
             first = (int(max(f[i0], cut)), int(a[i0]) if agg else None)
         last_counted = int(min(last[i1], top_id))
-        _day_bounds(days, d, inside, f, last, t, reps, frame["p"], cut, top_id)
+        _day_bounds(by_day, d, inside, f, last, t, reps, frame["p"], cut, top_id)
         parts.append(
             frame.lazy()
             .select(pl.Series("d", d), pl.col("p"), pl.Series("n", reps))
@@ -442,7 +453,9 @@ def _reduce_polars(
     partial.update((first_day, prev[2] - prev[2] % DAY_MS))  # others may hold some of theirs
     day_of = per_price["d"].to_numpy()
     candles = []
-    for start, (first_ms, last_ms, open_id, open_text, close_id, close_text, n) in days.items():
+    for start, (first_ms, last_ms, open_id, open_text, close_id, close_text, n) in (
+        by_day.items() if days else ()
+    ):
         mine = day_of == start
         prices, counts = _summed(every[mine], per_price["n"].to_numpy()[mine].astype(np.int64))
         fields = (start, first_ms, last_ms, open_id, parse_price(open_text), close_id,
@@ -761,12 +774,13 @@ def fetch_and_reduce(
     top: int | None = None,
     timeout: float = 60.0,
     engine: str | None = None,
+    days: bool = True,
 ) -> Reduced | Refused:
     """Download ``file`` and its CHECKSUM from ``base_url`` (both now: a file republished with
     a new checksum is checked against the one of its own time), verify, reduce (counting
-    only trade ids ``cut..top``, with :func:`reduce_csv`'s ``engine``). Never raises for
-    anything the network or the file can do: the answer is then a :class:`Refused`. Runs in
-    a pool process (all arguments and results pickle)."""
+    only trade ids ``cut..top``, with :func:`reduce_csv`'s ``engine`` and ``days``). Never
+    raises for anything the network or the file can do: the answer is then a
+    :class:`Refused`. Runs in a pool process (all arguments and results pickle)."""
     url = f"{base_url.rstrip('/')}/{file.path}"
     # the CHECKSUM on this process's helper thread while the zip downloads here: one round
     # trip a file instead of two, where the network's latency is what bounds the import
@@ -788,7 +802,8 @@ def fetch_and_reduce(
                 return Refused(file, "wrong_file", f"the zip holds {names[:3]}")
             member = _Member(tmp, infos[0])
             counter = _Counting(member)
-            reduced = reduce_csv(counter, file, cut, top, engine=engine)  # type: ignore[arg-type]
+            stream: Any = counter
+            reduced = reduce_csv(stream, file, cut, top, engine=engine, days=days)
             reduced.zip_bytes, reduced.csv_bytes = size, counter.count
             return reduced
     except urllib.error.HTTPError as exc:

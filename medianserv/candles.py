@@ -577,6 +577,10 @@ class Candles:
         """Whether a trade of ``start..end`` (ms, end excluded) may still be counted. O(g)."""
         if self.latest < end:
             return True  # not over
+        minute = self.minute
+        if minute is not None and start <= minute.start < end:
+            return True  # the current minute is in it, not folded in yet (older than the
+            # latest trade: an archive's days went past it)
         if not ids.history_complete and ids.front is None and start <= self.first_ms:
             return True  # counting began in it: the range may still reach below
         front = ids.front

@@ -77,7 +77,7 @@ from .exchange import AggTrade, RateLimited, RestClient, RestError
 from .logs import RateLimitedLog, ThreadErrors
 from .paging import Cursor, Hint, fetch_page
 from .paging import plan as plan_request
-from .symbols import SymbolStats, SymbolTable
+from .symbols import SymbolStats, SymbolTable, candles_kept
 from .tradeids import Front
 
 __all__ = [
@@ -655,7 +655,9 @@ class Importer:
         files = plan(symbol, start, int(self.clock() * 1000), self._today())
         pool, base, engine = self._pool_for(), self.config.archive_url, self._engine
         futures = {
-            (f, cut, front.hi): pool.submit(fetch_and_reduce, base, f, cut, front.hi, engine=engine)
+            (f, cut, front.hi): pool.submit(
+                fetch_and_reduce, base, f, cut, front.hi, engine=engine, days=candles_kept()
+            )
             for f in files[: self._ahead()]
         }
         if not futures:
@@ -717,7 +719,8 @@ class Importer:
                 self.stats.add(files_early=1)
                 return
             futures[file] = self._pool_for().submit(fetch_and_reduce, base, file, lo, hi,
-                                                    engine=self._engine)  # fmt: skip
+                                                    engine=self._engine,
+                                                    days=candles_kept())  # fmt: skip
 
         def keep(file: ArchiveFile, result: Reduced) -> None:  # decide again, no new download
             done: cf.Future[Reduced | Refused] = cf.Future()

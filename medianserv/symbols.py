@@ -109,6 +109,12 @@ def keep_candles(enabled: bool, keep_ms: Sequence[int | None] | None = None) -> 
         candle_keep_ms[:] = list(keep_ms)
 
 
+def candles_kept() -> bool:
+    """Whether SymbolStats keep median candles (:func:`keep_candles`): the history import
+    then asks the reduction for each day's candle."""
+    return _candles_kept
+
+
 #: Its lock: with the compiled median, the compiled per-trade path's lock (the same semantics
 #: as ``threading.Lock``, which that path takes without the interpreter); else threading's.
 _Lock: Any = threading.Lock

@@ -171,7 +171,8 @@ def test_each_day_of_a_file_is_its_candle_or_its_levels(
     """A file spanning days (a month's): each UTC day with a trade counted is one DayCandle
     equal to its trades' candle: its median where the file counted every trade of it here
     (a day inside the file, none of its rows cut), its levels where others may hold some
-    (the file's first and last days, days with rows outside cut..top), by either engine."""
+    (the file's first and last days, days with rows outside cut..top), by either engine;
+    asked for no days, the same pairs and none."""
     month = (
         (dt.date(2025, 3, 1), dt.date(2025, 3, 31))
         if micros
@@ -214,6 +215,9 @@ def test_each_day_of_a_file_is_its_candle_or_its_levels(
     r = reduce_csv(_Pieces(data, pieces), file, cut, top, block_size=300, engine=engine)
     assert [d.key() for d in r.days] == expected
     assert sum(d.trades for d in r.days) == r.trades
+    plain = reduce_csv(_Pieces(data, pieces), file, cut, top, 300, engine, days=False)
+    assert plain.days == [] and plain.levels.tolist() == r.levels.tolist()
+    assert plain.counts.tolist() == r.counts.tolist()
 
 
 @pytest.mark.parametrize(

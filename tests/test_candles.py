@@ -507,12 +507,16 @@ def test_archive_files_fill_the_days_since_listing(seed: int, compiled: bool,
     market = Market(rnd, rnd.randrange(2, 300), [0, 600_000, 3_600_000, 14_400_000])
     market.trades = trades = [(i, p * 10**6, t) for i, p, t in market.trades]  # cents
     live_from = rnd.randrange(2, len(trades) + 1)  # trade ids live_from.. are counted live
+    if rnd.random() < 0.3:
+        live_from = len(trades) + 1  # none
     stats = SymbolStats("X")
     store = FakeStore()
     one_by_one: set[int] = set()
     for tid, price, t in trades[live_from - 1 :]:
         stats.apply(tid, price, t)
         one_by_one.add(tid)
+    if live_from > len(trades):  # none live: the history reaches up to the latest trade
+        stats.baseline(len(trades), trades[-1][2])
     assert stats.start_history(1, trades[0][2])
     day = 86_400_000
     days = sorted({t - t % day for _, _, t in trades[: live_from - 1]})
@@ -532,6 +536,10 @@ def test_archive_files_fill_the_days_since_listing(seed: int, compiled: bool,
                 hole = inside[: rnd.randrange(1, len(inside))]
                 stats.apply_rows([Row(tid, tid, price, t) for tid, price, t in hole])
                 one_by_one.update(tid for tid, _, _ in hole)
+            short = []
+            if 0.4 <= roll < 0.55 and len(inside) > 1:  # its last trades missing: over REST
+                cut = rnd.randrange(1, len(inside))
+                inside, short = inside[:cut], inside[cut:]
             front = stats.front()
             assert front is not None
             file = ArchiveFile(_date(first), _date(last), "X")
@@ -540,6 +548,10 @@ def test_archive_files_fill_the_days_since_listing(seed: int, compiled: bool,
             r = reduce_csv(io.BytesIO(data), file, front.lo, front.hi, engine=engine)
             assert stats.apply_levels(r.first_id, r.last_id, r.levels, r.counts, r.last_row[4],
                                       last_price=r.last_row[3], days=r.days)  # fmt: skip
+            if short:
+                snapshot(stats, store)  # its days may settle, but for the trades to come
+                stats.apply_rows([Row(tid, tid, price, t) for tid, price, t in short])
+                one_by_one.update(tid for tid, _, _ in short)
         if rnd.random() < 0.3:
             snapshot(stats, store)
         if rnd.random() < 0.2:
