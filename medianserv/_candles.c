@@ -138,6 +138,45 @@ static PyObject *Period_add_level(Period *p, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static u64 be64(const unsigned char *b) {
+    u64 v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | b[i];
+    return v;
+}
+
+static PyObject *Period_add_packed(Period *p, PyObject *args) {
+    Py_buffer pv, cv;
+    if (!PyArg_ParseTuple(args, "y*y*:add_packed", &pv, &cv)) return NULL;
+    PyObject *res = NULL;
+    const unsigned char *a = pv.buf, *b = cv.buf;
+    Py_ssize_t n = pv.len / 8;
+    u64 sum = (u64)p->count;
+    if (pv.len != cv.len || pv.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "add_packed: as many prices as counts, 8 bytes each");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) { /* checked whole first: nothing added on an error */
+        u64 c = be64(b + 8 * i);
+        if (c == 0 || c > (u64)INT64_MAX - sum) {
+            PyErr_SetString(PyExc_ValueError, "add_packed: counts must be positive (and fit)");
+            goto done;
+        }
+        sum += c;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (pm_add(&p->levels, be64(a + 8 * i), (i64)be64(b + 8 * i)) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    p->count = (i64)sum;
+    res = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&pv);
+    PyBuffer_Release(&cv);
+    return res;
+}
+
 static PyObject *Period_fold(Period *p, PyObject *arg) {
     if (!PyObject_TypeCheck(arg, &PeriodType)) {
         PyErr_SetString(PyExc_TypeError, "fold: a Period is needed");
@@ -317,6 +356,7 @@ static PyMethodDef Period_methods[] = {
     {"add", (PyCFunction)Period_add, METH_VARARGS, "See PyPeriod.add."},
     {"add_in", (PyCFunction)Period_add_in, METH_VARARGS, "See PyPeriod.add_in."},
     {"add_level", (PyCFunction)Period_add_level, METH_VARARGS, "See PyPeriod.add_level."},
+    {"add_packed", (PyCFunction)Period_add_packed, METH_VARARGS, "See PyPeriod.add_packed."},
     {"fold", (PyCFunction)Period_fold, METH_O, "See PyPeriod.fold."},
     {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},

@@ -156,9 +156,46 @@ static int by_price(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The price at weighted rank k (0-based: the trades of each level counted) of p[0..n),
+ * distinct prices in any order; p is reordered. Quickselect with a three-way partition:
+ * O(n) expected, where a sort would be O(n log n) for every day of every file. */
+static uint64_t price_at(Pair *p, size_t n, int64_t k) {
+    size_t lo = 0, hi = n;
+    uint64_t seed = 0x9E3779B97F4A7C15ULL;
+    for (;;) {
+        if (hi - lo == 1) return p[lo].price;
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        uint64_t pivot = p[lo + (size_t)((seed >> 33) % (hi - lo))].price;
+        size_t a = lo, i = lo, c = hi; /* [lo, a) below, [a, i) equal, [c, hi) above */
+        int64_t below = 0, equal = 0;
+        while (i < c) {
+            if (p[i].price < pivot) {
+                Pair x = p[a];
+                p[a] = p[i];
+                p[i] = x;
+                below += p[a++].count;
+                i++;
+            } else if (p[i].price > pivot) {
+                Pair x = p[--c];
+                p[c] = p[i];
+                p[i] = x;
+            } else {
+                equal += p[i++].count;
+            }
+        }
+        if (k < below) hi = a;
+        else if (k < below + equal) return pivot;
+        else {
+            k -= below + equal;
+            lo = c;
+        }
+    }
+}
+
 /* The day being summed is over: its levels go into the file's table, and its candle (with
  * its median where every trade of it was counted here, else its levels) into the days
- * finished. The day's table is emptied for the next. O(L log L) for its L levels. */
+ * finished. The day's table is emptied for the next. O(L) expected for its L levels (a
+ * partial day's are sorted: O(L log L), at most two a file). */
 static int end_day(Reducer *r) {
     Table *t = &r->today;
     if (!r->day.count) return 0;
@@ -173,23 +210,26 @@ static int end_day(Reducer *r) {
     Pair *pairs = malloc((t->used ? t->used : 1) * sizeof *pairs);
     if (!pairs) return -1;
     size_t n = 0;
+    uint64_t low = EMPTY, high = 0;
     for (size_t i = 0; i < t->cap; i++) {
         if (t->keys[i] == EMPTY) continue;
         pairs[n].price = t->keys[i];
         pairs[n++].count = t->counts[i];
+        if (t->keys[i] < low) low = t->keys[i];
+        if (t->keys[i] > high) high = t->keys[i];
         if (add(&r->all, t->keys[i], t->counts[i]) < 0) {
             free(pairs);
             return -1;
         }
     }
-    qsort(pairs, n, sizeof *pairs, by_price);
     DayOut *out = &r->days[r->ndays];
     out->day = r->day;
-    out->low = pairs[0].price;
-    out->high = pairs[n - 1].price;
+    out->low = low;
+    out->high = high;
     out->median_lo = out->median_hi = 0;
     out->at = out->n = 0;
     if (r->day.partial) {
+        qsort(pairs, n, sizeof *pairs, by_price);
         if (r->nspill + n > r->spill_cap) {
             size_t cap = (r->nspill + n) * 2;
             Pair *spill = realloc(r->spill, cap * sizeof *spill);
@@ -205,17 +245,9 @@ static int end_day(Reducer *r) {
         out->n = n;
         r->nspill += n;
     } else { /* the prices at ranks (count - 1) / 2 and count / 2 */
-        int64_t lo_rank = (r->day.count - 1) / 2, hi_rank = r->day.count / 2, seen = 0;
-        uint64_t lo_price = EMPTY;
-        for (size_t i = 0; i < n; i++) {
-            seen += pairs[i].count;
-            if (lo_price == EMPTY && seen > lo_rank) lo_price = pairs[i].price;
-            if (seen > hi_rank) {
-                out->median_lo = lo_price;
-                out->median_hi = pairs[i].price;
-                break;
-            }
-        }
+        int64_t lo_rank = (r->day.count - 1) / 2, hi_rank = r->day.count / 2;
+        out->median_lo = price_at(pairs, n, lo_rank);
+        out->median_hi = hi_rank == lo_rank ? out->median_lo : price_at(pairs, n, hi_rank);
     }
     free(pairs);
     r->ndays++;

@@ -63,6 +63,7 @@ __all__ = [
     "merge_rows",
     "period_key",
     "period_row",
+    "restore_packed",
     "restore_period",
     "row_of",
     "select_rows",
@@ -147,9 +148,18 @@ def landings(days: Iterable[DayCandle]) -> list[Landing]:
             continue
         fields = (day.open_id, day.open_price, day.close_id, day.close_price, day.high,
                   day.low, day.trades)  # fmt: skip
-        period = restore_period(day.start, _LENGTHS[DAY], fields, day.prices, day.counts)
-        out.append(Landing(day, period, period.packed()))
+        packed = (_big_endian(day.prices), _big_endian(day.counts))
+        out.append(Landing(day, restore_packed(day.start, _LENGTHS[DAY], fields, *packed),
+                           packed))  # fmt: skip
     return out
+
+
+def _big_endian(values: Any) -> bytes:
+    """Integers (a numpy array, as the reduction gives, or a sequence) as 8-byte big-endian
+    bytes, what :meth:`PyPeriod.packed` makes. O(n)."""
+    if hasattr(values, "astype"):
+        return bytes(values.astype(">u8").tobytes())
+    return b"".join(int(v).to_bytes(8, "big") for v in values)
 
 
 class PyPeriod:
@@ -267,6 +277,20 @@ class PyPeriod:
         self.count += times
         self._levels[price] = self._levels.get(price, 0) + times
 
+    def add_packed(self, prices: bytes, counts: bytes) -> None:
+        """:meth:`add_level` for every level of ``prices`` and ``counts`` packed as
+        :meth:`packed` makes them (8-byte big-endian; any order); ``ValueError``, and nothing
+        added, for lengths that differ or a count that is not positive. O(L)."""
+        if len(prices) != len(counts) or len(prices) % 8:
+            raise ValueError("add_packed: as many prices as counts, 8 bytes each")
+        values, times = unpack(prices), unpack(counts)
+        if not all(0 < n < 2**63 for n in times) or self.count + sum(times) >= 2**63:
+            raise ValueError("add_packed: counts must be positive (and fit)")
+        levels = self._levels
+        for price, n in zip(values, times, strict=True):
+            levels[price] = levels.get(price, 0) + n
+        self.count += sum(times)
+
 
 def period_row(period: Any) -> CandleRow:
     """A period's candle, its median exact. O(L log L). The period must hold a trade."""
@@ -322,6 +346,20 @@ def restore_period(
     period = _Period(start, length)
     for price, n in zip(prices, counts, strict=True):
         period.add_level(int(price), int(n))
+    return _with_fields(period, fields)
+
+
+def restore_packed(start: int, length: int, fields: Sequence[int], prices: bytes,
+                   counts: bytes) -> Any:  # fmt: skip
+    """:func:`restore_period` from levels packed as :meth:`PyPeriod.packed` makes them (as
+    stored), added in one call. O(L)."""
+    period = _Period(start, length)
+    period.add_packed(prices, counts)
+    return _with_fields(period, fields)
+
+
+def _with_fields(period: Any, fields: Sequence[int]) -> Any:
+    """``period`` (its levels added) with :func:`period_fields` set, checked against them."""
     open_id, open_price, close_id, close_price, high, low, count = (int(f) for f in fields)
     if count != period.count or count <= 0 or open_id > close_id or low > high:
         raise ValueError("a stored candle contradicts its levels")

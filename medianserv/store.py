@@ -46,7 +46,7 @@ import lmdb
 import msgspec
 import numpy as np
 
-from .candles import INTERVALS, CandleRow, CandleState, Delta, period_fields, restore_period
+from .candles import INTERVALS, CandleRow, CandleState, Delta, period_fields, restore_packed
 from .errors import MedianservError
 from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds
 
@@ -223,9 +223,7 @@ def _decode_candle(symbol: str, k: int, start: int, value: bytes) -> CandleRow |
         if record[0] == 0 and len(record) == 9:
             return CandleRow(start, *(int(x) for x in record[1:]))
         if record[0] == 1 and len(record) == 10:
-            prices = _native(bytearray(record[8]), np.uint64).tolist()
-            counts = _native(bytearray(record[9]), np.int64).tolist()
-            return restore_period(start, INTERVALS[k][1], record[1:8], prices, counts)
+            return restore_packed(start, INTERVALS[k][1], record[1:8], record[8], record[9])
     except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
         raise StoreError(f"{symbol}: corrupt candle at {start}: {exc}") from exc
     raise StoreError(f"{symbol}: corrupt candle at {start}")
@@ -576,11 +574,8 @@ class Store:
         """An open hour or day from its header and the sum of its deltas. O(L)."""
         start, record, prices, counts = header
         try:
-            period = restore_period(
-                start, INTERVALS[k][1], record[1:8],
-                _native(bytearray(b"".join(prices)), np.uint64).tolist(),
-                _native(bytearray(b"".join(counts)), np.int64).tolist(),
-            )  # fmt: skip
+            period = restore_packed(start, INTERVALS[k][1], record[1:8], b"".join(prices),
+                                    b"".join(counts))  # fmt: skip
         except (ValueError, TypeError, IndexError) as exc:
             raise StoreError(f"{symbol}: corrupt candle at {start}: {exc}") from exc
         return start, None, period

@@ -28,6 +28,7 @@ from medianserv.candles import (
     final_flags,
     period_key,
     period_row,
+    restore_packed,
     restore_period,
     select_rows,
     unpack,
@@ -128,6 +129,49 @@ def test_period_restore_refuses_what_contradicts_itself() -> None:
         ]:
             with pytest.raises(ValueError):
                 restore_period(0, 60_000, fields, prices, counts)
+    candles.use_period(CPeriod or PyPeriod)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1) | st.integers(1, 9), st.integers(1, 2**40)),
+                max_size=40),
+       st.sampled_from(["ok", "zero", "short", "huge"]))  # fmt: skip
+def test_levels_packed_are_added_in_one_call_or_not_at_all(
+    levels: list[tuple[int, int]], spoil: str
+) -> None:
+    """add_packed of both twins equals add_level level by level, and restore_packed equals
+    restore_period; a zero count, lengths that differ or a count past 2^63 add nothing."""
+    prices = b"".join(p.to_bytes(8, "big") for p, _ in levels)
+    counts = [n for _, n in levels]
+    if spoil == "zero" and levels:
+        counts[-1] = 0
+    elif spoil == "huge" and levels:
+        counts[0] = 2**63
+    packed = b"".join(n.to_bytes(8, "big") for n in counts)
+    if spoil == "short":
+        packed = packed[:-1]
+    bad = spoil != "ok" and bool(levels)
+    for kind in PERIODS:
+        p, q = kind(0, 60_000), kind(0, 60_000)
+        p.add(1, 1, 5, 1)
+        q.add(1, 1, 5, 1)
+        before = period_key(p)
+        if bad:
+            with pytest.raises(ValueError):
+                p.add_packed(prices, packed)
+            assert period_key(p) == before
+            continue
+        p.add_packed(prices, packed)
+        for price, n in levels:
+            q.add_level(price, n)
+        assert period_key(p) == period_key(q)
+        if levels:
+            candles.use_period(kind)
+            fields = (1, 5, 1, 5, max(p for p, _ in levels), min(p for p, _ in levels),
+                      sum(counts))  # fmt: skip
+            a = restore_packed(0, 60_000, fields, prices, packed)
+            b = restore_period(0, 60_000, fields, [x for x, _ in levels], counts)
+            assert period_key(a)[2:] == period_key(b)[2:]
     candles.use_period(CPeriod or PyPeriod)
 
 

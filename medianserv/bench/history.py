@@ -133,6 +133,26 @@ def engine_cpu(engine: str, zip_path: str) -> tuple[float, float, int] | None:
         return unzip, time.process_time() - c0, levels
 
 
+def _day_candle_bytes(stats: Any) -> tuple[int, int, int]:
+    """After an import: (day candles settled, the bytes their records take in the store's
+    ``candles`` database, keys and values as :func:`~medianserv.store.candle_items` makes
+    them; day candles still open). The invariant is checked first."""
+    from ..candles import DAY
+    from ..store import candle_items
+
+    stats._check()
+    state = stats.harvest()
+    candles = state.candles if state is not None else None
+    if candles is None:
+        raise RuntimeError("the import made no day candle")
+    rows = sum(1 for _, row, _ in candles.periods[DAY] if row is not None)
+    size = 0
+    for key, value in candle_items([state]):
+        if key[-9:-8] == bytes((DAY + 1,)) and value[:2] == b"\x99\x00":  # a settled day
+            size += len(key) + len(value)
+    return rows, size, len(stats.candles.open[DAY]) if stats.candles is not None else 0
+
+
 def _decompress_rows(path: Path) -> tuple[int, float]:
     """(CSV lines, seconds) to merely decompress one archive, reading it as the import does."""
     import zipfile
@@ -167,7 +187,7 @@ def bench_history(
     import numpy as np
 
     from ..archive import Reduced, fetch_and_reduce, native_reader, warm_up
-    from ..symbols import SymbolStats
+    from ..symbols import SymbolStats, keep_candles
 
     rows: list[Row] = []
     native = native_reader() is not None  # the C reader was built at install
@@ -198,27 +218,28 @@ def bench_history(
         split: dict[str, float] = {}
 
         def import_files(
-            stats: SymbolStats, chosen: list[Any], engine: str | None = None
+            stats: SymbolStats, chosen: list[Any], engine: str | None = None, days: bool = True
         ) -> tuple[int, int, float, float]:
             """Import ``chosen`` in order, one file ahead, with the reader ``engine`` (the
-            service's own by default): (rows, trades, seconds, CPU seconds of both processes;
-            ``split`` says how much was whose)."""
+            service's own by default), building each day's candle (``days``) as the service
+            does when it keeps candles: (rows, trades, seconds, CPU seconds of both
+            processes; ``split`` says how much was whose)."""
             pool, worker = pools[engine], workers[engine]
             t, mine, theirs = time.perf_counter(), time.process_time(), cpu_seconds(worker)
             cpu = mine + theirs
             n_rows = n_trades = 0
-            ahead = [pool.submit(fetch_and_reduce, server.url, f, engine=engine)
+            ahead = [pool.submit(fetch_and_reduce, server.url, f, engine=engine, days=days)
                      for f, _, _ in chosen[:2]]  # fmt: skip
             done: list[tuple[Any, Reduced]] = []
             for i, (file, _, _) in enumerate(chosen):
                 r = ahead[i].result()
                 if i + 2 < len(chosen):
                     ahead.append(pool.submit(fetch_and_reduce, server.url, chosen[i + 2][0],
-                                             engine=engine))  # fmt: skip
+                                             engine=engine, days=days))  # fmt: skip
                 if not isinstance(r, Reduced):
                     raise RuntimeError(f"{file.name} refused: {r}")
                 applied = stats.apply_levels(r.first_id, r.last_id, r.levels, r.counts,
-                                             r.last_row[4])  # fmt: skip
+                                             r.last_row[4], days=r.days)  # fmt: skip
                 if applied != r.trades:
                     raise RuntimeError(f"{file.name} not applied")
                 n_rows += r.rows
@@ -232,8 +253,12 @@ def bench_history(
                     raise RuntimeError(f"{file.name}: reduced wrong")
             return n_rows, n_trades, elapsed, cpu
 
-        def fresh(total: int) -> SymbolStats:
-            stats = SymbolStats("BTCUSDT")
+        def fresh(total: int, candles: bool = True) -> SymbolStats:
+            keep_candles(candles)
+            try:
+                stats = SymbolStats("BTCUSDT")
+            finally:
+                keep_candles(True)
             stats.baseline(total - 1, None)
             stats.start_history(0, None)
             return stats
@@ -269,8 +294,16 @@ def bench_history(
                 if native:  # the same import with the reader used where there is no compiler
                     imp_rows, _, _, imp_cpu = import_files(fresh(total), sample, "polars")
                     rates["import, polars reader"] = imp_rows / imp_cpu
-                imp_rows, imp_trades, _, imp_cpu = import_files(fresh(total), sample)
-                rates["import"] = imp_rows / imp_cpu
+                # with day candles and without, in turn first (the later one meets a warmer
+                # cache and a settled pool)
+                for candles in (True, False) if len(per_round) % 2 == 0 else (False, True):
+                    imp_rows, trades_, _, cpu_ = import_files(fresh(total, candles), sample,
+                                                              days=candles)  # fmt: skip
+                    if candles:
+                        imp_trades, imp_cpu = trades_, cpu_
+                        shared = split["pool"], split["service"]
+                    rates["import" if candles else "import, no candles"] = imp_rows / cpu_
+                split.update(pool=shared[0], service=shared[1])
                 per_round.append(rates)
                 shares.append((imp_trades / imp_cpu, split["pool"] / imp_cpu * 100,
                                split["service"] / imp_cpu * 100))  # fmt: skip
@@ -305,8 +338,9 @@ def bench_history(
             Row("of its CPU, the service process (merge into the median)", service_share, "%"),
         ]  # fmt: skip
         polars_reader = ["import, polars reader"] if native else []
-        labels = {"decompress": "decompress", "import, polars reader": "(import, polars reader)"}
-        for other_side in ("decompress", *engines, *polars_reader):
+        labels = {"decompress": "decompress", "import, polars reader": "(import, polars reader)",
+                  "import, no candles": "(import without day candles)"}  # fmt: skip
+        for other_side in ("decompress", *engines, *polars_reader, "import, no candles"):
             ratios = [r["import"] / r[other_side] for r in per_round]
             label = labels.get(other_side, f"(unzip + {other_side})")
             rows += [
@@ -331,6 +365,7 @@ def bench_history(
                 applied = live.stop()
         finally:
             sim.stop()
+        day_rows, day_bytes, days_open = _day_candle_bytes(stats)
         state = stats.median.to_state()
         expected: dict[int, int] = {}
         for _, levels, counts in made:
@@ -347,6 +382,13 @@ def bench_history(
             Row(f"import of {all_trades:,} trades ({all_rows:,} rows)", all_time, "s"),
             Row("import rate, with live ingest in the same process", rate, "trades/s"),
             Row("distinct prices after the import", len(state), "levels"),
+            Row("day candles settled by the import", day_rows, "days"),
+            Row(
+                "stored per settled day candle (LMDB key + value)",
+                day_bytes / max(1, day_rows),
+                "B",
+            ),
+            Row("day candles still open (levels kept: the front's day)", days_open, "days"),
             Row("live ingest meanwhile: trades applied", applied, "trades"),
             Row("live ingest meanwhile: worst reader lag", live.worst_lag_s, "s"),
             Row(
