@@ -428,6 +428,7 @@ class CandleState(NamedTuple):
     expired: tuple[int | None, ...] = (None, None, None)
     counts: tuple[int, ...] = (0,) * 9  # Candles.counts()
     seqs: tuple[tuple[int, int, int], ...] = ()  # (interval, start, next delta) of the store
+    sealed: tuple[int, int] = (-1, -1)  # Candles.sealed
 
 
 def finish(state: CandleState | None) -> CandleState | None:
@@ -464,7 +465,8 @@ class Candles:
 
     __slots__ = ("dirty", "expired", "first_ms", "front_top_ms", "harvested",
                  "harvested_counts", "history", "landed", "latest_ms", "minute", "open",
-                 "outside", "pending", "recent", "seq", "settled", "total")  # fmt: skip
+                 "outside", "pending", "recent", "sealed", "seq", "settled",
+                 "total")  # fmt: skip
 
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
@@ -475,6 +477,9 @@ class Candles:
         self.first_ms = -1  # the earliest trade time counted (-1: none yet)
         self.latest_ms = -1  # the latest
         self.front_top_ms: int | None = None  # history to import lies at or before this
+        # the periods where counting began, settled with no history to come (see harvest),
+        # span these times (ms, end excluded): a trade of them is counted outside any candle
+        self.sealed = (-1, -1)
         self.harvested: tuple[int, int] = (-1, 0)  # the current minute's (start, count) then
         # what the invariant adds up (:meth:`_check`), stored with the bounds
         self.total = 0  # trades in the candles but the current minute's (which C adds to)
@@ -497,7 +502,9 @@ class Candles:
         A trade whose id or time is beyond :data:`LIMIT` (no real one is) is left out of the
         candles and counted in :attr:`outside`, never raised about: the caller has counted
         it already."""
-        if not (0 <= lo <= hi < LIMIT and 0 <= time_ms < LIMIT and 0 <= price < 2**64):
+        if not (0 <= lo <= hi < LIMIT and 0 <= time_ms < LIMIT and 0 <= price < 2**64) or (
+            self.sealed[0] <= time_ms < self.sealed[1]
+        ):
             self.outside += times
             return
         if time_ms > self.latest_ms:
@@ -540,8 +547,10 @@ class Candles:
         while each id is counted once) is counted :attr:`outside`. O(days + levels of the
         partial ones)."""
         for day, period, packed in days:
-            if not (0 <= day.open_id <= day.close_id < LIMIT
-                    and 0 <= day.first_ms <= day.last_ms < LIMIT):  # fmt: skip
+            placed = 0 <= day.open_id <= day.close_id < LIMIT and not (
+                self.sealed[0] <= day.start < self.sealed[1]
+            )
+            if not (placed and 0 <= day.first_ms <= day.last_ms < LIMIT):
                 self.outside += day.trades
                 continue
             start = day.start
@@ -611,27 +620,42 @@ class Candles:
         the earliest trade time counted. O(1)."""
         self.front_top_ms = self.first_ms if self.first_ms >= 0 else None
 
-    def _can_land(self, ids: TradeIds, start: int, end: int) -> bool:
-        """Whether a trade of ``start..end`` (ms, end excluded) may still be counted. O(g)."""
+    def _began(self, ids: TradeIds, start: int) -> bool:
+        """Whether the period from ``start`` is where counting began, with the history
+        below it not complete (it may still be extended below). O(1)."""
+        return not ids.history_complete and ids.front is None and start <= self.first_ms
+
+    def _can_land(self, ids: TradeIds, start: int, end: int, seal: bool = False) -> bool:
+        """Whether a trade of ``start..end`` (ms, end excluded) may still be counted; with
+        ``seal``, history below where counting began is not waited for. O(g)."""
         if self.latest < end:
             return True  # not over
         minute = self.minute
         if minute is not None and start <= minute.start < end:
             return True  # the current minute is in it, not folded in yet (older than the
             # latest trade: an archive's days went past it)
-        if not ids.history_complete and ids.front is None and start <= self.first_ms:
+        if not seal and self._began(ids, start):
             return True  # counting began in it: the range may still reach below
         front = ids.front
         if front is not None and _overlaps(front.after_ms, self.front_top_ms, start, end):
             return True
         return any(_overlaps(g.after_ms, g.before_ms, start, end) for g in ids.gaps)
 
-    def harvest(self, ids: TradeIds, keep_ms: Sequence[int | None]) -> CandleState | None:
+    def harvest(
+        self, ids: TradeIds, keep_ms: Sequence[int | None], seal: bool = False
+    ) -> CandleState | None:
         """Settle every open period no trade can land in any more, drop those older than
         ``keep_ms[k]`` before the latest trade (None: keep forever), and hand over what
         changed since the last harvest: the periods settled (:class:`Settled`, their rows
         made by :func:`finish`), copies of the open minutes changed (the current one
         included) and :class:`Delta` s of the hours and days. None if nothing did.
+
+        ``seal``: no history of the symbol is to be imported, so the periods where counting
+        began settle like any other (their rows stay not final: their earlier trades were
+        never counted) rather than keep their levels for good; should history come after
+        all, its trades of those (:attr:`sealed`: they are nested, all holding the first
+        trade counted) are counted outside any candle, and the rest land as usual.
+
         O(p + L) for L the levels of the minutes copied."""
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired: list[int | None] = [None, None, None]
@@ -652,8 +676,11 @@ class Candles:
                     self.expired[k] += opened.pop(start).count  # its stored record goes too
                     self._forget(k, start)
                     continue
-                if self._can_land(ids, start, start + length):
+                if self._can_land(ids, start, start + length, seal):
                     continue
+                if seal and self._began(ids, start):
+                    low = start if self.sealed[0] < 0 else min(self.sealed[0], start)
+                    self.sealed = (low, max(self.sealed[1], start + length))
                 period = opened.pop(start)  # no trade can land in it: read-only from now on
                 self.settled[k] += period.count
                 self.recent[k][start] = period
@@ -679,7 +706,7 @@ class Candles:
         self.harvested_counts = counts
         current = None if minute is None else minute.start
         return CandleState(self.first_ms, self.latest, self.front_top_ms, current, periods,
-                           tuple(expired), counts)  # fmt: skip
+                           tuple(expired), counts, (), self.sealed)  # fmt: skip
 
     def _forget(self, k: int, start: int) -> None:
         """An open period of interval ``k`` is gone (settled, or past retention)."""
@@ -704,6 +731,7 @@ class Candles:
         book.settled, book.expired = list(state.counts[2:5]), list(state.counts[5:8])
         book.history = state.counts[8]
         book.harvested_counts = tuple(state.counts)
+        book.sealed = state.sealed
         book.seq = {(k, start): seq for k, start, seq in state.seqs}
         for k, entries in enumerate(state.periods):
             for start, row, period in entries:
@@ -748,7 +776,7 @@ class Candles:
         recent = tuple(tuple(_row_key(p) for _, p in sorted(r.items())) for r in self.recent)
         landed = tuple(sorted(self.landed.items()))
         return (minute, opened, recent, landed, self.first_ms, self.latest, self.front_top_ms,
-                self.counts())  # fmt: skip
+                self.counts(), self.sealed)  # fmt: skip
 
     def _check(self, counted: int | None = None) -> None:
         """Assert the book's invariants: of every interval, the trades of its settled rows,

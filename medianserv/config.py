@@ -46,6 +46,9 @@ class Config:
     candle_hours_days: float = _opt(
         90.0, "days of 1h median candles kept before each symbol's latest trade (0: forever)"
     )
+    candle_forever: str = _opt(
+        "", "keep every 1m and 1h median candle of these symbols forever: 'all' or "
+        "SYM1,SYM2,... (the others' as the two options above say)")  # fmt: skip
     exchange_info_interval: float = _opt(
         300.0, "seconds between re-reads of exchangeInfo (listings and delistings)"
     )
@@ -145,14 +148,18 @@ class Config:
     )
     reset: bool = _opt(False, "start afresh: delete the snapshot store first", advanced=True)
 
+    def history_names(self) -> frozenset[str] | None:
+        """The symbols (upper case) whose history is requested; None: all."""
+        wanted = self.history.strip()
+        if wanted.lower() == "all":
+            return None
+        return frozenset(s.strip().upper() for s in wanted.split(",") if s.strip())
+
     def history_symbols(self, listed: Iterable[str]) -> list[str]:
         """The symbols whose history is requested, among ``listed`` (in its order)."""
-        wanted = self.history.strip()
-        if not wanted:
-            return []
-        if wanted.lower() == "all":
+        names = self.history_names()
+        if names is None:
             return list(listed)
-        names = {s.strip().upper() for s in wanted.split(",") if s.strip()}
         return [s for s in listed if s.upper() in names]
 
     def reader(self) -> str:
@@ -186,8 +193,18 @@ class Config:
 
     def candle_keep_ms(self) -> list[int | None]:
         """How long each interval's candles are kept (1m, 1h, 1d), in ms; None: forever."""
+        if self.candle_forever.strip().lower() == "all":
+            return [None, None, None]
         days = (self.candle_minutes_days, self.candle_hours_days, 0.0)
         return [round(d * 86_400_000) or None for d in days]
+
+    def candles_kept_forever(self) -> frozenset[str]:
+        """The symbols (upper case) whose every candle is kept (``all``: see
+        :meth:`candle_keep_ms`)."""
+        wanted = self.candle_forever.strip()
+        if wanted.lower() == "all":
+            return frozenset()
+        return frozenset(s.strip().upper() for s in wanted.split(",") if s.strip())
 
     def validate(self) -> Config:
         """Raise :class:`ConfigError` for any value out of range; returns self."""

@@ -32,7 +32,7 @@ from .metrics import render as render_metrics
 from .samples import SampleBook
 from .snapshotter import YIELD_EVERY, Snapshotter
 from .store import Store, StoreError
-from .symbols import SymbolStats, SymbolTable, keep_candles, use_compiled
+from .symbols import SymbolStats, SymbolTable, expect_history, keep_candles, use_compiled
 
 __all__ = ["Service", "sd_notify"]
 
@@ -215,7 +215,8 @@ class Service:
         cfg = self.config
         sys.setswitchinterval(cfg.switch_interval)
         use_compiled(cfg.compiled_trades())  # before anything is restored or built
-        keep_candles(not cfg.no_candles, cfg.candle_keep_ms())
+        keep_candles(not cfg.no_candles, cfg.candle_keep_ms(), cfg.candles_kept_forever())
+        expect_history(cfg.history_names())
         log.info("trade path: %s", "C (compiled at install)" if cfg.compiled_trades()
                  else "python (the pure twins)")  # fmt: skip
         try:

@@ -12,8 +12,8 @@ Layout (format version 2), three named databases in one LMDB environment:
   cursor range: restoring its median is O(d) (:meth:`RunningMedian.from_state`).
 * ``candles`` (added within format 2: a store without it reads as one with no candles):
   ``len(symbol) | symbol | 0`` -> msgpack ``[first_ms, latest_ms, front_top_ms, current
-  minute, *counts]`` (:class:`~medianserv.candles.Candles`' bounds and what its invariant
-  adds up), and ``len(symbol) | symbol |
+  minute, *counts, *sealed]`` (:class:`~medianserv.candles.Candles`' bounds and what its
+  invariant adds up), and ``len(symbol) | symbol |
   interval (1 byte: 1 minute, 2 hour, 3 day) | open time (8 bytes, big-endian)`` -> msgpack
   ``[0, open, high, low, close, count, twice the median, open id, close id]`` for a settled
   period; ``[1, open id, open price, close id, close price, high, low, count, prices,
@@ -197,7 +197,7 @@ def candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
             continue
         prefix = symbol_prefix(state.symbol)
         yield prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
-                                       *c.counts])  # fmt: skip
+                                       *c.counts, *c.sealed])  # fmt: skip
         for k, entries in enumerate(c.periods):
             head = prefix + bytes((k + 1,))
             for start, row, period in entries:
@@ -521,10 +521,11 @@ class Store:
         try:
             bounds = msgspec.msgpack.decode(bytes(meta), type=list[int | None])
             first_ms, latest_ms, front_top_ms, current = bounds[:4]
+            if len(bounds) == 12:  # written before the archives' day candles and the seal
+                bounds = [*bounds, 0, -1, -1]
             counts = tuple(int(n or 0) for n in bounds[4:13])
-            if len(counts) == 8:  # written before day candles came from the archives
-                counts += (0,)
-            if len(counts) != 9 or first_ms is None or latest_ms is None:
+            sealed = (int(bounds[13] or 0), int(bounds[14] or 0))
+            if len(bounds) != 15 or first_ms is None or latest_ms is None:
                 raise ValueError("incomplete")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
             raise StoreError(f"{symbol}: corrupt candle bounds: {exc}") from exc
@@ -565,7 +566,7 @@ class Store:
                 periods[k].append(self._delta_period(symbol, k, header))
                 seqs.append((k, header[0], int(header[1][8])))
         return CandleState(first_ms, latest_ms, front_top_ms, current, periods,
-                           (None, None, None), counts, tuple(seqs))  # fmt: skip
+                           (None, None, None), counts, tuple(seqs), sealed)  # fmt: skip
 
     @staticmethod
     def _delta_period(

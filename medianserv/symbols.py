@@ -97,16 +97,35 @@ _candles_kept = True
 #: How long open candles of each interval are kept before the latest trade, in ms (None:
 #: forever); set from the configuration (:func:`keep_candles`).
 candle_keep_ms: list[int | None] = [7 * 86_400_000, 90 * 86_400_000, None]
+_candles_forever: frozenset[str] = frozenset()  # symbols whose every candle is kept
+_history_for: frozenset[str] | None = None  # symbols whose history is imported (None: all)
+_FOREVER: list[int | None] = [None, None, None]
 
 
-def keep_candles(enabled: bool, keep_ms: Sequence[int | None] | None = None) -> None:
-    """Whether SymbolStats made from now on keep median candles, and for how long each
-    interval's are kept (ms before the latest trade; None: forever). Called once at start,
-    before anything is restored; benchmarks turn them off to measure what they cost."""
-    global _candles_kept
+def keep_candles(
+    enabled: bool,
+    keep_ms: Sequence[int | None] | None = None,
+    forever: Iterable[str] | None = None,
+) -> None:
+    """Whether SymbolStats made from now on keep median candles, for how long each
+    interval's are kept (ms before the latest trade; None: forever), and the symbols whose
+    every candle is kept (upper case). Called once at start, before anything is restored;
+    benchmarks turn them off to measure what they cost."""
+    global _candles_kept, _candles_forever
     _candles_kept = enabled
     if keep_ms is not None:
         candle_keep_ms[:] = list(keep_ms)
+    if forever is not None:
+        _candles_forever = frozenset(forever)
+
+
+def expect_history(symbols: Iterable[str] | None) -> None:
+    """The symbols (upper case) whose history the service imports (None: every symbol's).
+    Where counting began, their candles wait for that history; the others' settle like any
+    (see :meth:`Candles.harvest`'s ``seal``): their earlier trades will never come, and
+    memory should not keep the levels of their first day for good. Called once at start."""
+    global _history_for
+    _history_for = None if symbols is None else frozenset(symbols)
 
 
 def candles_kept() -> bool:
@@ -520,7 +539,9 @@ class SymbolStats:
             self.dirty = False
             state = self._state(LevelLog([self.median.take_touched()]))
             if self.candles is not None:
-                state.candles = self.candles.harvest(self.ids, candle_keep_ms)
+                keep = _FOREVER if self.symbol.upper() in _candles_forever else candle_keep_ms
+                seal = _history_for is not None and self.symbol.upper() not in _history_for
+                state.candles = self.candles.harvest(self.ids, keep, seal)
         if state.candles is not None:  # the medians of periods settled, off the lock
             state.candles = finish(state.candles)
         return state

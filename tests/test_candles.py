@@ -55,7 +55,8 @@ LENGTHS = [length for _, length in INTERVALS]
 def _defaults() -> Iterator[None]:
     yield
     symbols.use_compiled(CRunningMedian is not None)
-    symbols.keep_candles(True, [7 * 86_400_000, 90 * 86_400_000, None])
+    symbols.keep_candles(True, [7 * 86_400_000, 90 * 86_400_000, None], ())
+    symbols.expect_history(None)
 
 
 # -- the period twins -------------------------------------------------------------------------
@@ -218,6 +219,7 @@ class FakeStore:
         if state is None:
             return
         self.meta = (state.first_ms, state.latest_ms, state.front_top_ms, state.current)
+        self.sealed = state.sealed
         self.counts = state.counts
         for k, expired in enumerate(state.expired):
             if expired is not None:
@@ -252,7 +254,8 @@ class FakeStore:
             else:
                 period = restore_period(start, LENGTHS[k], value[2:9], value[9], value[10])
             periods[k].append((start, None, period))
-        return CandleState(*self.meta, periods, (None, None, None), self.counts, tuple(seqs))
+        return CandleState(*self.meta, periods, (None, None, None), self.counts, tuple(seqs),
+                           self.sealed)  # fmt: skip
 
     def rows(self, k: int) -> list[CandleRow]:
         return [v for (kk, _), v in sorted(self.items.items(), key=lambda kv: kv[0])
@@ -275,17 +278,20 @@ def restart(stats: SymbolStats, store: FakeStore) -> SymbolStats:
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32), st.sampled_from(TWINS), st.sampled_from(["live", "late", "rest"]),
        st.sampled_from([[0, 1, 5_000], [1_000, 30_000, 400_000],
-                        [0, 600_000, 7_200_000]]))  # fmt: skip
+                        [0, 600_000, 7_200_000]]), st.booleans())  # fmt: skip
 def test_candles_equal_the_trades_counted(seed: int, compiled: bool, style: str,
-                                          steps: list[int]) -> None:  # fmt: skip
+                                          steps: list[int], seal: bool) -> None:  # fmt: skip
     """Random markets (a minute's worth of trades to a few a day), delivered live with jumps
     (gaps), backfilled by REST rows and single late trades in any order, with restarts and
     snapshots anywhere: every interval's rows (stored, and in memory) equal the candles of
     exactly the trades counted; a row said final is truly final (every trade of its period
     counted, one after it too); and once every trade is counted, every row but the last is
-    final. The counts of a symbol's minute candles add up to its count."""
+    final. The counts of a symbol's minute candles add up to its count. With no history to
+    come (``seal``), the periods where counting began settle too: once every trade is
+    counted, only periods holding the latest trade keep their levels."""
     symbols.use_compiled(compiled)
     symbols.keep_candles(True, [None, None, None])
+    symbols.expect_history(set() if seal else None)
     rnd = random.Random(seed)
     market = Market(rnd, rnd.randrange(1, 400), steps)
     stats = SymbolStats("X")
@@ -316,6 +322,10 @@ def test_candles_equal_the_trades_counted(seed: int, compiled: bool, style: str,
     snapshot(stats, store)
     stats._check()
     check_candles(stats, store, market, counted, complete=not stats.ids.gaps)
+    if seal and not stats.ids.gaps and stats.candles is not None:
+        latest = stats.candles.latest
+        for k, opened in enumerate(stats.candles.open):
+            assert all(s <= latest < s + LENGTHS[k] for s in opened), INTERVALS[k][0]
     stats = restart(stats, store)
     check_candles(stats, store, market, counted, complete=not stats.ids.gaps)
 
@@ -374,6 +384,27 @@ def test_retention_drops_old_minutes_and_keeps_days() -> None:
     assert min(r.open_time for r in minutes) >= 10 * 60_000 - 120_000 - 60_000
     days = select_rows(store.rows(2), stats.candle_rows(2, 0, 2**62)[0], None, None, None, 10)
     assert [r.trades for r, _ in days] == [10]
+
+
+def test_named_symbols_keep_every_candle() -> None:
+    """--candle-forever: the symbols named keep every minute, the others as configured."""
+    from medianserv.config import Config
+
+    config = Config(candle_minutes_days=1, candle_forever="ethusdt, BTCUSDT")
+    assert config.candles_kept_forever() == {"ETHUSDT", "BTCUSDT"}
+    assert config.candle_keep_ms() == [86_400_000, 90 * 86_400_000, None]
+    assert Config(candle_forever="all").candle_keep_ms() == [None, None, None]
+    symbols.keep_candles(True, [120_000, None, None], config.candles_kept_forever())
+    kept = {}
+    for name in ("BTCUSDT", "XRPUSDT"):
+        stats = SymbolStats(name)
+        store = FakeStore()
+        for i in range(1, 11):
+            stats.apply(i, 100 + i, i * 60_000)
+            snapshot(stats, store)
+        kept[name] = len(select_rows(store.rows(0), stats.candle_rows(0, 0, 2**62)[0], None,
+                                     None, None, 100))  # fmt: skip
+    assert kept == {"BTCUSDT": 10, "XRPUSDT": 3}
 
 
 def test_candles_off_keeps_none_and_the_trade_path_still_takes_trades() -> None:
@@ -533,15 +564,19 @@ def test_candles_endpoint_answers_the_rows_and_refuses_bad_requests(tmp_path: Pa
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**32), st.sampled_from(TWINS), st.sampled_from(["C", "polars"]))
-def test_archive_files_fill_the_days_since_listing(seed: int, compiled: bool,
-                                                   engine: str) -> None:  # fmt: skip
+@given(st.integers(0, 2**32), st.sampled_from(TWINS), st.sampled_from(["C", "polars"]),
+       st.booleans())  # fmt: skip
+def test_archive_files_fill_the_days_since_listing(seed: int, compiled: bool, engine: str,
+                                                   sealed_first: bool) -> None:  # fmt: skip
     """A symbol counted live from some trade on, then its history imported as the service
     does: archive files of one to a few UTC days (reduced by the real reduction, either
     engine), some replaced by REST rows (a file refused), some missing their first trades
     (filled over REST, the file then cut below), with snapshots and restarts between files.
     Its daily candles equal those of every trade since listing, each final but the last;
-    minutes and hours those of the trades counted one by one; the invariant holds."""
+    minutes and hours those of the trades counted one by one; the invariant holds.
+    ``sealed_first``: the symbol was first run with no history to come, so the periods where
+    counting began settled (sealed); the history imported later lands around them, its
+    trades of their times counted outside any candle."""
     pytest.importorskip("polars") if engine == "polars" else None
     if engine == "C" and native_reader() is None:
         pytest.skip("the C reader was not built")
@@ -556,9 +591,16 @@ def test_archive_files_fill_the_days_since_listing(seed: int, compiled: bool,
     stats = SymbolStats("X")
     store = FakeStore()
     one_by_one: set[int] = set()
+    symbols.expect_history(set() if sealed_first else None)
     for tid, price, t in trades[live_from - 1 :]:
         stats.apply(tid, price, t)
         one_by_one.add(tid)
+        if sealed_first and rnd.random() < 0.1:
+            snapshot(stats, store)
+    snapshot(stats, store)
+    sealed = stats.candles.sealed if stats.candles is not None else (-1, -1)
+    stats = restart(stats, store)
+    symbols.expect_history(None)  # run again with --history
     if live_from > len(trades):  # none live: the history reaches up to the latest trade
         stats.baseline(len(trades), trades[-1][2])
     assert stats.start_history(1, trades[0][2])
@@ -606,14 +648,16 @@ def test_archive_files_fill_the_days_since_listing(seed: int, compiled: bool,
     for state in (stats, restart(stats, store)):
         rows = select_rows(store.rows(2), state.candle_rows(2, 0, 2**62)[0], state.ids.origin,
                            None, None, 10**6)  # fmt: skip
-        everything = {tid for tid, _, _ in trades}
-        assert {r.open_time: r for r, _ in rows} == market.candles(everything, 2)
-        assert [f for _, f in rows] == [True] * (len(rows) - 1) + [False]
+        kept = {tid for tid, _, t in trades  # the history of the sealed periods is outside
+                if tid >= live_from or not sealed[0] <= t < sealed[1]}  # fmt: skip
+        assert {r.open_time: r for r, _ in rows} == market.candles(kept, 2)
+        if sealed[0] < 0:
+            assert [f for _, f in rows] == [True] * (len(rows) - 1) + [False]
         for k in (0, 1):
             memory = state.candle_rows(k, 0, 2**62)[0]
             got = {r.open_time: r for r, _ in select_rows(store.rows(k), memory, None, None,
                                                           None, 10**6)}  # fmt: skip
-            assert got == market.candles(one_by_one, k), INTERVALS[k][0]
+            assert got == market.candles(one_by_one & kept, k), INTERVALS[k][0]
 
 
 def _date(ms: int) -> dt.date:
