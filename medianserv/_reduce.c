@@ -40,7 +40,8 @@ typedef struct {
 /* A UTC day's counted trades, summed as its rows come (they come in time order). */
 typedef struct {
     int64_t start, end;           /* [start, end) in ms; end 0 before the first row */
-    int64_t first_ms, last_ms, open_id, close_id, count;
+    int64_t first_ms, last_ms, open_id, close_id;
+    int64_t count;                /* 1 once a trade is counted; its trades when it ends */
     uint64_t open_price, close_price;
     int partial;                  /* a row of it was (partly) outside cut..top, or it is the
                                    * file's first or last (others may hold some of its trades) */
@@ -211,10 +212,12 @@ static int end_day(Reducer *r) {
     if (!pairs) return -1;
     size_t n = 0;
     uint64_t low = EMPTY, high = 0;
+    int64_t total = 0;
     for (size_t i = 0; i < t->cap; i++) {
         if (t->keys[i] == EMPTY) continue;
         pairs[n].price = t->keys[i];
         pairs[n++].count = t->counts[i];
+        total += t->counts[i];
         if (t->keys[i] < low) low = t->keys[i];
         if (t->keys[i] > high) high = t->keys[i];
         if (add(&r->all, t->keys[i], t->counts[i]) < 0) {
@@ -222,6 +225,11 @@ static int end_day(Reducer *r) {
             return -1;
         }
     }
+    /* the last trade counted is the day's last: no later day has begun counting */
+    r->day.count = total;
+    r->day.close_id = r->last_counted;
+    r->day.close_price = r->last_price;
+    r->day.last_ms = r->last_row[3];
     DayOut *out = &r->days[r->ndays];
     out->day = r->day;
     out->low = low;
@@ -413,16 +421,12 @@ static int lines(Reducer *r, const char *p, const char *end) {
         }
         r->last_counted = hi;
         if (add(r->by_day ? &r->today : &r->all, price, hi - lo + 1) < 0) FAIL("memory: out of memory");
-        Day *d = &r->day;
-        if (!d->count) {
-            d->first_ms = t;
-            d->open_id = lo;
-            d->open_price = price;
+        if (!r->day.count) { /* the day's first trade counted; the rest is taken at its end */
+            r->day.count = 1;
+            r->day.first_ms = t;
+            r->day.open_id = lo;
+            r->day.open_price = price;
         }
-        d->last_ms = t;
-        d->close_id = hi;
-        d->close_price = price;
-        d->count += hi - lo + 1;
         r->last_row[0] = a;
         r->last_row[1] = f;
         r->last_row[2] = l;
