@@ -32,6 +32,7 @@ def bench_candles(trades_per_day: int = 1_500_000, days: int = 3) -> list[Row]:
     snapshot's candle bytes, and the p50/p99 of a 500-row query of each interval."""
     rows: list[Row] = []
     symbols_module.keep_candles(True, [None, None, None])
+    symbols_module.expect_history(set())  # as the service runs without --history
     n = trades_per_day * days
     prices = random_walk(n, "61837.63", "0.01", seed=7)
     t0 = 1_700_006_400_000 - 1_700_006_400_000 % DAY_MS  # a UTC midnight
@@ -93,6 +94,7 @@ def bench_candles(trades_per_day: int = 1_500_000, days: int = 3) -> list[Row]:
         finally:
             store.close()
             symbols_module.keep_candles(True)
+            symbols_module.expect_history(None)
     return rows
 
 
