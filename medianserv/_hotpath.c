@@ -577,6 +577,27 @@ static inline int int_slot(PyObject *v, long long *out) {
 
 enum { NOT_COMMON = 0, APPLIED = 1, DUPLICATE = 2, ERROR = -1 };
 
+/* Candles.roll's bookkeeping: candles.minute becomes fresh and the minute before is queued
+   in candles.retiring; 0, or -1 with an exception set and nothing changed */
+static int roll_minute(PyObject *candles, PyObject *old, PyObject *fresh) {
+    PyObject *queue = PyObject_GetAttrString(candles, "retiring");
+    if (!queue) return -1;
+    int rc = -1;
+    if (!PyList_CheckExact(queue)) PyErr_SetString(PyExc_TypeError, "candles.retiring: a list");
+    else if (PyList_Append(queue, old) == 0) {
+        if (PyObject_SetAttrString(candles, "minute", fresh) == 0) rc = 0;
+        else { /* the queue as it was, the error kept */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            Py_ssize_t n = PyList_GET_SIZE(queue);
+            if (PyList_SetSlice(queue, n - 1, n, NULL) < 0) PyErr_Clear();
+            PyErr_Restore(type, value, tb);
+        }
+    }
+    Py_DECREF(queue);
+    return rc;
+}
+
 /* SymbolStats.apply_common (TradeIds.observe_common, then the count), in C: the same checks,
    the same effects, in the same order */
 static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, long long T) {
@@ -597,20 +618,37 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
             !int_slot(SLOT(stats, S_VERSION), &v) || !int_slot(SLOT(stats, S_LAST_ID), &last_id) ||
             v == LLONG_MAX)
             goto done;
-        /* Candles.add for a trade of the current minute (stats.minute is candles.minute);
+        /* Candles.add for a trade of the current minute (stats.minute is candles.minute), or
+           of a later minute (Candles.roll: the current one queued for the book to retire);
            any other, or a book with no current minute, goes the general way */
         PyObject *candles = SLOT(stats, S_CANDLES), *m = SLOT(stats, S_MINUTE);
         Period *minute = NULL;
+        int roll = 0;
         if (candles && candles != Py_None) {
             if (!m || !Py_IS_TYPE(m, &PeriodType)) goto done;
             minute = (Period *)m;
-            if (T < minute->lo_ms || T - minute->start >= minute->length) goto done;
+            if (T < minute->lo_ms) goto done;
+            if (T - minute->start >= minute->length) {
+                if (minute->length != 60000 || t < 0 || T < 0) goto done;
+                roll = 1; /* t and T have at most 18 digits: below candles.LIMIT */
+            }
         }
         rc = ERROR;
         if (!(tid = PyLong_FromLongLong(t)) || !(when = PyLong_FromLongLong(T)) ||
             !(units = PyLong_FromUnsignedLongLong(price)) || !(version = PyLong_FromLongLong(v + 1)))
             goto done;
-        if (minute && period_add(minute, t, t, price, 1) < 0) goto done;
+        if (roll) {
+            PyObject *fresh = PyObject_CallFunction((PyObject *)&PeriodType, "LL", T - T % 60000, 60000LL);
+            if (!fresh) goto done;
+            if (period_add((Period *)fresh, t, t, price, 1) < 0 || roll_minute(candles, m, fresh) < 0) {
+                Py_DECREF(fresh);
+                goto done;
+            }
+            set_slot(&SLOT(stats, S_MINUTE), fresh);
+            Py_DECREF(fresh);
+            minute = (Period *)fresh; /* held by the slot */
+        } else if (minute && period_add(minute, t, t, price, 1) < 0)
+            goto done;
         if (median_add((Median *)median, price, 1) < 0) goto done;
         if (minute && T > minute->last_ms) minute->last_ms = T;
         set_slot(&SLOT(ids, I_HIGHEST), tid);

@@ -11,7 +11,9 @@ Each symbol has one :class:`Candles` book. Its *current minute* (:attr:`Candles.
 every trade of the live stream, which nearly always falls in it: the per-trade path adds to
 it alone, one level map update, and the compiled path does so without the interpreter. When
 a later minute begins, the current one is *retired*: folded into its hour and its day (its
-levels merged into theirs, once) and kept with its own levels among the open minutes. A late
+levels merged into theirs, once) and kept with its own levels among the open minutes. The
+per-trade path only queues it (:meth:`Candles.roll`); the book's next use retires it, so
+that work is done by the snapshot's harvest, not by a reader. A late
 trade (a backfill after a reconnect or a restart, REST rows of the history) goes into the
 minute, hour and day of its own time directly. So an hour is the fold of its retired minutes
 and its late trades, and the current minute is added to it only when it is shown.
@@ -465,11 +467,13 @@ class Candles:
 
     __slots__ = ("dirty", "expired", "first_ms", "front_top_ms", "harvested",
                  "harvested_counts", "history", "landed", "latest_ms", "minute", "open",
-                 "outside", "pending", "recent", "sealed", "seq", "settled",
+                 "outside", "pending", "recent", "retiring", "sealed", "seq", "settled",
                  "total")  # fmt: skip
 
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
+        # minutes the per-trade path replaced (roll), to be retired before the book is used
+        self.retiring: list[Any] = []
         self.open: tuple[dict[int, Any], ...] = ({}, {}, {})  # start -> retired open period
         self.recent: tuple[dict[int, Any], ...] = ({}, {}, {})  # settled periods, being written
         self.landed: dict[int, CandleRow] = {}  # imported whole days, for the next harvest
@@ -502,6 +506,8 @@ class Candles:
         A trade whose id or time is beyond :data:`LIMIT` (no real one is) is left out of the
         candles and counted in :attr:`outside`, never raised about: the caller has counted
         it already."""
+        if self.retiring:
+            self._drain()
         if not (0 <= lo <= hi < LIMIT and 0 <= time_ms < LIMIT and 0 <= price < 2**64) or (
             self.sealed[0] <= time_ms < self.sealed[1]
         ):
@@ -544,12 +550,14 @@ class Candles:
         counted live or over REST) is folded, levels and all, into the open day. Their
         trades are in day candles alone (:attr:`history`): minutes and hours begin where
         trades were counted one by one. A whole day the book holds trades of already (never,
-        while each id is counted once) is counted :attr:`outside`. O(days + levels of the
-        partial ones)."""
+        while each id is counted once), and a day that meets the :attr:`sealed` periods
+        (which of its trades fall in them is not known), are counted :attr:`outside`.
+        O(days + levels of the partial ones)."""
+        self._drain()
         for day, period, packed in days:
             placed = 0 <= day.open_id <= day.close_id < LIMIT and not (
-                self.sealed[0] <= day.start < self.sealed[1]
-            )
+                day.start < self.sealed[1] and self.sealed[0] < day.start + _LENGTHS[DAY]
+            )  # a day meeting the sealed periods: which of its trades fall in them is unknown
             if not (placed and 0 <= day.first_ms <= day.last_ms < LIMIT):
                 self.outside += day.trades
                 continue
@@ -577,6 +585,26 @@ class Candles:
             if day.last_ms > self.latest_ms:
                 self.latest_ms = day.last_ms
 
+    def roll(self, trade_id: int, price: int, time_ms: int) -> None:
+        """A trade of a later minute than the current one, as the per-trade path applies it
+        (see :meth:`takes`): a new current minute takes it, and the one before is queued in
+        :attr:`retiring`, retired (folded into its hour and day) by the next other use of
+        the book, off the per-trade path. The same book as :meth:`add` once drained. O(1)."""
+        minute = _Period(time_ms - time_ms % 60_000, 60_000)
+        minute.add(trade_id, trade_id, price, 1)
+        minute.last_ms = time_ms
+        self.retiring.append(self.minute)
+        self.minute = minute
+
+    def _drain(self) -> None:
+        """Retire the minutes :meth:`roll` queued, in order. O(their levels)."""
+        retiring = self.retiring
+        for minute in retiring:
+            self._retire(minute)
+            if minute.last_ms > self.latest_ms:
+                self.latest_ms = minute.last_ms
+        retiring.clear()
+
     def _retire(self, minute: Any) -> None:
         """The current minute is over: fold it into its hour and day, keep it open. O(L)."""
         self.open[MINUTE][minute.start] = minute
@@ -597,12 +625,17 @@ class Candles:
         self.dirty[k].add(start)
         return period
 
-    def takes(self, time_ms: int) -> bool:
-        """Whether a trade at ``time_ms`` goes into the current minute and moves no bound
-        but the latest: what the per-trade path applies (and its compiled twin checks the
-        same), anything else going through :meth:`add`'s general case. O(1)."""
+    def takes(self, trade_id: int, time_ms: int) -> int:
+        """What the per-trade path does with a trade at ``time_ms`` (its compiled twin checks
+        the same): 1 if it goes into the current minute, 2 if it opens a later one
+        (:meth:`roll`), 0 if it goes through :meth:`add`'s general case (no current minute,
+        a late trade, ids or times beyond :data:`LIMIT`). O(1)."""
         minute = self.minute
-        return minute is not None and minute.lo_ms <= time_ms and time_ms - minute.start < 60_000
+        if minute is None or time_ms < minute.lo_ms:
+            return 0
+        if time_ms - minute.start < 60_000:
+            return 1
+        return 2 if 0 <= trade_id < LIMIT and time_ms < LIMIT else 0
 
     @property
     def latest(self) -> int:
@@ -657,6 +690,7 @@ class Candles:
         trade counted) are counted outside any candle, and the rest land as usual.
 
         O(p + L) for L the levels of the minutes copied."""
+        self._drain()
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired: list[int | None] = [None, None, None]
         for k, (_, length) in enumerate(INTERVALS):
@@ -716,7 +750,8 @@ class Candles:
 
     def counts(self) -> tuple[int, ...]:
         """(total, outside, settled per interval, expired per interval, history): stored
-        with the bounds. O(1)."""
+        with the bounds. O(1), once the minutes rolled are retired."""
+        self._drain()
         return (self.total, self.outside, *self.settled, *self.expired, self.history)
 
     @classmethod
@@ -752,6 +787,7 @@ class Candles:
         shared) and copies of the open ones (the current minute folded in) starting in
         ``start..end`` (end excluded), by start: what a reader takes under the lock, to
         compute their medians after it. O(p + L)."""
+        self._drain()
         settled = {s: p for s, p in self.recent[k].items() if start <= s < end}
         if k == DAY:
             settled.update((s, r) for s, r in self.landed.items() if start <= s < end)
@@ -771,6 +807,7 @@ class Candles:
     def canonical(self) -> tuple[Any, ...]:
         """Everything the book holds as plain values (periods as :func:`period_key`): what
         tests compare, whichever twin holds the periods. O(L log L)."""
+        self._drain()
         minute = None if self.minute is None else period_key(self.minute)
         opened = tuple(tuple(period_key(p) for _, p in sorted(o.items())) for o in self.open)
         recent = tuple(tuple(_row_key(p) for _, p in sorted(r.items())) for r in self.recent)
@@ -784,6 +821,7 @@ class Candles:
         trades in candles but the current minute's), plus :attr:`history` for days; with
         ``counted`` (the symbol's count), those, the current minute's, the archives' and the
         trades outside any candle add up to it. O(p); for tests."""
+        self._drain()
         current = self.minute.count if self.minute is not None else 0
         for k in range(len(INTERVALS)):
             held = sum(p.count for p in self.open[k].values())

@@ -279,6 +279,10 @@ class SymbolStats:
         if self.candles is not None:
             self.candles.add(trade_id, trade_id, price, trade_time)
             self.minute = self.candles.minute
+        self._counted(trade_id, price, trade_time)
+
+    def _counted(self, trade_id: int, price: int, trade_time: int) -> None:
+        """The trade is in the median and the candles: the version and the last trade."""
         self.dirty = True
         self.version += 1
         if trade_id > self.last_trade_id:
@@ -294,12 +298,21 @@ class SymbolStats:
         (:mod:`medianserv.hotpath`) applies, step for step in its compiled twin. O(log d)."""
         with self.lock:
             candles, highest = self.candles, self.ids.highest
-            if (candles is not None and highest is not None and trade_id == highest + 1
-                    and not candles.takes(trade_time)):  # fmt: skip
-                return None  # a new minute, or a late trade: Candles.add's general case
+            how = 1
+            if candles is not None and highest is not None and trade_id == highest + 1:
+                how = candles.takes(trade_id, trade_time)
+                if not how:
+                    return None  # a late trade, or no current minute: Candles.add's general case
             outcome = self.ids.observe_common(trade_id, trade_time, price)
             if outcome is APPLIED:
-                self._count(trade_id, price, trade_time)
+                if how == 2:
+                    assert candles is not None
+                    candles.roll(trade_id, price, trade_time)
+                    self.minute = candles.minute
+                    self.median.add(price)
+                    self._counted(trade_id, price, trade_time)
+                else:
+                    self._count(trade_id, price, trade_time)
             return outcome
 
     def apply_rows(self, rows: Iterable[Row]) -> int:

@@ -291,7 +291,8 @@ def test_the_trade_path_takes_the_common_frames() -> None:
     """The twins do take the common case (so the property test above is not vacuous): once
     a symbol's current minute has begun (its first trade, through the general path), a run
     of next trades and repeats in that minute is consumed whole, and what follows it (a
-    reply, or a trade of the next minute: the candles' general case) is where each stops."""
+    reply) is where each stops; a trade of a later minute is taken too (the minute before
+    queued for the book to retire), a late one (before the current minute) is not."""
     for kind in KINDS[1:]:
         pipeline = Pipeline(kind, set(SYMBOLS))
         path = pipeline.reader.path
@@ -308,8 +309,15 @@ def test_the_trade_path_takes_the_common_frames() -> None:
         assert path.consume(data, len(trades)) == len(trades), kind  # the reply: general path
         assert stats.view().count == 4 and stats.version == 1 + 4  # baseline
         later = frame(trade_json("BTCUSDT", BASE + 4, "1.5", "plain", 60_000))[0]
-        assert path.consume(later, 0) == 0, kind  # a new minute: the general path's
-        assert stats.candles is not None and stats.candles.minute.count == 4
+        assert path.consume(later, 0) == len(later), kind  # a new minute: rolled
+        candles = stats.candles
+        assert candles is not None and candles.minute.count == 1
+        assert [m.count for m in candles.retiring] == [4], kind  # retired by the book's next use
+        assert stats.minute is candles.minute
+        late = frame(trade_json("BTCUSDT", BASE + 5, "1.5", "plain", 59_999))[0]
+        assert path.consume(late, 0) == 0, kind  # before the current minute: the general path
+        stats._check()
+        assert not candles.retiring and candles.open[0][0].count == 4
         pipeline.close()
 
 
