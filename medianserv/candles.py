@@ -507,7 +507,7 @@ class Candles:
         candles and counted in :attr:`outside`, never raised about: the caller has counted
         it already."""
         if self.retiring:
-            self._drain()
+            self.drain()
         if not (0 <= lo <= hi < LIMIT and 0 <= time_ms < LIMIT and 0 <= price < 2**64) or (
             self.sealed[0] <= time_ms < self.sealed[1]
         ):
@@ -553,7 +553,7 @@ class Candles:
         while each id is counted once), and a day that meets the :attr:`sealed` periods
         (which of its trades fall in them is not known), are counted :attr:`outside`.
         O(days + levels of the partial ones)."""
-        self._drain()
+        self.drain()
         for day, period, packed in days:
             placed = 0 <= day.open_id <= day.close_id < LIMIT and not (
                 day.start < self.sealed[1] and self.sealed[0] < day.start + _LENGTHS[DAY]
@@ -596,8 +596,9 @@ class Candles:
         self.retiring.append(self.minute)
         self.minute = minute
 
-    def _drain(self) -> None:
-        """Retire the minutes :meth:`roll` queued, in order. O(their levels)."""
+    def drain(self) -> None:
+        """Retire the minutes :meth:`roll` queued, in order: what every other use of the
+        book does first (a harvest that stores nothing calls it too). O(their levels)."""
         retiring = self.retiring
         for minute in retiring:
             self._retire(minute)
@@ -690,7 +691,7 @@ class Candles:
         trade counted) are counted outside any candle, and the rest land as usual.
 
         O(p + L) for L the levels of the minutes copied."""
-        self._drain()
+        self.drain()
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired: list[int | None] = [None, None, None]
         for k, (_, length) in enumerate(INTERVALS):
@@ -751,7 +752,7 @@ class Candles:
     def counts(self) -> tuple[int, ...]:
         """(total, outside, settled per interval, expired per interval, history): stored
         with the bounds. O(1), once the minutes rolled are retired."""
-        self._drain()
+        self.drain()
         return (self.total, self.outside, *self.settled, *self.expired, self.history)
 
     @classmethod
@@ -787,7 +788,7 @@ class Candles:
         shared) and copies of the open ones (the current minute folded in) starting in
         ``start..end`` (end excluded), by start: what a reader takes under the lock, to
         compute their medians after it. O(p + L)."""
-        self._drain()
+        self.drain()
         settled = {s: p for s, p in self.recent[k].items() if start <= s < end}
         if k == DAY:
             settled.update((s, r) for s, r in self.landed.items() if start <= s < end)
@@ -807,7 +808,7 @@ class Candles:
     def canonical(self) -> tuple[Any, ...]:
         """Everything the book holds as plain values (periods as :func:`period_key`): what
         tests compare, whichever twin holds the periods. O(L log L)."""
-        self._drain()
+        self.drain()
         minute = None if self.minute is None else period_key(self.minute)
         opened = tuple(tuple(period_key(p) for _, p in sorted(o.items())) for o in self.open)
         recent = tuple(tuple(_row_key(p) for _, p in sorted(r.items())) for r in self.recent)
@@ -821,7 +822,7 @@ class Candles:
         trades in candles but the current minute's), plus :attr:`history` for days; with
         ``counted`` (the symbol's count), those, the current minute's, the archives' and the
         trades outside any candle add up to it. O(p); for tests."""
-        self._drain()
+        self.drain()
         current = self.minute.count if self.minute is not None else 0
         for k in range(len(INTERVALS)):
             held = sum(p.count for p in self.open[k].values())

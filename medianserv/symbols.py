@@ -548,6 +548,8 @@ class SymbolStats:
         with self.lock:
             # a file half merged is never stored, nor a merge that broke off
             if not self.dirty or self.ids.claimed is not None or self.damaged:
+                if self.candles is not None and self.candles.retiring:
+                    self.candles.drain()  # the minutes rolled retire all the same
                 return None
             self.dirty = False
             state = self._state(LevelLog([self.median.take_touched()]))

@@ -665,3 +665,21 @@ def test_archive_files_fill_the_days_since_listing(seed: int, compiled: bool, en
 
 def _date(ms: int) -> dt.date:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
+
+
+def test_minutes_rolled_by_the_trade_path_retire_even_when_nothing_is_stored() -> None:
+    """A later minute's trade taken by the per-trade path queues the minute before; a harvest
+    retires it even when it stores nothing (a file's merge under way, a damaged symbol),
+    so the queue never outgrows a snapshot interval."""
+    for compiled in TWINS:
+        symbols.use_compiled(compiled)
+        stats = SymbolStats("X")
+        stats.apply(1, 10, 0)  # the first minute, through the general path
+        assert stats.apply_common(2, 20, 60_000) is not None  # rolled
+        candles_ = stats.candles
+        assert candles_ is not None and len(candles_.retiring) == 1
+        stats.damaged = True
+        assert stats.harvest() is None
+        assert not candles_.retiring and candles_.open[0][0].count == 1
+        stats.damaged = False
+        stats._check()
