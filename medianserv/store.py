@@ -391,9 +391,8 @@ class Store:
             txn.cursor(db=self._symbols).putmulti(records)
             txn.cursor(db=self._levels).putmulti(level_items)
             if self._candles is not None:
-                self._prune_candles(txn, batch)
                 txn.cursor(db=self._candles).putmulti(candle_items(batch))
-                self._drop_deltas(txn, batch)
+                self._delete_candles(txn, batch)
             put = txn.put
             put(b"saved_at", str(saved_at).encode(), db=self._meta)
             if listing is not None:
@@ -402,36 +401,25 @@ class Store:
             put(b"snapshots", str(snapshots).encode(), db=self._meta)
         return len(records), sum(len(state.levels) for state in batch)
 
-    def _prune_candles(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
-        """Delete the stored periods past retention of the symbols in ``batch``. O(deleted +
-        log n) per symbol and interval."""
+    def _delete_candles(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
+        """After ``batch``'s candles are put: delete the stored periods past retention, and
+        the deltas of every hour and day settled (its row replaced its header). After the
+        puts, so that periods of an earlier harvest written again (a failed write retried)
+        go too. O(deleted + log n) per symbol and interval."""
         cursor = txn.cursor(db=self._candles)
         for state in batch:
             c = state.candles
             if c is None:
                 continue
             prefix = symbol_prefix(state.symbol)
-            for k, expired in enumerate(c.expired):
-                if expired is None or expired <= 0:
-                    continue
+            for k, (expired, entries) in enumerate(zip(c.expired, c.periods, strict=True)):
                 head = prefix + bytes((k + 1,))
-                _delete_range(cursor, head, head + _U64.pack(expired))
-
-    def _drop_deltas(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
-        """Delete the deltas of every hour and day settled in ``batch`` (its row replaced its
-        header). O(deltas + log n) each."""
-        cursor = txn.cursor(db=self._candles)
-        for state in batch:
-            c = state.candles
-            if c is None:
-                continue
-            prefix = symbol_prefix(state.symbol)
-            for k, entries in enumerate(c.periods):
+                if expired is not None and expired > 0:
+                    _delete_range(cursor, head, head + _U64.pack(expired))
                 for start, row, _ in entries if k else ():
-                    if row is None:
-                        continue
-                    key = prefix + bytes((k + 1,)) + _U64.pack(start)
-                    _delete_range(cursor, key + b"\0", key + b"\xff" * 5)  # its 4-byte deltas
+                    if row is not None:
+                        key = head + _U64.pack(start)
+                        _delete_range(cursor, key + b"\0", key + b"\xff" * 5)  # its deltas
 
     # -- reading --------------------------------------------------------------------------------
 
