@@ -218,28 +218,17 @@ static PyObject *Period_fold(Period *p, PyObject *arg) {
 static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     Period *c = (Period *)Py_TYPE(p)->tp_alloc(Py_TYPE(p), 0);
     if (!c) return NULL;
-    c->start = p->start;
-    c->length = p->length;
-    c->lo_ms = p->lo_ms;
-    c->last_ms = p->last_ms;
-    c->open_id = p->open_id;
-    c->close_id = p->close_id;
-    c->count = p->count;
-    c->open_price = p->open_price;
-    c->close_price = p->close_price;
-    c->high = p->high;
-    c->low = p->low;
+    /* every field after the object header, then a map of its own */
+    memcpy((char *)c + sizeof(PyObject), (char *)p + sizeof(PyObject), sizeof(Period) - sizeof(PyObject));
+    c->levels.slots = NULL;
     if (p->levels.cap) {
-        PairMap *m = &c->levels;
-        m->slots = malloc(p->levels.cap * sizeof *m->slots);
-        if (!m->slots) {
+        c->levels.slots = malloc(p->levels.cap * sizeof *c->levels.slots);
+        if (!c->levels.slots) {
+            c->levels.cap = 0;
             Py_DECREF(c);
             return PyErr_NoMemory();
         }
-        memcpy(m->slots, p->levels.slots, p->levels.cap * sizeof *m->slots);
-        m->cap = p->levels.cap;
-        m->used = p->levels.used;
-        m->shift = p->levels.shift;
+        memcpy(c->levels.slots, p->levels.slots, p->levels.cap * sizeof *c->levels.slots);
     }
     return (PyObject *)c;
 }
