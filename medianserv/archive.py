@@ -446,18 +446,18 @@ def _reduce_polars(
         quirks["invalid_rows"] = invalid
     per_price = _per_price(parts)
     every = _units(per_price["p"])  # once per distinct text of each day of the file
-    levels, totals = _summed(every, per_price["n"].to_numpy().astype(np.int64))
+    day_of, trades = per_price["d"].to_numpy(), per_price["n"].to_numpy().astype(np.int64)
+    levels, totals = _summed(every, trades)
     last_row = (*last_row[:3], parse_price(last_text), last_row[4])
     if int(totals.sum()) != last_counted - first[0] + 1:
         raise ValueError("order: counts do not add up to the ids")
     partial.update((first_day, prev[2] - prev[2] % DAY_MS))  # others may hold some of theirs
-    day_of = per_price["d"].to_numpy()
     candles = []
     for start, (first_ms, last_ms, open_id, open_text, close_id, close_text, n) in (
         by_day.items() if days else ()
     ):
         mine = day_of == start
-        prices, counts = _summed(every[mine], per_price["n"].to_numpy()[mine].astype(np.int64))
+        prices, counts = _summed(every[mine], trades[mine])
         fields = (start, first_ms, last_ms, open_id, parse_price(open_text), close_id,
                   parse_price(close_text), int(prices[-1]), int(prices[0]), n)  # fmt: skip
         if start in partial:

@@ -124,12 +124,6 @@ class DayCandle(NamedTuple):
         return CandleRow(self.start, self.open_price, self.high, self.low, self.close_price,
                          self.trades, self.twice_median, self.open_id, self.close_id)  # fmt: skip
 
-    def key(self) -> tuple[Any, ...]:
-        """As plain values, equal for equal days (tests compare the two reductions). O(L)."""
-        levels = None if self.prices is None else (list(map(int, self.prices)),
-                                                   list(map(int, self.counts)))  # fmt: skip
-        return (*self[:11], levels)
-
 
 class Landing(NamedTuple):
     """A :class:`DayCandle` made ready to enter a book (:meth:`Candles.add_days`): a partial

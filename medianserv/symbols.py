@@ -272,17 +272,17 @@ class SymbolStats:
                 self._count(trade_id, price, trade_time)
             return outcome
 
-    def _count(self, trade_id: int, price: int, trade_time: int) -> None:
-        """One trade the bookkeeping accepted, into the median and the last trade. Caller
-        holds the lock. O(log d)."""
+    def _count(self, trade_id: int, price: int, trade_time: int, roll: bool = False) -> None:
+        """One trade the bookkeeping accepted, into the median, the candles (``roll``: a
+        later minute's, as the per-trade path takes it: :meth:`Candles.roll`) and the last
+        trade. Caller holds the lock. O(log d)."""
         self.median.add(price)
         if self.candles is not None:
-            self.candles.add(trade_id, trade_id, price, trade_time)
+            if roll:
+                self.candles.roll(trade_id, price, trade_time)
+            else:
+                self.candles.add(trade_id, trade_id, price, trade_time)
             self.minute = self.candles.minute
-        self._counted(trade_id, price, trade_time)
-
-    def _counted(self, trade_id: int, price: int, trade_time: int) -> None:
-        """The trade is in the median and the candles: the version and the last trade."""
         self.dirty = True
         self.version += 1
         if trade_id > self.last_trade_id:
@@ -305,14 +305,7 @@ class SymbolStats:
                     return None  # a late trade, or no current minute: Candles.add's general case
             outcome = self.ids.observe_common(trade_id, trade_time, price)
             if outcome is APPLIED:
-                if how == 2:
-                    assert candles is not None
-                    candles.roll(trade_id, price, trade_time)
-                    self.minute = candles.minute
-                    self.median.add(price)
-                    self._counted(trade_id, price, trade_time)
-                else:
-                    self._count(trade_id, price, trade_time)
+                self._count(trade_id, price, trade_time, roll=how == 2)
             return outcome
 
     def apply_rows(self, rows: Iterable[Row]) -> int:
