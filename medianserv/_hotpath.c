@@ -487,12 +487,12 @@ static int price_units(Pos s, size_t n, u64 *out) {
 /* -- TradePath -------------------------------------------------------------------------------- */
 
 enum { S_LOCK, S_MEDIAN, S_IDS, S_DIRTY, S_VERSION, S_LAST_ID, S_LAST_PRICE, S_LAST_TIME,
-       S_CANDLES, S_MINUTE, I_HIGHEST, I_AFTER_MS, I_HIGHEST_PRICE, I_GAPS, N_SLOTS };
+       S_CANDLES, S_MINUTE, I_HIGHEST, I_AFTER_MS, I_HIGHEST_PRICE, I_GAPS, I_LOWEST, N_SLOTS };
 
 static const char *slot_names[N_SLOTS] = {
     "lock", "median", "ids", "dirty", "version", "last_trade_id", "last_price",
     "last_trade_time", "candles", "minute", "highest", "after_highest_ms", "highest_price",
-    "gaps",
+    "gaps", "lowest",
 };
 
 typedef struct {
@@ -663,6 +663,8 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
         }
         rc = APPLIED;
     } else if (t <= highest) {
+        long long lowest;
+        if (!int_slot(SLOT(ids, I_LOWEST), &lowest) || t < lowest) goto done; /* below the range */
         PyObject *gaps = SLOT(ids, I_GAPS);
         if (!gaps || !PyList_CheckExact(gaps)) goto done;
         Py_ssize_t n = PyList_GET_SIZE(gaps);

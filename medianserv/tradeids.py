@@ -21,14 +21,16 @@ operation in the tests::
 
 together with: gaps sorted, disjoint, not touching, inside ``lowest..highest`` and at most
 :data:`MAX_OPEN_GAPS`; the front, if any, below every gap and inside the range. Ids outside
-the range are not ours: a trade older than ``lowest`` or already counted is a duplicate.
+the range are not ours: a trade older than ``lowest`` or already counted is a duplicate (but
+see quiet symbols, below).
 
 Where the range starts: at a *baseline* read from Binance's 24-hour ticker just before we
 subscribe (:meth:`TradeIds.baseline`: every later trade is ours, even one missed while a
 connection was down), or at the first trade seen. A symbol with no trade in those 24 hours is
 *quiet*: every trade a later ticker reports for it is ours too, so :meth:`TradeIds.sweep` may
-move ``lowest`` back. :meth:`TradeIds.start_history` moves ``lowest`` back to the symbol's very
-first trade and makes what lies before the live range the front.
+move ``lowest`` back, and so is every trade a stream delivers, even one below ``lowest`` (a
+rotating connection's late frames). :meth:`TradeIds.start_history` moves ``lowest`` back to
+the symbol's very first trade and makes what lies before the live range the front.
 
 Every gap and the front carry bounds on when their trades happened and the prices of the
 trades on either side, so that a backfill can ask Binance for exactly that stretch of time and
@@ -294,6 +296,8 @@ class TradeIds:
             self._extend(trade_id - 1, time_ms, price)
             self.highest, self.after_highest_ms, self.highest_price = trade_id, time_ms, price
             return GAP
+        if trade_id < self.lowest:  # type: ignore[operator]  # set whenever highest is
+            return self._below(trade_id, time_ms, price)
         gaps = self.gaps  # trade_id lies at or below the last gap's top
         i = bisect_right(gaps, trade_id, key=_lo) - 1  # last gap starting <= trade_id
         if i < 0 or gaps[i].hi < trade_id:
@@ -304,20 +308,44 @@ class TradeIds:
     def observe_common(self, trade_id: int, time_ms: int, price: int | None) -> Outcome | None:
         """:meth:`observe` for its common outcomes only, in O(1): the next id of the range
         (APPLIED) or one already counted above every gap (DUPLICATE). None, and nothing
-        done, for anything else (a first trade, a jump in ids, an id at or below a gap's top),
-        which :meth:`observe` goes on to handle. The per-trade path's bookkeeping (its
-        compiled twin in ``_hotpath.c`` does the same on the same slots)."""
+        done, for anything else (a first trade, a jump in ids, an id at or below a gap's top
+        or below the range), which :meth:`observe` goes on to handle. The per-trade path's
+        bookkeeping (its compiled twin in ``_hotpath.c`` does the same on the same slots)."""
         highest = self.highest
         if highest is None:
             return None
         if trade_id == highest + 1:
             self.highest, self.after_highest_ms, self.highest_price = trade_id, time_ms, price
             return APPLIED
-        if trade_id <= highest:
+        if self.lowest <= trade_id <= highest:  # type: ignore[operator]  # set with highest
             gaps = self.gaps
             if not gaps or trade_id > gaps[-1].hi:
                 return DUPLICATE
         return None
+
+    def _below(self, trade_id: int, time_ms: int, price: int | None) -> Outcome:
+        """A live trade below the range. Ours only for a quiet symbol whose history is not
+        being imported: no trade happened in the 24 hours before we followed it, so every
+        trade a stream delivers is ours, even one that arrives after a later one (two
+        connections during a rotation: the new one may deliver the symbol's first trades
+        before the old one's are read). The range then reaches down to it, the ids between
+        missing (GAP); otherwise it is not ours (DUPLICATE). O(1) but for the gap cap."""
+        lowest = self.lowest
+        assert lowest is not None
+        origin = self.origin
+        if not self.quiet or self.front is not None or (origin is not None and trade_id < origin):
+            return DUPLICATE
+        gaps = self.gaps
+        outcome = FILLED  # a late arrival, nothing missing in between
+        if gaps and gaps[0].lo == lowest:  # grow it down: gaps never touch
+            lo = trade_id + 1
+            gaps[0] = gaps[0]._replace(lo=lo, after_ms=time_ms, price_before=price)
+            outcome = GAP if lo < lowest else FILLED
+        elif trade_id + 1 < lowest:  # the time of trade `lowest` is not kept: no upper bound
+            self._insert(0, [Gap(trade_id + 1, lowest - 1, time_ms, None, price, None)])
+            outcome = GAP
+        self.lowest, self.lowest_after_ms = trade_id, time_ms
+        return outcome
 
     def _extend(self, top: int, before_ms: int | None, price_after: int | None) -> int:
         """Ids ``highest + 1 .. top`` are missing: a new gap, or the last one grown when it

@@ -182,12 +182,12 @@ class Pipeline:
     """One reader of one kind (``general``: no trade path; ``py``, ``C``: the twins) with its
     own table, reading a socket we write to."""
 
-    def __init__(self, kind: str, baselined: set[str]) -> None:
+    def __init__(self, kind: str, baselined: dict[str, bool]) -> None:
         symbols.use_compiled(kind == "C")
         self.table = SymbolTable.build(SYMBOLS)
         for symbol, stats in self.table.items():
-            if symbol in baselined:
-                stats.baseline(BASE - 1, 0)
+            if symbol in baselined:  # True: quiet (every streamed trade is ours, below too)
+                stats.baseline(-1 if baselined[symbol] else BASE - 1, 0)
         self.owner = Owner(self.table)
         config = Config(trade_path="C" if kind == "C" else "python")
         self.reader = Reader(0, self.owner, config, AttemptGate(100, 1.0))
@@ -258,11 +258,11 @@ class Pipeline:
 @given(
     events,
     st.lists(st.integers(1, 400), max_size=20),
-    st.sets(st.sampled_from(SYMBOLS)),
+    st.dictionaries(st.sampled_from(SYMBOLS), st.booleans()),
     st.sampled_from([None] * 8 + ["masked", "too_big"]),
 )
 def test_both_trade_paths_equal_the_general_path(
-    script: list[tuple[str, int, int, int, str]], cuts: list[int], baselined: set[str],
+    script: list[tuple[str, int, int, int, str]], cuts: list[int], baselined: dict[str, bool],
     fatal: str | None,
 ) -> None:  # fmt: skip
     """Whatever the frames (trades next, repeated, skipping ahead or back into a gap; JSON
@@ -294,7 +294,7 @@ def test_the_trade_path_takes_the_common_frames() -> None:
     reply) is where each stops; a trade of a later minute is taken too (the minute before
     queued for the book to retire), a late one (before the current minute) is not."""
     for kind in KINDS[1:]:
-        pipeline = Pipeline(kind, set(SYMBOLS))
+        pipeline = Pipeline(kind, dict.fromkeys(SYMBOLS, False))
         path = pipeline.reader.path
         path.index = pipeline.table.index if kind == "C" else pipeline.table.get
         stats = pipeline.table.get("BTCUSDT")
@@ -321,11 +321,36 @@ def test_the_trade_path_takes_the_common_frames() -> None:
         pipeline.close()
 
 
+def test_a_trade_below_the_range_goes_the_general_way() -> None:
+    """Every streamed trade of a quiet symbol is ours, one below the range too (a rotating
+    connection's late frames): neither twin calls it a duplicate, the general path counts it
+    and opens the gap between. Below a baselined symbol's range, it is a duplicate."""
+    for kind in KINDS[1:]:
+        pipeline = Pipeline(kind, {"BTCUSDT": True, "ETHBTC": False})
+        path = pipeline.reader.path
+        path.index = pipeline.table.index if kind == "C" else pipeline.table.get
+        for symbol, tid in (("BTCUSDT", BASE + 2), ("ETHBTC", BASE - 3)):
+            stats = pipeline.table.get(symbol)
+            assert stats is not None
+            stats.apply(BASE + 5, 150_000_000, 0)  # the first trade seen
+            payload = trade_json(symbol, tid, "1.5", "plain", 0)
+            assert path.consume(frame(payload)[0], 0) == 0, kind
+            pipeline.reader._handle_all([payload], pipeline.conn)
+            if symbol == "BTCUSDT":
+                assert stats.view().count == 2 and stats.ids.lowest == BASE + 2
+                assert [(g.lo, g.hi) for g in stats.ids.gaps] == [(BASE + 3, BASE + 4)]
+            else:
+                assert stats.view().count == 1 and stats.ids.lowest == BASE
+            stats._check()
+        assert pipeline.reader.stats.duplicates == 1 and pipeline.owner.gaps == ["BTCUSDT"]
+        pipeline.close()
+
+
 @needs_c
 def test_a_busy_symbol_lock_sends_the_frame_to_the_general_path() -> None:
     """The compiled path never waits for a symbol's lock: held elsewhere, the frame is left
     to the general path (which waits for it), and nothing is applied."""
-    pipeline = Pipeline("C", set(SYMBOLS))
+    pipeline = Pipeline("C", dict.fromkeys(SYMBOLS, False))
     path = pipeline.reader.path
     path.index = pipeline.table.index
     stats = pipeline.table.get("ETHBTC")

@@ -41,15 +41,15 @@ fronts = st.lists(
 )
 
 
-@given(st.lists(st.integers(min_value=0, max_value=200), max_size=300))
-def test_observe_common_is_observe_or_nothing(ids: list[int]) -> None:
+@given(st.lists(st.integers(min_value=0, max_value=200), max_size=300), st.booleans())
+def test_observe_common_is_observe_or_nothing(ids: list[int], quiet: bool) -> None:
     """The per-trade path's bookkeeping: observe_common gives observe's outcome and effects,
     or None and changes nothing (observe then decides alone)."""
 
     def state(ids: TradeIds) -> dict[str, Any]:
         return {k: copy.deepcopy(getattr(ids, k)) for k in TradeIds.__slots__}
 
-    common, reference = TradeIds(), TradeIds()
+    common, reference = TradeIds(quiet=quiet), TradeIds(quiet=quiet)
     for t in ids:
         before = state(common)
         outcome = common.observe_common(t, _time(t), _price(t))
@@ -200,6 +200,41 @@ def test_quiet_symbol_claims_every_ticker_trade() -> None:
     assert ids.observe(101) is Outcome.FILLED
     assert ids.sweep(103, 107) == 0 and not ids.quiet  # the window moved past our start
     ids._check(counted=2)
+
+
+@given(st.lists(st.integers(10, 120), max_size=60), st.none() | st.integers(0, 10))
+def test_every_streamed_trade_of_a_quiet_symbol_is_ours(
+    live: list[int], origin: int | None
+) -> None:
+    """A quiet symbol had no trade in the 24 hours before we followed it: every trade a stream
+    delivers is ours, in any order (a rotating connection's late frames come after the new
+    connection's), below the range too, the ids between them missing with true bounds; but
+    once its history is to be imported (from ``origin``), what lies below the live range is
+    the importer's."""
+    ids = TradeIds()
+    ids.baseline(-1)
+    applied: set[int] = set()
+    for t in live:
+        if origin is not None and ids.lowest is not None and ids.origin is None:
+            ids.start_history(origin, _time(origin))
+        out = ids.observe(t, _time(t), _price(t))
+        fresh = t not in applied and (ids.front is None or t > ids.front.hi)
+        assert (out is not Outcome.DUPLICATE) == fresh, (t, out)
+        if fresh:
+            was = set(range(min(applied, default=t), max(applied, default=t) + 1)) - applied
+            applied.add(t)
+            now = set(range(min(applied), max(applied) + 1)) - applied
+            assert (out is Outcome.GAP) == bool(now - was)
+        missing = {i for g in ids.gaps for i in range(g.lo, g.hi + 1)}
+        if ids.front is None:
+            assert missing == set(range(min(applied), max(applied) + 1)) - applied
+            assert ids.lowest == min(applied)
+        ids._check(counted=len(applied))
+        for g in ids.gaps:
+            assert g.after_ms is None or g.after_ms <= _time(g.lo)
+            assert g.before_ms is None or g.before_ms >= _time(g.hi)
+            assert g.price_before in (None, _price(g.lo - 1))
+            assert g.price_after in (None, _price(g.hi + 1))
 
 
 @given(st.integers(0, 50), fronts)
