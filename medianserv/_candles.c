@@ -40,6 +40,16 @@ static int pm_add(PairMap *m, u64 price, i64 k) {
     return 0;
 }
 
+int period_prepare(Period *p, u64 price) {
+    PairMap *m = &p->levels;
+    if (2 * (m->used + 1) > m->cap && pm_grow(m) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    __builtin_prefetch(&m->slots[(size_t)((price * 0x9E3779B97F4A7C15ULL) >> m->shift)], 1);
+    return 0;
+}
+
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
     if (pm_add(&p->levels, price, times) < 0) {
         PyErr_NoMemory();

@@ -605,6 +605,9 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     PyObject *lock = SLOT(stats, S_LOCK);
     if (!lock || !Py_IS_TYPE(lock, &LockType)) return NOT_COMMON;
     if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
+    PyObject *m0 = SLOT(stats, S_MINUTE);
+    if (m0 && Py_IS_TYPE(m0, &PeriodType)) /* the bookkeeping's misses hide its fetch */
+        for (size_t line = 0; line < sizeof(Period); line += 64) __builtin_prefetch((char *)m0 + line, 1);
     int rc = NOT_COMMON;
     PyObject *tid = NULL, *when = NULL, *units = NULL, *version = NULL;
     PyObject *ids = SLOT(stats, S_IDS);
@@ -647,9 +650,10 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
             set_slot(&SLOT(stats, S_MINUTE), fresh);
             Py_DECREF(fresh);
             minute = (Period *)fresh; /* held by the slot */
-        } else if (minute && period_add(minute, t, t, price, 1) < 0)
+        } else if (minute && period_prepare(minute, price) < 0) /* its slot comes meanwhile: */
             goto done;
         if (median_add((Median *)median, price, 1) < 0) goto done;
+        if (minute && !roll && period_add(minute, t, t, price, 1) < 0) goto done; /* has room */
         if (minute && T > minute->last_ms) minute->last_ms = T;
         set_slot(&SLOT(ids, I_HIGHEST), tid);
         set_slot(&SLOT(ids, I_AFTER_MS), when);

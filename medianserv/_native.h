@@ -122,6 +122,10 @@ extern PyTypeObject PeriodType;
 /* PyPeriod.add: times trades at price, ids lo..hi; 0, or -1 with MemoryError set */
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times);
 
+/* make room for one more level (so that period_add cannot fail) and start fetching price's
+ * slot, for the caller to do other work while it comes; 0, or -1 with MemoryError set */
+int period_prepare(Period *p, u64 price);
+
 /* -- the per-trade path (_hotpath.c) --------------------------------------------------------- */
 
 extern PyTypeObject LockType, IndexType, TradePathType;
