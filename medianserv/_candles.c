@@ -314,25 +314,17 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
         PyErr_SetString(PyExc_ValueError, "twice_median: the period holds no trade");
         return NULL;
     }
-    LevelCount *pairs = levels_of(p, 0);  /* sorted below, the interpreter released */
+    LevelCount *pairs = levels_of(p, 0);  /* selected from below, the interpreter released */
     if (!pairs) return NULL;
-    long long lo_rank = (p->count - 1) / 2, hi_rank = p->count / 2, seen = 0;
+    long long lo_rank = (p->count - 1) / 2, hi_rank = p->count / 2, total = 0;
     u64 lo = 0, hi = 0;
-    int have_lo = 0, found = 0;
-    /* the sort and the walk read only this private array: other threads run meanwhile */
+    for (size_t i = 0; i < n; i++) total += pairs[i].count;
+    int found = total > hi_rank;  /* the ranks are there (they are, but for a bug) */
+    /* the selection reads only this private array: other threads run meanwhile */
     Py_BEGIN_ALLOW_THREADS
-    qsort(pairs, n, sizeof *pairs, pair_cmp);
-    for (size_t i = 0; i < n; i++) {
-        seen += pairs[i].count;
-        if (!have_lo && seen > lo_rank) {
-            lo = pairs[i].price;
-            have_lo = 1;
-        }
-        if (seen > hi_rank) {
-            hi = pairs[i].price;
-            found = 1;
-            break;
-        }
+    if (found) {
+        lo = price_at(pairs, n, lo_rank);
+        hi = hi_rank == lo_rank ? lo : price_at(pairs, n, hi_rank);
     }
     Py_END_ALLOW_THREADS
     free(pairs);

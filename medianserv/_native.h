@@ -16,6 +16,8 @@
 #include <Python.h>
 #include <stdint.h>
 
+#include "_select.h"
+
 typedef uint64_t u64;
 typedef int64_t i64;
 
@@ -91,14 +93,9 @@ i64 median_add(Median *m, u64 value, i64 times);
 
 /* -- median candles (_candles.c) ------------------------------------------------------------ */
 
-/* price -> trades of one period, each price beside its count (one cache line holds four:
- * a live trade of a cold symbol misses once, not once for the key and once for the count);
- * open addressing, linear probing, a slot free when its count is 0 */
-typedef struct {
-    u64 price;
-    i64 count;
-} LevelCount;
-
+/* price -> trades of one period, each price beside its count (a LevelCount, _select.h: one
+ * cache line holds four, so a live trade of a cold symbol misses once, not once for the key
+ * and once for the count); open addressing, linear probing, a slot free when its count is 0 */
 typedef struct {
     LevelCount *slots;
     size_t cap, used;   /* cap a power of two (or 0), used <= cap / 2 */

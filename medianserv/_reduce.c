@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_select.h"
+
 #define EMPTY UINT64_MAX          /* no price is this large (10^19 - 1 at most) */
 #define MAX_LINE (1 << 20)        /* a longer line is not a trade row */
 
@@ -55,10 +57,7 @@ typedef struct {
     size_t at, n;                 /* partial days: its levels in the reducer's spill */
 } DayOut;
 
-typedef struct {
-    uint64_t price;
-    int64_t count;
-} Pair;
+typedef LevelCount Pair;
 
 typedef struct {
     PyObject_HEAD
@@ -155,42 +154,6 @@ static void table_free(Table *t) {
 static int by_price(const void *a, const void *b) {
     uint64_t x = ((const Pair *)a)->price, y = ((const Pair *)b)->price;
     return (x > y) - (x < y);
-}
-
-/* The price at weighted rank k (0-based: the trades of each level counted) of p[0..n),
- * distinct prices in any order; p is reordered. Quickselect with a three-way partition:
- * O(n) expected, where a sort would be O(n log n) for every day of every file. */
-static uint64_t price_at(Pair *p, size_t n, int64_t k) {
-    size_t lo = 0, hi = n;
-    uint64_t seed = 0x9E3779B97F4A7C15ULL;
-    for (;;) {
-        if (hi - lo == 1) return p[lo].price;
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        uint64_t pivot = p[lo + (size_t)((seed >> 33) % (hi - lo))].price;
-        size_t a = lo, i = lo, c = hi; /* [lo, a) below, [a, i) equal, [c, hi) above */
-        int64_t below = 0, equal = 0;
-        while (i < c) {
-            if (p[i].price < pivot) {
-                Pair x = p[a];
-                p[a] = p[i];
-                p[i] = x;
-                below += p[a++].count;
-                i++;
-            } else if (p[i].price > pivot) {
-                Pair x = p[--c];
-                p[c] = p[i];
-                p[i] = x;
-            } else {
-                equal += p[i++].count;
-            }
-        }
-        if (k < below) hi = a;
-        else if (k < below + equal) return pivot;
-        else {
-            k -= below + equal;
-            lo = c;
-        }
-    }
 }
 
 /* The day being summed is over: its levels go into the file's table, and its candle (with
