@@ -607,7 +607,8 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
     PyObject *m0 = SLOT(stats, S_MINUTE);
     if (m0 && Py_IS_TYPE(m0, &PeriodType)) /* the bookkeeping's misses hide its fetch */
-        for (size_t line = 0; line < sizeof(Period); line += 64) __builtin_prefetch((char *)m0 + line, 1);
+        for (size_t line = 0; line < sizeof(Period); line += 64)
+            __builtin_prefetch((char *)m0 + line, 1);
     int rc = NOT_COMMON;
     PyObject *tid = NULL, *when = NULL, *units = NULL, *version = NULL;
     PyObject *ids = SLOT(stats, S_IDS);
