@@ -57,7 +57,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if suite == "core":
             part = bench.bench_core(args.sizes, shared)
         elif suite == "ingest":
-            part = bench.bench_ingest(args.seconds, shared)
+            part = bench.bench_ingest(args.seconds, shared, args.rounds)
         elif suite == "api":
             part = bench.bench_api(args.seconds, args.rates, shared)
         elif suite == "snapshot":
@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="'all' runs every suite but history and recovery (long on their own)",
     )  # fmt: skip
     bench.add_argument("--seconds", type=float, default=10.0, help="measuring time (ingest, api)")
+    bench.add_argument("--rounds", type=int, choices=range(1, 101), default=1, metavar="N",
+                       help="ingest: rounds of windows A B C C B A per market (1-100)")  # fmt: skip
     bench.add_argument(
         "--tps", type=float, default=None,
         help="offered trades/s (recovery: 300)",
