@@ -133,21 +133,6 @@ static PyObject *Period_add_in(Period *p, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
-static PyObject *Period_add_level(Period *p, PyObject *args) {
-    long long times;
-    PyObject *price_o;
-    u64 price;
-    if (!PyArg_ParseTuple(args, "OL:add_level", &price_o, &times)) return NULL;
-    if (price_arg(price_o, &price) < 0) return NULL;
-    if (times <= 0) {
-        PyErr_SetString(PyExc_ValueError, "add_level: times must be positive");
-        return NULL;
-    }
-    if (pm_add(&p->levels, price, times) < 0) return PyErr_NoMemory();
-    p->count += times;
-    Py_RETURN_NONE;
-}
-
 static u64 be64(const unsigned char *b) {
     u64 v = 0;
     for (int i = 0; i < 8; i++) v = v << 8 | b[i];
@@ -346,7 +331,6 @@ static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
 static PyMethodDef Period_methods[] = {
     {"add", (PyCFunction)Period_add, METH_VARARGS, "See PyPeriod.add."},
     {"add_in", (PyCFunction)Period_add_in, METH_VARARGS, "See PyPeriod.add_in."},
-    {"add_level", (PyCFunction)Period_add_level, METH_VARARGS, "See PyPeriod.add_level."},
     {"add_packed", (PyCFunction)Period_add_packed, METH_VARARGS, "See PyPeriod.add_packed."},
     {"fold", (PyCFunction)Period_fold, METH_O, "See PyPeriod.fold."},
     {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},

@@ -66,7 +66,6 @@ __all__ = [
     "period_key",
     "period_row",
     "restore_packed",
-    "restore_period",
     "row_of",
     "select_rows",
     "state_key",
@@ -266,18 +265,11 @@ class PyPeriod:
         levels = self._levels
         return prices, [levels[p] for p in prices]
 
-    def add_level(self, price: int, times: int) -> None:
-        """Count ``times`` trades at ``price`` in the levels and the count alone (a stored
-        period restored level by level; its other fields are set after). O(1) expected."""
-        if times <= 0:
-            raise ValueError("add_level: times must be positive")
-        self.count += times
-        self._levels[price] = self._levels.get(price, 0) + times
-
     def add_packed(self, prices: bytes, counts: bytes) -> None:
-        """:meth:`add_level` for every level of ``prices`` and ``counts`` packed as
-        :meth:`packed` makes them (8-byte big-endian; any order); ``ValueError``, and nothing
-        added, for lengths that differ or a count that is not positive. O(L)."""
+        """Count the trades of every level of ``prices`` and ``counts`` packed as
+        :meth:`packed` makes them (8-byte big-endian; any order) in the levels and the count
+        alone (a stored period restored: its other fields are set after); ``ValueError``,
+        and nothing added, for lengths that differ or a count that is not positive. O(L)."""
         if len(prices) != len(counts) or len(prices) % 8:
             raise ValueError("add_packed: as many prices as counts, 8 bytes each")
         values, times = unpack(prices), unpack(counts)
@@ -334,22 +326,12 @@ def period_fields(period: Any) -> tuple[int, int, int, int, int, int, int]:
             period.high, period.low, period.count)  # fmt: skip
 
 
-def restore_period(
-    start: int, length: int, fields: Sequence[int], prices: Iterable[int], counts: Iterable[int]
-) -> Any:
-    """The period (of the type in use) that :func:`period_fields` and its levels describe.
-    ``ValueError`` if the levels do not add up to its count or the fields contradict them.
-    O(L)."""
-    period = _Period(start, length)
-    for price, n in zip(prices, counts, strict=True):
-        period.add_level(int(price), int(n))
-    return _with_fields(period, fields)
-
-
 def restore_packed(start: int, length: int, fields: Sequence[int], prices: bytes,
                    counts: bytes) -> Any:  # fmt: skip
-    """:func:`restore_period` from levels packed as :meth:`PyPeriod.packed` makes them (as
-    stored), added in one call. O(L)."""
+    """The period (of the type in use) that :func:`period_fields` and its levels describe,
+    the levels packed as :meth:`PyPeriod.packed` makes them (as stored) and added in one
+    call. ``ValueError`` if the levels do not add up to its count or the fields contradict
+    them. O(L)."""
     period = _Period(start, length)
     period.add_packed(prices, counts)
     return _with_fields(period, fields)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import random
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,7 @@ from medianserv.candles import (
     period_key,
     period_row,
     restore_packed,
-    restore_period,
     select_rows,
-    unpack,
 )
 from medianserv.median import CRunningMedian
 from medianserv.prices import format_median, format_price
@@ -116,12 +115,16 @@ def oracle_row(start: int, trades: list[tuple[int, int, int, int]]) -> CandleRow
                      prices[(n - 1) // 2] + prices[n // 2], lo[0], hi[1])  # fmt: skip
 
 
+def _packed(*values: int) -> bytes:
+    return b"".join(v.to_bytes(8, "big") for v in values)
+
+
 def test_period_restore_refuses_what_contradicts_itself() -> None:
     for kind in PERIODS:
         with pytest.raises(ValueError):
             kind(0, 60_000).twice_median()  # no trade, no median
         candles.use_period(kind)
-        p = restore_period(0, 60_000, (1, 5, 3, 6, 6, 5, 3), [5, 6], [1, 2])
+        p = restore_packed(0, 60_000, (1, 5, 3, 6, 6, 5, 3), _packed(5, 6), _packed(1, 2))
         assert period_row(p) == CandleRow(0, 5, 6, 5, 6, 3, 12, 1, 3)
         for fields, prices, counts in [
             ((1, 5, 3, 6, 6, 5, 4), [5, 6], [1, 2]),  # count off
@@ -129,7 +132,7 @@ def test_period_restore_refuses_what_contradicts_itself() -> None:
             ((1, 5, 3, 6, 6, 5, 3), [5, 6], [1, 0]),  # an empty level
         ]:
             with pytest.raises(ValueError):
-                restore_period(0, 60_000, fields, prices, counts)
+                restore_packed(0, 60_000, fields, _packed(*prices), _packed(*counts))
     candles.use_period(CPeriod or PyPeriod)
 
 
@@ -140,8 +143,9 @@ def test_period_restore_refuses_what_contradicts_itself() -> None:
 def test_levels_packed_are_added_in_one_call_or_not_at_all(
     levels: list[tuple[int, int]], spoil: str
 ) -> None:
-    """add_packed of both twins equals add_level level by level, and restore_packed equals
-    restore_period; a zero count, lengths that differ or a count past 2^63 add nothing."""
+    """add_packed of both twins adds what adding level by level does to the levels and the
+    count, and touches no other field; so do the levels of restore_packed; a zero count,
+    lengths that differ or a count past 2^63 add nothing."""
     prices = b"".join(p.to_bytes(8, "big") for p, _ in levels)
     counts = [n for _, n in levels]
     if spoil == "zero" and levels:
@@ -163,16 +167,20 @@ def test_levels_packed_are_added_in_one_call_or_not_at_all(
             assert period_key(p) == before
             continue
         p.add_packed(prices, packed)
-        for price, n in levels:
-            q.add_level(price, n)
-        assert period_key(p) == period_key(q)
+        for i, (price, n) in enumerate(levels):
+            q.add(2 + i, 2 + i, price, n)
+        assert period_key(p)[-2:] == period_key(q)[-2:] and p.count == q.count
+        assert period_key(p)[:8] == before[:8]  # open, close, extremes untouched
         if levels:
             candles.use_period(kind)
             fields = (1, 5, 1, 5, max(p for p, _ in levels), min(p for p, _ in levels),
                       sum(counts))  # fmt: skip
             a = restore_packed(0, 60_000, fields, prices, packed)
-            b = restore_period(0, 60_000, fields, [x for x, _ in levels], counts)
-            assert period_key(a)[2:] == period_key(b)[2:]
+            summed = Counter[int]()
+            for price, n in levels:
+                summed[price] += n
+            want = (tuple(sorted(summed)), tuple(summed[x] for x in sorted(summed)))
+            assert period_key(a)[-2:] == want and a.count == sum(counts)
     candles.use_period(CPeriod or PyPeriod)
 
 
@@ -247,12 +255,12 @@ class FakeStore:
                 continue
             if value[0] == "delta":
                 chunks = [c for _, cs in sorted(self.deltas[(k, start)].items()) for c in cs]
-                prices = [p for ps, _ in chunks for p in unpack(ps)]
-                counts = [n for _, ns in chunks for n in unpack(ns)]
-                period = restore_period(start, LENGTHS[k], value[1], prices, counts)
+                prices, counts = b"".join(c[0] for c in chunks), b"".join(c[1] for c in chunks)
+                period = restore_packed(start, LENGTHS[k], value[1], prices, counts)
                 seqs.append((k, start, value[2]))
             else:
-                period = restore_period(start, LENGTHS[k], value[2:9], value[9], value[10])
+                period = restore_packed(start, LENGTHS[k], value[2:9], _packed(*value[9]),
+                                        _packed(*value[10]))  # fmt: skip
             periods[k].append((start, None, period))
         return CandleState(*self.meta, periods, (None, None, None), self.counts, tuple(seqs),
                            self.sealed)  # fmt: skip
