@@ -28,6 +28,15 @@ def _opt(default: Any, help: str, *, advanced: bool = False) -> Any:
     return field(default=default, metadata={"help": help, "advanced": advanced})
 
 
+def _symbols(text: str) -> frozenset[str] | None:
+    """A symbol option's value, ``all`` or ``SYM1,SYM2,...``: the symbols named (upper case),
+    or None for all."""
+    wanted = text.strip()
+    if wanted.lower() == "all":
+        return None
+    return frozenset(s.strip().upper() for s in wanted.split(",") if s.strip())
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings of one medianserv run. Immutable; :meth:`validate` checks ranges."""
@@ -150,10 +159,7 @@ class Config:
 
     def history_names(self) -> frozenset[str] | None:
         """The symbols (upper case) whose history is requested; None: all."""
-        wanted = self.history.strip()
-        if wanted.lower() == "all":
-            return None
-        return frozenset(s.strip().upper() for s in wanted.split(",") if s.strip())
+        return _symbols(self.history)
 
     def history_symbols(self, listed: Iterable[str]) -> list[str]:
         """The symbols whose history is requested, among ``listed`` (in its order)."""
@@ -193,7 +199,7 @@ class Config:
 
     def candle_keep_ms(self) -> list[int | None]:
         """How long each interval's candles are kept (1m, 1h, 1d), in ms; None: forever."""
-        if self.candle_forever.strip().lower() == "all":
+        if _symbols(self.candle_forever) is None:
             return [None, None, None]
         days = (self.candle_minutes_days, self.candle_hours_days, 0.0)
         return [round(d * 86_400_000) or None for d in days]
@@ -201,10 +207,7 @@ class Config:
     def candles_kept_forever(self) -> frozenset[str]:
         """The symbols (upper case) whose every candle is kept (``all``: see
         :meth:`candle_keep_ms`)."""
-        wanted = self.candle_forever.strip()
-        if wanted.lower() == "all":
-            return frozenset()
-        return frozenset(s.strip().upper() for s in wanted.split(",") if s.strip())
+        return _symbols(self.candle_forever) or frozenset()
 
     def validate(self) -> Config:
         """Raise :class:`ConfigError` for any value out of range; returns self."""

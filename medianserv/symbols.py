@@ -547,8 +547,9 @@ class SymbolStats:
             self.dirty = False
             state = self._state(LevelLog([self.median.take_touched()]))
             if self.candles is not None:
-                keep = _FOREVER if self.symbol.upper() in _candles_forever else candle_keep_ms
-                seal = _history_for is not None and self.symbol.upper() not in _history_for
+                name = self.symbol.upper()
+                keep = _FOREVER if name in _candles_forever else candle_keep_ms
+                seal = _history_for is not None and name not in _history_for
                 state.candles = self.candles.harvest(self.ids, keep, seal)
         if state.candles is not None:  # the medians of periods settled, off the lock
             state.candles = finish(state.candles)
