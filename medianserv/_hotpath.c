@@ -605,10 +605,10 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     PyObject *lock = SLOT(stats, S_LOCK);
     if (!lock || !Py_IS_TYPE(lock, &LockType)) return NOT_COMMON;
     if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
-    PyObject *m0 = SLOT(stats, S_MINUTE);
-    if (m0 && Py_IS_TYPE(m0, &PeriodType)) /* the bookkeeping's misses hide its fetch */
+    PyObject *m = SLOT(stats, S_MINUTE);
+    if (m && Py_IS_TYPE(m, &PeriodType)) /* the bookkeeping's misses hide its fetch */
         for (size_t line = 0; line < sizeof(Period); line += 64)
-            __builtin_prefetch((char *)m0 + line, 1);
+            __builtin_prefetch((char *)m + line, 1);
     int rc = NOT_COMMON;
     PyObject *tid = NULL, *when = NULL, *units = NULL, *version = NULL;
     PyObject *ids = SLOT(stats, S_IDS);
@@ -625,7 +625,7 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
         /* Candles.add for a trade of the current minute (stats.minute is candles.minute), or
            of a later minute (Candles.roll: the current one queued for the book to retire);
            any other, or a book with no current minute, goes the general way */
-        PyObject *candles = SLOT(stats, S_CANDLES), *m = SLOT(stats, S_MINUTE);
+        PyObject *candles = SLOT(stats, S_CANDLES);
         Period *minute = NULL;
         int roll = 0;
         if (candles && candles != Py_None) {
