@@ -450,7 +450,7 @@ static int Reducer_init(Reducer *r, PyObject *args, PyObject *kwds) {
     r->end_ms = end;
     r->micros_at = micros_at;
     r->by_day = by_day;
-    if (grow(&r->all) < 0 || grow(&r->today) < 0) {
+    if (grow(&r->all) < 0 || (by_day && grow(&r->today) < 0)) { /* today: by_day only */
         PyErr_NoMemory();
         return -1;
     }

@@ -415,7 +415,8 @@ def _reduce_polars(
             first_day = int(t[0] - t[0] % DAY_MS)
         reps = np.maximum(np.minimum(last, top_id) - np.maximum(f, cut) + 1, 0)
         d = t - t % DAY_MS
-        partial.update(np.unique(d[reps != last - f + 1]).tolist())
+        if days:
+            partial.update(np.unique(d[reps != last - f + 1]).tolist())
         inside = np.flatnonzero(reps)
         if not len(inside):
             continue
@@ -423,7 +424,8 @@ def _reduce_polars(
         if first is None:
             first = (int(max(f[i0], cut)), int(a[i0]) if agg else None)
         last_counted = int(min(last[i1], top_id))
-        _day_bounds(by_day, d, inside, f, last, t, reps, frame["p"], cut, top_id)
+        if days:
+            _day_bounds(by_day, d, inside, f, last, t, reps, frame["p"], cut, top_id)
         parts.append(
             frame.lazy()
             .select(pl.Series("d", d), pl.col("p"), pl.Series("n", reps))
@@ -453,9 +455,7 @@ def _reduce_polars(
         raise ValueError("order: counts do not add up to the ids")
     partial.update((first_day, prev[2] - prev[2] % DAY_MS))  # others may hold some of theirs
     candles = []
-    for start, (first_ms, last_ms, open_id, open_text, close_id, close_text, n) in (
-        by_day.items() if days else ()
-    ):
+    for start, (first_ms, last_ms, open_id, open_text, close_id, close_text, n) in by_day.items():
         mine = day_of == start
         prices, counts = _summed(every[mine], trades[mine])
         fields = (start, first_ms, last_ms, open_id, parse_price(open_text), close_id,
