@@ -6,54 +6,86 @@
 
 /* -- the levels: PairMap ---------------------------------------------------------------------- */
 
-static int pm_grow(PairMap *m) {
-    size_t cap = m->cap ? m->cap * 2 : 8;
-    int shift = m->cap ? m->shift - 1 : 64 - 3;
-    LevelCount *slots = calloc(cap, sizeof *slots);
-    if (!slots) return -1;
-    for (size_t i = 0; i < m->cap; i++) {
-        if (!m->slots[i].count) continue;
-        size_t j = (size_t)((m->slots[i].price * 0x9E3779B97F4A7C15ULL) >> shift);
-        while (slots[j].count) j = (j + 1) & (cap - 1);
-        slots[j] = m->slots[i];
-    }
-    free(m->slots);
-    m->slots = slots;
-    m->cap = cap;
-    m->shift = shift;
-    return 0;
+static inline size_t pm_home(const PairMap *m, u64 price) {
+    return (size_t)((price * 0x9E3779B97F4A7C15ULL) >> m->shift);
 }
 
-/* price's count grows by k > 0 (inserted if new); -1 when memory ran out */
-static int pm_add(PairMap *m, u64 price, i64 k) {
-    if (2 * (m->used + 1) > m->cap && pm_grow(m) < 0) return -1;
-    size_t mask = m->cap - 1, j = (size_t)((price * 0x9E3779B97F4A7C15ULL) >> m->shift);
+/* price's count grows by k > 0 (inserted if new); the map has room (pm_reserve) */
+static inline void pm_put(PairMap *m, u64 price, i64 k) {
+    size_t mask = m->cap - 1, j = pm_home(m, price);
     while (m->slots[j].count) {
         if (m->slots[j].price == price) {
             m->slots[j].count += k;
-            return 0;
+            return;
         }
         j = (j + 1) & mask;
     }
     m->slots[j] = (LevelCount){price, k};
     m->used++;
+}
+
+/* room for `more` levels beyond those held (used <= cap / 2 after them): 0, or -1 when
+   memory ran out, the map unchanged. O(used) when it grows, amortised O(1) a level */
+static int pm_reserve(PairMap *m, size_t more) {
+    if (2 * (m->used + more) <= m->cap) return 0;
+    size_t cap = m->cap ? m->cap : 8;
+    int shift = m->cap ? m->shift : 64 - 3;
+    while (2 * (m->used + more) > cap) {
+        cap *= 2;
+        shift--;
+    }
+    /* malloc and memset, not calloc: a fresh page is written once, not read as the zero
+       page by the probe and then copied on the first write */
+    LevelCount *slots = malloc(cap * sizeof *slots);
+    if (!slots) return -1;
+    memset(slots, 0, cap * sizeof *slots);
+    PairMap old = *m;
+    m->slots = slots;
+    m->cap = cap;
+    m->shift = shift;
+    m->used = 0;
+    for (size_t i = 0; i < old.cap; i++)
+        if (old.slots[i].count) pm_put(m, old.slots[i].price, old.slots[i].count);
+    free(old.slots);
+    return 0;
+}
+
+/* n <= PERIOD_PENDING levels added, every slot fetched before the first is written, so their
+   misses overlap; the map has room for them */
+static void pm_put_batch(PairMap *m, const LevelCount *v, size_t n) {
+    for (size_t i = 0; i < n; i++) __builtin_prefetch(&m->slots[pm_home(m, v[i].price)], 1);
+    for (size_t i = 0; i < n; i++) pm_put(m, v[i].price, v[i].count);
+}
+
+/* the pending trades into the map; 0, or -1 with MemoryError set and nothing changed */
+static int period_flush(Period *p) {
+    if (!p->pending) return 0;
+    if (pm_reserve(&p->levels, p->pending) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    pm_put_batch(&p->levels, p->pend, p->pending);
+    p->pending = 0;
     return 0;
 }
 
 int period_prepare(Period *p, u64 price) {
-    PairMap *m = &p->levels;
-    if (2 * (m->used + 1) > m->cap && pm_grow(m) < 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    __builtin_prefetch(&m->slots[(size_t)((price * 0x9E3779B97F4A7C15ULL) >> m->shift)], 1);
+    if (p->pending == PERIOD_PENDING && p->pend[PERIOD_PENDING - 1].price != price)
+        return period_flush(p);
     return 0;
 }
 
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
-    if (pm_add(&p->levels, price, times) < 0) {
-        PyErr_NoMemory();
-        return -1;
+    size_t k = p->pending;
+    if (k && p->pend[k - 1].price == price) /* a run at one price: one pending level */
+        p->pend[k - 1].count += times;
+    else {
+        if (k == PERIOD_PENDING) {
+            if (period_flush(p) < 0) return -1;
+            k = 0;
+        }
+        p->pend[k] = (LevelCount){price, times};
+        p->pending = k + 1;
     }
     if (!p->count) {
         p->open_id = lo;
@@ -158,11 +190,16 @@ static PyObject *Period_add_packed(Period *p, PyObject *args) {
         }
         sum += c;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (pm_add(&p->levels, be64(a + 8 * i), (i64)be64(b + 8 * i)) < 0) {
-            PyErr_NoMemory();
-            goto done;
-        }
+    if (pm_reserve(&p->levels, (size_t)n) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i += PERIOD_PENDING) {
+        LevelCount batch[PERIOD_PENDING];
+        size_t k = 0;
+        for (Py_ssize_t j = i; j < n && k < PERIOD_PENDING; j++, k++)
+            batch[k] = (LevelCount){be64(a + 8 * j), (i64)be64(b + 8 * j)};
+        pm_put_batch(&p->levels, batch, k);
     }
     p->count = (i64)sum;
     res = Py_NewRef(Py_None);
@@ -183,10 +220,20 @@ static PyObject *Period_fold(Period *p, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "fold: a period cannot fold itself");
         return NULL;
     }
-    for (size_t i = 0; i < o->levels.cap; i++)
-        if (o->levels.slots[i].count &&
-            pm_add(&p->levels, o->levels.slots[i].price, o->levels.slots[i].count) < 0)
-            return PyErr_NoMemory(); /* only memory exhaustion; the caller's symbol is damaged */
+    if (pm_reserve(&p->levels, o->levels.used + o->pending) < 0)
+        return PyErr_NoMemory(); /* only memory exhaustion; nothing changed */
+    LevelCount batch[PERIOD_PENDING];
+    size_t k = 0;
+    for (size_t i = 0; i < o->levels.cap; i++) {
+        if (!o->levels.slots[i].count) continue;
+        batch[k++] = o->levels.slots[i];
+        if (k == PERIOD_PENDING) {
+            pm_put_batch(&p->levels, batch, k);
+            k = 0;
+        }
+    }
+    pm_put_batch(&p->levels, batch, k);
+    pm_put_batch(&p->levels, o->pend, o->pending);
     if (!p->count) {
         p->open_id = o->open_id;
         p->open_price = o->open_price;
@@ -249,6 +296,7 @@ static LevelCount *levels_of(const Period *p, int sorted) {
 }
 
 static PyObject *Period_items(Period *p, PyObject *Py_UNUSED(ignored)) {
+    if (period_flush(p) < 0) return NULL;
     size_t n = p->levels.used;
     LevelCount *pairs = levels_of(p, 1);
     if (n && !pairs) return NULL;
@@ -272,6 +320,7 @@ fail:
 }
 
 static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
+    if (period_flush(p) < 0) return NULL;
     size_t n = p->levels.used;
     LevelCount *pairs = levels_of(p, 1);
     if (n && !pairs) return NULL;
@@ -294,6 +343,7 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
+    if (period_flush(p) < 0) return NULL;
     size_t n = p->levels.used;
     if (!n) {
         PyErr_SetString(PyExc_ValueError, "twice_median: the period holds no trade");
@@ -325,6 +375,7 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
+    if (period_flush(p) < 0) return NULL;
     return PyLong_FromSize_t(p->levels.used);
 }
 

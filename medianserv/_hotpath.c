@@ -608,7 +608,7 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     PyObject *m = SLOT(stats, S_MINUTE);
     if (m && Py_IS_TYPE(m, &PeriodType)) /* the bookkeeping's misses hide its fetch */
         for (size_t line = 0; line < sizeof(Period); line += 64)
-            __builtin_prefetch((char *)m + line, 1);
+            __builtin_prefetch((char *)m + line, 1); /* its pending list among them */
     int rc = NOT_COMMON;
     PyObject *tid = NULL, *when = NULL, *units = NULL, *version = NULL;
     PyObject *ids = SLOT(stats, S_IDS);
@@ -651,7 +651,7 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
             set_slot(&SLOT(stats, S_MINUTE), fresh);
             Py_DECREF(fresh);
             minute = (Period *)fresh; /* held by the slot */
-        } else if (minute && period_prepare(minute, price) < 0) /* its slot comes meanwhile: */
+        } else if (minute && period_prepare(minute, price) < 0) /* room for the trade: */
             goto done;
         if (median_add((Median *)median, price, 1) < 0) goto done;
         if (minute && !roll && period_add(minute, t, t, price, 1) < 0) goto done; /* has room */

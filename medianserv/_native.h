@@ -102,8 +102,14 @@ typedef struct {
     int shift;          /* 64 - log2(cap) */
 } PairMap;
 
+/* trades a period holds back before they go into its map: a live trade appends to this short
+ * list (one of the period's own lines), and the list goes into the map all at once, each slot
+ * fetched ahead, so a cold symbol's trade waits on no miss in the map */
+#define PERIOD_PENDING 16
+
 /* one period's trades (medianserv.candles.PyPeriod); what a live trade reads and writes first,
- * so that it touches as few cache lines as it can */
+ * so that it touches as few cache lines as it can. Its levels are those of the map plus the
+ * pending ones (a price may be in both); every reader of the levels flushes first */
 typedef struct {
     PyObject_HEAD
     long long lo_ms, start, length;   /* add_in takes times lo_ms .. start + length - 1 */
@@ -112,6 +118,8 @@ typedef struct {
     PairMap levels;
     long long open_id, last_ms;       /* last_ms: the latest time add_in took */
     u64 open_price;
+    size_t pending;                   /* pend[0 .. pending) wait to go into levels */
+    LevelCount pend[PERIOD_PENDING];
 } Period;
 
 extern PyTypeObject PeriodType;
@@ -119,8 +127,8 @@ extern PyTypeObject PeriodType;
 /* PyPeriod.add: times trades at price, ids lo..hi; 0, or -1 with MemoryError set */
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times);
 
-/* make room for one more level (so that period_add cannot fail) and start fetching price's
- * slot, for the caller to do other work while it comes; 0, or -1 with MemoryError set */
+/* makes sure period_add of price cannot fail (the pending list has room for it, or is put in
+ * the map now); 0, or -1 with MemoryError set and nothing changed */
 int period_prepare(Period *p, u64 price);
 
 /* -- the per-trade path (_hotpath.c) --------------------------------------------------------- */

@@ -103,6 +103,51 @@ def test_period_twins_equal_each_other_and_the_oracle(
     assert all(k == keys[0] for k in keys)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "add", "add", "levels", "packed", "median",
+                                           "copy", "fold", "folded", "add_packed"]),
+                          st.integers(1, 6) | st.integers(0, 2**64 - 1), st.integers(1, 3)),
+                max_size=120))  # fmt: skip
+def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int, int]]) -> None:
+    """Reads interleaved with adds at any point (the compiled twin holds a few trades back
+    before they go into its map, runs at one price as one): both twins hold the same levels
+    after every step, and a copy, a fold (either way) and add_packed carry the trades held
+    back too."""
+    kinds = [kind(0, 60_000) for kind in PERIODS]
+    trades: list[int] = []
+    for i, (op, price, times) in enumerate(ops):
+        for p in kinds:
+            if op == "add":
+                p.add(i, i, price, times)
+            elif op == "levels":
+                assert p.levels == len(set(trades))
+            elif op == "packed":
+                p.packed()
+            elif op == "median" and trades:
+                s = sorted(trades)
+                assert p.twice_median() == s[(len(s) - 1) // 2] + s[len(s) // 2]
+            elif op == "copy":
+                twin = p.copy()
+                twin.add(i, i, price, times)  # detached: the original unchanged
+                assert period_key(twin)[-2] == tuple(sorted(set(trades) | {price}))
+            elif op == "fold":  # another period's held-back trades into this one
+                other = type(p)(0, 60_000)
+                other.add(i, i, price, times)
+                p.fold(other)
+            elif op == "folded":  # this one's into an empty one, which it becomes
+                other = type(p)(0, 60_000)
+                other.fold(p)
+                assert (other.count, other.levels) == (p.count, len(set(trades)))
+            elif op == "add_packed":
+                p.add_packed(_packed(price), _packed(times))
+        if op in ("add", "fold", "add_packed"):
+            trades += [price] * times
+    keys = {period_key(p)[-2:] for p in kinds}  # read last: what was held back stays so until
+    assert len(keys) == 1
+    prices, counts = next(iter(keys))
+    assert dict(zip(prices, counts, strict=True)) == Counter(trades)
+
+
 def oracle_row(start: int, trades: list[tuple[int, int, int, int]]) -> CandleRow:
     """The candle of (lo, hi, price, times) trades, from its definition."""
     prices = sorted(p for _, _, p, n in trades for _ in range(n))
