@@ -102,14 +102,21 @@ typedef struct {
     int shift;          /* 64 - log2(cap) */
 } PairMap;
 
+/* an ascending array of distinct levels */
+typedef struct {
+    LevelCount *v;
+    size_t n;
+} Run;
+
 /* trades a period holds back before they go into its map: a live trade appends to this short
  * list (one of the period's own lines), and the list goes into the map all at once, each slot
  * fetched ahead, so a cold symbol's trade waits on no miss in the map */
 #define PERIOD_PENDING 16
 
 /* one period's trades (medianserv.candles.PyPeriod); what a live trade reads and writes first,
- * so that it touches as few cache lines as it can. Its levels are those of the map plus the
- * pending ones (a price may be in both); every reader of the levels flushes first */
+ * so that it touches as few cache lines as it can. Its levels are those of the map, the
+ * pending ones and the runs (a price may be in several); every reader of the levels first
+ * compacts them into one run */
 typedef struct {
     PyObject_HEAD
     long long lo_ms, start, length;   /* add_in takes times lo_ms .. start + length - 1 */
@@ -120,6 +127,8 @@ typedef struct {
     u64 open_price;
     size_t pending;                   /* pend[0 .. pending) wait to go into levels */
     LevelCount pend[PERIOD_PENDING];
+    Run *runs;                        /* what folds and packed levels add: ascending runs, */
+    size_t nruns, capruns;            /* each at most half the one before (see _candles.c) */
 } Period;
 
 extern PyTypeObject PeriodType;

@@ -109,10 +109,11 @@ def test_period_twins_equal_each_other_and_the_oracle(
                           st.integers(1, 6) | st.integers(0, 2**64 - 1), st.integers(1, 3)),
                 max_size=120))  # fmt: skip
 def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int, int]]) -> None:
-    """Reads interleaved with adds at any point (the compiled twin holds a few trades back
-    before they go into its map, runs at one price as one): both twins hold the same levels
-    after every step, and a copy, a fold (either way) and add_packed carry the trades held
-    back too."""
+    """Reads interleaved with adds and folds at any point (the compiled twin holds a few
+    trades back before they go into its map, a run at one price as one, and keeps what folds
+    and add_packed bring as ascending runs it merges as they come): both twins hold the same
+    levels at the end, and every read, a copy, a fold (either way) and add_packed see all of
+    them."""
     kinds = [kind(0, 60_000) for kind in PERIODS]
     trades: list[int] = []
     for i, (op, price, times) in enumerate(ops):
@@ -130,9 +131,10 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
                 twin = p.copy()
                 twin.add(i, i, price, times)  # detached: the original unchanged
                 assert period_key(twin)[-2] == tuple(sorted(set(trades) | {price}))
-            elif op == "fold":  # another period's held-back trades into this one
+            elif op == "fold":  # another period's levels (a run, some held back) into this one
                 other = type(p)(0, 60_000)
-                other.add(i, i, price, times)
+                for j in range(times**3):
+                    other.add(i, i, (price + 3 * j) % 2**64, 1)
                 p.fold(other)
             elif op == "folded":  # this one's into an empty one, which it becomes
                 other = type(p)(0, 60_000)
@@ -140,8 +142,10 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
                 assert (other.count, other.levels) == (p.count, len(set(trades)))
             elif op == "add_packed":
                 p.add_packed(_packed(price), _packed(times))
-        if op in ("add", "fold", "add_packed"):
+        if op in ("add", "add_packed"):
             trades += [price] * times
+        elif op == "fold":
+            trades += [(price + 3 * j) % 2**64 for j in range(times**3)]
     keys = {period_key(p)[-2:] for p in kinds}  # read last: what was held back stays so until
     assert len(keys) == 1
     prices, counts = next(iter(keys))
