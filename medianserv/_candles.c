@@ -453,25 +453,58 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
 
 /* twice the median: the prices at ranks (count - 1) / 2 and count / 2 of the one run, found
    in one pass over it (sequential, 16 bytes a level: a million levels in a few ms) */
+/* twice the median: the prices at ranks (count - 1) / 2 and count / 2. Where its map holds
+   few of its levels (a retired minute, compacted already; an hour or day, runs mostly), the
+   period is compacted and the ranks found in one pass over its run, O(L) sequential; where
+   the map holds many (a minute read while open), compacting would sort them all, so a
+   weighted quickselect over a private copy of every piece, O(L) expected, the interpreter
+   released */
 static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
-    size_t n;
-    const LevelCount *run = period_run(p, &n);
-    if (!run && PyErr_Occurred()) return NULL;
-    if (!n) {
+    if (!p->count) {
         PyErr_SetString(PyExc_ValueError, "twice_median: the period holds no trade");
         return NULL;
     }
     long long lo_rank = (p->count - 1) / 2, hi_rank = p->count / 2, seen = 0;
     u64 lo = 0, hi = 0;
-    size_t i = 0;
-    for (; i < n && seen + run[i].count <= lo_rank; i++) seen += run[i].count;
-    if (i < n) lo = run[i].price;
-    for (; i < n && seen + run[i].count <= hi_rank; i++) seen += run[i].count;
-    if (i == n) { /* the ranks are there (they are, but for a bug) */
+    int found = 0;
+    size_t loose = p->levels.used + p->pending, in_runs = 0;
+    for (size_t r = 0; r < p->nruns; r++) in_runs += p->runs[r].n;
+    if (loose <= 4096 || loose <= in_runs / 4) { /* little to sort: compacted, for good */
+        if (period_compact(p) < 0) return NULL;
+        const LevelCount *run = p->nruns ? p->runs[0].v : NULL;
+        size_t n = p->nruns ? p->runs[0].n : 0, i = 0;
+        for (; i < n && seen + run[i].count <= lo_rank; i++) seen += run[i].count;
+        if (i < n) lo = run[i].price;
+        for (; i < n && seen + run[i].count <= hi_rank; i++) seen += run[i].count;
+        if (i < n) {
+            hi = run[i].price;
+            found = 1;
+        }
+    } else {
+        size_t n = loose + in_runs, k = 0;
+        LevelCount *v = malloc(n * sizeof *v);
+        if (!v) return PyErr_NoMemory();
+        for (size_t i = 0; i < p->levels.cap; i++)
+            if (p->levels.slots[i].count) v[k++] = p->levels.slots[i];
+        for (size_t i = 0; i < p->pending; i++) v[k++] = p->pend[i];
+        for (size_t r = 0; r < p->nruns; r++) {
+            memcpy(v + k, p->runs[r].v, p->runs[r].n * sizeof *v);
+            k += p->runs[r].n;
+        }
+        for (size_t i = 0; i < n; i++) seen += v[i].count;
+        found = seen > hi_rank; /* the ranks are there (they are, but for a bug) */
+        Py_BEGIN_ALLOW_THREADS /* the selection reads only this private array */
+        if (found) {
+            lo = price_at(v, n, lo_rank);
+            hi = hi_rank == lo_rank ? lo : price_at(v, n, hi_rank);
+        }
+        Py_END_ALLOW_THREADS
+        free(v);
+    }
+    if (!found) {
         PyErr_SetString(PyExc_ValueError, "levels short of the count");
         return NULL;
     }
-    hi = run[i].price;
     PyObject *a = PyLong_FromUnsignedLongLong(lo), *b = PyLong_FromUnsignedLongLong(hi);
     PyObject *out = a && b ? PyNumber_Add(a, b) : NULL; /* the sum of two u64 prices, exact */
     Py_XDECREF(a);

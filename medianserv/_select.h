@@ -12,9 +12,9 @@ typedef struct {
 } LevelCount;
 
 /* The price at weighted rank k (0-based: the trades of each level counted) of p[0..n),
- * distinct prices in any order, k below their total count; p is reordered. Quickselect with
- * a three-way partition: O(n) expected, where a sort is O(n log n) (an archive file's days,
- * a period's median). */
+ * prices in any order (a price in several entries counts as one level), k below their total
+ * count; p is reordered. Quickselect with a three-way partition: O(n) expected, where a sort
+ * is O(n log n) (an archive file's days, a period's median). */
 static inline uint64_t price_at(LevelCount *p, size_t n, int64_t k) {
     size_t lo = 0, hi = n;
     uint64_t seed = 0x9E3779B97F4A7C15ULL;

@@ -244,8 +244,9 @@ class PyPeriod:
 
     def twice_median(self) -> int:
         """Twice the median of the period's trades (the sum of the prices at ranks
-        (n - 1) // 2 and n // 2), exact. O(L log L); the compiled twin O(L) expected (a
-        weighted quickselect). ``ValueError`` if it holds none."""
+        (n - 1) // 2 and n // 2), exact. O(L log L); the compiled twin O(L): one pass over its
+        levels compacted into one ascending run, or, where many came one at a time, a
+        weighted quickselect over a copy. ``ValueError`` if it holds none."""
         if not self.count:
             raise ValueError("twice_median: the period holds no trade")
         prices, counts = self.items()

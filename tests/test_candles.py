@@ -152,6 +152,32 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
     assert dict(zip(prices, counts, strict=True)) == Counter(trades)
 
 
+def test_the_median_of_a_period_held_in_many_levels_either_way() -> None:
+    """A period whose levels came one at a time (more than the compiled twin compacts before
+    it takes a median: it selects over a copy instead) and as folded runs overlapping them:
+    the same median from both twins and from the sorted trades, before and after a read that
+    compacts it."""
+    rng = random.Random(7)
+    trades = [rng.randrange(10**6, 10**9) for _ in range(9_000)]
+    trades += [rng.choice(trades) if i % 2 else rng.randrange(10**6, 10**9) for i in range(3_000)]
+    s = sorted(trades)
+    assert s[5_999] != s[6_000]  # the two middle ranks: a wrong one shows
+    for kind in PERIODS:
+        p = kind(0, 86_400_000)
+        for i, price in enumerate(trades[:9_000]):
+            p.add(i, i, price, 1)
+        for j in range(9_000, 12_000, 1_000):  # three minutes' runs
+            minute = kind(0, 60_000)
+            for i in range(j, j + 1_000):
+                minute.add(i, i, trades[i], 1)
+            minute.packed()
+            p.fold(minute)
+        assert p.twice_median() == s[(len(s) - 1) // 2] + s[len(s) // 2]
+        p.packed()
+        assert p.twice_median() == s[(len(s) - 1) // 2] + s[len(s) // 2]
+        assert p.levels == len(set(trades))
+
+
 def oracle_row(start: int, trades: list[tuple[int, int, int, int]]) -> CandleRow:
     """The candle of (lo, hi, price, times) trades, from its definition."""
     prices = sorted(p for _, _, p, n in trades for _ in range(n))
