@@ -42,11 +42,8 @@ static int pm_reserve(PairMap *m, size_t more) {
         cap *= 2;
         shift--;
     }
-    /* malloc and memset, not calloc: a fresh page is written once, not read as the zero
-       page by the probe and then copied on the first write */
-    LevelCount *slots = malloc(cap * sizeof *slots);
+    LevelCount *slots = calloc(cap, sizeof *slots);
     if (!slots) return -1;
-    memset(slots, 0, cap * sizeof *slots);
     PairMap old = *m;
     m->slots = slots;
     m->cap = cap;
