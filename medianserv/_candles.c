@@ -116,17 +116,12 @@ int period_add(Period *p, long long lo, long long hi, u64 price, long long times
 
 /* -- the levels: runs ----------------------------------------------------------------------- */
 
-static int pair_cmp(const void *a, const void *b) {
-    u64 x = ((const LevelCount *)a)->price, y = ((const LevelCount *)b)->price;
-    return (x > y) - (x < y);
-}
-
 /* v sorted by price and equal prices summed, in place; the distinct prices left */
 static size_t sort_levels(LevelCount *v, size_t n) {
     int sorted = 1;
     for (size_t i = 1; i < n && sorted; i++) sorted = v[i - 1].price < v[i].price;
     if (sorted) return n;
-    qsort(v, n, sizeof *v, pair_cmp);
+    qsort(v, n, sizeof *v, level_cmp);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         if (k && v[k - 1].price == v[i].price) v[k - 1].count += v[i].count;
@@ -183,6 +178,16 @@ static int runs_push(Period *p, LevelCount *v, size_t n) {
     return 0;
 }
 
+/* the levels of the map and the pending list (a price may be in both) copied to out, which
+   has room for levels.used + pending of them; how many */
+static size_t loose_levels(const Period *p, LevelCount *out) {
+    size_t n = 0;
+    for (size_t i = 0; i < p->levels.cap; i++)
+        if (p->levels.slots[i].count) out[n++] = p->levels.slots[i];
+    memcpy(out + n, p->pend, p->pending * sizeof *out);
+    return n + p->pending;
+}
+
 /* every level (pending, map, runs) into one run, the map emptied: 0, or -1 with MemoryError
    set and nothing changed. O(m log m + L) for m the levels of the map, L all of them */
 static int period_compact(Period *p) {
@@ -190,11 +195,7 @@ static int period_compact(Period *p) {
     if (!m && p->nruns <= 1) return 0;
     LevelCount *acc = m ? malloc(m * sizeof *acc) : NULL;
     if (m && !acc) goto nomem;
-    size_t n = 0;
-    for (size_t i = 0; i < p->levels.cap; i++)
-        if (p->levels.slots[i].count) acc[n++] = p->levels.slots[i];
-    for (size_t i = 0; i < p->pending; i++) acc[n++] = p->pend[i];
-    n = sort_levels(acc, n);
+    size_t n = m ? sort_levels(acc, loose_levels(p, acc)) : 0;
     for (size_t r = p->nruns; r-- > 0;) { /* the smallest first */
         LevelCount *out = malloc((n + p->runs[r].n) * sizeof *out);
         if (!out) goto nomem;
@@ -448,8 +449,6 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
     return Py_BuildValue("(NN)", prices, counts);
 }
 
-/* twice the median: the prices at ranks (count - 1) / 2 and count / 2 of the one run, found
-   in one pass over it (sequential, 16 bytes a level: a million levels in a few ms) */
 /* twice the median: the prices at ranks (count - 1) / 2 and count / 2. Where its map holds
    few of its levels (a retired minute, compacted already; an hour or day, runs mostly), the
    period is compacted and the ranks found in one pass over its run, O(L) sequential; where
@@ -478,12 +477,10 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
             found = 1;
         }
     } else {
-        size_t n = loose + in_runs, k = 0;
+        size_t n = loose + in_runs;
         LevelCount *v = malloc(n * sizeof *v);
         if (!v) return PyErr_NoMemory();
-        for (size_t i = 0; i < p->levels.cap; i++)
-            if (p->levels.slots[i].count) v[k++] = p->levels.slots[i];
-        for (size_t i = 0; i < p->pending; i++) v[k++] = p->pend[i];
+        size_t k = loose_levels(p, v);
         for (size_t r = 0; r < p->nruns; r++) {
             memcpy(v + k, p->runs[r].v, p->runs[r].n * sizeof *v);
             k += p->runs[r].n;

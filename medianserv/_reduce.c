@@ -57,8 +57,6 @@ typedef struct {
     size_t at, n;                 /* partial days: its levels in the reducer's spill */
 } DayOut;
 
-typedef LevelCount Pair;
-
 typedef struct {
     PyObject_HEAD
     /* what was asked */
@@ -84,7 +82,7 @@ typedef struct {
     int64_t first_day;            /* the start of the file's first row's day */
     DayOut *days;                 /* the days finished */
     size_t ndays, days_cap;
-    Pair *spill;                  /* the levels of the partial days, ascending per day */
+    LevelCount *spill;                  /* the levels of the partial days, ascending per day */
     size_t nspill, spill_cap;
     /* the unfinished last line of the previous chunk */
     char *carry;
@@ -151,11 +149,6 @@ static void table_free(Table *t) {
     free(t->counts);
 }
 
-static int by_price(const void *a, const void *b) {
-    uint64_t x = ((const Pair *)a)->price, y = ((const Pair *)b)->price;
-    return (x > y) - (x < y);
-}
-
 /* The day being summed is over: its levels go into the file's table, and its candle (with
  * its median where every trade of it was counted here, else its levels) into the days
  * finished. The day's table is emptied for the next. O(L) expected for its L levels (a
@@ -171,7 +164,7 @@ static int end_day(Reducer *r) {
         r->days = days;
         r->days_cap = cap;
     }
-    Pair *pairs = malloc((t->used ? t->used : 1) * sizeof *pairs);
+    LevelCount *pairs = malloc((t->used ? t->used : 1) * sizeof *pairs);
     if (!pairs) return -1;
     size_t n = 0;
     uint64_t low = EMPTY, high = 0;
@@ -200,10 +193,10 @@ static int end_day(Reducer *r) {
     out->median_lo = out->median_hi = 0;
     out->at = out->n = 0;
     if (r->day.partial) {
-        qsort(pairs, n, sizeof *pairs, by_price);
+        qsort(pairs, n, sizeof *pairs, level_cmp);
         if (r->nspill + n > r->spill_cap) {
             size_t cap = (r->nspill + n) * 2;
-            Pair *spill = realloc(r->spill, cap * sizeof *spill);
+            LevelCount *spill = realloc(r->spill, cap * sizeof *spill);
             if (!spill) {
                 free(pairs);
                 return -1;

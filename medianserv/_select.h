@@ -1,5 +1,6 @@
 /* Shared by medianserv's extension modules (_reduce.c, and _native's _candles.c): a price
- * level with its number of trades, and the price at a weighted rank of a set of them. */
+ * level with its number of trades, their order by price, and the price at a weighted rank of
+ * a set of them. */
 #ifndef MEDIANSERV_SELECT_H
 #define MEDIANSERV_SELECT_H
 
@@ -10,6 +11,12 @@ typedef struct {
     uint64_t price;
     int64_t count;
 } LevelCount;
+
+/* qsort's comparison of two levels by price */
+static inline int level_cmp(const void *a, const void *b) {
+    uint64_t x = ((const LevelCount *)a)->price, y = ((const LevelCount *)b)->price;
+    return (x > y) - (x < y);
+}
 
 /* The price at weighted rank k (0-based: the trades of each level counted) of p[0..n),
  * prices in any order (a price in several entries counts as one level), k below their total
