@@ -3,7 +3,11 @@
  * calls period_add for a trade of the current minute.
  *
  * Levels come two ways, each kept as suits it. One trade at a time (a live trade, a late
- * one): into a short pending list, then a hash map (PairMap). Many at once, already in order
+ * one): a trade above every price the period holds (a new high) is appended to an ascending
+ * edge, one below them all (a new low) to a descending one, with no lookup, as they are
+ * distinct by construction (a trending market's minute, whose every level is new, costs a
+ * sequential append a level); any other into a short pending list, then a hash map
+ * (PairMap). Many at once, already in order
  * (a retired minute folded into its hour and day, a stored period restored): as an ascending
  * run, merged with the run before it while that one is at most twice as long, so a period
  * holds O(log L) runs and each level is merged O(log L) times, every merge a sequential pass
@@ -74,7 +78,46 @@ static int period_flush(Period *p) {
     return 0;
 }
 
+/* -- the levels: edges ------------------------------------------------------------------------ */
+
+enum { TO_PENDING, TO_UP, TO_DOWN };
+
+/* where a trade at price goes: an edge if it is beyond every price held and the edge's own
+   last level (so the edge stays strictly monotonic whatever the fields say), else the pending
+   list (a trade at the edge's last price again too: reading that level would cost a miss) */
+static inline int period_route(const Period *p, u64 price) {
+    if ((!p->count || price > p->high) && (!p->up.n || price > p->up.last)) return TO_UP;
+    if (price < p->low && (!p->down.n || price < p->down.last)) return TO_DOWN;
+    return TO_PENDING;
+}
+
+/* room for one more level on edge e: 0, or -1 with MemoryError set and nothing changed */
+static int edge_reserve(Edge *e) {
+    if (e->n < e->cap) return 0;
+    size_t cap = e->cap ? 2 * e->cap : 16;
+    LevelCount *v = realloc(e->v, cap * sizeof *v);
+    if (!v) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    e->v = v;
+    e->cap = cap;
+    return 0;
+}
+
+/* times trades at price, beyond the edge's last, appended to edge e, which has room */
+static inline void edge_put(Edge *e, u64 price, i64 times) {
+    e->v[e->n++] = (LevelCount){price, times};
+    e->last = price;
+}
+
 int period_prepare(Period *p, u64 price) {
+    switch (period_route(p, price)) {
+    case TO_UP:
+        return edge_reserve(&p->up);
+    case TO_DOWN:
+        return edge_reserve(&p->down);
+    }
     if (p->pending == PERIOD_PENDING && p->pend[PERIOD_PENDING - 1].price != price)
         return period_flush(p);
     return 0;
@@ -82,7 +125,12 @@ int period_prepare(Period *p, u64 price) {
 
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
     size_t k = p->pending;
-    if (k && p->pend[k - 1].price == price) /* a run at one price: one pending level */
+    int route = period_route(p, price);
+    if (route != TO_PENDING) {
+        Edge *e = route == TO_UP ? &p->up : &p->down;
+        if (edge_reserve(e) < 0) return -1;
+        edge_put(e, price, times);
+    } else if (k && p->pend[k - 1].price == price) /* a run at one price: one pending level */
         p->pend[k - 1].count += times;
     else {
         if (k == PERIOD_PENDING) {
@@ -188,26 +236,50 @@ static size_t loose_levels(const Period *p, LevelCount *out) {
     return n + p->pending;
 }
 
-/* every level (pending, map, runs) into one run, the map emptied: 0, or -1 with MemoryError
-   set and nothing changed. O(m log m + L) for m the levels of the map, L all of them */
+/* run b merged into *acc (*n levels, its own allocation or NULL): 0, or -1 (memory) with
+   *acc unchanged. O(*n + nb) */
+static int merge_into(LevelCount **acc, size_t *n, const LevelCount *b, size_t nb) {
+    if (!nb) return 0;
+    LevelCount *out = malloc((*n + nb) * sizeof *out);
+    if (!out) return -1;
+    *n = merge_runs(*acc, *n, b, nb, out);
+    free(*acc);
+    *acc = out;
+    return 0;
+}
+
+/* the down edge merged into *acc as merge_into does, read from its end (it descends) */
+static int merge_down_into(LevelCount **acc, size_t *n, const Edge *down) {
+    if (!down->n) return 0;
+    LevelCount *up = malloc(down->n * sizeof *up);
+    if (!up) return -1;
+    for (size_t i = 0; i < down->n; i++) up[i] = down->v[down->n - 1 - i];
+    int rc = merge_into(acc, n, up, down->n);
+    free(up);
+    return rc;
+}
+
+/* every level (edges, pending, map, runs) into one run, the map and edges emptied: 0, or -1
+   with MemoryError set and nothing changed. O(m log m + L) for m the levels of the map, L
+   all of them */
 static int period_compact(Period *p) {
     size_t m = p->levels.used + p->pending;
-    if (!m && p->nruns <= 1) return 0;
+    if (!m && !p->up.n && !p->down.n && p->nruns <= 1) return 0;
     LevelCount *acc = m ? malloc(m * sizeof *acc) : NULL;
     if (m && !acc) goto nomem;
     size_t n = m ? sort_levels(acc, loose_levels(p, acc)) : 0;
-    for (size_t r = p->nruns; r-- > 0;) { /* the smallest first */
-        LevelCount *out = malloc((n + p->runs[r].n) * sizeof *out);
-        if (!out) goto nomem;
-        n = merge_runs(p->runs[r].v, p->runs[r].n, acc, n, out);
-        free(acc);
-        acc = out;
-    }
+    if (merge_into(&acc, &n, p->up.v, p->up.n) < 0 || merge_down_into(&acc, &n, &p->down) < 0)
+        goto nomem;
+    for (size_t r = p->nruns; r-- > 0;) /* the smallest first */
+        if (merge_into(&acc, &n, p->runs[r].v, p->runs[r].n) < 0) goto nomem;
     for (size_t r = 0; r < p->nruns; r++) free(p->runs[r].v);
     p->nruns = 0;
     free(p->levels.slots);
     p->levels = (PairMap){0};
     p->pending = 0;
+    free(p->up.v);
+    free(p->down.v);
+    p->up = p->down = (Edge){0};
     if (runs_push(p, acc, n) < 0) { /* runs had room for one: not reached */
         free(acc);
         goto nomem;
@@ -248,6 +320,8 @@ static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 
 static void Period_dealloc(Period *p) {
     free(p->levels.slots);
+    free(p->up.v);
+    free(p->down.v);
     for (size_t r = 0; r < p->nruns; r++) free(p->runs[r].v);
     free(p->runs);
     Py_TYPE(p)->tp_free((PyObject *)p);
@@ -375,15 +449,27 @@ static PyObject *Period_fold(Period *p, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* e (empty) a copy of f: 0, or -1 (memory) */
+static int edge_copy(Edge *e, const Edge *f) {
+    if (!f->n) return 0;
+    if (!(e->v = malloc(f->n * sizeof *e->v))) return -1;
+    memcpy(e->v, f->v, f->n * sizeof *e->v);
+    e->n = e->cap = f->n;
+    e->last = f->last;
+    return 0;
+}
+
 static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     Period *c = (Period *)Py_TYPE(p)->tp_alloc(Py_TYPE(p), 0);
     if (!c) return NULL;
-    /* every field after the object header, then a map and runs of its own */
+    /* every field after the object header, then edges, a map and runs of its own */
     memcpy((char *)c + sizeof(PyObject), (char *)p + sizeof(PyObject), sizeof(Period) - sizeof(PyObject));
     c->levels.slots = NULL;
     c->levels.cap = c->levels.used = 0;
     c->runs = NULL;
     c->nruns = c->capruns = 0;
+    c->up = c->down = (Edge){0};
+    if (edge_copy(&c->up, &p->up) < 0 || edge_copy(&c->down, &p->down) < 0) goto nomem;
     if (p->levels.cap) {
         LevelCount *slots = malloc(p->levels.cap * sizeof *slots);
         if (!slots) goto nomem;
@@ -450,7 +536,8 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
 }
 
 /* twice the median: the prices at ranks (count - 1) / 2 and count / 2. Where its map holds
-   few of its levels (a retired minute, compacted already; an hour or day, runs mostly), the
+   few of its levels (a retired minute, compacted already; an hour or day, runs mostly; a
+   minute of a trending market, edges mostly), the
    period is compacted and the ranks found in one pass over its run, O(L) sequential; where
    the map holds many (a minute read while open), compacting would sort them all, so a
    weighted quickselect over a private copy of every piece, O(L) expected, the interpreter
@@ -463,7 +550,7 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
     long long lo_rank = (p->count - 1) / 2, hi_rank = p->count / 2, seen = 0;
     u64 lo = 0, hi = 0;
     int found = 0;
-    size_t loose = p->levels.used + p->pending, in_runs = 0;
+    size_t loose = p->levels.used + p->pending, in_runs = p->up.n + p->down.n; /* in order */
     for (size_t r = 0; r < p->nruns; r++) in_runs += p->runs[r].n;
     if (loose <= 4096 || loose <= in_runs / 4) { /* little to sort: compacted, for good */
         if (period_compact(p) < 0) return NULL;
@@ -481,6 +568,10 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
         LevelCount *v = malloc(n * sizeof *v);
         if (!v) return PyErr_NoMemory();
         size_t k = loose_levels(p, v);
+        memcpy(v + k, p->up.v, p->up.n * sizeof *v);
+        k += p->up.n;
+        memcpy(v + k, p->down.v, p->down.n * sizeof *v);
+        k += p->down.n;
         for (size_t r = 0; r < p->nruns; r++) {
             memcpy(v + k, p->runs[r].v, p->runs[r].n * sizeof *v);
             k += p->runs[r].n;

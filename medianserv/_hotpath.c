@@ -606,9 +606,13 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     if (!lock || !Py_IS_TYPE(lock, &LockType)) return NOT_COMMON;
     if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
     PyObject *m = SLOT(stats, S_MINUTE);
-    if (m && Py_IS_TYPE(m, &PeriodType)) /* the bookkeeping's misses hide its fetch */
-        for (size_t line = 0; line < sizeof(Period); line += 64)
-            __builtin_prefetch((char *)m + line, 1); /* its pending list among them */
+    if (m && Py_IS_TYPE(m, &PeriodType)) { /* the bookkeeping's misses hide its fetch: */
+        for (size_t at = 0; at < PERIOD_HOT; at += 64) /* its hot fields, */
+            __builtin_prefetch((char *)m + at, 1);
+        __builtin_prefetch((char *)m + PERIOD_HOT - 1, 1);
+        Period *p = (Period *)m; /* and the pending entry it would take (its address waits) */
+        __builtin_prefetch(&p->pend[p->pending < PERIOD_PENDING ? p->pending : 0], 1);
+    }
     int rc = NOT_COMMON;
     PyObject *tid = NULL, *when = NULL, *units = NULL, *version = NULL;
     PyObject *ids = SLOT(stats, S_IDS);

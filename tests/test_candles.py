@@ -160,11 +160,13 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
 
 def test_the_median_of_a_period_held_in_many_levels_either_way() -> None:
     """A period whose levels came one at a time (more than the compiled twin compacts before
-    it takes a median: it selects over a copy instead) and as folded runs overlapping them:
-    the same median from both twins and from the sorted trades, before and after a read that
+    it takes a median: it selects over a copy instead), new highs and new lows among them
+    (which the compiled twin appends to its edges), and as folded runs overlapping them: the
+    same median from both twins and from the sorted trades, before and after a read that
     compacts it."""
     rng = random.Random(7)
     trades = [rng.randrange(10**6, 10**9) for _ in range(9_000)]
+    trades[:2_000] = sorted(trades[:1_000]) + sorted(trades[1_000:2_000], reverse=True)
     trades += [rng.choice(trades) if i % 2 else rng.randrange(10**6, 10**9) for i in range(3_000)]
     s = sorted(trades)
     assert s[5_999] != s[6_000]  # the two middle ranks: a wrong one shows
