@@ -299,6 +299,8 @@ def state_key(state: CandleState | None) -> Any:
     """A harvest's candles as plain values (periods as :func:`period_key`). O(L log L)."""
     if state is None:
         return None
+    if not any(isinstance(p, Settled) for entries in state.periods for _, _, p in entries):
+        return state
     periods = tuple(
         [(s, r, None if p is None else _delta_key(p) if isinstance(p, Delta)
           else period_key(p)) for s, r, p in entries]
@@ -416,6 +418,8 @@ def finish(state: CandleState | None) -> CandleState | None:
     :meth:`Candles.harvest` leaves to be done outside the symbol's lock. O(L log L)."""
     if state is None:
         return None
+    if not any(isinstance(p, Settled) for entries in state.periods for _, _, p in entries):
+        return state
     periods = tuple(
         [(s, period_row(p.period), None) if isinstance(p, Settled) else (s, r, p)
          for s, r, p in entries]
@@ -670,12 +674,14 @@ class Candles:
 
         O(p + L) for L the levels of the minutes copied."""
         self.drain()
+        latest = self.latest
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired: list[int | None] = [None, None, None]
         for k, (_, length) in enumerate(INTERVALS):
-            self.recent[k].clear()  # written by the snapshot that took them
+            if self.recent[k]:
+                self.recent[k].clear()  # written by the snapshot that took them
             keep = keep_ms[k]
-            oldest = None if keep is None else self.latest - keep
+            oldest = None if keep is None else latest - keep
             if oldest is not None:
                 expired[k] = oldest - length + 1
             out, opened, dirty = periods[k], self.open[k], self.dirty[k]
@@ -684,7 +690,9 @@ class Candles:
                     out.append((start, self.landed[start], None))
                 self.recent[DAY].update(self.landed)
                 self.landed.clear()
-            for start in sorted(opened):
+            for start in sorted(opened) if len(opened) > 1 else list(opened):
+                if start + length > latest:
+                    continue  # not over: neither past retention nor settled (_can_land)
                 if oldest is not None and start + length <= oldest:
                     self.expired[k] += opened.pop(start).count  # its stored record goes too
                     self._forget(k, start)
@@ -699,7 +707,7 @@ class Candles:
                 self.recent[k][start] = period
                 out.append((start, None, Settled(period)))
                 self._forget(k, start)
-            for start in sorted(dirty):
+            for start in sorted(dirty) if dirty else ():
                 period = opened[start]
                 if k == MINUTE:
                     out.append((start, None, period.copy()))
