@@ -29,7 +29,10 @@ def test_baselines_agree_with_running_median() -> None:
 
 
 def test_core_snapshot_long_smoke() -> None:
-    check(bench_core([2000]))
+    rows = bench_core([2000], candle_trades=40_000, candle_rate=800)
+    check(rows)
+    ratios = [r for r in rows if r.name.startswith("with candles / without")]
+    assert [r.name.split(",")[1].strip() for r in ratios] == ["walk", "fresh", "scatter"]
     check(bench_snapshot(5000, ingest_rate=2000))
     rows = bench_long(2_000_000, levels=1000)
     check(rows)

@@ -65,8 +65,11 @@ def _decimal_units(text: str) -> int:
     return int(Decimal(text) * SCALE)
 
 
-def bench_core(sizes: Sequence[int] = (10**6, 10**7), shared_data: Path | None = None) -> list[Row]:
-    """Median add/read, memory per level, price parsing, perfect hash build and lookup."""
+def bench_core(sizes: Sequence[int] = (10**6, 10**7), shared_data: Path | None = None,
+               candle_trades: int = 3_000_000, candle_rate: int = 25_000) -> list[Row]:  # fmt: skip
+    """Median add/read, memory per level, price parsing, perfect hash build and lookup, the
+    per-trade path, and what candles cost it (``candle_trades`` of a market of
+    ``candle_rate`` trades a second)."""
     rows: list[Row] = []
     for n in sizes:
         _bench_median(rows, n, "61837.63", "0.01", "tick 0.01")
@@ -125,6 +128,7 @@ def bench_core(sizes: Sequence[int] = (10**6, 10**7), shared_data: Path | None =
         rows.append(Row(f"slot(), {label}", loop_ns(ph.slot, probes), "ns/lookup"))
         rows.append(Row(f"dict.get, {label}", loop_ns(d.get, probes), "ns/lookup"))
     _bench_trade_path(rows)
+    _bench_candle_cost(rows, candle_trades, rate=candle_rate)
     return rows
 
 
@@ -211,3 +215,116 @@ def _bench_trade_path(rows: list[Row], n: int = 200_000) -> None:
         _decode(payload)
     ns = (time.process_time() - t0) / n * 1e9
     rows.append(Row("msgspec decode of a trade frame alone", ns, "ns/frame"))
+
+
+CANDLE_MARKETS = ("walk", "fresh", "scatter")
+
+
+def _market_chunk(market: str, first: int, n: int, names: list[str], rate: int) -> bytes:
+    """Trades ``first .. first + n - 1`` of a market of ``names`` in turn (as the simulator's
+    flood sends them), ``rate`` trades a second of market time, as one block of server
+    frames. Each symbol's own trades: ``walk`` cycles over 7 levels, ``fresh`` rises (every
+    trade a new high), ``scatter`` lands anywhere in a wide range (almost every trade a new
+    level, in no order)."""
+    out = []
+    rnd = random.Random(first)
+    for k in range(first, first + n):
+        name = names[k % len(names)]
+        t = k // len(names)
+        if market == "walk":
+            price = b"%d.%08d" % (10 + t % 7, t % 3)
+        elif market == "fresh":
+            price = b"%d.%08d" % (10 + t // 10**8, t % 10**8)
+        else:
+            price = b"10.%08d" % rnd.randrange(10**8)
+        ms = 1_700_000_000_000 + k * 1000 // rate
+        payload = (
+            b'{"stream":"%s@trade","data":{"e":"trade","E":%d,"s":"%s","t":%d,"p":"%s",'
+            b'"q":"1.00000000","T":%d,"m":true,"M":true}}'
+            % (name.lower().encode(), ms, name.encode(), 1000 + t, price, ms)
+        )
+        size = len(payload)
+        out.append(bytes((0x81, size)) if size < 126 else b"\x81\x7e" + size.to_bytes(2, "big"))
+        out.append(payload)
+    return b"".join(out)
+
+
+def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
+                       rate: int = 25_000) -> None:  # fmt: skip
+    """What keeping candles costs the compiled per-trade path, by market shape, in one
+    process: two tables of 2,292 symbols (candles kept, not kept) take the same frames
+    alternately, ``chunk`` trades at a time in the order A B B A, so that the machine's
+    drift falls on both alike; each takes a harvest of every symbol every 5 s of market
+    time (``rate`` trades a second: a snapshot's cadence), included in its CPU. Rows: CPU
+    per trade of each and their ratio, and the harvests' share, per market."""
+    from .. import symbols as symbols_module
+    from ..hotpath import CTradePath, _decode
+    from ..prices import PriceCache
+    from ..symbols import SymbolTable
+
+    if CTradePath is None:
+        return
+    was = symbols_module.compiled()
+    symbols_module.use_compiled(True)
+    names = [f"S{i:04d}USDT" for i in range(2_292)]
+    units = PriceCache().units
+    chunk = max(1, min(chunk, n // 10))
+    every = max(1, 5 * rate // chunk)  # chunks between harvests
+    try:
+        for market in CANDLE_MARKETS:
+            sides = []
+            for candles in (True, False):
+                symbols_module.keep_candles(candles)
+                table = SymbolTable.build(names)
+                for _, stats in table.items():
+                    stats.baseline(999, 0)
+                path = CTradePath()
+                path.index = table.index
+                sides.append((table, path))
+            cpu, harvests = [0.0, 0.0], [0.0, 0.0]
+            for k in range(n // chunk):
+                data = _market_chunk(market, k * chunk, chunk, names, rate)
+                for side in (0, 1) if k % 2 == 0 else (1, 0):
+                    table, path = sides[side]
+                    t0, pos = time.process_time(), 0
+                    while pos < len(data):
+                        after = path.consume(data, pos)
+                        if after <= pos:  # the general path's frame (a symbol's first)
+                            size = data[pos + 1]
+                            head = 2 if size < 126 else 4
+                            size = size if size < 126 else int.from_bytes(data[pos + 2 : pos + 4])
+                            event = _decode(data[pos + head : pos + head + size]).data
+                            found = table.get(event.s)
+                            assert found is not None
+                            found.apply(event.t, units(event.p), event.T)
+                            after = pos + head + size
+                        pos = after
+                    t1 = time.process_time()
+                    if (k + 1) % every == 0:
+                        for _, stats in table.items():
+                            stats.harvest()
+                    t2 = time.process_time()
+                    cpu[side] += t2 - t0
+                    harvests[side] += t2 - t1
+            done = n // chunk * chunk
+            label = f"{market}, 2,292 symbols, {rate:,} trades/s, a harvest every 5 s, C"
+            rows.append(Row(f"trade path with candles, {label}", cpu[0] / done * 1e9,
+                            "ns/trade"))  # fmt: skip
+            rows.append(Row(f"trade path without candles, {label}", cpu[1] / done * 1e9,
+                            "ns/trade"))  # fmt: skip
+            rows.append(Row(f"with candles / without, {label} (goal <= 1.1)", cpu[0] / cpu[1],
+                            "x"))  # fmt: skip
+            rows.append(
+                Row(
+                    f"of which harvests, with / without, {label}",
+                    harvests[0] / done * 1e9,
+                    f"ns/trade / {harvests[1] / done * 1e9:.0f}",
+                )
+            )
+            for table, _ in sides:
+                for _, stats in table.items():
+                    stats._check()
+            del sides
+    finally:
+        symbols_module.use_compiled(was)
+        symbols_module.keep_candles(True)
