@@ -299,8 +299,6 @@ def state_key(state: CandleState | None) -> Any:
     """A harvest's candles as plain values (periods as :func:`period_key`). O(L log L)."""
     if state is None:
         return None
-    if not any(isinstance(p, Settled) for entries in state.periods for _, _, p in entries):
-        return state
     periods = tuple(
         [(s, r, None if p is None else _delta_key(p) if isinstance(p, Delta)
           else period_key(p)) for s, r, p in entries]
