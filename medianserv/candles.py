@@ -447,8 +447,8 @@ class Candles:
 
     __slots__ = ("dirty", "expired", "first_ms", "front_top_ms", "harvested",
                  "harvested_counts", "history", "landed", "latest_ms", "minute", "open",
-                 "outside", "pending", "recent", "retiring", "sealed", "seq", "settled",
-                 "total")  # fmt: skip
+                 "outside", "over_at", "pending", "recent", "retiring", "sealed", "seq",
+                 "settled", "total")  # fmt: skip
 
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
@@ -478,6 +478,10 @@ class Candles:
             {}, {}, {},
         )  # fmt: skip
         self.seq: dict[tuple[int, int], int] = {}
+        # the earliest end of an open period at the last full harvest (-1: take a full one):
+        # until the latest trade reaches it and while nothing is marked changed, a harvest
+        # has only the current minute to hand over (every change to open marks it changed)
+        self.over_at = -1
 
     # -- counting -------------------------------------------------------------------------------
 
@@ -675,6 +679,21 @@ class Candles:
         latest = self.latest
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired: list[int | None] = [None, None, None]
+        over_at = LIMIT  # the earliest end of a period left open
+        changed, recent = self.dirty, self.recent
+        if latest < self.over_at and not (
+            self.landed
+            or changed[0]
+            or changed[1]
+            or changed[2]
+            or recent[0]
+            or recent[1]
+            or recent[2]
+        ):  # the usual harvest: nothing to settle, expire or store but the current minute
+            for k, keep in enumerate(keep_ms):
+                if keep is not None:
+                    expired[k] = latest - keep - _LENGTHS[k] + 1
+            return self._hand_over(periods, expired)
         for k, (_, length) in enumerate(INTERVALS):
             if self.recent[k]:
                 self.recent[k].clear()  # written by the snapshot that took them
@@ -689,13 +708,16 @@ class Candles:
                 self.recent[DAY].update(self.landed)
                 self.landed.clear()
             for start in sorted(opened) if len(opened) > 1 else list(opened):
-                if start + length > latest:
-                    continue  # not over: neither past retention nor settled (_can_land)
-                if oldest is not None and start + length <= oldest:
+                end = start + length
+                if end > latest:  # not over: neither past retention nor settled (_can_land)
+                    over_at = min(over_at, end)
+                    continue
+                if oldest is not None and end <= oldest:
                     self.expired[k] += opened.pop(start).count  # its stored record goes too
                     self._forget(k, start)
                     continue
-                if self._can_land(ids, start, start + length, seal):
+                if self._can_land(ids, start, end, seal):
+                    over_at = min(over_at, end)  # over, still open: the next harvest looks again
                     continue
                 if seal and self._began(ids, start):
                     low = start if self.sealed[0] < 0 else min(self.sealed[0], start)
@@ -715,6 +737,16 @@ class Candles:
                 delta = Delta(period_fields(period), seq, self.pending[k].pop(start, []))
                 out.append((start, None, delta))
             dirty.clear()
+        self.over_at = over_at
+        return self._hand_over(periods, expired)
+
+    def _hand_over(
+        self,
+        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...],
+        expired: list[int | None],
+    ) -> CandleState | None:
+        """:meth:`harvest`'s end: the current minute's copy if it changed, then the state to
+        store, or None if nothing changed. O(L) for L the current minute's levels."""
         minute = self.minute
         if minute is not None and (minute.start, minute.count) != self.harvested:
             self.harvested = (minute.start, minute.count)

@@ -464,6 +464,32 @@ def test_a_trade_on_a_period_boundary_opens_the_next_period() -> None:
     assert got == [(0, 2, 30), (3_600_000, 1, 60)]
 
 
+@pytest.mark.parametrize("compiled", TWINS)
+def test_a_period_waiting_on_a_gap_settles_once_the_gap_is_given_up(compiled: bool) -> None:
+    """A minute over but with a gap in it waits, harvest after harvest, however quiet the book
+    is otherwise; giving the gap up (no trade, only the bookkeeping changes) lets the next
+    harvest settle it."""
+    symbols.use_compiled(compiled)
+    symbols.expect_history(set())  # where counting began settles too: only the gap waits
+    stats = SymbolStats("X")
+    stats.baseline(999, 0)
+    for tid, t in ((1000, 1_000), (1001, 61_000), (1003, 62_000), (1004, 180_000)):
+        if stats.apply_common(tid, 10 + tid % 3, t) is None:
+            stats.apply(tid, 10 + tid % 3, t)
+    assert stats.ids.gaps  # 1002, in the minute from 60,000
+    for t in range(181_000, 186_000, 1_000):  # quiet harvests: only the current minute changes
+        stats.harvest()
+        assert stats.candles is not None and 60_000 in stats.candles.open[0]
+        if stats.apply_common(t, 11, t) is None:
+            stats.apply(t, 11, t)
+    stats.give_up(1002, 1002)
+    state = stats.harvest()
+    assert 60_000 not in stats.candles.open[0]
+    assert state is not None and state.candles is not None
+    settled = [(s, row.trades) for s, row, _ in state.candles.periods[0] if row is not None]
+    assert settled == [(60_000, 2)]  # its row, to be stored (not final: 1002 is lost)
+
+
 def test_retention_drops_old_minutes_and_keeps_days() -> None:
     symbols.keep_candles(True, [120_000, None, None])
     stats = SymbolStats("X")

@@ -266,6 +266,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
         return
     was = symbols_module.compiled()
     symbols_module.use_compiled(True)
+    symbols_module.expect_history(set())  # as the service runs without --history
     names = [f"S{i:04d}USDT" for i in range(2_292)]
     units = PriceCache().units
     chunk = max(1, min(chunk, n // 10))
@@ -328,3 +329,4 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
     finally:
         symbols_module.use_compiled(was)
         symbols_module.keep_candles(True)
+        symbols_module.expect_history(None)
