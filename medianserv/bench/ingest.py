@@ -10,7 +10,11 @@ over the items it took in its window. Work a process leaves for later (a snapsho
 settling) falls in another side's window, uncounted there, or in the next market's: so each
 market also reports, per side, the process's CPU over the whole market (every window, then
 until every process is idle) over the items it took in it, and the next market begins only
-once every process is idle. The two services are told apart by their User-Agent.
+once every process is idle. A symbol's current minute retires only when a trade of a later
+minute comes, so each market (with windows of 5 s or more) ends with a short flood of each
+service in the first seconds of the next UTC minute and two snapshots after it: the last
+minute's retiring, folding and settling falls in its own market's span. The two services are
+told apart by their User-Agent.
 """
 
 from __future__ import annotations
@@ -136,6 +140,23 @@ def _settle(pids: list[int], idle: float = 0.05, limit: float = 60.0) -> None:
             return
 
 
+def _roll_minutes(sim: SimProcess, services: list[tuple[str, ServiceProcess]],
+                  seconds: float = 0.5) -> None:  # fmt: skip
+    """Each service flooded for ``seconds`` in turn (the market in force) once the next UTC
+    minute has begun, then two snapshots of each: every minute the market left open is
+    retired, folded and settled before its span ends."""
+    time.sleep(60.5 - time.time() % 60)  # the simulator stamps the flood with the wall clock
+    for agent, _ in services:
+        sim.control(f"flood?agent={agent}")
+        time.sleep(seconds)
+        sim.control("flood?agent=nobody")
+    for _, svc in services:
+        done = svc.metric("snapshots_total")[""] + 2
+        deadline = time.monotonic() + 120
+        while svc.metric("snapshots_total")[""] < done and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
 def _picows_available() -> bool:
     try:
         import picows  # noqa: F401
@@ -208,6 +229,8 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                     time.sleep(0.5)  # what is in flight drains before the other side's turn
                     per_trade[market].setdefault(side, []).append((c1 - c0) / max(1, n1 - n0) * 1e6)
                     rates[market].setdefault(side, []).append((n1 - n0) / (t1 - t0))
+                if seconds >= 5:  # the minutes left open retire in this market's span
+                    _roll_minutes(sim, [(agents["medianserv"], svc), (agents["no candles"], bare)])
                 _settle([pid for pid, _ in sides.values()])  # work left for later, done
                 for side, (pid, count) in sides.items():
                     c0, n0 = begun[side]
