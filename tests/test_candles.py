@@ -477,11 +477,12 @@ def test_a_period_waiting_on_a_gap_settles_once_the_gap_is_given_up(compiled: bo
         if stats.apply_common(tid, 10 + tid % 3, t) is None:
             stats.apply(tid, 10 + tid % 3, t)
     assert stats.ids.gaps  # 1002, in the minute from 60,000
-    for t in range(181_000, 186_000, 1_000):  # quiet harvests: only the current minute changes
+    for tid in range(1005, 1010):  # quiet harvests: only the current minute changes
         stats.harvest()
         assert stats.candles is not None and 60_000 in stats.candles.open[0]
-        if stats.apply_common(t, 11, t) is None:
-            stats.apply(t, 11, t)
+        if stats.apply_common(tid, 11, 180_000 + tid) is None:
+            stats.apply(tid, 11, 180_000 + tid)
+    assert [(g.lo, g.hi) for g in stats.ids.gaps] == [(1002, 1002)]
     stats.give_up(1002, 1002)
     state = stats.harvest()
     assert 60_000 not in stats.candles.open[0]
@@ -501,6 +502,24 @@ def test_retention_drops_old_minutes_and_keeps_days() -> None:
     assert min(r.open_time for r in minutes) >= 10 * 60_000 - 120_000 - 60_000
     days = select_rows(store.rows(2), stats.candle_rows(2, 0, 2**62)[0], None, None, None, 10)
     assert [r.trades for r, _ in days] == [10]
+
+
+def test_retention_moves_with_the_latest_trade_inside_a_minute() -> None:
+    """A retention that is no whole number of minutes passes a stored minute while the
+    current minute goes on: the harvest then (nothing but the current minute changed) drops
+    it from the store all the same."""
+    symbols.keep_candles(True, [90_000, None, None])
+    stats = SymbolStats("X")
+    store = FakeStore()
+    for i in range(1, 11):
+        stats.apply(i, 100 + i, i * 60_000)
+        snapshot(stats, store)
+    stats.apply(11, 111, 610_000)
+    snapshot(stats, store)  # the minute settled before is written: nothing left to settle
+    assert 480_000 in {r.open_time for r in store.rows(0)}  # 610,000 - 90,000 - 60,000 + 1
+    stats.apply(12, 112, 640_000)
+    snapshot(stats, store)
+    assert min(r.open_time for r in store.rows(0)) == 540_000  # 640,000 - 149,999 > 480,000
 
 
 def test_named_symbols_keep_every_candle() -> None:
