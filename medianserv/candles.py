@@ -695,8 +695,7 @@ class Candles:
                     expired[k] = latest - keep - _LENGTHS[k] + 1
             return self._hand_over(periods, expired)
         for k, (_, length) in enumerate(INTERVALS):
-            if self.recent[k]:
-                self.recent[k].clear()  # written by the snapshot that took them
+            self.recent[k].clear()  # written by the snapshot that took them
             keep = keep_ms[k]
             oldest = None if keep is None else latest - keep
             if oldest is not None:
@@ -707,7 +706,7 @@ class Candles:
                     out.append((start, self.landed[start], None))
                 self.recent[DAY].update(self.landed)
                 self.landed.clear()
-            for start in sorted(opened) if len(opened) > 1 else list(opened):
+            for start in sorted(opened):
                 end = start + length
                 if end > latest:  # not over: neither past retention nor settled (_can_land)
                     over_at = min(over_at, end)
@@ -727,7 +726,7 @@ class Candles:
                 self.recent[k][start] = period
                 out.append((start, None, Settled(period)))
                 self._forget(k, start)
-            for start in sorted(dirty) if dirty else ():
+            for start in sorted(dirty):
                 period = opened[start]
                 if k == MINUTE:
                     out.append((start, None, period.copy()))
