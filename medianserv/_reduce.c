@@ -82,7 +82,7 @@ typedef struct {
     int64_t first_day;            /* the start of the file's first row's day */
     DayOut *days;                 /* the days finished */
     size_t ndays, days_cap;
-    LevelCount *spill;                  /* the levels of the partial days, ascending per day */
+    LevelCount *spill;            /* the levels of the partial days, ascending per day */
     size_t nspill, spill_cap;
     /* the unfinished last line of the previous chunk */
     char *carry;
