@@ -41,7 +41,8 @@ serialises access with its lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 from .tradeids import TradeIds
@@ -411,12 +412,23 @@ class CandleState(NamedTuple):
     sealed: tuple[int, int] = (-1, -1)  # Candles.sealed
 
 
+# a CandleState from its fields in order, without NamedTuple's keyword-taking constructor
+_new_state: Callable[[tuple[Any, ...]], CandleState] = partial(tuple.__new__, CandleState)
+
+
 def finish(state: CandleState | None) -> CandleState | None:
     """``state`` with the rows of its settled periods made (their medians taken): what
     :meth:`Candles.harvest` leaves to be done outside the symbol's lock. O(L log L)."""
     if state is None:
         return None
-    if not any(isinstance(p, Settled) for entries in state.periods for _, _, p in entries):
+    for entries in state.periods:  # a plain loop: most harvests settle nothing
+        for _, _, p in entries:
+            if type(p) is Settled:
+                break
+        else:
+            continue
+        break
+    else:
         return state
     periods = tuple(
         [(s, period_row(p.period), None) if isinstance(p, Settled) else (s, r, p)
@@ -447,8 +459,8 @@ class Candles:
 
     __slots__ = ("dirty", "expired", "first_ms", "front_top_ms", "harvested",
                  "harvested_counts", "history", "landed", "latest_ms", "minute", "open",
-                 "outside", "over_at", "pending", "recent", "retiring", "sealed", "seq",
-                 "settled", "total")  # fmt: skip
+                 "outside", "over_at", "pending", "recent", "recent_held", "retiring", "sealed",
+                 "seq", "settled", "total")  # fmt: skip
 
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
@@ -456,6 +468,7 @@ class Candles:
         self.retiring: list[Any] = []
         self.open: tuple[dict[int, Any], ...] = ({}, {}, {})  # start -> retired open period
         self.recent: tuple[dict[int, Any], ...] = ({}, {}, {})  # settled periods, being written
+        self.recent_held = False  # whether any of recent is (the next harvest drops them)
         self.landed: dict[int, CandleRow] = {}  # imported whole days, for the next harvest
         self.dirty: tuple[set[int], ...] = (set(), set(), set())  # open starts changed
         self.first_ms = -1  # the earliest trade time counted (-1: none yet)
@@ -478,9 +491,9 @@ class Candles:
             {}, {}, {},
         )  # fmt: skip
         self.seq: dict[tuple[int, int], int] = {}
-        # the earliest end of an open period at the last full harvest (-1: take a full one):
-        # until the latest trade reaches it and while nothing is marked changed, a harvest
-        # has only the current minute to hand over (every change to open marks it changed)
+        # the earliest end of an open period at the last full harvest, or -1 (take a full one
+        # next): until the latest trade reaches it, a harvest has only the current minute to
+        # hand over, as every other change (to open, landed, recent or counts()) sets it to -1
         self.over_at = -1
 
     # -- counting -------------------------------------------------------------------------------
@@ -496,6 +509,7 @@ class Candles:
             self.sealed[0] <= time_ms < self.sealed[1]
         ):
             self.outside += times
+            self.over_at = -1
             return
         if time_ms > self.latest_ms:
             self.latest_ms = time_ms
@@ -525,6 +539,7 @@ class Candles:
         """``trades`` the symbol counted without their times (a store written before
         candles): in no candle, but accounted for. O(1)."""
         self.outside += trades
+        self.over_at = -1
 
     def add_days(self, days: Iterable[Landing]) -> None:
         """The UTC days of an archive file the symbol has just counted (merged whole, as
@@ -538,6 +553,7 @@ class Candles:
         (which of its trades fall in them is not known), are counted :attr:`outside`.
         O(days + levels of the partial ones)."""
         self.drain()
+        self.over_at = -1
         for day, period, packed in days:
             placed = 0 <= day.open_id <= day.close_id < LIMIT and not (
                 day.start < self.sealed[1] and self.sealed[0] < day.start + _LENGTHS[DAY]
@@ -594,7 +610,7 @@ class Candles:
         """The current minute is over: fold it into its hour and day, keep it open. O(L)."""
         self.open[MINUTE][minute.start] = minute
         self.total += minute.count
-        self.dirty[MINUTE].add(minute.start)
+        self.dirty[MINUTE].add(minute.start)  # (over_at: _period below sets it)
         levels = minute.packed()
         for k in (HOUR, DAY):
             start = minute.start - minute.start % _LENGTHS[k]
@@ -608,6 +624,7 @@ class Candles:
         if period is None:
             period = periods[start] = _Period(start, _LENGTHS[k])
         self.dirty[k].add(start)
+        self.over_at = -1
         return period
 
     def takes(self, trade_id: int, time_ms: int) -> int:
@@ -677,23 +694,15 @@ class Candles:
         O(p + L) for L the levels of the minutes copied."""
         self.drain()
         latest = self.latest
+        if latest < self.over_at:  # the usual harvest: nothing to settle, expire or store but
+            if self.recent_held:  # the current minute (what the last one settled is written)
+                for settled in self.recent:
+                    settled.clear()
+                self.recent_held = False
+            return self._quiet(latest, keep_ms)
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired: list[int | None] = [None, None, None]
         over_at = LIMIT  # the earliest end of a period left open
-        changed, recent = self.dirty, self.recent
-        if latest < self.over_at and not (
-            self.landed
-            or changed[0]
-            or changed[1]
-            or changed[2]
-            or recent[0]
-            or recent[1]
-            or recent[2]
-        ):  # the usual harvest: nothing to settle, expire or store but the current minute
-            for k, keep in enumerate(keep_ms):
-                if keep is not None:
-                    expired[k] = latest - keep - _LENGTHS[k] + 1
-            return self._hand_over(periods, expired)
         for k, (_, length) in enumerate(INTERVALS):
             self.recent[k].clear()  # written by the snapshot that took them
             keep = keep_ms[k]
@@ -737,7 +746,27 @@ class Candles:
                 out.append((start, None, delta))
             dirty.clear()
         self.over_at = over_at
+        self.recent_held = any(self.recent)
         return self._hand_over(periods, expired)
+
+    def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
+        """:meth:`harvest` when nothing but the current minute can have changed (counts()
+        included: see :attr:`over_at`): its copy if it did, else None. O(L) for L its
+        levels; it reads no other part of the book, for one of a cold symbol costs a miss."""
+        minute = self.minute
+        if minute is None or (minute.start, minute.count) == self.harvested:
+            return None
+        self.harvested = (minute.start, minute.count)
+        k0, k1, k2 = keep_ms  # spelt out: a loop or a comprehension costs more than the rest
+        first = latest + 1
+        expired = (None if k0 is None else first - k0 - 60_000,
+                   None if k1 is None else first - k1 - 3_600_000,
+                   None if k2 is None else first - k2 - 86_400_000)  # fmt: skip
+        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = (
+            [(minute.start, None, minute.copy())], [], [],
+        )  # fmt: skip
+        return _new_state((self.first_ms, latest, self.front_top_ms, minute.start, periods,
+                           expired, self.harvested_counts, (), self.sealed))  # fmt: skip
 
     def _hand_over(
         self,
@@ -750,13 +779,13 @@ class Candles:
         if minute is not None and (minute.start, minute.count) != self.harvested:
             self.harvested = (minute.start, minute.count)
             periods[MINUTE].append((minute.start, None, minute.copy()))
-        counts = self.counts()
-        if not any(periods) and counts == self.harvested_counts:
+        counts = (self.total, self.outside, *self.settled, *self.expired, self.history)
+        if not (periods[0] or periods[1] or periods[2]) and counts == self.harvested_counts:
             return None
         self.harvested_counts = counts
         current = None if minute is None else minute.start
-        return CandleState(self.first_ms, self.latest, self.front_top_ms, current, periods,
-                           tuple(expired), counts, (), self.sealed)  # fmt: skip
+        return _new_state((self.first_ms, self.latest, self.front_top_ms, current, periods,
+                           tuple(expired), counts, (), self.sealed))  # fmt: skip
 
     def _forget(self, k: int, start: int) -> None:
         """An open period of interval ``k`` is gone (settled, or past retention)."""

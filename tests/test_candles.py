@@ -24,9 +24,11 @@ from medianserv.candles import (
     INTERVALS,
     CandleRow,
     CandleState,
+    DayCandle,
     Delta,
     PyPeriod,
     final_flags,
+    landings,
     period_key,
     period_row,
     restore_packed,
@@ -489,6 +491,48 @@ def test_a_period_waiting_on_a_gap_settles_once_the_gap_is_given_up(compiled: bo
     assert state is not None and state.candles is not None
     settled = [(s, row.trades) for s, row, _ in state.candles.periods[0] if row is not None]
     assert settled == [(60_000, 2)]  # its row, to be stored (not final: 1002 is lost)
+
+
+@pytest.mark.parametrize("compiled", TWINS)
+def test_a_quiet_book_hands_over_what_it_took_besides_its_minute(compiled: bool) -> None:
+    """A harvest that finds only the current minute changed hands over that alone, and drops
+    the rows the harvest before settled (written by now); anything else the book takes in
+    between makes the next harvest a full one: a late trade (its own minute, reopened), a day
+    landed from an archive, trades counted outside any candle (one of the sealed minute, or
+    of a store written without candles)."""
+    symbols.use_compiled(compiled)
+    symbols.expect_history(set())
+    day = 86_400_000
+    stats = SymbolStats("X")
+    stats.baseline(999, 0)
+    for tid, t in ((1000, 1_000), (1001, 61_000), (1002, 125_000)):
+        stats.apply(tid, 10 + tid % 3, 10 * day + t)
+    stats.harvest()  # minutes 0 and 1 settle
+    book, keep = stats.candles, [None, None, None]
+    assert book is not None and sorted(book.recent[0]) == [10 * day, 10 * day + 60_000]
+    stats.apply(1003, 11, 10 * day + 126_000)
+    state = stats.harvest()
+    assert state is not None and state.candles is not None
+    assert [p[0] for p in state.candles.periods[0]] == [10 * day + 120_000]  # the minute alone
+    assert not any(book.recent)  # the rows settled before are in the store by now
+    for take in ("late", "landed", "sealed", "outside"):
+        with stats.lock:
+            if take == "late":
+                book.add(900, 900, 12, 10 * day + 70_000)
+            elif take == "sealed":  # of the minute where counting began: in no candle
+                book.add(901, 901, 12, 10 * day + 30_000)
+            elif take == "landed":
+                whole = DayCandle(2 * day, 2 * day + 5, 2 * day + 9, 1, 7, 3, 8, 9, 6, 3, 14)
+                book.add_days(landings([whole]))
+            else:
+                book.add_outside(5)
+            taken = book.harvest(stats.ids, keep, True)
+            assert taken is not None and taken.counts == book.counts(), take
+            assert book.harvest(stats.ids, keep, True) is None  # then nothing
+        if take == "late":
+            assert 10 * day + 60_000 in [p[0] for p in taken.periods[0]]
+        elif take == "landed":
+            assert [(s, r.trades) for s, r, _ in taken.periods[2] if r] == [(2 * day, 3)]
 
 
 def test_retention_drops_old_minutes_and_keeps_days() -> None:
