@@ -695,6 +695,74 @@ done:
     return rc;
 }
 
+/* a frame of the kind consume takes, read ahead of its turn: where it ends, its fields, its
+   price and its symbol's stats */
+typedef struct {
+    Py_ssize_t stop;
+    Fields f;
+    u64 price;
+    PyObject *stats;
+} Frame;
+
+/* reads the frame at pos into fr: 1 if it is one consume takes (an unmasked final text frame
+   of a trade of a symbol of the index), else 0. Changes nothing, so a frame read ahead and
+   then not taken (the loop stopped before it) costs only the reading */
+static int frame_at(const TradePath *tp, const Index *x, const unsigned char *d, Py_ssize_t pos,
+                    Py_ssize_t end, Frame *fr) {
+    if (end - pos < 2) return 0;
+    unsigned size = d[pos + 1];
+    if (d[pos] != 0x81 || size > 127) return 0; /* FIN text, unmasked; else the general path */
+    Py_ssize_t start = pos + 2;
+    unsigned long long n = size;
+    if (size == 126) {
+        if (end - pos < 4) return 0;
+        n = (unsigned long long)d[pos + 2] << 8 | d[pos + 3];
+        start = pos + 4;
+    } else if (size == 127) {
+        if (end - pos < 10) return 0;
+        n = 0;
+        for (int k = 2; k < 10; k++) n = n << 8 | d[pos + k];
+        start = pos + 10;
+    }
+    if (n > (unsigned long long)tp->max_size || n > (unsigned long long)(end - start)) return 0;
+    fr->stop = start + (Py_ssize_t)n;
+    fr->f = (Fields){NULL, NULL, NULL, 0, 0, 0, 0, 0, 0, 0};
+    if (!trade_fields(d + start, d + fr->stop, &fr->f) || !price_units(fr->f.p, fr->f.pn, &fr->price))
+        return 0;
+    Py_ssize_t slot = index_slot(x, fr->f.s, fr->f.sn);
+    if (slot < 0 || slot >= PyList_GET_SIZE(x->values)) return 0;
+    fr->stats = PyList_GET_ITEM(x->values, slot);
+    return 1;
+}
+
+/* the first lines of a symbol's stats, two frames before its turn */
+static inline void warm_stats(PyObject *stats) {
+    __builtin_prefetch(stats, 0);
+    __builtin_prefetch((char *)stats + 64, 0);
+    __builtin_prefetch((char *)stats + 128, 0);
+}
+
+/* one frame before its turn, the objects its trade touches, read from its stats (fetched a
+   frame earlier): the lock, the bookkeeping, the median and the current minute. A symbol's
+   objects are scattered over the heap and a busy market's symbols take turns, so each is a
+   miss; fetched here, they overlap the trade before */
+static inline void warm_objects(const TradePath *tp, PyObject *stats) {
+    if (Py_TYPE(stats) != tp->stats_type) return;
+    PyObject *lock = SLOT(stats, S_LOCK), *ids = SLOT(stats, S_IDS);
+    PyObject *median = SLOT(stats, S_MEDIAN), *minute = SLOT(stats, S_MINUTE);
+    if (lock) __builtin_prefetch(lock, 1);
+    if (ids) {
+        __builtin_prefetch(ids, 1);
+        __builtin_prefetch((char *)ids + 64, 1);
+    }
+    if (median) {
+        __builtin_prefetch(median, 1);
+        __builtin_prefetch((char *)median + 64, 1);
+    }
+    if (minute && Py_IS_TYPE(minute, &PeriodType))
+        for (size_t at = 0; at < PERIOD_HOT; at += 64) __builtin_prefetch((char *)minute + at, 1);
+}
+
 static PyObject *TradePath_consume(TradePath *tp, PyObject *args) {
     Py_buffer view;
     Py_ssize_t pos;
@@ -713,30 +781,20 @@ static PyObject *TradePath_consume(TradePath *tp, PyObject *args) {
     Py_ssize_t end = view.len;
     long long frames = 0, applied = 0, duplicates = 0, event_ms = -1;
     int failed = 0;
-    while (end - pos >= 2) {
-        unsigned size = d[pos + 1];
-        if (d[pos] != 0x81 || size > 127) break; /* FIN text, unmasked; else the general path */
-        Py_ssize_t start = pos + 2;
-        unsigned long long n = size;
-        if (size == 126) {
-            if (end - pos < 4) break;
-            n = (unsigned long long)d[pos + 2] << 8 | d[pos + 3];
-            start = pos + 4;
-        } else if (size == 127) {
-            if (end - pos < 10) break;
-            n = 0;
-            for (int k = 2; k < 10; k++) n = n << 8 | d[pos + k];
-            start = pos + 10;
-        }
-        if (n > (unsigned long long)tp->max_size || n > (unsigned long long)(end - start)) break;
-        Py_ssize_t stop = start + (Py_ssize_t)n;
-        Fields f = {NULL, NULL, NULL, 0, 0, 0, 0, 0, 0, 0};
-        u64 price;
-        if (!trade_fields(d + start, d + stop, &f) || !price_units(f.p, f.pn, &price)) break;
-        Py_ssize_t slot = index_slot(x, f.s, f.sn);
-        if (slot < 0 || slot >= PyList_GET_SIZE(x->values)) break;
-        PyObject *stats = PyList_GET_ITEM(x->values, slot);
-        int rc = apply_common(tp, stats, f.t, price, f.T);
+    /* a pipeline of three frames: while one is applied, the next one's objects and the one
+       after's stats are fetched (ring[k % 3]: k the frame applied, then k + 1, k + 2) */
+    Frame ring[3];
+    int have[3];
+    have[0] = frame_at(tp, x, d, pos, end, &ring[0]);
+    have[1] = have[0] && frame_at(tp, x, d, ring[0].stop, end, &ring[1]);
+    if (have[0]) warm_objects(tp, ring[0].stats);
+    if (have[1]) warm_stats(ring[1].stats);
+    for (unsigned k = 0; have[k % 3]; k++) {
+        Frame *cur = &ring[k % 3], *next = &ring[(k + 1) % 3], *then = &ring[(k + 2) % 3];
+        have[(k + 2) % 3] = have[(k + 1) % 3] && frame_at(tp, x, d, next->stop, end, then);
+        if (have[(k + 2) % 3]) warm_stats(then->stats);
+        if (have[(k + 1) % 3]) warm_objects(tp, next->stats);
+        int rc = apply_common(tp, cur->stats, cur->f.t, cur->price, cur->f.T);
         if (rc == ERROR) {
             failed = 1;
             break;
@@ -745,9 +803,9 @@ static PyObject *TradePath_consume(TradePath *tp, PyObject *args) {
         frames++;
         if (rc == APPLIED) {
             applied++;
-            event_ms = f.E;
+            event_ms = cur->f.E;
         } else duplicates++;
-        pos = stop;
+        pos = cur->stop;
     }
     PyBuffer_Release(&view);
     tp->frames += frames;
