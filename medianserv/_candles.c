@@ -82,18 +82,25 @@ static int period_flush(Period *p) {
 
 enum { TO_PENDING, TO_UP, TO_DOWN };
 
+/* the most levels an edge holds (its count is 32 bits, to keep the header in two lines); a
+   trade beyond a full edge goes the pending way, which takes any level */
+#define EDGE_MAX UINT32_MAX
+
 /* where a trade at price goes: an edge if it is beyond every price held and the edge's own
    last level (so the edge stays strictly monotonic whatever the fields say), else the pending
    list (a trade at the edge's last price again too: reading that level would cost a miss) */
 static inline int period_route(const Period *p, u64 price) {
-    if ((!p->count || price > p->high) && (!p->up.n || price > p->up.last)) return TO_UP;
-    if (price < p->low && (!p->down.n || price < p->down.last)) return TO_DOWN;
+    if ((!p->count || price > p->high) && (!p->up_n || price > p->up_last) && p->up_n < EDGE_MAX)
+        return TO_UP;
+    if (price < p->low && (!p->down_n || price < p->down_last) && p->down_n < EDGE_MAX)
+        return TO_DOWN;
     return TO_PENDING;
 }
 
-/* room for one more level on edge e: 0, or -1 with MemoryError set and nothing changed */
-static int edge_reserve(Edge *e) {
-    if (e->n < e->cap) return 0;
+/* room for one more level on edge e of n levels: 0, or -1 with MemoryError set and nothing
+   changed */
+static int edge_reserve(Edge *e, size_t n) {
+    if (n < e->cap) return 0;
     size_t cap = e->cap ? 2 * e->cap : 16;
     LevelCount *v = realloc(e->v, cap * sizeof *v);
     if (!v) {
@@ -105,18 +112,19 @@ static int edge_reserve(Edge *e) {
     return 0;
 }
 
-/* times trades at price, beyond the edge's last, appended to edge e, which has room */
-static inline void edge_put(Edge *e, u64 price, i64 times) {
-    e->v[e->n++] = (LevelCount){price, times};
-    e->last = price;
+/* times trades at price, beyond the edge's last, appended to edge e of *n levels (its last
+   price *last), which has room */
+static inline void edge_put(Edge *e, uint32_t *n, u64 *last, u64 price, i64 times) {
+    e->v[(*n)++] = (LevelCount){price, times};
+    *last = price;
 }
 
 int period_prepare(Period *p, u64 price) {
     switch (period_route(p, price)) {
     case TO_UP:
-        return edge_reserve(&p->up);
+        return edge_reserve(&p->up, p->up_n);
     case TO_DOWN:
-        return edge_reserve(&p->down);
+        return edge_reserve(&p->down, p->down_n);
     }
     if (p->pending == PERIOD_PENDING && p->pend[PERIOD_PENDING - 1].price != price)
         return period_flush(p);
@@ -126,10 +134,12 @@ int period_prepare(Period *p, u64 price) {
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
     size_t k = p->pending;
     int route = period_route(p, price);
-    if (route != TO_PENDING) {
-        Edge *e = route == TO_UP ? &p->up : &p->down;
-        if (edge_reserve(e) < 0) return -1;
-        edge_put(e, price, times);
+    if (route == TO_UP) {
+        if (edge_reserve(&p->up, p->up_n) < 0) return -1;
+        edge_put(&p->up, &p->up_n, &p->up_last, price, times);
+    } else if (route == TO_DOWN) {
+        if (edge_reserve(&p->down, p->down_n) < 0) return -1;
+        edge_put(&p->down, &p->down_n, &p->down_last, price, times);
     } else if (k && p->pend[k - 1].price == price) /* a run at one price: one pending level */
         p->pend[k - 1].count += times;
     else {
@@ -248,13 +258,14 @@ static int merge_into(LevelCount **acc, size_t *n, const LevelCount *b, size_t n
     return 0;
 }
 
-/* the down edge merged into *acc as merge_into does, read from its end (it descends) */
-static int merge_down_into(LevelCount **acc, size_t *n, const Edge *down) {
-    if (!down->n) return 0;
-    LevelCount *up = malloc(down->n * sizeof *up);
+/* the down edge (nd levels) merged into *acc as merge_into does, read from its end (it
+   descends) */
+static int merge_down_into(LevelCount **acc, size_t *n, const LevelCount *down, size_t nd) {
+    if (!nd) return 0;
+    LevelCount *up = malloc(nd * sizeof *up);
     if (!up) return -1;
-    for (size_t i = 0; i < down->n; i++) up[i] = down->v[down->n - 1 - i];
-    int rc = merge_into(acc, n, up, down->n);
+    for (size_t i = 0; i < nd; i++) up[i] = down[nd - 1 - i];
+    int rc = merge_into(acc, n, up, nd);
     free(up);
     return rc;
 }
@@ -264,11 +275,12 @@ static int merge_down_into(LevelCount **acc, size_t *n, const Edge *down) {
    all of them */
 static int period_compact(Period *p) {
     size_t m = p->levels.used + p->pending;
-    if (!m && !p->up.n && !p->down.n && p->nruns <= 1) return 0;
+    if (!m && !p->up_n && !p->down_n && p->nruns <= 1) return 0;
     LevelCount *acc = m ? malloc(m * sizeof *acc) : NULL;
     if (m && !acc) goto nomem;
     size_t n = m ? sort_levels(acc, loose_levels(p, acc)) : 0;
-    if (merge_into(&acc, &n, p->up.v, p->up.n) < 0 || merge_down_into(&acc, &n, &p->down) < 0)
+    if (merge_into(&acc, &n, p->up.v, p->up_n) < 0 ||
+        merge_down_into(&acc, &n, p->down.v, p->down_n) < 0)
         goto nomem;
     for (size_t r = p->nruns; r-- > 0;) /* the smallest first */
         if (merge_into(&acc, &n, p->runs[r].v, p->runs[r].n) < 0) goto nomem;
@@ -280,6 +292,7 @@ static int period_compact(Period *p) {
     free(p->up.v);
     free(p->down.v);
     p->up = p->down = (Edge){0};
+    p->up_n = p->down_n = 0;
     if (runs_push(p, acc, n) < 0) { /* runs had room for one: not reached */
         free(acc);
         goto nomem;
@@ -299,6 +312,18 @@ static const LevelCount *period_run(Period *p, size_t *n) {
     if (!p->nruns) return NULL;
     *n = p->runs[0].n;
     return p->runs[0].v;
+}
+
+/* the header (PERIOD_HOT bytes, two cache lines with the usual 16-byte object head) on lines
+   of its own, so that a live trade of a cold period misses twice, not three times */
+_Static_assert(sizeof(PyObject) != 16 || PERIOD_HOT == 128, "a period's hot fields: 2 lines");
+
+static PyObject *period_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
+    size_t size = ((size_t)type->tp_basicsize + 63) & ~(size_t)63;
+    PyObject *o = aligned_alloc(64, size);
+    if (!o) return PyErr_NoMemory();
+    memset(o, 0, size);
+    return PyObject_Init(o, type);
 }
 
 static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
@@ -449,13 +474,12 @@ static PyObject *Period_fold(Period *p, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* e (empty) a copy of f: 0, or -1 (memory) */
-static int edge_copy(Edge *e, const Edge *f) {
-    if (!f->n) return 0;
-    if (!(e->v = malloc(f->n * sizeof *e->v))) return -1;
-    memcpy(e->v, f->v, f->n * sizeof *e->v);
-    e->n = e->cap = f->n;
-    e->last = f->last;
+/* e (empty) a copy of edge f's n levels: 0, or -1 (memory) */
+static int edge_copy(Edge *e, const Edge *f, size_t n) {
+    if (!n) return 0;
+    if (!(e->v = malloc(n * sizeof *e->v))) return -1;
+    memcpy(e->v, f->v, n * sizeof *e->v);
+    e->cap = n;
     return 0;
 }
 
@@ -468,8 +492,9 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     c->levels.cap = c->levels.used = 0;
     c->runs = NULL;
     c->nruns = c->capruns = 0;
-    c->up = c->down = (Edge){0};
-    if (edge_copy(&c->up, &p->up) < 0 || edge_copy(&c->down, &p->down) < 0) goto nomem;
+    c->up = c->down = (Edge){0}; /* up_n, down_n and the last prices copied with the rest */
+    if (edge_copy(&c->up, &p->up, p->up_n) < 0 || edge_copy(&c->down, &p->down, p->down_n) < 0)
+        goto nomem;
     if (p->levels.cap) {
         LevelCount *slots = malloc(p->levels.cap * sizeof *slots);
         if (!slots) goto nomem;
@@ -550,7 +575,7 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
     long long lo_rank = (p->count - 1) / 2, hi_rank = p->count / 2, seen = 0;
     u64 lo = 0, hi = 0;
     int found = 0;
-    size_t loose = p->levels.used + p->pending, in_runs = p->up.n + p->down.n; /* in order */
+    size_t loose = p->levels.used + p->pending, in_runs = (size_t)p->up_n + p->down_n; /* in order */
     for (size_t r = 0; r < p->nruns; r++) in_runs += p->runs[r].n;
     if (loose <= 4096 || loose <= in_runs / 4) { /* little to sort: compacted, for good */
         if (period_compact(p) < 0) return NULL;
@@ -568,10 +593,10 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
         LevelCount *v = malloc(n * sizeof *v);
         if (!v) return PyErr_NoMemory();
         size_t k = loose_levels(p, v);
-        memcpy(v + k, p->up.v, p->up.n * sizeof *v);
-        k += p->up.n;
-        memcpy(v + k, p->down.v, p->down.n * sizeof *v);
-        k += p->down.n;
+        memcpy(v + k, p->up.v, p->up_n * sizeof *v);
+        k += p->up_n;
+        memcpy(v + k, p->down.v, p->down_n * sizeof *v);
+        k += p->down_n;
         for (size_t r = 0; r < p->nruns; r++) {
             memcpy(v + k, p->runs[r].v, p->runs[r].n * sizeof *v);
             k += p->runs[r].n;
@@ -642,6 +667,8 @@ PyTypeObject PeriodType = {
     .tp_doc = "One period's trades: the compiled twin of medianserv.candles.PyPeriod.",
     .tp_basicsize = sizeof(Period),
     .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_alloc = period_alloc,
+    .tp_free = free,
     .tp_new = Period_new,
     .tp_dealloc = (destructor)Period_dealloc,
     .tp_methods = Period_methods,

@@ -607,9 +607,8 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
     PyObject *m = SLOT(stats, S_MINUTE);
     if (m && Py_IS_TYPE(m, &PeriodType)) { /* the bookkeeping's misses hide its fetch: */
-        for (size_t at = 0; at < PERIOD_HOT; at += 64) /* its hot fields, */
+        for (size_t at = 0; at < PERIOD_HOT; at += 64) /* its hot lines (it is aligned), */
             __builtin_prefetch((char *)m + at, 1);
-        __builtin_prefetch((char *)m + PERIOD_HOT - 1, 1);
         Period *p = (Period *)m; /* and the pending entry it would take (its address waits) */
         __builtin_prefetch(&p->pend[p->pending < PERIOD_PENDING ? p->pending : 0], 1);
     }

@@ -113,27 +113,32 @@ typedef struct {
  * fetched ahead, so a cold symbol's trade waits on no miss in the map */
 #define PERIOD_PENDING 16
 
-/* levels in the order they came, each beyond every one before (a new high, or a new low) */
+/* levels in the order they came, each beyond every one before (a new high, or a new low); how
+ * many and the last price are in the period's first lines (Period.up_n, .up_last ...) */
 typedef struct {
     LevelCount *v;
-    size_t n, cap;
-    u64 last;           /* v[n - 1].price, kept here so that a trade reads no line of v */
+    size_t cap;
 } Edge;
 
-/* one period's trades (medianserv.candles.PyPeriod); what a live trade reads and writes first,
- * so that it touches as few cache lines as it can. Its levels are those of the edges, the map,
- * the pending ones and the runs (a price may be in several); every reader of the levels first
- * compacts them into one run */
+/* one period's trades (medianserv.candles.PyPeriod). What a live trade reads and writes comes
+ * first, in two cache lines (the object is 64-byte aligned: see period_alloc), then the pending
+ * list, then what only folds, copies and readers touch. Its levels are those of the edges, the
+ * map, the pending ones and the runs (a price may be in several); every reader of the levels
+ * first compacts them into one run */
 typedef struct {
-    PyObject_HEAD                     /* the first PERIOD_HOT bytes: what every live trade reads */
-    long long lo_ms, start, length;   /* add_in takes times lo_ms .. start + length - 1 */
-    long long last_ms;                /* the latest time add_in took */
-    long long count, open_id, close_id;
-    u64 close_price, high, low;
-    Edge up, down;                    /* trades above high / below low: appended, no lookup */
+    PyObject_HEAD                     /* line one */
+    long long start, last_ms;         /* last_ms: the latest time add_in took */
+    long long count, close_id;
+    u64 close_price, high;
+    u64 low;                          /* line two */
+    u64 up_last, down_last;           /* each edge's last price, so a trade reads no edge */
+    long long open_id;
+    long long lo_ms, length;          /* add_in takes times lo_ms .. start + length - 1 */
+    uint32_t up_n, down_n;            /* each edge's levels */
     size_t pending;                   /* pend[0 .. pending) wait to go into levels */
-    u64 open_price;
     LevelCount pend[PERIOD_PENDING];
+    u64 open_price;
+    Edge up, down;                    /* trades above high / below low: appended, no lookup */
     PairMap levels;
     Run *runs;                        /* what folds and packed levels add: ascending runs, */
     size_t nruns, capruns;            /* each at most half the one before (see _candles.c) */
