@@ -179,7 +179,7 @@ static size_t sort_levels(LevelCount *v, size_t n) {
     int sorted = 1;
     for (size_t i = 1; i < n && sorted; i++) sorted = v[i - 1].price < v[i].price;
     if (sorted) return n;
-    qsort(v, n, sizeof *v, level_cmp);
+    sort_by_price(v, n);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         if (k && v[k - 1].price == v[i].price) v[k - 1].count += v[i].count;

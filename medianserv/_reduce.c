@@ -193,7 +193,7 @@ static int end_day(Reducer *r) {
     out->median_lo = out->median_hi = 0;
     out->at = out->n = 0;
     if (r->day.partial) {
-        qsort(pairs, n, sizeof *pairs, level_cmp);
+        sort_by_price(pairs, n);
         if (r->nspill + n > r->spill_cap) {
             size_t cap = (r->nspill + n) * 2;
             LevelCount *spill = realloc(r->spill, cap * sizeof *spill);

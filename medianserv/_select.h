@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     uint64_t price;
@@ -16,6 +18,42 @@ typedef struct {
 static inline int level_cmp(const void *a, const void *b) {
     uint64_t x = ((const LevelCount *)a)->price, y = ((const LevelCount *)b)->price;
     return (x > y) - (x < y);
+}
+
+/* v[0..n) in ascending order of price (stable). A least-significant-digit radix sort over
+ * only the bytes in which the prices differ (a minute's prices share their high bytes: three
+ * or four passes), for n large enough to repay its passes; qsort below that, or when the
+ * scratch array cannot be had. O(n) per byte that varies; qsort's O(n log n) with an indirect
+ * call per comparison was most of a busy minute's retirement. */
+static inline void sort_by_price(LevelCount *v, size_t n) {
+    LevelCount *tmp = n >= 128 ? (LevelCount *)malloc(n * sizeof *tmp) : NULL;
+    if (!tmp) {
+        qsort(v, n, sizeof *v, level_cmp);
+        return;
+    }
+    uint64_t any = 0, every = ~(uint64_t)0;
+    for (size_t i = 0; i < n; i++) {
+        any |= v[i].price;
+        every &= v[i].price;
+    }
+    uint64_t vary = any ^ every; /* the bits in which some two prices differ */
+    LevelCount *src = v, *dst = tmp;
+    for (int shift = 0; shift < 64; shift += 8) {
+        if (!((vary >> shift) & 0xFF)) continue;
+        size_t at[256] = {0};
+        for (size_t i = 0; i < n; i++) at[(src[i].price >> shift) & 0xFF]++;
+        for (size_t b = 0, sum = 0; b < 256; b++) {
+            size_t c = at[b];
+            at[b] = sum;
+            sum += c;
+        }
+        for (size_t i = 0; i < n; i++) dst[at[(src[i].price >> shift) & 0xFF]++] = src[i];
+        LevelCount *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != v) memcpy(v, src, n * sizeof *v);
+    free(tmp);
 }
 
 /* The price at weighted rank k (0-based: the trades of each level counted) of p[0..n),

@@ -160,6 +160,27 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
     assert dict(zip(prices, counts, strict=True)) == Counter(trades)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=130, max_size=700),
+       st.integers(0, 2**64 - 1), st.integers(0, 4))  # fmt: skip
+def test_a_period_of_many_levels_packs_them_in_order(
+    spread: list[int], high: int, repeats: int
+) -> None:
+    """More levels than the compiled twin sorts by comparison (it sorts by the bytes in which
+    they differ then): prices over the whole range, then the same under one high part (few
+    bytes differ, or only some bits of them), some of them again: packed in order, each with
+    its trades."""
+    for mask in (2**64 - 1, 0xFFFFFF, 0xF0F0F0):
+        prices = [high & ~mask | x & mask for x in spread]
+        trades = prices + prices[: repeats * 40]
+        held = sorted(Counter(trades).items())
+        for kind in PERIODS:
+            p = kind(0, 60_000)
+            for i, price in enumerate(trades):
+                p.add(i, i, price, 1)
+            assert p.packed() == (_packed(*[x for x, _ in held]), _packed(*[n for _, n in held]))
+
+
 def test_the_median_of_a_period_held_in_many_levels_either_way() -> None:
     """A period whose levels came one at a time (more than the compiled twin compacts before
     it takes a median: it selects over a copy instead), new highs and new lows among them
