@@ -758,10 +758,11 @@ class Candles:
             return None
         self.harvested = (minute.start, minute.count)
         k0, k1, k2 = keep_ms  # spelt out: a loop or a comprehension costs more than the rest
+        n0, n1, n2 = _LENGTHS
         first = latest + 1
-        expired = (None if k0 is None else first - k0 - 60_000,
-                   None if k1 is None else first - k1 - 3_600_000,
-                   None if k2 is None else first - k2 - 86_400_000)  # fmt: skip
+        expired = (None if k0 is None else first - k0 - n0,
+                   None if k1 is None else first - k1 - n1,
+                   None if k2 is None else first - k2 - n2)  # fmt: skip
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = (
             [(minute.start, None, minute.copy())], [], [],
         )  # fmt: skip
