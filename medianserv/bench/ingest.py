@@ -140,6 +140,18 @@ def _settle(pids: list[int], idle: float = 0.05, limit: float = 60.0) -> None:
             return
 
 
+def _flowing(count: Any, limit: float = 60.0) -> None:
+    """Wait until ``count`` (a side's trades) rose over the last second, at most ``limit``
+    seconds: the flood has reached the side and its pace (a market's first flood can take
+    seconds to start: the simulator reads the recordings of `real` then)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = count()
+        time.sleep(1.0)
+        if count() > before:
+            return
+
+
 def _roll_minutes(sim: SimProcess, services: list[tuple[str, ServiceProcess]],
                   seconds: float = 0.5) -> None:  # fmt: skip
     """Each service flooded for ``seconds`` in turn (the market in force) once the next UTC
@@ -222,13 +234,13 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                 for side in [s for s in order if s in sides]:
                     pid, count = sides[side]
                     sim.control(f"flood?agent={agents[side]}")
-                    time.sleep(1.0)  # the flood reaches its pace
+                    _flowing(count)
                     c0, n0, t0 = cpu_seconds(pid), count(), time.monotonic()
                     time.sleep(seconds)
                     c1, n1, t1 = cpu_seconds(pid), count(), time.monotonic()
                     sim.control("flood?agent=nobody")
                     time.sleep(0.5)  # what is in flight drains before the other side's turn
-                    if n1 - n0 < 100:  # idle while flooded: its connections were down
+                    if n1 - n0 < 100:  # idle while its flood flowed: its connections were down
                         raise RuntimeError(f"{side} took {n1 - n0} trades in a window of "
                                            f"{market}; the run does not count")  # fmt: skip
                     per_trade[market].setdefault(side, []).append((c1 - c0) / (n1 - n0) * 1e6)
