@@ -563,10 +563,9 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
 /* twice the median: the prices at ranks (count - 1) / 2 and count / 2. Where its map holds
    few of its levels (a retired minute, compacted already; an hour or day, runs mostly; a
    minute of a trending market, edges mostly), the period is compacted and the ranks found
-   in one pass over its run, O(L) sequential; where
-   the map holds many (a minute read while open), compacting would sort them all, so a
-   weighted quickselect over a private copy of every piece, O(L) expected, the interpreter
-   released */
+   in one pass over its run, O(L) sequential; where the map holds many (a minute read while
+   open), compacting would sort them all, so a weighted quickselect over a private copy of
+   every piece, O(L) expected, the interpreter released */
 static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (!p->count) {
         PyErr_SetString(PyExc_ValueError, "twice_median: the period holds no trade");

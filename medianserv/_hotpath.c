@@ -606,10 +606,8 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     if (!lock || !Py_IS_TYPE(lock, &LockType)) return NOT_COMMON;
     if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
     PyObject *m = SLOT(stats, S_MINUTE);
-    if (m && Py_IS_TYPE(m, &PeriodType)) { /* the bookkeeping's misses hide its fetch: */
-        for (size_t at = 0; at < PERIOD_HOT; at += 64) /* its hot lines (it is aligned), */
-            __builtin_prefetch((char *)m + at, 1);
-        Period *p = (Period *)m; /* and the pending entry it would take (its address waits) */
+    if (m && Py_IS_TYPE(m, &PeriodType)) { /* its header fetched a frame ago (warm_objects): */
+        Period *p = (Period *)m; /* the pending entry it would take, behind the bookkeeping */
         __builtin_prefetch(&p->pend[p->pending < PERIOD_PENDING ? p->pending : 0], 1);
     }
     int rc = NOT_COMMON;
