@@ -421,14 +421,7 @@ def finish(state: CandleState | None) -> CandleState | None:
     :meth:`Candles.harvest` leaves to be done outside the symbol's lock. O(L log L)."""
     if state is None:
         return None
-    for entries in state.periods:  # a plain loop: most harvests settle nothing
-        for _, _, p in entries:
-            if type(p) is Settled:
-                break
-        else:
-            continue
-        break
-    else:
+    if not _settles(state):
         return state
     periods = tuple(
         [(s, period_row(p.period), None) if isinstance(p, Settled) else (s, r, p)
@@ -436,6 +429,16 @@ def finish(state: CandleState | None) -> CandleState | None:
         for entries in state.periods
     )  # fmt: skip
     return state._replace(periods=periods)
+
+
+def _settles(state: CandleState) -> bool:
+    """Whether ``state`` settles a period. O(periods): plain loops, as most harvests settle
+    none and a generator costs more than the search."""
+    for entries in state.periods:
+        for _, _, p in entries:
+            if type(p) is Settled:
+                return True
+    return False
 
 
 def then_candles(before: CandleState | None, after: CandleState | None) -> CandleState | None:
@@ -753,21 +756,27 @@ class Candles:
         """:meth:`harvest` when nothing but the current minute can have changed (counts()
         included: see :attr:`over_at`): its copy if it did, else None. O(L) for L its
         levels; it reads no other part of the book, for one of a cold symbol costs a miss."""
-        minute = self.minute
-        if minute is None or (minute.start, minute.count) == self.harvested:
+        taken = self._take_minute()
+        if taken is None:
             return None
-        self.harvested = (minute.start, minute.count)
         k0, k1, k2 = keep_ms  # spelt out: a loop or a comprehension costs more than the rest
         n0, n1, n2 = _LENGTHS
         first = latest + 1
         expired = (None if k0 is None else first - k0 - n0,
                    None if k1 is None else first - k1 - n1,
                    None if k2 is None else first - k2 - n2)  # fmt: skip
-        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = (
-            [(minute.start, None, minute.copy())], [], [],
-        )  # fmt: skip
-        return _new_state((self.first_ms, latest, self.front_top_ms, minute.start, periods,
+        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([taken], [], [])
+        return _new_state((self.first_ms, latest, self.front_top_ms, taken[0], periods,
                            expired, self.harvested_counts, (), self.sealed))  # fmt: skip
+
+    def _take_minute(self) -> tuple[int, None, Any] | None:
+        """The current minute's entry (start, None, a copy) if it changed since the last
+        harvest, noted as handed over; else None. O(L) for L its levels."""
+        minute = self.minute
+        if minute is None or (minute.start, minute.count) == self.harvested:
+            return None
+        self.harvested = (minute.start, minute.count)
+        return (minute.start, None, minute.copy())
 
     def _hand_over(
         self,
@@ -776,14 +785,14 @@ class Candles:
     ) -> CandleState | None:
         """:meth:`harvest`'s end: the current minute's copy if it changed, then the state to
         store, or None if nothing changed. O(L) for L the current minute's levels."""
-        minute = self.minute
-        if minute is not None and (minute.start, minute.count) != self.harvested:
-            self.harvested = (minute.start, minute.count)
-            periods[MINUTE].append((minute.start, None, minute.copy()))
-        counts = (self.total, self.outside, *self.settled, *self.expired, self.history)
-        if not (periods[0] or periods[1] or periods[2]) and counts == self.harvested_counts:
+        taken = self._take_minute()
+        if taken is not None:
+            periods[MINUTE].append(taken)
+        counts = self.counts()
+        if not any(periods) and counts == self.harvested_counts:
             return None
         self.harvested_counts = counts
+        minute = self.minute
         current = None if minute is None else minute.start
         return _new_state((self.first_ms, self.latest, self.front_top_ms, current, periods,
                            tuple(expired), counts, (), self.sealed))  # fmt: skip

@@ -556,13 +556,20 @@ def test_a_quiet_book_hands_over_what_it_took_besides_its_minute(compiled: bool)
             assert [(s, r.trades) for s, r, _ in taken.periods[2] if r] == [(2 * day, 3)]
 
 
-def test_retention_drops_old_minutes_and_keeps_days() -> None:
-    symbols.keep_candles(True, [120_000, None, None])
+def ten_minutes_stored(keep_minutes_ms: int) -> tuple[SymbolStats, FakeStore]:
+    """A symbol keeping minutes ``keep_minutes_ms``, a trade a minute from 60,000 to 600,000,
+    each followed by a snapshot into a store."""
+    symbols.keep_candles(True, [keep_minutes_ms, None, None])
     stats = SymbolStats("X")
     store = FakeStore()
     for i in range(1, 11):
         stats.apply(i, 100 + i, i * 60_000)
         snapshot(stats, store)
+    return stats, store
+
+
+def test_retention_drops_old_minutes_and_keeps_days() -> None:
+    stats, store = ten_minutes_stored(120_000)
     minutes = store.rows(0) + stats.candle_rows(0, 0, 2**62)[0]
     assert min(r.open_time for r in minutes) >= 10 * 60_000 - 120_000 - 60_000
     days = select_rows(store.rows(2), stats.candle_rows(2, 0, 2**62)[0], None, None, None, 10)
@@ -573,12 +580,7 @@ def test_retention_moves_with_the_latest_trade_inside_a_minute() -> None:
     """A retention that is no whole number of minutes passes a stored minute while the
     current minute goes on: the harvest then (nothing but the current minute changed) drops
     it from the store all the same."""
-    symbols.keep_candles(True, [90_000, None, None])
-    stats = SymbolStats("X")
-    store = FakeStore()
-    for i in range(1, 11):
-        stats.apply(i, 100 + i, i * 60_000)
-        snapshot(stats, store)
+    stats, store = ten_minutes_stored(90_000)
     stats.apply(11, 111, 610_000)
     snapshot(stats, store)  # the minute settled before is written: nothing left to settle
     assert 480_000 in {r.open_time for r in store.rows(0)}  # 610,000 - 90,000 - 60,000 + 1
