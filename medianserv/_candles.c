@@ -1,13 +1,20 @@
 /* The compiled twin of medianserv.candles.PyPeriod: one period's open, close, extremes, count
  * and levels (price -> trades). Method for method the same; the per-trade path (_hotpath.c)
- * calls period_add for a trade of the current minute.
+ * notes a trade of the current minute (period_note).
  *
- * Levels come two ways, each kept as suits it. One trade at a time (a live trade, a late
- * one): a trade above every price the period holds (a new high) is appended to an ascending
- * edge, one below them all (a new low) to a descending one, with no lookup, as they are
- * distinct by construction (a trending market's minute, whose every level is new, costs a
- * sequential append a level); any other into a short pending list, then a hash map
- * (PairMap). Many at once, already in order
+ * A live trade is only noted: its price and id go into a pending list of PERIOD_PENDING, and
+ * it touches nothing of the period but the list's entry and the first line (bounds, last time,
+ * the pending count). The list is applied all at once when it is full or the period is read
+ * (period_settle; count adds the pending ones up instead), in the order the trades came, as
+ * each would have been applied alone: so the fields and levels of a cold symbol's minute are
+ * read and written once in 16 trades, not once a trade.
+ *
+ * Levels come two ways, each kept as suits it. One trade at a time (the pending list applied,
+ * a late trade): a trade above every price the period holds (a new high) is appended to an
+ * ascending edge, one below them all (a new low) to a descending one, with no lookup, as they
+ * are distinct by construction (a trending market's minute, whose every level is new, costs a
+ * sequential append a level); any other into a hash map (PairMap), every slot of a list's
+ * trades fetched before the first is written. Many at once, already in order
  * (a retired minute folded into its hour and day, a stored period restored): as an ascending
  * run, merged with the run before it while that one is at most twice as long, so a period
  * holds O(log L) runs and each level is merged O(log L) times, every merge a sequential pass
@@ -59,49 +66,60 @@ static int pm_reserve(PairMap *m, size_t more) {
     return 0;
 }
 
-/* n <= PERIOD_PENDING levels added, every slot fetched before the first is written, so their
-   misses overlap; the map has room for them */
+/* n levels added, every slot fetched before the first is written, so their misses overlap;
+   the map has room for them */
 static void pm_put_batch(PairMap *m, const LevelCount *v, size_t n) {
     for (size_t i = 0; i < n; i++) __builtin_prefetch(&m->slots[pm_home(m, v[i].price)], 1);
     for (size_t i = 0; i < n; i++) pm_put(m, v[i].price, v[i].count);
 }
 
-/* the pending trades into the map; 0, or -1 with MemoryError set and nothing changed */
-static int period_flush(Period *p) {
-    if (!p->pending) return 0;
-    if (pm_reserve(&p->levels, p->pending) < 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    pm_put_batch(&p->levels, p->pend, p->pending);
-    p->pending = 0;
-    return 0;
-}
-
 /* -- the levels: edges ------------------------------------------------------------------------ */
 
-enum { TO_PENDING, TO_UP, TO_DOWN };
+enum { TO_MAP, TO_UP, TO_DOWN };
 
-/* the most levels an edge holds (its count is 32 bits, to keep the header in two lines); a
-   trade beyond a full edge goes the pending way, which takes any level */
+/* the most levels an edge holds (its count is 32 bits); a trade beyond a full edge goes into
+   the map, which takes any level */
 #define EDGE_MAX UINT32_MAX
 
+/* what routes a trade: the fields it reads, apart from the period (a dry run counts the room
+   a list of trades needs without changing the period) */
+typedef struct {
+    long long count;
+    u64 high, low, up_last, down_last;
+    uint32_t up_n, down_n;
+} Route;
+
 /* where a trade at price goes: an edge if it is beyond every price held and the edge's own
-   last level (so the edge stays strictly monotonic whatever the fields say), else the pending
-   list (a trade at the edge's last price again too: reading that level would cost a miss) */
-static inline int period_route(const Period *p, u64 price) {
-    if ((!p->count || price > p->high) && (!p->up_n || price > p->up_last) && p->up_n < EDGE_MAX)
-        return TO_UP;
-    if (price < p->low && (!p->down_n || price < p->down_last) && p->down_n < EDGE_MAX)
-        return TO_DOWN;
-    return TO_PENDING;
+   last level (so the edge stays strictly monotonic whatever the fields say), else the map (a
+   trade at the edge's last price again too); r updated as applying it updates the period */
+static inline int route_step(Route *r, u64 price, long long times) {
+    int to = TO_MAP;
+    if ((!r->count || price > r->high) && (!r->up_n || price > r->up_last) && r->up_n < EDGE_MAX) {
+        to = TO_UP;
+        r->up_n++;
+        r->up_last = price;
+    } else if (price < r->low && (!r->down_n || price < r->down_last) && r->down_n < EDGE_MAX) {
+        to = TO_DOWN;
+        r->down_n++;
+        r->down_last = price;
+    }
+    if (!r->count) r->high = r->low = price;
+    else if (price > r->high) r->high = price;
+    else if (price < r->low) r->low = price;
+    r->count += times;
+    return to;
 }
 
-/* room for one more level on edge e of n levels: 0, or -1 with MemoryError set and nothing
+static inline Route route_of(const Period *p) {
+    return (Route){p->count, p->high, p->low, p->up_last, p->down_last, p->up_n, p->down_n};
+}
+
+/* room for `more` levels beyond edge e's n: 0, or -1 with MemoryError set and nothing
    changed */
-static int edge_reserve(Edge *e, size_t n) {
-    if (n < e->cap) return 0;
-    size_t cap = e->cap ? 2 * e->cap : 16;
+static int edge_reserve(Edge *e, size_t n, size_t more) {
+    if (n + more <= e->cap) return 0;
+    size_t cap = e->cap ? e->cap : 16;
+    while (cap < n + more) cap *= 2;
     LevelCount *v = realloc(e->v, cap * sizeof *v);
     if (!v) {
         PyErr_NoMemory();
@@ -112,63 +130,89 @@ static int edge_reserve(Edge *e, size_t n) {
     return 0;
 }
 
-/* times trades at price, beyond the edge's last, appended to edge e of *n levels (its last
-   price *last), which has room */
-static inline void edge_put(Edge *e, uint32_t *n, u64 *last, u64 price, i64 times) {
-    e->v[(*n)++] = (LevelCount){price, times};
-    *last = price;
-}
-
-int period_prepare(Period *p, u64 price) {
-    switch (period_route(p, price)) {
-    case TO_UP:
-        return edge_reserve(&p->up, p->up_n);
-    case TO_DOWN:
-        return edge_reserve(&p->down, p->down_n);
+/* room for the trades of v (n of them, in order): a dry run of their routes; 0, or -1 with
+   MemoryError set (nothing changed but room) */
+static int period_reserve(Period *p, const PendTrade *v, size_t n, long long times) {
+    Route r = route_of(p);
+    size_t to_map = 0;
+    for (size_t i = 0; i < n; i++) to_map += route_step(&r, v[i].price, times) == TO_MAP;
+    if (edge_reserve(&p->up, p->up_n, r.up_n - p->up_n) < 0 ||
+        edge_reserve(&p->down, p->down_n, r.down_n - p->down_n) < 0)
+        return -1;
+    if (to_map && pm_reserve(&p->levels, to_map) < 0) {
+        PyErr_NoMemory();
+        return -1;
     }
-    if (p->pending == PERIOD_PENDING && p->pend[PERIOD_PENDING - 1].price != price)
-        return period_flush(p);
     return 0;
 }
 
-int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
-    size_t k = p->pending;
-    int route = period_route(p, price);
-    if (route == TO_UP) {
-        if (edge_reserve(&p->up, p->up_n) < 0) return -1;
-        edge_put(&p->up, &p->up_n, &p->up_last, price, times);
-    } else if (route == TO_DOWN) {
-        if (edge_reserve(&p->down, p->down_n) < 0) return -1;
-        edge_put(&p->down, &p->down_n, &p->down_last, price, times);
-    } else if (k && p->pend[k - 1].price == price) /* a run at one price: one pending level */
-        p->pend[k - 1].count += times;
-    else {
-        if (k == PERIOD_PENDING) {
-            if (period_flush(p) < 0) return -1;
-            k = 0;
-        }
-        p->pend[k] = (LevelCount){price, times};
-        p->pending = k + 1;
-    }
+/* the fields of times trades at price, ids lo..hi, taken in */
+static inline void period_fields(Period *p, long long lo, long long hi, u64 price) {
     if (!p->count) {
         p->open_id = lo;
         p->close_id = hi;
-        p->open_price = p->close_price = p->high = p->low = price;
-    } else {
-        if (lo < p->open_id) {
-            p->open_id = lo;
-            p->open_price = price;
-        }
-        if (hi > p->close_id) {
-            p->close_id = hi;
-            p->close_price = price;
-        }
-        if (price > p->high)
-            p->high = price;
-        else if (price < p->low)
-            p->low = price;
+        p->open_price = p->close_price = price;
+        return;
     }
-    p->count += times;
+    if (lo < p->open_id) {
+        p->open_id = lo;
+        p->open_price = price;
+    }
+    if (hi > p->close_id) {
+        p->close_id = hi;
+        p->close_price = price;
+    }
+}
+
+/* the trades of v (n <= PERIOD_PENDING, in order; times trades each, ids id .. id + span)
+   applied: edges, map, fields; the room reserved (period_reserve) */
+static void period_apply(Period *p, const PendTrade *v, size_t n, long long times,
+                         long long span) {
+    LevelCount batch[PERIOD_PENDING];
+    size_t nb = 0;
+    Route r = route_of(p);
+    for (size_t i = 0; i < n; i++) {
+        u64 price = v[i].price;
+        period_fields(p, v[i].id, v[i].id + span, price);
+        switch (route_step(&r, price, times)) {
+        case TO_UP:
+            p->up.v[p->up_n] = (LevelCount){price, times};
+            break;
+        case TO_DOWN:
+            p->down.v[p->down_n] = (LevelCount){price, times};
+            break;
+        default: /* a run at one price: one level of the batch */
+            if (nb && batch[nb - 1].price == price) batch[nb - 1].count += times;
+            else batch[nb++] = (LevelCount){price, times};
+        }
+        p->count = r.count;
+        p->high = r.high;
+        p->low = r.low;
+        p->up_n = r.up_n;
+        p->up_last = r.up_last;
+        p->down_n = r.down_n;
+        p->down_last = r.down_last;
+    }
+    pm_put_batch(&p->levels, batch, nb);
+}
+
+/* the pending trades applied: 0, or -1 with MemoryError set and nothing changed. O(pending) */
+static int period_settle(Period *p) {
+    if (!p->pending) return 0;
+    if (period_reserve(p, p->pend, p->pending, 1) < 0) return -1;
+    period_apply(p, p->pend, p->pending, 1, 0);
+    p->pending = 0;
+    return 0;
+}
+
+int period_prepare(Period *p) {
+    return p->pending == PERIOD_PENDING ? period_settle(p) : 0;
+}
+
+int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
+    PendTrade one = {price, lo};
+    if (period_settle(p) < 0 || period_reserve(p, &one, 1, times) < 0) return -1;
+    period_apply(p, &one, 1, times, hi - lo);
     return 0;
 }
 
@@ -236,14 +280,12 @@ static int runs_push(Period *p, LevelCount *v, size_t n) {
     return 0;
 }
 
-/* the levels of the map and the pending list (a price may be in both) copied to out, which
-   has room for levels.used + pending of them; how many */
+/* the levels of the map copied to out, which has room for levels.used of them; how many */
 static size_t loose_levels(const Period *p, LevelCount *out) {
     size_t n = 0;
     for (size_t i = 0; i < p->levels.cap; i++)
         if (p->levels.slots[i].count) out[n++] = p->levels.slots[i];
-    memcpy(out + n, p->pend, p->pending * sizeof *out);
-    return n + p->pending;
+    return n;
 }
 
 /* run b merged into *acc (*n levels, its own allocation or NULL): 0, or -1 (memory) with
@@ -270,11 +312,12 @@ static int merge_down_into(LevelCount **acc, size_t *n, const LevelCount *down, 
     return rc;
 }
 
-/* every level (edges, pending, map, runs) into one run, the map and edges emptied: 0, or -1
-   with MemoryError set and nothing changed. O(m log m + L) for m the levels of the map, L
-   all of them */
+/* every level (the pending trades applied, then edges, map, runs) into one run, the map and
+   edges emptied: 0, or -1 with MemoryError set and nothing changed but the pending trades
+   applied. O(m log m + L) for m the levels of the map, L all of them */
 static int period_compact(Period *p) {
-    size_t m = p->levels.used + p->pending;
+    if (period_settle(p) < 0) return -1;
+    size_t m = p->levels.used;
     if (!m && !p->up_n && !p->down_n && p->nruns <= 1) return 0;
     LevelCount *acc = m ? malloc(m * sizeof *acc) : NULL;
     if (m && !acc) goto nomem;
@@ -288,7 +331,6 @@ static int period_compact(Period *p) {
     p->nruns = 0;
     free(p->levels.slots);
     p->levels = (PairMap){0};
-    p->pending = 0;
     free(p->up.v);
     free(p->down.v);
     p->up = p->down = (Edge){0};
@@ -314,9 +356,10 @@ static const LevelCount *period_run(Period *p, size_t *n) {
     return p->runs[0].v;
 }
 
-/* the header (PERIOD_HOT bytes, two cache lines with the usual 16-byte object head) on lines
-   of its own, so that a live trade of a cold period misses twice, not three times */
-_Static_assert(sizeof(PyObject) != 16 || PERIOD_HOT == 128, "a period's hot fields: 2 lines");
+/* what a live trade touches (PERIOD_HOT bytes: one cache line with the usual 16-byte object
+   head, then one entry of the pending list) on lines of its own, so that a live trade of a
+   cold period misses once or twice, not three or four times */
+_Static_assert(sizeof(PyObject) != 16 || PERIOD_HOT == 64, "a live trade's fields: one line");
 
 static PyObject *period_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
     size_t size = ((size_t)type->tp_basicsize + 63) & ~(size_t)63;
@@ -398,6 +441,7 @@ static PyObject *Period_add_packed(Period *p, PyObject *args) {
     PyObject *res = NULL;
     const unsigned char *a = pv.buf, *b = cv.buf;
     Py_ssize_t n = pv.len / 8;
+    if (period_settle(p) < 0) goto done;
     u64 sum = (u64)p->count;
     if (pv.len != cv.len || pv.len % 8) {
         PyErr_SetString(PyExc_ValueError, "add_packed: as many prices as counts, 8 bytes each");
@@ -436,11 +480,12 @@ static PyObject *Period_fold(Period *p, PyObject *arg) {
         return NULL;
     }
     Period *o = (Period *)arg;
-    if (!o->count) Py_RETURN_NONE;
     if (o == p) {
         PyErr_SetString(PyExc_ValueError, "fold: a period cannot fold itself");
         return NULL;
     }
+    if (period_settle(o) < 0 || period_settle(p) < 0) return NULL;
+    if (!o->count) Py_RETURN_NONE;
     size_t n;
     const LevelCount *run = period_run(o, &n); /* a retired minute: its packed() made it so */
     if (!run && PyErr_Occurred()) return NULL;
@@ -486,7 +531,8 @@ static int edge_copy(Edge *e, const Edge *f, size_t n) {
 static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     Period *c = (Period *)Py_TYPE(p)->tp_alloc(Py_TYPE(p), 0);
     if (!c) return NULL;
-    /* every field after the object header, then edges, a map and runs of its own */
+    /* every field after the object header (the pending trades too: the copy applies them when
+       it is read, off the symbol's lock), then edges, a map and runs of its own */
     memcpy((char *)c + sizeof(PyObject), (char *)p + sizeof(PyObject), sizeof(Period) - sizeof(PyObject));
     c->levels.slots = NULL;
     c->levels.cap = c->levels.used = 0;
@@ -567,6 +613,7 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
    open), compacting would sort them all, so a weighted quickselect over a private copy of
    every piece, O(L) expected, the interpreter released */
 static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
+    if (period_settle(p) < 0) return NULL;
     if (!p->count) {
         PyErr_SetString(PyExc_ValueError, "twice_median: the period holds no trade");
         return NULL;
@@ -574,7 +621,7 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
     long long lo_rank = (p->count - 1) / 2, hi_rank = p->count / 2, seen = 0;
     u64 lo = 0, hi = 0;
     int found = 0;
-    size_t loose = p->levels.used + p->pending, in_runs = (size_t)p->up_n + p->down_n; /* in order */
+    size_t loose = p->levels.used, in_runs = (size_t)p->up_n + p->down_n; /* in order */
     for (size_t r = 0; r < p->nruns; r++) in_runs += p->runs[r].n;
     if (loose <= 4096 || loose <= in_runs / 4) { /* little to sort: compacted, for good */
         if (period_compact(p) < 0) return NULL;
@@ -640,23 +687,69 @@ static PyMethodDef Period_methods[] = {
     {NULL},
 };
 
+/* what a live trade reads and writes: read and written as they are */
 static PyMemberDef Period_members[] = {
     {"start", T_LONGLONG, offsetof(Period, start), READONLY, NULL},
     {"length", T_LONGLONG, offsetof(Period, length), READONLY, NULL},
     {"lo_ms", T_LONGLONG, offsetof(Period, lo_ms), 0, NULL},
     {"last_ms", T_LONGLONG, offsetof(Period, last_ms), 0, NULL},
-    {"count", T_LONGLONG, offsetof(Period, count), READONLY, NULL},
-    {"open_id", T_LONGLONG, offsetof(Period, open_id), 0, NULL},
-    {"close_id", T_LONGLONG, offsetof(Period, close_id), 0, NULL},
-    {"open_price", T_ULONGLONG, offsetof(Period, open_price), 0, NULL},
-    {"close_price", T_ULONGLONG, offsetof(Period, close_price), 0, NULL},
-    {"high", T_ULONGLONG, offsetof(Period, high), 0, NULL},
-    {"low", T_ULONGLONG, offsetof(Period, low), 0, NULL},
     {NULL},
 };
 
+/* the trades held, the pending ones added up: O(1), nothing applied */
+static PyObject *Period_get_count(Period *p, void *Py_UNUSED(closure)) {
+    return PyLong_FromLongLong(p->count + (long long)p->pending);
+}
+
+/* the fields the pending trades change, read and written once they are applied (closure:
+   the field's offset) */
+static PyObject *Period_get_id(Period *p, void *closure) {
+    if (period_settle(p) < 0) return NULL;
+    return PyLong_FromLongLong(*(long long *)((char *)p + (size_t)closure));
+}
+
+static int Period_set_id(Period *p, PyObject *v, void *closure) {
+    if (!v) {
+        PyErr_SetString(PyExc_TypeError, "a period's fields cannot be deleted");
+        return -1;
+    }
+    long long x = PyLong_AsLongLong(v);
+    if ((x == -1 && PyErr_Occurred()) || period_settle(p) < 0) return -1;
+    *(long long *)((char *)p + (size_t)closure) = x;
+    return 0;
+}
+
+static PyObject *Period_get_price(Period *p, void *closure) {
+    if (period_settle(p) < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(*(u64 *)((char *)p + (size_t)closure));
+}
+
+static int Period_set_price(Period *p, PyObject *v, void *closure) {
+    if (!v) {
+        PyErr_SetString(PyExc_TypeError, "a period's fields cannot be deleted");
+        return -1;
+    }
+    u64 x;
+    if (price_arg(v, &x) < 0 || period_settle(p) < 0) return -1;
+    *(u64 *)((char *)p + (size_t)closure) = x;
+    return 0;
+}
+
+#define ID_FIELD(name) \
+    {#name, (getter)Period_get_id, (setter)Period_set_id, NULL, (void *)offsetof(Period, name)}
+#define PRICE_FIELD(name) \
+    {#name, (getter)Period_get_price, (setter)Period_set_price, NULL, \
+     (void *)offsetof(Period, name)}
+
 static PyGetSetDef Period_getset[] = {
     {"levels", (getter)Period_get_levels, NULL, "Distinct prices held.", NULL},
+    {"count", (getter)Period_get_count, NULL, "Trades held.", NULL},
+    ID_FIELD(open_id),
+    ID_FIELD(close_id),
+    PRICE_FIELD(open_price),
+    PRICE_FIELD(close_price),
+    PRICE_FIELD(high),
+    PRICE_FIELD(low),
     {NULL},
 };
 

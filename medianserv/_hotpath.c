@@ -606,7 +606,7 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     if (!lock || !Py_IS_TYPE(lock, &LockType)) return NOT_COMMON;
     if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
     PyObject *m = SLOT(stats, S_MINUTE);
-    if (m && Py_IS_TYPE(m, &PeriodType)) { /* its header fetched a frame ago (warm_objects): */
+    if (m && Py_IS_TYPE(m, &PeriodType)) { /* its first line fetched a frame ago (warm_objects): */
         Period *p = (Period *)m; /* the pending entry it would take, behind the bookkeeping */
         __builtin_prefetch(&p->pend[p->pending < PERIOD_PENDING ? p->pending : 0], 1);
     }
@@ -652,10 +652,10 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
             set_slot(&SLOT(stats, S_MINUTE), fresh);
             Py_DECREF(fresh);
             minute = (Period *)fresh; /* held by the slot */
-        } else if (minute && period_prepare(minute, price) < 0) /* room for the trade: */
+        } else if (minute && period_prepare(minute) < 0) /* room for the trade: */
             goto done;
         if (median_add((Median *)median, price, 1) < 0) goto done;
-        if (minute && !roll && period_add(minute, t, t, price, 1) < 0) goto done; /* has room */
+        if (minute && !roll) period_note(minute, t, price); /* (it has room) */
         if (minute && T > minute->last_ms) minute->last_ms = T;
         set_slot(&SLOT(ids, I_HIGHEST), tid);
         set_slot(&SLOT(ids, I_AFTER_MS), when);

@@ -94,8 +94,8 @@ i64 median_add(Median *m, u64 value, i64 times);
 /* -- median candles (_candles.c) ------------------------------------------------------------ */
 
 /* price -> trades of one period, each price beside its count (a LevelCount, _select.h: one
- * cache line holds four, so a live trade of a cold symbol misses once, not once for the key
- * and once for the count); open addressing, linear probing, a slot free when its count is 0 */
+ * cache line holds four, so a level put misses once, not once for the key and once for the
+ * count); open addressing, linear probing, a slot free when its count is 0 */
 typedef struct {
     LevelCount *slots;
     size_t cap, used;   /* cap a power of two (or 0), used <= cap / 2 */
@@ -108,36 +108,42 @@ typedef struct {
     size_t n;
 } Run;
 
-/* trades a period holds back before they go into its map: a live trade appends to this short
- * list (one of the period's own lines), and the list goes into the map all at once, each slot
- * fetched ahead, so a cold symbol's trade waits on no miss in the map */
+/* live trades a period holds back before it applies them: a live trade of the current minute
+ * appends its price and id to this short list (one of the period's own lines) and touches
+ * nothing else of the period but its first line; the list is applied all at once (its edges,
+ * its map, each slot fetched ahead, its fields) when it is full or the period is read */
 #define PERIOD_PENDING 16
 
+/* a live trade waiting in a period's pending list */
+typedef struct {
+    u64 price;
+    long long id;
+} PendTrade;
+
 /* levels in the order they came, each beyond every one before (a new high, or a new low); how
- * many and the last price are in the period's first lines (Period.up_n, .up_last ...) */
+ * many and the last price are among the period's fields (Period.up_n, .up_last ...) */
 typedef struct {
     LevelCount *v;
     size_t cap;
 } Edge;
 
 /* one period's trades (medianserv.candles.PyPeriod). What a live trade reads and writes comes
- * first, in two cache lines (the object is 64-byte aligned: see period_alloc), then the pending
- * list, then what only folds, copies and readers touch. Its levels are those of the edges, the
- * map, the pending ones and the runs (a price may be in several); every reader of the levels
- * first compacts them into one run */
+ * first, in one cache line (the object is 64-byte aligned: see period_alloc), then the pending
+ * list, then what applying it, folds, copies and readers touch. Its trades are those applied
+ * (count, the fields, the levels of the edges, the map and the runs; a price may be in
+ * several) and the pending ones; every reader applies the pending ones first (count adds them
+ * up instead), and every reader of the levels then compacts them into one run */
 typedef struct {
     PyObject_HEAD                     /* line one */
-    long long start, last_ms;         /* last_ms: the latest time add_in took */
-    long long count, close_id;
-    u64 close_price, high;
-    u64 low;                          /* line two */
-    u64 up_last, down_last;           /* each edge's last price, so a trade reads no edge */
-    long long open_id;
-    long long lo_ms, length;          /* add_in takes times lo_ms .. start + length - 1 */
+    long long start, length;
+    long long lo_ms, last_ms;         /* add_in takes times lo_ms .. start + length - 1; last_ms:
+                                         the latest time taken */
+    uint32_t pending;                 /* pend[0 .. pending) wait to be applied */
+    _Alignas(64) PendTrade pend[PERIOD_PENDING];
+    long long count, open_id, close_id;  /* of the trades applied */
+    u64 open_price, close_price, high, low;
+    u64 up_last, down_last;           /* each edge's last price */
     uint32_t up_n, down_n;            /* each edge's levels */
-    size_t pending;                   /* pend[0 .. pending) wait to go into levels */
-    LevelCount pend[PERIOD_PENDING];
-    u64 open_price;
     Edge up, down;                    /* trades above high / below low: appended, no lookup */
     PairMap levels;
     Run *runs;                        /* what folds and packed levels add: ascending runs, */
@@ -148,12 +154,19 @@ typedef struct {
 
 extern PyTypeObject PeriodType;
 
-/* PyPeriod.add: times trades at price, ids lo..hi; 0, or -1 with MemoryError set */
+/* PyPeriod.add: times trades at price, ids lo..hi, applied now (the pending ones first); 0, or
+ * -1 with MemoryError set */
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times);
 
-/* makes sure period_add of price cannot fail (the pending list has room for it, or is put in
- * the map now); 0, or -1 with MemoryError set and nothing changed */
-int period_prepare(Period *p, u64 price);
+/* makes sure period_note cannot fail: a full pending list is applied now; 0, or -1 with
+ * MemoryError set and nothing changed. O(PERIOD_PENDING) when it applies, else O(1) */
+int period_prepare(Period *p);
+
+/* a live trade (id, price) into the pending list, which has room (period_prepare). O(1): it
+ * writes one entry and the count of them, the period's only lines it touches */
+static inline void period_note(Period *p, long long id, u64 price) {
+    p->pend[p->pending++] = (PendTrade){price, id};
+}
 
 /* -- the per-trade path (_hotpath.c) --------------------------------------------------------- */
 

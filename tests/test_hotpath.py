@@ -22,7 +22,7 @@ from websockets.protocol import OPEN, SERVER
 from websockets.uri import parse_uri
 
 from medianserv import symbols
-from medianserv.candles import state_key
+from medianserv.candles import PyPeriod, period_key, state_key
 from medianserv.config import Config
 from medianserv.hotpath import CTradePath
 from medianserv.link import Link
@@ -319,6 +319,71 @@ def test_the_trade_path_takes_the_common_frames() -> None:
         stats._check()
         assert not candles.retiring and candles.open[0][0].count == 4
         pipeline.close()
+
+
+READS = ["count", "fields", "copy", "median", "levels", "fold", "set"]
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), min_size=1, max_size=120),
+    st.lists(st.integers(1, 40), max_size=12),
+    st.lists(st.sampled_from(READS), min_size=1, max_size=12),
+)
+def test_a_minute_read_between_live_trades_holds_every_one(
+    prices: list[int], cuts: list[int], reads: list[str]
+) -> None:
+    """The compiled minute holds live trades back (its pending list, applied when full or
+    when the minute is read): read in any way between any runs of them (its count, its
+    fields, a copy, its median, its levels, folded into an hour, a field set), it holds
+    exactly the trades taken, as its pure twin given the same trades one by one."""
+    from medianserv import _native  # type: ignore[attr-defined]
+
+    symbols.use_compiled(True)
+    table = SymbolTable.build(["BTCUSDT"])
+    stats = table.get("BTCUSDT")
+    assert stats is not None
+    stats.apply(BASE, 100_000_000_000, 0)  # the minute's first trade: the general path
+    twin = PyPeriod(0, 60_000)
+    twin.add_in(BASE, 100_000_000_000, 0)
+    path = CTradePath()
+    path.index = table.index
+    runs, at = [], 0
+    for cut in [*cuts, len(prices)]:
+        if at < len(prices):
+            runs.append(list(range(at, min(len(prices), at + cut))))
+            at += cut
+    for k, run in enumerate(runs):
+        data = b"".join(frame(trade_json("BTCUSDT", BASE + 1 + i, str(1000 + prices[i] - 20),
+                                         "plain", i))[0] for i in run)  # fmt: skip
+        assert path.consume(data, 0) == len(data)
+        for i in run:
+            twin.add_in(BASE + 1 + i, (1000 + prices[i] - 20) * 10**8, i)
+        minute = stats.minute
+        assert isinstance(minute, _native.Period)
+        read = reads[k % len(reads)]
+        if read == "count":
+            assert minute.count == twin.count
+        elif read == "fields":
+            fields = ("open_id", "close_id", "open_price", "close_price", "high", "low", "count")
+            assert [getattr(minute, f) for f in fields] == [getattr(twin, f) for f in fields]
+        elif read == "copy":
+            assert period_key(minute.copy()) == period_key(twin.copy())
+        elif read == "median":
+            assert minute.twice_median() == twin.twice_median()
+        elif read == "levels":
+            assert minute.levels == twin.levels
+        elif read == "fold":
+            hour, twin_hour = _native.Period(0, 3_600_000), PyPeriod(0, 3_600_000)
+            hour.fold(minute)
+            twin_hour.fold(twin)
+            assert period_key(hour) == period_key(twin_hour)
+        else:  # a field written back as it is read: the trades held back applied first
+            minute.high = minute.high
+            twin.high = twin.high
+    assert period_key(stats.minute) == period_key(twin)
+    stats._check()
 
 
 def test_a_trade_below_the_range_goes_the_general_way() -> None:
