@@ -114,6 +114,16 @@ static inline Route route_of(const Period *p) {
     return (Route){p->count, p->high, p->low, p->up_last, p->down_last, p->up_n, p->down_n};
 }
 
+static inline void route_store(Period *p, const Route *r) {
+    p->count = r->count;
+    p->high = r->high;
+    p->low = r->low;
+    p->up_last = r->up_last;
+    p->down_last = r->down_last;
+    p->up_n = r->up_n;
+    p->down_n = r->down_n;
+}
+
 /* room for `more` levels beyond edge e's n: 0, or -1 with MemoryError set and nothing
    changed */
 static int edge_reserve(Edge *e, size_t n, size_t more) {
@@ -146,9 +156,9 @@ static int period_reserve(Period *p, const PendTrade *v, size_t n, long long tim
     return 0;
 }
 
-/* the fields of times trades at price, ids lo..hi, taken in */
-static inline void period_fields(Period *p, long long lo, long long hi, u64 price) {
-    if (!p->count) {
+/* the open and close of trades at price, ids lo..hi, taken in (first: the period held none) */
+static inline void period_fields(Period *p, int first, long long lo, long long hi, u64 price) {
+    if (first) {
         p->open_id = lo;
         p->close_id = hi;
         p->open_price = p->close_price = price;
@@ -170,29 +180,23 @@ static void period_apply(Period *p, const PendTrade *v, size_t n, long long time
                          long long span) {
     LevelCount batch[PERIOD_PENDING];
     size_t nb = 0;
-    Route r = route_of(p);
+    Route r = route_of(p); /* the routing fields, stored back once at the end */
     for (size_t i = 0; i < n; i++) {
         u64 price = v[i].price;
-        period_fields(p, v[i].id, v[i].id + span, price);
+        period_fields(p, !r.count, v[i].id, v[i].id + span, price);
         switch (route_step(&r, price, times)) {
         case TO_UP:
-            p->up.v[p->up_n] = (LevelCount){price, times};
+            p->up.v[r.up_n - 1] = (LevelCount){price, times};
             break;
         case TO_DOWN:
-            p->down.v[p->down_n] = (LevelCount){price, times};
+            p->down.v[r.down_n - 1] = (LevelCount){price, times};
             break;
-        default: /* a run at one price: one level of the batch */
+        default: /* the map's, in a batch (a run at one price: one level of it) */
             if (nb && batch[nb - 1].price == price) batch[nb - 1].count += times;
             else batch[nb++] = (LevelCount){price, times};
         }
-        p->count = r.count;
-        p->high = r.high;
-        p->low = r.low;
-        p->up_n = r.up_n;
-        p->up_last = r.up_last;
-        p->down_n = r.down_n;
-        p->down_last = r.down_last;
     }
+    route_store(p, &r);
     pm_put_batch(&p->levels, batch, nb);
 }
 
@@ -701,55 +705,58 @@ static PyObject *Period_get_count(Period *p, void *Py_UNUSED(closure)) {
     return PyLong_FromLongLong(p->count + (long long)p->pending);
 }
 
-/* the fields the pending trades change, read and written once they are applied (closure:
-   the field's offset) */
-static PyObject *Period_get_id(Period *p, void *closure) {
+/* a field the pending trades change (closure: a Field), read and written once they are
+   applied */
+typedef struct {
+    size_t offset;
+    int price;                        /* u64 (a price), else long long (a trade id) */
+} Field;
+
+static PyObject *Period_get_field(Period *p, void *closure) {
+    const Field *f = closure;
     if (period_settle(p) < 0) return NULL;
-    return PyLong_FromLongLong(*(long long *)((char *)p + (size_t)closure));
+    char *at = (char *)p + f->offset;
+    if (f->price) return PyLong_FromUnsignedLongLong(*(u64 *)at);
+    return PyLong_FromLongLong(*(long long *)at);
 }
 
-static int Period_set_id(Period *p, PyObject *v, void *closure) {
+static int Period_set_field(Period *p, PyObject *v, void *closure) {
+    const Field *f = closure;
     if (!v) {
         PyErr_SetString(PyExc_TypeError, "a period's fields cannot be deleted");
         return -1;
     }
-    long long x = PyLong_AsLongLong(v);
-    if ((x == -1 && PyErr_Occurred()) || period_settle(p) < 0) return -1;
-    *(long long *)((char *)p + (size_t)closure) = x;
-    return 0;
-}
-
-static PyObject *Period_get_price(Period *p, void *closure) {
-    if (period_settle(p) < 0) return NULL;
-    return PyLong_FromUnsignedLongLong(*(u64 *)((char *)p + (size_t)closure));
-}
-
-static int Period_set_price(Period *p, PyObject *v, void *closure) {
-    if (!v) {
-        PyErr_SetString(PyExc_TypeError, "a period's fields cannot be deleted");
+    u64 price = 0;
+    long long id = 0;
+    if (f->price) {
+        if (price_arg(v, &price) < 0) return -1;
+    } else if ((id = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred())
         return -1;
-    }
-    u64 x;
-    if (price_arg(v, &x) < 0 || period_settle(p) < 0) return -1;
-    *(u64 *)((char *)p + (size_t)closure) = x;
+    if (period_settle(p) < 0) return -1;
+    char *at = (char *)p + f->offset;
+    if (f->price) *(u64 *)at = price;
+    else *(long long *)at = id;
     return 0;
 }
 
-#define ID_FIELD(name) \
-    {#name, (getter)Period_get_id, (setter)Period_set_id, NULL, (void *)offsetof(Period, name)}
-#define PRICE_FIELD(name) \
-    {#name, (getter)Period_get_price, (setter)Period_set_price, NULL, \
-     (void *)offsetof(Period, name)}
+static const Field open_id_f = {offsetof(Period, open_id), 0},
+                   close_id_f = {offsetof(Period, close_id), 0},
+                   open_price_f = {offsetof(Period, open_price), 1},
+                   close_price_f = {offsetof(Period, close_price), 1},
+                   high_f = {offsetof(Period, high), 1}, low_f = {offsetof(Period, low), 1};
+
+#define FIELD(name) \
+    {#name, (getter)Period_get_field, (setter)Period_set_field, NULL, (void *)&name##_f}
 
 static PyGetSetDef Period_getset[] = {
     {"levels", (getter)Period_get_levels, NULL, "Distinct prices held.", NULL},
     {"count", (getter)Period_get_count, NULL, "Trades held.", NULL},
-    ID_FIELD(open_id),
-    ID_FIELD(close_id),
-    PRICE_FIELD(open_price),
-    PRICE_FIELD(close_price),
-    PRICE_FIELD(high),
-    PRICE_FIELD(low),
+    FIELD(open_id),
+    FIELD(close_id),
+    FIELD(open_price),
+    FIELD(close_price),
+    FIELD(high),
+    FIELD(low),
     {NULL},
 };
 
