@@ -140,9 +140,26 @@ static int edge_reserve(Edge *e, size_t n, size_t more) {
     return 0;
 }
 
+/* room for n more gains, if the period keeps them: 0, or -1 with MemoryError set and nothing
+   changed */
+static int gains_reserve(Period *p, size_t n) {
+    if (!p->keeps_gains || p->ngains + n <= p->capgains) return 0;
+    size_t cap = p->capgains ? p->capgains : 16;
+    while (cap < p->ngains + n) cap *= 2;
+    LevelCount *v = realloc(p->gains, cap * sizeof *v);
+    if (!v) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    p->gains = v;
+    p->capgains = cap;
+    return 0;
+}
+
 /* room for the trades of v (n of them, in order): a dry run of their routes; 0, or -1 with
    MemoryError set (nothing changed but room) */
 static int period_reserve(Period *p, const PendTrade *v, size_t n, long long times) {
+    if (gains_reserve(p, n) < 0) return -1;
     Route r = route_of(p);
     size_t to_map = 0;
     for (size_t i = 0; i < n; i++) to_map += route_step(&r, v[i].price, times) == TO_MAP;
@@ -198,6 +215,12 @@ static void period_apply(Period *p, const PendTrade *v, size_t n, long long time
     }
     route_store(p, &r);
     pm_put_batch(&p->levels, batch, nb);
+    if (p->keeps_gains) /* the room reserved */
+        for (size_t i = 0; i < n; i++) {
+            LevelCount *last = p->ngains ? &p->gains[p->ngains - 1] : NULL;
+            if (last && last->price == v[i].price) last->count += times;
+            else p->gains[p->ngains++] = (LevelCount){v[i].price, times};
+        }
 }
 
 /* the pending trades applied: 0, or -1 with MemoryError set and nothing changed. O(pending) */
@@ -385,6 +408,7 @@ static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     if (!p) return NULL;
     p->start = p->lo_ms = start;
     p->length = length;
+    p->keeps_gains = length == 60000;
     p->last_ms = -1;
     p->open_id = p->close_id = -1;
     return (PyObject *)p;
@@ -396,6 +420,7 @@ static void Period_dealloc(Period *p) {
     free(p->down.v);
     for (size_t r = 0; r < p->nruns; r++) free(p->runs[r].v);
     free(p->runs);
+    free(p->gains);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
 
@@ -543,6 +568,9 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     c->runs = NULL;
     c->nruns = c->capruns = 0;
     c->up = c->down = (Edge){0}; /* up_n, down_n and the last prices copied with the rest */
+    c->gains = NULL; /* a reader's copy: no gains */
+    c->ngains = c->capgains = 0;
+    c->keeps_gains = 0;
     if (edge_copy(&c->up, &p->up, p->up_n) < 0 || edge_copy(&c->down, &p->down, p->down_n) < 0)
         goto nomem;
     if (p->levels.cap) {
@@ -590,10 +618,8 @@ fail:
     return NULL;
 }
 
-static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
-    size_t n;
-    const LevelCount *run = period_run(p, &n);
-    if (!run && PyErr_Occurred()) return NULL;
+/* (prices, counts) of run (n levels) as 8-byte big-endian bytes */
+static PyObject *packed_run(const LevelCount *run, size_t n) {
     PyObject *prices = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 * n));
     PyObject *counts = prices ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 * n)) : NULL;
     if (!prices || !counts) {
@@ -608,6 +634,32 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
             b[8 * i + j] = (unsigned char)((u64)run[i].count >> (56 - 8 * j));
         }
     return Py_BuildValue("(NN)", prices, counts);
+}
+
+static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
+    size_t n;
+    const LevelCount *run = period_run(p, &n);
+    if (!run && PyErr_Occurred()) return NULL;
+    return packed_run(run, n);
+}
+
+/* the gains packed (sorted, a price once) and forgotten; a large buffer is freed, so a flood's
+   minute does not hold its peak. O(g log g) for g gains */
+static PyObject *Period_take_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
+    if (period_settle(p) < 0) return NULL;
+    size_t n = sort_levels(p->gains, p->ngains);
+    PyObject *out = packed_run(p->gains, n);
+    if (!out) {
+        p->ngains = n; /* the same gains, summed */
+        return NULL;
+    }
+    p->ngains = 0;
+    if (p->capgains > 256) {
+        free(p->gains);
+        p->gains = NULL;
+        p->capgains = 0;
+    }
+    return out;
 }
 
 /* twice the median: the prices at ranks (count - 1) / 2 and count / 2. Where its map holds
@@ -686,6 +738,7 @@ static PyMethodDef Period_methods[] = {
     {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
     {"packed", (PyCFunction)Period_packed, METH_NOARGS, "See PyPeriod.packed."},
+    {"take_gains", (PyCFunction)Period_take_gains, METH_NOARGS, "See PyPeriod.take_gains."},
     {"twice_median", (PyCFunction)Period_twice_median, METH_NOARGS,
      "See PyPeriod.twice_median."},
     {NULL},

@@ -24,8 +24,9 @@ history still to import may hold a trade of its time, and, while the history is 
 complete, it does not reach back to the first trade counted (the range may still be extended
 below it). Then :meth:`Candles.harvest` *settles* it: it leaves the book, read-only, and its
 median is taken once, after the symbol's lock is released (:func:`finish`); its row goes to
-the snapshot with the open periods changed since the last harvest (the current minute whole,
-an hour or a day as a :class:`Delta` of what it gained). So memory holds the levels of the
+the snapshot with the open periods changed since the last harvest, each as a :class:`Delta`
+of what it gained (a minute, its trades since; an hour or a day, the minutes retired into
+it), so a snapshot writes what is new, never a period whole again. So memory holds the levels of the
 few open periods, never of the history, and a restart restores the open periods from the
 same transaction that holds the trades they count.
 
@@ -162,12 +163,15 @@ class PyPeriod:
     """One period's trades: open, close, extremes, count and levels (price -> trades).
 
     The pure twin of the compiled ``Period`` (``medianserv/_candles.c``), with the same
-    interface. Runtime complexity: :meth:`add` O(1) expected; :meth:`fold` O(levels of the
-    other); :meth:`items` O(L log L) for L levels; :meth:`copy` O(L).
+    interface. A period of one minute also keeps its *gains*: the levels it took one trade at
+    a time (:meth:`add`) since the last :meth:`take_gains`, what a snapshot stores of it, so
+    that an open minute is written as what it gained, never whole again. Runtime complexity:
+    :meth:`add` O(1) expected; :meth:`fold` O(levels of the other); :meth:`items` O(L log L)
+    for L levels; :meth:`copy` O(L); :meth:`take_gains` O(g log g) for g gains.
     """
 
-    __slots__ = ("_levels", "close_id", "close_price", "count", "high", "last_ms", "length",
-                 "lo_ms", "low", "open_id", "open_price", "start")  # fmt: skip
+    __slots__ = ("_gains", "_levels", "close_id", "close_price", "count", "high", "last_ms",
+                 "length", "lo_ms", "low", "open_id", "open_price", "start")  # fmt: skip
 
     def __init__(self, start: int, length: int) -> None:
         self.start = start
@@ -178,6 +182,7 @@ class PyPeriod:
         self.open_price = self.close_price = self.high = self.low = 0
         self.count = 0
         self._levels: dict[int, int] = {}
+        self._gains: dict[int, int] | None = {} if length == 60_000 else None
 
     @property
     def levels(self) -> int:
@@ -202,6 +207,9 @@ class PyPeriod:
         self.count += times
         levels = self._levels
         levels[price] = levels.get(price, 0) + times
+        gains = self._gains
+        if gains is not None:
+            gains[price] = gains.get(price, 0) + times
 
     def add_in(self, trade_id: int, price: int, time_ms: int) -> bool:
         """:meth:`add` one trade if ``time_ms`` falls in this period; False, and nothing done,
@@ -241,6 +249,7 @@ class PyPeriod:
         twin.high, twin.low, twin.count = self.high, self.low, self.count
         twin.lo_ms, twin.last_ms = self.lo_ms, self.last_ms
         twin._levels = dict(self._levels)
+        twin._gains = None  # a reader's copy: no gains
         return twin
 
     def twice_median(self) -> int:
@@ -260,6 +269,18 @@ class PyPeriod:
         levels = self._levels
         return (b"".join(p.to_bytes(8, "big") for p in prices),
                 b"".join(levels[p].to_bytes(8, "big") for p in prices))  # fmt: skip
+
+    def take_gains(self) -> tuple[bytes, bytes]:
+        """The gains (see the class docstring) packed as :meth:`packed` packs the levels, and
+        forgotten; (b"", b"") for a period that keeps none. O(g log g) for g gains."""
+        gains = self._gains
+        if not gains:
+            return b"", b""
+        prices = sorted(gains)
+        packed = (b"".join(p.to_bytes(8, "big") for p in prices),
+                  b"".join(gains[p].to_bytes(8, "big") for p in prices))  # fmt: skip
+        gains.clear()
+        return packed
 
     def items(self) -> tuple[list[int], list[int]]:
         """(prices, counts), ascending by price. O(L log L)."""
@@ -384,10 +405,11 @@ class Settled(NamedTuple):
 
 
 class Delta(NamedTuple):
-    """What an open hour or day gained since the last harvest: its fields now and the levels
+    """What an open period gained since the last harvest: its fields now and the levels
     added (``chunks`` of (prices, counts); a price may recur), stored as the period's
     ``seq``-th delta: a stored period is its header and the sum of its deltas, so a harvest
-    writes what changed (a minute's levels), never the day's every level again."""
+    writes what changed (a minute's new trades, an hour's or a day's minutes retired), never
+    a period's every level again."""
 
     fields: tuple[int, ...]
     seq: int
@@ -397,8 +419,9 @@ class Delta(NamedTuple):
 class CandleState(NamedTuple):
     """What a harvest hands to the snapshot, or a restore takes: the book's bounds, and per
     interval the periods to store, each ``(start, row, period)``: a settled row (period
-    None), or an open period (row None): a minute whole, an hour or a day as a
-    :class:`Delta` (from the store, restored whole, with ``seqs`` its next delta's number)."""
+    None), or an open period (row None): a :class:`Delta` (from the store, restored whole,
+    with ``seqs`` its next delta's number; a minute stored whole by an earlier build has
+    none)."""
 
     first_ms: int
     latest_ms: int
@@ -455,8 +478,9 @@ class Candles:
     """One symbol's candles of every interval (see the module docstring).
 
     Runtime complexity: :meth:`add` O(1) expected (O(levels of a minute log) when it retires
-    the current minute); :meth:`harvest` O(p + L) for p open periods and L levels of the
-    current minute (the medians of those settled: :func:`finish`, O(L log L), off the lock);
+    the current minute); :meth:`harvest` O(p + g log g) for p open periods and g levels they
+    gained since the last (the medians of those settled: :func:`finish`, O(L log L), off the
+    lock);
     :meth:`snapshot` O(p + L) for L the levels of the open periods it copies.
     """
 
@@ -488,8 +512,8 @@ class Candles:
         self.settled = [0, 0, 0]  # per interval, trades in the rows settled
         self.expired = [0, 0, 0]  # per interval, trades in periods dropped past retention
         self.harvested_counts: tuple[int, ...] = ()  # counts() at the last harvest
-        # of the open hours and days: levels added since the last harvest, and the number of
-        # the next delta each will be stored as
+        # of the open periods: levels added since the last harvest but a minute's own gains,
+        # and the number of the next delta each will be stored as
         self.pending: tuple[dict[int, list[tuple[bytes, bytes]]], ...] = (
             {}, {}, {},
         )  # fmt: skip
@@ -685,8 +709,8 @@ class Candles:
         """Settle every open period no trade can land in any more, drop those older than
         ``keep_ms[k]`` before the latest trade (None: keep forever), and hand over what
         changed since the last harvest: the periods settled (:class:`Settled`, their rows
-        made by :func:`finish`), copies of the open minutes changed (the current one
-        included) and :class:`Delta` s of the hours and days. None if nothing did.
+        made by :func:`finish`) and :class:`Delta` s of the open periods changed (the
+        current minute included). None if nothing did.
 
         ``seal``: no history of the symbol is to be imported, so the periods where counting
         began settle like any other (their rows stay not final: their earlier trades were
@@ -694,7 +718,7 @@ class Candles:
         all, its trades of those (:attr:`sealed`: they are nested, all holding the first
         trade counted) are counted outside any candle, and the rest land as usual.
 
-        O(p + L) for L the levels of the minutes copied."""
+        O(p + g log g) for g the levels the open periods gained."""
         self.drain()
         latest = self.latest
         if latest < self.over_at:  # the usual harvest: nothing to settle, expire or store but
@@ -739,14 +763,7 @@ class Candles:
                 out.append((start, None, Settled(period)))
                 self._forget(k, start)
             for start in sorted(dirty):
-                period = opened[start]
-                if k == MINUTE:
-                    out.append((start, None, period.copy()))
-                    continue
-                seq = self.seq.get((k, start), 0)
-                self.seq[(k, start)] = seq + 1
-                delta = Delta(period_fields(period), seq, self.pending[k].pop(start, []))
-                out.append((start, None, delta))
+                out.append((start, None, self._delta(k, opened[start])))
             dirty.clear()
         self.over_at = over_at
         self.recent_held = any(self.recent)
@@ -754,8 +771,8 @@ class Candles:
 
     def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
         """:meth:`harvest` when nothing but the current minute can have changed (counts()
-        included: see :attr:`over_at`): its copy if it did, else None. O(L) for L its
-        levels; it reads no other part of the book, for one of a cold symbol costs a miss."""
+        included: see :attr:`over_at`): its delta if it did, else None. O(g log g) for g
+        its gains; it reads no other part of the book, for one of a cold symbol costs a miss."""
         taken = self._take_minute()
         if taken is None:
             return None
@@ -770,21 +787,33 @@ class Candles:
                            expired, self.harvested_counts, (), self.sealed))  # fmt: skip
 
     def _take_minute(self) -> tuple[int, None, Any] | None:
-        """The current minute's entry (start, None, a copy) if it changed since the last
-        harvest, noted as handed over; else None. O(L) for L its levels."""
+        """The current minute's entry (start, None, its :class:`Delta`) if it changed since
+        the last harvest, noted as handed over; else None. O(g log g) for g its gains."""
         minute = self.minute
         if minute is None or (minute.start, minute.count) == self.harvested:
             return None
         self.harvested = (minute.start, minute.count)
-        return (minute.start, None, minute.copy())
+        return (minute.start, None, self._delta(MINUTE, minute))
+
+    def _delta(self, k: int, period: Any) -> Delta:
+        """What the open ``period`` of interval ``k`` gained since the last harvest, as its
+        next :class:`Delta`: the levels folded or added into it (:attr:`pending`), and a
+        minute's own gains (``take_gains``). O(g log g) for g gains."""
+        start = period.start
+        seq = self.seq.get((k, start), 0)
+        self.seq[(k, start)] = seq + 1
+        chunks = self.pending[k].pop(start, [])
+        if k == MINUTE:
+            chunks.append(period.take_gains())
+        return Delta(period_fields(period), seq, chunks)
 
     def _hand_over(
         self,
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...],
         expired: list[int | None],
     ) -> CandleState | None:
-        """:meth:`harvest`'s end: the current minute's copy if it changed, then the state to
-        store, or None if nothing changed. O(L) for L the current minute's levels."""
+        """:meth:`harvest`'s end: the current minute's delta if it changed, then the state to
+        store, or None if nothing changed. O(g log g) for g its gains."""
         taken = self._take_minute()
         if taken is not None:
             periods[MINUTE].append(taken)
@@ -827,6 +856,9 @@ class Candles:
             for start, row, period in entries:
                 if row is not None or period is None:
                     continue
+                if k == MINUTE and (k, start) not in book.seq:  # stored whole (a store
+                    # written before minutes were stored as deltas): its first delta holds it
+                    book.pending[MINUTE][start] = [period.packed()]
                 if k == MINUTE and start == state.current:
                     book.minute = period
                     period.lo_ms = max(start, book.first_ms)

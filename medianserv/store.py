@@ -16,12 +16,14 @@ Layout (format version 2), three named databases in one LMDB environment:
   invariant adds up), and ``len(symbol) | symbol |
   interval (1 byte: 1 minute, 2 hour, 3 day) | open time (8 bytes, big-endian)`` -> msgpack
   ``[0, open, high, low, close, count, twice the median, open id, close id]`` for a settled
-  period; ``[1, open id, open price, close id, close price, high, low, count, prices,
-  counts]`` for an open minute (its levels, 8 big-endian bytes each); ``[2, the same seven
-  fields, deltas]`` for an open hour or day, whose levels are the sum of its deltas, each
-  under the period's key and a 4-byte number -> ``[prices, counts]`` (what it gained
-  between two snapshots: a harvest writes a minute's levels, not the day's again). A
-  symbol's periods of one interval are one ascending cursor range.
+  period; ``[2, open id, open price, close id, close price, high, low, count, deltas]`` for
+  an open one, whose levels are the sum of its deltas, each under the period's key and a
+  4-byte number -> ``[prices, counts]`` (8 big-endian bytes a level; what it gained between
+  two snapshots: a minute's new trades, an hour's or a day's minutes retired, so a snapshot
+  writes what is new, never an open period whole again). ``[1, the same seven fields,
+  prices, counts]``, an open minute whole, is what earlier builds wrote; it is read, and
+  replaced by a header and deltas when the minute next changes. A symbol's periods of one
+  interval are one ascending cursor range.
 
 A snapshot is one write transaction: after a crash the store holds the previous snapshot or
 the new one, never a mix. Snapshots are incremental: only symbols and levels changed since the
@@ -211,7 +213,8 @@ def candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
                         b"".join(c for _, c in period.chunks),
                     ])  # fmt: skip
                     continue
-                else:
+                else:  # an open period whole: what earlier builds wrote of a minute
+                    # (no harvest makes one now)
                     value = encode([1, *period_fields(period), *period.packed()])
                 yield head + _U64.pack(start), value
 
@@ -403,7 +406,7 @@ class Store:
 
     def _delete_candles(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
         """After ``batch``'s candles are put: delete the stored periods past retention, and
-        the deltas of every hour and day settled (its row replaced its header). After the
+        the deltas of every period settled (its row replaced its header). After the
         puts, so that periods of an earlier harvest written again (a failed write retried)
         go too. O(deleted + log n) per symbol and interval."""
         cursor = txn.cursor(db=self._candles)
@@ -416,7 +419,7 @@ class Store:
                 head = prefix + bytes((k + 1,))
                 if expired is not None and expired > 0:
                     _delete_range(cursor, head, head + _U64.pack(expired))
-                for start, row, _ in entries if k else ():
+                for start, row, _ in entries:
                     if row is not None:
                         key = head + _U64.pack(start)
                         _delete_range(cursor, key + b"\0", key + b"\xff" * 5)  # its deltas

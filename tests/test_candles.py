@@ -33,6 +33,7 @@ from medianserv.candles import (
     period_row,
     restore_packed,
     select_rows,
+    state_key,
 )
 from medianserv.median import CRunningMedian
 from medianserv.prices import format_median, format_price
@@ -107,7 +108,7 @@ def test_period_twins_equal_each_other_and_the_oracle(
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["add", "add", "add", "levels", "packed", "median",
-                                           "copy", "fold", "folded", "add_packed"]),
+                                           "copy", "fold", "folded", "add_packed", "gains"]),
                           st.integers(1, 6) | st.integers(0, 2**64 - 1), st.integers(1, 3)),
                 max_size=120))  # fmt: skip
 def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int, int]]) -> None:
@@ -115,9 +116,12 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
     trades back before they go into its map, a run at one price as one, and keeps what folds
     and add_packed bring as ascending runs it merges as they come): both twins hold the same
     levels at the end, and every read, a copy, a fold (either way) and add_packed see all of
-    them."""
+    them. The minute's gains, taken at any point, are exactly the trades added one at a time
+    since the last take (not what folds and add_packed bring); a copy, an hour and a day keep
+    none."""
     kinds = [kind(0, 60_000) for kind in PERIODS]
     trades: list[int] = []
+    gained: Counter[int] = Counter()
     for i, (op, price, times) in enumerate(ops):
         for p in kinds:
             if op == "add":
@@ -150,6 +154,19 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
                 assert (other.count, other.levels) == (p.count, len(set(trades)))
             elif op == "add_packed":
                 p.add_packed(_packed(price), _packed(times))
+            elif op == "gains":
+                held = sorted(gained.items())
+                assert p.take_gains() == (_packed(*[x for x, _ in held]),
+                                          _packed(*[n for _, n in held]))  # fmt: skip
+                assert p.copy().take_gains() == (b"", b"")
+                for length in LENGTHS[1:]:
+                    other = type(p)(0, length)
+                    other.add(i, i, price, times)
+                    assert other.take_gains() == (b"", b"")
+        if op == "add":
+            gained[price] += times
+        elif op == "gains":
+            gained.clear()
         if op in ("add", "add_packed"):
             trades += [price] * times
         elif op == "fold":
@@ -700,6 +717,63 @@ def test_the_store_keeps_candles_across_a_restart(tmp_path: Path) -> None:
                        restored.candle_rows(2, 0, 2**62)[0], None, None, None, 10**6)  # fmt: skip
     assert sum(r.trades for r, _ in days) == 501  # days are kept forever
     store.close()
+
+
+@pytest.mark.parametrize("compiled", TWINS)
+def test_an_open_minute_is_stored_as_what_it_gained(tmp_path: Path, compiled: bool) -> None:
+    """A snapshot writes of the current minute the trades it took since the snapshot before,
+    as one more delta, never the minute whole again; a restart restores it from its deltas
+    exactly. A minute an earlier build stored whole is read, and its next delta holds it
+    whole, so the next restart still restores every trade."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    store = Store.open(tmp_path)
+    stats = SymbolStats("X")
+    trades = [(1000 + i, 10**8 + 7 * i, 3_600_000 + 100 * i) for i in range(300)]
+    for tid, price, t in trades:
+        stats.apply(tid, price, t)
+    store.save([s for s in [stats.harvest()] if s is not None])
+    more = [(1300, 10**8, 3_600_000 + 40_000), (1301, 5, 3_600_000 + 41_000)]
+    for tid, price, t in more:
+        stats.apply(tid, price, t)
+    state = stats.harvest()
+    assert state is not None and state.candles is not None
+    ((start, row, delta),) = state.candles.periods[0]
+    assert (start, row) == (3_600_000, None) and isinstance(delta, Delta)
+    assert (delta.seq, state_key(state.candles).periods[0][0][2][2]) == (1, ((5, 1), (10**8, 1)))
+    store.save([state])
+    everything = trades + more
+
+    def restored_minute() -> Any:
+        (loaded,) = store.load()
+        back = SymbolStats.restore(loaded)
+        assert back.candles is not None and back.candles.minute is not None
+        back._check()
+        return back, period_key(back.candles.minute)
+
+    want = period_key(_period_of(everything))
+    assert restored_minute()[1] == want
+    # what an earlier build wrote: the minute whole
+    assert stats.candles is not None
+    minute = stats.candles.minute.copy()
+    state.candles = state.candles._replace(periods=([(3_600_000, None, minute)], [], []))
+    with store.env.begin(write=True) as txn:  # no deltas then
+        txn.drop(store._candles, delete=False)
+    store.save([state])
+    back, key = restored_minute()
+    assert key == want
+    back.apply(1302, 9, 3_600_000 + 42_000)
+    store.save([s for s in [back.harvest()] if s is not None])
+    assert restored_minute()[1] == period_key(_period_of([*everything, (1302, 9, 0)]))
+    store.close()
+
+
+def _period_of(trades: list[tuple[int, int, int]]) -> PyPeriod:
+    """A minute (at 3,600,000) holding (id, price, time) trades, from the pure twin."""
+    p = PyPeriod(3_600_000, 60_000)
+    for tid, price, _ in trades:
+        p.add(tid, tid, price, 1)
+    return p
 
 
 # -- the API ------------------------------------------------------------------------------------

@@ -321,7 +321,7 @@ def test_the_trade_path_takes_the_common_frames() -> None:
         pipeline.close()
 
 
-READS = ["count", "fields", "copy", "median", "levels", "fold", "set"]
+READS = ["count", "fields", "copy", "median", "levels", "fold", "gains", "set"]
 
 
 @needs_c
@@ -336,8 +336,9 @@ def test_a_minute_read_between_live_trades_holds_every_one(
 ) -> None:
     """The compiled minute holds live trades back (its pending list, applied when full or
     when the minute is read): read in any way between any runs of them (its count, its
-    fields, a copy, its median, its levels, folded into an hour, fields written), it holds
-    exactly the trades taken, as its pure twin given the same trades one by one."""
+    fields, a copy, its median, its levels, folded into an hour, its gains taken, fields
+    written), it holds exactly the trades taken, as its pure twin given the same trades one
+    by one."""
     from medianserv import _native  # type: ignore[attr-defined]
 
     symbols.use_compiled(True)
@@ -379,11 +380,14 @@ def test_a_minute_read_between_live_trades_holds_every_one(
             hour.fold(minute)
             twin_hour.fold(twin)
             assert period_key(hour) == period_key(twin_hour)
+        elif read == "gains":
+            assert minute.take_gains() == twin.take_gains()
         elif k % 2:  # a field written, not read first: the trades held back applied before
             minute.high = twin.high = 0
         else:
             minute.close_id = twin.close_id = -1
     assert period_key(stats.minute) == period_key(twin)
+    assert stats.minute.take_gains() == twin.take_gains()
     stats._check()
 
 
