@@ -408,7 +408,6 @@ static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     if (!p) return NULL;
     p->start = p->lo_ms = start;
     p->length = length;
-    p->keeps_gains = length == 60000;
     p->last_ms = -1;
     p->open_id = p->close_id = -1;
     return (PyObject *)p;
@@ -643,11 +642,43 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
     return packed_run(run, n);
 }
 
+/* v (n gains) sorted by price, equal prices summed, in place; the distinct prices left.
+   Ascending already (a trending minute's): one pass. Else equal prices are summed first in a
+   small hash table, then the distinct ones sorted, so a minute that trades back and forth over
+   a few levels sorts those few, not every trade: O(n + d log d) for d distinct */
+static size_t gains_sorted(LevelCount *v, size_t n) {
+    int sorted = 1;
+    for (size_t i = 1; i < n && sorted; i++) sorted = v[i - 1].price < v[i].price;
+    if (sorted) return n;
+    size_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    LevelCount small[256], *t = cap <= 256 ? small : calloc(cap, sizeof *t);
+    if (!t) return sort_levels(v, n);
+    if (t == small) memset(small, 0, cap * sizeof *t);
+    int shift = 64;
+    for (size_t c = cap; c > 1; c >>= 1) shift--;
+    size_t d = 0, mask = cap - 1;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = (size_t)((v[i].price * 0x9E3779B97F4A7C15ULL) >> shift);
+        while (t[j].count && t[j].price != v[i].price) j = (j + 1) & mask;
+        if (!t[j].count) {
+            t[j].price = v[i].price;
+            d++;
+        }
+        t[j].count += v[i].count;
+    }
+    for (size_t j = 0, k = 0; k < d; j++)
+        if (t[j].count) v[k++] = t[j];
+    if (t != small) free(t);
+    sort_by_price(v, d);
+    return d;
+}
+
 /* the gains packed (sorted, a price once) and forgotten; a large buffer is freed, so a flood's
-   minute does not hold its peak. O(g log g) for g gains */
+   minute does not hold its peak. O(g + d log d) for g gains at d prices */
 static PyObject *Period_take_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (period_settle(p) < 0) return NULL;
-    size_t n = sort_levels(p->gains, p->ngains);
+    size_t n = gains_sorted(p->gains, p->ngains);
     PyObject *out = packed_run(p->gains, n);
     if (!out) {
         p->ngains = n; /* the same gains, summed */
@@ -724,6 +755,13 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
     return out;
 }
 
+/* the pending trades are applied first: taken before, they are not gains */
+static PyObject *Period_keep_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
+    if (period_settle(p) < 0) return NULL;
+    p->keeps_gains = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
     size_t n;
     if (!period_run(p, &n) && PyErr_Occurred()) return NULL;
@@ -738,6 +776,7 @@ static PyMethodDef Period_methods[] = {
     {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
     {"packed", (PyCFunction)Period_packed, METH_NOARGS, "See PyPeriod.packed."},
+    {"keep_gains", (PyCFunction)Period_keep_gains, METH_NOARGS, "See PyPeriod.keep_gains."},
     {"take_gains", (PyCFunction)Period_take_gains, METH_NOARGS, "See PyPeriod.take_gains."},
     {"twice_median", (PyCFunction)Period_twice_median, METH_NOARGS,
      "See PyPeriod.twice_median."},

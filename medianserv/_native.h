@@ -148,9 +148,9 @@ typedef struct {
     PairMap levels;
     Run *runs;                        /* what folds and packed levels add: ascending runs, */
     size_t nruns, capruns;            /* each at most half the one before (see _candles.c) */
-    /* a minute's gains: the levels it took one trade at a time since take_gains, in the order
-       they came (a run at one price: one entry), what a snapshot stores of it; kept by a
-       period of one minute (keeps_gains) but not by its copies */
+    /* the gains: the levels taken one trade at a time since take_gains, in the order they
+       came (a run at one price: one entry), kept once keep_gains is called (a minute stored
+       as deltas); a copy keeps none */
     LevelCount *gains;
     size_t ngains, capgains;
     int keeps_gains;

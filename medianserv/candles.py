@@ -25,8 +25,9 @@ complete, it does not reach back to the first trade counted (the range may still
 below it). Then :meth:`Candles.harvest` *settles* it: it leaves the book, read-only, and its
 median is taken once, after the symbol's lock is released (:func:`finish`); its row goes to
 the snapshot with the open periods changed since the last harvest, each as a :class:`Delta`
-of what it gained (a minute, its trades since; an hour or a day, the minutes retired into
-it), so a snapshot writes what is new, never a period whole again. So memory holds the levels of the
+of what it gained (an hour or a day, the minutes retired into it; a minute of many levels,
+its trades since), so a snapshot writes what is new, not a large period whole again (a
+minute of a few levels is written whole: that costs less). So memory holds the levels of the
 few open periods, never of the history, and a restart restores the open periods from the
 same transaction that holds the trades they count.
 
@@ -81,6 +82,9 @@ MINUTE, HOUR, DAY = 0, 1, 2
 #: per-trade path reads (18 digits), far beyond any real one.
 LIMIT = 10**18
 _LENGTHS = tuple(length for _, length in INTERVALS)
+#: An open minute of at most this many levels is stored whole at each snapshot; a larger one
+#: as deltas of what it gained (see :meth:`Candles._delta`).
+MINUTE_WHOLE = 256
 
 
 class CandleRow(NamedTuple):
@@ -163,9 +167,10 @@ class PyPeriod:
     """One period's trades: open, close, extremes, count and levels (price -> trades).
 
     The pure twin of the compiled ``Period`` (``medianserv/_candles.c``), with the same
-    interface. A period of one minute also keeps its *gains*: the levels it took one trade at
-    a time (:meth:`add`) since the last :meth:`take_gains`, what a snapshot stores of it, so
-    that an open minute is written as what it gained, never whole again. Runtime complexity:
+    interface. Once told to (:meth:`keep_gains`: a minute too large to store whole at every
+    snapshot), a period also keeps its *gains*: the levels it took one trade at a time
+    (:meth:`add`) since the last :meth:`take_gains`, what a snapshot stores of it, so that
+    such a minute is written as what it gained, not whole again. Runtime complexity:
     :meth:`add` O(1) expected; :meth:`fold` O(levels of the other); :meth:`items` O(L log L)
     for L levels; :meth:`copy` O(L); :meth:`take_gains` O(g log g) for g gains.
     """
@@ -182,7 +187,7 @@ class PyPeriod:
         self.open_price = self.close_price = self.high = self.low = 0
         self.count = 0
         self._levels: dict[int, int] = {}
-        self._gains: dict[int, int] | None = {} if length == 60_000 else None
+        self._gains: dict[int, int] | None = None  # kept from keep_gains() on
 
     @property
     def levels(self) -> int:
@@ -269,6 +274,12 @@ class PyPeriod:
         levels = self._levels
         return (b"".join(p.to_bytes(8, "big") for p in prices),
                 b"".join(levels[p].to_bytes(8, "big") for p in prices))  # fmt: skip
+
+    def keep_gains(self) -> None:
+        """Keep the gains from now on (see the class docstring): the trades taken before are
+        not gains (the compiled twin applies those it holds back first). O(1)."""
+        if self._gains is None:
+            self._gains = {}
 
     def take_gains(self) -> tuple[bytes, bytes]:
         """The gains (see the class docstring) packed as :meth:`packed` packs the levels, and
@@ -408,8 +419,8 @@ class Delta(NamedTuple):
     """What an open period gained since the last harvest: its fields now and the levels
     added (``chunks`` of (prices, counts); a price may recur), stored as the period's
     ``seq``-th delta: a stored period is its header and the sum of its deltas, so a harvest
-    writes what changed (a minute's new trades, an hour's or a day's minutes retired), never
-    a period's every level again."""
+    writes what changed (an hour's or a day's minutes retired, a large minute's new trades),
+    not a period's every level again."""
 
     fields: tuple[int, ...]
     seq: int
@@ -419,9 +430,9 @@ class Delta(NamedTuple):
 class CandleState(NamedTuple):
     """What a harvest hands to the snapshot, or a restore takes: the book's bounds, and per
     interval the periods to store, each ``(start, row, period)``: a settled row (period
-    None), or an open period (row None): a :class:`Delta` (from the store, restored whole,
-    with ``seqs`` its next delta's number; a minute stored whole by an earlier build has
-    none)."""
+    None), or an open period (row None): a :class:`Delta`, or a small minute whole (from
+    the store: restored whole, with ``seqs`` the next delta's number of each stored as
+    deltas)."""
 
     first_ms: int
     latest_ms: int
@@ -435,8 +446,10 @@ class CandleState(NamedTuple):
     sealed: tuple[int, int] = (-1, -1)  # Candles.sealed
 
 
-# a CandleState from its fields in order, without NamedTuple's keyword-taking constructor
+# a CandleState (a Delta) from its fields in order, without NamedTuple's keyword-taking
+# constructor
 _new_state: Callable[[tuple[Any, ...]], CandleState] = partial(tuple.__new__, CandleState)
+_new_delta: Callable[[tuple[Any, ...]], Delta] = partial(tuple.__new__, Delta)
 
 
 def finish(state: CandleState | None) -> CandleState | None:
@@ -478,7 +491,7 @@ class Candles:
     """One symbol's candles of every interval (see the module docstring).
 
     Runtime complexity: :meth:`add` O(1) expected (O(levels of a minute log) when it retires
-    the current minute); :meth:`harvest` O(p + g log g) for p open periods and g levels they
+    the current minute); :meth:`harvest` O(p + L) for p open periods and L levels they
     gained since the last (the medians of those settled: :func:`finish`, O(L log L), off the
     lock);
     :meth:`snapshot` O(p + L) for L the levels of the open periods it copies.
@@ -709,8 +722,8 @@ class Candles:
         """Settle every open period no trade can land in any more, drop those older than
         ``keep_ms[k]`` before the latest trade (None: keep forever), and hand over what
         changed since the last harvest: the periods settled (:class:`Settled`, their rows
-        made by :func:`finish`) and :class:`Delta` s of the open periods changed (the
-        current minute included). None if nothing did.
+        made by :func:`finish`) and what is stored of the open periods changed, the current
+        minute included (:meth:`_delta`). None if nothing did.
 
         ``seal``: no history of the symbol is to be imported, so the periods where counting
         began settle like any other (their rows stay not final: their earlier trades were
@@ -718,7 +731,8 @@ class Candles:
         all, its trades of those (:attr:`sealed`: they are nested, all holding the first
         trade counted) are counted outside any candle, and the rest land as usual.
 
-        O(p + g log g) for g the levels the open periods gained."""
+        O(p + L) for L the levels of the minutes stored whole (at most
+        :data:`MINUTE_WHOLE` each) and gained by the others."""
         self.drain()
         latest = self.latest
         if latest < self.over_at:  # the usual harvest: nothing to settle, expire or store but
@@ -771,8 +785,8 @@ class Candles:
 
     def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
         """:meth:`harvest` when nothing but the current minute can have changed (counts()
-        included: see :attr:`over_at`): its delta if it did, else None. O(g log g) for g
-        its gains; it reads no other part of the book, for one of a cold symbol costs a miss."""
+        included: see :attr:`over_at`): what is stored of it if it did, else None. It
+        reads no other part of the book, for one of a cold symbol costs a miss."""
         taken = self._take_minute()
         if taken is None:
             return None
@@ -787,33 +801,49 @@ class Candles:
                            expired, self.harvested_counts, (), self.sealed))  # fmt: skip
 
     def _take_minute(self) -> tuple[int, None, Any] | None:
-        """The current minute's entry (start, None, its :class:`Delta`) if it changed since
-        the last harvest, noted as handed over; else None. O(g log g) for g its gains."""
+        """The current minute's entry (start, None, what :meth:`_delta` stores of it) if it
+        changed since the last harvest, noted as handed over; else None."""
         minute = self.minute
         if minute is None or (minute.start, minute.count) == self.harvested:
             return None
         self.harvested = (minute.start, minute.count)
         return (minute.start, None, self._delta(MINUTE, minute))
 
-    def _delta(self, k: int, period: Any) -> Delta:
-        """What the open ``period`` of interval ``k`` gained since the last harvest, as its
-        next :class:`Delta`: the levels folded or added into it (:attr:`pending`), and a
-        minute's own gains (``take_gains``). O(g log g) for g gains."""
+    def _delta(self, k: int, period: Any) -> Any:
+        """What to store of the open ``period`` of interval ``k``, changed since the last
+        harvest: its next :class:`Delta`, or a minute whole (a copy).
+
+        An hour or a day: the levels of the minutes retired into it and of its late trades
+        (:attr:`pending`). A minute is stored whole while it holds at most
+        :data:`MINUTE_WHOLE` levels (a put of a few levels costs less than a header and a
+        delta); past that, its first delta holds it whole and it keeps its gains, each later
+        delta the levels its trades added since (``take_gains``), so a flood's minute is not
+        written whole at every snapshot. O(L) for a minute stored whole or turning to deltas,
+        else O(g + d log d) for g gains at d prices."""
         start = period.start
-        seq = self.seq.get((k, start), 0)
+        seq = self.seq.get((k, start))
+        if k != MINUTE:
+            chunks = self.pending[k].pop(start, [])
+        elif seq is not None:
+            chunks = [period.take_gains()]
+        else:
+            # its levels counted on a copy: compacting the live minute would cost its trades
+            whole = period.copy()
+            if whole.count <= MINUTE_WHOLE or whole.levels <= MINUTE_WHOLE:
+                return whole
+            period.keep_gains()
+            chunks = [whole.packed()]
+        seq = seq or 0
         self.seq[(k, start)] = seq + 1
-        chunks = self.pending[k].pop(start, [])
-        if k == MINUTE:
-            chunks.append(period.take_gains())
-        return Delta(period_fields(period), seq, chunks)
+        return _new_delta((period_fields(period), seq, chunks))
 
     def _hand_over(
         self,
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...],
         expired: list[int | None],
     ) -> CandleState | None:
-        """:meth:`harvest`'s end: the current minute's delta if it changed, then the state to
-        store, or None if nothing changed. O(g log g) for g its gains."""
+        """:meth:`harvest`'s end: the current minute if it changed, then the state to store,
+        or None if nothing changed."""
         taken = self._take_minute()
         if taken is not None:
             periods[MINUTE].append(taken)
@@ -856,9 +886,8 @@ class Candles:
             for start, row, period in entries:
                 if row is not None or period is None:
                     continue
-                if k == MINUTE and (k, start) not in book.seq:  # stored whole (a store
-                    # written before minutes were stored as deltas): its first delta holds it
-                    book.pending[MINUTE][start] = [period.packed()]
+                if k == MINUTE and (k, start) in book.seq:  # stored as deltas: it goes on so
+                    period.keep_gains()
                 if k == MINUTE and start == state.current:
                     book.minute = period
                     period.lo_ms = max(start, book.first_ms)

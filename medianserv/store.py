@@ -16,14 +16,13 @@ Layout (format version 2), three named databases in one LMDB environment:
   invariant adds up), and ``len(symbol) | symbol |
   interval (1 byte: 1 minute, 2 hour, 3 day) | open time (8 bytes, big-endian)`` -> msgpack
   ``[0, open, high, low, close, count, twice the median, open id, close id]`` for a settled
-  period; ``[2, open id, open price, close id, close price, high, low, count, deltas]`` for
-  an open one, whose levels are the sum of its deltas, each under the period's key and a
-  4-byte number -> ``[prices, counts]`` (8 big-endian bytes a level; what it gained between
-  two snapshots: a minute's new trades, an hour's or a day's minutes retired, so a snapshot
-  writes what is new, never an open period whole again). ``[1, the same seven fields,
-  prices, counts]``, an open minute whole, is what earlier builds wrote; it is read, and
-  replaced by a header and deltas when the minute next changes. A symbol's periods of one
-  interval are one ascending cursor range.
+  period; ``[1, open id, open price, close id, close price, high, low, count, prices,
+  counts]`` for an open minute of a few levels, whole (8 big-endian bytes a level); ``[2,
+  the same seven fields, deltas]`` for any other open period, whose levels are the sum of
+  its deltas, each under the period's key and a 4-byte number -> ``[prices, counts]`` (what
+  it gained between two snapshots: an hour's or a day's minutes retired, a large minute's
+  new trades, so a snapshot writes what is new, not a large period whole again). A
+  symbol's periods of one interval are one ascending cursor range.
 
 A snapshot is one write transaction: after a crash the store holds the previous snapshot or
 the new one, never a mix. Snapshots are incremental: only symbols and levels changed since the
@@ -213,8 +212,7 @@ def candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
                         b"".join(c for _, c in period.chunks),
                     ])  # fmt: skip
                     continue
-                else:  # an open period whole: what earlier builds wrote of a minute
-                    # (no harvest makes one now)
+                else:  # an open minute of a few levels, whole
                     value = encode([1, *period_fields(period), *period.packed()])
                 yield head + _U64.pack(start), value
 

@@ -116,10 +116,12 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
     trades back before they go into its map, a run at one price as one, and keeps what folds
     and add_packed bring as ascending runs it merges as they come): both twins hold the same
     levels at the end, and every read, a copy, a fold (either way) and add_packed see all of
-    them. The minute's gains, taken at any point, are exactly the trades added one at a time
-    since the last take (not what folds and add_packed bring); a copy, an hour and a day keep
-    none."""
+    them. The minute's gains (kept from the start), taken at any point, are exactly the
+    trades added one at a time since the last take (not what folds and add_packed bring); a
+    copy, and a period not told to keep them, keep none."""
     kinds = [kind(0, 60_000) for kind in PERIODS]
+    for p in kinds:
+        p.keep_gains()
     trades: list[int] = []
     gained: Counter[int] = Counter()
     for i, (op, price, times) in enumerate(ops):
@@ -159,7 +161,7 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
                 assert p.take_gains() == (_packed(*[x for x, _ in held]),
                                           _packed(*[n for _, n in held]))  # fmt: skip
                 assert p.copy().take_gains() == (b"", b"")
-                for length in LENGTHS[1:]:
+                for length in LENGTHS:
                     other = type(p)(0, length)
                     other.add(i, i, price, times)
                     assert other.take_gains() == (b"", b"")
@@ -186,16 +188,20 @@ def test_a_period_of_many_levels_packs_them_in_order(
     """More levels than the compiled twin sorts by comparison (it sorts by the bytes in which
     they differ then): prices over the whole range, then the same under one high part (few
     bytes differ, or only some bits of them), some of them again: packed in order, each with
-    its trades."""
+    its trades, and so are the gains of a minute that keeps them (summed in a hash table
+    first where they are not in order)."""
     for mask in (2**64 - 1, 0xFFFFFF, 0xF0F0F0):
         prices = [high & ~mask | x & mask for x in spread]
         trades = prices + prices[: repeats * 40]
         held = sorted(Counter(trades).items())
         for kind in PERIODS:
             p = kind(0, 60_000)
+            p.keep_gains()
             for i, price in enumerate(trades):
                 p.add(i, i, price, 1)
-            assert p.packed() == (_packed(*[x for x, _ in held]), _packed(*[n for _, n in held]))
+            want = (_packed(*[x for x, _ in held]), _packed(*[n for _, n in held]))
+            assert p.packed() == want
+            assert p.take_gains() == want
 
 
 def test_the_median_of_a_period_held_in_many_levels_either_way() -> None:
@@ -720,51 +726,39 @@ def test_the_store_keeps_candles_across_a_restart(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("compiled", TWINS)
-def test_an_open_minute_is_stored_as_what_it_gained(tmp_path: Path, compiled: bool) -> None:
-    """A snapshot writes of the current minute the trades it took since the snapshot before,
-    as one more delta, never the minute whole again; a restart restores it from its deltas
-    exactly. A minute an earlier build stored whole is read, and its next delta holds it
-    whole, so the next restart still restores every trade."""
+def test_a_large_open_minute_is_stored_as_what_it_gained(tmp_path: Path, compiled: bool) -> None:
+    """A snapshot writes the current minute whole while it holds at most MINUTE_WHOLE
+    levels; past that, once more whole as its first delta, then, at each snapshot, the
+    trades it took since the one before as one more delta. A restart at every step restores
+    it exactly, and one restored from its deltas goes on adding them."""
     symbols.use_compiled(compiled)
     symbols.keep_candles(True, [None, None, None])
     store = Store.open(tmp_path)
     stats = SymbolStats("X")
-    trades = [(1000 + i, 10**8 + 7 * i, 3_600_000 + 100 * i) for i in range(300)]
-    for tid, price, t in trades:
-        stats.apply(tid, price, t)
-    store.save([s for s in [stats.harvest()] if s is not None])
-    more = [(1300, 10**8, 3_600_000 + 40_000), (1301, 5, 3_600_000 + 41_000)]
-    for tid, price, t in more:
-        stats.apply(tid, price, t)
-    state = stats.harvest()
-    assert state is not None and state.candles is not None
-    ((start, row, delta),) = state.candles.periods[0]
-    assert (start, row) == (3_600_000, None) and isinstance(delta, Delta)
-    assert (delta.seq, state_key(state.candles).periods[0][0][2][2]) == (1, ((5, 1), (10**8, 1)))
-    store.save([state])
-    everything = trades + more
-
-    def restored_minute() -> Any:
+    taken: list[tuple[int, int, int]] = []
+    few = [(1000 + i, 10**8 + i % 5, 3_600_000 + i) for i in range(400)]  # 5 levels
+    many = [(1400 + i, 2 * 10**8 + 7 * i, 3_600_000 + 1_000 + i) for i in range(300)]
+    again = [(1700, 10**8, 3_600_000 + 40_000), (1701, 5, 3_600_000 + 41_000)]
+    seen = []
+    for batch in (few, many, again, [(1702, 9, 3_600_000 + 42_000)]):
+        for tid, price, t in batch:
+            stats.apply(tid, price, t)
+        taken += batch
+        state = stats.harvest()
+        assert state is not None and state.candles is not None
+        ((start, row, stored),) = state.candles.periods[0]
+        assert (start, row) == (3_600_000, None)
+        kept = state_key(state.candles).periods[0][0][2]
+        seen.append(kept[1] if isinstance(stored, Delta) else "whole")
+        if isinstance(stored, Delta) and stored.seq:  # what it took since the last
+            assert kept[2] == tuple(sorted(Counter(p for _, p, _ in batch).items()))
+        store.save([state])
         (loaded,) = store.load()
-        back = SymbolStats.restore(loaded)
-        assert back.candles is not None and back.candles.minute is not None
-        back._check()
-        return back, period_key(back.candles.minute)
-
-    want = period_key(_period_of(everything))
-    assert restored_minute()[1] == want
-    # what an earlier build wrote: the minute whole
-    assert stats.candles is not None
-    minute = stats.candles.minute.copy()
-    state.candles = state.candles._replace(periods=([(3_600_000, None, minute)], [], []))
-    with store.env.begin(write=True) as txn:  # no deltas then
-        txn.drop(store._candles, delete=False)
-    store.save([state])
-    back, key = restored_minute()
-    assert key == want
-    back.apply(1302, 9, 3_600_000 + 42_000)
-    store.save([s for s in [back.harvest()] if s is not None])
-    assert restored_minute()[1] == period_key(_period_of([*everything, (1302, 9, 0)]))
+        stats = SymbolStats.restore(loaded)
+        assert stats.candles is not None and stats.candles.minute is not None
+        assert period_key(stats.candles.minute) == period_key(_period_of(taken))
+        stats._check()
+    assert seen == ["whole", 0, 1, 2]  # whole, then deltas: the first whole, then the gains
     store.close()
 
 

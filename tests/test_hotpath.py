@@ -321,7 +321,7 @@ def test_the_trade_path_takes_the_common_frames() -> None:
         pipeline.close()
 
 
-READS = ["count", "fields", "copy", "median", "levels", "fold", "gains", "set"]
+READS = ["count", "fields", "copy", "median", "levels", "fold", "keep", "gains", "set"]
 
 
 @needs_c
@@ -336,9 +336,10 @@ def test_a_minute_read_between_live_trades_holds_every_one(
 ) -> None:
     """The compiled minute holds live trades back (its pending list, applied when full or
     when the minute is read): read in any way between any runs of them (its count, its
-    fields, a copy, its median, its levels, folded into an hour, its gains taken, fields
-    written), it holds exactly the trades taken, as its pure twin given the same trades one
-    by one."""
+    fields, a copy, its median, its levels, folded into an hour, told to keep its gains from
+    then on, its gains taken, fields written), it holds exactly the trades taken, and gains
+    exactly those taken since it was told, as its pure twin given the same trades one by
+    one."""
     from medianserv import _native  # type: ignore[attr-defined]
 
     symbols.use_compiled(True)
@@ -380,6 +381,9 @@ def test_a_minute_read_between_live_trades_holds_every_one(
             hour.fold(minute)
             twin_hour.fold(twin)
             assert period_key(hour) == period_key(twin_hour)
+        elif read == "keep":  # a minute turning to deltas: its gains begin here
+            minute.keep_gains()
+            twin.keep_gains()
         elif read == "gains":
             assert minute.take_gains() == twin.take_gains()
         elif k % 2:  # a field written, not read first: the trades held back applied before
