@@ -19,7 +19,11 @@
  * run, merged with the run before it while that one is at most twice as long, so a period
  * holds O(log L) runs and each level is merged O(log L) times, every merge a sequential pass
  * (a day takes 1,440 minutes without a hash map's miss per level, at 16 bytes a level).
- * A reader of the levels compacts all of them into one run first. */
+ * A reader of the levels compacts all of them into one run first.
+ *
+ * A minute stored as deltas (too many levels to write whole at every snapshot) also keeps its
+ * gains once told to (keep_gains): each trade applied appends its price to a list (a run at
+ * one price: one entry), which take_gains sums, sorts and empties for the snapshot. */
 #include "_native.h"
 #include "structmember.h"
 

@@ -446,7 +446,7 @@ class CandleState(NamedTuple):
     sealed: tuple[int, int] = (-1, -1)  # Candles.sealed
 
 
-# a CandleState (a Delta) from its fields in order, without NamedTuple's keyword-taking
+# a CandleState, or a Delta, from its fields in order, without NamedTuple's keyword-taking
 # constructor
 _new_state: Callable[[tuple[Any, ...]], CandleState] = partial(tuple.__new__, CandleState)
 _new_delta: Callable[[tuple[Any, ...]], Delta] = partial(tuple.__new__, Delta)
@@ -525,8 +525,8 @@ class Candles:
         self.settled = [0, 0, 0]  # per interval, trades in the rows settled
         self.expired = [0, 0, 0]  # per interval, trades in periods dropped past retention
         self.harvested_counts: tuple[int, ...] = ()  # counts() at the last harvest
-        # of the open periods: levels added since the last harvest but a minute's own gains,
-        # and the number of the next delta each will be stored as
+        # of the open hours and days: levels added since the last harvest; of those and of the
+        # minutes stored as deltas, the number of the next delta each will be stored as
         self.pending: tuple[dict[int, list[tuple[bytes, bytes]]], ...] = (
             {}, {}, {},
         )  # fmt: skip
