@@ -730,7 +730,8 @@ def test_a_large_open_minute_is_stored_as_what_it_gained(tmp_path: Path, compile
     """A snapshot writes the current minute whole while it holds at most MINUTE_WHOLE
     levels; past that, once more whole as its first delta, then, at each snapshot, the
     trades it took since the one before as one more delta. A restart at every step restores
-    it exactly, and one restored from its deltas goes on adding them."""
+    it exactly, and one restored from its deltas goes on adding them. Once it settles, its
+    row replaces it and its deltas go."""
     symbols.use_compiled(compiled)
     symbols.keep_candles(True, [None, None, None])
     store = Store.open(tmp_path)
@@ -759,6 +760,13 @@ def test_a_large_open_minute_is_stored_as_what_it_gained(tmp_path: Path, compile
         assert period_key(stats.candles.minute) == period_key(_period_of(taken))
         stats._check()
     assert seen == ["whole", 0, 1, 2]  # whole, then deltas: the first whole, then the gains
+    symbols.expect_history(set())  # no history to wait for: the minute settles once over
+    stats.apply(1703, 9, 3_660_000)
+    store.save([s for s in [stats.harvest()] if s is not None])
+    rows = store.candles("X", 0, 0, 2**62, 10, True)
+    assert [(r.open_time, r.trades) for r in rows] == [(3_600_000, len(taken))]
+    (loaded,) = store.load()  # its deltas went with its header (a delta alone is refused)
+    assert loaded.candles is not None and loaded.candles.current == 3_660_000
     store.close()
 
 
