@@ -128,9 +128,9 @@ static inline void route_store(Period *p, const Route *r) {
     p->down_n = r->down_n;
 }
 
-/* room for `more` levels beyond edge e's n: 0, or -1 with MemoryError set and nothing
+/* room for `more` levels beyond list e's n: 0, or -1 with MemoryError set and nothing
    changed */
-static int edge_reserve(Edge *e, size_t n, size_t more) {
+static int list_reserve(LevelList *e, size_t n, size_t more) {
     if (n + more <= e->cap) return 0;
     size_t cap = e->cap ? e->cap : 16;
     while (cap < n + more) cap *= 2;
@@ -144,31 +144,15 @@ static int edge_reserve(Edge *e, size_t n, size_t more) {
     return 0;
 }
 
-/* room for n more gains, if the period keeps them: 0, or -1 with MemoryError set and nothing
-   changed */
-static int gains_reserve(Period *p, size_t n) {
-    if (!p->keeps_gains || p->ngains + n <= p->capgains) return 0;
-    size_t cap = p->capgains ? p->capgains : 16;
-    while (cap < p->ngains + n) cap *= 2;
-    LevelCount *v = realloc(p->gains, cap * sizeof *v);
-    if (!v) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    p->gains = v;
-    p->capgains = cap;
-    return 0;
-}
-
 /* room for the trades of v (n of them, in order): a dry run of their routes; 0, or -1 with
    MemoryError set (nothing changed but room) */
 static int period_reserve(Period *p, const PendTrade *v, size_t n, long long times) {
-    if (gains_reserve(p, n) < 0) return -1;
+    if (p->keeps_gains && list_reserve(&p->gains, p->ngains, n) < 0) return -1;
     Route r = route_of(p);
     size_t to_map = 0;
     for (size_t i = 0; i < n; i++) to_map += route_step(&r, v[i].price, times) == TO_MAP;
-    if (edge_reserve(&p->up, p->up_n, r.up_n - p->up_n) < 0 ||
-        edge_reserve(&p->down, p->down_n, r.down_n - p->down_n) < 0)
+    if (list_reserve(&p->up, p->up_n, r.up_n - p->up_n) < 0 ||
+        list_reserve(&p->down, p->down_n, r.down_n - p->down_n) < 0)
         return -1;
     if (to_map && pm_reserve(&p->levels, to_map) < 0) {
         PyErr_NoMemory();
@@ -221,9 +205,9 @@ static void period_apply(Period *p, const PendTrade *v, size_t n, long long time
     pm_put_batch(&p->levels, batch, nb);
     if (p->keeps_gains) /* the room reserved */
         for (size_t i = 0; i < n; i++) {
-            LevelCount *last = p->ngains ? &p->gains[p->ngains - 1] : NULL;
+            LevelCount *last = p->ngains ? &p->gains.v[p->ngains - 1] : NULL;
             if (last && last->price == v[i].price) last->count += times;
-            else p->gains[p->ngains++] = (LevelCount){v[i].price, times};
+            else p->gains.v[p->ngains++] = (LevelCount){v[i].price, times};
         }
 }
 
@@ -364,7 +348,7 @@ static int period_compact(Period *p) {
     p->levels = (PairMap){0};
     free(p->up.v);
     free(p->down.v);
-    p->up = p->down = (Edge){0};
+    p->up = p->down = (LevelList){0};
     p->up_n = p->down_n = 0;
     if (runs_push(p, acc, n) < 0) { /* runs had room for one: not reached */
         free(acc);
@@ -423,7 +407,7 @@ static void Period_dealloc(Period *p) {
     free(p->down.v);
     for (size_t r = 0; r < p->nruns; r++) free(p->runs[r].v);
     free(p->runs);
-    free(p->gains);
+    free(p->gains.v);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
 
@@ -552,7 +536,7 @@ static PyObject *Period_fold(Period *p, PyObject *arg) {
 }
 
 /* e (empty) a copy of edge f's n levels: 0, or -1 (memory) */
-static int edge_copy(Edge *e, const Edge *f, size_t n) {
+static int list_copy(LevelList *e, const LevelList *f, size_t n) {
     if (!n) return 0;
     if (!(e->v = malloc(n * sizeof *e->v))) return -1;
     memcpy(e->v, f->v, n * sizeof *e->v);
@@ -570,11 +554,10 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     c->levels.cap = c->levels.used = 0;
     c->runs = NULL;
     c->nruns = c->capruns = 0;
-    c->up = c->down = (Edge){0}; /* up_n, down_n and the last prices copied with the rest */
-    c->gains = NULL; /* a reader's copy: no gains */
-    c->ngains = c->capgains = 0;
+    c->up = c->down = c->gains = (LevelList){0}; /* up_n, down_n, the last prices copied */
+    c->ngains = 0; /* a reader's copy keeps no gains */
     c->keeps_gains = 0;
-    if (edge_copy(&c->up, &p->up, p->up_n) < 0 || edge_copy(&c->down, &p->down, p->down_n) < 0)
+    if (list_copy(&c->up, &p->up, p->up_n) < 0 || list_copy(&c->down, &p->down, p->down_n) < 0)
         goto nomem;
     if (p->levels.cap) {
         LevelCount *slots = malloc(p->levels.cap * sizeof *slots);
@@ -682,17 +665,16 @@ static size_t gains_sorted(LevelCount *v, size_t n) {
    minute does not hold its peak. O(g + d log d) for g gains at d prices */
 static PyObject *Period_take_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (period_settle(p) < 0) return NULL;
-    size_t n = gains_sorted(p->gains, p->ngains);
-    PyObject *out = packed_run(p->gains, n);
+    size_t n = gains_sorted(p->gains.v, p->ngains);
+    PyObject *out = packed_run(p->gains.v, n);
     if (!out) {
         p->ngains = n; /* the same gains, summed */
         return NULL;
     }
     p->ngains = 0;
-    if (p->capgains > 256) {
-        free(p->gains);
-        p->gains = NULL;
-        p->capgains = 0;
+    if (p->gains.cap > 256) {
+        free(p->gains.v);
+        p->gains = (LevelList){0};
     }
     return out;
 }

@@ -120,12 +120,13 @@ typedef struct {
     long long id;
 } PendTrade;
 
-/* levels in the order they came, each beyond every one before (a new high, or a new low); how
- * many and the last price are among the period's fields (Period.up_n, .up_last ...) */
+/* levels appended in the order they came, room for cap; how many is kept beside it. An edge:
+ * each level beyond every one before (a new high, or a new low), its length and last price
+ * among the period's fields (Period.up_n, .up_last ...); or a minute's gains */
 typedef struct {
     LevelCount *v;
     size_t cap;
-} Edge;
+} LevelList;
 
 /* one period's trades (medianserv.candles.PyPeriod). What a live trade reads and writes comes
  * first, in one cache line (the object is 64-byte aligned: see period_alloc), then the pending
@@ -144,15 +145,15 @@ typedef struct {
     u64 open_price, close_price, high, low;
     u64 up_last, down_last;           /* each edge's last price */
     uint32_t up_n, down_n;            /* each edge's levels */
-    Edge up, down;                    /* trades above high / below low: appended, no lookup */
+    LevelList up, down;               /* trades above high / below low: appended, no lookup */
     PairMap levels;
     Run *runs;                        /* what folds and packed levels add: ascending runs, */
     size_t nruns, capruns;            /* each at most half the one before (see _candles.c) */
     /* the gains: the levels taken one trade at a time since take_gains, in the order they
        came (a run at one price: one entry), kept once keep_gains is called (a minute stored
        as deltas); a copy keeps none */
-    LevelCount *gains;
-    size_t ngains, capgains;
+    LevelList gains;
+    size_t ngains;
     int keeps_gains;
 } Period;
 

@@ -202,6 +202,11 @@ def test_a_period_of_many_levels_packs_them_in_order(
             want = (_packed(*[x for x, _ in held]), _packed(*[n for _, n in held]))
             assert p.packed() == want
             assert p.take_gains() == want
+            p.add(0, 0, prices[0], 2)  # gains again after a large list was taken (and freed)
+            p.add(1, 1, prices[-1], 1)
+            counts = Counter({prices[0]: 2}) + Counter({prices[-1]: 1})
+            again = sorted(counts)
+            assert p.take_gains() == (_packed(*again), _packed(*[counts[x] for x in again]))
 
 
 def test_the_median_of_a_period_held_in_many_levels_either_way() -> None:
