@@ -477,14 +477,28 @@ def _settles(state: CandleState) -> bool:
     return False
 
 
+def _passed(bound: int, length: int, marks: list[int | None], k: int) -> int | None:
+    """``bound`` (of interval ``k``'s retention, periods ``length`` long) if it has passed a
+    period's open time since ``marks[k]`` was noted (noted anew), else None: nothing more
+    lies below it. O(1)."""
+    mark = -(-bound // length)  # the open times below it
+    if marks[k] == mark:
+        return None
+    marks[k] = mark
+    return bound
+
+
 def then_candles(before: CandleState | None, after: CandleState | None) -> CandleState | None:
     """Two harvests as one (a write failed, the earlier is retried with the later): the later
-    bounds, the earlier periods then the later (written in order, the later put of a period
-    stays). O(periods)."""
+    bounds (a retention bound the later hands over none of: the earlier's), the earlier
+    periods then the later (written in order, the later put of a period stays).
+    O(periods)."""
     if before is None or after is None:
         return after or before
     periods = tuple(a + b for a, b in zip(before.periods, after.periods, strict=True))
-    return after._replace(periods=periods)
+    expired = tuple(b if b is not None else a
+                    for a, b in zip(before.expired, after.expired, strict=True))  # fmt: skip
+    return after._replace(periods=periods, expired=expired)
 
 
 class Candles:
@@ -497,7 +511,7 @@ class Candles:
     :meth:`snapshot` O(p + L) for L the levels of the open periods it copies.
     """
 
-    __slots__ = ("dirty", "expired", "first_ms", "front_top_ms", "harvested",
+    __slots__ = ("dirty", "expired", "expiry_marks", "first_ms", "front_top_ms", "harvested",
                  "harvested_counts", "history", "landed", "latest_ms", "minute", "open",
                  "outside", "over_at", "pending", "recent", "recent_held", "retiring", "sealed",
                  "seq", "settled", "total")  # fmt: skip
@@ -535,6 +549,9 @@ class Candles:
         # next): until the latest trade reaches it, a harvest has only the current minute to
         # hand over, as every other change (to open, landed, recent or counts()) sets it to -1
         self.over_at = -1
+        # per interval, the open times of periods below the retention bound last handed over
+        # (None: none handed over yet): see _quiet
+        self.expiry_marks: list[int | None] = [None, None, None]
 
     # -- counting -------------------------------------------------------------------------------
 
@@ -749,7 +766,8 @@ class Candles:
             keep = keep_ms[k]
             oldest = None if keep is None else latest - keep
             if oldest is not None:
-                expired[k] = oldest - length + 1
+                bound = expired[k] = oldest - length + 1
+                self.expiry_marks[k] = -(-bound // length)  # the open times below it
             out, opened, dirty = periods[k], self.open[k], self.dirty[k]
             if k == DAY and self.landed:  # imported whole days: rows already
                 for start in sorted(self.landed):
@@ -786,16 +804,23 @@ class Candles:
     def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
         """:meth:`harvest` when nothing but the current minute can have changed (counts()
         included: see :attr:`over_at`): what is stored of it if it did, else None. It
-        reads no other part of the book, for one of a cold symbol costs a miss."""
+        reads no other part of the book, for one of a cold symbol costs a miss.
+
+        Retention moves with the latest trade all the same, but the store searches for
+        periods past it only where the bound has passed a period's open time since the
+        bound last handed over (:attr:`expiry_marks`): periods open at multiples of their
+        length, so below an unmoved mark there is nothing more to delete, and a snapshot
+        inside a minute costs the store no search."""
         taken = self._take_minute()
         if taken is None:
             return None
         k0, k1, k2 = keep_ms  # spelt out: a loop or a comprehension costs more than the rest
         n0, n1, n2 = _LENGTHS
         first = latest + 1
-        expired = (None if k0 is None else first - k0 - n0,
-                   None if k1 is None else first - k1 - n1,
-                   None if k2 is None else first - k2 - n2)  # fmt: skip
+        marks = self.expiry_marks
+        expired = (None if k0 is None else _passed(first - k0 - n0, n0, marks, 0),
+                   None if k1 is None else _passed(first - k1 - n1, n1, marks, 1),
+                   None if k2 is None else _passed(first - k2 - n2, n2, marks, 2))  # fmt: skip
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([taken], [], [])
         return _new_state((self.first_ms, latest, self.front_top_ms, taken[0], periods,
                            expired, self.harvested_counts, (), self.sealed))  # fmt: skip

@@ -34,6 +34,7 @@ from medianserv.candles import (
     restore_packed,
     select_rows,
     state_key,
+    then_candles,
 )
 from medianserv.median import CRunningMedian
 from medianserv.prices import format_median, format_price
@@ -363,11 +364,6 @@ class FakeStore:
         self.meta = (state.first_ms, state.latest_ms, state.front_top_ms, state.current)
         self.sealed = state.sealed
         self.counts = state.counts
-        for k, expired in enumerate(state.expired):
-            if expired is not None:
-                for key in [key for key in self.items if key[0] == k and key[1] < expired]:
-                    del self.items[key]
-                    self.deltas.pop(key, None)
         for k, entries in enumerate(state.periods):
             for start, row, period in entries:
                 if row is not None:
@@ -378,6 +374,11 @@ class FakeStore:
                     self.deltas.setdefault((k, start), {})[period.seq] = period.chunks
                 else:
                     self.items[(k, start)] = period_key(period)
+        for k, expired in enumerate(state.expired):  # after the puts, as Store deletes
+            if expired is not None:
+                for key in [key for key in self.items if key[0] == k and key[1] < expired]:
+                    del self.items[key]
+                    self.deltas.pop(key, None)
 
     def load(self) -> CandleState | None:
         if self.meta is None:
@@ -615,6 +616,43 @@ def test_retention_moves_with_the_latest_trade_inside_a_minute() -> None:
     stats.apply(12, 112, 640_000)
     snapshot(stats, store)
     assert min(r.open_time for r in store.rows(0)) == 540_000  # 640,000 - 149,999 > 480,000
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.one_of(st.integers(60_000, 400_000), st.integers(60, 400).map(lambda s: s * 1_000 + 1)),
+       st.one_of(st.integers(3_600_000, 9_000_000),
+                 st.integers(3_600, 9_000).map(lambda s: s * 1_000 + 1)),
+       st.lists(st.tuples(st.sampled_from([1_000, 20_000, 70_000, 1_500_000]), st.booleans()),
+                min_size=1, max_size=80))  # fmt: skip
+def test_the_store_holds_every_period_within_retention_and_none_past_it(
+    keep_minutes: int, keep_hours: int, steps: list[tuple[int, bool]]
+) -> None:
+    """Trades at random steps (many a minute, or minutes and hours apart), a snapshot after
+    each, some of them failed and retried with the next: after every write, the stored
+    minutes and hours are exactly those counted whose open time is at or after the
+    retention bound of the latest trade. A harvest inside a minute hands the store a bound
+    only when it passed a period's open time; this holds it to deleting all it must (the
+    retentions of whole seconds + 1 ms put the bound on open times themselves)."""
+    symbols.keep_candles(True, [keep_minutes, keep_hours, None])
+    stats = SymbolStats("X")
+    store = FakeStore()
+    t, held, minutes = 0, None, []
+    for i, (step, fails) in enumerate(steps, 1):
+        t += step
+        stats.apply(i, 100 + i % 7, t)
+        minutes.append(t - t % 60_000)
+        state = stats.harvest()
+        held = then_candles(held, None if state is None else state.candles)
+        if fails:  # the write failed: the snapshotter retries it with the next harvest
+            continue
+        store.put(held)
+        held = None
+        retired = [m for m in minutes if m != minutes[-1]]  # the current minute: in no hour
+        for k, starts in ((0, minutes), (1, [m - m % 3_600_000 for m in retired])):
+            length = INTERVALS[k][1]
+            bound = t + 1 - (keep_minutes, keep_hours)[k] - length
+            stored = {start for kk, start in store.items if kk == k}
+            assert stored == {s for s in starts if s >= bound}, (k, t, bound)
 
 
 def test_named_symbols_keep_every_candle() -> None:
