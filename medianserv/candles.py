@@ -82,6 +82,7 @@ MINUTE, HOUR, DAY = 0, 1, 2
 #: per-trade path reads (18 digits), far beyond any real one.
 LIMIT = 10**18
 _LENGTHS = tuple(length for _, length in INTERVALS)
+_NO_EXPIRY: tuple[int | None, ...] = (None, None, None)  # no retention bound handed over
 #: An open minute of at most this many levels is stored whole at each snapshot; a larger one
 #: as deltas of what it gained (see :meth:`Candles._delta`).
 MINUTE_WHOLE = 256
@@ -477,15 +478,23 @@ def _settles(state: CandleState) -> bool:
     return False
 
 
-def _passed(bound: int, length: int, marks: list[int | None], k: int) -> int | None:
-    """``bound`` (of interval ``k``'s retention, periods ``length`` long) if it has passed a
-    period's open time since ``marks[k]`` was noted (noted anew), else None: nothing more
-    lies below it. O(1)."""
-    mark = -(-bound // length)  # the open times below it
-    if marks[k] == mark:
-        return None
-    marks[k] = mark
-    return bound
+def _expiry(latest: int, keep_ms: Sequence[int | None]) -> tuple[tuple[int | None, ...], int]:
+    """Per interval, the open time before which stored periods are past retention once the
+    latest trade is at ``latest`` (None: kept forever); and the earliest latest trade time
+    at which one of those bounds passes the open time of another period (:data:`LIMIT` if
+    none can): until then nothing more lies below them. O(1)."""
+    bounds: list[int | None] = []
+    at = LIMIT
+    for keep, length in zip(keep_ms, _LENGTHS, strict=True):
+        if keep is None:
+            bounds.append(None)
+            continue
+        bound = latest + 1 - keep - length
+        bounds.append(bound)
+        # periods open at multiples of length: the first not below the bound yet goes below
+        # it once latest + 1 - keep - length exceeds it
+        at = min(at, -(-bound // length) * length + keep + length)
+    return tuple(bounds), at
 
 
 def then_candles(before: CandleState | None, after: CandleState | None) -> CandleState | None:
@@ -511,7 +520,7 @@ class Candles:
     :meth:`snapshot` O(p + L) for L the levels of the open periods it copies.
     """
 
-    __slots__ = ("dirty", "expired", "expiry_marks", "first_ms", "front_top_ms", "harvested",
+    __slots__ = ("dirty", "expired", "expiry_at", "first_ms", "front_top_ms", "harvested",
                  "harvested_counts", "history", "landed", "latest_ms", "minute", "open",
                  "outside", "over_at", "pending", "recent", "recent_held", "retiring", "sealed",
                  "seq", "settled", "total")  # fmt: skip
@@ -549,9 +558,9 @@ class Candles:
         # next): until the latest trade reaches it, a harvest has only the current minute to
         # hand over, as every other change (to open, landed, recent or counts()) sets it to -1
         self.over_at = -1
-        # per interval, the open times of periods below the retention bound last handed over
-        # (None: none handed over yet): see _quiet
-        self.expiry_marks: list[int | None] = [None, None, None]
+        # the latest trade time from which a retention bound passes a period's open time
+        # it had not when last handed over (-1: none handed over yet): see _quiet
+        self.expiry_at = -1
 
     # -- counting -------------------------------------------------------------------------------
 
@@ -759,15 +768,13 @@ class Candles:
                 self.recent_held = False
             return self._quiet(latest, keep_ms)
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
-        expired: list[int | None] = [None, None, None]
+        bounds, self.expiry_at = _expiry(latest, keep_ms)  # handed over, as every time
+        expired = list(bounds)
         over_at = LIMIT  # the earliest end of a period left open
         for k, (_, length) in enumerate(INTERVALS):
             self.recent[k].clear()  # written by the snapshot that took them
             keep = keep_ms[k]
             oldest = None if keep is None else latest - keep
-            if oldest is not None:
-                bound = expired[k] = oldest - length + 1
-                self.expiry_marks[k] = -(-bound // length)  # the open times below it
             out, opened, dirty = periods[k], self.open[k], self.dirty[k]
             if k == DAY and self.landed:  # imported whole days: rows already
                 for start in sorted(self.landed):
@@ -806,21 +813,17 @@ class Candles:
         included: see :attr:`over_at`): what is stored of it if it did, else None. It
         reads no other part of the book, for one of a cold symbol costs a miss.
 
-        Retention moves with the latest trade all the same, but the store searches for
-        periods past it only where the bound has passed a period's open time since the
-        bound last handed over (:attr:`expiry_marks`): periods open at multiples of their
-        length, so below an unmoved mark there is nothing more to delete, and a snapshot
-        inside a minute costs the store no search."""
+        Retention moves with the latest trade all the same, but the store is handed the
+        bounds only once one has passed a period's open time since they were last handed
+        over (:attr:`expiry_at`, :func:`_expiry`): below them there is nothing more to
+        delete till then, so a snapshot inside a minute costs the store no search."""
         taken = self._take_minute()
         if taken is None:
             return None
-        k0, k1, k2 = keep_ms  # spelt out: a loop or a comprehension costs more than the rest
-        n0, n1, n2 = _LENGTHS
-        first = latest + 1
-        marks = self.expiry_marks
-        expired = (None if k0 is None else _passed(first - k0 - n0, n0, marks, 0),
-                   None if k1 is None else _passed(first - k1 - n1, n1, marks, 1),
-                   None if k2 is None else _passed(first - k2 - n2, n2, marks, 2))  # fmt: skip
+        if latest < self.expiry_at:
+            expired = _NO_EXPIRY
+        else:
+            expired, self.expiry_at = _expiry(latest, keep_ms)
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([taken], [], [])
         return _new_state((self.first_ms, latest, self.front_top_ms, taken[0], periods,
                            expired, self.harvested_counts, (), self.sealed))  # fmt: skip

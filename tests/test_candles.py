@@ -14,7 +14,7 @@ from typing import Any
 
 import falcon.testing
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from medianserv import candles, symbols
@@ -623,17 +623,23 @@ def test_retention_moves_with_the_latest_trade_inside_a_minute() -> None:
        st.one_of(st.integers(3_600_000, 9_000_000),
                  st.integers(3_600, 9_000).map(lambda s: s * 1_000 + 1)),
        st.lists(st.tuples(st.sampled_from([1_000, 20_000, 70_000, 1_500_000]), st.booleans()),
-                min_size=1, max_size=80))  # fmt: skip
+                min_size=1, max_size=80), st.booleans())  # fmt: skip
+# the minute of 60,000 settled, then a trade inside a later minute at the very time the bound
+# passes 60,000 (210,000 + 1 - 90,000 - 60,000 > 60,000)
+@example(keep_minutes=90_000, keep_hours=3_600_000,
+         steps=[(60_000, False), (125_000, False), (25_000, False)], seal=True)  # fmt: skip
 def test_the_store_holds_every_period_within_retention_and_none_past_it(
-    keep_minutes: int, keep_hours: int, steps: list[tuple[int, bool]]
+    keep_minutes: int, keep_hours: int, steps: list[tuple[int, bool]], seal: bool
 ) -> None:
     """Trades at random steps (many a minute, or minutes and hours apart), a snapshot after
     each, some of them failed and retried with the next: after every write, the stored
     minutes and hours are exactly those counted whose open time is at or after the
     retention bound of the latest trade. A harvest inside a minute hands the store a bound
     only when it passed a period's open time; this holds it to deleting all it must (the
-    retentions of whole seconds + 1 ms put the bound on open times themselves)."""
+    retentions of whole seconds + 1 ms put the bound on open times themselves; the example,
+    a trade on the very time the bound passes one)."""
     symbols.keep_candles(True, [keep_minutes, keep_hours, None])
+    symbols.expect_history(set() if seal else None)  # sealed: where counting began settles too
     stats = SymbolStats("X")
     store = FakeStore()
     t, held, minutes = 0, None, []
