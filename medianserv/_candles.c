@@ -631,32 +631,27 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
 
 /* v (n gains) sorted by price, equal prices summed, in place; the distinct prices left.
    Ascending already (a trending minute's): one pass. Else equal prices are summed first in a
-   small hash table, then the distinct ones sorted, so a minute that trades back and forth over
-   a few levels sorts those few, not every trade: O(n + d log d) for d distinct */
+   small PairMap (on the stack up to 256 slots), then the distinct ones sorted, so a minute
+   that trades back and forth over a few levels sorts those few, not every trade:
+   O(n + d log d) for d distinct */
 static size_t gains_sorted(LevelCount *v, size_t n) {
     int sorted = 1;
     for (size_t i = 1; i < n && sorted; i++) sorted = v[i - 1].price < v[i].price;
     if (sorted) return n;
-    size_t cap = 16;
-    while (cap < 2 * n) cap *= 2;
-    LevelCount small[256], *t = cap <= 256 ? small : calloc(cap, sizeof *t);
-    if (!t) return sort_levels(v, n);
-    if (t == small) memset(small, 0, cap * sizeof *t);
-    int shift = 64;
-    for (size_t c = cap; c > 1; c >>= 1) shift--;
-    size_t d = 0, mask = cap - 1;
-    for (size_t i = 0; i < n; i++) {
-        size_t j = (size_t)((v[i].price * 0x9E3779B97F4A7C15ULL) >> shift);
-        while (t[j].count && t[j].price != v[i].price) j = (j + 1) & mask;
-        if (!t[j].count) {
-            t[j].price = v[i].price;
-            d++;
-        }
-        t[j].count += v[i].count;
+    PairMap m = {NULL, 16, 0, 64 - 4}; /* the map a period keeps its levels in: pm_put */
+    while (m.cap < 2 * n) {
+        m.cap *= 2;
+        m.shift--;
     }
+    LevelCount small[256];
+    m.slots = m.cap <= 256 ? small : calloc(m.cap, sizeof *m.slots);
+    if (!m.slots) return sort_levels(v, n);
+    if (m.slots == small) memset(small, 0, m.cap * sizeof *small);
+    for (size_t i = 0; i < n; i++) pm_put(&m, v[i].price, v[i].count);
+    size_t d = m.used;
     for (size_t j = 0, k = 0; k < d; j++)
-        if (t[j].count) v[k++] = t[j];
-    if (t != small) free(t);
+        if (m.slots[j].count) v[k++] = m.slots[j];
+    if (m.slots != small) free(m.slots);
     sort_by_price(v, d);
     return d;
 }

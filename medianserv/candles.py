@@ -768,8 +768,7 @@ class Candles:
                 self.recent_held = False
             return self._quiet(latest, keep_ms)
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
-        bounds, self.expiry_at = _expiry(latest, keep_ms)  # handed over, as every time
-        expired = list(bounds)
+        expired, self.expiry_at = _expiry(latest, keep_ms)  # handed over, as every time
         over_at = LIMIT  # the earliest end of a period left open
         for k, (_, length) in enumerate(INTERVALS):
             self.recent[k].clear()  # written by the snapshot that took them
@@ -868,7 +867,7 @@ class Candles:
     def _hand_over(
         self,
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...],
-        expired: list[int | None],
+        expired: tuple[int | None, ...],
     ) -> CandleState | None:
         """:meth:`harvest`'s end: the current minute if it changed, then the state to store,
         or None if nothing changed."""
@@ -882,7 +881,7 @@ class Candles:
         minute = self.minute
         current = None if minute is None else minute.start
         return _new_state((self.first_ms, self.latest, self.front_top_ms, current, periods,
-                           tuple(expired), counts, (), self.sealed))  # fmt: skip
+                           expired, counts, (), self.sealed))  # fmt: skip
 
     def _forget(self, k: int, start: int) -> None:
         """An open period of interval ``k`` is gone (settled, or past retention)."""
