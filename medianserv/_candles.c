@@ -1,13 +1,15 @@
 /* The compiled twin of medianserv.candles.PyPeriod: one period's open, close, extremes, count
  * and levels (price -> trades). Method for method the same; the per-trade path (_hotpath.c)
- * notes a trade of the current minute (period_note).
+ * notes a trade of the current minute.
  *
  * A live trade is only noted: its price and id go into a pending list of PERIOD_PENDING, and
- * it touches nothing of the period but the list's entry and the first line (bounds, last time,
- * the pending count). The list is applied all at once when it is full or the period is read
- * (period_settle; count adds the pending ones up instead), in the order the trades came, as
- * each would have been applied alone: so the fields and levels of a cold symbol's minute are
- * read and written once in 16 trades, not once a trade.
+ * it touches nothing of the period but the list's entry: the minute's bounds, its latest time
+ * and the count of pending trades are kept, while the minute is current, in the line of the
+ * symbol's Lock that gates it (_native.h), which the trade takes anyway. The list is applied
+ * all at once when it is full or the period is read (period_settle; count adds the pending
+ * ones up instead), in the order the trades came, as each would have been applied alone: so
+ * the fields and levels of a cold symbol's minute are read and written once in 16 trades, not
+ * once a trade.
  *
  * Levels come two ways, each kept as suits it. One trade at a time (the pending list applied,
  * a late trade): a trade above every price the period holds (a new high) is appended to an
@@ -211,17 +213,14 @@ static void period_apply(Period *p, const PendTrade *v, size_t n, long long time
         }
 }
 
-/* the pending trades applied: 0, or -1 with MemoryError set and nothing changed. O(pending) */
-static int period_settle(Period *p) {
-    if (!p->pending) return 0;
-    if (period_reserve(p, p->pend, p->pending, 1) < 0) return -1;
-    period_apply(p, p->pend, p->pending, 1, 0);
-    p->pending = 0;
+int period_settle(Period *p) {
+    uint32_t n = period_pending(p);
+    if (!n) return 0;
+    if (period_reserve(p, p->pend, n, 1) < 0) return -1;
+    period_apply(p, p->pend, n, 1, 0);
+    if (p->hot) p->hot->noted = 0; /* counted where the gate counts them */
+    else p->pending = 0;
     return 0;
-}
-
-int period_prepare(Period *p) {
-    return p->pending == PERIOD_PENDING ? period_settle(p) : 0;
 }
 
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
@@ -371,10 +370,8 @@ static const LevelCount *period_run(Period *p, size_t *n) {
     return p->runs[0].v;
 }
 
-/* what a live trade touches (PERIOD_HOT bytes: one cache line with the usual 16-byte object
-   head, then one entry of the pending list) on lines of its own, so that a live trade of a
-   cold period misses once or twice, not three or four times */
-_Static_assert(sizeof(PyObject) != 16 || PERIOD_HOT == 64, "a live trade's fields: one line");
+/* a live trade of a gated minute touches one entry of the pending list, on lines of its own */
+_Static_assert(offsetof(Period, pend) == 64, "the pending list: lines of its own");
 
 static PyObject *period_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
     size_t size = ((size_t)type->tp_basicsize + 63) & ~(size_t)63;
@@ -402,6 +399,10 @@ static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 }
 
 static void Period_dealloc(Period *p) {
+    if (p->hot) { /* not reached: a lock that gates a period holds it */
+        p->hot->gate = NULL;
+        p->hot->noted = 0;
+    }
     free(p->levels.slots);
     free(p->up.v);
     free(p->down.v);
@@ -441,7 +442,8 @@ static PyObject *Period_add_in(Period *p, PyObject *args) {
     if (price_arg(price_o, &price) < 0) return NULL;
     if (when < p->lo_ms || when - p->start >= p->length) Py_RETURN_FALSE;
     if (period_add(p, tid, tid, price, 1) < 0) return NULL;
-    if (when > p->last_ms) p->last_ms = when;
+    long long *last = p->hot ? &p->hot->gate_last : &p->last_ms;
+    if (when > *last) *last = when;
     Py_RETURN_TRUE;
 }
 
@@ -555,6 +557,9 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     c->runs = NULL;
     c->nruns = c->capruns = 0;
     c->up = c->down = c->gains = (LevelList){0}; /* up_n, down_n, the last prices copied */
+    c->pending = period_pending(p); /* the gate's, if p is gated: the copy is not */
+    c->last_ms = period_last_ms(p);
+    c->hot = NULL;
     c->ngains = 0; /* a reader's copy keeps no gains */
     c->keeps_gains = 0;
     if (list_copy(&c->up, &p->up, p->up_n) < 0 || list_copy(&c->down, &p->down, p->down_n) < 0)
@@ -768,14 +773,45 @@ static PyMethodDef Period_methods[] = {
 static PyMemberDef Period_members[] = {
     {"start", T_LONGLONG, offsetof(Period, start), READONLY, NULL},
     {"length", T_LONGLONG, offsetof(Period, length), READONLY, NULL},
-    {"lo_ms", T_LONGLONG, offsetof(Period, lo_ms), 0, NULL},
-    {"last_ms", T_LONGLONG, offsetof(Period, last_ms), 0, NULL},
     {NULL},
 };
 
+/* lo_ms, kept in the gate too while a lock gates the period. O(1) */
+static PyObject *Period_get_lo_ms(Period *p, void *Py_UNUSED(closure)) {
+    return PyLong_FromLongLong(p->lo_ms);
+}
+
+static int Period_set_lo_ms(Period *p, PyObject *v, void *Py_UNUSED(closure)) {
+    long long ms;
+    if (!v) {
+        PyErr_SetString(PyExc_TypeError, "a period's fields cannot be deleted");
+        return -1;
+    }
+    if ((ms = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred()) return -1;
+    p->lo_ms = ms;
+    if (p->hot) p->hot->gate_lo = ms;
+    return 0;
+}
+
+/* last_ms, the gate's while a lock gates the period. O(1) */
+static PyObject *Period_get_last_ms(Period *p, void *Py_UNUSED(closure)) {
+    return PyLong_FromLongLong(period_last_ms(p));
+}
+
+static int Period_set_last_ms(Period *p, PyObject *v, void *Py_UNUSED(closure)) {
+    long long ms;
+    if (!v) {
+        PyErr_SetString(PyExc_TypeError, "a period's fields cannot be deleted");
+        return -1;
+    }
+    if ((ms = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred()) return -1;
+    *(p->hot ? &p->hot->gate_last : &p->last_ms) = ms;
+    return 0;
+}
+
 /* the trades held, the pending ones added up: O(1), nothing applied */
 static PyObject *Period_get_count(Period *p, void *Py_UNUSED(closure)) {
-    return PyLong_FromLongLong(p->count + (long long)p->pending);
+    return PyLong_FromLongLong(p->count + (long long)period_pending(p));
 }
 
 /* a field the pending trades change (closure: a Field), read and written once they are
@@ -824,6 +860,10 @@ static const Field open_id_f = {offsetof(Period, open_id), 0},
 static PyGetSetDef Period_getset[] = {
     {"levels", (getter)Period_get_levels, NULL, "Distinct prices held.", NULL},
     {"count", (getter)Period_get_count, NULL, "Trades held.", NULL},
+    {"lo_ms", (getter)Period_get_lo_ms, (setter)Period_set_lo_ms,
+     "The earliest time add_in takes.", NULL},
+    {"last_ms", (getter)Period_get_last_ms, (setter)Period_set_last_ms,
+     "The latest time taken.", NULL},
     FIELD(open_id),
     FIELD(close_id),
     FIELD(open_price),

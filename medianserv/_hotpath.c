@@ -1,7 +1,8 @@
 /* The compiled twin of medianserv/hotpath.py's PyTradePath: a chunk's trade frames applied
  * straight from the bytes, as far as each is the common case (see hotpath.py).
  *
- *   Lock       threading.Lock's semantics, which the path takes without the interpreter
+ *   Lock       threading.Lock's semantics, which the path takes without the interpreter;
+ *              in its line, the gate of the symbol's current minute (see _native.h)
  *   Index      the perfect hash of a SymbolTable (perfect_hash.py's lookup, bit for bit: zlib's
  *              crc32 and adler32 reimplemented here) over its array of SymbolStats
  *   TradePath  consume(data, pos): WebSocket header, the frame's JSON, the symbol, the price,
@@ -74,11 +75,38 @@ static PyMethodDef hotpath_functions[] = {
 
 /* -- Lock ------------------------------------------------------------------------------------- */
 
-typedef struct {
-    PyObject_HEAD
-    PyThread_type_lock lock;
-    char locked;
-} Lock;
+/* a lock on a line of its own (see Lock, _native.h) */
+static PyObject *lock_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
+    size_t size = ((size_t)type->tp_basicsize + 63) & ~(size_t)63;
+    PyObject *o = aligned_alloc(64, size);
+    if (!o) return PyErr_NoMemory();
+    memset(o, 0, size);
+    return PyObject_Init(o, type);
+}
+
+void lock_ungate(Lock *l) {
+    Period *p = l->gate;
+    if (!p) return;
+    p->pending = l->noted;
+    p->last_ms = l->gate_last;
+    p->hot = NULL;
+    l->gate = NULL;
+    l->noted = 0;
+    Py_DECREF(p);
+}
+
+void lock_gate(Lock *l, Period *p) {
+    if (l->gate == p) return;
+    lock_ungate(l);
+    if (p->hot) lock_ungate(p->hot);
+    l->gate = (Period *)Py_NewRef(p);
+    l->noted = p->pending;
+    l->gate_lo = p->lo_ms;
+    l->gate_end = p->start > LLONG_MAX - p->length ? LLONG_MAX : p->start + p->length;
+    l->gate_last = p->last_ms;
+    p->pending = 0;
+    p->hot = l;
+}
 
 static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
@@ -96,6 +124,7 @@ static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 }
 
 static void Lock_dealloc(Lock *l) {
+    lock_ungate(l);
     if (l->lock) {
         if (l->locked) PyThread_release_lock(l->lock);
         PyThread_free_lock(l->lock);
@@ -177,6 +206,8 @@ PyTypeObject LockType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Lock(): threading.Lock's semantics (acquire, release, locked, with), which the "
               "compiled per-trade path takes without the interpreter.",
+    .tp_alloc = lock_alloc,
+    .tp_free = free,
     .tp_new = Lock_new,
     .tp_dealloc = (destructor)Lock_dealloc,
     .tp_methods = Lock_methods,
@@ -604,12 +635,11 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     if (Py_TYPE(stats) != tp->stats_type) return NOT_COMMON;
     PyObject *lock = SLOT(stats, S_LOCK);
     if (!lock || !Py_IS_TYPE(lock, &LockType)) return NOT_COMMON;
-    if (!lock_take((Lock *)lock, 0)) return NOT_COMMON; /* busy: the general path waits for it */
+    Lock *gate = (Lock *)lock;
+    if (!lock_take(gate, 0)) return NOT_COMMON; /* busy: the general path waits for it */
     PyObject *m = SLOT(stats, S_MINUTE);
-    if (m && Py_IS_TYPE(m, &PeriodType)) { /* its first line fetched a frame ago (warm_objects): */
-        Period *p = (Period *)m; /* the pending entry it would take, behind the bookkeeping */
-        __builtin_prefetch(&p->pend[p->pending < PERIOD_PENDING ? p->pending : 0], 1);
-    }
+    if (m && (PyObject *)gate->gate == m) /* the pending entry it would take, behind the rest */
+        __builtin_prefetch(&gate->gate->pend[gate->noted < PERIOD_PENDING ? gate->noted : 0], 1);
     int rc = NOT_COMMON;
     PyObject *tid = NULL, *when = NULL, *units = NULL, *version = NULL;
     PyObject *ids = SLOT(stats, S_IDS);
@@ -630,10 +660,13 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
         Period *minute = NULL;
         int roll = 0;
         if (candles && candles != Py_None) {
-            if (!m || !Py_IS_TYPE(m, &PeriodType)) goto done;
-            minute = (Period *)m;
-            if (T < minute->lo_ms) goto done;
-            if (T - minute->start >= minute->length) {
+            if ((PyObject *)gate->gate != m) { /* another minute than the one gated: gate it */
+                if (!m || !Py_IS_TYPE(m, &PeriodType)) goto done;
+                lock_gate(gate, (Period *)m);
+            }
+            minute = gate->gate; /* its bounds read from the lock's line, not its own */
+            if (T < gate->gate_lo) goto done;
+            if (T >= gate->gate_end) {
                 if (minute->length != 60000 || t < 0 || T < 0) goto done;
                 roll = 1; /* t and T have at most 18 digits: below candles.LIMIT */
             }
@@ -650,13 +683,14 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
                 goto done;
             }
             set_slot(&SLOT(stats, S_MINUTE), fresh);
+            lock_gate(gate, (Period *)fresh); /* the minute before ungated */
             Py_DECREF(fresh);
-            minute = (Period *)fresh; /* held by the slot */
-        } else if (minute && period_prepare(minute) < 0) /* room for the trade: */
-            goto done;
+            minute = (Period *)fresh; /* held by the slot and the lock */
+        } else if (minute && gate->noted == PERIOD_PENDING && period_settle(minute) < 0)
+            goto done; /* room for the trade */
         if (median_add((Median *)median, price, 1) < 0) goto done;
-        if (minute && !roll) period_note(minute, t, price); /* (it has room) */
-        if (minute && T > minute->last_ms) minute->last_ms = T;
+        if (minute && !roll) minute->pend[gate->noted++] = (PendTrade){price, t}; /* (room) */
+        if (minute && T > gate->gate_last) gate->gate_last = T;
         set_slot(&SLOT(ids, I_HIGHEST), tid);
         set_slot(&SLOT(ids, I_AFTER_MS), when);
         set_slot(&SLOT(ids, I_HIGHEST_PRICE), units);
@@ -688,7 +722,7 @@ done:
     Py_XDECREF(when);
     Py_XDECREF(units);
     Py_XDECREF(version);
-    lock_give((Lock *)lock);
+    lock_give(gate);
     return rc;
 }
 
@@ -740,13 +774,13 @@ static inline void warm_stats(PyObject *stats) {
 }
 
 /* one frame before its turn, the objects its trade touches, read from its stats (fetched a
-   frame earlier): the lock, the bookkeeping, the median and the current minute. A symbol's
-   objects are scattered over the heap and a busy market's symbols take turns, so each is a
-   miss; fetched here, they overlap the trade before */
+   frame earlier): the lock (and the current minute's gate in its line), the bookkeeping and
+   the median. A symbol's objects are scattered over the heap and a busy market's symbols
+   take turns, so each is a miss; fetched here, they overlap the trade before */
 static inline void warm_objects(const TradePath *tp, PyObject *stats) {
     if (Py_TYPE(stats) != tp->stats_type) return;
     PyObject *lock = SLOT(stats, S_LOCK), *ids = SLOT(stats, S_IDS);
-    PyObject *median = SLOT(stats, S_MEDIAN), *minute = SLOT(stats, S_MINUTE);
+    PyObject *median = SLOT(stats, S_MEDIAN);
     if (lock) __builtin_prefetch(lock, 1);
     if (ids) {
         __builtin_prefetch(ids, 1);
@@ -756,8 +790,6 @@ static inline void warm_objects(const TradePath *tp, PyObject *stats) {
         __builtin_prefetch(median, 1);
         __builtin_prefetch((char *)median + 64, 1);
     }
-    if (minute && Py_IS_TYPE(minute, &PeriodType))
-        for (size_t at = 0; at < PERIOD_HOT; at += 64) __builtin_prefetch((char *)minute + at, 1);
 }
 
 static PyObject *TradePath_consume(TradePath *tp, PyObject *args) {

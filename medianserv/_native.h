@@ -128,18 +128,26 @@ typedef struct {
     size_t cap;
 } LevelList;
 
-/* one period's trades (medianserv.candles.PyPeriod). What a live trade reads and writes comes
- * first, in one cache line (the object is 64-byte aligned: see period_alloc), then the pending
+struct Lock;
+
+/* one period's trades (medianserv.candles.PyPeriod). Its first line holds what applying the
+ * pending list reads first (the object is 64-byte aligned: see period_alloc), then the pending
  * list, then what applying it, folds, copies and readers touch. Its trades are those applied
  * (count, the fields, the levels of the edges, the map and the runs; a price may be in
  * several) and the pending ones; every reader applies the pending ones first (count adds them
- * up instead), and every reader of the levels then compacts them into one run */
-typedef struct {
+ * up instead), and every reader of the levels then compacts them into one run.
+ *
+ * While a symbol's Lock gates it (`hot`, see Lock), the per-trade path does not read this
+ * object's first line at all: the lock's own line holds its bounds, the latest time and the
+ * count of pending trades (pending is then 0 here and last_ms stale), and every reader here
+ * takes them from the lock (period_pending, period_last_ms). */
+typedef struct Period {
     PyObject_HEAD                     /* line one */
     long long start, length;
     long long lo_ms, last_ms;         /* add_in takes times lo_ms .. start + length - 1; last_ms:
                                          the latest time taken */
     uint32_t pending;                 /* pend[0 .. pending) wait to be applied */
+    struct Lock *hot;                 /* the Lock that gates it (which holds it), or NULL */
     _Alignas(64) PendTrade pend[PERIOD_PENDING];
     long long count, open_id, close_id;  /* of the trades applied */
     u64 open_price, close_price, high, low;
@@ -157,25 +165,52 @@ typedef struct {
     int keeps_gains;
 } Period;
 
-#define PERIOD_HOT offsetof(Period, pend)
-
 extern PyTypeObject PeriodType;
 
 /* PyPeriod.add: times trades at price, ids lo..hi, applied now (the pending ones first); 0, or
  * -1 with MemoryError set */
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times);
 
-/* makes sure period_note cannot fail: a full pending list is applied now; 0, or -1 with
- * MemoryError set and nothing changed. O(PERIOD_PENDING) when it applies, else O(1) */
-int period_prepare(Period *p);
-
-/* a live trade (id, price) into the pending list, which has room (period_prepare). O(1): it
- * writes one entry and the count of them, the period's only lines it touches */
-static inline void period_note(Period *p, long long id, u64 price) {
-    p->pend[p->pending++] = (PendTrade){price, id};
-}
+/* the pending trades applied: 0, or -1 with MemoryError set and nothing changed.
+ * O(PERIOD_PENDING) */
+int period_settle(Period *p);
 
 /* -- the per-trade path (_hotpath.c) --------------------------------------------------------- */
+
+/* threading.Lock's semantics for a symbol's stats, and the gate of the symbol's current
+ * minute: the one line a live trade reads and writes for the minute (its time bounds, its
+ * latest time, the count of its pending trades), so that a trade touches of the minute only
+ * the pending entry it writes. The lock holds the Period it gates; the per-trade path gates
+ * stats.minute whenever it finds another there (Lock_gate), and ungates the one before, whose
+ * own fields then take the count and the latest time back. 64-byte aligned, one line. */
+typedef struct Lock {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    char locked;
+    uint32_t noted;                   /* the gate's pending trades: gate->pend[0 .. noted) */
+    Period *gate;                     /* the minute gated (a reference), or NULL */
+    long long gate_lo, gate_end;      /* it takes times gate_lo .. gate_end - 1 */
+    long long gate_last;              /* its latest time taken */
+} Lock;
+
+_Static_assert(sizeof(PyObject) != 16 || sizeof(Lock) == 64, "a lock and its gate: one line");
+
+/* the pending trades of p, wherever they are counted. O(1) */
+static inline uint32_t period_pending(const Period *p) {
+    return p->hot ? p->hot->noted : p->pending;
+}
+
+/* the latest time p took. O(1) */
+static inline long long period_last_ms(const Period *p) {
+    return p->hot ? p->hot->gate_last : p->last_ms;
+}
+
+/* p gated by l (ungating what l gated before, and taking p from any lock that gated it):
+ * p's pending count and latest time move to l, which takes a reference to it. O(1) */
+void lock_gate(struct Lock *l, Period *p);
+
+/* what l gates given back: its pending count and latest time, and l's reference. O(1) */
+void lock_ungate(struct Lock *l);
 
 extern PyTypeObject LockType, IndexType, TradePathType;
 int hotpath_ready(PyObject *module);

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
@@ -321,7 +321,7 @@ def test_the_trade_path_takes_the_common_frames() -> None:
         pipeline.close()
 
 
-READS = ["count", "fields", "copy", "median", "levels", "fold", "keep", "gains", "set"]
+READS = ["count", "fields", "copy", "median", "levels", "fold", "keep", "gains", "set", "times"]
 
 
 @needs_c
@@ -386,6 +386,8 @@ def test_a_minute_read_between_live_trades_holds_every_one(
             twin.keep_gains()
         elif read == "gains":
             assert minute.take_gains() == twin.take_gains()
+        elif read == "times":  # kept in the lock's gate while the minute is current
+            assert (minute.lo_ms, minute.last_ms) == (twin.lo_ms, twin.last_ms)
         elif k % 2:  # a field written, not read first: the trades held back applied before
             minute.high = twin.high = 0
         else:
@@ -393,6 +395,99 @@ def test_a_minute_read_between_live_trades_holds_every_one(
     assert period_key(stats.minute) == period_key(twin)
     assert stats.minute.take_gains() == twin.take_gains()
     stats._check()
+
+
+MINUTE0 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
+
+
+#: Steps of a symbol's life: trades (next, skipping ahead, into a gap, a repeat) at times
+#: that move on within a minute or to a later one (or back), and reads and writes between.
+gate_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["next"] * 6 + ["skip", "fill", "repeat", "harvest", "read", "lo_ms"]),
+        st.integers(0, 30),
+        st.sampled_from([0, 0, 0, 1, 7, 999, 59_000, 60_000, 61_000, 150_000, -60_000]),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(gate_steps)
+@example([("next", 0, 0), ("lo_ms", 1, 0), ("next", 0, 999), ("next", 0, 1)])
+@example([("next", 0, 0), ("lo_ms", 10, 0), ("next", 0, 7), ("read", 0, 0)])
+def test_the_minute_the_lock_gates_is_the_minute_the_general_path_keeps(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """While a minute is current, the compiled path keeps its bounds, its latest time and its
+    pending count in the symbol's lock, and gives them back to the minute when another takes
+    its place (a later minute, rolled by either path). Whatever the trades (next ones taken by
+    the compiled path, rolling minutes; gaps, fills, late and repeated ones left to the
+    general path), and whatever is read or written between them (the minute's lower bound,
+    count and the book's latest time read, the lower bound set, a harvest), the symbol's
+    candles, harvests and counts are those of the same trades given to the general path
+    alone; and a lock dropped with its minute still held elsewhere leaves the minute whole."""
+    symbols.use_compiled(True)
+    sides = [SymbolTable.build(["BTCUSDT"]) for _ in range(2)]
+    subject, reference = (t.get("BTCUSDT") for t in sides)
+    assert subject is not None and reference is not None
+    path = CTradePath()
+    path.index = sides[0].index
+    clock, highest, taken = MINUTE0, BASE, 0
+    for stats in (subject, reference):
+        stats.apply(BASE, 100_000_000_000, clock)  # the first trade: the general path
+    for kind, a, move in steps:
+        if kind in ("next", "skip", "fill", "repeat"):
+            clock = max(0, clock + move)
+            if kind == "next":
+                tid = highest + 1
+            elif kind == "skip":
+                tid = highest + 2 + a % 3
+            else:  # into a gap (or below the range), or a trade already counted
+                tid = max(0, highest - a)
+            highest = max(highest, tid)
+            units = (1000 + a - 15) * 10**8
+            data = frame(trade_json("BTCUSDT", tid, str(1000 + a - 15), "plain", clock))[0]
+            takes = subject.candles.takes(tid, clock)  # type: ignore[union-attr]
+            if path.consume(data, 0) == len(data):
+                taken += 1
+                assert kind != "next" or takes, "a trade the book does not take: taken"
+            else:
+                assert kind != "next" or not takes, "a next trade the book takes: left"
+                subject.apply(tid, units, clock)
+            reference.apply(tid, units, clock)
+        elif kind == "harvest":
+            got = [stats.harvest() for stats in (subject, reference)]
+            keys = [None if h is None else state_key(h.candles) for h in got]
+            assert keys[0] == keys[1]
+        elif kind == "read":
+            times = [(s.minute.lo_ms, s.minute.count, s.candles.latest)  # type: ignore[union-attr]
+                     for s in (subject, reference)]  # fmt: skip
+            assert times[0] == times[1]
+        else:  # the minute's lower bound written while the lock gates it: the gate follows
+            for stats in (subject, reference):
+                stats.minute.lo_ms = stats.minute.start + a * 1_000
+        assert subject.view() == reference.view()
+    if steps[0][0] == "next" and steps[0][2] >= 0:  # the compiled path's own case: taken
+        assert taken
+    held = subject.lock
+    subject.lock = symbols._Lock()  # another lock: it takes the minute from the one before
+    clock += 1
+    for stats in (subject, reference):
+        data = frame(trade_json("BTCUSDT", highest + 1, "1000", "plain", clock))[0]
+        if stats is reference or path.consume(data, 0) < len(data):
+            stats.apply(highest + 1, 1000 * 10**8, clock)
+    assert subject.view() == reference.view()
+    assert subject.candles.canonical() == reference.candles.canonical()  # type: ignore[union-attr]
+    subject._check()
+    del held
+    minute, book = subject.minute, subject.candles
+    want = (minute.count, minute.last_ms, period_key(minute.copy()))
+    subject.lock = symbols._Lock()  # the lock that gated the minute dropped: it gives it back
+    assert (minute.count, minute.last_ms, period_key(minute.copy())) == want
+    assert book is not None and book.canonical() == reference.candles.canonical()  # type: ignore[union-attr]
 
 
 def test_a_trade_below_the_range_goes_the_general_way() -> None:
