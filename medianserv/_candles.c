@@ -781,13 +781,19 @@ static PyObject *Period_get_lo_ms(Period *p, void *Py_UNUSED(closure)) {
     return PyLong_FromLongLong(p->lo_ms);
 }
 
-static int Period_set_lo_ms(Period *p, PyObject *v, void *Py_UNUSED(closure)) {
-    long long ms;
+/* a time written to a period: 0, or -1 with an exception set */
+static int ms_arg(PyObject *v, long long *out) {
     if (!v) {
         PyErr_SetString(PyExc_TypeError, "a period's fields cannot be deleted");
         return -1;
     }
-    if ((ms = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred()) return -1;
+    *out = PyLong_AsLongLong(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int Period_set_lo_ms(Period *p, PyObject *v, void *Py_UNUSED(closure)) {
+    long long ms;
+    if (ms_arg(v, &ms) < 0) return -1;
     p->lo_ms = ms;
     if (p->hot) p->hot->gate_lo = ms;
     return 0;
@@ -800,11 +806,7 @@ static PyObject *Period_get_last_ms(Period *p, void *Py_UNUSED(closure)) {
 
 static int Period_set_last_ms(Period *p, PyObject *v, void *Py_UNUSED(closure)) {
     long long ms;
-    if (!v) {
-        PyErr_SetString(PyExc_TypeError, "a period's fields cannot be deleted");
-        return -1;
-    }
-    if ((ms = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred()) return -1;
+    if (ms_arg(v, &ms) < 0) return -1;
     *(p->hot ? &p->hot->gate_last : &p->last_ms) = ms;
     return 0;
 }
