@@ -181,7 +181,7 @@ int period_settle(Period *p);
  * minute: the one line a live trade reads and writes for the minute (its time bounds, its
  * latest time, the count of its pending trades), so that a trade touches of the minute only
  * the pending entry it writes. The lock holds the Period it gates; the per-trade path gates
- * stats.minute whenever it finds another there (Lock_gate), and ungates the one before, whose
+ * stats.minute whenever it finds another there (lock_gate), and ungates the one before, whose
  * own fields then take the count and the latest time back. 64-byte aligned, one line. */
 typedef struct Lock {
     PyObject_HEAD
