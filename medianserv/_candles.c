@@ -373,14 +373,6 @@ static const LevelCount *period_run(Period *p, size_t *n) {
 /* a live trade of a gated minute touches one entry of the pending list, on lines of its own */
 _Static_assert(offsetof(Period, pend) == 64, "the pending list: lines of its own");
 
-static PyObject *period_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
-    size_t size = ((size_t)type->tp_basicsize + 63) & ~(size_t)63;
-    PyObject *o = aligned_alloc(64, size);
-    if (!o) return PyErr_NoMemory();
-    memset(o, 0, size);
-    return PyObject_Init(o, type);
-}
-
 static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *names[] = {"start", "length", NULL};
     long long start, length;
@@ -399,10 +391,6 @@ static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 }
 
 static void Period_dealloc(Period *p) {
-    if (p->hot) { /* not reached: a lock that gates a period holds it */
-        p->hot->gate = NULL;
-        p->hot->noted = 0;
-    }
     free(p->levels.slots);
     free(p->up.v);
     free(p->down.v);
@@ -442,7 +430,7 @@ static PyObject *Period_add_in(Period *p, PyObject *args) {
     if (price_arg(price_o, &price) < 0) return NULL;
     if (when < p->lo_ms || when - p->start >= p->length) Py_RETURN_FALSE;
     if (period_add(p, tid, tid, price, 1) < 0) return NULL;
-    long long *last = p->hot ? &p->hot->gate_last : &p->last_ms;
+    long long *last = period_last_at(p);
     if (when > *last) *last = when;
     Py_RETURN_TRUE;
 }
@@ -558,7 +546,7 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     c->nruns = c->capruns = 0;
     c->up = c->down = c->gains = (LevelList){0}; /* up_n, down_n, the last prices copied */
     c->pending = period_pending(p); /* the gate's, if p is gated: the copy is not */
-    c->last_ms = period_last_ms(p);
+    c->last_ms = *period_last_at(p);
     c->hot = NULL;
     c->ngains = 0; /* a reader's copy keeps no gains */
     c->keeps_gains = 0;
@@ -801,13 +789,13 @@ static int Period_set_lo_ms(Period *p, PyObject *v, void *Py_UNUSED(closure)) {
 
 /* last_ms, the gate's while a lock gates the period. O(1) */
 static PyObject *Period_get_last_ms(Period *p, void *Py_UNUSED(closure)) {
-    return PyLong_FromLongLong(period_last_ms(p));
+    return PyLong_FromLongLong(*period_last_at(p));
 }
 
 static int Period_set_last_ms(Period *p, PyObject *v, void *Py_UNUSED(closure)) {
     long long ms;
     if (ms_arg(v, &ms) < 0) return -1;
-    *(p->hot ? &p->hot->gate_last : &p->last_ms) = ms;
+    *period_last_at(p) = ms;
     return 0;
 }
 
@@ -881,7 +869,7 @@ PyTypeObject PeriodType = {
     .tp_doc = "One period's trades: the compiled twin of medianserv.candles.PyPeriod.",
     .tp_basicsize = sizeof(Period),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_alloc = period_alloc,
+    .tp_alloc = line_alloc,
     .tp_free = free,
     .tp_new = Period_new,
     .tp_dealloc = (destructor)Period_dealloc,

@@ -75,15 +75,6 @@ static PyMethodDef hotpath_functions[] = {
 
 /* -- Lock ------------------------------------------------------------------------------------- */
 
-/* a lock on a line of its own (see Lock, _native.h) */
-static PyObject *lock_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
-    size_t size = ((size_t)type->tp_basicsize + 63) & ~(size_t)63;
-    PyObject *o = aligned_alloc(64, size);
-    if (!o) return PyErr_NoMemory();
-    memset(o, 0, size);
-    return PyObject_Init(o, type);
-}
-
 void lock_ungate(Lock *l) {
     Period *p = l->gate;
     if (!p) return;
@@ -206,7 +197,7 @@ PyTypeObject LockType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Lock(): threading.Lock's semantics (acquire, release, locked, with), which the "
               "compiled per-trade path takes without the interpreter.",
-    .tp_alloc = lock_alloc,
+    .tp_alloc = line_alloc, /* a line of its own (see Lock, _native.h) */
     .tp_free = free,
     .tp_new = Lock_new,
     .tp_dealloc = (destructor)Lock_dealloc,

@@ -1,6 +1,16 @@
 /* medianserv._native: the compiled twins (see _native.h), put together as one module. */
 #include "_native.h"
 
+#include <string.h>
+
+PyObject *line_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
+    size_t size = ((size_t)type->tp_basicsize + 63) & ~(size_t)63;
+    PyObject *o = aligned_alloc(64, size);
+    if (!o) return PyErr_NoMemory();
+    memset(o, 0, size);
+    return PyObject_Init(o, type);
+}
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "medianserv._native",

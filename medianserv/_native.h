@@ -21,6 +21,10 @@
 typedef uint64_t u64;
 typedef int64_t i64;
 
+/* tp_alloc of a type whose objects start on a cache line (64-byte aligned, zeroed, freed with
+ * free: tp_free = free); not for types the garbage collector tracks (_native.c) */
+PyObject *line_alloc(PyTypeObject *type, Py_ssize_t nitems);
+
 /* -- the median (_median.c) ---------------------------------------------------------------- */
 
 /* price -> count, open addressing, linear probing, backward-shift deletion; a slot is free
@@ -131,7 +135,7 @@ typedef struct {
 struct Lock;
 
 /* one period's trades (medianserv.candles.PyPeriod). Its first line holds what applying the
- * pending list reads first (the object is 64-byte aligned: see period_alloc), then the pending
+ * pending list reads first (the object is 64-byte aligned: see line_alloc), then the pending
  * list, then what applying it, folds, copies and readers touch. Its trades are those applied
  * (count, the fields, the levels of the edges, the map and the runs; a price may be in
  * several) and the pending ones; every reader applies the pending ones first (count adds them
@@ -140,14 +144,15 @@ struct Lock;
  * While a symbol's Lock gates it (`hot`, see Lock), the per-trade path does not read this
  * object's first line at all: the lock's own line holds its bounds, the latest time and the
  * count of pending trades (pending is then 0 here and last_ms stale), and every reader here
- * takes them from the lock (period_pending, period_last_ms). */
+ * takes them from the lock (period_pending, period_last_at). */
 typedef struct Period {
     PyObject_HEAD                     /* line one */
     long long start, length;
     long long lo_ms, last_ms;         /* add_in takes times lo_ms .. start + length - 1; last_ms:
                                          the latest time taken */
     uint32_t pending;                 /* pend[0 .. pending) wait to be applied */
-    struct Lock *hot;                 /* the Lock that gates it (which holds it), or NULL */
+    struct Lock *hot;                 /* the Lock that gates it, or NULL (the lock holds it:
+                                         a gated period is never freed) */
     _Alignas(64) PendTrade pend[PERIOD_PENDING];
     long long count, open_id, close_id;  /* of the trades applied */
     u64 open_price, close_price, high, low;
@@ -200,9 +205,9 @@ static inline uint32_t period_pending(const Period *p) {
     return p->hot ? p->hot->noted : p->pending;
 }
 
-/* the latest time p took. O(1) */
-static inline long long period_last_ms(const Period *p) {
-    return p->hot ? p->hot->gate_last : p->last_ms;
+/* where the latest time p took is kept: the gate's while a lock gates it. O(1) */
+static inline long long *period_last_at(Period *p) {
+    return p->hot ? &p->hot->gate_last : &p->last_ms;
 }
 
 /* p gated by l (ungating what l gated before, and taking p from any lock that gated it):
