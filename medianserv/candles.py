@@ -772,8 +772,7 @@ class Candles:
         over_at = LIMIT  # the earliest end of a period left open
         for k, (_, length) in enumerate(INTERVALS):
             self.recent[k].clear()  # written by the snapshot that took them
-            keep = keep_ms[k]
-            oldest = None if keep is None else latest - keep
+            bound = expired[k]  # the store's: the book drops what the store deletes
             out, opened, dirty = periods[k], self.open[k], self.dirty[k]
             if k == DAY and self.landed:  # imported whole days: rows already
                 for start in sorted(self.landed):
@@ -785,7 +784,7 @@ class Candles:
                 if end > latest:  # not over: neither past retention nor settled (_can_land)
                     over_at = min(over_at, end)
                     continue
-                if oldest is not None and end <= oldest:
+                if bound is not None and start < bound:
                     self.expired[k] += opened.pop(start).count  # its stored record goes too
                     self._forget(k, start)
                     continue
