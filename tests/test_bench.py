@@ -33,6 +33,8 @@ def test_core_snapshot_long_smoke() -> None:
     check(rows)
     ratios = [r for r in rows if r.name.startswith("with candles / without")]
     assert [r.name.split(",")[1].strip() for r in ratios] == ["walk", "fresh", "scatter"]
+    writes = [r for r in rows if r.name.startswith("of which the LMDB write, with candles")]
+    assert len(writes) == 3 and all(r.value > 0 for r in writes)  # each snapshot was written
     check(bench_snapshot(5000, ingest_rate=2000))
     rows = bench_long(2_000_000, levels=1000)
     check(rows)

@@ -249,17 +249,37 @@ def _market_chunk(market: str, first: int, n: int, names: list[str], rate: int) 
     return b"".join(out)
 
 
+def _timed(save: Any, seconds: list[float], side: int) -> Any:
+    """``save``, its CPU time added to ``seconds[side]`` at each call."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.process_time()
+        try:
+            return save(*args, **kwargs)
+        finally:
+            seconds[side] += time.process_time() - t0
+
+    return timed
+
+
 def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                        rate: int = 25_000) -> None:  # fmt: skip
     """What keeping candles costs the compiled per-trade path, by market shape, in one
     process: two tables of 2,292 symbols (candles kept, not kept) take the same frames
     alternately, ``chunk`` trades at a time in the order A B B A, so that the machine's
-    drift falls on both alike; each takes a harvest of every symbol every 5 s of market
-    time (``rate`` trades a second: a snapshot's cadence), included in its CPU. Rows: CPU
-    per trade of each and their ratio, and the harvests' share, per market."""
+    drift falls on both alike; each takes a snapshot every 5 s of market time (``rate``
+    trades a second): every symbol harvested and written to an LMDB store of its own in a
+    temporary directory, as the service's snapshotter does, included in its CPU. Rows: CPU
+    per trade of each and their ratio, the snapshots' share and the LMDB write's within it,
+    per market."""
+    import shutil
+    import tempfile
+
     from .. import symbols as symbols_module
     from ..hotpath import CTradePath, _decode
     from ..prices import PriceCache
+    from ..snapshotter import Snapshotter
+    from ..store import Store
     from ..symbols import SymbolTable
 
     if CTradePath is None:
@@ -271,22 +291,31 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
     units = PriceCache().units
     chunk = max(1, min(chunk, n // 10))
     every = max(1, 5 * rate // chunk)  # chunks between harvests
+    tmp = Path(tempfile.mkdtemp(prefix="medianserv-bench-"))
+    stores: list[Store] = []
     try:
         for market in CANDLE_MARKETS:
-            sides = []
-            for candles in (True, False):
+            sides, writes = [], [0.0, 0.0]
+            for side, candles in enumerate((True, False)):
                 symbols_module.keep_candles(candles)
                 table = SymbolTable.build(names)
                 for _, stats in table.items():
                     stats.baseline(999, 0)
                 path = CTradePath()
                 path.index = table.index
-                sides.append((table, path))
+                store = Store.open(tmp / f"{market}-{side}")
+                stores.append(store)
+                store.save = _timed(store.save, writes, side)  # type: ignore[method-assign]
+                every_symbol = [stats for _, stats in table.items()]
+                snapshots = Snapshotter(store, every_symbol.copy, 5.0)
+                sides.append((table, path, snapshots))
+            gc.collect()
+            gc.freeze()  # as the service does once started: no collection walks the tables
             cpu, harvests = [0.0, 0.0], [0.0, 0.0]
             for k in range(n // chunk):
                 data = _market_chunk(market, k * chunk, chunk, names, rate)
                 for side in (0, 1) if k % 2 == 0 else (1, 0):
-                    table, path = sides[side]
+                    table, path, snapshots = sides[side]
                     t0, pos = time.process_time(), 0
                     while pos < len(data):
                         after = path.consume(data, pos)
@@ -302,28 +331,35 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                         pos = after
                     t1 = time.process_time()
                     if (k + 1) % every == 0:
-                        for _, stats in table.items():
-                            stats.harvest()
+                        snapshots.snapshot()
                     t2 = time.process_time()
                     cpu[side] += t2 - t0
                     harvests[side] += t2 - t1
             done = n // chunk * chunk
-            label = f"{market}, 2,292 symbols, {rate:,} trades/s, a harvest every 5 s, C"
+            label = f"{market}, 2,292 symbols, {rate:,} trades/s, a snapshot every 5 s, C"
             rows.append(Row(f"trade path with candles, {label}", cpu[0] / done * 1e9,
                             "ns/trade"))  # fmt: skip
             rows.append(Row(f"trade path without candles, {label}", cpu[1] / done * 1e9,
                             "ns/trade"))  # fmt: skip
             rows.append(Row(f"with candles / without, {label} (goal <= 1.1)", cpu[0] / cpu[1],
                             "x"))  # fmt: skip
-            rows.append(Row(f"of which harvests, with candles, {label}",
-                            harvests[0] / done * 1e9, "ns/trade"))  # fmt: skip
-            rows.append(Row(f"of which harvests, without candles, {label}",
-                            harvests[1] / done * 1e9, "ns/trade"))  # fmt: skip
-            for table, _ in sides:
+            for side, kept in ((0, "with"), (1, "without")):
+                rows.append(Row(f"of which snapshots (harvest, LMDB write), {kept} candles, "
+                                f"{label}", harvests[side] / done * 1e9, "ns/trade"))  # fmt: skip
+                rows.append(Row(f"of which the LMDB write, {kept} candles, {label}",
+                                writes[side] / done * 1e9, "ns/trade"))  # fmt: skip
+            for table, _, _ in sides:
                 for _, stats in table.items():
                     stats._check()
             del sides
+            gc.unfreeze()
+            while stores:
+                stores.pop().close()
     finally:
+        gc.unfreeze()
+        for store in stores:
+            store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
         symbols_module.use_compiled(was)
         symbols_module.keep_candles(True)
         symbols_module.expect_history(None)
