@@ -759,7 +759,8 @@ class Candles:
 
         O(p + L) for L the levels of the minutes stored whole (at most
         :data:`MINUTE_WHOLE` each) and gained by the others."""
-        self.drain()
+        if self.retiring:
+            self.drain()
         latest = self.latest
         if latest < self.over_at:  # the usual harvest: nothing to settle, expire or store but
             if self.recent_held:  # the current minute (what the last one settled is written)

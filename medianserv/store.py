@@ -35,6 +35,7 @@ store is opened for writing; levels are the same in both.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import struct
 import sys
@@ -144,7 +145,10 @@ def decode_record(symbol: str, data: bytes, version: int = FORMAT_VERSION) -> Sy
     return SymbolState(symbol, r.count, r.last_trade_id, r.last_price, r.last_trade_time, ids, [])
 
 
+@functools.lru_cache(maxsize=16_384)
 def symbol_prefix(symbol: str) -> bytes:
+    """The key prefix of ``symbol`` in every database: its length, then its name. Cached
+    (a snapshot asks it of every symbol written, once per database). Pure."""
     raw = symbol.encode()
     if not 0 < len(raw) < 256:
         raise StoreError(f"symbol name too long to store: {symbol[:40]!r}")
@@ -200,6 +204,8 @@ def candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
         yield prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
                                        *c.counts, *c.sealed])  # fmt: skip
         for k, entries in enumerate(c.periods):
+            if not entries:
+                continue
             head = prefix + bytes((k + 1,))
             for start, row, period in entries:
                 if row is not None:
@@ -412,14 +418,13 @@ class Store:
             c = state.candles
             if c is None:
                 continue
-            prefix = symbol_prefix(state.symbol)
             for k, (expired, entries) in enumerate(zip(c.expired, c.periods, strict=True)):
-                head = prefix + bytes((k + 1,))
                 if expired is not None and expired > 0:
+                    head = symbol_prefix(state.symbol) + bytes((k + 1,))
                     _delete_range(cursor, head, head + _U64.pack(expired))
                 for start, row, _ in entries:
                     if row is not None:
-                        key = head + _U64.pack(start)
+                        key = symbol_prefix(state.symbol) + bytes((k + 1,)) + _U64.pack(start)
                         _delete_range(cursor, key + b"\0", key + b"\xff" * 5)  # its deltas
 
     # -- reading --------------------------------------------------------------------------------
