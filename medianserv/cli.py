@@ -73,7 +73,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             part = bench.bench_scale(args.prices, args.files or 100)
         elif suite == "soak":
             part = bench.bench_soak(args.minutes, tps=args.tps or 16_000.0,
-                                    walk_levels=args.walk_levels)  # fmt: skip
+                                    walk_levels=args.walk_levels,
+                                    compare_candles=args.compare_candles)  # fmt: skip
         elif suite == "recovery":
             part = bench.bench_recovery(
                 shared, tps=args.tps or 300.0, down_seconds=args.down_seconds,
@@ -341,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--walk-levels", type=int, default=0,
                        help="soak: keep each symbol's price within this many ticks, a market "
                        "whose levels stop growing (0: a free walk)")  # fmt: skip
+    bench.add_argument("--compare-candles", action="store_true",
+                       help="soak: a second service with --no-candles beside it, same "
+                       "trades, same minutes")  # fmt: skip
     bench.add_argument("--prices", type=lambda s: int(float(s)), default=10**7,
                        help="scale: distinct prices in one median")  # fmt: skip
     bench.add_argument(

@@ -79,3 +79,17 @@ def test_history_scale_and_market_smoke_through_the_cli(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         rows = json.loads(out.read_text())
         assert rows and all(r["value"] >= 0 for r in rows), rows
+
+
+def test_soak_smoke_with_a_no_candles_service_beside_it() -> None:
+    """Two services (candles kept, not) follow the same simulator at a steady rate; both must
+    be exact at the end, and the comparison rows come out."""
+    from medianserv.bench import bench_soak
+
+    rows = bench_soak(minutes=0.1, tps=400, symbols=20, compare_candles=True, line_s=3.0)
+    check(rows)
+    values = {r.name: r.value for r in rows}
+    assert values["soak: trades applied"] > 0
+    assert values["soak: symbols not exact at the end"] == 0
+    assert values["soak: --no-candles: symbols not exact at the end"] == 0
+    assert values["soak: CPU per trade with candles / without (goal <= 1.1)"] > 0

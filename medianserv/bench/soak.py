@@ -14,6 +14,11 @@ trades: on the simulator's free walk (moves of about 1e-4 of the price) new leve
 coming, so the suite prints the levels beside RSS and the RSS grown per level added;
 ``walk_levels`` keeps every price within a band of ticks, so the levels stop growing and RSS
 must then stay flat: anything else there is a leak.
+
+``compare_candles`` runs a second service beside the first, with ``--no-candles``, following
+the same trades at the same time: what median candles cost a trade at a steady rate (where
+a snapshot's work for each symbol that traded is spread over few trades), against the same
+market in the same minutes. It too must be exact at the end.
 """
 
 from __future__ import annotations
@@ -49,16 +54,24 @@ def _mismatches(svc: ServiceProcess, sim: SimProcess) -> int:
 
 
 def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000,
-               late_pong: float = 1.0, walk_levels: int = 0) -> list[Row]:  # fmt: skip
+               late_pong: float = 1.0, walk_levels: int = 0, compare_candles: bool = False,
+               line_s: float = 60.0) -> list[Row]:  # fmt: skip
     """The service for ``minutes`` minutes at ``tps`` trades a second over ``symbols``
     symbols, each price walking freely or, with ``walk_levels``, within that many ticks; a
-    line a minute on stdout, then the figures of the whole run (see the module)."""
+    line a minute on stdout, then the figures of the whole run (see the module); with
+    ``compare_candles``, a second service with ``--no-candles`` beside it. ``line_s``: the
+    seconds a line covers (a minute; less only for a smoke run)."""
     extra = ["--set", f"late_pong={late_pong}", "--set", f"walk_levels={walk_levels}"]
     sim = SimProcess(tps, None, extra, symbols=symbols)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="medianserv-soak-") as tmp:
-        svc = ServiceProcess(sim, Path(tmp))
+        svc = ServiceProcess(sim, Path(tmp) / "service")
+        bare: ServiceProcess | None = None
         try:
+            if compare_candles:
+                bare = ServiceProcess(sim, Path(tmp) / "no-candles",
+                                      ["--no-candles", "--user-agent", BARE_AGENT])  # fmt: skip
+                bare.wait_ready()
             svc.wait_ready()
             status = svc.get("/-/status")
             print(f"soak: {status['symbols']} symbols over {len(status['connections'])} "
@@ -69,17 +82,19 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
             t0 = time.monotonic()
             applied0 = svc.metric("trades_applied_total")[""]
             cpu0 = cpu_seconds(pid)
+            bare0 = _progress(bare)
+            bare_last = bare0
             prev: dict[str, Any] = {"applied": applied0, "cpu": cpu0, "pongs": 0, "late": 0,
                                     "closed": {}, "reconnects": 0.0, "rotations": 0.0}  # fmt: skip
             rss: list[tuple[float, float]] = []
             held: list[tuple[float, float]] = []  # price levels the medians hold
             lags: list[float] = []
             minute = 0
-            while minute < minutes:
+            while minute * line_s < minutes * 60:
                 lag = 0.0
-                end = t0 + 60 * (minute + 1)
+                end = t0 + line_s * (minute + 1)
                 while time.monotonic() < end:
-                    time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+                    time.sleep(min(5.0, line_s / 4, max(0.0, end - time.monotonic())))
                     lag = max(lag, svc.get("/-/status")["lag_s"])
                 minute += 1
                 stats = sim.control("stats")
@@ -94,13 +109,21 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                 trades = applied - prev["applied"]
                 memory = rss_mib(pid)
                 levels = svc.metric("price_levels")[""]
-                rss.append((minute, memory))
-                held.append((minute, levels))
+                rss.append((minute * line_s / 60, memory))
+                held.append((minute * line_s / 60, levels))
                 lags.append(lag)
+                if bare is not None:
+                    now = _progress(bare)
+                    assert now is not None and bare_last is not None
+                    cpu_bare, trades_bare = now[1] - bare_last[1], now[0] - bare_last[0]
+                    print(f"minute {minute:3d}, --no-candles: CPU {cpu_bare:5.2f} s "
+                          f"({cpu_bare / max(1.0, trades_bare) * 1e6:5.2f} us/trade)",
+                          flush=True)  # fmt: skip
+                    bare_last = now
                 print(f"minute {minute:3d}: RSS {memory:7.1f} MiB ({levels:,.0f} levels), CPU "
                       f"{cpu - prev['cpu']:5.2f} s"
                       f" ({(cpu - prev['cpu']) / max(1.0, trades) * 1e6:5.2f} us/trade, "
-                      f"{trades / 60:,.0f} trades/s), worst lag {lag:.3f} s, pongs "
+                      f"{trades / line_s:,.0f} trades/s), worst lag {lag:.3f} s, pongs "
                       f"{pongs - prev['pongs']} ({late - prev['late']} late, "
                       f"{stats['violations'].get('pong_timeout', 0)} missed in all), "
                       f"reconnects {reconnects - prev['reconnects']:.0f}, rotations "
@@ -122,9 +145,9 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
             since = held[len(rss) - len(steady)][1]
             grown = held[-1][1] - since
             rows += [
-                Row("soak: minutes", minute, "min"),
+                Row("soak: minutes", minute * line_s / 60, "min"),
                 Row("soak: trades applied", total, "trades"),
-                Row("soak: trades a second", total / (60 * minute), "trades/s"),
+                Row("soak: trades a second", total / (line_s * minute), "trades/s"),
                 Row(
                     "soak: CPU per trade, whole process",
                     (prev["cpu"] - cpu0) / max(1, total) * 1e6,
@@ -162,7 +185,52 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                 Row("soak: symbols not exact at the end", wrong, "symbols"),
                 Row("soak: seconds from the pause until exact", exact_after, "s"),
             ]
+            if bare is not None:
+                assert bare0 is not None and bare_last is not None
+                wrong_bare = _mismatches(bare, sim)
+                while wrong_bare and time.monotonic() - paused < 120:
+                    time.sleep(1.0)
+                    wrong_bare = _mismatches(bare, sim)
+                ours = (prev["cpu"] - cpu0) / max(1, total)
+                theirs = (bare_last[1] - bare0[1]) / max(1, bare_last[0] - bare0[0])
+                rows += [
+                    Row(
+                        "soak: --no-candles, same trades, same minutes: CPU per trade, whole "
+                        "process",
+                        theirs * 1e6,
+                        "us/trade",
+                    ),
+                    Row(
+                        "soak: CPU per trade with candles / without (goal <= 1.1)",
+                        ours / theirs if theirs else 0.0,
+                        "x",
+                    ),
+                    Row(
+                        "soak: --no-candles: pings answered late",
+                        stats["late_pongs_by_agent"].get(BARE_AGENT, 0),
+                        "pongs",
+                    ),
+                    Row(
+                        "soak: --no-candles: symbols not exact at the end",
+                        wrong_bare,
+                        "symbols",
+                    ),
+                ]
         finally:
             svc.stop()
+            if bare is not None:
+                bare.stop()
             sim.stop()
     return rows
+
+
+#: The User-Agent of the ``--no-candles`` service of ``compare_candles`` (the simulator
+#: counts pongs by it).
+BARE_AGENT = "medianserv-nocandles"
+
+
+def _progress(svc: ServiceProcess | None) -> tuple[float, float] | None:
+    """(trades applied, CPU seconds) of ``svc``'s process so far; None without one."""
+    if svc is None:
+        return None
+    return svc.metric("trades_applied_total")[""], cpu_seconds(svc.proc.pid)
