@@ -89,6 +89,8 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
             rss: list[tuple[float, float]] = []
             held: list[tuple[float, float]] = []  # price levels the medians hold
             lags: list[float] = []
+            bare_lag = 0.0  # the --no-candles service's worst reader lag
+            bare_reconnects = 0.0
             minute = 0
             while minute * line_s < minutes * 60:
                 lag = 0.0
@@ -96,6 +98,8 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                 while time.monotonic() < end:
                     time.sleep(min(5.0, line_s / 4, max(0.0, end - time.monotonic())))
                     lag = max(lag, svc.get("/-/status")["lag_s"])
+                    if bare is not None:  # the same requests of both: the same CPU for them
+                        bare_lag = max(bare_lag, bare.get("/-/status")["lag_s"])
                 minute += 1
                 stats = sim.control("stats")
                 applied = svc.metric("trades_applied_total")[""]
@@ -109,6 +113,10 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                 trades = applied - prev["applied"]
                 memory = rss_mib(pid)
                 levels = svc.metric("price_levels")[""]
+                if bare is not None:  # the same requests of both, as above
+                    bare.metric("price_levels")
+                    bare_reconnects = sum(bare.metric("reconnects_total").values())
+                    bare.metric("rotations_total")
                 rss.append((minute * line_s / 60, memory))
                 held.append((minute * line_s / 60, levels))
                 lags.append(lag)
@@ -205,6 +213,8 @@ def bench_soak(minutes: float = 60.0, tps: float = 16_000.0, symbols: int = 2000
                         ours / theirs if theirs else 0.0,
                         "x",
                     ),
+                    Row("soak: --no-candles: worst reader lag", bare_lag, "s"),
+                    Row("soak: --no-candles: reconnects", bare_reconnects, "reconnects"),
                     Row(
                         "soak: --no-candles: pings answered late",
                         stats["late_pongs_by_agent"].get(BARE_AGENT, 0),
