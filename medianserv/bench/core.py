@@ -290,7 +290,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
     names = [f"S{i:04d}USDT" for i in range(2_292)]
     units = PriceCache().units
     chunk = max(1, min(chunk, n // 10))
-    every = max(1, 5 * rate // chunk)  # chunks between harvests
+    every = max(1, 5 * rate // chunk)  # chunks between snapshots
     tmp = Path(tempfile.mkdtemp(prefix="medianserv-bench-"))
     stores: list[Store] = []
     try:
@@ -311,7 +311,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                 sides.append((table, path, snapshots))
             gc.collect()
             gc.freeze()  # as the service does once started: no collection walks the tables
-            cpu, harvests = [0.0, 0.0], [0.0, 0.0]
+            cpu, snaps = [0.0, 0.0], [0.0, 0.0]  # CPU: all; of it, snapshots
             for k in range(n // chunk):
                 data = _market_chunk(market, k * chunk, chunk, names, rate)
                 for side in (0, 1) if k % 2 == 0 else (1, 0):
@@ -334,7 +334,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                         snapshots.snapshot()
                     t2 = time.process_time()
                     cpu[side] += t2 - t0
-                    harvests[side] += t2 - t1
+                    snaps[side] += t2 - t1
             done = n // chunk * chunk
             label = f"{market}, 2,292 symbols, {rate:,} trades/s, a snapshot every 5 s, C"
             rows.append(Row(f"trade path with candles, {label}", cpu[0] / done * 1e9,
@@ -345,7 +345,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                             "x"))  # fmt: skip
             for side, kept in ((0, "with"), (1, "without")):
                 rows.append(Row(f"of which snapshots (harvest, LMDB write), {kept} candles, "
-                                f"{label}", harvests[side] / done * 1e9, "ns/trade"))  # fmt: skip
+                                f"{label}", snaps[side] / done * 1e9, "ns/trade"))  # fmt: skip
                 rows.append(Row(f"of which the LMDB write, {kept} candles, {label}",
                                 writes[side] / done * 1e9, "ns/trade"))  # fmt: skip
             for table, _, _ in sides:
