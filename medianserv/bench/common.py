@@ -164,7 +164,13 @@ class ServiceProcess:
             stderr=self._log,
         )  # fmt: skip
         self.started = time.monotonic()
-        self.base = f"http://127.0.0.1:{self._port()}"
+        try:
+            self.base = f"http://127.0.0.1:{self._port()}"
+        except BaseException:  # never started as far as the caller knows: none left behind
+            self.proc.kill()
+            self.proc.wait(60)
+            self._log.close()
+            raise
 
     def _port(self, timeout: float = 60.0) -> int:
         import re
