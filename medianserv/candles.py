@@ -82,7 +82,10 @@ MINUTE, HOUR, DAY = 0, 1, 2
 #: per-trade path reads (18 digits), far beyond any real one.
 LIMIT = 10**18
 _LENGTHS = tuple(length for _, length in INTERVALS)
-_NO_EXPIRY: tuple[int | None, ...] = (None, None, None)  # no retention bound handed over
+#: The bounds a harvest of the current minute alone hands over (no retention bound: see
+#: :meth:`Candles._quiet`), made at run time so that no literal ``(None, None, None)`` is
+#: the same object: :func:`quiet` tells such a harvest by identity.
+_NO_EXPIRY: tuple[int | None, ...] = tuple([None, None, None])
 #: An open minute of at most this many levels is stored whole at each snapshot; a larger one
 #: as deltas of what it gained (see :meth:`Candles._delta`).
 MINUTE_WHOLE = 256
@@ -453,12 +456,17 @@ _new_state: Callable[[tuple[Any, ...]], CandleState] = partial(tuple.__new__, Ca
 _new_delta: Callable[[tuple[Any, ...]], Delta] = partial(tuple.__new__, Delta)
 
 
+def quiet(state: CandleState) -> bool:
+    """Whether ``state`` is a harvest of the current minute alone that hands over no
+    retention bound (:meth:`Candles._quiet`, most harvests): it settles nothing and deletes
+    nothing, so :func:`finish` and the store's deletes skip it. O(1)."""
+    return state.expired is _NO_EXPIRY
+
+
 def finish(state: CandleState | None) -> CandleState | None:
     """``state`` with the rows of its settled periods made (their medians taken): what
     :meth:`Candles.harvest` leaves to be done outside the symbol's lock. O(L log L)."""
-    if state is None:
-        return None
-    if not _settles(state):
+    if state is None or quiet(state) or not _settles(state):
         return state
     periods = tuple(
         [(s, period_row(p.period), None) if isinstance(p, Settled) else (s, r, p)

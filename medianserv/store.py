@@ -48,7 +48,15 @@ import lmdb
 import msgspec
 import numpy as np
 
-from .candles import INTERVALS, CandleRow, CandleState, Delta, period_fields, restore_packed
+from .candles import (
+    INTERVALS,
+    CandleRow,
+    CandleState,
+    Delta,
+    period_fields,
+    quiet,
+    restore_packed,
+)
 from .errors import MedianservError
 from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds
 
@@ -416,7 +424,7 @@ class Store:
         cursor = txn.cursor(db=self._candles)
         for state in batch:
             c = state.candles
-            if c is None:
+            if c is None or quiet(c):  # nothing settled, no bound handed over
                 continue
             for k, (expired, entries) in enumerate(zip(c.expired, c.periods, strict=True)):
                 if expired is not None and expired > 0:

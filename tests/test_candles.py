@@ -31,6 +31,7 @@ from medianserv.candles import (
     landings,
     period_key,
     period_row,
+    quiet,
     restore_packed,
     select_rows,
     state_key,
@@ -557,13 +558,17 @@ def test_a_quiet_book_hands_over_what_it_took_besides_its_minute(compiled: bool)
     stats.baseline(999, 0)
     for tid, t in ((1000, 1_000), (1001, 61_000), (1002, 125_000)):
         stats.apply(tid, 10 + tid % 3, 10 * day + t)
-    stats.harvest()  # minutes 0 and 1 settle
+    settling = stats.harvest()  # minutes 0 and 1 settle
+    assert settling is not None and settling.candles is not None
+    assert not quiet(settling.candles)  # the store deletes what settled: never skipped
     book, keep = stats.candles, [None, None, None]
     assert book is not None and sorted(book.recent[0]) == [10 * day, 10 * day + 60_000]
     stats.apply(1003, 11, 10 * day + 126_000)
     state = stats.harvest()
     assert state is not None and state.candles is not None
     assert [p[0] for p in state.candles.periods[0]] == [10 * day + 120_000]  # the minute alone
+    assert quiet(state.candles)  # nothing for finish or the store's deletes to do
+    assert not quiet(state.candles._replace(expired=(None, None, None)))  # told by identity
     assert not any(book.recent)  # the rows settled before are in the store by now
     for take in ("late", "landed", "sealed", "outside"):
         with stats.lock:
@@ -578,6 +583,7 @@ def test_a_quiet_book_hands_over_what_it_took_besides_its_minute(compiled: bool)
                 book.add_outside(5)
             taken = book.harvest(stats.ids, keep, True)
             assert taken is not None and taken.counts == book.counts(), take
+            assert not quiet(taken), take
             assert book.harvest(stats.ids, keep, True) is None  # then nothing
         if take == "late":
             assert 10 * day + 60_000 in [p[0] for p in taken.periods[0]]
