@@ -195,9 +195,14 @@ def _native(buf: bytearray, dtype: Any) -> np.ndarray[Any, Any]:
     return values
 
 
+def candle_head(symbol: str, k: int) -> bytes:
+    """What every ``candles`` key of ``symbol``'s interval ``k`` begins with. Pure."""
+    return symbol_prefix(symbol) + bytes((k + 1,))
+
+
 def candle_key(symbol: str, k: int, start: int) -> bytes:
     """The ``candles`` key of interval ``k``'s period at ``start`` (ms). Pure."""
-    return symbol_prefix(symbol) + bytes((k + 1,)) + _U64.pack(max(0, start))
+    return candle_head(symbol, k) + _U64.pack(max(0, start))
 
 
 def candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
@@ -214,7 +219,7 @@ def candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
         for k, entries in enumerate(c.periods):
             if not entries:
                 continue
-            head = prefix + bytes((k + 1,))
+            head = candle_head(state.symbol, k)
             for start, row, period in entries:
                 if row is not None:
                     value = encode([0, *row[1:]])
@@ -428,11 +433,11 @@ class Store:
                 continue
             for k, (expired, entries) in enumerate(zip(c.expired, c.periods, strict=True)):
                 if expired is not None and expired > 0:
-                    head = symbol_prefix(state.symbol) + bytes((k + 1,))
+                    head = candle_head(state.symbol, k)
                     _delete_range(cursor, head, head + _U64.pack(expired))
                 for start, row, _ in entries:
                     if row is not None:
-                        key = symbol_prefix(state.symbol) + bytes((k + 1,)) + _U64.pack(start)
+                        key = candle_key(state.symbol, k, start)
                         _delete_range(cursor, key + b"\0", key + b"\xff" * 5)  # its deltas
 
     # -- reading --------------------------------------------------------------------------------
@@ -447,7 +452,7 @@ class Store:
         transaction."""
         if self._candles is None:
             return []
-        head = symbol_prefix(symbol) + bytes((k + 1,))
+        head = candle_head(symbol, k)
         lo, hi = head + _U64.pack(max(0, start)), head + _U64.pack(max(0, min(end, 2**63)))
         n = len(head)
         out: list[CandleRow] = []
@@ -535,7 +540,7 @@ class Store:
         seqs: list[tuple[int, int, int]] = []
         cursor = txn.cursor(db=self._candles)
         for k in range(len(INTERVALS)):
-            head = prefix + bytes((k + 1,))
+            head = candle_head(symbol, k)
             n = len(head)
             if not cursor.set_range(head):
                 continue
