@@ -877,3 +877,281 @@ PyTypeObject PeriodType = {
     .tp_members = Period_members,
     .tp_getset = Period_getset,
 };
+
+/* -- the store's candle records (the twin of medianserv.store.state_items) -------------------- */
+
+/* a growing buffer a value is encoded into as MessagePack, in the smallest form of each item,
+   as msgspec writes it */
+typedef struct {
+    unsigned char *b; /* room, or heap: the heap once the room is outgrown */
+    size_t n, cap;
+    unsigned char *heap;
+    unsigned char room[1024];
+} Buf;
+
+#define BUF_INIT(w) ((w).b = (w).room, (w).n = 0, (w).cap = sizeof (w).room, (w).heap = NULL)
+
+static int buf_need(Buf *w, size_t more) {
+    if (w->n + more <= w->cap) return 0;
+    size_t cap = w->cap;
+    while (cap < w->n + more) cap *= 2;
+    unsigned char *b = realloc(w->heap, cap);
+    if (!b) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (!w->heap) memcpy(b, w->room, w->n);
+    w->b = w->heap = b;
+    w->cap = cap;
+    return 0;
+}
+
+static int put_be(Buf *w, unsigned char tag, u64 v, int bytes) {
+    if (buf_need(w, 1 + (size_t)bytes) < 0) return -1;
+    w->b[w->n++] = tag;
+    for (int j = bytes - 1; j >= 0; j--) w->b[w->n++] = (unsigned char)(v >> (8 * j));
+    return 0;
+}
+
+static int mp_u64(Buf *w, u64 v) {
+    if (v < 128) {
+        if (buf_need(w, 1) < 0) return -1;
+        w->b[w->n++] = (unsigned char)v;
+        return 0;
+    }
+    if (v <= 0xff) return put_be(w, 0xcc, v, 1);
+    if (v <= 0xffff) return put_be(w, 0xcd, v, 2);
+    if (v <= 0xffffffffu) return put_be(w, 0xce, v, 4);
+    return put_be(w, 0xcf, v, 8);
+}
+
+static int mp_i64(Buf *w, long long v) {
+    if (v >= 0) return mp_u64(w, (u64)v);
+    if (v >= -32) {
+        if (buf_need(w, 1) < 0) return -1;
+        w->b[w->n++] = (unsigned char)(0xe0 | (v + 32));
+        return 0;
+    }
+    if (v >= INT8_MIN) return put_be(w, 0xd0, (u64)v, 1);
+    if (v >= INT16_MIN) return put_be(w, 0xd1, (u64)v, 2);
+    if (v >= INT32_MIN) return put_be(w, 0xd2, (u64)v, 4);
+    return put_be(w, 0xd3, (u64)v, 8);
+}
+
+static int mp_array(Buf *w, size_t n) {
+    if (n < 16) {
+        if (buf_need(w, 1) < 0) return -1;
+        w->b[w->n++] = (unsigned char)(0x90 | n);
+        return 0;
+    }
+    return n <= 0xffff ? put_be(w, 0xdc, n, 2) : put_be(w, 0xdd, n, 4);
+}
+
+static int mp_bin_head(Buf *w, size_t n) {
+    if (n <= 0xff) return put_be(w, 0xc4, n, 1);
+    if (n <= 0xffff) return put_be(w, 0xc5, n, 2);
+    return put_be(w, 0xc6, n, 4);
+}
+
+#define NOT_OURS 1 /* a value the Python twin handles (and raises on, as msgspec would) */
+
+/* an int (not a subclass: msgspec writes a bool as one) or None */
+static int mp_obj(Buf *w, PyObject *o) {
+    if (o == Py_None) {
+        if (buf_need(w, 1) < 0) return -1;
+        w->b[w->n++] = 0xc0;
+        return 0;
+    }
+    if (!PyLong_CheckExact(o)) return NOT_OURS;
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (!overflow) return mp_i64(w, v);
+    if (overflow < 0) return NOT_OURS;
+    u64 u = PyLong_AsUnsignedLongLong(o);
+    if (u == (u64)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return NOT_OURS;
+    }
+    return mp_u64(w, u);
+}
+
+/* the items of a tuple or list, each with mp_obj */
+static int mp_objs(Buf *w, PyObject *seq, Py_ssize_t from) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = from; i < n; i++) {
+        int r = mp_obj(w, items[i]);
+        if (r) return r;
+    }
+    return 0;
+}
+
+static u64 key_u(PyObject *o, int *bad) {
+    if (!PyLong_CheckExact(o)) {
+        *bad = 1;
+        return 0;
+    }
+    u64 u = PyLong_AsUnsignedLongLong(o);
+    if (u == (u64)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        *bad = 1;
+    }
+    return u;
+}
+
+/* append (key, the buffer's value) to out; the buffer is emptied */
+static int emit(PyObject *out, const unsigned char *key, size_t nkey, Buf *w) {
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)nkey);
+    PyObject *v = k ? PyBytes_FromStringAndSize((const char *)w->b, (Py_ssize_t)w->n) : NULL;
+    PyObject *pair = v ? PyTuple_Pack(2, k, v) : NULL;
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    w->n = 0;
+    if (!pair) return -1;
+    int r = PyList_Append(out, pair);
+    Py_DECREF(pair);
+    return r;
+}
+
+/* [1, the seven fields, prices, counts] of an open minute stored whole */
+static int whole_value(Buf *w, Period *p) {
+    if (period_settle(p) < 0) return -1;
+    long long count = p->count + (long long)period_pending(p);
+    if (mp_array(w, 10) < 0 || mp_u64(w, 1) < 0 || mp_i64(w, p->open_id) < 0 ||
+        mp_u64(w, p->open_price) < 0 || mp_i64(w, p->close_id) < 0 ||
+        mp_u64(w, p->close_price) < 0 || mp_u64(w, p->high) < 0 || mp_u64(w, p->low) < 0 ||
+        mp_i64(w, count) < 0)
+        return -1;
+    size_t n;
+    const LevelCount *run = period_run(p, &n);
+    if (!run && PyErr_Occurred()) return -1;
+    for (int side = 0; side < 2; side++) {
+        if (mp_bin_head(w, 8 * n) < 0 || buf_need(w, 8 * n) < 0) return -1;
+        unsigned char *at = w->b + w->n;
+        for (size_t i = 0; i < n; i++, at += 8) {
+            u64 v = side ? (u64)run[i].count : run[i].price;
+            for (int j = 0; j < 8; j++) at[j] = (unsigned char)(v >> (56 - 8 * j));
+        }
+        w->n += 8 * n;
+    }
+    return 0;
+}
+
+/* the chunks' (prices, counts) joined: [prices, counts] */
+static int chunks_value(Buf *w, PyObject *chunks) {
+    if (!PyList_CheckExact(chunks)) return NOT_OURS;
+    Py_ssize_t n = PyList_GET_SIZE(chunks);
+    size_t size[2] = {0, 0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(chunks, i);
+        if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 2) return NOT_OURS;
+        for (int side = 0; side < 2; side++) {
+            PyObject *b = PyTuple_GET_ITEM(c, side);
+            if (!PyBytes_CheckExact(b)) return NOT_OURS;
+            size[side] += (size_t)PyBytes_GET_SIZE(b);
+        }
+    }
+    if (mp_array(w, 2) < 0) return -1;
+    for (int side = 0; side < 2; side++) {
+        if (mp_bin_head(w, size[side]) < 0 || buf_need(w, size[side]) < 0) return -1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *b = PyTuple_GET_ITEM(PyList_GET_ITEM(chunks, i), side);
+            memcpy(w->b + w->n, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+            w->n += (size_t)PyBytes_GET_SIZE(b);
+        }
+    }
+    return 0;
+}
+
+/* one entry (start, row, period) of interval k: its items into out */
+static int entry_items(PyObject *out, Buf *w, unsigned char *key, size_t head, PyObject *e) {
+    if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 3) return NOT_OURS;
+    PyObject *start = PyTuple_GET_ITEM(e, 0), *row = PyTuple_GET_ITEM(e, 1),
+             *period = PyTuple_GET_ITEM(e, 2);
+    int bad = 0, r;
+    u64 at = key_u(start, &bad);
+    if (bad) return NOT_OURS;
+    for (int j = 0; j < 8; j++) key[head + j] = (unsigned char)(at >> (56 - 8 * j));
+    if (row != Py_None) { /* a settled row: [0, *row[1:]] */
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < 1) return NOT_OURS;
+        if (mp_array(w, (size_t)PyTuple_GET_SIZE(row)) < 0 || mp_u64(w, 0) < 0) return -1;
+        if ((r = mp_objs(w, row, 1))) return r;
+        return emit(out, key, head + 8, w);
+    }
+    if (Py_TYPE(period) == &PeriodType) {
+        if (whole_value(w, (Period *)period) < 0) return -1;
+        return emit(out, key, head + 8, w);
+    }
+    /* a Delta (fields, seq, chunks): its header, then the delta under its number */
+    if (!PyTuple_Check(period) || PyTuple_GET_SIZE(period) != 3) return NOT_OURS;
+    PyObject *fields = PyTuple_GET_ITEM(period, 0), *seq = PyTuple_GET_ITEM(period, 1);
+    if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) != 7) return NOT_OURS;
+    u64 n = key_u(seq, &bad);
+    if (bad || n > 0xffffffffu) return NOT_OURS;
+    if (mp_array(w, 9) < 0 || mp_u64(w, 2) < 0) return -1;
+    if ((r = mp_objs(w, fields, 0))) return r;
+    if (mp_u64(w, n + 1) < 0) return -1;
+    Buf delta;
+    BUF_INIT(delta);
+    r = chunks_value(&delta, PyTuple_GET_ITEM(period, 2));
+    if (!r) r = emit(out, key, head + 8, w);
+    if (!r) {
+        for (int j = 0; j < 4; j++) key[head + 8 + j] = (unsigned char)(n >> (24 - 8 * j));
+        r = emit(out, key, head + 12, &delta);
+    }
+    free(delta.heap);
+    return r;
+}
+
+static int state_items(PyObject *out, Buf *w, unsigned char *key, size_t nprefix, PyObject *c) {
+    /* CandleState: first_ms, latest_ms, front_top_ms, current, periods, expired, counts,
+       seqs, sealed */
+    if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 9) return NOT_OURS;
+    PyObject *periods = PyTuple_GET_ITEM(c, 4), *counts = PyTuple_GET_ITEM(c, 6),
+             *sealed = PyTuple_GET_ITEM(c, 8);
+    if (!PyTuple_CheckExact(counts) || !PyTuple_CheckExact(sealed) || !PyTuple_Check(periods))
+        return NOT_OURS;
+    int r;
+    if (mp_array(w, (size_t)(4 + PyTuple_GET_SIZE(counts) + PyTuple_GET_SIZE(sealed))) < 0)
+        return -1;
+    for (int i = 0; i < 4; i++)
+        if ((r = mp_obj(w, PyTuple_GET_ITEM(c, i)))) return r;
+    if ((r = mp_objs(w, counts, 0)) || (r = mp_objs(w, sealed, 0))) return r;
+    key[nprefix] = 0;
+    if (emit(out, key, nprefix + 1, w) < 0) return -1;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(periods); k++) {
+        PyObject *entries = PyTuple_GET_ITEM(periods, k);
+        if (!PyList_Check(entries)) return NOT_OURS;
+        key[nprefix] = (unsigned char)(k + 1);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++)
+            if ((r = entry_items(out, w, key, nprefix + 1, PyList_GET_ITEM(entries, i))))
+                return r;
+    }
+    return 0;
+}
+
+/* candle_records(prefix, state): the `candles` items of one symbol's harvest, as
+   store.state_items makes them (byte for byte); NotImplemented for a state it does not take
+   (a pure Python period, a value out of range), which the Python twin then encodes (and
+   raises on). O(periods + their levels). */
+PyObject *candle_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "candle_records(prefix: bytes, state)");
+        return NULL;
+    }
+    Py_ssize_t nprefix = PyBytes_GET_SIZE(args[0]);
+    if (nprefix > 256) Py_RETURN_NOTIMPLEMENTED;
+    unsigned char key[256 + 1 + 12];
+    memcpy(key, PyBytes_AS_STRING(args[0]), (size_t)nprefix);
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    Buf w;
+    BUF_INIT(w);
+    int r = state_items(out, &w, key, (size_t)nprefix, args[1]);
+    free(w.heap);
+    if (r == 0) return out;
+    Py_DECREF(out);
+    if (r < 0) return NULL;
+    Py_RETURN_NOTIMPLEMENTED;
+}

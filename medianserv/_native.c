@@ -11,12 +11,20 @@ PyObject *line_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
     return PyObject_Init(o, type);
 }
 
+static PyMethodDef functions[] = {
+    {"candle_records", (PyCFunction)(void (*)(void))candle_records, METH_FASTCALL,
+     "candle_records(prefix, state): the candles items of one harvest (store.state_items), "
+     "or NotImplemented for one only the Python twin takes."},
+    {NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "medianserv._native",
     .m_doc = "The compiled twins of medianserv's pure modules: Median (median.py); Lock, "
-             "Index and TradePath (hotpath.py); Period (candles.py).",
+             "Index and TradePath (hotpath.py); Period (candles.py); candle_records (store.py).",
     .m_size = -1,
+    .m_methods = functions,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {

@@ -2,7 +2,8 @@
  *
  *   _median.c   the twin of median.py (PyRunningMedian): type Median
  *   _hotpath.c  the twin of hotpath.py (the per-trade path): types Lock, Index, TradePath
- *   _candles.c  the twin of candles.py's PyPeriod: type Period
+ *   _candles.c  the twin of candles.py's PyPeriod: type Period; and of store.py's
+ *               state_items (a harvest's candle records): candle_records
  *   _native.c   the module: its types and functions put together
  *
  * Each C file mirrors its Python module function for function; the tests run both twins
@@ -219,6 +220,9 @@ void lock_ungate(struct Lock *l);
 
 extern PyTypeObject LockType, IndexType, TradePathType;
 int hotpath_ready(PyObject *module);
+
+/* the store's candle records of one harvest (_candles.c; store.state_items' twin) */
+PyObject *candle_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* zlib's crc32 and adler32, bit for bit (perfect_hash.py hashes with zlib's) */
 uint32_t ms_crc32(uint32_t crc, const unsigned char *s, size_t n);

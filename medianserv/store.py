@@ -58,7 +58,15 @@ from .candles import (
     restore_packed,
 )
 from .errors import MedianservError
-from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds
+from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds, compiled
+
+_compiled_records: Any
+try:
+    from . import _native as _compiled  # type: ignore[attr-defined]
+
+    _compiled_records = _compiled.candle_records
+except ImportError:  # built without a C compiler: the Python twin alone
+    _compiled_records = None
 
 __all__ = [
     "FORMAT_VERSION",
@@ -207,33 +215,41 @@ def candle_key(symbol: str, k: int, start: int) -> bytes:
 
 def candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
     """The ``candles`` items of ``batch``, in their order (a later put of a period supersedes
-    an earlier one). O(periods + their levels)."""
-    encode = _encoder.encode
+    an earlier one): each symbol's by :func:`state_items`, or its compiled twin where the
+    compiled twins run. O(periods + their levels)."""
+    records = _compiled_records if compiled() else None
     for state in batch:
         c = state.candles
         if c is None:
             continue
         prefix = symbol_prefix(state.symbol)
-        yield prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
-                                       *c.counts, *c.sealed])  # fmt: skip
-        for k, entries in enumerate(c.periods):
-            if not entries:
-                continue
-            head = candle_head(state.symbol, k)
-            for start, row, period in entries:
-                if row is not None:
-                    value = encode([0, *row[1:]])
-                elif isinstance(period, Delta):
-                    key = head + _U64.pack(start)
-                    yield key, encode([2, *period.fields, period.seq + 1])
-                    yield key + _U32.pack(period.seq), encode([
-                        b"".join(p for p, _ in period.chunks),
-                        b"".join(c for _, c in period.chunks),
-                    ])  # fmt: skip
-                    continue
-                else:  # an open minute of a few levels, whole
-                    value = encode([1, *period_fields(period), *period.packed()])
-                yield head + _U64.pack(start), value
+        items = NotImplemented if records is None else records(prefix, c)
+        yield from state_items(prefix, c) if items is NotImplemented else items
+
+
+def state_items(prefix: bytes, c: CandleState) -> list[tuple[bytes, bytes]]:
+    """The ``candles`` items of one symbol's harvest ``c`` (``prefix``: its
+    :func:`symbol_prefix`): its bounds, then its periods in order. Pure; the compiled twin,
+    ``_native.candle_records``, makes the same bytes (and hands back NotImplemented for what
+    it does not take: a pure Python period, a value out of range). O(periods + levels)."""
+    encode = _encoder.encode
+    items = [(prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
+                                       *c.counts, *c.sealed]))]  # fmt: skip
+    for k, entries in enumerate(c.periods):
+        head = prefix + bytes((k + 1,))
+        for start, row, period in entries:
+            key = head + _U64.pack(start)
+            if row is not None:
+                items.append((key, encode([0, *row[1:]])))
+            elif isinstance(period, Delta):
+                items.append((key, encode([2, *period.fields, period.seq + 1])))
+                items.append((key + _U32.pack(period.seq), encode([
+                    b"".join(p for p, _ in period.chunks),
+                    b"".join(c for _, c in period.chunks),
+                ])))  # fmt: skip
+            else:  # an open minute of a few levels, whole
+                items.append((key, encode([1, *period_fields(period), *period.packed()])))
+    return items
 
 
 def _decode_candle(symbol: str, k: int, start: int, value: bytes) -> CandleRow | Any:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medianserv import symbols
+from medianserv import store, symbols
+from medianserv.candles import CandleRow, CandleState, Delta
 from medianserv.hotpath import CTradePath
 from medianserv.median import CRunningMedian, PyRunningMedian
-from medianserv.symbols import SymbolTable
+from medianserv.store import state_items, symbol_prefix
+from medianserv.symbols import SymbolStats, SymbolTable
 
 from .support import run_under_sanitizers
 
@@ -70,6 +73,135 @@ def test_the_medians_refuse_counts_out_of_range(pairs: list[tuple[int, int]]) ->
         assert outcomes[0] == outcomes[1]
         assert (outcomes[0] is None) == refused
         assert twins[0]._state() == twins[1]._state()
+
+
+def _records_of_both(prefix: bytes, state: Any) -> tuple[Any, Any]:
+    """(the compiled twin's records, the Python twin's, or the exception it raised)."""
+    compiled = store._compiled_records(prefix, state)
+    try:
+        return compiled, state_items(prefix, state)
+    except Exception as exc:  # what the Python twin raises is the answer
+        return compiled, exc
+
+
+def _harvests_encoded_by_both(steps: list[tuple[int, int, int, bool]], symbol: str) -> set[str]:
+    """Trade ``symbol`` by ``steps`` (trades, price spread, ms they span, whether the first
+    is a minute late), harvest after each, and assert both twins encode every harvest alike;
+    the kinds of entry encoded."""
+    symbols.use_compiled(True)
+    symbols.expect_history(set())
+    stats = SymbolStats(symbol)
+    stats.baseline(999, 0)
+    prefix = symbol_prefix(symbol)
+    tid, now, kinds = 999, 3_600_000_000, set()
+    for trades, spread, step, late in steps:
+        for i in range(trades):
+            tid += 1
+            now += max(1, step // trades)
+            at = now - 70_000 if late and i == 0 else now  # a late trade: an earlier minute
+            stats.apply(tid, 10**8 + (tid * 7919) % (spread + 1) * 1000, at)
+        state = stats.harvest()
+        if state is None or state.candles is None:
+            continue
+        compiled, python = _records_of_both(prefix, state.candles)
+        assert compiled == python
+        kinds.update(type(p).__name__ if r is None else "row"
+                     for entries in state.candles.periods for _, r, p in entries)  # fmt: skip
+    stats._check()
+    return kinds
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 400), st.integers(0, 700), st.integers(-5_000, 90_000),
+                          st.booleans()), min_size=1, max_size=40),
+       st.sampled_from(["SOLUSDT", "X" * 200]))  # fmt: skip
+def test_the_compiled_candle_records_are_the_python_twins_bytes(
+    steps: list[tuple[int, int, int, bool]], symbol: str
+) -> None:
+    """Every harvest of a symbol trading at random (minutes whole and turned to deltas, late
+    trades, rolls, periods settled, hours and days folded) is encoded by the compiled twin
+    into the very items, byte for byte, that the Python twin makes."""
+    _harvests_encoded_by_both(steps, symbol)
+
+
+@needs_c
+def test_the_compiled_candle_records_take_every_kind_of_period() -> None:
+    """A market that stores a minute whole, turns one to deltas, settles rows and folds
+    hours and days: both twins encode every kind alike."""
+    steps = [
+        (40, 5, 20_000, False),
+        (400, 700, 20_000, False),
+        (50, 700, 10_000, False),
+        (10, 3, 70_000, True),
+        (10, 3, 3_700_000, False),
+        (5, 3, 1_000, False),
+    ]
+    assert _harvests_encoded_by_both(steps, "SOLUSDT") >= {"Period", "Delta", "row"}
+
+
+_EDGES = [0, 1, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**63 - 1, 2**63,
+          2**64 - 1, 2**64, -1, -32, -33, -128, -129, -(2**15), -(2**15) - 1, -(2**31),
+          -(2**31) - 1, -(2**63), -(2**63) - 1]  # fmt: skip
+
+
+@needs_c
+@pytest.mark.parametrize("value", _EDGES)
+def test_the_compiled_candle_records_write_every_int_as_msgspec(value: int) -> None:
+    """Each edge of MessagePack's int forms, in a state's bounds, a row, a delta's fields and
+    number and a period's start: the same bytes as msgspec (the Python twin), or, for what
+    it cannot write (beyond 64 bits) or a key cannot hold, NotImplemented and the Python
+    twin raises."""
+    row = CandleRow(60_000, *[value] * 8)
+    for state in (
+        CandleState(value, value, value, value, ([], [], []), (None,) * 3, (value,) * 9, (),
+                    (value, value)),
+        CandleState(0, 0, None, None, ([(60_000, row, None)], [], []), (None,) * 3, (0,) * 9,
+                    (), (-1, -1)),
+        CandleState(0, 0, None, None, ([(value, None, Delta((value,) * 7, 0, []))], [], []),
+                    (None,) * 3, (0,) * 9, (), (-1, -1)),
+        CandleState(0, 0, None, None, ([], [(0, None, Delta((1,) * 7, value, [(b"", b"")]))],
+                    []), (None,) * 3, (0,) * 9, (), (-1, -1)),
+    ):  # fmt: skip
+        compiled, python = _records_of_both(b"\x01A", state)
+        if isinstance(python, Exception):
+            assert compiled is NotImplemented
+        else:
+            assert compiled == python
+
+
+_ODD = st.one_of(st.integers(-(2**70), 2**70), st.sampled_from([None, True, 1.5, "1", b"1"]),
+                 st.integers(-40, 300), st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64,
+                                                         -(2**63), -(2**63) - 1]))  # fmt: skip
+
+
+@needs_c
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_ODD, min_size=20, max_size=20), st.integers(0, 5), st.binary(max_size=40),
+       st.integers(0, 3))  # fmt: skip
+def test_the_compiled_candle_records_take_odd_values_as_the_python_twin(
+    values: list[Any], shape: int, blob: bytes, cut: int
+) -> None:
+    """States no harvest makes (ints out of 64 bits, bools, floats, None, strings, wrong
+    shapes): the compiled twin makes the Python twin's bytes, or hands back NotImplemented
+    (and the Python twin then encodes or raises, as msgspec and struct do); never other
+    bytes, never a crash. Where the Python twin raises, the compiled one never answers."""
+    v = iter(values)
+    row = CandleRow(*(next(v) for _ in range(9)))
+    fields = tuple(next(v) for _ in range(7))
+    seq, start = next(v), next(v)
+    chunks: Any = [(blob, blob[::-1]), (blob[:cut], b"")]
+    entry: Any = [(start, row, None), (start, None, Delta(fields, seq, chunks)),
+                  (start, None, Delta(fields[:cut], seq, chunks)), (start, None, "a period"),
+                  (start,), (start, None, Delta(fields, seq, [(blob, None)]))][shape]  # fmt: skip
+    state = CandleState(next(v), next(v), None, 60_000, ([entry], [], []), (None,) * 3,
+                        (0,) * 9, (), (-1, -1))  # fmt: skip
+    compiled, python = _records_of_both(b"\x03ABC", state)
+    if compiled is not NotImplemented:
+        assert compiled == python
+    for broken in (state[:8], state._replace(periods=[[]]), state._replace(counts=[0] * 9)):
+        compiled, python = _records_of_both(b"\x03ABC", broken)
+        assert compiled is NotImplemented or compiled == python
 
 
 _UNDER_SANITIZERS = """
