@@ -261,6 +261,14 @@ class PyPeriod:
         twin._gains = None  # a reader's copy: no gains
         return twin
 
+    def compacted(self) -> PyPeriod:
+        """A detached copy, as :meth:`copy`, whose levels the compiled twin gathers into one
+        ascending run as it copies them (its pending trades applied to this period first):
+        what a snapshot stores of a minute whole, copied under the symbol's lock, so that the
+        copy is not compacted again. O(L) here; O(m log m + L) there, for m the levels of
+        its hash map."""
+        return self.copy()
+
     def twice_median(self) -> int:
         """Twice the median of the period's trades (the sum of the prices at ranks
         (n - 1) // 2 and n // 2), exact. O(L log L); the compiled twin O(L): one pass over its
@@ -862,8 +870,9 @@ class Candles:
         elif seq is not None:
             chunks = [period.take_gains()]
         else:
-            # its levels counted on a copy: compacting the live minute would cost its trades
-            whole = period.copy()
+            # its levels gathered into a copy: compacting the live minute would cost its
+            # trades (a new high would no longer be a sequential append)
+            whole = period.compacted()
             if whole.count <= MINUTE_WHOLE or whole.levels <= MINUTE_WHOLE:
                 return whole
             period.keep_gains()
