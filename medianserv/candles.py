@@ -777,7 +777,9 @@ class Candles:
         :data:`MINUTE_WHOLE` each) and gained by the others."""
         if self.retiring:
             self.drain()
-        latest = self.latest
+        minute, latest = self.minute, self.latest_ms  # self.latest, inline: every symbol pays it
+        if minute is not None and minute.last_ms > latest:
+            latest = int(minute.last_ms)
         if latest < self.over_at:  # the usual harvest: nothing to settle, expire or store but
             if self.recent_held:  # the current minute (what the last one settled is written)
                 for settled in self.recent:
@@ -847,10 +849,13 @@ class Candles:
         """The current minute's entry (start, None, what :meth:`_delta` stores of it) if it
         changed since the last harvest, noted as handed over; else None."""
         minute = self.minute
-        if minute is None or (minute.start, minute.count) == self.harvested:
+        if minute is None:
             return None
-        self.harvested = (minute.start, minute.count)
-        return (minute.start, None, self._delta(MINUTE, minute))
+        now = (minute.start, minute.count)
+        if now == self.harvested:
+            return None
+        self.harvested = now
+        return (now[0], None, self._delta(MINUTE, minute))
 
     def _delta(self, k: int, period: Any) -> Any:
         """What to store of the open ``period`` of interval ``k``, changed since the last
