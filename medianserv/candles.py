@@ -473,25 +473,15 @@ def quiet(state: CandleState) -> bool:
 
 def finish(state: CandleState | None) -> CandleState | None:
     """``state`` with the rows of its settled periods made (their medians taken): what
-    :meth:`Candles.harvest` leaves to be done outside the symbol's lock. O(L log L)."""
-    if state is None or quiet(state) or not _settles(state):
+    :meth:`Candles.harvest` leaves to be done outside the symbol's lock. Each settled entry is
+    replaced in its list, which the harvest made for this state alone. O(L log L)."""
+    if state is None or quiet(state):
         return state
-    periods = tuple(
-        [(s, period_row(p.period), None) if isinstance(p, Settled) else (s, r, p)
-         for s, r, p in entries]
-        for entries in state.periods
-    )  # fmt: skip
-    return state._replace(periods=periods)
-
-
-def _settles(state: CandleState) -> bool:
-    """Whether ``state`` settles a period. O(periods): plain loops, as most harvests settle
-    none and a generator costs more than the search."""
     for entries in state.periods:
-        for _, _, p in entries:
+        for i, (start, _, p) in enumerate(entries):
             if type(p) is Settled:
-                return True
-    return False
+                entries[i] = (start, period_row(p.period), None)
+    return state
 
 
 def _expiry(latest: int, keep_ms: Sequence[int | None]) -> tuple[tuple[int | None, ...], int]:
