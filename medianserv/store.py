@@ -1,8 +1,8 @@
 """The LMDB snapshot store: versioned encoding (pure) and save/load (I/O).
 
-Layout (format version 2), three named databases in one LMDB environment:
+Layout (format version 3), five named databases in one LMDB environment:
 
-* ``meta``: ``format`` -> ``b"2"``; ``saved_at`` -> ms since the epoch of the last snapshot;
+* ``meta``: ``format`` -> ``b"3"``; ``saved_at`` -> ms since the epoch of the last snapshot;
   ``snapshots`` -> how many were written; ``listing`` -> the symbols last listed.
 * ``symbols``: symbol (UTF-8) -> msgpack record: count, last trade id, price and time,
   trade-id history (first, last, gaps with their time bounds and edge prices, lost, quiet,
@@ -10,10 +10,7 @@ Layout (format version 2), three named databases in one LMDB environment:
 * ``levels``: ``len(symbol) | symbol | price (8 bytes, big-endian)`` -> count (8 bytes,
   big-endian). Keys sort by symbol, then by price, so a symbol's levels are one ascending
   cursor range: restoring its median is O(d) (:meth:`RunningMedian.from_state`).
-* ``candles`` (added within format 2: a store without it reads as one with no candles):
-  ``len(symbol) | symbol | 0`` -> msgpack ``[first_ms, latest_ms, front_top_ms, current
-  minute, *counts, *sealed]`` (:class:`~medianserv.candles.Candles`' bounds and what its
-  invariant adds up), and ``len(symbol) | symbol |
+* ``candles``: ``len(symbol) | symbol |
   interval (1 byte: 1 minute, 2 hour, 3 day) | open time (8 bytes, big-endian)`` -> msgpack
   ``[0, open, high, low, close, count, twice the median, open id, close id]`` for a settled
   period; ``[1, open id, open price, close id, close price, high, low, count, prices,
@@ -23,14 +20,24 @@ Layout (format version 2), three named databases in one LMDB environment:
   it gained between two snapshots: an hour's or a day's minutes retired, a large minute's
   new trades, so a snapshot writes what is new, not a large period whole again). A
   symbol's periods of one interval are one ascending cursor range.
+* ``current``: what a snapshot rewrites for every symbol that traded, kept apart from the
+  history in ``candles`` so that it fills a few dense pages and not two of ``candles``'
+  pages a symbol: ``len(symbol) | symbol | 0`` -> msgpack ``[first_ms, latest_ms,
+  front_top_ms, current minute, *counts, *sealed]``
+  (:class:`~medianserv.candles.Candles`' bounds and what its invariant adds up); ``len(symbol)
+  | symbol | 1`` -> the current minute's open time (8 bytes, big-endian) and its record as
+  ``candles`` stores a minute whole, while it is stored whole (a copy in ``candles`` at the
+  same time is older). A minute stored as deltas is in ``candles`` alone.
 
 A snapshot is one write transaction: after a crash the store holds the previous snapshot or
 the new one, never a mix. Snapshots are incremental: only symbols and levels changed since the
 previous one are written, and a level carries its full count, so a rewrite is idempotent.
 The map grows (doubling) when full. Every symbol ever seen stays stored, listed or not.
 
-Format 1 (gaps without times) is read, and upgraded to format 2 in one transaction when the
-store is opened for writing; levels are the same in both.
+Format 1 (gaps without times) and format 2 (no ``current``: the candle bounds and every open
+minute in ``candles``, itself added within format 2, so that a store without it reads as
+one with no candles) are read, and upgraded to format 3 in one transaction when the store is
+opened for writing; levels are the same in all.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import numpy as np
 
 from .candles import (
     INTERVALS,
+    MINUTE,
     CandleRow,
     CandleState,
     Delta,
@@ -78,8 +86,8 @@ __all__ = [
     "level_key",
 ]
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 INITIAL_MAP_SIZE = 64 << 20
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -107,8 +115,8 @@ class _RecordV1(msgspec.Struct, array_like=True):
 
 
 class _Record(msgspec.Struct, array_like=True):
-    """The ``symbols`` value of format 2. Kept apart from SymbolState on purpose: changing the
-    in-memory class must not silently change what is on disk."""
+    """The ``symbols`` value of formats 2 and 3. Kept apart from SymbolState on purpose:
+    changing the in-memory class must not silently change what is on disk."""
 
     count: int
     last_trade_id: int
@@ -131,6 +139,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoders: dict[int, msgspec.msgpack.Decoder[_RecordV1 | _Record]] = {
     1: msgspec.msgpack.Decoder(_RecordV1),
     2: msgspec.msgpack.Decoder(_Record),
+    3: msgspec.msgpack.Decoder(_Record),  # format 3 moved candle bounds, not records
 }
 
 
@@ -213,32 +222,47 @@ def candle_key(symbol: str, k: int, start: int) -> bytes:
     return candle_head(symbol, k) + _U64.pack(max(0, start))
 
 
-def candle_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
-    """The ``candles`` items of ``batch``, in their order (a later put of a period supersedes
-    an earlier one): each symbol's by :func:`state_items`, or its compiled twin where the
-    compiled twins run. O(periods + their levels)."""
+def candle_items(
+    batch: list[SymbolState],
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """The items of ``batch``'s candles: (those of the ``current`` database, where an empty
+    value is a key to delete; those of ``candles``), each in order (a later put of a period
+    supersedes an earlier one): each symbol's by :func:`state_items`, or its compiled twin
+    where the compiled twins run. O(periods + their levels)."""
     records = _compiled_records if compiled() else None
+    current: list[tuple[bytes, bytes]] = []
+    items: list[tuple[bytes, bytes]] = []
     for state in batch:
         c = state.candles
         if c is None:
             continue
         prefix = symbol_prefix(state.symbol)
-        items = NotImplemented if records is None else records(prefix, c)
-        yield from state_items(prefix, c) if items is NotImplemented else items
+        both = NotImplemented if records is None else records(prefix, c)
+        if both is NotImplemented:
+            both = state_items(prefix, c)
+        current += both[0]
+        items += both[1]
+    return current, items
 
 
-def state_items(prefix: bytes, c: CandleState) -> list[tuple[bytes, bytes]]:
-    """The ``candles`` items of one symbol's harvest ``c`` (``prefix``: its
-    :func:`symbol_prefix`): its bounds, then its periods in order. Pure; the compiled twin,
+def state_items(
+    prefix: bytes, c: CandleState
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """The items of one symbol's harvest ``c`` (``prefix``: its :func:`symbol_prefix`):
+    (those of the ``current`` database: the book's bounds, and its current minute while it
+    is stored whole, or the deletion of that key (an empty value) once the minute is stored
+    as deltas; those of ``candles``: every other period, in order). Pure; the compiled twin,
     ``_native.candle_records``, makes the same bytes (and hands back NotImplemented for what
     it does not take: a pure Python period, a value out of range). O(periods + levels)."""
     encode = _encoder.encode
-    items = [(prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
-                                       *c.counts, *c.sealed]))]  # fmt: skip
+    current = [(prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
+                                        *c.counts, *c.sealed]))]  # fmt: skip
+    items: list[tuple[bytes, bytes]] = []
     for k, entries in enumerate(c.periods):
         head = prefix + bytes((k + 1,))
         for start, row, period in entries:
             key = head + _U64.pack(start)
+            now = k == MINUTE and row is None and start == c.current
             if row is not None:
                 items.append((key, encode([0, *row[1:]])))
             elif isinstance(period, Delta):
@@ -247,9 +271,15 @@ def state_items(prefix: bytes, c: CandleState) -> list[tuple[bytes, bytes]]:
                     b"".join(p for p, _ in period.chunks),
                     b"".join(c for _, c in period.chunks),
                 ])))  # fmt: skip
+                if now:  # stored as deltas from now on: not whole in current
+                    current.append((prefix + b"\x01", b""))
             else:  # an open minute of a few levels, whole
-                items.append((key, encode([1, *period_fields(period), *period.packed()])))
-    return items
+                value = encode([1, *period_fields(period), *period.packed()])
+                if now:
+                    current.append((prefix + b"\x01", key[-8:] + value))
+                else:
+                    items.append((key, value))
+    return current, items
 
 
 def _decode_candle(symbol: str, k: int, start: int, value: bytes) -> CandleRow | Any:
@@ -324,6 +354,10 @@ class Store:
             self._candles: Any = env.open_db(b"candles")
         except lmdb.Error:  # read-only, of a store written before candles: none
             self._candles = None
+        try:
+            self._current: Any = env.open_db(b"current")
+        except lmdb.Error:  # read-only, of a store of format 2 or older: its bounds in candles
+            self._current = None
         self.version = FORMAT_VERSION  # of the records on disk; set by _check_format
 
     @classmethod
@@ -342,7 +376,7 @@ class Store:
         try:
             # read-only too with LMDB's lock: a reader registers in the lock table, so a writer
             # (the service, snapshotting meanwhile) never reuses the pages it is reading
-            env = lmdb.open(str(path), max_dbs=4, map_size=INITIAL_MAP_SIZE, readonly=readonly,
+            env = lmdb.open(str(path), max_dbs=5, map_size=INITIAL_MAP_SIZE, readonly=readonly,
                             lock=True, metasync=True, sync=True)  # fmt: skip
             store = cls(env, path)
         except lmdb.Error as exc:
@@ -381,12 +415,20 @@ class Store:
             raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc
 
     def _upgrade(self, txn: lmdb.Transaction, version: int) -> None:
-        """Rewrite every symbol record in the current format (levels are unchanged). O(symbols)."""
+        """Rewrite every symbol record in the current format (levels are unchanged), and move
+        each symbol's candle bounds from ``candles`` to ``current`` (format 3; its current
+        minute stays where it is until the next snapshot writes it). O(symbols)."""
         records = [
             (bytes(k), encode_record(decode_record(bytes(k).decode(), bytes(v), version)))
             for k, v in txn.cursor(db=self._symbols)
         ]
         txn.cursor(db=self._symbols).putmulti(records)
+        for name, _ in records:
+            key = symbol_prefix(name.decode()) + b"\0"
+            bounds = txn.get(key, db=self._candles)
+            if bounds is not None:
+                txn.put(key, bounds, db=self._current)
+                txn.delete(key, db=self._candles)
         txn.put(b"format", str(FORMAT_VERSION).encode(), db=self._meta)
         self.version = FORMAT_VERSION
 
@@ -427,7 +469,12 @@ class Store:
             txn.cursor(db=self._symbols).putmulti(records)
             txn.cursor(db=self._levels).putmulti(level_items)
             if self._candles is not None:
-                txn.cursor(db=self._candles).putmulti(candle_items(batch))
+                current, items = candle_items(batch)
+                txn.cursor(db=self._candles).putmulti(items)
+                txn.cursor(db=self._current).putmulti([kv for kv in current if kv[1]])
+                for key, value in current:
+                    if not value:
+                        txn.delete(key, db=self._current)
                 self._delete_candles(txn, batch)
             put = txn.put
             put(b"saved_at", str(saved_at).encode(), db=self._meta)
@@ -538,7 +585,9 @@ class Store:
         if self._candles is None:
             return None
         prefix = symbol_prefix(symbol)
-        meta = txn.get(prefix + b"\0", db=self._candles)
+        meta = None if self._current is None else txn.get(prefix + b"\0", db=self._current)
+        if meta is None:  # a store of format 2 opened read-only: the bounds are in candles
+            meta = txn.get(prefix + b"\0", db=self._candles)
         if meta is None:
             return None
         try:
@@ -588,6 +637,15 @@ class Store:
             if header is not None:
                 periods[k].append(self._delta_period(symbol, k, header))
                 seqs.append((k, header[0], int(header[1][8])))
+        whole = None if self._current is None else txn.get(prefix + b"\x01", db=self._current)
+        if whole is not None and current is not None and bytes(whole[:8]) == _U64.pack(current):
+            # the current minute, stored whole: newer than any copy in candles
+            minute = _decode_candle(symbol, MINUTE, current, bytes(whole[8:]))
+            if isinstance(minute, CandleRow):
+                raise StoreError(f"{symbol}: a settled row as the current minute")
+            periods[MINUTE][:] = [e for e in periods[MINUTE] if e[0] != current]
+            periods[MINUTE].append((current, None, minute))
+            seqs = [q for q in seqs if q[:2] != (MINUTE, current)]
         return CandleState(first_ms, latest_ms, front_top_ms, current, periods,
                            (None, None, None), counts, tuple(seqs), sealed)  # fmt: skip
 

@@ -39,7 +39,7 @@ from medianserv.candles import (
 )
 from medianserv.median import CRunningMedian
 from medianserv.prices import format_median, format_price
-from medianserv.store import Store
+from medianserv.store import Store, symbol_prefix
 from medianserv.symbols import Row, SymbolStats
 
 from .test_api import State
@@ -119,9 +119,9 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
     trades back before they go into its map, a run at one price as one, and keeps what folds
     and add_packed bring as ascending runs it merges as they come): both twins hold the same
     levels at the end, and every read, a copy (compacted or not), a fold (either way) and
-    add_packed see all of them. The minute's gains (kept from the start), taken at any point, are exactly the
-    trades added one at a time since the last take (not what folds and add_packed bring); a
-    copy, and a period not told to keep them, keep none."""
+    add_packed see all of them. The minute's gains (kept from the start), taken at any
+    point, are exactly the trades added one at a time since the last take (not what folds
+    and add_packed bring); a copy, and a period not told to keep them, keep none."""
     kinds = [kind(0, 60_000) for kind in PERIODS]
     for p in kinds:
         p.keep_gains()
@@ -826,6 +826,12 @@ def test_a_large_open_minute_is_stored_as_what_it_gained(tmp_path: Path, compile
         if isinstance(stored, Delta) and stored.seq:  # what it took since the last
             assert kept[2] == tuple(sorted(Counter(p for _, p, _ in batch).items()))
         store.save([state])
+        current, candles = _stored_keys(store, "X")
+        minute = b"\x01" + (3_600_000).to_bytes(8, "big")
+        if seen[-1] == "whole":  # in current, the dense database a snapshot rewrites
+            assert current == {b"\0", b"\x01"} and minute not in candles
+        else:  # its key in current deleted once it is stored as deltas
+            assert current == {b"\0"} and minute in candles
         (loaded,) = store.load()
         stats = SymbolStats.restore(loaded)
         assert stats.candles is not None and stats.candles.minute is not None
@@ -839,6 +845,66 @@ def test_a_large_open_minute_is_stored_as_what_it_gained(tmp_path: Path, compile
     assert [(r.open_time, r.trades) for r in rows] == [(3_600_000, len(taken))]
     (loaded,) = store.load()  # its deltas went with its header (a delta alone is refused)
     assert loaded.candles is not None and loaded.candles.current == 3_660_000
+    store.close()
+
+
+def _stored_keys(store: Store, symbol: str) -> tuple[set[bytes], set[bytes]]:
+    """The keys of ``symbol`` in the store's ``current`` and ``candles`` databases, each
+    without the symbol's prefix."""
+    prefix = symbol_prefix(symbol)
+    with store.env.begin() as txn:
+        return tuple(  # type: ignore[return-value]
+            {bytes(k)[len(prefix) :] for k, _ in txn.cursor(db=db) if bytes(k).startswith(prefix)}
+            for db in (store._current, store._candles)
+        )
+
+
+@pytest.mark.parametrize("compiled", TWINS)
+def test_a_store_of_format_2_is_read_and_upgraded_with_its_candles(
+    tmp_path: Path, compiled: bool
+) -> None:
+    """Format 2 kept a symbol's candle bounds and its current minute in ``candles``. Such a
+    store reads the same candles read-only; opened for writing, its bounds move to
+    ``current``, and the next snapshot's current minute there wins over the older copy left
+    in ``candles``."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    symbols.expect_history(set())
+    store = Store.open(tmp_path)
+    stats = SymbolStats("X")
+    trades = [(1000 + i, 10**8 + (i * 7) % 11, 3_600_000 + 300 * i) for i in range(500)]
+    for i, (tid, price, t) in enumerate(trades):
+        stats.apply(tid, price, t)
+        if i % 50 == 49:
+            store.save([s for s in [stats.harvest()] if s is not None])
+    expected = state_key(store.load()[0].candles)
+    prefix = symbol_prefix("X")
+    with store.env.begin(write=True) as txn:  # as format 2 wrote it
+        bounds = txn.pop(prefix + b"\0", db=store._current)
+        whole = txn.pop(prefix + b"\x01", db=store._current)
+        txn.put(prefix + b"\0", bounds, db=store._candles)
+        txn.put(prefix + b"\x01" + whole[:8], whole[8:], db=store._candles)
+        txn.put(b"format", b"2", db=store._meta)
+    store.close()
+    readonly = Store.open(tmp_path, readonly=True)
+    assert readonly.version == 2 and state_key(readonly.load()[0].candles) == expected
+    readonly.close()
+    store = Store.open(tmp_path)
+    assert store.version == 3 and _stored_keys(store, "X")[0] == {b"\0"}
+    assert state_key(store.load()[0].candles) == expected
+    restored = SymbolStats.restore(store.load()[0])
+    restored.apply(1500, 10**8 + 3, trades[-1][2] + 1)  # the same minute, one trade more
+    store.save([s for s in [restored.harvest()] if s is not None])
+    assert _stored_keys(store, "X")[0] == {b"\0", b"\x01"}
+    (loaded,) = store.load()
+    assert loaded.candles is not None
+    starts = [start for start, _, _ in loaded.candles.periods[0]]
+    assert starts.count(loaded.candles.current) == 1  # the older copy is not handed over
+    again = SymbolStats.restore(loaded)
+    assert again.candles is not None and again.candles.minute is not None
+    assert again.candles.minute.count == restored.candles.minute.count  # not the older copy
+    assert again.candles.canonical() == restored.candles.canonical()
+    again._check()
     store.close()
 
 
