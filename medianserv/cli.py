@@ -55,7 +55,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for suite in suites:
         print(f"== {suite}", flush=True)
         if suite == "core":
-            part = bench.bench_core(args.sizes, shared)
+            rate = int(args.tps or 25_000)  # the candle cost: minutes of a market this fast
+            part = bench.bench_core(args.sizes, shared, int((args.minutes or 2.0) * 60 * rate),
+                                    rate)  # fmt: skip
         elif suite == "ingest":
             part = bench.bench_ingest(args.seconds, shared, args.rounds)
         elif suite == "api":
@@ -72,7 +74,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         elif suite == "scale":
             part = bench.bench_scale(args.prices, args.files or 100)
         elif suite == "soak":
-            part = bench.bench_soak(args.minutes, tps=args.tps or 16_000.0,
+            part = bench.bench_soak(args.minutes or 60.0, tps=args.tps or 16_000.0,
                                     walk_levels=args.walk_levels,
                                     compare_candles=args.compare_candles)  # fmt: skip
         elif suite == "recovery":
@@ -295,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ingest: rounds of windows A B C C B A per market (1-100)")  # fmt: skip
     bench.add_argument(
         "--tps", type=float, default=None,
-        help="offered trades/s (recovery: 300)",
+        help="offered trades/s (recovery: 300; soak: 16,000; core's candle cost: 25,000)",
     )  # fmt: skip
     bench.add_argument(
         "--down-seconds", type=float, default=600.0,
@@ -337,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--latency-ms", type=float, default=0.0,
                        help="history --market: each archive answer held back this long, as "
                        "a round trip to a CDN would")  # fmt: skip
-    bench.add_argument("--minutes", type=float, default=60.0,
-                       help="soak: how long, at --tps (16,000 by default) trades/s")  # fmt: skip
+    bench.add_argument("--minutes", type=float, default=None,
+                       help="soak: how long, at --tps (16,000 by default) trades/s (60); core: "
+                            "the market minutes the candle cost runs, at --tps (25,000 by "
+                            "default) trades/s (2)")  # fmt: skip
     bench.add_argument("--walk-levels", type=int, default=0,
                        help="soak: keep each symbol's price within this many ticks, a market "
                        "whose levels stop growing (0: a free walk)")  # fmt: skip

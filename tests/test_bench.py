@@ -29,12 +29,14 @@ def test_baselines_agree_with_running_median() -> None:
 
 
 def test_core_snapshot_long_smoke() -> None:
-    rows = bench_core([2000], candle_trades=40_000, candle_rate=800)
+    rows = bench_core([2000], candle_trades=48_000, candle_rate=400)  # 2 market minutes
     check(rows)
     ratios = [r for r in rows if r.name.startswith("with candles / without")]
     assert [r.name.split(",")[1].strip() for r in ratios] == ["walk", "fresh", "scatter"]
     writes = [r for r in rows if r.name.startswith("of which the LMDB write, with candles")]
     assert len(writes) == 3 and all(r.value > 0 for r in writes)  # each snapshot was written
+    ends = [r.name.split(",")[2] for r in rows if r.name.startswith("snapshots with candles")]
+    assert ends == [" the first market minute (1)", " the last market minute (2)"] * 3
     check(bench_snapshot(5000, ingest_rate=2000))
     rows = bench_long(2_000_000, levels=1000)
     check(rows)

@@ -69,7 +69,8 @@ def bench_core(sizes: Sequence[int] = (10**6, 10**7), shared_data: Path | None =
                candle_trades: int = 3_000_000, candle_rate: int = 25_000) -> list[Row]:  # fmt: skip
     """Median add/read, memory per level, price parsing, perfect hash build and lookup, the
     per-trade path, and what candles cost it (``candle_trades`` of a market of
-    ``candle_rate`` trades a second)."""
+    ``candle_rate`` trades a second: two minutes by default; ``bench core --minutes 20
+    --tps 16000`` shows whether the snapshots' cost grows with the candles stored)."""
     rows: list[Row] = []
     for n in sizes:
         _bench_median(rows, n, "61837.63", "0.01", "tick 0.01")
@@ -271,7 +272,8 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
     trades a second): every symbol harvested and written to an LMDB store of its own in a
     temporary directory, as the service's snapshotter does, included in its CPU. Rows: CPU
     per trade of each and their ratio, the snapshots' share and the LMDB write's within it,
-    per market."""
+    per market; and the snapshots' extra with candles in the first market minute and in the
+    last, which tells whether it grows with the candles stored."""
     import shutil
     import tempfile
 
@@ -312,6 +314,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
             gc.collect()
             gc.freeze()  # as the service does once started: no collection walks the tables
             cpu, snaps = [0.0, 0.0], [0.0, 0.0]  # CPU: all; of it, snapshots
+            minutes: dict[int, list[float]] = {}  # market minute: each side's snapshots
             for k in range(n // chunk):
                 data = _market_chunk(market, k * chunk, chunk, names, rate)
                 for side in (0, 1) if k % 2 == 0 else (1, 0):
@@ -335,6 +338,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                     t2 = time.process_time()
                     cpu[side] += t2 - t0
                     snaps[side] += t2 - t1
+                    minutes.setdefault(k * chunk // (60 * rate), [0.0, 0.0])[side] += t2 - t1
             done = n // chunk * chunk
             label = f"{market}, 2,292 symbols, {rate:,} trades/s, a snapshot every 5 s, C"
             rows.append(Row(f"trade path with candles, {label}", cpu[0] / done * 1e9,
@@ -348,6 +352,13 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                                 f"{label}", snaps[side] / done * 1e9, "ns/trade"))  # fmt: skip
                 rows.append(Row(f"of which the LMDB write, {kept} candles, {label}",
                                 writes[side] / done * 1e9, "ns/trade"))  # fmt: skip
+            per_minute = 60 * rate
+            if done >= 2 * per_minute:  # whole minutes: the first and the last
+                for m, which in ((0, "first"), (done // per_minute - 1, "last")):
+                    extra = minutes[m][0] - minutes[m][1]
+                    rows.append(Row(f"snapshots with candles, more than without, the {which} "
+                                    f"market minute ({m + 1}), {label}",
+                                    extra / per_minute * 1e9, "ns/trade"))  # fmt: skip
             for table, _, _ in sides:
                 for _, stats in table.items():
                     stats._check()
