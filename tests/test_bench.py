@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from medianserv.bench import Row, bench_core, bench_long, bench_snapshot, random_walk
+from medianserv.bench.candles import bench_candles
 from medianserv.bench.common import median_bytes
 from medianserv.median import RunningMedian
 
@@ -47,6 +48,15 @@ def test_core_snapshot_long_smoke() -> None:
     for p in sorted(set(random_walk(1_000_000, "61837.63", "0.01")))[:1000]:
         m.add(p)
     assert sizes[0] * 2**20 >= median_bytes(m)  # the figure covers at least the levels held
+
+
+def test_candles_smoke() -> None:
+    """bench candles on a small market: every row, and the largest snapshot's candle writes
+    at least a whole minute's (its bounds, and a minute of 40 trades on as many levels)."""
+    rows = {r.name: r.value for r in bench_candles(trades_per_day=57_600, days=3)}
+    check([Row(k, v, "") for k, v in rows.items()])
+    assert rows["largest snapshot's candle writes"] >= 40 * 16
+    assert rows["1d rows of a settled day"] == 1 and rows["1m rows of a settled day"] == 1_440
 
 
 def test_ingest_and_api_smoke_through_the_cli(tmp_path: Path) -> None:
