@@ -1156,7 +1156,7 @@ static int entry_items(PyObject *now, PyObject *out, Buf *w, unsigned char *key,
         for (int j = 0; j < 4; j++) key[head + 8 + j] = (unsigned char)(n >> (24 - 8 * j));
         r = emit(out, key, head + 12, &delta);
     }
-    if (!r && is_now) r = emit(now, key, head, w); /* no longer whole in current: deleted */
+    if (!r && is_now && !n) r = emit(now, key, head, w); /* turned: no longer whole in current */
     free(delta.heap);
     return r;
 }

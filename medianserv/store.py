@@ -250,9 +250,9 @@ def state_items(
 ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
     """The items of one symbol's harvest ``c`` (``prefix``: its :func:`symbol_prefix`):
     (those of the ``current`` database: the book's bounds, and its current minute while it
-    is stored whole, or the deletion of that key (an empty value) once the minute is stored
-    as deltas; those of ``candles``: every other period, in order). Pure; the compiled twin,
-    ``_native.candle_records``, makes the same bytes (and hands back NotImplemented for what
+    is stored whole, or, when it turns to deltas (its first delta), the deletion of that key
+    (an empty value); those of ``candles``: every other period, in order). Pure; the
+    compiled twin, ``_native.candle_records``, makes the same bytes (and hands back NotImplemented for what
     it does not take: a pure Python period, a value out of range). O(periods + levels)."""
     encode = _encoder.encode
     current = [(prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
@@ -271,7 +271,7 @@ def state_items(
                     b"".join(p for p, _ in period.chunks),
                     b"".join(c for _, c in period.chunks),
                 ])))  # fmt: skip
-                if now:  # stored as deltas from now on: not whole in current
+                if now and not period.seq:  # turned to deltas: no longer whole in current
                     current.append((prefix + b"\x01", b""))
             else:  # an open minute of a few levels, whole
                 value = encode([1, *period_fields(period), *period.packed()])
