@@ -252,8 +252,9 @@ def state_items(
     (those of the ``current`` database: the book's bounds, and its current minute while it
     is stored whole, or, when it turns to deltas (its first delta), the deletion of that key
     (an empty value); those of ``candles``: every other period, in order). Pure; the
-    compiled twin, ``_native.candle_records``, makes the same bytes (and hands back NotImplemented for what
-    it does not take: a pure Python period, a value out of range). O(periods + levels)."""
+    compiled twin, ``_native.candle_records``, makes the same bytes (and hands back
+    NotImplemented for what it does not take: a pure Python period, a value out of range).
+    O(periods + levels)."""
     encode = _encoder.encode
     current = [(prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
                                         *c.counts, *c.sealed]))]  # fmt: skip
