@@ -767,9 +767,7 @@ class Candles:
         :data:`MINUTE_WHOLE` each) and gained by the others."""
         if self.retiring:
             self.drain()
-        minute, latest = self.minute, self.latest_ms  # self.latest, inline: every symbol pays it
-        if minute is not None and minute.last_ms > latest:
-            latest = int(minute.last_ms)
+        latest = self.latest
         if latest < self.over_at:  # the usual harvest: nothing to settle, expire or store but
             if self.recent_held:  # the current minute (what the last one settled is written)
                 for settled in self.recent:
