@@ -441,6 +441,11 @@ static u64 be64(const unsigned char *b) {
     return v;
 }
 
+/* v as `bytes` big-endian bytes at b (be64's inverse for 8) */
+static void store_be(unsigned char *b, u64 v, int bytes) {
+    for (int i = 0; i < bytes; i++) b[i] = (unsigned char)(v >> (8 * (bytes - 1 - i)));
+}
+
 static PyObject *Period_add_packed(Period *p, PyObject *args) {
     Py_buffer pv, cv;
     if (!PyArg_ParseTuple(args, "y*y*:add_packed", &pv, &cv)) return NULL;
@@ -647,11 +652,10 @@ static PyObject *packed_run(const LevelCount *run, size_t n) {
     }
     unsigned char *a = (unsigned char *)PyBytes_AS_STRING(prices);
     unsigned char *b = (unsigned char *)PyBytes_AS_STRING(counts);
-    for (size_t i = 0; i < n; i++)
-        for (int j = 0; j < 8; j++) {
-            a[8 * i + j] = (unsigned char)(run[i].price >> (56 - 8 * j));
-            b[8 * i + j] = (unsigned char)((u64)run[i].count >> (56 - 8 * j));
-        }
+    for (size_t i = 0; i < n; i++) {
+        store_be(a + 8 * i, run[i].price, 8);
+        store_be(b + 8 * i, (u64)run[i].count, 8);
+    }
     return Py_BuildValue("(NN)", prices, counts);
 }
 
@@ -950,7 +954,8 @@ static int buf_need(Buf *w, size_t more) {
 static int put_be(Buf *w, unsigned char tag, u64 v, int bytes) {
     if (buf_need(w, 1 + (size_t)bytes) < 0) return -1;
     w->b[w->n++] = tag;
-    for (int j = bytes - 1; j >= 0; j--) w->b[w->n++] = (unsigned char)(v >> (8 * j));
+    store_be(w->b + w->n, v, bytes);
+    w->n += (size_t)bytes;
     return 0;
 }
 
@@ -996,6 +1001,16 @@ static int mp_bin_head(Buf *w, size_t n) {
 
 #define NOT_OURS 1 /* a value the Python twin handles (and raises on, as msgspec would) */
 
+/* an int (exactly) that fits 64 unsigned bits; else *bad set, no error left */
+static u64 key_u(PyObject *o, int *bad) {
+    u64 u = 0;
+    if (!PyLong_CheckExact(o) || price_arg(o, &u) < 0) {
+        PyErr_Clear();
+        *bad = 1;
+    }
+    return u;
+}
+
 /* an int (not a subclass: msgspec writes a bool as one) or None */
 static int mp_obj(Buf *w, PyObject *o) {
     if (o == Py_None) {
@@ -1008,13 +1023,9 @@ static int mp_obj(Buf *w, PyObject *o) {
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
     if (!overflow) return mp_i64(w, v);
-    if (overflow < 0) return NOT_OURS;
-    u64 u = PyLong_AsUnsignedLongLong(o);
-    if (u == (u64)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return NOT_OURS;
-    }
-    return mp_u64(w, u);
+    int bad = overflow < 0; /* below -2^63: beyond MessagePack */
+    u64 u = bad ? 0 : key_u(o, &bad);
+    return bad ? NOT_OURS : mp_u64(w, u);
 }
 
 /* the items of a tuple or list, each with mp_obj */
@@ -1026,19 +1037,6 @@ static int mp_objs(Buf *w, PyObject *seq, Py_ssize_t from) {
         if (r) return r;
     }
     return 0;
-}
-
-static u64 key_u(PyObject *o, int *bad) {
-    if (!PyLong_CheckExact(o)) {
-        *bad = 1;
-        return 0;
-    }
-    u64 u = PyLong_AsUnsignedLongLong(o);
-    if (u == (u64)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        *bad = 1;
-    }
-    return u;
 }
 
 /* append (key, the buffer's value) to out; the buffer is emptied */
@@ -1072,7 +1070,7 @@ static int whole_value(Buf *w, Period *p) {
         unsigned char *at = w->b + w->n;
         for (size_t i = 0; i < n; i++, at += 8) {
             u64 v = side ? (u64)run[i].count : run[i].price;
-            for (int j = 0; j < 8; j++) at[j] = (unsigned char)(v >> (56 - 8 * j));
+            store_be(at, v, 8);
         }
         w->n += 8 * n;
     }
@@ -1116,7 +1114,7 @@ static int entry_items(PyObject *now, PyObject *out, Buf *w, unsigned char *key,
     int bad = 0, r;
     u64 at = key_u(start, &bad);
     if (bad) return NOT_OURS;
-    for (int j = 0; j < 8; j++) key[head + j] = (unsigned char)(at >> (56 - 8 * j));
+    store_be(key + head, at, 8);
     if (row != Py_None) { /* a settled row: [0, *row[1:]] */
         if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < 1) return NOT_OURS;
         if (mp_array(w, (size_t)PyTuple_GET_SIZE(row)) < 0 || mp_u64(w, 0) < 0) return -1;
@@ -1153,7 +1151,7 @@ static int entry_items(PyObject *now, PyObject *out, Buf *w, unsigned char *key,
     r = chunks_value(&delta, PyTuple_GET_ITEM(period, 2));
     if (!r) r = emit(out, key, head + 8, w);
     if (!r) {
-        for (int j = 0; j < 4; j++) key[head + 8 + j] = (unsigned char)(n >> (24 - 8 * j));
+        store_be(key + head + 8, n, 4);
         r = emit(out, key, head + 12, &delta);
     }
     if (!r && is_now && !n) r = emit(now, key, head, w); /* turned: no longer whole in current */
