@@ -1103,11 +1103,16 @@ static int chunks_value(Buf *w, PyObject *chunks) {
     return 0;
 }
 
-/* one entry (start, row, period) of interval k: its items into out, or into now (the key
-   prefix | 1, after key's first nprefix bytes) for the current minute (`current`: 1 if start
-   is the state's current minute) */
-static int entry_items(PyObject *now, PyObject *out, Buf *w, unsigned char *key, size_t head,
-                       PyObject *e, PyObject *current) {
+/* where a harvest's items go: the `current` database's puts, its deletes (keys), and the
+   `candles` database's puts (store.state_items' three lists) */
+typedef struct {
+    PyObject *now, *gone, *out;
+} Items;
+
+/* one entry (start, row, period) of interval k (the key's byte before head): its items into
+   out, or for the state's `current` minute into now (the key prefix | 1) */
+static int entry_items(const Items *to, Buf *w, unsigned char *key, size_t head, PyObject *e,
+                       PyObject *current) {
     if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 3) return NOT_OURS;
     PyObject *start = PyTuple_GET_ITEM(e, 0), *row = PyTuple_GET_ITEM(e, 1),
              *period = PyTuple_GET_ITEM(e, 2);
@@ -1119,7 +1124,7 @@ static int entry_items(PyObject *now, PyObject *out, Buf *w, unsigned char *key,
         if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < 1) return NOT_OURS;
         if (mp_array(w, (size_t)PyTuple_GET_SIZE(row)) < 0 || mp_u64(w, 0) < 0) return -1;
         if ((r = mp_objs(w, row, 1))) return r;
-        return emit(out, key, head + 8, w);
+        return emit(to->out, key, head + 8, w);
     }
     int is_now = 0;
     if (current != Py_None && key[head - 1] == 1) { /* a minute: the current one? */
@@ -1129,13 +1134,13 @@ static int entry_items(PyObject *now, PyObject *out, Buf *w, unsigned char *key,
     if (Py_TYPE(period) == &PeriodType) {
         if (!is_now) {
             if (whole_value(w, (Period *)period) < 0) return -1;
-            return emit(out, key, head + 8, w);
+            return emit(to->out, key, head + 8, w);
         }
         if (buf_need(w, 8) < 0) return -1; /* its open time, then its record */
         memcpy(w->b, key + head, 8);
         w->n = 8;
         if (whole_value(w, (Period *)period) < 0) return -1;
-        return emit(now, key, head, w);
+        return emit(to->now, key, head, w);
     }
     /* a Delta (fields, seq, chunks): its header, then the delta under its number */
     if (!PyTuple_Check(period) || PyTuple_GET_SIZE(period) != 3) return NOT_OURS;
@@ -1149,17 +1154,21 @@ static int entry_items(PyObject *now, PyObject *out, Buf *w, unsigned char *key,
     Buf delta;
     BUF_INIT(delta);
     r = chunks_value(&delta, PyTuple_GET_ITEM(period, 2));
-    if (!r) r = emit(out, key, head + 8, w);
+    if (!r) r = emit(to->out, key, head + 8, w);
     if (!r) {
         store_be(key + head + 8, n, 4);
-        r = emit(out, key, head + 12, &delta);
+        r = emit(to->out, key, head + 12, &delta);
     }
-    if (!r && is_now && !n) r = emit(now, key, head, w); /* turned: no longer whole in current */
+    if (!r && is_now && !n) { /* turned to deltas: no longer whole in current */
+        PyObject *k = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)head);
+        r = k ? PyList_Append(to->gone, k) : -1;
+        Py_XDECREF(k);
+    }
     free(delta.heap);
     return r;
 }
 
-static int state_items(PyObject *now, PyObject *out, Buf *w, unsigned char *key, size_t nprefix,
+static int state_items(const Items *to, Buf *w, unsigned char *key, size_t nprefix,
                        PyObject *c) {
     /* CandleState: first_ms, latest_ms, front_top_ms, current, periods, expired, counts,
        seqs, sealed */
@@ -1175,23 +1184,23 @@ static int state_items(PyObject *now, PyObject *out, Buf *w, unsigned char *key,
         if ((r = mp_obj(w, PyTuple_GET_ITEM(c, i)))) return r;
     if ((r = mp_objs(w, counts, 0)) || (r = mp_objs(w, sealed, 0))) return r;
     key[nprefix] = 0;
-    if (emit(now, key, nprefix + 1, w) < 0) return -1;
+    if (emit(to->now, key, nprefix + 1, w) < 0) return -1;
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(periods); k++) {
         PyObject *entries = PyTuple_GET_ITEM(periods, k);
         if (!PyList_Check(entries)) return NOT_OURS;
         key[nprefix] = (unsigned char)(k + 1);
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++)
-            if ((r = entry_items(now, out, w, key, nprefix + 1, PyList_GET_ITEM(entries, i),
+            if ((r = entry_items(to, w, key, nprefix + 1, PyList_GET_ITEM(entries, i),
                                  PyTuple_GET_ITEM(c, 3))))
                 return r;
     }
     return 0;
 }
 
-/* candle_records(prefix, state): the items of one symbol's harvest, (those of the `current`
-   database, those of `candles`), as store.state_items makes them (byte for byte);
-   NotImplemented for a state it does not take (a pure Python period, a value out of range),
-   which the Python twin then encodes (and raises on). O(periods + their levels). */
+/* candle_records(prefix, state): the items of one symbol's harvest, (the `current` database's
+   puts, its deletes, the `candles` database's puts), as store.state_items makes them (byte
+   for byte); NotImplemented for a state it does not take (a pure Python period, a value out
+   of range), which the Python twin then encodes (and raises on). O(periods + their levels). */
 PyObject *candle_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyBytes_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "candle_records(prefix: bytes, state)");
@@ -1201,18 +1210,18 @@ PyObject *candle_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
     if (nprefix > 256) Py_RETURN_NOTIMPLEMENTED;
     unsigned char key[256 + 1 + 12];
     memcpy(key, PyBytes_AS_STRING(args[0]), (size_t)nprefix);
-    PyObject *now = PyList_New(0), *out = now ? PyList_New(0) : NULL;
-    if (!out) {
-        Py_XDECREF(now);
-        return NULL;
+    Items to = {PyList_New(0), PyList_New(0), PyList_New(0)};
+    int r = -1;
+    if (to.now && to.gone && to.out) {
+        Buf w;
+        BUF_INIT(w);
+        r = state_items(&to, &w, key, (size_t)nprefix, args[1]);
+        free(w.heap);
     }
-    Buf w;
-    BUF_INIT(w);
-    int r = state_items(now, out, &w, key, (size_t)nprefix, args[1]);
-    free(w.heap);
-    if (r == 0) return Py_BuildValue("(NN)", now, out);
-    Py_DECREF(now);
-    Py_DECREF(out);
+    if (r == 0) return Py_BuildValue("(NNN)", to.now, to.gone, to.out);
+    Py_XDECREF(to.now);
+    Py_XDECREF(to.gone);
+    Py_XDECREF(to.out);
     if (r < 0) return NULL;
     Py_RETURN_NOTIMPLEMENTED;
 }

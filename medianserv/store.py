@@ -26,8 +26,9 @@ Layout (format version 3), five named databases in one LMDB environment:
   front_top_ms, current minute, *counts, *sealed]``
   (:class:`~medianserv.candles.Candles`' bounds and what its invariant adds up); ``len(symbol)
   | symbol | 1`` -> the current minute's open time (8 bytes, big-endian) and its record as
-  ``candles`` stores a minute whole, while it is stored whole (a copy in ``candles`` at the
-  same time is older). A minute stored as deltas is in ``candles`` alone.
+  ``candles`` stores a minute whole, while it is stored whole (a whole copy in ``candles``
+  at the same time is older; its deltas there are newer: a minute never turns back). A
+  minute stored as deltas is in ``candles`` alone: its key here goes when it turns.
 
 A snapshot is one write transaction: after a crash the store holds the previous snapshot or
 the new one, never a mix. Snapshots are incremental: only symbols and levels changed since the
@@ -222,43 +223,45 @@ def candle_key(symbol: str, k: int, start: int) -> bytes:
     return candle_head(symbol, k) + _U64.pack(max(0, start))
 
 
-def candle_items(
-    batch: list[SymbolState],
-) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-    """The items of ``batch``'s candles: (those of the ``current`` database, where an empty
-    value is a key to delete; those of ``candles``), each in order (a later put of a period
-    supersedes an earlier one): each symbol's by :func:`state_items`, or its compiled twin
-    where the compiled twins run. O(periods + their levels)."""
+_Items = list[tuple[bytes, bytes]]
+
+
+def candle_items(batch: list[SymbolState]) -> tuple[_Items, list[bytes], _Items]:
+    """The writes of ``batch``'s candles: (the ``current`` database's puts, its deletes, the
+    ``candles`` database's puts), each in order (a later put of a period supersedes an
+    earlier one): each symbol's by :func:`state_items`, or its compiled twin where the
+    compiled twins run. O(periods + their levels)."""
     records = _compiled_records if compiled() else None
-    current: list[tuple[bytes, bytes]] = []
-    items: list[tuple[bytes, bytes]] = []
+    current: _Items = []
+    gone: list[bytes] = []
+    items: _Items = []
     for state in batch:
         c = state.candles
         if c is None:
             continue
         prefix = symbol_prefix(state.symbol)
-        both = NotImplemented if records is None else records(prefix, c)
-        if both is NotImplemented:
-            both = state_items(prefix, c)
-        current += both[0]
-        items += both[1]
-    return current, items
+        three = NotImplemented if records is None else records(prefix, c)
+        if three is NotImplemented:
+            three = state_items(prefix, c)
+        current += three[0]
+        gone += three[1]
+        items += three[2]
+    return current, gone, items
 
 
-def state_items(
-    prefix: bytes, c: CandleState
-) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-    """The items of one symbol's harvest ``c`` (``prefix``: its :func:`symbol_prefix`):
-    (those of the ``current`` database: the book's bounds, and its current minute while it
-    is stored whole, or, when it turns to deltas (its first delta), the deletion of that key
-    (an empty value); those of ``candles``: every other period, in order). Pure; the
-    compiled twin, ``_native.candle_records``, makes the same bytes (and hands back
+def state_items(prefix: bytes, c: CandleState) -> tuple[_Items, list[bytes], _Items]:
+    """The writes of one symbol's harvest ``c`` (``prefix``: its :func:`symbol_prefix`):
+    (the ``current`` database's puts: the book's bounds, and its current minute while it is
+    stored whole; its deletes: that minute's key, in the harvest where it turns to deltas
+    (its first delta); the ``candles`` database's puts: every other period, in order). Pure;
+    the compiled twin, ``_native.candle_records``, makes the same bytes (and hands back
     NotImplemented for what it does not take: a pure Python period, a value out of range).
     O(periods + levels)."""
     encode = _encoder.encode
     current = [(prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
                                         *c.counts, *c.sealed]))]  # fmt: skip
-    items: list[tuple[bytes, bytes]] = []
+    gone: list[bytes] = []
+    items: _Items = []
     for k, entries in enumerate(c.periods):
         head = prefix + bytes((k + 1,))
         for start, row, period in entries:
@@ -273,14 +276,14 @@ def state_items(
                     b"".join(c for _, c in period.chunks),
                 ])))  # fmt: skip
                 if now and not period.seq:  # turned to deltas: no longer whole in current
-                    current.append((prefix + b"\x01", b""))
+                    gone.append(prefix + b"\x01")
             else:  # an open minute of a few levels, whole
                 value = encode([1, *period_fields(period), *period.packed()])
                 if now:
                     current.append((prefix + b"\x01", key[-8:] + value))
                 else:
                     items.append((key, value))
-    return current, items
+    return current, gone, items
 
 
 def _decode_candle(symbol: str, k: int, start: int, value: bytes) -> CandleRow | Any:
@@ -470,12 +473,11 @@ class Store:
             txn.cursor(db=self._symbols).putmulti(records)
             txn.cursor(db=self._levels).putmulti(level_items)
             if self._candles is not None:
-                current, items = candle_items(batch)
+                current, gone, items = candle_items(batch)
                 txn.cursor(db=self._candles).putmulti(items)
-                txn.cursor(db=self._current).putmulti([kv for kv in current if kv[1]])
-                for key, value in current:
-                    if not value:
-                        txn.delete(key, db=self._current)
+                txn.cursor(db=self._current).putmulti(current)
+                for key in gone:
+                    txn.delete(key, db=self._current)
                 self._delete_candles(txn, batch)
             put = txn.put
             put(b"saved_at", str(saved_at).encode(), db=self._meta)
@@ -639,14 +641,15 @@ class Store:
                 periods[k].append(self._delta_period(symbol, k, header))
                 seqs.append((k, header[0], int(header[1][8])))
         whole = None if self._current is None else txn.get(prefix + b"\x01", db=self._current)
-        if whole is not None and current is not None and bytes(whole[:8]) == _U64.pack(current):
-            # the current minute, stored whole: newer than any copy in candles
+        if (whole is not None and current is not None and bytes(whole[:8]) == _U64.pack(current)
+                and (MINUTE, current) not in [q[:2] for q in seqs]):  # fmt: skip
+            # the current minute, stored whole: newer than a whole copy in candles (a
+            # format 2 store's), older than its deltas there (a minute never turns back)
             minute = _decode_candle(symbol, MINUTE, current, bytes(whole[8:]))
             if isinstance(minute, CandleRow):
                 raise StoreError(f"{symbol}: a settled row as the current minute")
             periods[MINUTE][:] = [e for e in periods[MINUTE] if e[0] != current]
             periods[MINUTE].append((current, None, minute))
-            seqs = [q for q in seqs if q[:2] != (MINUTE, current)]
         return CandleState(first_ms, latest_ms, front_top_ms, current, periods,
                            (None, None, None), counts, tuple(seqs), sealed)  # fmt: skip
 

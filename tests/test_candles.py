@@ -828,11 +828,20 @@ def test_a_large_open_minute_is_stored_as_what_it_gained(tmp_path: Path, compile
         store.save([state])
         current, candles = _stored_keys(store, "X")
         minute = b"\x01" + (3_600_000).to_bytes(8, "big")
+        key = symbol_prefix("X") + b"\x01"
         if seen[-1] == "whole":  # in current, the dense database a snapshot rewrites
             assert current == {b"\0", b"\x01"} and minute not in candles
+            with store.env.begin() as txn:
+                stale = txn.get(key, db=store._current)
         else:  # its key in current deleted once it is stored as deltas
             assert current == {b"\0"} and minute in candles
         (loaded,) = store.load()
+        if seen[-1] != "whole":  # a whole copy in current is older than deltas in candles
+            with store.env.begin(write=True) as txn:
+                txn.put(key, stale, db=store._current)
+            assert state_key(store.load()[0].candles) == state_key(loaded.candles)
+            with store.env.begin(write=True) as txn:
+                txn.delete(key, db=store._current)
         stats = SymbolStats.restore(loaded)
         assert stats.candles is not None and stats.candles.minute is not None
         assert period_key(stats.candles.minute) == period_key(_period_of(taken))

@@ -101,7 +101,7 @@ def bench_candles(trades_per_day: int = 1_500_000, days: int = 3) -> list[Row]:
 def _candle_bytes(state: SymbolState) -> int:
     """The bytes of the keys and values a harvest's candles put (the store's own items, in
     ``current`` and in ``candles``)."""
-    current, items = candle_items([state])
+    current, _, items = candle_items([state])
     return sum(len(key) + len(value) for key, value in current + items)
 
 

@@ -147,7 +147,7 @@ def _day_candle_bytes(stats: Any) -> tuple[int, int, int]:
         raise RuntimeError("the import made no day candle")
     rows = sum(1 for _, row, _ in candles.periods[DAY] if row is not None)
     size = 0
-    for key, value in candle_items([state])[1]:
+    for key, value in candle_items([state])[2]:
         if key[-9:-8] == bytes((DAY + 1,)) and value[:2] == b"\x99\x00":  # a settled day
             size += len(key) + len(value)
     return rows, size, len(stats.candles.open[DAY]) if stats.candles is not None else 0
