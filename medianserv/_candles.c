@@ -581,21 +581,36 @@ nomem:
     return PyErr_NoMemory();
 }
 
-/* a detached copy with every level in one run, gathered from p without copying p's map,
-   edges and runs first: what a snapshot stores of a minute whole (see PyPeriod.compacted).
-   p's pending trades are applied first, the work its next trade would have done.
-   O(m log m + L) */
-static PyObject *Period_compacted(Period *p, PyObject *Py_UNUSED(ignored)) {
+/* every level of p gathered into one ascending run of its own allocation (*n levels; NULL
+   when none), p's map, edges and runs left as they are; p's pending trades applied first.
+   NULL with MemoryError set when memory ran out. O(m log m + L) */
+static LevelCount *period_gather(Period *p, size_t *n) {
+    *n = 0;
     if (period_settle(p) < 0) return NULL;
-    size_t m = p->levels.used, n = 0;
+    size_t m = p->levels.used;
     LevelCount *acc = m ? malloc(m * sizeof *acc) : NULL;
-    if (m && !acc) return PyErr_NoMemory();
-    if (m) n = sort_levels(acc, loose_levels(p, acc));
-    if (merge_into(&acc, &n, p->up.v, p->up_n) < 0 ||
-        merge_down_into(&acc, &n, p->down.v, p->down_n) < 0)
+    if (m && !acc) goto nomem;
+    if (m) *n = sort_levels(acc, loose_levels(p, acc));
+    if (merge_into(&acc, n, p->up.v, p->up_n) < 0 ||
+        merge_down_into(&acc, n, p->down.v, p->down_n) < 0)
         goto nomem;
     for (size_t r = p->nruns; r-- > 0;)
-        if (merge_into(&acc, &n, p->runs[r].v, p->runs[r].n) < 0) goto nomem;
+        if (merge_into(&acc, n, p->runs[r].v, p->runs[r].n) < 0) goto nomem;
+    return acc;
+nomem:
+    free(acc);
+    *n = 0;
+    PyErr_NoMemory();
+    return NULL;
+}
+
+/* a detached copy with every level in one run, gathered from p without copying p's map,
+   edges and runs first (see PyPeriod.compacted). p's pending trades are applied first, the
+   work its next trade would have done. O(m log m + L) */
+static PyObject *Period_compacted(Period *p, PyObject *Py_UNUSED(ignored)) {
+    size_t n;
+    LevelCount *acc = period_gather(p, &n);
+    if (!acc && PyErr_Occurred()) return NULL;
     Period *c = (Period *)Py_TYPE(p)->tp_alloc(Py_TYPE(p), 0);
     if (!c) goto fail;
     memcpy((char *)c + sizeof(PyObject), (char *)p + sizeof(PyObject), sizeof(Period) - sizeof(PyObject));
@@ -611,11 +626,10 @@ static PyObject *Period_compacted(Period *p, PyObject *Py_UNUSED(ignored)) {
     c->keeps_gains = 0;
     if (runs_push(c, acc, n) < 0) {
         Py_DECREF(c);
-        goto nomem;
+        PyErr_NoMemory();
+        goto fail;
     }
     return (PyObject *)c;
-nomem:
-    PyErr_NoMemory();
 fail:
     free(acc);
     return NULL;
@@ -786,6 +800,8 @@ static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
     return PyLong_FromSize_t(n);
 }
 
+static PyObject *Period_record(Period *p, PyObject *arg);
+
 static PyMethodDef Period_methods[] = {
     {"add", (PyCFunction)Period_add, METH_VARARGS, "See PyPeriod.add."},
     {"add_in", (PyCFunction)Period_add_in, METH_VARARGS, "See PyPeriod.add_in."},
@@ -793,6 +809,7 @@ static PyMethodDef Period_methods[] = {
     {"fold", (PyCFunction)Period_fold, METH_O, "See PyPeriod.fold."},
     {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},
     {"compacted", (PyCFunction)Period_compacted, METH_NOARGS, "See PyPeriod.compacted."},
+    {"record", (PyCFunction)Period_record, METH_O, "See PyPeriod.record."},
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
     {"packed", (PyCFunction)Period_packed, METH_NOARGS, "See PyPeriod.packed."},
     {"keep_gains", (PyCFunction)Period_keep_gains, METH_NOARGS, "See PyPeriod.keep_gains."},
@@ -1053,18 +1070,14 @@ static int emit(PyObject *out, const unsigned char *key, size_t nkey, Buf *w) {
     return r;
 }
 
-/* [1, the seven fields, prices, counts] of an open minute stored whole */
-static int whole_value(Buf *w, Period *p) {
-    if (period_settle(p) < 0) return -1;
-    long long count = p->count + (long long)period_pending(p);
+/* [1, the seven fields, prices, counts] of a period stored whole, its n levels those of run
+   (its pending trades applied) */
+static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n) {
     if (mp_array(w, 10) < 0 || mp_u64(w, 1) < 0 || mp_i64(w, p->open_id) < 0 ||
         mp_u64(w, p->open_price) < 0 || mp_i64(w, p->close_id) < 0 ||
         mp_u64(w, p->close_price) < 0 || mp_u64(w, p->high) < 0 || mp_u64(w, p->low) < 0 ||
-        mp_i64(w, count) < 0)
+        mp_i64(w, p->count) < 0)
         return -1;
-    size_t n;
-    const LevelCount *run = period_run(p, &n);
-    if (!run && PyErr_Occurred()) return -1;
     for (int side = 0; side < 2; side++) {
         if (mp_bin_head(w, 8 * n) < 0 || buf_need(w, 8 * n) < 0) return -1;
         unsigned char *at = w->b + w->n;
@@ -1075,6 +1088,37 @@ static int whole_value(Buf *w, Period *p) {
         w->n += 8 * n;
     }
     return 0;
+}
+
+/* whole_levels of p, compacted in place (a period no trade goes to any more) */
+static int whole_value(Buf *w, Period *p) {
+    size_t n;
+    const LevelCount *run = period_run(p, &n);
+    if (!run && PyErr_Occurred()) return -1;
+    return whole_levels(w, p, run, n);
+}
+
+/* p.record(limit): the value the store keeps of p whole (see PyPeriod.record), its levels
+   gathered without compacting p (a live minute's next high stays an append); None when p
+   holds more than limit trades and more than limit levels. O(m log m + L) */
+static PyObject *Period_record(Period *p, PyObject *arg) {
+    long long limit = PyLong_AsLongLong(arg);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    size_t n;
+    LevelCount *run = period_gather(p, &n);
+    if (!run && PyErr_Occurred()) return NULL;
+    PyObject *out = NULL;
+    if (p->count > limit && n > (size_t)(limit < 0 ? 0 : limit)) {
+        out = Py_NewRef(Py_None);
+    } else {
+        Buf w;
+        BUF_INIT(w);
+        if (whole_levels(&w, p, run, n) == 0)
+            out = PyBytes_FromStringAndSize((const char *)w.b, (Py_ssize_t)w.n);
+        free(w.heap);
+    }
+    free(run);
+    return out;
 }
 
 /* the chunks' (prices, counts) joined: [prices, counts] */
@@ -1131,16 +1175,22 @@ static int entry_items(const Items *to, Buf *w, unsigned char *key, size_t head,
         if (!PyLong_CheckExact(current)) return NOT_OURS;
         if ((is_now = PyObject_RichCompareBool(start, current, Py_EQ)) < 0) return -1;
     }
-    if (Py_TYPE(period) == &PeriodType) {
-        if (!is_now) {
-            if (whole_value(w, (Period *)period) < 0) return -1;
-            return emit(to->out, key, head + 8, w);
+    int record = PyBytes_CheckExact(period); /* a minute's record (Period.record) */
+    if (record || Py_TYPE(period) == &PeriodType) {
+        if (is_now) { /* its open time, then its record */
+            if (buf_need(w, 8) < 0) return -1;
+            memcpy(w->b, key + head, 8);
+            w->n = 8;
         }
-        if (buf_need(w, 8) < 0) return -1; /* its open time, then its record */
-        memcpy(w->b, key + head, 8);
-        w->n = 8;
-        if (whole_value(w, (Period *)period) < 0) return -1;
-        return emit(to->now, key, head, w);
+        if (record) {
+            size_t n = (size_t)PyBytes_GET_SIZE(period);
+            if (buf_need(w, n) < 0) return -1;
+            memcpy(w->b + w->n, PyBytes_AS_STRING(period), n);
+            w->n += n;
+        } else if (whole_value(w, (Period *)period) < 0) {
+            return -1;
+        }
+        return is_now ? emit(to->now, key, head, w) : emit(to->out, key, head + 8, w);
     }
     /* a Delta (fields, seq, chunks): its header, then the delta under its number */
     if (!PyTuple_Check(period) || PyTuple_GET_SIZE(period) != 3) return NOT_OURS;

@@ -47,10 +47,13 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
+import msgspec
+
 from .tradeids import TradeIds
 
 __all__ = [
     "DAY",
+    "DELTAS",
     "HOUR",
     "INTERVALS",
     "MINUTE",
@@ -64,6 +67,7 @@ __all__ = [
     "Settled",
     "final_flags",
     "finish",
+    "from_record",
     "landings",
     "merge_rows",
     "period_key",
@@ -86,9 +90,12 @@ _LENGTHS = tuple(length for _, length in INTERVALS)
 #: :meth:`Candles._quiet`), made at run time so that no literal ``(None, None, None)`` is
 #: the same object: :func:`quiet` tells such a harvest by identity.
 _NO_EXPIRY: tuple[int | None, ...] = tuple([None, None, None])
+#: A settled row's mark in a harvest (see :func:`finish`): the period had deltas stored.
+DELTAS = "deltas"
 #: An open minute of at most this many levels is stored whole at each snapshot; a larger one
 #: as deltas of what it gained (see :meth:`Candles._delta`).
 MINUTE_WHOLE = 256
+_record_encoder = msgspec.msgpack.Encoder()
 
 
 class CandleRow(NamedTuple):
@@ -269,6 +276,18 @@ class PyPeriod:
         its hash map."""
         return self.copy()
 
+    def record(self, limit: int) -> bytes | None:
+        """What the store keeps of the period stored whole (MessagePack: ``[1, *fields,
+        prices, counts]``, :func:`period_fields` and :meth:`packed`), made under the symbol's
+        lock while its levels are at hand, so that a snapshot hands over bytes and not a copy;
+        None when it holds more than ``limit`` trades and more than ``limit`` levels (stored
+        as deltas, see :meth:`Candles._delta`). The compiled twin gathers its levels without
+        compacting it (a live minute's next high stays an append). O(L log L) here;
+        O(m log m + L) there."""
+        if self.count > limit and len(self._levels) > limit:
+            return None
+        return _record_encoder.encode([1, *period_fields(self), *self.packed()])
+
     def twice_median(self) -> int:
         """Twice the median of the period's trades (the sum of the prices at ranks
         (n - 1) // 2 and n // 2), exact. O(L log L); the compiled twin O(L): one pass over its
@@ -341,15 +360,29 @@ def period_key(period: Any) -> tuple[Any, ...]:
 
 
 def state_key(state: CandleState | None) -> Any:
-    """A harvest's candles as plain values (periods as :func:`period_key`). O(L log L)."""
+    """A harvest's candles as plain values (periods, and minutes handed over as their record,
+    as :func:`period_key`). O(L log L)."""
     if state is None:
         return None
     periods = tuple(
-        [(s, r, None if p is None else _delta_key(p) if isinstance(p, Delta)
-          else period_key(p)) for s, r, p in entries]
-        for entries in state.periods
+        [(s, r, p if p is None or p is DELTAS else _delta_key(p) if isinstance(p, Delta)
+          else period_key(from_record(s, INTERVALS[k][1], p) if isinstance(p, bytes) else p))
+         for s, r, p in entries]
+        for k, entries in enumerate(state.periods)
     )  # fmt: skip
     return state._replace(periods=periods)
+
+
+def from_record(start: int, length: int, record: bytes) -> Any:
+    """The period a record of :meth:`PyPeriod.record` stores (``ValueError`` if it is not
+    one). O(L)."""
+    try:
+        fields = msgspec.msgpack.decode(record)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a period's record: {exc}") from exc
+    if not (isinstance(fields, list) and len(fields) == 10 and fields[0] == 1):
+        raise ValueError("not a period's record")
+    return restore_packed(start, length, fields[1:8], fields[8], fields[9])
 
 
 def _delta_key(delta: Delta) -> tuple[Any, ...]:
@@ -422,9 +455,11 @@ def use_period(kind: Any) -> None:
 class Settled(NamedTuple):
     """A period that has settled, handed over by :meth:`Candles.harvest` with its median not
     yet taken: :func:`finish` takes it after the symbol's lock is released (a day's levels
-    sort in milliseconds, and no reader should wait for that)."""
+    sort in milliseconds, and no reader should wait for that). ``deltas``: whether it was
+    stored as deltas, which its row's put leaves behind to be deleted."""
 
     period: Any
+    deltas: bool
 
 
 class Delta(NamedTuple):
@@ -474,13 +509,15 @@ def quiet(state: CandleState) -> bool:
 def finish(state: CandleState | None) -> CandleState | None:
     """``state`` with the rows of its settled periods made (their medians taken): what
     :meth:`Candles.harvest` leaves to be done outside the symbol's lock. Each settled entry is
-    replaced in its list, which the harvest made for this state alone. O(L log L)."""
+    replaced in its list, which the harvest made for this state alone, by ``(start, row,
+    DELTAS)`` if the period was stored as deltas (the store deletes them), else ``(start,
+    row, None)``. O(L log L)."""
     if state is None or quiet(state):
         return state
     for entries in state.periods:
         for i, (start, _, p) in enumerate(entries):
             if type(p) is Settled:
-                entries[i] = (start, period_row(p.period), None)
+                entries[i] = (start, period_row(p.period), DELTAS if p.deltas else None)
     return state
 
 
@@ -804,7 +841,7 @@ class Candles:
                 period = opened.pop(start)  # no trade can land in it: read-only from now on
                 self.settled[k] += period.count
                 self.recent[k][start] = period
-                out.append((start, None, Settled(period)))
+                out.append((start, None, Settled(period, (k, start) in self.seq)))
                 self._forget(k, start)
             for start in sorted(dirty):
                 out.append((start, None, self._delta(k, opened[start])))
@@ -816,21 +853,32 @@ class Candles:
     def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
         """:meth:`harvest` when nothing but the current minute can have changed (counts()
         included: see :attr:`over_at`): what is stored of it if it did, else None. It
-        reads no other part of the book, for one of a cold symbol costs a miss.
+        reads no other part of the book, for one of a cold symbol costs a miss; and it is
+        :meth:`_take_minute` inlined, as every symbol that traded takes it at every snapshot.
 
         Retention moves with the latest trade all the same, but the store is handed the
         bounds only once one has passed a period's open time since they were last handed
         over (:attr:`expiry_at`, :func:`_expiry`): below them there is nothing more to
         delete till then, so a snapshot inside a minute costs the store no search."""
-        taken = self._take_minute()
-        if taken is None:
+        minute = self.minute
+        if minute is None:
             return None
+        now = (minute.start, minute.count)
+        if now == self.harvested:
+            return None
+        self.harvested = now
+        start = now[0]
+        stored = minute.record(MINUTE_WHOLE) if (MINUTE, start) not in self.seq else None
+        if stored is None:  # stored as deltas, or turning to them
+            stored = self._delta(MINUTE, minute)
         if latest < self.expiry_at:
             expired = _NO_EXPIRY
         else:
             expired, self.expiry_at = _expiry(latest, keep_ms)
-        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([taken], [], [])
-        return _new_state((self.first_ms, latest, self.front_top_ms, taken[0], periods,
+        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = (
+            [(start, None, stored)], [], [],
+        )  # fmt: skip
+        return _new_state((self.first_ms, latest, self.front_top_ms, start, periods,
                            expired, self.harvested_counts, (), self.sealed))  # fmt: skip
 
     def _take_minute(self) -> tuple[int, None, Any] | None:
@@ -847,7 +895,8 @@ class Candles:
 
     def _delta(self, k: int, period: Any) -> Any:
         """What to store of the open ``period`` of interval ``k``, changed since the last
-        harvest: its next :class:`Delta`, or a minute whole (a copy).
+        harvest: its next :class:`Delta`, or a minute whole (its record,
+        :meth:`PyPeriod.record`, made here while its levels are at hand).
 
         An hour or a day: the levels of the minutes retired into it and of its late trades
         (:attr:`pending`). A minute is stored whole while it holds at most
@@ -863,13 +912,13 @@ class Candles:
         elif seq is not None:
             chunks = [period.take_gains()]
         else:
+            record = period.record(MINUTE_WHOLE)
+            if record is not None:
+                return record
+            period.keep_gains()
             # its levels gathered into a copy: compacting the live minute would cost its
             # trades (a new high would no longer be a sequential append)
-            whole = period.compacted()
-            if whole.count <= MINUTE_WHOLE or whole.levels <= MINUTE_WHOLE:
-                return whole
-            period.keep_gains()
-            chunks = [whole.packed()]
+            chunks = [period.compacted().packed()]
         seq = seq or 0
         self.seq[(k, start)] = seq + 1
         return _new_delta((period_fields(period), seq, chunks))

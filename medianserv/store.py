@@ -57,6 +57,7 @@ import msgspec
 import numpy as np
 
 from .candles import (
+    DELTAS,
     INTERVALS,
     MINUTE,
     CandleRow,
@@ -277,8 +278,12 @@ def state_items(prefix: bytes, c: CandleState) -> tuple[_Items, list[bytes], _It
                 ])))  # fmt: skip
                 if now and not period.seq:  # turned to deltas: no longer whole in current
                     gone.append(prefix + b"\x01")
-            else:  # an open minute of a few levels, whole
-                value = encode([1, *period_fields(period), *period.packed()])
+            else:  # an open minute of a few levels, whole: its record, or the period
+                value = (
+                    period
+                    if type(period) is bytes
+                    else encode([1, *period_fields(period), *period.packed()])
+                )
                 if now:
                     current.append((prefix + b"\x01", key[-8:] + value))
                 else:
@@ -489,9 +494,10 @@ class Store:
 
     def _delete_candles(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
         """After ``batch``'s candles are put: delete the stored periods past retention, and
-        the deltas of every period settled (its row replaced its header). After the
-        puts, so that periods of an earlier harvest written again (a failed write retried)
-        go too. O(deleted + log n) per symbol and interval."""
+        the deltas of every period settled that was stored as deltas (its row replaced its
+        header; :func:`~medianserv.candles.finish` marks it). After the puts, so that periods
+        of an earlier harvest written again (a failed write retried) go too. O(deleted +
+        log n) per symbol and interval."""
         cursor = txn.cursor(db=self._candles)
         for state in batch:
             c = state.candles
@@ -501,8 +507,8 @@ class Store:
                 if expired is not None and expired > 0:
                     head = candle_head(state.symbol, k)
                     _delete_range(cursor, head, head + _U64.pack(expired))
-                for start, row, _ in entries:
-                    if row is not None:
+                for start, row, deltas in entries:
+                    if row is not None and deltas is DELTAS:
                         key = candle_key(state.symbol, k, start)
                         _delete_range(cursor, key + b"\0", key + b"\xff" * 5)  # its deltas
 

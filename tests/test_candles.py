@@ -28,6 +28,7 @@ from medianserv.candles import (
     Delta,
     PyPeriod,
     final_flags,
+    from_record,
     landings,
     period_key,
     period_row,
@@ -111,23 +112,25 @@ def test_period_twins_equal_each_other_and_the_oracle(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["add", "add", "add", "levels", "packed", "median",
                                            "copy", "compacted", "fold", "folded", "add_packed",
-                                           "gains"]),
+                                           "gains", "record"]),
                           st.integers(1, 6) | st.integers(0, 2**64 - 1), st.integers(1, 3)),
                 max_size=120))  # fmt: skip
 def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int, int]]) -> None:
     """Reads interleaved with adds and folds at any point (the compiled twin holds a few
     trades back before they go into its map, a run at one price as one, and keeps what folds
     and add_packed bring as ascending runs it merges as they come): both twins hold the same
-    levels at the end, and every read, a copy (compacted or not), a fold (either way) and
-    add_packed see all of them. The minute's gains (kept from the start), taken at any
-    point, are exactly the trades added one at a time since the last take (not what folds
-    and add_packed bring); a copy, and a period not told to keep them, keep none."""
+    levels at the end, and every read, a copy (compacted or not), a record (the same bytes),
+    a fold (either way) and add_packed see all of them. The minute's gains (kept from the
+    start), taken at any point, are exactly the trades added one at a time since the last
+    take (not what folds and add_packed bring); a copy, and a period not told to keep them,
+    keep none."""
     kinds = [kind(0, 60_000) for kind in PERIODS]
     for p in kinds:
         p.keep_gains()
     trades: list[int] = []
     gained: Counter[int] = Counter()
     for i, (op, price, times) in enumerate(ops):
+        records = set()
         for p in kinds:
             if op == "add":
                 p.add(i, i, price, times)
@@ -156,6 +159,17 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
                 held = sorted((Counter(trades) + Counter({price: times})).items())
                 assert period_key(twin)[-2:] == (tuple(x for x, _ in held),
                                                  tuple(n for _, n in held))  # fmt: skip
+            elif op == "record":  # what a snapshot stores of it whole, or None past limit
+                limit = (0, 3, 10**9)[times - 1]
+                record = p.record(limit)
+                records.add(record)
+                if len(trades) > limit and len(set(trades)) > limit:
+                    assert record is None
+                else:
+                    assert record is not None
+                    if trades:  # (an empty period is never stored)
+                        restored = from_record(0, 60_000, record)
+                        assert period_key(restored) == period_key(p.copy())
             elif op == "fold":  # another period's levels (a run, some held back) into this one
                 other = type(p)(0, 60_000)
                 for j in range(times**3):
@@ -176,6 +190,7 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
                     other = type(p)(0, length)
                     other.add(i, i, price, times)
                     assert other.take_gains() == (b"", b"")
+        assert len(records) <= 1  # both twins' records, byte for byte
         if op == "add":
             gained[price] += times
         elif op == "gains":
@@ -382,8 +397,8 @@ class FakeStore:
                 elif isinstance(period, Delta):
                     self.items[(k, start)] = ("delta", period.fields, period.seq + 1)
                     self.deltas.setdefault((k, start), {})[period.seq] = period.chunks
-                else:
-                    self.items[(k, start)] = period_key(period)
+                else:  # a minute whole: its record
+                    self.items[(k, start)] = period_key(from_record(start, LENGTHS[k], period))
         for k, expired in enumerate(state.expired):  # after the puts, as Store deletes
             if expired is not None:
                 for key in [key for key in self.items if key[0] == k and key[1] < expired]:
