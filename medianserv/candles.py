@@ -90,6 +90,9 @@ _LENGTHS = tuple(length for _, length in INTERVALS)
 #: :meth:`Candles._quiet`), made at run time so that no literal ``(None, None, None)`` is
 #: the same object: :func:`quiet` tells such a harvest by identity.
 _NO_EXPIRY: tuple[int | None, ...] = tuple([None, None, None])
+#: The bounds a full harvest hands over when none has moved past a period (see
+#: :meth:`Candles.harvest`): no retention bound, but not a quiet harvest.
+_NONE_EXPIRED: tuple[int | None, ...] = tuple([None, None, None])
 #: A settled row's mark in a harvest (see :func:`finish`): the period had deltas stored.
 DELTAS = "deltas"
 #: An open minute of at most this many levels is stored whole at each snapshot; a larger one
@@ -800,6 +803,11 @@ class Candles:
         all, its trades of those (:attr:`sealed`: they are nested, all holding the first
         trade counted) are counted outside any candle, and the rest land as usual.
 
+        The retention bounds go to the store (which deletes below them) only when one has
+        passed a period's open time since they last did (:attr:`expiry_at`), the book drops
+        a period below them or imported days are handed over; else none (a minute's roll
+        costs the store no search).
+
         O(p + L) for L the levels of the minutes stored whole (at most
         :data:`MINUTE_WHOLE` each) and gained by the others."""
         if self.retiring:
@@ -812,7 +820,10 @@ class Candles:
                 self.recent_held = False
             return self._quiet(latest, keep_ms)
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
-        expired, self.expiry_at = _expiry(latest, keep_ms)  # handed over, as every time
+        expired, at = _expiry(latest, keep_ms)
+        # handed over when a bound has passed a period's open time since they last were,
+        # or the book drops a period below them, or rows of imported days may lie below
+        handed = latest >= self.expiry_at or bool(self.landed)
         over_at = LIMIT  # the earliest end of a period left open
         for k, (_, length) in enumerate(INTERVALS):
             self.recent[k].clear()  # written by the snapshot that took them
@@ -831,6 +842,7 @@ class Candles:
                 if bound is not None and start < bound:
                     self.expired[k] += opened.pop(start).count  # its stored record goes too
                     self._forget(k, start)
+                    handed = True
                     continue
                 if self._can_land(ids, start, end, seal):
                     over_at = min(over_at, end)  # over, still open: the next harvest looks again
@@ -848,7 +860,9 @@ class Candles:
             dirty.clear()
         self.over_at = over_at
         self.recent_held = any(self.recent)
-        return self._hand_over(periods, expired)
+        if handed:
+            self.expiry_at = at
+        return self._hand_over(periods, expired if handed else _NONE_EXPIRED)
 
     def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
         """:meth:`harvest` when nothing but the current minute can have changed (counts()

@@ -547,9 +547,11 @@ class SymbolStats:
             self.dirty = False
             state = self._state(LevelLog([self.median.take_touched()]))
             if self.candles is not None:
-                name = self.symbol.upper()
-                keep = _FOREVER if name in _candles_forever else candle_keep_ms
-                seal = _history_for is not None and name not in _history_for
+                keep, seal = candle_keep_ms, _history_for is not None
+                if _candles_forever or _history_for:  # named symbols: is this one?
+                    name = self.symbol.upper()
+                    keep = _FOREVER if name in _candles_forever else keep
+                    seal = seal and name not in _history_for  # type: ignore[operator]
                 state.candles = self.candles.harvest(self.ids, keep, seal)
         if state.candles is not None:  # the medians of periods settled, off the lock
             state.candles = finish(state.candles)
