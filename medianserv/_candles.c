@@ -302,28 +302,56 @@ static size_t loose_levels(const Period *p, LevelCount *out) {
     return n;
 }
 
-/* run b merged into *acc (*n levels, its own allocation or NULL): 0, or -1 (memory) with
-   *acc unchanged. O(*n + nb) */
-static int merge_into(LevelCount **acc, size_t *n, const LevelCount *b, size_t nb) {
-    if (!nb) return 0;
-    LevelCount *out = malloc((*n + nb) * sizeof *out);
-    if (!out) return -1;
-    *n = merge_runs(*acc, *n, b, nb, out);
-    free(*acc);
-    *acc = out;
-    return 0;
+/* the union of ascending a and descending b (read from its end), equal prices summed, into
+   out (room for na + nb): its length */
+static size_t merge_runs_down(const LevelCount *a, size_t na, const LevelCount *b, size_t nb,
+                              LevelCount *out) {
+    size_t i = 0, j = nb, k = 0;
+    while (i < na && j) {
+        if (a[i].price < b[j - 1].price) out[k++] = a[i++];
+        else if (b[j - 1].price < a[i].price) out[k++] = b[--j];
+        else {
+            out[k] = a[i++];
+            out[k++].count += b[--j].count;
+        }
+    }
+    while (i < na) out[k++] = a[i++];
+    while (j) out[k++] = b[--j];
+    return k;
 }
 
-/* the down edge (nd levels) merged into *acc as merge_into does, read from its end (it
-   descends) */
-static int merge_down_into(LevelCount **acc, size_t *n, const LevelCount *down, size_t nd) {
-    if (!nd) return 0;
-    LevelCount *up = malloc(nd * sizeof *up);
-    if (!up) return -1;
-    for (size_t i = 0; i < nd; i++) up[i] = down[nd - 1 - i];
-    int rc = merge_into(acc, n, up, nd);
-    free(up);
-    return rc;
+/* every level of p gathered into one ascending run of its own allocation (*n levels; NULL
+   when none), p's map, edges and runs left as they are; p's pending trades applied first.
+   One allocation, twice the levels' room: each piece is merged from one half into the
+   other. NULL with MemoryError set when memory ran out. O(m log m + L) */
+static LevelCount *period_gather(Period *p, size_t *n) {
+    *n = 0;
+    if (period_settle(p) < 0) return NULL;
+    size_t m = p->levels.used, total = m + p->up_n + p->down_n;
+    for (size_t r = 0; r < p->nruns; r++) total += p->runs[r].n;
+    if (!total) return NULL;
+    LevelCount *buf = malloc(2 * total * sizeof *buf);
+    if (!buf) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    LevelCount *acc = buf, *spare = buf + total, *t;
+    size_t k = m ? sort_levels(acc, loose_levels(p, acc)) : 0;
+    if (p->up_n) {
+        k = merge_runs(acc, k, p->up.v, p->up_n, spare);
+        t = acc, acc = spare, spare = t;
+    }
+    if (p->down_n) {
+        k = merge_runs_down(acc, k, p->down.v, p->down_n, spare);
+        t = acc, acc = spare, spare = t;
+    }
+    for (size_t r = p->nruns; r-- > 0;) {
+        k = merge_runs(acc, k, p->runs[r].v, p->runs[r].n, spare);
+        t = acc, acc = spare, spare = t;
+    }
+    if (acc != buf) memcpy(buf, acc, k * sizeof *buf);
+    *n = k;
+    return buf;
 }
 
 /* every level (the pending trades applied, then edges, map, runs) into one run, the map and
@@ -331,16 +359,12 @@ static int merge_down_into(LevelCount **acc, size_t *n, const LevelCount *down, 
    applied. O(m log m + L) for m the levels of the map, L all of them */
 static int period_compact(Period *p) {
     if (period_settle(p) < 0) return -1;
-    size_t m = p->levels.used;
-    if (!m && !p->up_n && !p->down_n && p->nruns <= 1) return 0;
-    LevelCount *acc = m ? malloc(m * sizeof *acc) : NULL;
-    if (m && !acc) goto nomem;
-    size_t n = m ? sort_levels(acc, loose_levels(p, acc)) : 0;
-    if (merge_into(&acc, &n, p->up.v, p->up_n) < 0 ||
-        merge_down_into(&acc, &n, p->down.v, p->down_n) < 0)
-        goto nomem;
-    for (size_t r = p->nruns; r-- > 0;) /* the smallest first */
-        if (merge_into(&acc, &n, p->runs[r].v, p->runs[r].n) < 0) goto nomem;
+    if (!p->levels.used && !p->up_n && !p->down_n && p->nruns <= 1) return 0;
+    size_t n;
+    LevelCount *acc = period_gather(p, &n);
+    if (!acc) return -1; /* (levels held: none is gathered only when memory ran out) */
+    LevelCount *fit = realloc(acc, n * sizeof *acc); /* the spare half back */
+    if (fit) acc = fit;
     for (size_t r = 0; r < p->nruns; r++) free(p->runs[r].v);
     p->nruns = 0;
     free(p->levels.slots);
@@ -351,13 +375,10 @@ static int period_compact(Period *p) {
     p->up_n = p->down_n = 0;
     if (runs_push(p, acc, n) < 0) { /* runs had room for one: not reached */
         free(acc);
-        goto nomem;
+        PyErr_NoMemory();
+        return -1;
     }
     return 0;
-nomem:
-    free(acc);
-    PyErr_NoMemory();
-    return -1;
 }
 
 /* the period's levels, compacted: one ascending run (NULL, 0 when it holds none); NULL with
@@ -581,29 +602,6 @@ nomem:
     return PyErr_NoMemory();
 }
 
-/* every level of p gathered into one ascending run of its own allocation (*n levels; NULL
-   when none), p's map, edges and runs left as they are; p's pending trades applied first.
-   NULL with MemoryError set when memory ran out. O(m log m + L) */
-static LevelCount *period_gather(Period *p, size_t *n) {
-    *n = 0;
-    if (period_settle(p) < 0) return NULL;
-    size_t m = p->levels.used;
-    LevelCount *acc = m ? malloc(m * sizeof *acc) : NULL;
-    if (m && !acc) goto nomem;
-    if (m) *n = sort_levels(acc, loose_levels(p, acc));
-    if (merge_into(&acc, n, p->up.v, p->up_n) < 0 ||
-        merge_down_into(&acc, n, p->down.v, p->down_n) < 0)
-        goto nomem;
-    for (size_t r = p->nruns; r-- > 0;)
-        if (merge_into(&acc, n, p->runs[r].v, p->runs[r].n) < 0) goto nomem;
-    return acc;
-nomem:
-    free(acc);
-    *n = 0;
-    PyErr_NoMemory();
-    return NULL;
-}
-
 /* a detached copy with every level in one run, gathered from p without copying p's map,
    edges and runs first (see PyPeriod.compacted). p's pending trades are applied first, the
    work its next trade would have done. O(m log m + L) */
@@ -611,6 +609,8 @@ static PyObject *Period_compacted(Period *p, PyObject *Py_UNUSED(ignored)) {
     size_t n;
     LevelCount *acc = period_gather(p, &n);
     if (!acc && PyErr_Occurred()) return NULL;
+    LevelCount *fit = acc ? realloc(acc, n * sizeof *acc) : NULL; /* the spare half back */
+    if (fit) acc = fit;
     Period *c = (Period *)Py_TYPE(p)->tp_alloc(Py_TYPE(p), 0);
     if (!c) goto fail;
     memcpy((char *)c + sizeof(PyObject), (char *)p + sizeof(PyObject), sizeof(Period) - sizeof(PyObject));
@@ -1274,4 +1274,89 @@ PyObject *candle_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
     Py_XDECREF(to.out);
     if (r < 0) return NULL;
     Py_RETURN_NOTIMPLEMENTED;
+}
+
+/* the lists' lengths before a state's items, to take back what it appended */
+static void items_truncate(const Items *to, const Py_ssize_t at[3]) {
+    PyObject *lists[3] = {to->now, to->gone, to->out};
+    for (int i = 0; i < 3; i++)
+        if (PyList_GET_SIZE(lists[i]) > at[i])
+            (void)PyList_SetSlice(lists[i], at[i], PY_SSIZE_T_MAX, NULL); /* (cannot fail) */
+}
+
+/* the three lists fallback(state) returns appended to the batch's */
+static int items_extend(const Items *to, PyObject *fallback, PyObject *state) {
+    PyObject *three = PyObject_CallOneArg(fallback, state);
+    if (!three) return -1;
+    int r = -1;
+    if (PyTuple_Check(three) && PyTuple_GET_SIZE(three) == 3) {
+        PyObject *lists[3] = {to->now, to->gone, to->out};
+        r = 0;
+        for (int i = 0; i < 3 && !r; i++)
+            r = PyList_SetSlice(lists[i], PY_SSIZE_T_MAX, PY_SSIZE_T_MAX,
+                                PyTuple_GET_ITEM(three, i));
+    } else {
+        PyErr_SetString(PyExc_TypeError, "candle_batch: the fallback returns three lists");
+    }
+    Py_DECREF(three);
+    return r;
+}
+
+/* candle_batch(batch, fallback): the candle writes of a snapshot's batch of SymbolStates, as
+   store.candle_items makes them: each state's candles encoded as candle_records does into
+   three lists for the whole batch (no lists, tuple and call of its own), a state without
+   candles skipped, and fallback(state) (store's Python twin, which raises what it must)
+   called for a state it does not take (a name not of 1 to 255 bytes, a value it leaves to
+   the Python twin). O(periods + their levels) */
+PyObject *candle_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "candle_batch(batch: list, fallback)");
+        return NULL;
+    }
+    static PyObject *s_candles, *s_symbol;
+    if (!s_candles && !(s_candles = PyUnicode_InternFromString("candles"))) return NULL;
+    if (!s_symbol && !(s_symbol = PyUnicode_InternFromString("symbol"))) return NULL;
+    PyObject *batch = args[0], *fallback = args[1];
+    Items to = {PyList_New(0), PyList_New(0), PyList_New(0)};
+    int r = to.now && to.gone && to.out ? 0 : -1;
+    unsigned char key[255 + 1 + 12];
+    Buf w;
+    BUF_INIT(w);
+    for (Py_ssize_t i = 0; !r && i < PyList_GET_SIZE(batch); i++) {
+        PyObject *state = PyList_GET_ITEM(batch, i);
+        PyObject *c = PyObject_GetAttr(state, s_candles), *sym = NULL;
+        if (!c) {
+            r = -1;
+            break;
+        }
+        if (c != Py_None) {
+            Py_ssize_t n = 0;
+            const char *name = NULL;
+            sym = PyObject_GetAttr(state, s_symbol);
+            if (sym && PyUnicode_CheckExact(sym) && !(name = PyUnicode_AsUTF8AndSize(sym, &n)))
+                PyErr_Clear(); /* not UTF-8: the Python twin raises */
+            if (!sym) {
+                r = -1;
+            } else if (!name || n < 1 || n > 255) {
+                r = NOT_OURS;
+            } else {
+                Py_ssize_t at[3] = {PyList_GET_SIZE(to.now), PyList_GET_SIZE(to.gone),
+                                    PyList_GET_SIZE(to.out)};
+                key[0] = (unsigned char)n;
+                memcpy(key + 1, name, (size_t)n);
+                w.n = 0;
+                r = state_items(&to, &w, key, (size_t)n + 1, c);
+                if (r == NOT_OURS) items_truncate(&to, at);
+            }
+            if (r == NOT_OURS) r = items_extend(&to, fallback, state);
+        }
+        Py_XDECREF(sym);
+        Py_DECREF(c);
+    }
+    free(w.heap);
+    if (!r) return Py_BuildValue("(NNN)", to.now, to.gone, to.out);
+    Py_XDECREF(to.now);
+    Py_XDECREF(to.gone);
+    Py_XDECREF(to.out);
+    return NULL;
 }

@@ -223,6 +223,8 @@ int hotpath_ready(PyObject *module);
 
 /* the store's candle records of one harvest (_candles.c; store.state_items' twin) */
 PyObject *candle_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* a snapshot's batch of them (store.candle_items' twin) */
+PyObject *candle_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* zlib's crc32 and adler32, bit for bit (perfect_hash.py hashes with zlib's) */
 uint32_t ms_crc32(uint32_t crc, const unsigned char *s, size_t n);

@@ -812,13 +812,16 @@ class Candles:
         :data:`MINUTE_WHOLE` each) and gained by the others."""
         if self.retiring:
             self.drain()
-        latest = self.latest
+        minute = self.minute  # self.latest, inlined (every symbol that traded comes here)
+        latest = self.latest_ms
+        if minute is not None and minute.last_ms > latest:
+            latest = minute.last_ms
         if latest < self.over_at:  # the usual harvest: nothing to settle, expire or store but
             if self.recent_held:  # the current minute (what the last one settled is written)
                 for settled in self.recent:
                     settled.clear()
                 self.recent_held = False
-            return self._quiet(latest, keep_ms)
+            return self._quiet(minute, latest, keep_ms)
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired, at = _expiry(latest, keep_ms)
         # handed over when a bound has passed a period's open time since they last were,
@@ -864,7 +867,7 @@ class Candles:
             self.expiry_at = at
         return self._hand_over(periods, expired if handed else _NONE_EXPIRED)
 
-    def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
+    def _quiet(self, minute: Any, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
         """:meth:`harvest` when nothing but the current minute can have changed (counts()
         included: see :attr:`over_at`): what is stored of it if it did, else None. It
         reads no other part of the book, for one of a cold symbol costs a miss; and it is
@@ -874,7 +877,6 @@ class Candles:
         bounds only once one has passed a period's open time since they were last handed
         over (:attr:`expiry_at`, :func:`_expiry`): below them there is nothing more to
         delete till then, so a snapshot inside a minute costs the store no search."""
-        minute = self.minute
         if minute is None:
             return None
         now = (minute.start, minute.count)

@@ -71,12 +71,14 @@ from .errors import MedianservError
 from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds, compiled
 
 _compiled_records: Any
+_compiled_batch: Any
 try:
     from . import _native as _compiled  # type: ignore[attr-defined]
 
     _compiled_records = _compiled.candle_records
+    _compiled_batch = _compiled.candle_batch
 except ImportError:  # built without a C compiler: the Python twin alone
-    _compiled_records = None
+    _compiled_records = _compiled_batch = None
 
 __all__ = [
     "FORMAT_VERSION",
@@ -230,24 +232,34 @@ _Items = list[tuple[bytes, bytes]]
 def candle_items(batch: list[SymbolState]) -> tuple[_Items, list[bytes], _Items]:
     """The writes of ``batch``'s candles: (the ``current`` database's puts, its deletes, the
     ``candles`` database's puts), each in order (a later put of a period supersedes an
-    earlier one): each symbol's by :func:`state_items`, or its compiled twin where the
-    compiled twins run. O(periods + their levels)."""
-    records = _compiled_records if compiled() else None
+    earlier one): each symbol's by :func:`state_items`. Where the compiled twins run, the
+    compiled ``candle_batch`` encodes the whole batch into the three lists at once (no
+    lists, tuple and call a symbol), and hands a state it does not take to
+    :func:`symbol_items`. O(periods + their levels)."""
+    if compiled() and _compiled_batch is not None:
+        return _compiled_batch(batch, symbol_items)  # type: ignore[no-any-return]
+    return py_candle_items(batch)
+
+
+def py_candle_items(batch: list[SymbolState]) -> tuple[_Items, list[bytes], _Items]:
+    """:func:`candle_items` in Python: the pure twin of the compiled ``candle_batch``."""
     current: _Items = []
     gone: list[bytes] = []
     items: _Items = []
     for state in batch:
-        c = state.candles
-        if c is None:
-            continue
-        prefix = symbol_prefix(state.symbol)
-        three = NotImplemented if records is None else records(prefix, c)
-        if three is NotImplemented:
-            three = state_items(prefix, c)
-        current += three[0]
-        gone += three[1]
-        items += three[2]
+        if state.candles is not None:
+            three = symbol_items(state)
+            current += three[0]
+            gone += three[1]
+            items += three[2]
     return current, gone, items
+
+
+def symbol_items(state: SymbolState) -> tuple[_Items, list[bytes], _Items]:
+    """The candle writes of one symbol's harvest (it has candles): :func:`state_items` under
+    its :func:`symbol_prefix` (``StoreError`` for a name that cannot be stored)."""
+    assert state.candles is not None
+    return state_items(symbol_prefix(state.symbol), state.candles)
 
 
 def state_items(prefix: bytes, c: CandleState) -> tuple[_Items, list[bytes], _Items]:

@@ -4,6 +4,7 @@ AddressSanitizer and UndefinedBehaviorSanitizer, and fuzzed with bytes no server
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def _harvests_encoded_by_both(steps: list[tuple[int, int, int, bool]], symbol: s
     stats = SymbolStats(symbol)
     stats.baseline(999, 0)
     prefix = symbol_prefix(symbol)
-    tid, now, kinds = 999, 3_600_000_000, set()
+    tid, now, kinds, taken = 999, 3_600_000_000, set(), []
     for trades, spread, step, late in steps:
         for i in range(trades):
             tid += 1
@@ -107,7 +108,10 @@ def _harvests_encoded_by_both(steps: list[tuple[int, int, int, bool]], symbol: s
         assert compiled == python
         kinds.update(type(p).__name__ if r is None else "row"
                      for entries in state.candles.periods for _, r, p in entries)  # fmt: skip
+        taken += [state, replace(state, candles=None)]  # and one without candles
     stats._check()
+    batch = store._compiled_batch(taken, store.symbol_items)
+    assert batch == store.py_candle_items(taken)  # the harvests as one snapshot's batch
     return kinds
 
 
@@ -138,6 +142,32 @@ def test_the_compiled_candle_records_take_every_kind_of_period() -> None:
         (5, 3, 1_000, False),
     ]
     assert _harvests_encoded_by_both(steps, "SOLUSDT") >= {"bytes", "Delta", "row"}
+
+
+@needs_c
+def test_the_compiled_batch_hands_what_it_does_not_take_to_the_python_twin() -> None:
+    """A batch's state the compiled ``candle_batch`` does not take (a bool, which msgspec
+    writes as one) is encoded by the Python twin in its place, after what came before and
+    none of its own half-made items left; a name that cannot be stored raises as the
+    Python twin raises."""
+    symbols.use_compiled(True)
+    symbols.expect_history(set())
+    stats = SymbolStats("SOLUSDT")
+    stats.baseline(999, 0)
+    stats.apply(1000, 10**8, 3_600_000_000)
+    state = stats.harvest()
+    assert state is not None and state.candles is not None
+    odd = replace(state, symbol="BTCUSDT", candles=state.candles._replace(latest_ms=True))
+    batch = [state, odd, replace(state, symbol="ETHUSDT")]
+    assert store._compiled_records(symbol_prefix("BTCUSDT"), odd.candles) is NotImplemented
+    assert store._compiled_batch(batch, store.symbol_items) == store.py_candle_items(batch)
+    for name, error in (("X" * 256, store.StoreError), ("", store.StoreError),
+                        ("\udc80", UnicodeEncodeError)):  # fmt: skip
+        bad = [state, replace(state, symbol=name)]
+        with pytest.raises(error):
+            store.py_candle_items(bad)
+        with pytest.raises(error):
+            store._compiled_batch(bad, store.symbol_items)
 
 
 _EDGES = [0, 1, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**63 - 1, 2**63,
