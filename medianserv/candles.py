@@ -480,9 +480,10 @@ class Delta(NamedTuple):
 class CandleState(NamedTuple):
     """What a harvest hands to the snapshot, or a restore takes: the book's bounds, and per
     interval the periods to store, each ``(start, row, period)``: a settled row (period
-    None), or an open period (row None): a :class:`Delta`, or a small minute whole (from
-    the store: restored whole, with ``seqs`` the next delta's number of each stored as
-    deltas)."""
+    None, or :data:`DELTAS` where its deltas are to be deleted), or an open period (row
+    None): a :class:`Delta`, or a small minute whole (from a harvest its record, see
+    :meth:`PyPeriod.record`; from the store the period restored whole, with ``seqs`` the
+    next delta's number of each stored as deltas)."""
 
     first_ms: int
     latest_ms: int
