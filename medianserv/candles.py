@@ -822,7 +822,7 @@ class Candles:
                 for settled in self.recent:
                     settled.clear()
                 self.recent_held = False
-            return self._quiet(minute, latest, keep_ms)
+            return self._quiet(latest, keep_ms)
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired, at = _expiry(latest, keep_ms)
         # handed over when a bound has passed a period's open time since they last were,
@@ -868,34 +868,24 @@ class Candles:
             self.expiry_at = at
         return self._hand_over(periods, expired if handed else _NONE_EXPIRED)
 
-    def _quiet(self, minute: Any, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
+    def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
         """:meth:`harvest` when nothing but the current minute can have changed (counts()
         included: see :attr:`over_at`): what is stored of it if it did, else None. It
-        reads no other part of the book, for one of a cold symbol costs a miss; and it is
-        :meth:`_take_minute` inlined, as every symbol that traded takes it at every snapshot.
+        reads no other part of the book, for one of a cold symbol costs a miss.
 
         Retention moves with the latest trade all the same, but the store is handed the
         bounds only once one has passed a period's open time since they were last handed
         over (:attr:`expiry_at`, :func:`_expiry`): below them there is nothing more to
         delete till then, so a snapshot inside a minute costs the store no search."""
-        if minute is None:
+        taken = self._take_minute()
+        if taken is None:
             return None
-        now = (minute.start, minute.count)
-        if now == self.harvested:
-            return None
-        self.harvested = now
-        start = now[0]
-        stored = minute.record(MINUTE_WHOLE) if (MINUTE, start) not in self.seq else None
-        if stored is None:  # stored as deltas, or turning to them
-            stored = self._delta(MINUTE, minute)
         if latest < self.expiry_at:
             expired = _NO_EXPIRY
         else:
             expired, self.expiry_at = _expiry(latest, keep_ms)
-        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = (
-            [(start, None, stored)], [], [],
-        )  # fmt: skip
-        return _new_state((self.first_ms, latest, self.front_top_ms, start, periods,
+        periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([taken], [], [])
+        return _new_state((self.first_ms, latest, self.front_top_ms, taken[0], periods,
                            expired, self.harvested_counts, (), self.sealed))  # fmt: skip
 
     def _take_minute(self) -> tuple[int, None, Any] | None:
