@@ -602,39 +602,6 @@ nomem:
     return PyErr_NoMemory();
 }
 
-/* a detached copy with every level in one run, gathered from p without copying p's map,
-   edges and runs first (see PyPeriod.compacted). p's pending trades are applied first, the
-   work its next trade would have done. O(m log m + L) */
-static PyObject *Period_compacted(Period *p, PyObject *Py_UNUSED(ignored)) {
-    size_t n;
-    LevelCount *acc = period_gather(p, &n);
-    if (!acc && PyErr_Occurred()) return NULL;
-    LevelCount *fit = acc ? realloc(acc, n * sizeof *acc) : NULL; /* the spare half back */
-    if (fit) acc = fit;
-    Period *c = (Period *)Py_TYPE(p)->tp_alloc(Py_TYPE(p), 0);
-    if (!c) goto fail;
-    memcpy((char *)c + sizeof(PyObject), (char *)p + sizeof(PyObject), sizeof(Period) - sizeof(PyObject));
-    c->levels = (PairMap){0};
-    c->runs = NULL;
-    c->nruns = c->capruns = 0;
-    c->up = c->down = c->gains = (LevelList){0};
-    c->up_n = c->down_n = 0;
-    c->pending = 0;
-    c->last_ms = *period_last_at(p);
-    c->hot = NULL;
-    c->ngains = 0;
-    c->keeps_gains = 0;
-    if (runs_push(c, acc, n) < 0) {
-        Py_DECREF(c);
-        PyErr_NoMemory();
-        goto fail;
-    }
-    return (PyObject *)c;
-fail:
-    free(acc);
-    return NULL;
-}
-
 static PyObject *Period_items(Period *p, PyObject *Py_UNUSED(ignored)) {
     size_t n;
     const LevelCount *run = period_run(p, &n);
@@ -808,7 +775,6 @@ static PyMethodDef Period_methods[] = {
     {"add_packed", (PyCFunction)Period_add_packed, METH_VARARGS, "See PyPeriod.add_packed."},
     {"fold", (PyCFunction)Period_fold, METH_O, "See PyPeriod.fold."},
     {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},
-    {"compacted", (PyCFunction)Period_compacted, METH_NOARGS, "See PyPeriod.compacted."},
     {"record", (PyCFunction)Period_record, METH_O, "See PyPeriod.record."},
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
     {"packed", (PyCFunction)Period_packed, METH_NOARGS, "See PyPeriod.packed."},
@@ -1090,17 +1056,10 @@ static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n
     return 0;
 }
 
-/* whole_levels of p, compacted in place (a period no trade goes to any more) */
-static int whole_value(Buf *w, Period *p) {
-    size_t n;
-    const LevelCount *run = period_run(p, &n);
-    if (!run && PyErr_Occurred()) return -1;
-    return whole_levels(w, p, run, n);
-}
-
 /* p.record(limit): the value the store keeps of p whole (see PyPeriod.record), its levels
-   gathered without compacting p (a live minute's next high stays an append); None when p
-   holds more than limit trades and more than limit levels. O(m log m + L) */
+   gathered without compacting p (a live minute's next high stays an append); when p holds
+   more than limit trades and more than limit levels, those levels packed (prices, counts)
+   instead. O(m log m + L) */
 static PyObject *Period_record(Period *p, PyObject *arg) {
     long long limit = PyLong_AsLongLong(arg);
     if (limit == -1 && PyErr_Occurred()) return NULL;
@@ -1109,7 +1068,7 @@ static PyObject *Period_record(Period *p, PyObject *arg) {
     if (!run && PyErr_Occurred()) return NULL;
     PyObject *out = NULL;
     if (p->count > limit && n > (size_t)(limit < 0 ? 0 : limit)) {
-        out = Py_NewRef(Py_None);
+        out = packed_run(run, n);
     } else {
         Buf w;
         BUF_INIT(w);
@@ -1175,21 +1134,15 @@ static int entry_items(const Items *to, Buf *w, unsigned char *key, size_t head,
         if (!PyLong_CheckExact(current)) return NOT_OURS;
         if ((is_now = PyObject_RichCompareBool(start, current, Py_EQ)) < 0) return -1;
     }
-    int record = PyBytes_CheckExact(period); /* a minute's record (Period.record) */
-    if (record || Py_TYPE(period) == &PeriodType) {
+    if (PyBytes_CheckExact(period)) { /* a minute stored whole: its record (Period.record) */
+        size_t n = (size_t)PyBytes_GET_SIZE(period);
+        if (buf_need(w, 8 + n) < 0) return -1;
         if (is_now) { /* its open time, then its record */
-            if (buf_need(w, 8) < 0) return -1;
             memcpy(w->b, key + head, 8);
             w->n = 8;
         }
-        if (record) {
-            size_t n = (size_t)PyBytes_GET_SIZE(period);
-            if (buf_need(w, n) < 0) return -1;
-            memcpy(w->b + w->n, PyBytes_AS_STRING(period), n);
-            w->n += n;
-        } else if (whole_value(w, (Period *)period) < 0) {
-            return -1;
-        }
+        memcpy(w->b + w->n, PyBytes_AS_STRING(period), n);
+        w->n += n;
         return is_now ? emit(to->now, key, head, w) : emit(to->out, key, head + 8, w);
     }
     /* a Delta (fields, seq, chunks): its header, then the delta under its number */
@@ -1247,35 +1200,6 @@ static int state_items(const Items *to, Buf *w, unsigned char *key, size_t npref
     return 0;
 }
 
-/* candle_records(prefix, state): the items of one symbol's harvest, (the `current` database's
-   puts, its deletes, the `candles` database's puts), as store.state_items makes them (byte
-   for byte); NotImplemented for a state it does not take (a pure Python period, a value out
-   of range), which the Python twin then encodes (and raises on). O(periods + their levels). */
-PyObject *candle_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "candle_records(prefix: bytes, state)");
-        return NULL;
-    }
-    Py_ssize_t nprefix = PyBytes_GET_SIZE(args[0]);
-    if (nprefix > 256) Py_RETURN_NOTIMPLEMENTED;
-    unsigned char key[256 + 1 + 12];
-    memcpy(key, PyBytes_AS_STRING(args[0]), (size_t)nprefix);
-    Items to = {PyList_New(0), PyList_New(0), PyList_New(0)};
-    int r = -1;
-    if (to.now && to.gone && to.out) {
-        Buf w;
-        BUF_INIT(w);
-        r = state_items(&to, &w, key, (size_t)nprefix, args[1]);
-        free(w.heap);
-    }
-    if (r == 0) return Py_BuildValue("(NNN)", to.now, to.gone, to.out);
-    Py_XDECREF(to.now);
-    Py_XDECREF(to.gone);
-    Py_XDECREF(to.out);
-    if (r < 0) return NULL;
-    Py_RETURN_NOTIMPLEMENTED;
-}
-
 /* the lists' lengths before a state's items, to take back what it appended */
 static void items_truncate(const Items *to, const Py_ssize_t at[3]) {
     PyObject *lists[3] = {to->now, to->gone, to->out};
@@ -1303,11 +1227,11 @@ static int items_extend(const Items *to, PyObject *fallback, PyObject *state) {
 }
 
 /* candle_batch(batch, fallback): the candle writes of a snapshot's batch of SymbolStates, as
-   store.candle_items makes them: each state's candles encoded as candle_records does into
-   three lists for the whole batch (no lists, tuple and call of its own), a state without
-   candles skipped, and fallback(state) (store's Python twin, which raises what it must)
-   called for a state it does not take (a name not of 1 to 255 bytes, a value it leaves to
-   the Python twin). O(periods + their levels) */
+   store.candle_items makes them (byte for byte): each state's candles encoded into three
+   lists for the whole batch (no lists, tuple and call of its own), a state without candles
+   skipped, and fallback(state) (store's Python twin, which raises what it must) called for
+   a state it does not take (a name not of 1 to 255 bytes, a value it leaves to the Python
+   twin), none of its half-made items left. O(periods + their levels) */
 PyObject *candle_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "candle_batch(batch: list, fallback)");

@@ -12,9 +12,6 @@ PyObject *line_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
 }
 
 static PyMethodDef functions[] = {
-    {"candle_records", (PyCFunction)(void (*)(void))candle_records, METH_FASTCALL,
-     "candle_records(prefix, state): the candles items of one harvest (store.state_items), "
-     "or NotImplemented for one only the Python twin takes."},
     {"candle_batch", (PyCFunction)(void (*)(void))candle_batch, METH_FASTCALL,
      "candle_batch(batch, fallback): the candle writes of a snapshot's batch "
      "(store.candle_items), fallback(state) called for a state only the Python twin takes."},
@@ -25,7 +22,7 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "medianserv._native",
     .m_doc = "The compiled twins of medianserv's pure modules: Median (median.py); Lock, "
-             "Index and TradePath (hotpath.py); Period (candles.py); candle_records, candle_batch (store.py).",
+             "Index and TradePath (hotpath.py); Period (candles.py); candle_batch (store.py).",
     .m_size = -1,
     .m_methods = functions,
 };

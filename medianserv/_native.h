@@ -3,7 +3,7 @@
  *   _median.c   the twin of median.py (PyRunningMedian): type Median
  *   _hotpath.c  the twin of hotpath.py (the per-trade path): types Lock, Index, TradePath
  *   _candles.c  the twin of candles.py's PyPeriod: type Period; and of store.py's
- *               state_items (a harvest's candle records): candle_records
+ *               py_candle_items (a snapshot's candle records): candle_batch
  *   _native.c   the module: its types and functions put together
  *
  * Each C file mirrors its Python module function for function; the tests run both twins
@@ -221,9 +221,7 @@ void lock_ungate(struct Lock *l);
 extern PyTypeObject LockType, IndexType, TradePathType;
 int hotpath_ready(PyObject *module);
 
-/* the store's candle records of one harvest (_candles.c; store.state_items' twin) */
-PyObject *candle_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
-/* a snapshot's batch of them (store.candle_items' twin) */
+/* the store's candle records of a snapshot's batch (_candles.c; store.py_candle_items' twin) */
 PyObject *candle_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* zlib's crc32 and adler32, bit for bit (perfect_hash.py hashes with zlib's) */

@@ -271,24 +271,16 @@ class PyPeriod:
         twin._gains = None  # a reader's copy: no gains
         return twin
 
-    def compacted(self) -> PyPeriod:
-        """A detached copy, as :meth:`copy`, whose levels the compiled twin gathers into one
-        ascending run as it copies them (its pending trades applied to this period first):
-        what a snapshot stores of a minute whole, copied under the symbol's lock, so that the
-        copy is not compacted again. O(L) here; O(m log m + L) there, for m the levels of
-        its hash map."""
-        return self.copy()
-
-    def record(self, limit: int) -> bytes | None:
+    def record(self, limit: int) -> bytes | tuple[bytes, bytes]:
         """What the store keeps of the period stored whole (MessagePack: ``[1, *fields,
         prices, counts]``, :func:`period_fields` and :meth:`packed`), made under the symbol's
         lock while its levels are at hand, so that a snapshot hands over bytes and not a copy;
-        None when it holds more than ``limit`` trades and more than ``limit`` levels (stored
-        as deltas, see :meth:`Candles._delta`). The compiled twin gathers its levels without
-        compacting it (a live minute's next high stays an append). O(L log L) here;
-        O(m log m + L) there."""
+        when it holds more than ``limit`` trades and more than ``limit`` levels, its levels
+        packed instead (:meth:`packed`: the first delta of a minute that turns to deltas, see
+        :meth:`Candles._delta`). The compiled twin gathers its levels without compacting it
+        (a live minute's next high stays an append). O(L log L) here; O(m log m + L) there."""
         if self.count > limit and len(self._levels) > limit:
-            return None
+            return self.packed()
         return _record_encoder.encode([1, *period_fields(self), *self.packed()])
 
     def twice_median(self) -> int:
@@ -920,12 +912,10 @@ class Candles:
             chunks = [period.take_gains()]
         else:
             record = period.record(MINUTE_WHOLE)
-            if record is not None:
+            if type(record) is bytes:
                 return record
-            period.keep_gains()
-            # its levels gathered into a copy: compacting the live minute would cost its
-            # trades (a new high would no longer be a sequential append)
-            chunks = [period.compacted().packed()]
+            period.keep_gains()  # its gains from here on: its later deltas
+            chunks = [record]  # its levels, gathered without compacting the live minute
         seq = seq or 0
         self.seq[(k, start)] = seq + 1
         return _new_delta((period_fields(period), seq, chunks))

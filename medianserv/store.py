@@ -63,22 +63,19 @@ from .candles import (
     CandleRow,
     CandleState,
     Delta,
-    period_fields,
     quiet,
     restore_packed,
 )
 from .errors import MedianservError
 from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds, compiled
 
-_compiled_records: Any
 _compiled_batch: Any
 try:
     from . import _native as _compiled  # type: ignore[attr-defined]
 
-    _compiled_records = _compiled.candle_records
     _compiled_batch = _compiled.candle_batch
 except ImportError:  # built without a C compiler: the Python twin alone
-    _compiled_records = _compiled_batch = None
+    _compiled_batch = None
 
 __all__ = [
     "FORMAT_VERSION",
@@ -266,10 +263,11 @@ def state_items(prefix: bytes, c: CandleState) -> tuple[_Items, list[bytes], _It
     """The writes of one symbol's harvest ``c`` (``prefix``: its :func:`symbol_prefix`):
     (the ``current`` database's puts: the book's bounds, and its current minute while it is
     stored whole; its deletes: that minute's key, in the harvest where it turns to deltas
-    (its first delta); the ``candles`` database's puts: every other period, in order). Pure;
-    the compiled twin, ``_native.candle_records``, makes the same bytes (and hands back
-    NotImplemented for what it does not take: a pure Python period, a value out of range).
-    O(periods + levels)."""
+    (its first delta); the ``candles`` database's puts: every other period, in order). A
+    minute stored whole comes as its record (:meth:`candles.PyPeriod.record`); any other
+    entry is a :class:`StoreError`. Pure; the compiled ``_native.candle_batch`` makes the
+    same bytes within a batch (and hands what it does not take, a value out of range, to
+    this twin). O(periods + levels)."""
     encode = _encoder.encode
     current = [(prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
                                         *c.counts, *c.sealed]))]  # fmt: skip
@@ -290,16 +288,14 @@ def state_items(prefix: bytes, c: CandleState) -> tuple[_Items, list[bytes], _It
                 ])))  # fmt: skip
                 if now and not period.seq:  # turned to deltas: no longer whole in current
                     gone.append(prefix + b"\x01")
-            else:  # an open minute of a few levels, whole: its record, or the period
-                value = (
-                    period
-                    if type(period) is bytes
-                    else encode([1, *period_fields(period), *period.packed()])
-                )
+            elif type(period) is bytes:  # an open minute of a few levels: its record
+                value = period
                 if now:
                     current.append((prefix + b"\x01", key[-8:] + value))
                 else:
                     items.append((key, value))
+            else:
+                raise StoreError(f"not a candle entry: {type(period).__name__}")
     return current, gone, items
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,10 +17,14 @@ from medianserv import store, symbols
 from medianserv.candles import CandleRow, CandleState, Delta
 from medianserv.hotpath import CTradePath
 from medianserv.median import CRunningMedian, PyRunningMedian
-from medianserv.store import state_items, symbol_prefix
 from medianserv.symbols import SymbolStats, SymbolTable
 
 from .support import run_under_sanitizers
+
+try:
+    from medianserv._native import Period  # type: ignore[attr-defined]
+except ImportError:
+    Period = None
 
 needs_c = pytest.mark.skipif(CTradePath is None, reason="the compiled twins were not built")
 SOURCES = [Path(__file__).parents[1] / "medianserv" / f for f in
@@ -76,11 +81,26 @@ def test_the_medians_refuse_counts_out_of_range(pairs: list[tuple[int, int]]) ->
         assert twins[0]._state() == twins[1]._state()
 
 
-def _records_of_both(prefix: bytes, state: Any) -> tuple[Any, Any]:
-    """(the compiled twin's records, the Python twin's, or the exception it raised)."""
-    compiled = store._compiled_records(prefix, state)
+def _records_of_both(symbol: str, state: Any) -> tuple[Any, Any]:
+    """(what the compiled ``candle_batch`` makes of a batch of ``symbol``'s harvest ``state``
+    alone, or NotImplemented where it handed the state to its fallback; the Python twin's
+    items, or the exception it raised)."""
+    batch = [SimpleNamespace(symbol=symbol, candles=state)]
+    handed: list[Any] = []
+
+    def fallback(one: Any) -> Any:
+        handed.append(one)
+        return store.symbol_items(one)
+
     try:
-        return compiled, state_items(prefix, state)
+        compiled = store._compiled_batch(batch, fallback)
+    except Exception as exc:  # raised by the fallback, or a defect
+        compiled = exc
+    if handed:
+        assert handed == batch
+        compiled = NotImplemented
+    try:
+        return compiled, store.py_candle_items(batch)  # type: ignore[arg-type]
     except Exception as exc:  # what the Python twin raises is the answer
         return compiled, exc
 
@@ -93,7 +113,6 @@ def _harvests_encoded_by_both(steps: list[tuple[int, int, int, bool]], symbol: s
     symbols.expect_history(set())
     stats = SymbolStats(symbol)
     stats.baseline(999, 0)
-    prefix = symbol_prefix(symbol)
     tid, now, kinds, taken = 999, 3_600_000_000, set(), []
     for trades, spread, step, late in steps:
         for i in range(trades):
@@ -104,7 +123,7 @@ def _harvests_encoded_by_both(steps: list[tuple[int, int, int, bool]], symbol: s
         state = stats.harvest()
         if state is None or state.candles is None:
             continue
-        compiled, python = _records_of_both(prefix, state.candles)
+        compiled, python = _records_of_both(symbol, state.candles)
         assert compiled == python
         kinds.update(type(p).__name__ if r is None else "row"
                      for entries in state.candles.periods for _, r, p in entries)  # fmt: skip
@@ -120,7 +139,7 @@ def _harvests_encoded_by_both(steps: list[tuple[int, int, int, bool]], symbol: s
 @given(st.lists(st.tuples(st.integers(1, 400), st.integers(0, 700), st.integers(-5_000, 90_000),
                           st.booleans()), min_size=1, max_size=40),
        st.sampled_from(["SOLUSDT", "X" * 200]))  # fmt: skip
-def test_the_compiled_candle_records_are_the_python_twins_bytes(
+def test_the_compiled_candle_batch_is_the_python_twins_bytes(
     steps: list[tuple[int, int, int, bool]], symbol: str
 ) -> None:
     """Every harvest of a symbol trading at random (minutes whole and turned to deltas, late
@@ -130,7 +149,7 @@ def test_the_compiled_candle_records_are_the_python_twins_bytes(
 
 
 @needs_c
-def test_the_compiled_candle_records_take_every_kind_of_period() -> None:
+def test_the_compiled_candle_batch_takes_every_kind_of_period() -> None:
     """A market that stores a minute whole, turns one to deltas, settles rows and folds
     hours and days: both twins encode every kind alike."""
     steps = [
@@ -159,8 +178,14 @@ def test_the_compiled_batch_hands_what_it_does_not_take_to_the_python_twin() -> 
     assert state is not None and state.candles is not None
     odd = replace(state, symbol="BTCUSDT", candles=state.candles._replace(latest_ms=True))
     batch = [state, odd, replace(state, symbol="ETHUSDT")]
-    assert store._compiled_records(symbol_prefix("BTCUSDT"), odd.candles) is NotImplemented
-    assert store._compiled_batch(batch, store.symbol_items) == store.py_candle_items(batch)
+    handed: list[Any] = []
+
+    def fallback(one: Any) -> Any:
+        handed.append(one)
+        return store.symbol_items(one)
+
+    assert store._compiled_batch(batch, fallback) == store.py_candle_items(batch)
+    assert handed == [odd]
     for name, error in (("X" * 256, store.StoreError), ("", store.StoreError),
                         ("\udc80", UnicodeEncodeError)):  # fmt: skip
         bad = [state, replace(state, symbol=name)]
@@ -177,11 +202,11 @@ _EDGES = [0, 1, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**63 - 
 
 @needs_c
 @pytest.mark.parametrize("value", _EDGES)
-def test_the_compiled_candle_records_write_every_int_as_msgspec(value: int) -> None:
+def test_the_compiled_candle_batch_writes_every_int_as_msgspec(value: int) -> None:
     """Each edge of MessagePack's int forms, in a state's bounds, a row, a delta's fields and
     number and a period's start: the same bytes as msgspec (the Python twin), or, for what
-    it cannot write (beyond 64 bits) or a key cannot hold, NotImplemented and the Python
-    twin raises."""
+    it cannot write (beyond 64 bits) or a key cannot hold, the state handed to the Python
+    twin, which raises."""
     row = CandleRow(60_000, *[value] * 8)
     for state in (
         CandleState(value, value, value, value, ([], [], []), (None,) * 3, (value,) * 9, (),
@@ -193,7 +218,7 @@ def test_the_compiled_candle_records_write_every_int_as_msgspec(value: int) -> N
         CandleState(0, 0, None, None, ([], [(0, None, Delta((1,) * 7, value, [(b"", b"")]))],
                     []), (None,) * 3, (0,) * 9, (), (-1, -1)),
     ):  # fmt: skip
-        compiled, python = _records_of_both(b"\x01A", state)
+        compiled, python = _records_of_both("A", state)
         if isinstance(python, Exception):
             assert compiled is NotImplemented
         else:
@@ -207,15 +232,16 @@ _ODD = st.one_of(st.integers(-(2**70), 2**70), st.sampled_from([None, True, 1.5,
 
 @needs_c
 @settings(max_examples=400, deadline=None)
-@given(st.lists(_ODD, min_size=20, max_size=20), st.integers(0, 5), st.binary(max_size=40),
+@given(st.lists(_ODD, min_size=20, max_size=20), st.integers(0, 6), st.binary(max_size=40),
        st.integers(0, 3))  # fmt: skip
-def test_the_compiled_candle_records_take_odd_values_as_the_python_twin(
+def test_the_compiled_candle_batch_takes_odd_values_as_the_python_twin(
     values: list[Any], shape: int, blob: bytes, cut: int
 ) -> None:
     """States no harvest makes (ints out of 64 bits, bools, floats, None, strings, wrong
-    shapes): the compiled twin makes the Python twin's bytes, or hands back NotImplemented
-    (and the Python twin then encodes or raises, as msgspec and struct do); never other
-    bytes, never a crash. Where the Python twin raises, the compiled one never answers."""
+    shapes, a live period where only its record goes): the compiled twin makes the Python
+    twin's bytes, or hands the state to the Python twin (which then encodes or raises, as
+    msgspec and struct do); never other bytes, never a crash. Where the Python twin
+    raises, the compiled one never answers."""
     v = iter(values)
     row = CandleRow(*(next(v) for _ in range(9)))
     fields = tuple(next(v) for _ in range(7))
@@ -223,14 +249,17 @@ def test_the_compiled_candle_records_take_odd_values_as_the_python_twin(
     chunks: Any = [(blob, blob[::-1]), (blob[:cut], b"")]
     entry: Any = [(start, row, None), (start, None, Delta(fields, seq, chunks)),
                   (start, None, Delta(fields[:cut], seq, chunks)), (start, None, "a period"),
-                  (start,), (start, None, Delta(fields, seq, [(blob, None)]))][shape]  # fmt: skip
+                  (start,), (start, None, Delta(fields, seq, [(blob, None)])),
+                  (start, None, Period(60_000, 60_000))][shape]  # fmt: skip
     state = CandleState(next(v), next(v), None, 60_000, ([entry], [], []), (None,) * 3,
                         (0,) * 9, (), (-1, -1))  # fmt: skip
-    compiled, python = _records_of_both(b"\x03ABC", state)
+    compiled, python = _records_of_both("ABC", state)
     if compiled is not NotImplemented:
         assert compiled == python
+    if shape == 6:  # no harvest hands a minute over as anything but its record
+        assert compiled is NotImplemented and isinstance(python, Exception)
     for broken in (state[:8], state._replace(periods=[[]]), state._replace(counts=[0] * 9)):
-        compiled, python = _records_of_both(b"\x03ABC", broken)
+        compiled, python = _records_of_both("ABC", broken)
         assert compiled is NotImplemented or compiled == python
 
 
