@@ -95,7 +95,8 @@ def test_history_scale_and_market_smoke_through_the_cli(tmp_path: Path) -> None:
 
 def test_soak_smoke_with_a_no_candles_service_beside_it() -> None:
     """Two services (candles kept, not) follow the same simulator at a steady rate; both must
-    be exact at the end, and the comparison rows come out."""
+    be exact at the end, and the comparison rows come out. Each is read for what it is: the
+    one keeping candles holds every trade in its hourly candles, the other serves none."""
     from medianserv.bench import bench_soak
 
     rows = bench_soak(minutes=0.1, tps=400, symbols=20, compare_candles=True, line_s=3.0)
@@ -104,4 +105,6 @@ def test_soak_smoke_with_a_no_candles_service_beside_it() -> None:
     assert values["soak: trades applied"] > 0
     assert values["soak: symbols not exact at the end"] == 0
     assert values["soak: --no-candles: symbols not exact at the end"] == 0
+    assert values["soak: symbols whose hourly candles do not add up to their count"] == 0
+    assert values["soak: --no-candles: candle rows served"] == 0
     assert values["soak: CPU per trade with candles / without (goal <= 1.1)"] > 0
