@@ -8,8 +8,8 @@
  * symbol's Lock that gates it (_native.h), which the trade takes anyway. The list is applied
  * all at once when it is full or the period is read (period_settle; count adds the pending
  * ones up instead), in the order the trades came, as each would have been applied alone: so
- * the fields and levels of a cold symbol's minute are read and written once in 16 trades, not
- * once a trade.
+ * the fields and levels of a cold symbol's minute are read and written once in PERIOD_PENDING
+ * (64) trades, not once a trade.
  *
  * Levels come two ways, each kept as suits it. One trade at a time (the pending list applied,
  * a late trade): a trade above every price the period holds (a new high) is appended to an

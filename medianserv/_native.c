@@ -34,7 +34,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "Median", (PyObject *)&MedianType) < 0 ||
-        PyModule_AddObjectRef(m, "Period", (PyObject *)&PeriodType) < 0 || hotpath_ready(m) < 0) {
+        PyModule_AddObjectRef(m, "Period", (PyObject *)&PeriodType) < 0 ||
+        PyModule_AddIntConstant(m, "PERIOD_PENDING", PERIOD_PENDING) < 0 || hotpath_ready(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -323,19 +323,27 @@ def test_the_trade_path_takes_the_common_frames() -> None:
 
 READS = ["count", "fields", "copy", "median", "levels", "fold", "keep", "gains", "set", "times"]
 
+try:  # the live trades a compiled minute holds back at most before it applies them
+    from medianserv._native import PERIOD_PENDING  # type: ignore[attr-defined]
+except ImportError:
+    PERIOD_PENDING = 64
+
 
 @needs_c
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.integers(0, 40), min_size=1, max_size=120),
-    st.lists(st.integers(1, 40), max_size=12),
+    st.lists(st.integers(0, 40), min_size=1, max_size=3 * PERIOD_PENDING),
+    st.lists(st.integers(1, PERIOD_PENDING + 8), max_size=12),
     st.lists(st.sampled_from(READS), min_size=1, max_size=12),
 )
+@example(list(range(2 * PERIOD_PENDING + 1)), [PERIOD_PENDING, PERIOD_PENDING + 1], ["levels"])
+@example([7] * (PERIOD_PENDING + 1), [PERIOD_PENDING - 1, 1, 1], ["count", "keep", "gains"])
 def test_a_minute_read_between_live_trades_holds_every_one(
     prices: list[int], cuts: list[int], reads: list[str]
 ) -> None:
     """The compiled minute holds live trades back (its pending list, applied when full or
-    when the minute is read): read in any way between any runs of them (its count, its
+    when the minute is read): read in any way between any runs of them (shorter and longer
+    than the list) (its count, its
     fields, a copy, its median, its levels, folded into an hour, told to keep its gains from
     then on, its gains taken, fields written), it holds exactly the trades taken, and gains
     exactly those taken since it was told, as its pure twin given the same trades one by
@@ -409,7 +417,7 @@ gate_steps = st.lists(
         st.sampled_from([0, 0, 0, 1, 7, 999, 59_000, 60_000, 61_000, 150_000, -60_000]),
     ),
     min_size=1,
-    max_size=80,
+    max_size=80 + PERIOD_PENDING,
 )
 
 
@@ -418,6 +426,7 @@ gate_steps = st.lists(
 @given(gate_steps)
 @example([("next", 0, 0), ("lo_ms", 1, 0), ("next", 0, 999), ("next", 0, 1)])
 @example([("next", 0, 0), ("lo_ms", 10, 0), ("next", 0, 7), ("read", 0, 0)])
+@example([("next", i % 5, i % 2) for i in range(PERIOD_PENDING + 2)] + [("harvest", 0, 0)])
 def test_the_minute_the_lock_gates_is_the_minute_the_general_path_keeps(
     steps: list[tuple[str, int, int]],
 ) -> None:
