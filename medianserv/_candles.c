@@ -1080,30 +1080,137 @@ static PyObject *Period_record(Period *p, PyObject *arg) {
     return out;
 }
 
-/* the chunks' (prices, counts) joined: [prices, counts] */
+/* -- compact levels (candles.compact_levels) ----------------------------------------------- */
+
+/* v as a LEB128 varint at b (at most 10 bytes): how many bytes */
+static inline size_t put_uvarint(unsigned char *b, u64 v) {
+    size_t n = 0;
+    while (v >= 0x80) {
+        b[n++] = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    b[n++] = (unsigned char)v;
+    return n;
+}
+
+/* n levels (8-byte big-endian prices and counts) appended compact: each price less the one
+   before it (*prev; modulo 2^64, so an unordered list costs bytes, never exactness), then its
+   count, both as varints */
+static int compact_into(Buf *w, const unsigned char *prices, const unsigned char *counts,
+                        size_t n, u64 *prev) {
+    if (buf_need(w, 20 * n) < 0) return -1;
+    unsigned char *b = w->b + w->n;
+    for (size_t i = 0; i < n; i++) {
+        u64 price = be64(prices + 8 * i);
+        b += put_uvarint(b, price - *prev);
+        b += put_uvarint(b, be64(counts + 8 * i));
+        *prev = price;
+    }
+    w->n = (size_t)(b - w->b);
+    return 0;
+}
+
+/* the chunks' (prices, counts) joined, compact, as a bin: a delta's value */
 static int chunks_value(Buf *w, PyObject *chunks) {
     if (!PyList_CheckExact(chunks)) return NOT_OURS;
     Py_ssize_t n = PyList_GET_SIZE(chunks);
-    size_t size[2] = {0, 0};
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *c = PyList_GET_ITEM(chunks, i);
         if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 2) return NOT_OURS;
-        for (int side = 0; side < 2; side++) {
-            PyObject *b = PyTuple_GET_ITEM(c, side);
-            if (!PyBytes_CheckExact(b)) return NOT_OURS;
-            size[side] += (size_t)PyBytes_GET_SIZE(b);
+        PyObject *a = PyTuple_GET_ITEM(c, 0), *b = PyTuple_GET_ITEM(c, 1);
+        if (!PyBytes_CheckExact(a) || !PyBytes_CheckExact(b) ||
+            PyBytes_GET_SIZE(a) != PyBytes_GET_SIZE(b) || PyBytes_GET_SIZE(a) % 8)
+            return NOT_OURS; /* the Python twin raises */
+    }
+    Buf c;
+    BUF_INIT(c);
+    u64 prev = 0;
+    int r = 0;
+    for (Py_ssize_t i = 0; i < n && !r; i++) {
+        PyObject *chunk = PyList_GET_ITEM(chunks, i);
+        PyObject *a = PyTuple_GET_ITEM(chunk, 0), *b = PyTuple_GET_ITEM(chunk, 1);
+        r = compact_into(&c, (const unsigned char *)PyBytes_AS_STRING(a),
+                         (const unsigned char *)PyBytes_AS_STRING(b),
+                         (size_t)PyBytes_GET_SIZE(a) / 8, &prev);
+    }
+    if (!r && !(r = mp_bin_head(w, c.n)) && !(r = buf_need(w, c.n))) {
+        memcpy(w->b + w->n, c.b, c.n);
+        w->n += c.n;
+    }
+    free(c.heap);
+    return r;
+}
+
+/* compact_levels(prices, counts): candles.compact_levels' twin (ValueError for lists of
+   other lengths than one level in 8 bytes each) */
+PyObject *compact_levels(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "compact_levels(prices: bytes, counts: bytes)");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (n != PyBytes_GET_SIZE(args[1]) || n % 8) {
+        PyErr_SetString(PyExc_ValueError, "compact_levels: prices and counts of 8 bytes each");
+        return NULL;
+    }
+    Buf w;
+    BUF_INIT(w);
+    u64 prev = 0;
+    PyObject *out = NULL;
+    if (compact_into(&w, (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                     (const unsigned char *)PyBytes_AS_STRING(args[1]), (size_t)n / 8, &prev) == 0)
+        out = PyBytes_FromStringAndSize((const char *)w.b, (Py_ssize_t)w.n);
+    free(w.heap);
+    return out;
+}
+
+/* a varint at *at (of the end at end) into *v: 0, or -1 if cut short or beyond 64 bits */
+static inline int get_uvarint(const unsigned char **at, const unsigned char *end, u64 *v) {
+    u64 x = 0;
+    for (int shift = 0; *at < end && shift < 64; shift += 7) {
+        unsigned char b = *(*at)++;
+        if ((shift == 63 && b > 1) || (shift && !b)) return -1; /* beyond 64 bits; overlong */
+        x |= (u64)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return 0;
         }
     }
-    if (mp_array(w, 2) < 0) return -1;
-    for (int side = 0; side < 2; side++) {
-        if (mp_bin_head(w, size[side]) < 0 || buf_need(w, size[side]) < 0) return -1;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *b = PyTuple_GET_ITEM(PyList_GET_ITEM(chunks, i), side);
-            memcpy(w->b + w->n, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
-            w->n += (size_t)PyBytes_GET_SIZE(b);
+    return -1;
+}
+
+/* expand_levels(data): candles.expand_levels' twin, (prices, counts) 8-byte big-endian
+   (ValueError for bytes compact_levels never makes: cut short, a varint beyond 64 bits or
+   longer than it needs) */
+PyObject *expand_levels(PyObject *Py_UNUSED(module), PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *at = view.buf, *end = at + view.len;
+    size_t n = 0;
+    for (const unsigned char *q = at; q < end; q++) n += !(*q & 0x80); /* varints: 2 a level */
+    PyObject *out = NULL;
+    PyObject *prices = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 * (n & ~(size_t)1)));
+    PyObject *counts = prices ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 * (n & ~(size_t)1))) : NULL;
+    if (prices && counts) {
+        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(prices);
+        unsigned char *c = (unsigned char *)PyBytes_AS_STRING(counts);
+        u64 price = 0, d, k;
+        int bad = n % 2 != 0;
+        for (size_t i = 0; !bad && at < end; i++) {
+            bad = get_uvarint(&at, end, &d) < 0 || get_uvarint(&at, end, &k) < 0;
+            if (!bad) {
+                price += d;
+                store_be(p + 8 * i, price, 8);
+                store_be(c + 8 * i, k, 8);
+            }
         }
+        if (bad) PyErr_SetString(PyExc_ValueError, "expand_levels: not compact levels");
+        else out = PyTuple_Pack(2, prices, counts);
     }
-    return 0;
+    Py_XDECREF(prices);
+    Py_XDECREF(counts);
+    PyBuffer_Release(&view);
+    return out;
 }
 
 /* where a harvest's items go: the `current` database's puts, its deletes (keys), and the

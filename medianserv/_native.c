@@ -12,6 +12,10 @@ PyObject *line_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
 }
 
 static PyMethodDef functions[] = {
+    {"compact_levels", (PyCFunction)(void (*)(void))compact_levels, METH_FASTCALL,
+     "compact_levels(prices, counts): candles.compact_levels, compiled."},
+    {"expand_levels", (PyCFunction)expand_levels, METH_O,
+     "expand_levels(data): candles.expand_levels, compiled."},
     {"candle_batch", (PyCFunction)(void (*)(void))candle_batch, METH_FASTCALL,
      "candle_batch(batch, fallback): the candle writes of a snapshot's batch "
      "(store.candle_items), fallback(state) called for a state only the Python twin takes."},
@@ -22,7 +26,8 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "medianserv._native",
     .m_doc = "The compiled twins of medianserv's pure modules: Median (median.py); Lock, "
-             "Index and TradePath (hotpath.py); Period (candles.py); candle_batch (store.py).",
+             "Index and TradePath (hotpath.py); Period, compact_levels, expand_levels (candles.py); "
+             "candle_batch (store.py).",
     .m_size = -1,
     .m_methods = functions,
 };

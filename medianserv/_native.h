@@ -2,7 +2,8 @@
  *
  *   _median.c   the twin of median.py (PyRunningMedian): type Median
  *   _hotpath.c  the twin of hotpath.py (the per-trade path): types Lock, Index, TradePath
- *   _candles.c  the twin of candles.py's PyPeriod: type Period; and of store.py's
+ *   _candles.c  the twin of candles.py's PyPeriod: type Period; of its compact_levels and
+ *               expand_levels (a delta's levels as stored); and of store.py's
  *               py_candle_items (a snapshot's candle records): candle_batch
  *   _native.c   the module: its types and functions put together
  *
@@ -223,6 +224,9 @@ void lock_ungate(struct Lock *l);
 extern PyTypeObject LockType, IndexType, TradePathType;
 int hotpath_ready(PyObject *module);
 
+/* a delta's levels as stored, and back (_candles.c; candles.compact_levels' twins) */
+PyObject *compact_levels(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *expand_levels(PyObject *module, PyObject *arg);
 /* the store's candle records of a snapshot's batch (_candles.c; store.py_candle_items' twin) */
 PyObject *candle_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 

@@ -1,8 +1,8 @@
 """The LMDB snapshot store: versioned encoding (pure) and save/load (I/O).
 
-Layout (format version 3), five named databases in one LMDB environment:
+Layout (format version 4), five named databases in one LMDB environment:
 
-* ``meta``: ``format`` -> ``b"3"``; ``saved_at`` -> ms since the epoch of the last snapshot;
+* ``meta``: ``format`` -> ``b"4"``; ``saved_at`` -> ms since the epoch of the last snapshot;
   ``snapshots`` -> how many were written; ``listing`` -> the symbols last listed.
 * ``symbols``: symbol (UTF-8) -> msgpack record: count, last trade id, price and time,
   trade-id history (first, last, gaps with their time bounds and edge prices, lost, quiet,
@@ -16,10 +16,12 @@ Layout (format version 3), five named databases in one LMDB environment:
   period; ``[1, open id, open price, close id, close price, high, low, count, prices,
   counts]`` for an open minute of a few levels, whole (8 big-endian bytes a level); ``[2,
   the same seven fields, deltas]`` for any other open period, whose levels are the sum of
-  its deltas, each under the period's key and a 4-byte number -> ``[prices, counts]`` (what
-  it gained between two snapshots: an hour's or a day's minutes retired, a large minute's
-  new trades, so a snapshot writes what is new, not a large period whole again). A
-  symbol's periods of one interval are one ascending cursor range.
+  its deltas, each under the period's key and a 4-byte number -> its levels compact, as
+  a msgpack bin (:func:`~medianserv.candles.compact_levels`: each price less the one before
+  and its count, as varints, 2-4 bytes a level; what it gained between two snapshots: an
+  hour's or a day's minutes retired, a large minute's new trades, so a snapshot writes
+  what is new, not a large period whole again). A symbol's periods of one interval are one
+  ascending cursor range.
 * ``current``: what a snapshot rewrites for every symbol that traded, kept apart from the
   history in ``candles`` so that it fills a few dense pages and not two of ``candles``'
   pages a symbol: ``len(symbol) | symbol | 0`` -> msgpack ``[first_ms, latest_ms,
@@ -35,10 +37,11 @@ the new one, never a mix. Snapshots are incremental: only symbols and levels cha
 previous one are written, and a level carries its full count, so a rewrite is idempotent.
 The map grows (doubling) when full. Every symbol ever seen stays stored, listed or not.
 
-Format 1 (gaps without times) and format 2 (no ``current``: the candle bounds and every open
+Format 1 (gaps without times), format 2 (no ``current``: the candle bounds and every open
 minute in ``candles``, itself added within format 2, so that a store without it reads as
-one with no candles) are read, and upgraded to format 3 in one transaction when the store is
-opened for writing; levels are the same in all.
+one with no candles) and format 3 (a delta's levels as ``[prices, counts]``, 8 big-endian
+bytes each, which format 4 still reads) are read, and upgraded to format 4 in one
+transaction when the store is opened for writing; levels are the same in all.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ from .candles import (
     CandleRow,
     CandleState,
     Delta,
+    compact_levels,
+    expand_levels,
     quiet,
     restore_packed,
 )
@@ -70,12 +75,14 @@ from .errors import MedianservError
 from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds, compiled
 
 _compiled_batch: Any
+_compiled_expand: Any
 try:
     from . import _native as _compiled  # type: ignore[attr-defined]
 
     _compiled_batch = _compiled.candle_batch
+    _compiled_expand = _compiled.expand_levels
 except ImportError:  # built without a C compiler: the Python twin alone
-    _compiled_batch = None
+    _compiled_batch = _compiled_expand = None
 
 __all__ = [
     "FORMAT_VERSION",
@@ -87,8 +94,8 @@ __all__ = [
     "level_key",
 ]
 
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 INITIAL_MAP_SIZE = 64 << 20
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -141,6 +148,7 @@ _decoders: dict[int, msgspec.msgpack.Decoder[_RecordV1 | _Record]] = {
     1: msgspec.msgpack.Decoder(_RecordV1),
     2: msgspec.msgpack.Decoder(_Record),
     3: msgspec.msgpack.Decoder(_Record),  # format 3 moved candle bounds, not records
+    4: msgspec.msgpack.Decoder(_Record),  # format 4 made deltas compact, not records
 }
 
 
@@ -282,10 +290,10 @@ def state_items(prefix: bytes, c: CandleState) -> tuple[_Items, list[bytes], _It
                 items.append((key, encode([0, *row[1:]])))
             elif isinstance(period, Delta):
                 items.append((key, encode([2, *period.fields, period.seq + 1])))
-                items.append((key + _U32.pack(period.seq), encode([
+                items.append((key + _U32.pack(period.seq), encode(compact_levels(
                     b"".join(p for p, _ in period.chunks),
                     b"".join(c for _, c in period.chunks),
-                ])))  # fmt: skip
+                ))))  # fmt: skip
                 if now and not period.seq:  # turned to deltas: no longer whole in current
                     gone.append(prefix + b"\x01")
             elif type(period) is bytes:  # an open minute of a few levels: its record
@@ -310,6 +318,18 @@ def _decode_candle(symbol: str, k: int, start: int, value: bytes) -> CandleRow |
     except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
         raise StoreError(f"{symbol}: corrupt candle at {start}: {exc}") from exc
     raise StoreError(f"{symbol}: corrupt candle at {start}")
+
+
+def _delta_levels(value: bytes) -> tuple[bytes, bytes]:
+    """A stored delta's levels, (prices, counts) 8-byte big-endian: its compact levels
+    (format 4, :func:`~medianserv.candles.compact_levels`), or the two lists as they were
+    (formats 2 and 3). ``msgspec`` errors or ``ValueError`` if corrupt. O(n)."""
+    levels = msgspec.msgpack.decode(value, type=bytes | tuple[bytes, bytes])
+    if isinstance(levels, tuple):
+        return levels
+    if compiled() and _compiled_expand is not None:
+        return _compiled_expand(levels)  # type: ignore[no-any-return]
+    return expand_levels(levels)
 
 
 def _delete_range(cursor: Any, first: bytes, until: bytes) -> None:
@@ -432,9 +452,15 @@ class Store:
             raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc
 
     def _upgrade(self, txn: lmdb.Transaction, version: int) -> None:
-        """Rewrite every symbol record in the current format (levels are unchanged), and move
-        each symbol's candle bounds from ``candles`` to ``current`` (format 3; its current
-        minute stays where it is until the next snapshot writes it). O(symbols)."""
+        """From format 1 or 2: rewrite every symbol record in the current format (levels are
+        unchanged), and move each symbol's candle bounds from ``candles`` to ``current``
+        (format 3; its current minute stays where it is until the next snapshot writes it).
+        From format 3 nothing is rewritten: its deltas are read as they are, and new ones
+        are written compact (format 4). O(symbols)."""
+        if version >= 3:
+            txn.put(b"format", str(FORMAT_VERSION).encode(), db=self._meta)
+            self.version = FORMAT_VERSION
+            return
         records = [
             (bytes(k), encode_record(decode_record(bytes(k).decode(), bytes(v), version)))
             for k, v in txn.cursor(db=self._symbols)
@@ -635,8 +661,8 @@ class Store:
                     if header is None or key[n : n + 8] != _U64.pack(header[0]):
                         raise StoreError(f"{symbol}: a candle delta without its period")
                     try:
-                        more = msgspec.msgpack.decode(bytes(value), type=tuple[bytes, bytes])
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        more = _delta_levels(bytes(value))
+                    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
                         raise StoreError(f"{symbol}: corrupt candle delta: {exc}") from exc
                     header[2].append(more[0])
                     header[3].append(more[1])

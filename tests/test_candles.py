@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import falcon.testing
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -38,9 +39,11 @@ from medianserv.candles import (
     state_key,
     then_candles,
 )
+from medianserv.candles import compact_levels as py_compact
+from medianserv.candles import expand_levels as py_expand
 from medianserv.median import CRunningMedian
 from medianserv.prices import format_median, format_price
-from medianserv.store import Store, symbol_prefix
+from medianserv.store import FORMAT_VERSION, Store, symbol_prefix
 from medianserv.symbols import Row, SymbolStats
 
 from .test_api import State
@@ -48,8 +51,10 @@ from .test_archive import agg_csv
 
 try:
     from medianserv._native import Period as CPeriod  # type: ignore[attr-defined]
+    from medianserv._native import compact_levels as c_compact  # type: ignore[attr-defined]
+    from medianserv._native import expand_levels as c_expand  # type: ignore[attr-defined]
 except ImportError:
-    CPeriod = None
+    CPeriod = c_compact = c_expand = None
 
 TWINS = [False] + ([True] if CRunningMedian is not None else [])
 PERIODS = [PyPeriod] + ([CPeriod] if CPeriod is not None else [])
@@ -875,6 +880,113 @@ def _stored_keys(store: Store, symbol: str) -> tuple[set[bytes], set[bytes]]:
         )
 
 
+_U64_EDGES = [0, 1, 127, 128, 2**14 - 1, 2**14, 2**63 - 1, 2**63, 2**64 - 1]
+_levels = st.lists(st.tuples(st.sampled_from(_U64_EDGES) | st.integers(0, 2**64 - 1),
+                             st.sampled_from(_U64_EDGES) | st.integers(1, 50)),
+                   max_size=40)  # fmt: skip
+
+
+def _be(values: list[int]) -> bytes:
+    return b"".join(v.to_bytes(8, "big") for v in values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_levels, st.booleans())
+def test_compact_levels_give_back_every_level_exactly(
+    levels: list[tuple[int, int]], ascending: bool
+) -> None:
+    """Any list of levels (8-byte prices and counts, at the edges of 64 bits, ascending as a
+    delta's chunk is or in any order): both twins make the same bytes, and both give back
+    the very lists; ascending prices a tick apart with small counts take two bytes a level."""
+    if ascending:
+        levels = sorted(levels)
+    prices, counts = _be([p for p, _ in levels]), _be([c for _, c in levels])
+    data = py_compact(prices, counts)
+    assert py_expand(data) == (prices, counts)
+    if c_compact is not None:
+        assert c_compact(prices, counts) == data
+        assert c_expand(data) == (prices, counts)
+    ticks = [10**9 + 7 * i for i in range(len(levels))]
+    assert len(py_compact(_be(ticks), _be([1] * len(ticks)))) <= 2 * len(ticks) + 5
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=60) | st.lists(st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0x81, 0xFF]),
+                                         max_size=24).map(bytes))  # fmt: skip
+def test_compact_levels_refuse_what_they_never_make(data: bytes) -> None:
+    """Any bytes: both twins give back the same lists or both refuse them (ValueError: cut
+    short, an odd number of varints, a varint beyond 64 bits or longer than it needs); what
+    they give back compacts to the very bytes, so no two stored deltas read alike."""
+    outcomes = []
+    for expand in [py_expand] + ([c_expand] if c_expand is not None else []):
+        try:
+            outcomes.append(expand(data))
+        except ValueError:
+            outcomes.append(None)
+    assert all(o == outcomes[0] for o in outcomes)
+    if outcomes[0] is not None:
+        assert py_compact(*outcomes[0]) == data
+    for bad in ((b"\0" * 8, b""), (b"\0" * 7, b"\0" * 7)):
+        for compact in [py_compact] + ([c_compact] if c_compact is not None else []):
+            with pytest.raises(ValueError):
+                compact(*bad)
+
+
+@pytest.mark.parametrize("compiled", TWINS)
+def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
+    tmp_path: Path, compiled: bool
+) -> None:
+    """Format 3 stored a delta's levels as ``[prices, counts]``, 8 bytes each. Such a store
+    reads the same candles, read-only and once upgraded (format 4: nothing rewritten), and
+    the snapshots after write compact deltas beside the old ones: the book restored from
+    both is the book that never stopped."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    symbols.expect_history(set())
+    store = Store.open(tmp_path)
+    stats = SymbolStats("X")
+    trades = [(1000 + i, 10**8 + (i * 7919) % 997, 3_600_000 + 150 * i) for i in range(1600)]
+    for i, (tid, price, t) in enumerate(trades[:1200]):
+        stats.apply(tid, price, t)
+        if i % 100 == 99:
+            store.save([s for s in [stats.harvest()] if s is not None])
+    expected = state_key(store.load()[0].candles)
+    old = 0
+    with store.env.begin(write=True) as txn:  # as format 3 wrote them
+        cursor = txn.cursor(db=store._candles)
+        for key, value in list(cursor):
+            if len(key) == len(symbol_prefix("X")) + 13:  # a delta
+                levels = py_expand(msgspec.msgpack.decode(bytes(value)))
+                txn.put(bytes(key), msgspec.msgpack.encode(list(levels)), db=store._candles)
+                old += 1
+        txn.put(b"format", b"3", db=store._meta)
+    store.close()
+    assert old >= 3  # an hour's, a day's and a large minute's
+    readonly = Store.open(tmp_path, readonly=True)
+    assert readonly.version == 3 and state_key(readonly.load()[0].candles) == expected
+    readonly.close()
+    store = Store.open(tmp_path)
+    assert store.version == FORMAT_VERSION == 4
+    assert state_key(store.load()[0].candles) == expected
+    restored = SymbolStats.restore(store.load()[0])
+    for i, (tid, price, t) in enumerate(trades[1200:]):
+        for s in (stats, restored):
+            s.apply(tid, price, t)
+        if i % 100 == 99:
+            store.save([s for s in [restored.harvest()] if s is not None])
+            stats.harvest()
+    with store.env.begin() as txn:
+        kinds = Counter(type(msgspec.msgpack.decode(bytes(v))).__name__
+                        for k, v in txn.cursor(db=store._candles)
+                        if len(k) == len(symbol_prefix("X")) + 13)  # fmt: skip
+    assert kinds["bytes"] >= 1  # written compact
+    again = SymbolStats.restore(store.load()[0])
+    assert again.candles is not None and stats.candles is not None
+    assert again.candles.canonical() == stats.candles.canonical()
+    again._check()
+    store.close()
+
+
 @pytest.mark.parametrize("compiled", TWINS)
 def test_a_store_of_format_2_is_read_and_upgraded_with_its_candles(
     tmp_path: Path, compiled: bool
@@ -906,7 +1018,7 @@ def test_a_store_of_format_2_is_read_and_upgraded_with_its_candles(
     assert readonly.version == 2 and state_key(readonly.load()[0].candles) == expected
     readonly.close()
     store = Store.open(tmp_path)
-    assert store.version == 3 and _stored_keys(store, "X")[0] == {b"\0"}
+    assert store.version == FORMAT_VERSION and _stored_keys(store, "X")[0] == {b"\0"}
     assert state_key(store.load()[0].candles) == expected
     restored = SymbolStats.restore(store.load()[0])
     restored.apply(1500, 10**8 + 3, trades[-1][2] + 1)  # the same minute, one trade more
