@@ -1036,23 +1036,52 @@ static int emit(PyObject *out, const unsigned char *key, size_t nkey, Buf *w) {
     return r;
 }
 
-/* [1, the seven fields, prices, counts] of a period stored whole, its n levels those of run
-   (its pending trades applied) */
+/* -- compact levels (candles.compact_levels) ----------------------------------------------- */
+
+/* v as a LEB128 varint at b (at most 10 bytes): how many bytes */
+static inline size_t put_uvarint(unsigned char *b, u64 v) {
+    size_t n = 0;
+    while (v >= 0x80) {
+        b[n++] = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    b[n++] = (unsigned char)v;
+    return n;
+}
+
+/* how many bytes put_uvarint writes of v */
+static inline size_t uvarint_size(u64 v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* [1, the seven fields, compact levels] of a period stored whole, its n levels those of run
+   (its pending trades applied; ascending): the levels as compact_levels makes them */
 static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n) {
-    if (mp_array(w, 10) < 0 || mp_u64(w, 1) < 0 || mp_i64(w, p->open_id) < 0 ||
+    if (mp_array(w, 9) < 0 || mp_u64(w, 1) < 0 || mp_i64(w, p->open_id) < 0 ||
         mp_u64(w, p->open_price) < 0 || mp_i64(w, p->close_id) < 0 ||
         mp_u64(w, p->close_price) < 0 || mp_u64(w, p->high) < 0 || mp_u64(w, p->low) < 0 ||
         mp_i64(w, p->count) < 0)
         return -1;
-    for (int side = 0; side < 2; side++) {
-        if (mp_bin_head(w, 8 * n) < 0 || buf_need(w, 8 * n) < 0) return -1;
-        unsigned char *at = w->b + w->n;
-        for (size_t i = 0; i < n; i++, at += 8) {
-            u64 v = side ? (u64)run[i].count : run[i].price;
-            store_be(at, v, 8);
-        }
-        w->n += 8 * n;
+    size_t size = 0;
+    u64 prev = 0;
+    for (size_t i = 0; i < n; i++) {
+        size += uvarint_size(run[i].price - prev) + uvarint_size((u64)run[i].count);
+        prev = run[i].price;
     }
+    if (mp_bin_head(w, size) < 0 || buf_need(w, size) < 0) return -1;
+    unsigned char *b = w->b + w->n;
+    prev = 0;
+    for (size_t i = 0; i < n; i++) {
+        b += put_uvarint(b, run[i].price - prev);
+        b += put_uvarint(b, (u64)run[i].count);
+        prev = run[i].price;
+    }
+    w->n += size;
     return 0;
 }
 
@@ -1078,19 +1107,6 @@ static PyObject *Period_record(Period *p, PyObject *arg) {
     }
     free(run);
     return out;
-}
-
-/* -- compact levels (candles.compact_levels) ----------------------------------------------- */
-
-/* v as a LEB128 varint at b (at most 10 bytes): how many bytes */
-static inline size_t put_uvarint(unsigned char *b, u64 v) {
-    size_t n = 0;
-    while (v >= 0x80) {
-        b[n++] = (unsigned char)(v | 0x80);
-        v >>= 7;
-    }
-    b[n++] = (unsigned char)v;
-    return n;
 }
 
 /* n levels (8-byte big-endian prices and counts) appended compact: each price less the one

@@ -273,7 +273,8 @@ class PyPeriod:
 
     def record(self, limit: int) -> bytes | tuple[bytes, bytes]:
         """What the store keeps of the period stored whole (MessagePack: ``[1, *fields,
-        prices, counts]``, :func:`period_fields` and :meth:`packed`), made under the symbol's
+        levels]``, :func:`period_fields` and its levels as :func:`compact_levels` makes them
+        of :meth:`packed`), made under the symbol's
         lock while its levels are at hand, so that a snapshot hands over bytes and not a copy;
         when it holds more than ``limit`` trades and more than ``limit`` levels, its levels
         packed instead (:meth:`packed`: the first delta of a minute that turns to deltas, see
@@ -281,7 +282,7 @@ class PyPeriod:
         (a live minute's next high stays an append). O(L log L) here; O(m log m + L) there."""
         if self.count > limit and len(self._levels) > limit:
             return self.packed()
-        return _record_encoder.encode([1, *period_fields(self), *self.packed()])
+        return _record_encoder.encode([1, *period_fields(self), compact_levels(*self.packed())])
 
     def twice_median(self) -> int:
         """Twice the median of the period's trades (the sum of the prices at ranks
@@ -369,14 +370,18 @@ def state_key(state: CandleState | None) -> Any:
 
 
 def from_record(start: int, length: int, record: bytes) -> Any:
-    """The period a record of :meth:`PyPeriod.record` stores (``ValueError`` if it is not
-    one). O(L)."""
+    """The period a record of :meth:`PyPeriod.record` stores, its levels compact, or as
+    (prices, counts) as store format 3 kept them (``ValueError`` if it is not one). O(L)."""
     try:
         fields = msgspec.msgpack.decode(record)
     except msgspec.DecodeError as exc:
         raise ValueError(f"not a period's record: {exc}") from exc
-    if not (isinstance(fields, list) and len(fields) == 10 and fields[0] == 1):
+    if not (isinstance(fields, list) and len(fields) in (9, 10) and fields[0] == 1):
         raise ValueError("not a period's record")
+    if len(fields) == 9:
+        if not isinstance(fields[8], bytes):
+            raise ValueError("not a period's record")
+        return restore_packed(start, length, fields[1:8], *expand_levels(fields[8]))
     return restore_packed(start, length, fields[1:8], fields[8], fields[9])
 
 

@@ -13,8 +13,9 @@ Layout (format version 4), five named databases in one LMDB environment:
 * ``candles``: ``len(symbol) | symbol |
   interval (1 byte: 1 minute, 2 hour, 3 day) | open time (8 bytes, big-endian)`` -> msgpack
   ``[0, open, high, low, close, count, twice the median, open id, close id]`` for a settled
-  period; ``[1, open id, open price, close id, close price, high, low, count, prices,
-  counts]`` for an open minute of a few levels, whole (8 big-endian bytes a level); ``[2,
+  period; ``[1, open id, open price, close id, close price, high, low, count, levels]``
+  for an open minute of a few levels, whole (its levels compact, as below; format 3 kept
+  ``prices, counts`` there, 8 big-endian bytes a level, still read); ``[2,
   the same seven fields, deltas]`` for any other open period, whose levels are the sum of
   its deltas, each under the period's key and a 4-byte number -> its levels compact, as
   a msgpack bin (:func:`~medianserv.candles.compact_levels`: each price less the one before
@@ -39,9 +40,10 @@ The map grows (doubling) when full. Every symbol ever seen stays stored, listed 
 
 Format 1 (gaps without times), format 2 (no ``current``: the candle bounds and every open
 minute in ``candles``, itself added within format 2, so that a store without it reads as
-one with no candles) and format 3 (a delta's levels as ``[prices, counts]``, 8 big-endian
-bytes each, which format 4 still reads) are read, and upgraded to format 4 in one
-transaction when the store is opened for writing; levels are the same in all.
+one with no candles) and format 3 (the levels of a delta and of a whole minute as prices
+and counts, 8 big-endian bytes each, which format 4 still reads) are read, and upgraded to
+format 4 in one transaction when the store is opened for writing; levels are the same in
+all.
 """
 
 from __future__ import annotations
@@ -313,7 +315,9 @@ def _decode_candle(symbol: str, k: int, start: int, value: bytes) -> CandleRow |
         record = msgspec.msgpack.decode(value)
         if record[0] == 0 and len(record) == 9:
             return CandleRow(start, *(int(x) for x in record[1:]))
-        if record[0] == 1 and len(record) == 10:
+        if record[0] == 1 and len(record) == 9 and isinstance(record[8], bytes):
+            return restore_packed(start, INTERVALS[k][1], record[1:8], *_expanded(record[8]))
+        if record[0] == 1 and len(record) == 10:  # format 3: (prices, counts)
             return restore_packed(start, INTERVALS[k][1], record[1:8], record[8], record[9])
     except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
         raise StoreError(f"{symbol}: corrupt candle at {start}: {exc}") from exc
@@ -325,11 +329,14 @@ def _delta_levels(value: bytes) -> tuple[bytes, bytes]:
     (format 4, :func:`~medianserv.candles.compact_levels`), or the two lists as they were
     (formats 2 and 3). ``msgspec`` errors or ``ValueError`` if corrupt. O(n)."""
     levels = msgspec.msgpack.decode(value, type=bytes | tuple[bytes, bytes])
-    if isinstance(levels, tuple):
-        return levels
+    return levels if isinstance(levels, tuple) else _expanded(levels)
+
+
+def _expanded(data: bytes) -> tuple[bytes, bytes]:
+    """:func:`~medianserv.candles.expand_levels`, compiled where the twins are. O(n)."""
     if compiled() and _compiled_expand is not None:
-        return _compiled_expand(levels)  # type: ignore[no-any-return]
-    return expand_levels(levels)
+        return _compiled_expand(data)  # type: ignore[no-any-return]
+    return expand_levels(data)
 
 
 def _delete_range(cursor: Any, first: bytes, until: bytes) -> None:
@@ -673,7 +680,7 @@ class Store:
                     header = None
                 start = _U64.unpack(key[n:])[0]
                 kind = bytes(value[:2])
-                if kind == b"\x9a\x01":  # an open minute, whole
+                if kind in (b"\x99\x01", b"\x9a\x01"):  # an open minute, whole (formats 4, 3)
                     periods[k].append((start, None, _decode_candle(symbol, k, start, bytes(value))))
                 elif kind == b"\x99\x02":  # an open hour or day: its deltas follow
                     header = (start, msgspec.msgpack.decode(bytes(value)), [], [])

@@ -936,22 +936,23 @@ def test_compact_levels_refuse_what_they_never_make(data: bytes) -> None:
 def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
     tmp_path: Path, compiled: bool
 ) -> None:
-    """Format 3 stored a delta's levels as ``[prices, counts]``, 8 bytes each. Such a store
-    reads the same candles, read-only and once upgraded (format 4: nothing rewritten), and
-    the snapshots after write compact deltas beside the old ones: the book restored from
-    both is the book that never stopped."""
+    """Format 3 stored the levels of a delta and of a whole minute as prices and counts, 8
+    bytes each. Such a store reads the same candles, read-only and once upgraded (format 4:
+    nothing rewritten), and the snapshots after write compact levels beside the old ones:
+    the book restored from both is the book that never stopped."""
     symbols.use_compiled(compiled)
     symbols.keep_candles(True, [None, None, None])
     symbols.expect_history(set())
     store = Store.open(tmp_path)
     stats = SymbolStats("X")
-    trades = [(1000 + i, 10**8 + (i * 7919) % 997, 3_600_000 + 150 * i) for i in range(1600)]
+    trades = [(1000 + i, 10**8 + (i * 7919) % 997, 3_600_000 + 60 * i) for i in range(1000)]
+    trades += [(1000 + i, 10**8 + i % 5, 3_660_000 + 150 * (i - 1000)) for i in range(1000, 1600)]
     for i, (tid, price, t) in enumerate(trades[:1200]):
         stats.apply(tid, price, t)
         if i % 100 == 99:
             store.save([s for s in [stats.harvest()] if s is not None])
     expected = state_key(store.load()[0].candles)
-    old = 0
+    old = whole = 0
     with store.env.begin(write=True) as txn:  # as format 3 wrote them
         cursor = txn.cursor(db=store._candles)
         for key, value in list(cursor):
@@ -959,9 +960,15 @@ def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
                 levels = py_expand(msgspec.msgpack.decode(bytes(value)))
                 txn.put(bytes(key), msgspec.msgpack.encode(list(levels)), db=store._candles)
                 old += 1
+        now = symbol_prefix("X") + b"\x01"
+        record = msgspec.msgpack.decode(bytes(txn.get(now, db=store._current))[8:])
+        if len(record) == 9:  # the current minute whole: its levels as two lists
+            value = msgspec.msgpack.encode([*record[:8], *py_expand(record[8])])
+            txn.put(now, bytes(txn.get(now, db=store._current))[:8] + value, db=store._current)
+            whole += 1
         txn.put(b"format", b"3", db=store._meta)
     store.close()
-    assert old >= 3  # an hour's, a day's and a large minute's
+    assert old >= 2 and whole == 1  # an hour's and a day's deltas; the current minute whole
     readonly = Store.open(tmp_path, readonly=True)
     assert readonly.version == 3 and state_key(readonly.load()[0].candles) == expected
     readonly.close()
