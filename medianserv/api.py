@@ -665,21 +665,10 @@ class HttpServer:
         self.thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close the listening socket and every connection in the loop's own thread (a
-        socket closed from another thread under the loop's ``select`` fails it with
-        ``EBADF``, an exception that ends the thread), so the loop ends with nothing left to
-        watch; then stop the request threads. O(connections)."""
         from waitress import wasyncore
 
-        def close_all() -> None:
-            self.server.close()  # the listener and the loop's trigger
-            wasyncore.close_all(self.server._map)  # every connection: the loop then ends
-
-        if self.thread.is_alive():
-            self.server.trigger.pull_trigger(close_all)  # run by the loop, woken at once
-            self.thread.join(timeout)
-        if self.thread.ident is None or self.thread.is_alive():  # never started, or stuck
-            close_all()
+        self.server.close()
+        wasyncore.close_all(self.server._map)
         self.server.task_dispatcher.shutdown(timeout=timeout)
         self.thread.join(timeout)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -195,35 +193,6 @@ def server(state: State) -> Iterator[HttpServer]:
     http.start()
     yield http
     http.stop()
-
-
-def test_the_http_thread_stops_cleanly_with_connections_open(state: State) -> None:
-    """Stopped with keep-alive connections open (one mid-request, one idle), waitress's
-    thread ends without an exception (its sockets are closed in its own loop, never under
-    its ``select``), promptly, and the port no longer answers; in every one of many
-    rounds, as the race it replaced lost only now and then."""
-    failures: list[BaseException | None] = []
-    hook = threading.excepthook
-    threading.excepthook = lambda args: failures.append(args.exc_value)
-    try:
-        for _ in range(100):
-            http = HttpServer(create_app(state), "127.0.0.1", 0)
-            http.start()
-            idle = socket.create_connection(("127.0.0.1", http.port), timeout=5)
-            busy = socket.create_connection(("127.0.0.1", http.port), timeout=5)
-            idle.sendall(b"GET /btcusdt HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert idle.recv(65536).startswith(b"HTTP/1.1 200")
-            busy.sendall(b"GET /btcusdt HTTP/1.1\r\nHost: x\r\n")  # the request unfinished
-            t0 = time.monotonic()
-            http.stop()
-            assert not http.thread.is_alive() and time.monotonic() - t0 < 5
-            with pytest.raises(OSError):
-                socket.create_connection(("127.0.0.1", http.port), timeout=5)
-            idle.close()
-            busy.close()
-    finally:
-        threading.excepthook = hook
-    assert failures == []
 
 
 def test_real_waitress(server: HttpServer) -> None:
