@@ -1059,6 +1059,15 @@ static inline size_t uvarint_size(u64 v) {
     return n;
 }
 
+/* one level compact at b (its price less *prev, then its count; *prev becomes its price):
+   past it */
+static inline unsigned char *put_level(unsigned char *b, u64 *prev, u64 price, u64 count) {
+    b += put_uvarint(b, price - *prev);
+    b += put_uvarint(b, count);
+    *prev = price;
+    return b;
+}
+
 /* [1, the seven fields, compact levels] of a period stored whole, its n levels those of run
    (its pending trades applied; ascending): the levels as compact_levels makes them */
 static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n) {
@@ -1076,11 +1085,7 @@ static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n
     if (mp_bin_head(w, size) < 0 || buf_need(w, size) < 0) return -1;
     unsigned char *b = w->b + w->n;
     prev = 0;
-    for (size_t i = 0; i < n; i++) {
-        b += put_uvarint(b, run[i].price - prev);
-        b += put_uvarint(b, (u64)run[i].count);
-        prev = run[i].price;
-    }
+    for (size_t i = 0; i < n; i++) b = put_level(b, &prev, run[i].price, (u64)run[i].count);
     w->n += size;
     return 0;
 }
@@ -1116,12 +1121,8 @@ static int compact_into(Buf *w, const unsigned char *prices, const unsigned char
                         size_t n, u64 *prev) {
     if (buf_need(w, 20 * n) < 0) return -1;
     unsigned char *b = w->b + w->n;
-    for (size_t i = 0; i < n; i++) {
-        u64 price = be64(prices + 8 * i);
-        b += put_uvarint(b, price - *prev);
-        b += put_uvarint(b, be64(counts + 8 * i));
-        *prev = price;
-    }
+    for (size_t i = 0; i < n; i++)
+        b = put_level(b, prev, be64(prices + 8 * i), be64(counts + 8 * i));
     w->n = (size_t)(b - w->b);
     return 0;
 }

@@ -376,13 +376,25 @@ def from_record(start: int, length: int, record: bytes) -> Any:
         fields = msgspec.msgpack.decode(record)
     except msgspec.DecodeError as exc:
         raise ValueError(f"not a period's record: {exc}") from exc
+    return record_period(start, length, fields)
+
+
+def record_period(
+    start: int,
+    length: int,
+    fields: Any,
+    expand: Callable[[bytes], tuple[bytes, bytes]] | None = None,
+) -> Any:
+    """The period a decoded record holds: ``[1, *fields, levels]`` (its levels compact,
+    undone by ``expand``, :func:`expand_levels` by default) or ``[1, *fields, prices,
+    counts]`` (store format 3). ``ValueError`` if it is neither. O(L)."""
     if not (isinstance(fields, list) and len(fields) in (9, 10) and fields[0] == 1):
         raise ValueError("not a period's record")
-    if len(fields) == 9:
-        if not isinstance(fields[8], bytes):
-            raise ValueError("not a period's record")
-        return restore_packed(start, length, fields[1:8], *expand_levels(fields[8]))
-    return restore_packed(start, length, fields[1:8], fields[8], fields[9])
+    if len(fields) == 10:
+        return restore_packed(start, length, fields[1:8], fields[8], fields[9])
+    if not isinstance(fields[8], bytes):
+        raise ValueError("not a period's record")
+    return restore_packed(start, length, fields[1:8], *(expand or expand_levels)(fields[8]))
 
 
 def _delta_key(delta: Delta) -> tuple[Any, ...]:

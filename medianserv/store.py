@@ -71,6 +71,7 @@ from .candles import (
     compact_levels,
     expand_levels,
     quiet,
+    record_period,
     restore_packed,
 )
 from .errors import MedianservError
@@ -315,10 +316,8 @@ def _decode_candle(symbol: str, k: int, start: int, value: bytes) -> CandleRow |
         record = msgspec.msgpack.decode(value)
         if record[0] == 0 and len(record) == 9:
             return CandleRow(start, *(int(x) for x in record[1:]))
-        if record[0] == 1 and len(record) == 9 and isinstance(record[8], bytes):
-            return restore_packed(start, INTERVALS[k][1], record[1:8], *_expanded(record[8]))
-        if record[0] == 1 and len(record) == 10:  # format 3: (prices, counts)
-            return restore_packed(start, INTERVALS[k][1], record[1:8], record[8], record[9])
+        if record[0] == 1:  # an open minute whole (its levels compact, or as format 3's)
+            return record_period(start, INTERVALS[k][1], record, _expanded)
     except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
         raise StoreError(f"{symbol}: corrupt candle at {start}: {exc}") from exc
     raise StoreError(f"{symbol}: corrupt candle at {start}")

@@ -897,7 +897,7 @@ def test_compact_levels_give_back_every_level_exactly(
 ) -> None:
     """Any list of levels (8-byte prices and counts, at the edges of 64 bits, ascending as a
     delta's chunk is or in any order): both twins make the same bytes, and both give back
-    the very lists; ascending prices a tick apart with small counts take two bytes a level."""
+    the very lists."""
     if ascending:
         levels = sorted(levels)
     prices, counts = _be([p for p, _ in levels]), _be([c for _, c in levels])
@@ -906,8 +906,15 @@ def test_compact_levels_give_back_every_level_exactly(
     if c_compact is not None:
         assert c_compact(prices, counts) == data
         assert c_expand(data) == (prices, counts)
-    ticks = [10**9 + 7 * i for i in range(len(levels))]
-    assert len(py_compact(_be(ticks), _be([1] * len(ticks)))) <= 2 * len(ticks) + 5
+
+
+@pytest.mark.parametrize("n", [0, 1, 40, 1000])
+def test_compact_levels_take_two_bytes_a_level_a_few_ticks_apart(n: int) -> None:
+    """Ascending prices a few ticks apart with small counts (a delta's): two bytes a level
+    (the first price's varint aside), by both twins."""
+    ticks = [10**9 + 7 * i for i in range(n)]
+    for compact in [py_compact] + ([c_compact] if c_compact is not None else []):
+        assert len(compact(_be(ticks), _be([1] * n))) <= 2 * n + 5
 
 
 @settings(max_examples=500, deadline=None)
