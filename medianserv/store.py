@@ -236,16 +236,33 @@ def candle_key(symbol: str, k: int, start: int) -> bytes:
 
 _Items = list[tuple[bytes, bytes]]
 
+#: Symbols the compiled encoder takes in one call (:func:`candle_items`). One call keeps the
+#: interpreter throughout: after a flood's minute rolled, a snapshot encodes every symbol's
+#: hour and day deltas (30 M levels for 2,292 symbols at 250,000 trades/s), a quarter of a
+#: second in which no reader would answer a ping. Between two calls, a thread waiting for
+#: the interpreter gets it.
+BATCH_SLICE = 64
+
 
 def candle_items(batch: list[SymbolState]) -> tuple[_Items, list[bytes], _Items]:
     """The writes of ``batch``'s candles: (the ``current`` database's puts, its deletes, the
     ``candles`` database's puts), each in order (a later put of a period supersedes an
     earlier one): each symbol's by :func:`state_items`. Where the compiled twins run, the
     compiled ``candle_batch`` encodes the whole batch into the three lists at once (no
-    lists, tuple and call a symbol), and hands a state it does not take to
-    :func:`symbol_items`. O(periods + their levels)."""
+    lists, tuple and call a symbol), :data:`BATCH_SLICE` symbols a call, and hands a state
+    it does not take to :func:`symbol_items`. O(periods + their levels)."""
     if compiled() and _compiled_batch is not None:
-        return _compiled_batch(batch, symbol_items)  # type: ignore[no-any-return]
+        if len(batch) <= BATCH_SLICE:
+            return _compiled_batch(batch, symbol_items)  # type: ignore[no-any-return]
+        current: _Items = []
+        gone: list[bytes] = []
+        items: _Items = []
+        for i in range(0, len(batch), BATCH_SLICE):  # the interpreter may switch threads here
+            part = _compiled_batch(batch[i : i + BATCH_SLICE], symbol_items)
+            current += part[0]
+            gone += part[1]
+            items += part[2]
+        return current, gone, items
     return py_candle_items(batch)
 
 

@@ -195,6 +195,39 @@ def test_the_compiled_batch_hands_what_it_does_not_take_to_the_python_twin() -> 
             store._compiled_batch(bad, store.symbol_items)
 
 
+@needs_c
+def test_a_large_batch_is_encoded_a_slice_a_call_into_the_same_items(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``store.candle_items`` hands the compiled encoder a batch of more than
+    ``BATCH_SLICE`` symbols a slice at a time (so that a snapshot's encoding lets other
+    threads in between), and the items are those of the Python twin over the whole batch,
+    in order: a state handed to the fallback in the middle included."""
+    symbols.use_compiled(True)
+    symbols.expect_history(set())
+    batch = []
+    for k in range(2 * store.BATCH_SLICE + 3):
+        stats = SymbolStats(f"S{k}USDT")
+        stats.baseline(999, 0)
+        for i in range(1 + k % 5):
+            stats.apply(1000 + i, 10**8 + (k * 7 + i) % 3 * 1000, 3_600_000_000 + 70_000 * i)
+        state = stats.harvest()
+        assert state is not None and state.candles is not None
+        batch.append(state)
+    odd = batch[store.BATCH_SLICE + 1]  # the compiled twin hands it to the Python twin
+    batch[store.BATCH_SLICE + 1] = replace(odd, candles=odd.candles._replace(latest_ms=True))
+    sizes: list[int] = []
+    encode = store._compiled_batch
+
+    def spy(part: list[Any], fallback: Any) -> Any:
+        sizes.append(len(part))
+        return encode(part, fallback)
+
+    monkeypatch.setattr(store, "_compiled_batch", spy)
+    assert store.candle_items(batch) == store.py_candle_items(batch)
+    assert sizes == [store.BATCH_SLICE, store.BATCH_SLICE, 3]
+
+
 _EDGES = [0, 1, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**63 - 1, 2**63,
           2**64 - 1, 2**64, -1, -32, -33, -128, -129, -(2**15), -(2**15) - 1, -(2**31),
           -(2**31) - 1, -(2**63), -(2**63) - 1]  # fmt: skip

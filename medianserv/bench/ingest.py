@@ -287,6 +287,8 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             latency = stats["pong_latency_by_agent"]
             rows.append(Row("medianserv: worst pong latency (pings every 5 s)",
                             1000 * latency.get(agents["medianserv"], 0.0), "ms"))  # fmt: skip
+            rows.append(Row("medianserv --no-candles: worst pong latency",
+                            1000 * latency.get(agents["no candles"], 0.0), "ms"))  # fmt: skip
             if client is not None:
                 rows.append(Row("decode-only client: worst pong latency",
                                 1000 * latency.get(CLIENT_AGENT, 0.0), "ms"))  # fmt: skip
