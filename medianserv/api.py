@@ -650,10 +650,16 @@ class HttpServer:
         threads: int = 4,
     ) -> None:
         # clear_untrusted_proxy_headers: we read no proxy header, so waitress need not wrap
-        # every request to scrub them (a few per cent of each request's time)
+        # every request to scrub them (a few per cent of each request's time).
+        # asyncore_use_poll: the loop waits in poll(), not select(). stop() closes the
+        # sockets from another thread while the loop waits; select() fails on a descriptor
+        # closed before the map lets go of it (EBADF, which ended the thread with an
+        # exception), where poll() reports it (POLLNVAL) and the loop drops the connection.
+        # poll() also takes descriptors above 1023, which select() refuses.
         self.server = create_server(
             app, host=host, port=port, threads=threads, ident="medianserv",
             expose_tracebacks=False, channel_timeout=30, clear_untrusted_proxy_headers=False,
+            asyncore_use_poll=True,
         )  # fmt: skip
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -193,6 +195,39 @@ def server(state: State) -> Iterator[HttpServer]:
     http.start()
     yield http
     http.stop()
+
+
+def test_the_http_loop_outlives_a_socket_closed_under_it(state: State) -> None:
+    """A connection whose socket is closed while it is still in waitress's map (what
+    ``HttpServer.stop`` does from another thread while the loop waits) does not end the
+    loop's thread: the loop polls, sees the descriptor gone, drops the connection and goes
+    on serving. (Waiting in select(), it failed with EBADF and the thread died.)"""
+    from waitress.channel import HTTPChannel
+
+    failures: list[BaseException | None] = []
+    hook = threading.excepthook
+    threading.excepthook = lambda args: failures.append(args.exc_value)
+    http = HttpServer(create_app(state), "127.0.0.1", 0)
+    http.start()
+    try:
+        conn = socket.create_connection(("127.0.0.1", http.port), timeout=5)
+        conn.sendall(b"GET /btcusdt HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        [(fd, channel)] = [(fd, c) for fd, c in list(http.server._map.items())
+                           if isinstance(c, HTTPChannel)]  # fmt: skip
+        channel.socket.close()  # its descriptor gone, the channel still in the map
+        http.server.trigger.pull_trigger()  # the loop comes round now, not in a second
+        deadline = time.monotonic() + 30
+        while fd in http.server._map and http.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fd not in http.server._map and http.thread.is_alive()
+        with urllib.request.urlopen(f"http://127.0.0.1:{http.port}/btcusdt", timeout=10) as r:
+            assert r.status == 200
+        conn.close()
+    finally:
+        threading.excepthook = hook
+        http.stop()
+    assert failures == [] and not http.thread.is_alive()
 
 
 def test_real_waitress(server: HttpServer) -> None:
