@@ -263,6 +263,43 @@ def _timed(save: Any, seconds: list[float], side: int) -> Any:
     return timed
 
 
+class _Waits:
+    """A thread that sleeps 1 ms at a time and notes how much longer each sleep took than
+    asked, the worst per side while that side's snapshot runs (:meth:`during`): how long a
+    reader would have waited for the interpreter (a sleep's end needs it back). Stopped by
+    :meth:`stop`."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.side: int | None = None  # whose snapshot runs now
+        self.worst = [0.0, 0.0]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-waits", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.is_set():
+            side = self.side
+            time.sleep(0.001)
+            now = time.perf_counter()
+            if side is not None and side == self.side:  # the whole sleep within one snapshot
+                self.worst[side] = max(self.worst[side], now - last - 0.001)
+            last = now
+
+    def during(self, side: int, call: Any) -> None:
+        self.side = side
+        try:
+            call()
+        finally:
+            self.side = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                        rate: int = 25_000) -> None:  # fmt: skip
     """What keeping candles costs the compiled per-trade path, by market shape, in one
@@ -273,7 +310,9 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
     temporary directory, as the service's snapshotter does, included in its CPU. Rows: CPU
     per trade of each and their ratio, the snapshots' share and the LMDB write's within it,
     per market; and the snapshots' extra with candles in the first market minute and in the
-    last, which tells whether it grows with the candles stored."""
+    last, which tells whether it grows with the candles stored; and the longest another
+    thread (a reader) waited for the interpreter during a snapshot of each (:class:`_Waits`;
+    its own CPU is not counted in either side's)."""
     import shutil
     import tempfile
 
@@ -295,6 +334,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
     every = max(1, 5 * rate // chunk)  # chunks between snapshots
     tmp = Path(tempfile.mkdtemp(prefix="medianserv-bench-"))
     stores: list[Store] = []
+    waits = _Waits()
     try:
         for market in CANDLE_MARKETS:
             sides, writes = [], [0.0, 0.0]
@@ -314,6 +354,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
             gc.collect()
             gc.freeze()  # as the service does once started: no collection walks the tables
             cpu, snaps = [0.0, 0.0], [0.0, 0.0]  # CPU: all; of it, snapshots
+            waits.worst = [0.0, 0.0]
             minutes: dict[int, list[float]] = {}  # market minute: each side's snapshots
             for k in range(n // chunk):
                 data = _market_chunk(market, k * chunk, chunk, names, rate)
@@ -334,7 +375,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                         pos = after
                     t1 = time.process_time()
                     if (k + 1) % every == 0:
-                        snapshots.snapshot()
+                        waits.during(side, snapshots.snapshot)
                     t2 = time.process_time()
                     cpu[side] += t2 - t0
                     snaps[side] += t2 - t1
@@ -352,6 +393,15 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                                 f"{label}", snaps[side] / done * 1e9, "ns/trade"))  # fmt: skip
                 rows.append(Row(f"of which the LMDB write, {kept} candles, {label}",
                                 writes[side] / done * 1e9, "ns/trade"))  # fmt: skip
+            rows.append(
+                Row(
+                    f"longest wait of another thread for the interpreter during a "
+                    f"snapshot, with candles, {label}",
+                    waits.worst[0] * 1e3,
+                    "ms",
+                )
+            )
+            rows.append(Row(f"the same, without candles, {label}", waits.worst[1] * 1e3, "ms"))
             per_minute = 60 * rate
             if done >= 2 * per_minute:  # whole minutes: the first and the last
                 for m, which in ((0, "first"), (done // per_minute - 1, "last")):
@@ -367,6 +417,7 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
             while stores:
                 stores.pop().close()
     finally:
+        waits.stop()
         gc.unfreeze()
         for store in stores:
             store.close()
