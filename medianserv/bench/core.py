@@ -312,7 +312,8 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
     per market; and the snapshots' extra with candles in the first market minute and in the
     last, which tells whether it grows with the candles stored; and the longest another
     thread (a reader) waited for the interpreter during a snapshot of each (:class:`_Waits`;
-    its own CPU is not counted in either side's)."""
+    its own CPU, a wakeup a millisecond, is counted in whichever side runs, so in both
+    alike)."""
     import shutil
     import tempfile
 
