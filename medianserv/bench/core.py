@@ -394,14 +394,9 @@ def _bench_candle_cost(rows: list[Row], n: int = 3_000_000, chunk: int = 20_000,
                                 f"{label}", snaps[side] / done * 1e9, "ns/trade"))  # fmt: skip
                 rows.append(Row(f"of which the LMDB write, {kept} candles, {label}",
                                 writes[side] / done * 1e9, "ns/trade"))  # fmt: skip
-            rows.append(
-                Row(
-                    f"longest wait of another thread for the interpreter during a "
-                    f"snapshot, with candles, {label}",
-                    waits.worst[0] * 1e3,
-                    "ms",
-                )
-            )
+            rows.append(Row(f"longest wait of another thread for the interpreter during a "
+                            f"snapshot, with candles, {label}", waits.worst[0] * 1e3,
+                            "ms"))  # fmt: skip
             rows.append(Row(f"the same, without candles, {label}", waits.worst[1] * 1e3, "ms"))
             per_minute = 60 * rate
             if done >= 2 * per_minute:  # whole minutes: the first and the last
