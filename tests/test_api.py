@@ -210,7 +210,7 @@ def test_the_http_loop_outlives_a_socket_closed_under_it(state: State) -> None:
     http = HttpServer(create_app(state), "127.0.0.1", 0)
     http.start()
     try:
-        conn = socket.create_connection(("127.0.0.1", http.port), timeout=5)
+        conn = socket.create_connection(("127.0.0.1", http.port), timeout=30)
         conn.sendall(b"GET /btcusdt HTTP/1.1\r\nHost: x\r\n\r\n")
         assert conn.recv(65536).startswith(b"HTTP/1.1 200")
         [(fd, channel)] = [(fd, c) for fd, c in list(http.server._map.items())
@@ -221,7 +221,7 @@ def test_the_http_loop_outlives_a_socket_closed_under_it(state: State) -> None:
         while fd in http.server._map and http.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert fd not in http.server._map and http.thread.is_alive()
-        with urllib.request.urlopen(f"http://127.0.0.1:{http.port}/btcusdt", timeout=10) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http.port}/btcusdt", timeout=30) as r:
             assert r.status == 200
         conn.close()
     finally:
