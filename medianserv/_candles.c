@@ -456,10 +456,18 @@ static PyObject *Period_add_in(Period *p, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
-static u64 be64(const unsigned char *b) {
+/* 8 big-endian bytes at b: one load and a byte swap where the machine is little-endian (the
+   loop of bytes is what the compiler otherwise keeps, a shift and an add a byte) */
+static inline u64 be64(const unsigned char *b) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    u64 v;
+    memcpy(&v, b, 8);
+    return __builtin_bswap64(v);
+#else
     u64 v = 0;
     for (int i = 0; i < 8; i++) v = v << 8 | b[i];
     return v;
+#endif
 }
 
 /* v as `bytes` big-endian bytes at b (be64's inverse for 8) */
@@ -1114,20 +1122,38 @@ static PyObject *Period_record(Period *p, PyObject *arg) {
     return out;
 }
 
-/* n levels (8-byte big-endian prices and counts) appended compact: each price less the one
-   before it (*prev; modulo 2^64, so an unordered list costs bytes, never exactness), then its
-   count, both as varints */
-static int compact_into(Buf *w, const unsigned char *prices, const unsigned char *counts,
-                        size_t n, u64 *prev) {
-    if (buf_need(w, 20 * n) < 0) return -1;
+/* how many bytes compact_into makes of n levels (8-byte big-endian prices and counts), *prev
+   the price before them (it becomes their last) */
+static size_t compact_size(const unsigned char *prices, const unsigned char *counts, size_t n,
+                           u64 *prev) {
+    size_t size = 0;
+    for (size_t i = 0; i < n; i++) {
+        u64 price = be64(prices + 8 * i);
+        size += uvarint_size(price - *prev) + uvarint_size(be64(counts + 8 * i));
+        *prev = price;
+    }
+    return size;
+}
+
+/* n levels (8-byte big-endian prices and counts) appended compact into room the caller made
+   (compact_size, or 20 bytes a level): each price less the one before it (*prev; modulo 2^64,
+   so an unordered list costs bytes, never exactness), then its count, both as varints */
+static void compact_into(Buf *w, const unsigned char *prices, const unsigned char *counts,
+                         size_t n, u64 *prev) {
     unsigned char *b = w->b + w->n;
     for (size_t i = 0; i < n; i++)
         b = put_level(b, prev, be64(prices + 8 * i), be64(counts + 8 * i));
     w->n = (size_t)(b - w->b);
-    return 0;
 }
 
-/* the chunks' (prices, counts) joined, compact, as a bin: a delta's value */
+/* a chunk's prices and counts, and how many levels they hold */
+#define CHUNK(chunks, i) \
+    (const unsigned char *)PyBytes_AS_STRING(PyTuple_GET_ITEM(PyList_GET_ITEM(chunks, i), 0)), \
+    (const unsigned char *)PyBytes_AS_STRING(PyTuple_GET_ITEM(PyList_GET_ITEM(chunks, i), 1)), \
+    (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(PyList_GET_ITEM(chunks, i), 0)) / 8
+
+/* the chunks' (prices, counts) joined, compact, as a bin: a delta's value, sized first and
+   written in place */
 static int chunks_value(Buf *w, PyObject *chunks) {
     if (!PyList_CheckExact(chunks)) return NOT_OURS;
     Py_ssize_t n = PyList_GET_SIZE(chunks);
@@ -1139,23 +1165,13 @@ static int chunks_value(Buf *w, PyObject *chunks) {
             PyBytes_GET_SIZE(a) != PyBytes_GET_SIZE(b) || PyBytes_GET_SIZE(a) % 8)
             return NOT_OURS; /* the Python twin raises */
     }
-    Buf c;
-    BUF_INIT(c);
+    size_t size = 0;
     u64 prev = 0;
-    int r = 0;
-    for (Py_ssize_t i = 0; i < n && !r; i++) {
-        PyObject *chunk = PyList_GET_ITEM(chunks, i);
-        PyObject *a = PyTuple_GET_ITEM(chunk, 0), *b = PyTuple_GET_ITEM(chunk, 1);
-        r = compact_into(&c, (const unsigned char *)PyBytes_AS_STRING(a),
-                         (const unsigned char *)PyBytes_AS_STRING(b),
-                         (size_t)PyBytes_GET_SIZE(a) / 8, &prev);
-    }
-    if (!r && !(r = mp_bin_head(w, c.n)) && !(r = buf_need(w, c.n))) {
-        memcpy(w->b + w->n, c.b, c.n);
-        w->n += c.n;
-    }
-    free(c.heap);
-    return r;
+    for (Py_ssize_t i = 0; i < n; i++) size += compact_size(CHUNK(chunks, i), &prev);
+    if (mp_bin_head(w, size) < 0 || buf_need(w, size) < 0) return -1;
+    prev = 0;
+    for (Py_ssize_t i = 0; i < n; i++) compact_into(w, CHUNK(chunks, i), &prev);
+    return 0;
 }
 
 /* compact_levels(prices, counts): candles.compact_levels' twin (ValueError for lists of
@@ -1174,9 +1190,11 @@ PyObject *compact_levels(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
     BUF_INIT(w);
     u64 prev = 0;
     PyObject *out = NULL;
-    if (compact_into(&w, (const unsigned char *)PyBytes_AS_STRING(args[0]),
-                     (const unsigned char *)PyBytes_AS_STRING(args[1]), (size_t)n / 8, &prev) == 0)
+    if (buf_need(&w, 20 * ((size_t)n / 8)) == 0) {
+        compact_into(&w, (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                     (const unsigned char *)PyBytes_AS_STRING(args[1]), (size_t)n / 8, &prev);
         out = PyBytes_FromStringAndSize((const char *)w.b, (Py_ssize_t)w.n);
+    }
     free(w.heap);
     return out;
 }
