@@ -253,8 +253,6 @@ def candle_items(batch: list[SymbolState]) -> tuple[_Items, list[bytes], _Items]
     lists, tuple and call a symbol), :data:`BATCH_SLICE` symbols a call, and hands a state
     it does not take to :func:`symbol_items`. O(periods + their levels)."""
     if compiled() and _compiled_batch is not None:
-        if len(batch) <= BATCH_SLICE:
-            return _compiled_batch(batch, symbol_items)  # type: ignore[no-any-return]
         current: _Items = []
         gone: list[bytes] = []
         items: _Items = []

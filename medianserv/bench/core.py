@@ -6,6 +6,7 @@ import gc
 import random
 import statistics
 import string
+import threading
 import time
 from collections.abc import Sequence
 from decimal import Decimal
@@ -270,8 +271,6 @@ class _Waits:
     :meth:`stop`."""
 
     def __init__(self) -> None:
-        import threading
-
         self.side: int | None = None  # whose snapshot runs now
         self.worst = [0.0, 0.0]
         self._stop = threading.Event()
