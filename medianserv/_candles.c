@@ -776,6 +776,7 @@ static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
 }
 
 static PyObject *Period_record(Period *p, PyObject *arg);
+static PyObject *Period_current_value(Period *p, PyObject *const *args, Py_ssize_t nargs);
 
 static PyMethodDef Period_methods[] = {
     {"add", (PyCFunction)Period_add, METH_VARARGS, "See PyPeriod.add."},
@@ -784,6 +785,8 @@ static PyMethodDef Period_methods[] = {
     {"fold", (PyCFunction)Period_fold, METH_O, "See PyPeriod.fold."},
     {"copy", (PyCFunction)Period_copy, METH_NOARGS, "See PyPeriod.copy."},
     {"record", (PyCFunction)Period_record, METH_O, "See PyPeriod.record."},
+    {"current_value", (PyCFunction)(void (*)(void))Period_current_value, METH_FASTCALL,
+     "See PyPeriod.current_value."},
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
     {"packed", (PyCFunction)Period_packed, METH_NOARGS, "See PyPeriod.packed."},
     {"keep_gains", (PyCFunction)Period_keep_gains, METH_NOARGS, "See PyPeriod.keep_gains."},
@@ -1122,6 +1125,42 @@ static PyObject *Period_record(Period *p, PyObject *arg) {
     return out;
 }
 
+/* p.current_value(latest, limit): what a quiet harvest stores of p, the current minute (see
+   PyPeriod.current_value): its open time and latest (8-byte big-endian each), then its
+   record; None if p keeps gains (it is stored as deltas) or is too large to store whole (the
+   same test as record). O(m log m + L) */
+static PyObject *Period_current_value(Period *p, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "current_value(latest, limit)");
+        return NULL;
+    }
+    long long latest = PyLong_AsLongLong(args[0]), limit = PyLong_AsLongLong(args[1]);
+    if ((latest == -1 || limit == -1) && PyErr_Occurred()) return NULL;
+    if (latest < 0 || p->start < 0) {
+        PyErr_SetString(PyExc_ValueError, "current_value: a negative time");
+        return NULL;
+    }
+    if (p->keeps_gains) Py_RETURN_NONE;
+    size_t n;
+    LevelCount *run = period_gather(p, &n);
+    if (!run && PyErr_Occurred()) return NULL;
+    PyObject *out = NULL;
+    if (p->count > limit && n > (size_t)(limit < 0 ? 0 : limit)) {
+        out = Py_NewRef(Py_None);
+    } else {
+        Buf w;
+        BUF_INIT(w);
+        store_be(w.b, (u64)p->start, 8);
+        store_be(w.b + 8, (u64)latest, 8);
+        w.n = 16;
+        if (whole_levels(&w, p, run, n) == 0)
+            out = PyBytes_FromStringAndSize((const char *)w.b, (Py_ssize_t)w.n);
+        free(w.heap);
+    }
+    free(run);
+    return out;
+}
+
 /* how many bytes compact_into makes of n levels (8-byte big-endian prices and counts), *prev
    the price before them (it becomes their last) */
 static size_t compact_size(const unsigned char *prices, const unsigned char *counts, size_t n,
@@ -1255,9 +1294,10 @@ typedef struct {
 } Items;
 
 /* one entry (start, row, period) of interval k (the key's byte before head): its items into
-   out, or for the state's `current` minute into now (the key prefix | 1) */
+   out, or for the state's `current` minute into now (the key prefix | 1; its value with the
+   state's latest trade time) */
 static int entry_items(const Items *to, Buf *w, unsigned char *key, size_t head, PyObject *e,
-                       PyObject *current) {
+                       PyObject *current, PyObject *latest) {
     if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 3) return NOT_OURS;
     PyObject *start = PyTuple_GET_ITEM(e, 0), *row = PyTuple_GET_ITEM(e, 1),
              *period = PyTuple_GET_ITEM(e, 2);
@@ -1278,10 +1318,13 @@ static int entry_items(const Items *to, Buf *w, unsigned char *key, size_t head,
     }
     if (PyBytes_CheckExact(period)) { /* a minute stored whole: its record (Period.record) */
         size_t n = (size_t)PyBytes_GET_SIZE(period);
-        if (buf_need(w, 8 + n) < 0) return -1;
-        if (is_now) { /* its open time, then its record */
+        if (buf_need(w, 16 + n) < 0) return -1;
+        if (is_now) { /* its open time, the latest trade time, then its record */
+            u64 last = key_u(latest, &bad);
+            if (bad) return NOT_OURS;
             memcpy(w->b, key + head, 8);
-            w->n = 8;
+            store_be(w->b + 8, last, 8);
+            w->n = 16;
         }
         memcpy(w->b + w->n, PyBytes_AS_STRING(period), n);
         w->n += n;
@@ -1315,6 +1358,15 @@ static int entry_items(const Items *to, Buf *w, unsigned char *key, size_t head,
 
 static int state_items(const Items *to, Buf *w, unsigned char *key, size_t nprefix,
                        PyObject *c) {
+    if (PyBytes_CheckExact(c)) { /* a quiet harvest's value: the current minute's put alone */
+        size_t n = (size_t)PyBytes_GET_SIZE(c);
+        if (n <= 16) return NOT_OURS;
+        if (buf_need(w, n) < 0) return -1;
+        memcpy(w->b, PyBytes_AS_STRING(c), n);
+        w->n = n;
+        key[nprefix] = 1;
+        return emit(to->now, key, nprefix + 1, w);
+    }
     /* CandleState: first_ms, latest_ms, front_top_ms, current, periods, expired, counts,
        seqs, sealed */
     if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 9) return NOT_OURS;
@@ -1336,7 +1388,7 @@ static int state_items(const Items *to, Buf *w, unsigned char *key, size_t npref
         key[nprefix] = (unsigned char)(k + 1);
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++)
             if ((r = entry_items(to, w, key, nprefix + 1, PyList_GET_ITEM(entries, i),
-                                 PyTuple_GET_ITEM(c, 3))))
+                                 PyTuple_GET_ITEM(c, 3), PyTuple_GET_ITEM(c, 1))))
                 return r;
     }
     return 0;

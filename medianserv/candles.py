@@ -43,6 +43,7 @@ serialises access with its lock.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -72,6 +73,7 @@ __all__ = [
     "merge_rows",
     "period_key",
     "period_row",
+    "quiet_parts",
     "restore_packed",
     "row_of",
     "select_rows",
@@ -98,6 +100,9 @@ DELTAS = "deltas"
 #: An open minute of at most this many levels is stored whole at each snapshot; a larger one
 #: as deltas of what it gained (see :meth:`Candles._delta`).
 MINUTE_WHOLE = 256
+#: The head of what a quiet harvest hands over (:meth:`PyPeriod.current_value`): the current
+#: minute's open time and the latest trade time, 8-byte big-endian each.
+_QUIET_HEAD = struct.Struct(">QQ")
 _record_encoder = msgspec.msgpack.Encoder()
 
 
@@ -284,6 +289,21 @@ class PyPeriod:
             return self.packed()
         return _record_encoder.encode([1, *period_fields(self), compact_levels(*self.packed())])
 
+    def current_value(self, latest: int, limit: int) -> bytes | None:
+        """What a quiet harvest stores of the period, the current minute, in the store's
+        ``current`` database (:meth:`Candles.harvest`): its open time and ``latest`` (the
+        latest trade time counted; 8-byte big-endian each), then its :meth:`record`. None
+        if it keeps gains (it is stored as deltas) or is too large to store whole (then
+        :meth:`record` packs its levels instead). ``ValueError`` for a negative time. O(L log
+        L) here, O(m log m + L) in the compiled twin."""
+        if latest < 0 or self.start < 0:
+            raise ValueError("current_value: a negative time")
+        if self._gains is not None or (self.count > limit and len(self._levels) > limit):
+            return None
+        record = self.record(limit)
+        assert isinstance(record, bytes)
+        return _QUIET_HEAD.pack(self.start, latest) + record
+
     def twice_median(self) -> int:
         """Twice the median of the period's trades (the sum of the prices at ranks
         (n - 1) // 2 and n // 2), exact. O(L log L); the compiled twin O(L): one pass over its
@@ -355,11 +375,15 @@ def period_key(period: Any) -> tuple[Any, ...]:
     return (period.start, period.length, *period_fields(period), tuple(prices), tuple(counts))
 
 
-def state_key(state: CandleState | None) -> Any:
+def state_key(state: CandleState | bytes | None) -> Any:
     """A harvest's candles as plain values (periods, and minutes handed over as their record,
-    as :func:`period_key`). O(L log L)."""
+    as :func:`period_key`; a quiet harvest's value as its open time, latest trade time and
+    minute). O(L log L)."""
     if state is None:
         return None
+    if isinstance(state, bytes):
+        start, latest, record = quiet_parts(state)
+        return (start, latest, period_key(from_record(start, INTERVALS[MINUTE][1], record)))
     periods = tuple(
         [(s, r, p if p is None or p is DELTAS else _delta_key(p) if isinstance(p, Delta)
           else period_key(from_record(s, INTERVALS[k][1], p) if isinstance(p, bytes) else p))
@@ -560,14 +584,24 @@ _new_state: Callable[[tuple[Any, ...]], CandleState] = partial(tuple.__new__, Ca
 _new_delta: Callable[[tuple[Any, ...]], Delta] = partial(tuple.__new__, Delta)
 
 
-def quiet(state: CandleState) -> bool:
+def quiet(state: CandleState | bytes) -> bool:
     """Whether ``state`` is a harvest of the current minute alone that hands over no
-    retention bound (:meth:`Candles._quiet`, most harvests): it settles nothing and deletes
-    nothing, so :func:`finish` and the store's deletes skip it. O(1)."""
-    return state.expired is _NO_EXPIRY
+    retention bound (:meth:`Candles._quiet`, most harvests; its value alone where the minute
+    is stored whole, :func:`quiet_parts`): it settles nothing and deletes nothing, so
+    :func:`finish` and the store's deletes skip it. O(1)."""
+    return type(state) is bytes or state.expired is _NO_EXPIRY  # type: ignore[union-attr]
 
 
-def finish(state: CandleState | None) -> CandleState | None:
+def quiet_parts(value: bytes) -> tuple[int, int, bytes]:
+    """(the minute's open time, the latest trade time, its record) of a quiet harvest's
+    value (:meth:`PyPeriod.current_value`). ``ValueError`` if it is too short. O(1)."""
+    if len(value) <= _QUIET_HEAD.size:
+        raise ValueError("not a current minute's value")
+    start, latest = _QUIET_HEAD.unpack_from(value)
+    return start, latest, value[_QUIET_HEAD.size :]
+
+
+def finish(state: CandleState | bytes | None) -> CandleState | bytes | None:
     """``state`` with the rows of its settled periods made (their medians taken): what
     :meth:`Candles.harvest` leaves to be done outside the symbol's lock. Each settled entry is
     replaced in its list, which the harvest made for this state alone, by ``(start, row,
@@ -575,6 +609,7 @@ def finish(state: CandleState | None) -> CandleState | None:
     row, None)``. O(L log L)."""
     if state is None or quiet(state):
         return state
+    assert not isinstance(state, bytes)
     for entries in state.periods:
         for i, (start, _, p) in enumerate(entries):
             if type(p) is Settled:
@@ -601,13 +636,32 @@ def _expiry(latest: int, keep_ms: Sequence[int | None]) -> tuple[tuple[int | Non
     return tuple(bounds), at
 
 
-def then_candles(before: CandleState | None, after: CandleState | None) -> CandleState | None:
+def then_candles(
+    before: CandleState | bytes | None, after: CandleState | bytes | None
+) -> CandleState | bytes | None:
     """Two harvests as one (a write failed, the earlier is retried with the later): the later
     bounds (a retention bound the later hands over none of: the earlier's), the earlier
     periods then the later (written in order, the later put of a period stays).
-    O(periods)."""
+
+    A quiet harvest's value (:func:`quiet_parts`) counts as its minute's entry with the
+    latest trade time; two in a row are of one minute (a roll makes the next harvest a full
+    one), so the later stands for both. O(periods)."""
     if before is None or after is None:
         return after or before
+    if type(after) is bytes:
+        if type(before) is bytes:
+            return after
+        assert not isinstance(before, bytes)
+        start, latest, record = quiet_parts(after)
+        minutes = [*before.periods[MINUTE], (start, None, record)]
+        return before._replace(latest_ms=max(before.latest_ms, latest), current=start,
+                               periods=(minutes, *before.periods[1:]))  # fmt: skip
+    assert not isinstance(after, bytes)
+    if type(before) is bytes:
+        start, _, record = quiet_parts(before)
+        minutes = [(start, None, record), *after.periods[MINUTE]]
+        return after._replace(periods=(minutes, *after.periods[1:]))
+    assert not isinstance(before, bytes)
     periods = tuple(a + b for a, b in zip(before.periods, after.periods, strict=True))
     expired = tuple(b if b is not None else a
                     for a, b in zip(before.expired, after.expired, strict=True))  # fmt: skip
@@ -848,12 +902,18 @@ class Candles:
 
     def harvest(
         self, ids: TradeIds, keep_ms: Sequence[int | None], seal: bool = False
-    ) -> CandleState | None:
+    ) -> CandleState | bytes | None:
         """Settle every open period no trade can land in any more, drop those older than
         ``keep_ms[k]`` before the latest trade (None: keep forever), and hand over what
         changed since the last harvest: the periods settled (:class:`Settled`, their rows
         made by :func:`finish`) and what is stored of the open periods changed, the current
         minute included (:meth:`_delta`). None if nothing did.
+
+        Most harvests find nothing but the current minute changed, and no retention bound to
+        hand over: then, while the minute is stored whole, they hand over its value alone
+        (:meth:`PyPeriod.current_value`, with the latest trade time), the one put a snapshot
+        makes of the symbol's candles, and read nothing else of the book but the few
+        numbers that tell it so.
 
         ``seal``: no history of the symbol is to be imported, so the periods where counting
         began settle like any other (their rows stay not final: their earlier trades were
@@ -879,6 +939,16 @@ class Candles:
                 for settled in self.recent:
                     settled.clear()
                 self.recent_held = False
+            harvested = self.harvested  # the minute whose bounds (current) are stored
+            # nor a bound to hand over, and the stored bounds name this minute
+            if minute is not None and latest < self.expiry_at and minute.start == harvested[0]:
+                count = minute.count
+                if count == harvested[1]:
+                    return None
+                value = minute.current_value(latest, MINUTE_WHOLE)
+                if value is not None:
+                    self.harvested = (harvested[0], count)
+                    return value  # type: ignore[no-any-return]
             return self._quiet(latest, keep_ms)
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired, at = _expiry(latest, keep_ms)

@@ -1,8 +1,8 @@
 """The LMDB snapshot store: versioned encoding (pure) and save/load (I/O).
 
-Layout (format version 4), five named databases in one LMDB environment:
+Layout (format version 5), five named databases in one LMDB environment:
 
-* ``meta``: ``format`` -> ``b"4"``; ``saved_at`` -> ms since the epoch of the last snapshot;
+* ``meta``: ``format`` -> ``b"5"``; ``saved_at`` -> ms since the epoch of the last snapshot;
   ``snapshots`` -> how many were written; ``listing`` -> the symbols last listed.
 * ``symbols``: symbol (UTF-8) -> msgpack record: count, last trade id, price and time,
   trade-id history (first, last, gaps with their time bounds and edge prices, lost, quiet,
@@ -28,10 +28,14 @@ Layout (format version 4), five named databases in one LMDB environment:
   pages a symbol: ``len(symbol) | symbol | 0`` -> msgpack ``[first_ms, latest_ms,
   front_top_ms, current minute, *counts, *sealed]``
   (:class:`~medianserv.candles.Candles`' bounds and what its invariant adds up); ``len(symbol)
-  | symbol | 1`` -> the current minute's open time (8 bytes, big-endian) and its record as
-  ``candles`` stores a minute whole, while it is stored whole (a whole copy in ``candles``
-  at the same time is older; its deltas there are newer: a minute never turns back). A
-  minute stored as deltas is in ``candles`` alone: its key here goes when it turns.
+  | symbol | 1`` -> the current minute's open time and the latest trade time (8 bytes,
+  big-endian, each; formats 3 and 4 had the open time alone) and its record as ``candles``
+  stores a minute whole, while it is stored whole (a whole copy in ``candles`` at the same
+  time is older; its deltas there are newer: a minute never turns back). A minute stored
+  as deltas is in ``candles`` alone: its key here goes when it turns. Most snapshots of a
+  symbol change nothing but its current minute and the latest trade time: they write this
+  one value (:meth:`~medianserv.candles.Candles.harvest`), and the bounds' latest trade time
+  is the later of the two.
 
 A snapshot is one write transaction: after a crash the store holds the previous snapshot or
 the new one, never a mix. Snapshots are incremental: only symbols and levels changed since the
@@ -41,9 +45,9 @@ The map grows (doubling) when full. Every symbol ever seen stays stored, listed 
 Format 1 (gaps without times), format 2 (no ``current``: the candle bounds and every open
 minute in ``candles``, itself added within format 2, so that a store without it reads as
 one with no candles) and format 3 (the levels of a delta and of a whole minute as prices
-and counts, 8 big-endian bytes each, which format 4 still reads) are read, and upgraded to
-format 4 in one transaction when the store is opened for writing; levels are the same in
-all.
+and counts, 8 big-endian bytes each, which later formats still read) and format 4 (no
+latest trade time with the current minute) are read, and upgraded to format 5 in one
+transaction when the store is opened for writing; levels are the same in all.
 """
 
 from __future__ import annotations
@@ -97,8 +101,8 @@ __all__ = [
     "level_key",
 ]
 
-FORMAT_VERSION = 4
-READABLE_FORMATS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_FORMATS = (1, 2, 3, 4, 5)
 INITIAL_MAP_SIZE = 64 << 20
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -152,6 +156,7 @@ _decoders: dict[int, msgspec.msgpack.Decoder[_RecordV1 | _Record]] = {
     2: msgspec.msgpack.Decoder(_Record),
     3: msgspec.msgpack.Decoder(_Record),  # format 3 moved candle bounds, not records
     4: msgspec.msgpack.Decoder(_Record),  # format 4 made deltas compact, not records
+    5: msgspec.msgpack.Decoder(_Record),  # format 5 added the latest time to the minute
 }
 
 
@@ -286,15 +291,20 @@ def symbol_items(state: SymbolState) -> tuple[_Items, list[bytes], _Items]:
     return state_items(symbol_prefix(state.symbol), state.candles)
 
 
-def state_items(prefix: bytes, c: CandleState) -> tuple[_Items, list[bytes], _Items]:
+def state_items(prefix: bytes, c: CandleState | bytes) -> tuple[_Items, list[bytes], _Items]:
     """The writes of one symbol's harvest ``c`` (``prefix``: its :func:`symbol_prefix`):
     (the ``current`` database's puts: the book's bounds, and its current minute while it is
     stored whole; its deletes: that minute's key, in the harvest where it turns to deltas
     (its first delta); the ``candles`` database's puts: every other period, in order). A
     minute stored whole comes as its record (:meth:`candles.PyPeriod.record`); any other
-    entry is a :class:`StoreError`. Pure; the compiled ``_native.candle_batch`` makes the
+    entry is a :class:`StoreError`. A quiet harvest's value (:func:`candles.quiet_parts`) is
+    the current minute's put alone. Pure; the compiled ``_native.candle_batch`` makes the
     same bytes within a batch (and hands what it does not take, a value out of range, to
     this twin). O(periods + levels)."""
+    if isinstance(c, bytes):
+        if len(c) <= 16:
+            raise StoreError("not a current minute's value")
+        return [(prefix + b"\x01", c)], [], []
     encode = _encoder.encode
     current = [(prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
                                         *c.counts, *c.sealed]))]  # fmt: skip
@@ -318,7 +328,7 @@ def state_items(prefix: bytes, c: CandleState) -> tuple[_Items, list[bytes], _It
             elif type(period) is bytes:  # an open minute of a few levels: its record
                 value = period
                 if now:
-                    current.append((prefix + b"\x01", key[-8:] + value))
+                    current.append((prefix + b"\x01", key[-8:] + _U64.pack(c.latest_ms) + value))
                 else:
                     items.append((key, value))
             else:
@@ -477,9 +487,12 @@ class Store:
         """From format 1 or 2: rewrite every symbol record in the current format (levels are
         unchanged), and move each symbol's candle bounds from ``candles`` to ``current``
         (format 3; its current minute stays where it is until the next snapshot writes it).
-        From format 3 nothing is rewritten: its deltas are read as they are, and new ones
-        are written compact (format 4). O(symbols)."""
+        From format 3 or 4: each current minute in ``current`` gets its bounds' latest
+        trade time after its open time (format 5); format 3's deltas are read as they are,
+        and new ones are written compact (format 4). O(symbols)."""
         if version >= 3:
+            if self._current is not None:
+                self._add_latest(txn)
             txn.put(b"format", str(FORMAT_VERSION).encode(), db=self._meta)
             self.version = FORMAT_VERSION
             return
@@ -496,6 +509,29 @@ class Store:
                 txn.delete(key, db=self._candles)
         txn.put(b"format", str(FORMAT_VERSION).encode(), db=self._meta)
         self.version = FORMAT_VERSION
+
+    def _add_latest(self, txn: lmdb.Transaction) -> None:
+        """Formats 3 and 4 to 5: each ``len | symbol | 1`` value of ``current`` (the minute's
+        open time, then its record) with the latest trade time of the symbol's bounds
+        (``len | symbol | 0``, the key before it) put after the open time. O(symbols)."""
+        items = []
+        bounds: tuple[bytes, bytes] | None = None  # the last key's prefix and value
+        for key, value in txn.cursor(db=self._current):
+            key, value = bytes(key), bytes(value)
+            if key[-1:] == b"\0":
+                bounds = (key[:-1], value)
+            elif key[-1:] == b"\x01" and len(value) > 8:
+                latest = 0
+                if bounds is not None and bounds[0] == key[:-1]:
+                    try:
+                        latest = int(
+                            msgspec.msgpack.decode(bounds[1], type=list[int | None])[1] or 0
+                        )
+                    except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
+                        raise StoreError(f"corrupt candle bounds before {key!r}: {exc}") from exc
+                items.append((key, value[:8] + _U64.pack(max(0, latest)) + value[8:]))
+                bounds = None
+        txn.cursor(db=self._current).putmulti(items)
 
     def close(self) -> None:
         self.env.close()
@@ -557,7 +593,9 @@ class Store:
         cursor = txn.cursor(db=self._candles)
         for state in batch:
             c = state.candles
-            if c is None or quiet(c):  # nothing settled, no bound handed over
+            # nothing settled, no bound handed over (a quiet harvest's value, most states,
+            # told apart first)
+            if c is None or isinstance(c, bytes) or quiet(c):
                 continue
             for k, (expired, entries) in enumerate(zip(c.expired, c.periods, strict=True)):
                 if expired is not None and expired > 0:
@@ -706,8 +744,15 @@ class Store:
         if (whole is not None and current is not None and bytes(whole[:8]) == _U64.pack(current)
                 and (MINUTE, current) not in [q[:2] for q in seqs]):  # fmt: skip
             # the current minute, stored whole: newer than a whole copy in candles (a
-            # format 2 store's), older than its deltas there (a minute never turns back)
-            minute = _decode_candle(symbol, MINUTE, current, bytes(whole[8:]))
+            # format 2 store's), older than its deltas there (a minute never turns back);
+            # from format 5 with the latest trade time, which a quiet snapshot writes alone
+            skip = 8
+            if self.version >= 5:
+                skip = 16
+                if len(whole) < skip:
+                    raise StoreError(f"{symbol}: a current minute cut short")
+                latest_ms = max(latest_ms, _U64.unpack(bytes(whole[8:16]))[0])
+            minute = _decode_candle(symbol, MINUTE, current, bytes(whole[skip:]))
             if isinstance(minute, CandleRow):
                 raise StoreError(f"{symbol}: a settled row as the current minute")
             periods[MINUTE][:] = [e for e in periods[MINUTE] if e[0] != current]

@@ -183,7 +183,9 @@ class SymbolState:
     last_trade_time: int | None
     ids: TradeIds
     levels: list[tuple[int, int]] | LevelArrays | LevelLog
-    candles: CandleState | None = None  # the candles' open periods and settled rows changed
+    # the candles' open periods and settled rows changed (a harvest's; a quiet one's value,
+    # see Candles.harvest), or all open periods and bounds (a load's)
+    candles: CandleState | bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -585,6 +587,8 @@ class SymbolStats:
         stats.ids = state.ids.copy()
         if stats.candles is not None:
             if state.candles is not None:
+                if isinstance(state.candles, bytes):
+                    raise ValueError(f"{state.symbol}: a harvest's candles, not a whole state")
                 stats.candles = Candles.restore(state.candles)
                 stats.minute = stats.candles.minute
             else:  # a store written without candles: its trades are in none

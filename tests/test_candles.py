@@ -34,6 +34,7 @@ from medianserv.candles import (
     period_key,
     period_row,
     quiet,
+    quiet_parts,
     restore_packed,
     select_rows,
     state_key,
@@ -135,7 +136,7 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
     trades: list[int] = []
     gained: Counter[int] = Counter()
     for i, (op, price, times) in enumerate(ops):
-        records = set()
+        records, values = set(), set()
         for p in kinds:
             if op == "add":
                 p.add(i, i, price, times)
@@ -167,6 +168,15 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
                     if trades:  # (an empty period is never stored)
                         restored = from_record(0, 60_000, record)
                         assert period_key(restored) == period_key(p.copy())
+                # a quiet harvest's value: None while it keeps gains, else its open time, the
+                # latest time and that record, the same bytes from both twins
+                assert p.current_value(i, limit) is None
+                value = p.copy().current_value(i, limit)
+                values.add(value)
+                if type(record) is bytes:
+                    assert value == (0).to_bytes(8, "big") + i.to_bytes(8, "big") + record
+                else:
+                    assert value is None
             elif op == "fold":  # another period's levels (a run, some held back) into this one
                 other = type(p)(0, 60_000)
                 for j in range(times**3):
@@ -187,7 +197,7 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
                     other = type(p)(0, length)
                     other.add(i, i, price, times)
                     assert other.take_gains() == (b"", b"")
-        assert len(records) <= 1  # both twins' records, byte for byte
+        assert len(records) <= 1 and len(values) <= 1  # both twins' bytes, byte for byte
         if op == "add":
             gained[price] += times
         elif op == "gains":
@@ -380,8 +390,14 @@ class FakeStore:
         self.meta: tuple[int, int, int | None, int | None] | None = None
         self.counts: tuple[int, ...] = ()
 
-    def put(self, state: CandleState | None) -> None:
+    def put(self, state: CandleState | bytes | None) -> None:
         if state is None:
+            return
+        if isinstance(state, bytes):  # a quiet harvest: its current minute, the latest time
+            start, latest, record = quiet_parts(state)
+            assert self.meta is not None and self.meta[3] == start
+            self.meta = (self.meta[0], max(self.meta[1], latest), *self.meta[2:])
+            self.items[(0, start)] = period_key(from_record(start, LENGTHS[0], record))
             return
         self.meta = (state.first_ms, state.latest_ms, state.front_top_ms, state.current)
         self.sealed = state.sealed
@@ -587,9 +603,12 @@ def test_a_quiet_book_hands_over_what_it_took_besides_its_minute(compiled: bool)
     stats.apply(1003, 11, 10 * day + 126_000)
     state = stats.harvest()
     assert state is not None and state.candles is not None
-    assert [p[0] for p in state.candles.periods[0]] == [10 * day + 120_000]  # the minute alone
+    assert isinstance(state.candles, bytes)  # the minute alone, with the latest time
+    start, latest, record = quiet_parts(state.candles)
+    assert (start, latest) == (10 * day + 120_000, 10 * day + 126_000)
+    assert from_record(start, 60_000, record).count == 2
     assert quiet(state.candles)  # nothing for finish or the store's deletes to do
-    assert not quiet(state.candles._replace(expired=(None, None, None)))  # told by identity
+    assert not quiet(settling.candles._replace(expired=(None, None, None)))  # told by identity
     assert not any(book.recent)  # the rows settled before are in the store by now
     for take in ("late", "landed", "sealed", "outside"):
         with stats.lock:
@@ -869,6 +888,96 @@ def test_a_large_open_minute_is_stored_as_what_it_gained(tmp_path: Path, compile
     store.close()
 
 
+@pytest.mark.parametrize("compiled", TWINS)
+def test_a_quiet_snapshot_writes_the_current_minute_alone_and_loses_no_time(
+    tmp_path: Path, compiled: bool
+) -> None:
+    """A snapshot that finds only the current minute changed writes one value of the symbol's
+    candles, the minute with the latest trade time: the bounds stay as the snapshot before
+    wrote them, and a restart from it restores the book exactly, latest time included. A
+    minute not yet named by the stored bounds (the first of a book, one after a roll) is
+    written with them."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    symbols.expect_history(set())
+    store = Store.open(tmp_path)
+    stats = SymbolStats("X")
+    stats.baseline(999, 0)
+    prefix = symbol_prefix("X")
+
+    def stored() -> tuple[bytes, bytes]:
+        with store.env.begin() as txn:
+            return (bytes(txn.get(prefix + b"\0", db=store._current)),
+                    bytes(txn.get(prefix + b"\x01", db=store._current)))  # fmt: skip
+
+    tid = 999
+    for minute in (3_600_000, 3_660_000):  # the first minute, then one after a roll
+        kinds = []
+        for t in (minute + 1_000, minute + 2_000, minute + 30_000):
+            tid += 1
+            stats.apply(tid, 10**8 + tid % 3, t)
+            state = stats.harvest()
+            assert state is not None and state.candles is not None
+            kinds.append("quiet" if isinstance(state.candles, bytes) else "full")
+            before = stored() if kinds[-1] == "quiet" else None
+            store.save([state])
+            bounds, whole = stored()
+            assert int.from_bytes(whole[:16], "big") == minute << 64 | t  # open time, latest
+            if before is not None:
+                assert bounds == before[0]  # not rewritten
+            (loaded,) = store.load()
+            assert loaded.candles is not None and not isinstance(loaded.candles, bytes)
+            assert (loaded.candles.current, loaded.candles.latest_ms) == (minute, t)
+            again = SymbolStats.restore(loaded)
+            assert again.candles is not None and stats.candles is not None
+            live, back = stats.candles.canonical(), again.candles.canonical()
+            assert live[:2] + live[3:] == back[:2] + back[3:]  # but the rows being written
+            again._check()
+        assert kinds == ["full", "quiet", "quiet"]
+    store.close()
+
+
+@pytest.mark.parametrize("compiled", TWINS)
+def test_a_store_of_format_4_is_read_and_upgraded(tmp_path: Path, compiled: bool) -> None:
+    """Format 4 kept the latest trade time in the bounds alone and the current minute as its
+    open time and record. Such a store reads the same candles read-only; opened for writing,
+    the minute gets the latest time beside its open time (format 5), and the book restored
+    goes on as the one that never stopped."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    symbols.expect_history(set())
+    store = Store.open(tmp_path)
+    stats = SymbolStats("X")
+    trades = [(1000 + i, 10**8 + (i * 7) % 11, 3_600_000 + 300 * i) for i in range(300)]
+    for i, (tid, price, t) in enumerate(trades[:150]):
+        stats.apply(tid, price, t)
+        if i % 10 == 9:
+            store.save([s for s in [stats.harvest()] if s is not None])
+    expected = state_key(store.load()[0].candles)
+    with store.env.begin(write=True) as txn:  # as format 4 wrote it
+        assert _as_format_4(txn, store, "X") is not None
+        txn.put(b"format", b"4", db=store._meta)
+    store.close()
+    readonly = Store.open(tmp_path, readonly=True)
+    assert readonly.version == 4 and state_key(readonly.load()[0].candles) == expected
+    readonly.close()
+    store = Store.open(tmp_path)
+    assert store.version == FORMAT_VERSION == 5
+    assert state_key(store.load()[0].candles) == expected
+    restored = SymbolStats.restore(store.load()[0])
+    for i, (tid, price, t) in enumerate(trades[150:]):
+        for s in (stats, restored):
+            s.apply(tid, price, t)
+        if i % 10 == 9:
+            store.save([s for s in [restored.harvest()] if s is not None])
+            stats.harvest()
+    again = SymbolStats.restore(store.load()[0])
+    assert again.candles is not None and stats.candles is not None
+    assert again.candles.canonical() == stats.candles.canonical()
+    again._check()
+    store.close()
+
+
 def _stored_keys(store: Store, symbol: str) -> tuple[set[bytes], set[bytes]]:
     """The keys of ``symbol`` in the store's ``current`` and ``candles`` databases, each
     without the symbol's prefix."""
@@ -878,6 +987,22 @@ def _stored_keys(store: Store, symbol: str) -> tuple[set[bytes], set[bytes]]:
             {bytes(k)[len(prefix) :] for k, _ in txn.cursor(db=db) if bytes(k).startswith(prefix)}
             for db in (store._current, store._candles)
         )
+
+
+def _as_format_4(txn: Any, store: Store, symbol: str) -> bytes | None:
+    """Rewrite ``symbol``'s ``current`` values as format 4 held them: the latest trade time
+    in the bounds alone (each snapshot wrote them), the current minute its open time and
+    record. Returns that minute's value (None if none is stored whole)."""
+    prefix = symbol_prefix(symbol)
+    bounds = msgspec.msgpack.decode(bytes(txn.get(prefix + b"\0", db=store._current)))
+    whole = txn.get(prefix + b"\x01", db=store._current)
+    if whole is None:
+        return None
+    whole = bytes(whole)
+    bounds[1] = max(bounds[1], int.from_bytes(whole[8:16], "big"))
+    txn.put(prefix + b"\0", msgspec.msgpack.encode(bounds), db=store._current)
+    txn.put(prefix + b"\x01", whole[:8] + whole[16:], db=store._current)
+    return whole[:8] + whole[16:]
 
 
 _U64_EDGES = [0, 1, 127, 128, 2**14 - 1, 2**14, 2**63 - 1, 2**63, 2**64 - 1]
@@ -944,7 +1069,7 @@ def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
     tmp_path: Path, compiled: bool
 ) -> None:
     """Format 3 stored the levels of a delta and of a whole minute as prices and counts, 8
-    bytes each. Such a store reads the same candles, read-only and once upgraded (format 4:
+    bytes each. Such a store reads the same candles, read-only and once upgraded (format 5:
     nothing rewritten), and the snapshots after write compact levels beside the old ones:
     the book restored from both is the book that never stopped."""
     symbols.use_compiled(compiled)
@@ -968,6 +1093,7 @@ def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
                 txn.put(bytes(key), msgspec.msgpack.encode(list(levels)), db=store._candles)
                 old += 1
         now = symbol_prefix("X") + b"\x01"
+        assert _as_format_4(txn, store, "X") is not None
         record = msgspec.msgpack.decode(bytes(txn.get(now, db=store._current))[8:])
         if len(record) == 9:  # the current minute whole: its levels as two lists
             value = msgspec.msgpack.encode([*record[:8], *py_expand(record[8])])
@@ -980,7 +1106,7 @@ def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
     assert readonly.version == 3 and state_key(readonly.load()[0].candles) == expected
     readonly.close()
     store = Store.open(tmp_path)
-    assert store.version == FORMAT_VERSION == 4
+    assert store.version == FORMAT_VERSION == 5
     assert state_key(store.load()[0].candles) == expected
     restored = SymbolStats.restore(store.load()[0])
     for i, (tid, price, t) in enumerate(trades[1200:]):
@@ -1022,6 +1148,7 @@ def test_a_store_of_format_2_is_read_and_upgraded_with_its_candles(
     expected = state_key(store.load()[0].candles)
     prefix = symbol_prefix("X")
     with store.env.begin(write=True) as txn:  # as format 2 wrote it
+        _as_format_4(txn, store, "X")
         bounds = txn.pop(prefix + b"\0", db=store._current)
         whole = txn.pop(prefix + b"\x01", db=store._current)
         txn.put(prefix + b"\0", bounds, db=store._candles)

@@ -125,8 +125,11 @@ def _harvests_encoded_by_both(steps: list[tuple[int, int, int, bool]], symbol: s
             continue
         compiled, python = _records_of_both(symbol, state.candles)
         assert compiled == python
-        kinds.update(type(p).__name__ if r is None else "row"
-                     for entries in state.candles.periods for _, r, p in entries)  # fmt: skip
+        if isinstance(state.candles, bytes):  # a quiet harvest: the current minute's value
+            kinds.add("quiet")
+        else:
+            kinds.update(type(p).__name__ if r is None else "row"
+                         for entries in state.candles.periods for _, r, p in entries)  # fmt: skip
         taken += [state, replace(state, candles=None)]  # and one without candles
     stats._check()
     batch = store._compiled_batch(taken, store.symbol_items)
