@@ -1359,13 +1359,14 @@ static int entry_items(const Items *to, Buf *w, unsigned char *key, size_t head,
 static int state_items(const Items *to, Buf *w, unsigned char *key, size_t nprefix,
                        PyObject *c) {
     if (PyBytes_CheckExact(c)) { /* a quiet harvest's value: the current minute's put alone */
-        size_t n = (size_t)PyBytes_GET_SIZE(c);
-        if (n <= 16) return NOT_OURS;
-        if (buf_need(w, n) < 0) return -1;
-        memcpy(w->b, PyBytes_AS_STRING(c), n);
-        w->n = n;
+        if (PyBytes_GET_SIZE(c) <= 16) return NOT_OURS;
         key[nprefix] = 1;
-        return emit(to->now, key, nprefix + 1, w);
+        PyObject *k = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)nprefix + 1);
+        PyObject *pair = k ? PyTuple_Pack(2, k, c) : NULL; /* the value itself, not a copy */
+        Py_XDECREF(k);
+        int r = pair ? PyList_Append(to->now, pair) : -1;
+        Py_XDECREF(pair);
+        return r;
     }
     /* CandleState: first_ms, latest_ms, front_top_ms, current, periods, expired, counts,
        seqs, sealed */

@@ -678,10 +678,11 @@ class Candles:
     :meth:`snapshot` O(p + L) for L the levels of the open periods it copies.
     """
 
-    __slots__ = ("dirty", "expired", "expiry_at", "first_ms", "front_top_ms", "harvested",
+    __slots__ = ("dirty", "expired", "expiry_at", "first_ms", "front_top_ms",
                  "harvested_counts", "history", "landed", "latest_ms", "minute", "open",
-                 "outside", "over_at", "pending", "recent", "recent_held", "retiring", "sealed",
-                 "seq", "settled", "total")  # fmt: skip
+                 "outside", "over_at", "pending", "quiet_until", "recent", "recent_held",
+                 "retiring", "sealed", "seq", "settled", "taken", "taken_count",
+                 "total")  # fmt: skip
 
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
@@ -698,7 +699,10 @@ class Candles:
         # the periods where counting began, settled with no history to come (see harvest),
         # span these times (ms, end excluded): a trade of them is counted outside any candle
         self.sealed = (-1, -1)
-        self.harvested: tuple[int, int] = (-1, 0)  # the current minute's (start, count) then
+        # the current minute when last handed over (the one the stored bounds name), and its
+        # count then: told by identity, a roll replaces it
+        self.taken: Any = None
+        self.taken_count = 0
         # what the invariant adds up (:meth:`_check`), stored with the bounds
         self.total = 0  # trades in the candles but the current minute's (which C adds to)
         self.outside = 0  # trades the symbol counts that no candle holds (see add_outside)
@@ -719,6 +723,9 @@ class Candles:
         # the latest trade time from which a retention bound passes a period's open time
         # it had not when last handed over (-1: none handed over yet): see _quiet
         self.expiry_at = -1
+        # min(over_at, expiry_at): below it, a harvest of the minute last handed over is its
+        # value alone (harvest's first lines read this one number, not the two)
+        self.quiet_until = -1
 
     # -- counting -------------------------------------------------------------------------------
 
@@ -733,7 +740,7 @@ class Candles:
             self.sealed[0] <= time_ms < self.sealed[1]
         ):
             self.outside += times
-            self.over_at = -1
+            self.over_at = self.quiet_until = -1
             return
         if time_ms > self.latest_ms:
             self.latest_ms = time_ms
@@ -763,7 +770,7 @@ class Candles:
         """``trades`` the symbol counted without their times (a store written before
         candles): in no candle, but accounted for. O(1)."""
         self.outside += trades
-        self.over_at = -1
+        self.over_at = self.quiet_until = -1
 
     def add_days(self, days: Iterable[Landing]) -> None:
         """The UTC days of an archive file the symbol has just counted (merged whole, as
@@ -777,7 +784,7 @@ class Candles:
         (which of its trades fall in them is not known), are counted :attr:`outside`.
         O(days + levels of the partial ones)."""
         self.drain()
-        self.over_at = -1
+        self.over_at = self.quiet_until = -1
         for day, period, packed in days:
             placed = 0 <= day.open_id <= day.close_id < LIMIT and not (
                 day.start < self.sealed[1] and self.sealed[0] < day.start + _LENGTHS[DAY]
@@ -848,7 +855,7 @@ class Candles:
         if period is None:
             period = periods[start] = _Period(start, _LENGTHS[k])
         self.dirty[k].add(start)
-        self.over_at = -1
+        self.over_at = self.quiet_until = -1
         return period
 
     def takes(self, trade_id: int, time_ms: int) -> int:
@@ -928,28 +935,35 @@ class Candles:
 
         O(p + L) for L the levels of the minutes stored whole (at most
         :data:`MINUTE_WHOLE` each) and gained by the others."""
+        minute = self.minute
+        if minute is not None and minute is self.taken:  # no roll since (nothing retiring)
+            latest = minute.last_ms  # self.latest, inlined (every symbol that traded comes here)
+            if self.latest_ms > latest:
+                latest = self.latest_ms
+            if latest < self.quiet_until:  # nothing else changed, no bound to hand over
+                if self.recent_held:  # what the last harvest settled is written by now
+                    for settled in self.recent:
+                        settled.clear()
+                    self.recent_held = False
+                count = minute.count
+                if count == self.taken_count:
+                    return None
+                value = minute.current_value(latest, MINUTE_WHOLE)
+                if value is not None:  # (None: the minute is stored as deltas)
+                    self.taken_count = count
+                    return value  # type: ignore[no-any-return]
         if self.retiring:
             self.drain()
-        minute = self.minute  # self.latest, inlined (every symbol that traded comes here)
-        latest = self.latest_ms
-        if minute is not None and minute.last_ms > latest:
-            latest = minute.last_ms
+        minute = self.minute
+        latest = self.latest
         if latest < self.over_at:  # the usual harvest: nothing to settle, expire or store but
             if self.recent_held:  # the current minute (what the last one settled is written)
                 for settled in self.recent:
                     settled.clear()
                 self.recent_held = False
-            harvested = self.harvested  # the minute whose bounds (current) are stored
-            # nor a bound to hand over, and the stored bounds name this minute
-            if minute is not None and latest < self.expiry_at and minute.start == harvested[0]:
-                count = minute.count
-                if count == harvested[1]:
-                    return None
-                value = minute.current_value(latest, MINUTE_WHOLE)
-                if value is not None:
-                    self.harvested = (harvested[0], count)
-                    return value  # type: ignore[no-any-return]
-            return self._quiet(latest, keep_ms)
+            state = self._quiet(latest, keep_ms)
+            self.quiet_until = min(self.over_at, self.expiry_at)
+            return state
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
         expired, at = _expiry(latest, keep_ms)
         # handed over when a bound has passed a period's open time since they last were,
@@ -993,6 +1007,7 @@ class Candles:
         self.recent_held = any(self.recent)
         if handed:
             self.expiry_at = at
+        self.quiet_until = min(over_at, self.expiry_at)
         return self._hand_over(periods, expired if handed else _NONE_EXPIRED)
 
     def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
@@ -1021,11 +1036,11 @@ class Candles:
         minute = self.minute
         if minute is None:
             return None
-        now = (minute.start, minute.count)
-        if now == self.harvested:
+        count = minute.count
+        if minute is self.taken and count == self.taken_count:
             return None
-        self.harvested = now
-        return (now[0], None, self._delta(MINUTE, minute))
+        self.taken, self.taken_count = minute, count
+        return (minute.start, None, self._delta(MINUTE, minute))
 
     def _delta(self, k: int, period: Any) -> Any:
         """What to store of the open ``period`` of interval ``k``, changed since the last
@@ -1109,7 +1124,7 @@ class Candles:
                 if k == MINUTE and start == state.current:
                     book.minute = period
                     period.lo_ms = max(start, book.first_ms)
-                    book.harvested = (start, period.count)
+                    book.taken, book.taken_count = period, period.count
                 else:
                     book.open[k][start] = period
         return book
@@ -1170,6 +1185,8 @@ class Candles:
             )
         if self.minute is not None:
             assert self.minute.start not in self.open[MINUTE], "the current minute retired twice"
+        gate = min(self.over_at, self.expiry_at)
+        assert self.quiet_until == gate, "a quiet harvest's gate out of date"
 
 
 def _row_key(entry: Any) -> Any:
