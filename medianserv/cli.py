@@ -33,6 +33,8 @@ def _print_rows(rows: Sequence[object]) -> None:
     for row in rows:
         assert isinstance(row, Row)
         value = f"{row.value:.4g}" if row.value < 100 else f"{row.value:,.0f}"
+        if row.unit == "x":  # a ratio, held to a goal such as 1.1: 1.1001 is not "1.1"
+            value = f"{row.value:.3f}"
         print(f"{row.name:<58} {value:>14} {row.unit}")
 
 
