@@ -1101,28 +1101,37 @@ static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n
     return 0;
 }
 
-/* p.record(limit): the value the store keeps of p whole (see PyPeriod.record), its levels
+/* p's record (see PyPeriod.record) after the nhead bytes of head (at most 16), its levels
    gathered without compacting p (a live minute's next high stays an append); when p holds
    more than limit trades and more than limit levels, those levels packed (prices, counts)
-   instead. O(m log m + L) */
-static PyObject *Period_record(Period *p, PyObject *arg) {
-    long long limit = PyLong_AsLongLong(arg);
-    if (limit == -1 && PyErr_Occurred()) return NULL;
+   instead where `packed`, else None. O(m log m + L) */
+static PyObject *record_after(Period *p, long long limit, const unsigned char *head,
+                              size_t nhead, int packed) {
     size_t n;
     LevelCount *run = period_gather(p, &n);
     if (!run && PyErr_Occurred()) return NULL;
     PyObject *out = NULL;
     if (p->count > limit && n > (size_t)(limit < 0 ? 0 : limit)) {
-        out = packed_run(run, n);
+        out = packed ? packed_run(run, n) : Py_NewRef(Py_None);
     } else {
         Buf w;
         BUF_INIT(w);
+        if (nhead) memcpy(w.b, head, nhead); /* (the buffer's room holds 1,024) */
+        w.n = nhead;
         if (whole_levels(&w, p, run, n) == 0)
             out = PyBytes_FromStringAndSize((const char *)w.b, (Py_ssize_t)w.n);
         free(w.heap);
     }
     free(run);
     return out;
+}
+
+/* p.record(limit): the value the store keeps of p whole, or its levels packed past limit
+   (record_after) */
+static PyObject *Period_record(Period *p, PyObject *arg) {
+    long long limit = PyLong_AsLongLong(arg);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    return record_after(p, limit, NULL, 0, 1);
 }
 
 /* p.current_value(latest, limit): what a quiet harvest stores of p, the current minute (see
@@ -1141,24 +1150,10 @@ static PyObject *Period_current_value(Period *p, PyObject *const *args, Py_ssize
         return NULL;
     }
     if (p->keeps_gains) Py_RETURN_NONE;
-    size_t n;
-    LevelCount *run = period_gather(p, &n);
-    if (!run && PyErr_Occurred()) return NULL;
-    PyObject *out = NULL;
-    if (p->count > limit && n > (size_t)(limit < 0 ? 0 : limit)) {
-        out = Py_NewRef(Py_None);
-    } else {
-        Buf w;
-        BUF_INIT(w);
-        store_be(w.b, (u64)p->start, 8);
-        store_be(w.b + 8, (u64)latest, 8);
-        w.n = 16;
-        if (whole_levels(&w, p, run, n) == 0)
-            out = PyBytes_FromStringAndSize((const char *)w.b, (Py_ssize_t)w.n);
-        free(w.heap);
-    }
-    free(run);
-    return out;
+    unsigned char head[16];
+    store_be(head, (u64)p->start, 8);
+    store_be(head + 8, (u64)latest, 8);
+    return record_after(p, limit, head, 16, 0);
 }
 
 /* how many bytes compact_into makes of n levels (8-byte big-endian prices and counts), *prev

@@ -58,6 +58,7 @@ __all__ = [
     "HOUR",
     "INTERVALS",
     "MINUTE",
+    "QUIET_HEAD",
     "CandleRow",
     "CandleState",
     "Candles",
@@ -71,6 +72,7 @@ __all__ = [
     "from_record",
     "landings",
     "merge_rows",
+    "minute_value",
     "period_key",
     "period_row",
     "quiet_parts",
@@ -100,9 +102,9 @@ DELTAS = "deltas"
 #: An open minute of at most this many levels is stored whole at each snapshot; a larger one
 #: as deltas of what it gained (see :meth:`Candles._delta`).
 MINUTE_WHOLE = 256
-#: The head of what a quiet harvest hands over (:meth:`PyPeriod.current_value`): the current
-#: minute's open time and the latest trade time, 8-byte big-endian each.
-_QUIET_HEAD = struct.Struct(">QQ")
+#: The head of what a quiet harvest hands over (:func:`minute_value`): the current minute's
+#: open time and the latest trade time, 8-byte big-endian each.
+QUIET_HEAD = struct.Struct(">QQ")
 _record_encoder = msgspec.msgpack.Encoder()
 
 
@@ -302,7 +304,7 @@ class PyPeriod:
             return None
         record = self.record(limit)
         assert isinstance(record, bytes)
-        return _QUIET_HEAD.pack(self.start, latest) + record
+        return minute_value(self.start, latest, record)
 
     def twice_median(self) -> int:
         """Twice the median of the period's trades (the sum of the prices at ranks
@@ -592,13 +594,20 @@ def quiet(state: CandleState | bytes) -> bool:
     return type(state) is bytes or state.expired is _NO_EXPIRY  # type: ignore[union-attr]
 
 
+def minute_value(start: int, latest: int, record: bytes) -> bytes:
+    """The current minute's value in the store's ``current`` database: its open time and the
+    latest trade time (:data:`QUIET_HEAD`), then its record (:meth:`PyPeriod.record`); what a
+    quiet harvest hands over alone (:meth:`PyPeriod.current_value`). O(len(record))."""
+    return QUIET_HEAD.pack(start, latest) + record
+
+
 def quiet_parts(value: bytes) -> tuple[int, int, bytes]:
-    """(the minute's open time, the latest trade time, its record) of a quiet harvest's
-    value (:meth:`PyPeriod.current_value`). ``ValueError`` if it is too short. O(1)."""
-    if len(value) <= _QUIET_HEAD.size:
+    """(the minute's open time, the latest trade time, its record) of a :func:`minute_value`.
+    ``ValueError`` if it is too short. O(len(value))."""
+    if len(value) <= QUIET_HEAD.size:
         raise ValueError("not a current minute's value")
-    start, latest = _QUIET_HEAD.unpack_from(value)
-    return start, latest, value[_QUIET_HEAD.size :]
+    start, latest = QUIET_HEAD.unpack_from(value)
+    return start, latest, value[QUIET_HEAD.size :]
 
 
 def finish(state: CandleState | bytes | None) -> CandleState | bytes | None:
@@ -941,10 +950,8 @@ class Candles:
             if self.latest_ms > latest:
                 latest = self.latest_ms
             if latest < self.quiet_until:  # nothing else changed, no bound to hand over
-                if self.recent_held:  # what the last harvest settled is written by now
-                    for settled in self.recent:
-                        settled.clear()
-                    self.recent_held = False
+                if self.recent_held:
+                    self._drop_recent()
                 count = minute.count
                 if count == self.taken_count:
                     return None
@@ -957,10 +964,8 @@ class Candles:
         minute = self.minute
         latest = self.latest
         if latest < self.over_at:  # the usual harvest: nothing to settle, expire or store but
-            if self.recent_held:  # the current minute (what the last one settled is written)
-                for settled in self.recent:
-                    settled.clear()
-                self.recent_held = False
+            if self.recent_held:  # the current minute
+                self._drop_recent()
             state = self._quiet(latest, keep_ms)
             self.quiet_until = min(self.over_at, self.expiry_at)
             return state
@@ -1009,6 +1014,12 @@ class Candles:
             self.expiry_at = at
         self.quiet_until = min(over_at, self.expiry_at)
         return self._hand_over(periods, expired if handed else _NONE_EXPIRED)
+
+    def _drop_recent(self) -> None:
+        """Forget the periods the last harvest settled: its snapshot has written them."""
+        for settled in self.recent:
+            settled.clear()
+        self.recent_held = False
 
     def _quiet(self, latest: int, keep_ms: Sequence[int | None]) -> CandleState | None:
         """:meth:`harvest` when nothing but the current minute can have changed (counts()

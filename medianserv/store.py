@@ -69,12 +69,15 @@ from .candles import (
     DELTAS,
     INTERVALS,
     MINUTE,
+    QUIET_HEAD,
     CandleRow,
     CandleState,
     Delta,
     compact_levels,
     expand_levels,
+    minute_value,
     quiet,
+    quiet_parts,
     record_period,
     restore_packed,
 )
@@ -302,7 +305,7 @@ def state_items(prefix: bytes, c: CandleState | bytes) -> tuple[_Items, list[byt
     same bytes within a batch (and hands what it does not take, a value out of range, to
     this twin). O(periods + levels)."""
     if isinstance(c, bytes):
-        if len(c) <= 16:
+        if len(c) <= QUIET_HEAD.size:
             raise StoreError("not a current minute's value")
         return [(prefix + b"\x01", c)], [], []
     encode = _encoder.encode
@@ -328,7 +331,7 @@ def state_items(prefix: bytes, c: CandleState | bytes) -> tuple[_Items, list[byt
             elif type(period) is bytes:  # an open minute of a few levels: its record
                 value = period
                 if now:
-                    current.append((prefix + b"\x01", key[-8:] + _U64.pack(c.latest_ms) + value))
+                    current.append((prefix + b"\x01", minute_value(start, c.latest_ms, value)))
                 else:
                     items.append((key, value))
             else:
@@ -512,25 +515,12 @@ class Store:
 
     def _add_latest(self, txn: lmdb.Transaction) -> None:
         """Formats 3 and 4 to 5: each ``len | symbol | 1`` value of ``current`` (the minute's
-        open time, then its record) with the latest trade time of the symbol's bounds
-        (``len | symbol | 0``, the key before it) put after the open time. O(symbols)."""
-        items = []
-        bounds: tuple[bytes, bytes] | None = None  # the last key's prefix and value
-        for key, value in txn.cursor(db=self._current):
-            key, value = bytes(key), bytes(value)
-            if key[-1:] == b"\0":
-                bounds = (key[:-1], value)
-            elif key[-1:] == b"\x01" and len(value) > 8:
-                latest = 0
-                if bounds is not None and bounds[0] == key[:-1]:
-                    try:
-                        latest = int(
-                            msgspec.msgpack.decode(bounds[1], type=list[int | None])[1] or 0
-                        )
-                    except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
-                        raise StoreError(f"corrupt candle bounds before {key!r}: {exc}") from exc
-                items.append((key, value[:8] + _U64.pack(max(0, latest)) + value[8:]))
-                bounds = None
+        open time, then its record) as :func:`~medianserv.candles.minute_value` makes it, with
+        a latest trade time of 0: the bounds beside it hold the latest (those formats wrote
+        them with every snapshot), and a load takes the later of the two. O(symbols)."""
+        items = [(bytes(key), minute_value(_U64.unpack(value[:8])[0], 0, bytes(value[8:])))
+                 for key, value in txn.cursor(db=self._current)
+                 if key[-1:] == b"\x01" and len(value) > 8]  # fmt: skip
         txn.cursor(db=self._current).putmulti(items)
 
     def close(self) -> None:
@@ -593,10 +583,9 @@ class Store:
         cursor = txn.cursor(db=self._candles)
         for state in batch:
             c = state.candles
-            # nothing settled, no bound handed over (a quiet harvest's value, most states,
-            # told apart first)
-            if c is None or isinstance(c, bytes) or quiet(c):
+            if c is None or quiet(c):  # nothing settled, no bound handed over
                 continue
+            assert not isinstance(c, bytes)  # (quiet)
             for k, (expired, entries) in enumerate(zip(c.expired, c.periods, strict=True)):
                 if expired is not None and expired > 0:
                     head = candle_head(state.symbol, k)
@@ -746,13 +735,14 @@ class Store:
             # the current minute, stored whole: newer than a whole copy in candles (a
             # format 2 store's), older than its deltas there (a minute never turns back);
             # from format 5 with the latest trade time, which a quiet snapshot writes alone
-            skip = 8
+            record = bytes(whole[8:])
             if self.version >= 5:
-                skip = 16
-                if len(whole) < skip:
-                    raise StoreError(f"{symbol}: a current minute cut short")
-                latest_ms = max(latest_ms, _U64.unpack(bytes(whole[8:16]))[0])
-            minute = _decode_candle(symbol, MINUTE, current, bytes(whole[skip:]))
+                try:
+                    _, latest, record = quiet_parts(bytes(whole))
+                except ValueError as exc:
+                    raise StoreError(f"{symbol}: {exc}") from exc
+                latest_ms = max(latest_ms, latest)
+            minute = _decode_candle(symbol, MINUTE, current, record)
             if isinstance(minute, CandleRow):
                 raise StoreError(f"{symbol}: a settled row as the current minute")
             periods[MINUTE][:] = [e for e in periods[MINUTE] if e[0] != current]

@@ -555,9 +555,8 @@ class SymbolStats:
                     keep = _FOREVER if name in _candles_forever else keep
                     seal = seal and name not in _history_for  # type: ignore[operator]
                 state.candles = self.candles.harvest(self.ids, keep, seal)
-        candles = state.candles  # the medians of periods settled, off the lock (none in a
-        if candles is not None and type(candles) is not bytes:  # quiet harvest's value)
-            state.candles = finish(candles)
+        if state.candles is not None:  # the medians of periods settled, off the lock
+            state.candles = finish(state.candles)
         return state
 
     def full_state(self) -> SymbolState:
