@@ -937,45 +937,75 @@ def test_a_quiet_snapshot_writes_the_current_minute_alone_and_loses_no_time(
     store.close()
 
 
+def _stored(
+    tmp_path: Path, compiled: bool, trades: list[tuple[int, int, int]], every: int
+) -> tuple[Store, SymbolStats, Any]:
+    """A store in ``tmp_path`` of symbol X trading ``trades`` (id, price, time), a snapshot
+    every ``every`` trades: the store, the live stats and what its candles load as
+    (:func:`state_key`)."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    symbols.expect_history(set())
+    store = Store.open(tmp_path)
+    stats = SymbolStats("X")
+    for i, (tid, price, t) in enumerate(trades):
+        stats.apply(tid, price, t)
+        if i % every == every - 1:
+            store.save([s for s in [stats.harvest()] if s is not None])
+    return store, stats, state_key(store.load()[0].candles)
+
+
+def _reopened(tmp_path: Path, store: Store, version: int, expected: Any) -> Store:
+    """``store``, rewritten as format ``version`` wrote it, closed, then read read-only and
+    opened for writing (upgraded): each must load ``expected``. The store opened."""
+    with store.env.begin(write=True) as txn:
+        txn.put(b"format", str(version).encode(), db=store._meta)
+    store.close()
+    readonly = Store.open(tmp_path, readonly=True)
+    assert readonly.version == version and state_key(readonly.load()[0].candles) == expected
+    readonly.close()
+    store = Store.open(tmp_path)
+    assert store.version == FORMAT_VERSION == 5
+    assert state_key(store.load()[0].candles) == expected
+    return store
+
+
+def _go_on(store: Store, stats: SymbolStats, trades: list[tuple[int, int, int]],
+           every: int) -> SymbolStats:  # fmt: skip
+    """The symbol restored from ``store`` and ``stats`` both trading ``trades``, the restored
+    one's harvests saved every ``every`` trades: the restored stats."""
+    restored = SymbolStats.restore(store.load()[0])
+    for i, (tid, price, t) in enumerate(trades):
+        for s in (stats, restored):
+            s.apply(tid, price, t)
+        if i % every == every - 1:
+            store.save([s for s in [restored.harvest()] if s is not None])
+            stats.harvest()
+    return restored
+
+
+def _same_book(store: Store, stats: SymbolStats) -> None:
+    """The book restored from ``store`` is ``stats``' own, and sound; the store closed."""
+    again = SymbolStats.restore(store.load()[0])
+    assert again.candles is not None and stats.candles is not None
+    assert again.candles.canonical() == stats.candles.canonical()
+    again._check()
+    store.close()
+
+
 @pytest.mark.parametrize("compiled", TWINS)
 def test_a_store_of_format_4_is_read_and_upgraded(tmp_path: Path, compiled: bool) -> None:
     """Format 4 kept the latest trade time in the bounds alone and the current minute as its
     open time and record. Such a store reads the same candles read-only; opened for writing,
     the minute gets the latest time beside its open time (format 5), and the book restored
     goes on as the one that never stopped."""
-    symbols.use_compiled(compiled)
-    symbols.keep_candles(True, [None, None, None])
-    symbols.expect_history(set())
-    store = Store.open(tmp_path)
-    stats = SymbolStats("X")
     trades = [(1000 + i, 10**8 + (i * 7) % 11, 3_600_000 + 300 * i) for i in range(300)]
-    for i, (tid, price, t) in enumerate(trades[:150]):
-        stats.apply(tid, price, t)
-        if i % 10 == 9:
-            store.save([s for s in [stats.harvest()] if s is not None])
-    expected = state_key(store.load()[0].candles)
+    store, stats, expected = _stored(tmp_path, compiled, trades[:150], 10)
     with store.env.begin(write=True) as txn:  # as format 4 wrote it
         assert _as_format_4(txn, store, "X") is not None
-        txn.put(b"format", b"4", db=store._meta)
-    store.close()
-    readonly = Store.open(tmp_path, readonly=True)
-    assert readonly.version == 4 and state_key(readonly.load()[0].candles) == expected
-    readonly.close()
-    store = Store.open(tmp_path)
-    assert store.version == FORMAT_VERSION == 5
-    assert state_key(store.load()[0].candles) == expected
-    restored = SymbolStats.restore(store.load()[0])
-    for i, (tid, price, t) in enumerate(trades[150:]):
-        for s in (stats, restored):
-            s.apply(tid, price, t)
-        if i % 10 == 9:
-            store.save([s for s in [restored.harvest()] if s is not None])
-            stats.harvest()
-    again = SymbolStats.restore(store.load()[0])
-    assert again.candles is not None and stats.candles is not None
-    assert again.candles.canonical() == stats.candles.canonical()
-    again._check()
-    store.close()
+    store = _reopened(tmp_path, store, 4, expected)
+    _go_on(store, stats, trades[150:], 10)
+    _same_book(store, stats)
 
 
 def _stored_keys(store: Store, symbol: str) -> tuple[set[bytes], set[bytes]]:
@@ -998,11 +1028,12 @@ def _as_format_4(txn: Any, store: Store, symbol: str) -> bytes | None:
     whole = txn.get(prefix + b"\x01", db=store._current)
     if whole is None:
         return None
-    whole = bytes(whole)
-    bounds[1] = max(bounds[1], int.from_bytes(whole[8:16], "big"))
+    start, latest, record = quiet_parts(bytes(whole))
+    bounds[1] = max(bounds[1], latest)
     txn.put(prefix + b"\0", msgspec.msgpack.encode(bounds), db=store._current)
-    txn.put(prefix + b"\x01", whole[:8] + whole[16:], db=store._current)
-    return whole[:8] + whole[16:]
+    old = start.to_bytes(8, "big") + record
+    txn.put(prefix + b"\x01", old, db=store._current)
+    return old
 
 
 _U64_EDGES = [0, 1, 127, 128, 2**14 - 1, 2**14, 2**63 - 1, 2**63, 2**64 - 1]
@@ -1072,18 +1103,9 @@ def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
     bytes each. Such a store reads the same candles, read-only and once upgraded (format 5:
     nothing rewritten), and the snapshots after write compact levels beside the old ones:
     the book restored from both is the book that never stopped."""
-    symbols.use_compiled(compiled)
-    symbols.keep_candles(True, [None, None, None])
-    symbols.expect_history(set())
-    store = Store.open(tmp_path)
-    stats = SymbolStats("X")
     trades = [(1000 + i, 10**8 + (i * 7919) % 997, 3_600_000 + 60 * i) for i in range(1000)]
     trades += [(1000 + i, 10**8 + i % 5, 3_660_000 + 150 * (i - 1000)) for i in range(1000, 1600)]
-    for i, (tid, price, t) in enumerate(trades[:1200]):
-        stats.apply(tid, price, t)
-        if i % 100 == 99:
-            store.save([s for s in [stats.harvest()] if s is not None])
-    expected = state_key(store.load()[0].candles)
+    store, stats, expected = _stored(tmp_path, compiled, trades[:1200], 100)
     old = whole = 0
     with store.env.begin(write=True) as txn:  # as format 3 wrote them
         cursor = txn.cursor(db=store._candles)
@@ -1093,38 +1115,22 @@ def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
                 txn.put(bytes(key), msgspec.msgpack.encode(list(levels)), db=store._candles)
                 old += 1
         now = symbol_prefix("X") + b"\x01"
-        assert _as_format_4(txn, store, "X") is not None
-        record = msgspec.msgpack.decode(bytes(txn.get(now, db=store._current))[8:])
+        value = _as_format_4(txn, store, "X")
+        assert value is not None
+        record = msgspec.msgpack.decode(value[8:])
         if len(record) == 9:  # the current minute whole: its levels as two lists
-            value = msgspec.msgpack.encode([*record[:8], *py_expand(record[8])])
-            txn.put(now, bytes(txn.get(now, db=store._current))[:8] + value, db=store._current)
+            lists = msgspec.msgpack.encode([*record[:8], *py_expand(record[8])])
+            txn.put(now, value[:8] + lists, db=store._current)
             whole += 1
-        txn.put(b"format", b"3", db=store._meta)
-    store.close()
     assert old >= 2 and whole == 1  # an hour's and a day's deltas; the current minute whole
-    readonly = Store.open(tmp_path, readonly=True)
-    assert readonly.version == 3 and state_key(readonly.load()[0].candles) == expected
-    readonly.close()
-    store = Store.open(tmp_path)
-    assert store.version == FORMAT_VERSION == 5
-    assert state_key(store.load()[0].candles) == expected
-    restored = SymbolStats.restore(store.load()[0])
-    for i, (tid, price, t) in enumerate(trades[1200:]):
-        for s in (stats, restored):
-            s.apply(tid, price, t)
-        if i % 100 == 99:
-            store.save([s for s in [restored.harvest()] if s is not None])
-            stats.harvest()
+    store = _reopened(tmp_path, store, 3, expected)
+    _go_on(store, stats, trades[1200:], 100)
     with store.env.begin() as txn:
         kinds = Counter(type(msgspec.msgpack.decode(bytes(v))).__name__
                         for k, v in txn.cursor(db=store._candles)
                         if len(k) == len(symbol_prefix("X")) + 13)  # fmt: skip
     assert kinds["bytes"] >= 1  # written compact
-    again = SymbolStats.restore(store.load()[0])
-    assert again.candles is not None and stats.candles is not None
-    assert again.candles.canonical() == stats.candles.canonical()
-    again._check()
-    store.close()
+    _same_book(store, stats)
 
 
 @pytest.mark.parametrize("compiled", TWINS)
@@ -1135,17 +1141,8 @@ def test_a_store_of_format_2_is_read_and_upgraded_with_its_candles(
     store reads the same candles read-only; opened for writing, its bounds move to
     ``current``, and the next snapshot's current minute there wins over the older copy left
     in ``candles``."""
-    symbols.use_compiled(compiled)
-    symbols.keep_candles(True, [None, None, None])
-    symbols.expect_history(set())
-    store = Store.open(tmp_path)
-    stats = SymbolStats("X")
     trades = [(1000 + i, 10**8 + (i * 7) % 11, 3_600_000 + 300 * i) for i in range(500)]
-    for i, (tid, price, t) in enumerate(trades):
-        stats.apply(tid, price, t)
-        if i % 50 == 49:
-            store.save([s for s in [stats.harvest()] if s is not None])
-    expected = state_key(store.load()[0].candles)
+    store, _, expected = _stored(tmp_path, compiled, trades, 50)
     prefix = symbol_prefix("X")
     with store.env.begin(write=True) as txn:  # as format 2 wrote it
         _as_format_4(txn, store, "X")
@@ -1153,14 +1150,8 @@ def test_a_store_of_format_2_is_read_and_upgraded_with_its_candles(
         whole = txn.pop(prefix + b"\x01", db=store._current)
         txn.put(prefix + b"\0", bounds, db=store._candles)
         txn.put(prefix + b"\x01" + whole[:8], whole[8:], db=store._candles)
-        txn.put(b"format", b"2", db=store._meta)
-    store.close()
-    readonly = Store.open(tmp_path, readonly=True)
-    assert readonly.version == 2 and state_key(readonly.load()[0].candles) == expected
-    readonly.close()
-    store = Store.open(tmp_path)
-    assert store.version == FORMAT_VERSION and _stored_keys(store, "X")[0] == {b"\0"}
-    assert state_key(store.load()[0].candles) == expected
+    store = _reopened(tmp_path, store, 2, expected)
+    assert _stored_keys(store, "X")[0] == {b"\0"}
     restored = SymbolStats.restore(store.load()[0])
     restored.apply(1500, 10**8 + 3, trades[-1][2] + 1)  # the same minute, one trade more
     store.save([s for s in [restored.harvest()] if s is not None])
