@@ -21,7 +21,9 @@
  * run, merged with the run before it while that one is at most twice as long, so a period
  * holds O(log L) runs and each level is merged O(log L) times, every merge a sequential pass
  * (a day takes 1,440 minutes without a hash map's miss per level, at 16 bytes a level).
- * A reader of the levels compacts all of them into one run first.
+ * A reader of the levels compacts all of them into one run first (a period whose every trade
+ * was a new high: its edge becomes the run as it is; a run above the one before it is
+ * appended to it, not merged).
  *
  * A minute stored as deltas (too many levels to write whole at every snapshot) also keeps its
  * gains once told to (keep_gains): each trade applied appends its price to a list (a run at
@@ -282,8 +284,17 @@ static int runs_push(Period *p, LevelCount *v, size_t n) {
     p->runs[p->nruns++] = (Run){v, n};
     while (p->nruns >= 2 && p->runs[p->nruns - 2].n <= 2 * p->runs[p->nruns - 1].n) {
         Run *a = &p->runs[p->nruns - 2], *b = a + 1;
+        if (a->v[a->n - 1].price < b->v[0].price) { /* b above a (a trend's): a grows by b */
+            LevelCount *ab = realloc(a->v, (a->n + b->n) * sizeof *ab);
+            if (!ab) break; /* left unmerged: still the same levels */
+            memcpy(ab + a->n, b->v, b->n * sizeof *ab);
+            free(b->v);
+            *a = (Run){ab, a->n + b->n};
+            p->nruns--;
+            continue;
+        }
         LevelCount *out = malloc((a->n + b->n) * sizeof *out);
-        if (!out) break; /* left unmerged: still the same levels */
+        if (!out) break;
         size_t k = merge_runs(a->v, a->n, b->v, b->n, out);
         free(a->v);
         free(b->v);
@@ -354,12 +365,32 @@ static LevelCount *period_gather(Period *p, size_t *n) {
     return buf;
 }
 
+/* the ascending edge, holding every level of p (no map, no run, no descending edge: a
+   period whose every trade was a new high, as a trending minute's), becomes its run as it is:
+   no copy, no sort. 0, or -1 with MemoryError set and nothing changed. (A descending edge
+   never holds every level: a period's first trade goes up, and a compaction leaves a run.) */
+static int up_to_run(Period *p) {
+    size_t n = p->up_n, cap = p->up.cap;
+    LevelCount *v = p->up.v, *fit = n < cap ? realloc(v, n * sizeof *v) : NULL;
+    if (fit) v = fit, cap = n; /* the spare room back */
+    p->up = (LevelList){0};
+    p->up_n = 0;
+    if (runs_push(p, v, n) < 0) { /* (runs had no room for one) */
+        p->up = (LevelList){v, cap};
+        p->up_n = (uint32_t)n;
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
 /* every level (the pending trades applied, then edges, map, runs) into one run, the map and
    edges emptied: 0, or -1 with MemoryError set and nothing changed but the pending trades
    applied. O(m log m + L) for m the levels of the map, L all of them */
 static int period_compact(Period *p) {
     if (period_settle(p) < 0) return -1;
     if (!p->levels.used && !p->up_n && !p->down_n && p->nruns <= 1) return 0;
+    if (!p->levels.used && !p->nruns && !p->down_n) return up_to_run(p); /* (up_n > 0) */
     size_t n;
     LevelCount *acc = period_gather(p, &n);
     if (!acc) return -1; /* (levels held: none is gathered only when memory ran out) */
