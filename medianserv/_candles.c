@@ -27,7 +27,9 @@
  *
  * A minute stored as deltas (too many levels to write whole at every snapshot) also keeps its
  * gains once told to (keep_gains): each trade applied appends its price to a list (a run at
- * one price: one entry), which take_gains sums, sorts and empties for the snapshot. */
+ * one price: one entry), which take_gains sums, sorts and empties for the snapshot; but a new
+ * high is a gain its edge holds already (from gains_up on), so a trending minute writes each
+ * level once, and its gains are a slice of its edge, in order. */
 #include "_native.h"
 #include "structmember.h"
 
@@ -151,11 +153,12 @@ static int list_reserve(LevelList *e, size_t n, size_t more) {
 /* room for the trades of v (n of them, in order): a dry run of their routes; 0, or -1 with
    MemoryError set (nothing changed but room) */
 static int period_reserve(Period *p, const PendTrade *v, size_t n, long long times) {
-    if (p->keeps_gains && list_reserve(&p->gains, p->ngains, n) < 0) return -1;
     Route r = route_of(p);
     size_t to_map = 0;
     for (size_t i = 0; i < n; i++) to_map += route_step(&r, v[i].price, times) == TO_MAP;
-    if (list_reserve(&p->up, p->up_n, r.up_n - p->up_n) < 0 ||
+    size_t ups = r.up_n - p->up_n; /* new highs: gains their edge holds */
+    if ((p->keeps_gains && list_reserve(&p->gains, p->ngains, n - ups) < 0) ||
+        list_reserve(&p->up, p->up_n, ups) < 0 ||
         list_reserve(&p->down, p->down_n, r.down_n - p->down_n) < 0)
         return -1;
     if (to_map && pm_reserve(&p->levels, to_map) < 0) {
@@ -194,9 +197,9 @@ static void period_apply(Period *p, const PendTrade *v, size_t n, long long time
         u64 price = v[i].price;
         period_fields(p, !r.count, v[i].id, v[i].id + span, price);
         switch (route_step(&r, price, times)) {
-        case TO_UP:
+        case TO_UP: /* (a gain too, where gains are kept: up.v[gains_up ..]) */
             p->up.v[r.up_n - 1] = (LevelCount){price, times};
-            break;
+            continue;
         case TO_DOWN:
             p->down.v[r.down_n - 1] = (LevelCount){price, times};
             break;
@@ -204,15 +207,26 @@ static void period_apply(Period *p, const PendTrade *v, size_t n, long long time
             if (nb && batch[nb - 1].price == price) batch[nb - 1].count += times;
             else batch[nb++] = (LevelCount){price, times};
         }
+        if (p->keeps_gains) { /* the room reserved */
+            LevelCount *last = p->ngains ? &p->gains.v[p->ngains - 1] : NULL;
+            if (last && last->price == price) last->count += times;
+            else p->gains.v[p->ngains++] = (LevelCount){price, times};
+        }
     }
     route_store(p, &r);
     pm_put_batch(&p->levels, batch, nb);
-    if (p->keeps_gains) /* the room reserved */
-        for (size_t i = 0; i < n; i++) {
-            LevelCount *last = p->ngains ? &p->gains.v[p->ngains - 1] : NULL;
-            if (last && last->price == v[i].price) last->count += times;
-            else p->gains.v[p->ngains++] = (LevelCount){v[i].price, times};
-        }
+}
+
+/* the gains in the ascending edge moved to the gains list, before the edge is emptied: 0, or
+   -1 with MemoryError set and nothing changed */
+static int gains_off_edge(Period *p) {
+    if (!p->keeps_gains || p->up_n <= p->gains_up) return 0;
+    size_t n = p->up_n - p->gains_up;
+    if (list_reserve(&p->gains, p->ngains, n) < 0) return -1;
+    memcpy(p->gains.v + p->ngains, p->up.v + p->gains_up, n * sizeof *p->gains.v);
+    p->ngains += n;
+    p->gains_up = p->up_n;
+    return 0;
 }
 
 int period_settle(Period *p) {
@@ -370,14 +384,15 @@ static LevelCount *period_gather(Period *p, size_t *n) {
    no copy, no sort. 0, or -1 with MemoryError set and nothing changed. (A descending edge
    never holds every level: a period's first trade goes up, and a compaction leaves a run.) */
 static int up_to_run(Period *p) {
+    if (gains_off_edge(p) < 0) return -1;
     size_t n = p->up_n, cap = p->up.cap;
     LevelCount *v = p->up.v, *fit = n < cap ? realloc(v, n * sizeof *v) : NULL;
     if (fit) v = fit, cap = n; /* the spare room back */
     p->up = (LevelList){0};
-    p->up_n = 0;
+    p->up_n = p->gains_up = 0;
     if (runs_push(p, v, n) < 0) { /* (runs had no room for one) */
         p->up = (LevelList){v, cap};
-        p->up_n = (uint32_t)n;
+        p->up_n = p->gains_up = (uint32_t)n;
         PyErr_NoMemory();
         return -1;
     }
@@ -391,6 +406,7 @@ static int period_compact(Period *p) {
     if (period_settle(p) < 0) return -1;
     if (!p->levels.used && !p->up_n && !p->down_n && p->nruns <= 1) return 0;
     if (!p->levels.used && !p->nruns && !p->down_n) return up_to_run(p); /* (up_n > 0) */
+    if (gains_off_edge(p) < 0) return -1;
     size_t n;
     LevelCount *acc = period_gather(p, &n);
     if (!acc) return -1; /* (levels held: none is gathered only when memory ran out) */
@@ -403,7 +419,7 @@ static int period_compact(Period *p) {
     free(p->up.v);
     free(p->down.v);
     p->up = p->down = (LevelList){0};
-    p->up_n = p->down_n = 0;
+    p->up_n = p->down_n = p->gains_up = 0;
     if (runs_push(p, acc, n) < 0) { /* runs had room for one: not reached */
         free(acc);
         PyErr_NoMemory();
@@ -615,6 +631,7 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     c->hot = NULL;
     c->ngains = 0; /* a reader's copy keeps no gains */
     c->keeps_gains = 0;
+    c->gains_up = 0;
     if (list_copy(&c->up, &p->up, p->up_n) < 0 || list_copy(&c->down, &p->down, p->down_n) < 0)
         goto nomem;
     if (p->levels.cap) {
@@ -717,6 +734,12 @@ static size_t gains_sorted(LevelCount *v, size_t n) {
    minute does not hold its peak. O(g + d log d) for g gains at d prices */
 static PyObject *Period_take_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (period_settle(p) < 0) return NULL;
+    if (!p->ngains && p->keeps_gains) { /* new highs alone (a trend's): the edge's, in order */
+        PyObject *out = packed_run(p->up.v + p->gains_up, p->up_n - p->gains_up);
+        if (out) p->gains_up = p->up_n;
+        return out;
+    }
+    if (gains_off_edge(p) < 0) return NULL;
     size_t n = gains_sorted(p->gains.v, p->ngains);
     PyObject *out = packed_run(p->gains.v, n);
     if (!out) {
@@ -796,6 +819,7 @@ static PyObject *Period_twice_median(Period *p, PyObject *Py_UNUSED(ignored)) {
 /* the pending trades are applied first: taken before, they are not gains */
 static PyObject *Period_keep_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (period_settle(p) < 0) return NULL;
+    if (!p->keeps_gains) p->gains_up = p->up_n;
     p->keeps_gains = 1;
     Py_RETURN_NONE;
 }

@@ -172,6 +172,8 @@ typedef struct Period {
     LevelList gains;
     size_t ngains;
     int keeps_gains;
+    uint32_t gains_up;                /* and up.v[gains_up .. up_n): a new high is a gain
+                                         already in its edge, not written twice */
 } Period;
 
 extern PyTypeObject PeriodType;

@@ -242,6 +242,31 @@ def test_a_period_of_many_levels_packs_them_in_order(
             assert p.take_gains() == (_packed(*again), _packed(*[counts[x] for x in again]))
 
 
+def test_a_trending_minutes_gains_are_its_new_highs_wherever_its_levels_went() -> None:
+    """A minute that keeps its gains and trades up (its new highs held once, the compiled
+    twin's gains a slice of its ascending edge): each take is exactly the trades since the
+    last, through a compaction (a read of its levels) between two takes, trades below its
+    high among them, and the same from both twins."""
+    for kind in PERIODS:
+        p = kind(0, 60_000)
+        p.add(0, 0, 100, 1)  # before keep_gains: not a gain
+        p.keep_gains()
+        p.add(1, 1, 101, 1)
+        p.add(2, 2, 102, 2)
+        assert p.take_gains() == (_packed(101, 102), _packed(1, 2))
+        assert p.take_gains() == (b"", b"")
+        p.add(3, 3, 103, 1)
+        assert p.packed() == (_packed(100, 101, 102, 103), _packed(1, 1, 2, 1))  # compacted
+        p.add(4, 4, 104, 1)
+        p.add(5, 5, 101, 3)  # below the high: not an edge's
+        p.add(6, 6, 105, 1)
+        assert p.take_gains() == (_packed(101, 103, 104, 105), _packed(3, 1, 1, 1))
+        p.add(7, 7, 106, 1)
+        assert p.packed()[0][-8:] == _packed(106)
+        assert p.take_gains() == (_packed(106), _packed(1))
+        assert p.count == 11
+
+
 def test_the_median_of_a_period_held_in_many_levels_either_way() -> None:
     """A period whose levels came one at a time (more than the compiled twin compacts before
     it takes a median: it selects over a copy instead), new highs and new lows among them
