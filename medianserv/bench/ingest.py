@@ -1,20 +1,23 @@
-"""``bench ingest``: medianserv's readers against a client that only decodes, each flooded alone
-in turn, on several markets.
+"""``bench ingest``: medianserv's readers against a client that only decodes, on several
+markets; and medianserv with candles against medianserv without, flooded at the same time.
 
-The simulator floods every connection of whichever client it is told to as fast as that client
-reads (``/_sim/flood?agent=...``), the other one idle meanwhile. Each market (walk, fresh,
-hot, real; see :class:`~medianserv.sim.SimConfig`) is measured in windows A B C C B A
-(medianserv, medianserv with ``--no-candles``, the client, the client, ...), so every side of
-every ratio runs in the same minutes; a side's CPU per item is its process's CPU (``/proc``)
-over the items it took in its window. Work a process leaves for later (a snapshot, a candle
+The simulator floods every connection of whichever clients it is told to as fast as each
+reads (``/_sim/flood?agent=...``, a part of the User-Agent), the others idle meanwhile. Each
+market (walk, fresh, hot, real; see :class:`~medianserv.sim.SimConfig`) is measured in windows
+T A B C C B A T: T floods both services together (their User-Agents share a part), A
+medianserv, B medianserv with ``--no-candles``, C the client, each alone. A side's CPU per
+item is its process's CPU (``/proc``) over the items it took in its window. The cost of
+candles is read from the T windows, where both services run in the same seconds on the same
+machine, so its drift falls on both alike (in windows one after the other, a quieter second
+flatters whichever side had it); the client and the per-trade costs from the others, where
+each side has the machine to itself. Work a process leaves for later (a snapshot, a candle
 settling) falls in another side's window, uncounted there, or in the next market's: so each
 market also reports, per side, the process's CPU over the whole market (every window, then
 until every process is idle) over the items it took in it, and the next market begins only
 once every process is idle. A symbol's current minute retires only when a trade of a later
-minute comes, so each market (with windows of 5 s or more) ends with a short flood of each
-service in the first seconds of the next UTC minute and two snapshots after it: the last
-minute's retiring, folding and settling falls in its own market's span. The two services are
-told apart by their User-Agent.
+minute comes, so each market (with windows of 5 s or more) ends with a short flood of both
+services in the first seconds of the next UTC minute and two snapshots after it: the last
+minute's retiring, folding and settling falls in its own market's span.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ __all__ = ["CLIENT_AGENT", "bench_ingest", "run_decode_client"]
 
 #: The decode-only client's User-Agent (the simulator floods by it).
 CLIENT_AGENT = "picows-decode-bench"
+#: The two services' User-Agents, and the part they share (a flood of both at once).
+SERVICE_AGENTS = ("medianserv-candles", "medianserv-nocandles")
+BOTH_AGENT = "medianserv-"
 MARKETS = ("walk", "fresh", "hot", "real")
 
 
@@ -152,17 +158,15 @@ def _flowing(count: Any, limit: float = 60.0) -> None:
             return
 
 
-def _roll_minutes(sim: SimProcess, services: list[tuple[str, ServiceProcess]],
-                  seconds: float = 0.5) -> None:  # fmt: skip
-    """Each service flooded for ``seconds`` in turn (the market in force) once the next UTC
-    minute has begun, then two snapshots of each: every minute the market left open is
-    retired, folded and settled before its span ends."""
+def _roll_minutes(sim: SimProcess, services: list[ServiceProcess], seconds: float = 1.0) -> None:
+    """Both services flooded for ``seconds`` (the market in force) once the next UTC minute
+    has begun, then two snapshots of each: every minute the market left open is retired,
+    folded and settled before its span ends."""
     time.sleep(60.5 - time.time() % 60)  # the simulator stamps the flood with the wall clock
-    for agent, _ in services:
-        sim.control(f"flood?agent={agent}")
-        time.sleep(seconds)
-        sim.control("flood?agent=nobody")
-    for _, svc in services:
+    sim.control(f"flood?agent={BOTH_AGENT}")
+    time.sleep(seconds)
+    sim.control("flood?agent=nobody")
+    for svc in services:
         done = svc.metric("snapshots_total")[""] + 2
         deadline = time.monotonic() + 120
         while svc.metric("snapshots_total")[""] < done and time.monotonic() < deadline:
@@ -181,9 +185,10 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                  markets: tuple[str, ...] = MARKETS) -> list[Row]:  # fmt: skip
     """medianserv and the decode-only client (picows + msgspec, in the ``bench`` extra)
     flooded alone in turn on each market, with a second medianserv that keeps no candles,
-    windows A B C C B A of ``seconds``: CPU per trade of each, their ratios (the client's
-    over medianserv's; medianserv's with candles over without), rates, and for medianserv
-    the slowest market against the fastest.
+    and the two services flooded together, windows T A B C C B A T of ``seconds``: CPU per
+    trade of each, their ratios (the client's over medianserv's, of the windows alone;
+    medianserv's with candles over without, of the windows together, and of those alone for
+    comparison), rates, and for medianserv the slowest market against the fastest.
     Without picows, medianserv alone. A run in which a client lost a connection, or took
     (almost) no trade in a window of its flood, is refused."""
     import tempfile
@@ -197,10 +202,10 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
     sim = SimProcess(0, shared_data, extra)
     client: _Client | None = None
     with tempfile.TemporaryDirectory() as tmp:
-        svc = ServiceProcess(sim, Path(tmp) / "a", ["--user-agent", "medianserv-candles"])
+        svc = ServiceProcess(sim, Path(tmp) / "a", ["--user-agent", SERVICE_AGENTS[0]])
         bare: ServiceProcess | None = None
-        agents = {"medianserv": "medianserv-candles", "no candles": "medianserv-nocandles",
-                  "client": CLIENT_AGENT}  # fmt: skip
+        agents = {"medianserv": SERVICE_AGENTS[0], "no candles": SERVICE_AGENTS[1],
+                  "client": CLIENT_AGENT, "together": BOTH_AGENT}  # fmt: skip
         try:
             extra = ["--user-agent", agents["no candles"], "--no-candles"]
             bare = ServiceProcess(sim, Path(tmp) / "b", extra)
@@ -222,8 +227,11 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             }
             if client is not None:
                 sides["client"] = (client.proc.pid, client.count)
-            order = ["medianserv", "no candles", "client", "client", "no candles",
-                     "medianserv"] * rounds  # fmt: skip
+            order = ["together", "medianserv", "no candles", "client", "client", "no candles",
+                     "medianserv", "together"] * rounds  # fmt: skip
+            # who takes the trades of each window: a window of both measures both
+            measured = {side: [side] for side in sides}
+            measured["together"] = ["medianserv", "no candles"]
             per_trade: dict[str, dict[str, list[float]]] = {m: {} for m in markets}
             rates: dict[str, dict[str, list[float]]] = {m: {} for m in markets}
             spans: dict[str, dict[str, float]] = {m: {} for m in markets}
@@ -231,22 +239,28 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                 sim.control(f"flood?market={market}&agent=nobody")
                 _settle([pid for pid, _ in sides.values()])  # the market before: its work done
                 begun = {side: (cpu_seconds(pid), count()) for side, (pid, count) in sides.items()}
-                for side in [s for s in order if s in sides]:
-                    pid, count = sides[side]
-                    sim.control(f"flood?agent={agents[side]}")
-                    _flowing(count)
-                    c0, n0, t0 = cpu_seconds(pid), count(), time.monotonic()
+                for window in [w for w in order if w in measured]:
+                    taking = [(side, *sides[side]) for side in measured[window]]
+                    sim.control(f"flood?agent={agents[window]}")
+                    for _, _, count in taking:
+                        _flowing(count)
+                    before = [(cpu_seconds(pid), count()) for _, pid, count in taking]
+                    t0 = time.monotonic()
                     time.sleep(seconds)
-                    c1, n1, t1 = cpu_seconds(pid), count(), time.monotonic()
+                    after = [(cpu_seconds(pid), count()) for _, pid, count in taking]
+                    t1 = time.monotonic()
                     sim.control("flood?agent=nobody")
-                    time.sleep(0.5)  # what is in flight drains before the other side's turn
-                    if n1 - n0 < 100:  # idle while its flood flowed: its connections were down
-                        raise RuntimeError(f"{side} took {n1 - n0} trades in a window of "
-                                           f"{market}; the run does not count")  # fmt: skip
-                    per_trade[market].setdefault(side, []).append((c1 - c0) / (n1 - n0) * 1e6)
-                    rates[market].setdefault(side, []).append((n1 - n0) / (t1 - t0))
+                    time.sleep(0.5)  # what is in flight drains before the next window
+                    for (side, _, _), (c0, n0), (c1, n1) in zip(taking, before, after,
+                                                                strict=True):  # fmt: skip
+                        if n1 - n0 < 100:  # idle while its flood flowed: its connections down
+                            raise RuntimeError(f"{side} took {n1 - n0} trades in a window of "
+                                               f"{market}; the run does not count")  # fmt: skip
+                        key = side if window != "together" else f"{side}, together"
+                        per_trade[market].setdefault(key, []).append((c1 - c0) / (n1 - n0) * 1e6)
+                        rates[market].setdefault(key, []).append((n1 - n0) / (t1 - t0))
                 if seconds >= 5:  # the minutes left open retire in this market's span
-                    _roll_minutes(sim, [(agents["medianserv"], svc), (agents["no candles"], bare)])
+                    _roll_minutes(sim, [svc, bare])
                 _settle([pid for pid, _ in sides.values()])  # work left for later, done
                 for side, (pid, count) in sides.items():
                     c0, n0 = begun[side]
@@ -266,8 +280,17 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                 without = statistics.median(per_trade[market]["no candles"])
                 rows.append(Row(f"{market}: medianserv --no-candles CPU per trade", without,
                                 "us/trade"))  # fmt: skip
-                rows.append(Row(f"{market}: CPU per trade with candles / without (goal <= 1.1)",
-                                mine / without, "x"))  # fmt: skip
+                together = [statistics.median(per_trade[market][f"{side}, together"])
+                            for side in ("medianserv", "no candles")]  # fmt: skip
+                rows.append(Row(f"{market}: medianserv CPU per trade, the two flooded together",
+                                together[0], "us/trade"))  # fmt: skip
+                rows.append(Row(f"{market}: medianserv --no-candles CPU per trade, the same",
+                                together[1], "us/trade"))  # fmt: skip
+                rows.append(Row(f"{market}: CPU per trade with candles / without, flooded "
+                                "together (goal <= 1.1)", together[0] / together[1],
+                                "x"))  # fmt: skip
+                rows.append(Row(f"{market}: the same, each flooded alone in turn", mine / without,
+                                "x"))  # fmt: skip
                 span, span_without = spans[market]["medianserv"], spans[market]["no candles"]
                 rows.append(Row(f"{market}: medianserv CPU per trade, work left for later "
                                 "included", span, "us/trade"))  # fmt: skip
