@@ -735,7 +735,8 @@ static size_t gains_sorted(LevelCount *v, size_t n) {
 static PyObject *Period_take_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (period_settle(p) < 0) return NULL;
     if (!p->ngains && p->keeps_gains) { /* new highs alone (a trend's): the edge's, in order */
-        PyObject *out = packed_run(p->up.v + p->gains_up, p->up_n - p->gains_up);
+        size_t n = p->up_n - p->gains_up;
+        PyObject *out = packed_run(n ? p->up.v + p->gains_up : NULL, n);
         if (out) p->gains_up = p->up_n;
         return out;
     }
