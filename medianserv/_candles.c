@@ -281,7 +281,8 @@ static size_t merge_runs(const LevelCount *a, size_t na, const LevelCount *b, si
 }
 
 /* the period takes run v (ascending, distinct, its own allocation) as its newest; the last two
-   merged while the one before the last is at most twice the last. 0, or -1 (memory) with v
+   merged while the one before the last is at most twice the last (the last appended to it
+   where it lies wholly above: a realloc, and one copy of the last). 0, or -1 (memory) with v
    not taken. O(n) amortised, each level merged O(log L) times */
 static int runs_push(Period *p, LevelCount *v, size_t n) {
     if (!n) {
