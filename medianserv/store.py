@@ -735,13 +735,14 @@ class Store:
             # the current minute, stored whole: newer than a whole copy in candles (a
             # format 2 store's), older than its deltas there (a minute never turns back);
             # from format 5 with the latest trade time, which a quiet snapshot writes alone
-            record = bytes(whole[8:])
             if self.version >= 5:
                 try:
                     _, latest, record = quiet_parts(bytes(whole))
                 except ValueError as exc:
                     raise StoreError(f"{symbol}: {exc}") from exc
                 latest_ms = max(latest_ms, latest)
+            else:
+                record = bytes(whole[8:])
             minute = _decode_candle(symbol, MINUTE, current, record)
             if isinstance(minute, CandleRow):
                 raise StoreError(f"{symbol}: a settled row as the current minute")
