@@ -36,9 +36,9 @@ __all__ = ["CLIENT_AGENT", "bench_ingest", "run_decode_client"]
 
 #: The decode-only client's User-Agent (the simulator floods by it).
 CLIENT_AGENT = "picows-decode-bench"
-#: The two services' User-Agents, and the part they share (a flood of both at once).
-SERVICE_AGENTS = ("medianserv-candles", "medianserv-nocandles")
+#: The part of the two services' User-Agents they share (a flood of both at once), and theirs.
 BOTH_AGENT = "medianserv-"
+SERVICE_AGENTS = (BOTH_AGENT + "candles", BOTH_AGENT + "nocandles")
 MARKETS = ("walk", "fresh", "hot", "real")
 
 
