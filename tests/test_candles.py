@@ -263,6 +263,8 @@ def test_a_trending_minutes_gains_are_its_new_highs_wherever_its_levels_went() -
         assert p.take_gains() == (_packed(101, 103, 104, 105), _packed(3, 1, 1, 1))
         p.add(7, 7, 106, 1)
         assert p.packed()[0][-8:] == _packed(106)
+        assert p.packed() == (_packed(100, 101, 102, 103, 104, 105, 106),
+                              _packed(1, 4, 2, 1, 1, 1, 1))  # fmt: skip
         assert p.take_gains() == (_packed(106), _packed(1))
         assert p.count == 11
 
