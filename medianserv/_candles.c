@@ -21,9 +21,11 @@
  * run, merged with the run before it while that one is at most twice as long, so a period
  * holds O(log L) runs and each level is merged O(log L) times, every merge a sequential pass
  * (a day takes 1,440 minutes without a hash map's miss per level, at 16 bytes a level).
- * A reader of the levels compacts all of them into one run first (a period whose every trade
- * was a new high: its edge becomes the run as it is; a run above the one before it is
- * appended to it, not merged).
+ * A run that lies wholly above the newest (a trend's minute folded into its hour and day) is
+ * appended to it, copied once straight from the minute, its room grown by half again when
+ * short: such an hour or day is one run, each level copied about twice in all. A reader of
+ * the levels compacts all of them into one run first (a period whose every trade was a new
+ * high: its edge becomes the run as it is).
  *
  * A minute stored as deltas (too many levels to write whole at every snapshot) also keeps its
  * gains once told to (keep_gains): each trade applied appends its price to a list (a run at
@@ -280,31 +282,30 @@ static size_t merge_runs(const LevelCount *a, size_t na, const LevelCount *b, si
     return k + nb - j;
 }
 
-/* the period takes run v (ascending, distinct, its own allocation) as its newest; the last two
-   merged while the one before the last is at most twice the last (the last appended to it
-   where it lies wholly above: a realloc, and one copy of the last). 0, or -1 (memory) with v
-   not taken. O(n) amortised, each level merged O(log L) times */
-static int runs_push(Period *p, LevelCount *v, size_t n) {
-    if (!n) {
-        free(v);
-        return 0;
+/* the n ascending levels at src appended to run a, whose every level lies below them; room
+   grown by half again when short. 0, or -1 (memory) with a unchanged. O(n) amortised */
+static int run_extend(Run *a, const LevelCount *src, size_t n) {
+    if (a->cap - a->n < n) {
+        size_t cap = a->cap + a->cap / 2;
+        if (cap < a->n + n) cap = a->n + n;
+        LevelCount *v = realloc(a->v, cap * sizeof *v);
+        if (!v) return -1;
+        a->v = v;
+        a->cap = cap;
     }
-    if (p->nruns == p->capruns) {
-        size_t cap = p->capruns ? 2 * p->capruns : 4;
-        Run *runs = realloc(p->runs, cap * sizeof *runs);
-        if (!runs) return -1;
-        p->runs = runs;
-        p->capruns = cap;
-    }
-    p->runs[p->nruns++] = (Run){v, n};
+    memcpy(a->v + a->n, src, n * sizeof *src);
+    a->n += n;
+    return 0;
+}
+
+/* the last two runs merged while the one before the last is at most twice the last (the last
+   appended to it where it lies wholly above). O(their levels) */
+static void runs_settle(Period *p) {
     while (p->nruns >= 2 && p->runs[p->nruns - 2].n <= 2 * p->runs[p->nruns - 1].n) {
         Run *a = &p->runs[p->nruns - 2], *b = a + 1;
         if (a->v[a->n - 1].price < b->v[0].price) { /* b above a (a trend's): a grows by b */
-            LevelCount *ab = realloc(a->v, (a->n + b->n) * sizeof *ab);
-            if (!ab) break; /* left unmerged: still the same levels */
-            memcpy(ab + a->n, b->v, b->n * sizeof *ab);
+            if (run_extend(a, b->v, b->n) < 0) break; /* left unmerged: the same levels */
             free(b->v);
-            *a = (Run){ab, a->n + b->n};
             p->nruns--;
             continue;
         }
@@ -314,8 +315,61 @@ static int runs_push(Period *p, LevelCount *v, size_t n) {
         free(a->v);
         free(b->v);
         LevelCount *fit = k < a->n + b->n ? realloc(out, k * sizeof *out) : NULL;
-        *a = (Run){fit ? fit : out, k};
+        *a = (Run){fit ? fit : out, k, k};
         p->nruns--;
+    }
+}
+
+/* the newest run lies wholly below the n levels at src (ascending, distinct): the place to
+   append them, copied once and merged with nothing */
+static inline int runs_below(const Period *p, const LevelCount *src, size_t n) {
+    return n && p->nruns && p->runs[p->nruns - 1].v[p->runs[p->nruns - 1].n - 1].price < src[0].price;
+}
+
+/* the period takes run v (ascending, distinct, its own allocation, room for cap) as its
+   newest: appended to the newest where it lies wholly above it (v freed), else a run of its
+   own; then the last two merged while the one before the last is at most twice the last
+   (runs_settle). 0, or -1 (memory) with v not taken. O(n) amortised, each level merged
+   O(log L) times */
+static int runs_push(Period *p, LevelCount *v, size_t n, size_t cap) {
+    if (!n) {
+        free(v);
+        return 0;
+    }
+    if (runs_below(p, v, n)) {
+        if (run_extend(&p->runs[p->nruns - 1], v, n) < 0) return -1;
+        free(v);
+        runs_settle(p);
+        return 0;
+    }
+    if (p->nruns == p->capruns) {
+        size_t room = p->capruns ? 2 * p->capruns : 4;
+        Run *runs = realloc(p->runs, room * sizeof *runs);
+        if (!runs) return -1;
+        p->runs = runs;
+        p->capruns = room;
+    }
+    p->runs[p->nruns++] = (Run){v, n, cap};
+    runs_settle(p);
+    return 0;
+}
+
+/* the period takes a copy of the n levels at src (ascending, distinct): appended straight to
+   its newest run where they lie wholly above it (no copy in between: a trend's minute folded
+   into its hour and day), else copied to a run of their own (runs_push). 0, or -1 (memory)
+   with nothing changed */
+static int runs_copy(Period *p, const LevelCount *src, size_t n) {
+    if (runs_below(p, src, n)) {
+        if (run_extend(&p->runs[p->nruns - 1], src, n) < 0) return -1;
+        runs_settle(p);
+        return 0;
+    }
+    LevelCount *v = n ? malloc(n * sizeof *v) : NULL;
+    if (n && !v) return -1;
+    if (n) memcpy(v, src, n * sizeof *v);
+    if (runs_push(p, v, n, n) < 0) {
+        free(v);
+        return -1;
     }
     return 0;
 }
@@ -391,7 +445,7 @@ static int up_to_run(Period *p) {
     if (fit) v = fit, cap = n; /* the spare room back */
     p->up = (LevelList){0};
     p->up_n = p->gains_up = 0;
-    if (runs_push(p, v, n) < 0) { /* (runs had no room for one) */
+    if (runs_push(p, v, n, cap) < 0) { /* (runs had no room for one) */
         p->up = (LevelList){v, cap};
         p->up_n = p->gains_up = (uint32_t)n;
         PyErr_NoMemory();
@@ -421,7 +475,7 @@ static int period_compact(Period *p) {
     free(p->down.v);
     p->up = p->down = (LevelList){0};
     p->up_n = p->down_n = p->gains_up = 0;
-    if (runs_push(p, acc, n) < 0) { /* runs had room for one: not reached */
+    if (runs_push(p, acc, n, n) < 0) { /* runs had room for one: not reached */
         free(acc);
         PyErr_NoMemory();
         return -1;
@@ -549,7 +603,7 @@ static PyObject *Period_add_packed(Period *p, PyObject *args) {
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) v[i] = (LevelCount){be64(a + 8 * i), (i64)be64(b + 8 * i)};
-    if (runs_push(p, v, sort_levels(v, (size_t)n)) < 0) { /* a stored period: ascending */
+    if (runs_push(p, v, sort_levels(v, (size_t)n), (size_t)n) < 0) { /* a stored period */
         free(v);
         PyErr_NoMemory();
         goto done;
@@ -577,13 +631,7 @@ static PyObject *Period_fold(Period *p, PyObject *arg) {
     size_t n;
     const LevelCount *run = period_run(o, &n); /* a retired minute: its packed() made it so */
     if (!run && PyErr_Occurred()) return NULL;
-    LevelCount *v = n ? malloc(n * sizeof *v) : NULL;
-    if (n && !v) return PyErr_NoMemory();
-    if (n) memcpy(v, run, n * sizeof *v);
-    if (runs_push(p, v, n) < 0) {
-        free(v);
-        return PyErr_NoMemory(); /* nothing changed */
-    }
+    if (runs_copy(p, run, n) < 0) return PyErr_NoMemory(); /* nothing changed */
     if (!p->count) {
         p->open_id = o->open_id;
         p->open_price = o->open_price;
@@ -650,7 +698,7 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
             LevelCount *v = malloc(p->runs[r].n * sizeof *v);
             if (!v) goto nomem;
             memcpy(v, p->runs[r].v, p->runs[r].n * sizeof *v);
-            c->runs[c->nruns++] = (Run){v, p->runs[r].n};
+            c->runs[c->nruns++] = (Run){v, p->runs[r].n, p->runs[r].n};
         }
     }
     return (PyObject *)c;

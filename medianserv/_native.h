@@ -108,10 +108,11 @@ typedef struct {
     int shift;          /* 64 - log2(cap) */
 } PairMap;
 
-/* an ascending array of distinct levels */
+/* an ascending array of distinct levels, room for cap (a run levels above it are appended to
+   grows by half again, so a trend's hour or day copies a level about twice, not once a merge) */
 typedef struct {
     LevelCount *v;
-    size_t n;
+    size_t n, cap;
 } Run;
 
 /* live trades a period holds back before it applies them: a live trade of the current minute
