@@ -626,11 +626,18 @@ def finish(state: CandleState | bytes | None) -> CandleState | bytes | None:
     return state
 
 
-def _expiry(latest: int, keep_ms: Sequence[int | None]) -> tuple[tuple[int | None, ...], int]:
+def _expiry(
+    latest: int, keep_ms: Sequence[int | None], first_ms: int
+) -> tuple[tuple[int | None, ...], int]:
     """Per interval, the open time before which stored periods are past retention once the
-    latest trade is at ``latest`` (None: kept forever); and the earliest latest trade time
-    at which one of those bounds passes the open time of another period (:data:`LIMIT` if
-    none can): until then nothing more lies below them. O(1)."""
+    latest trade is at ``latest`` (None: kept forever, or no period is stored below it: none
+    opens before the period of ``first_ms``, the earliest trade time counted, which only ever
+    moves earlier); and the earliest latest trade time at which one of those bounds passes
+    the open time of another stored period (:data:`LIMIT` if none can; -1 while no trade is
+    counted): until then nothing more lies below them. So a book younger than its retention
+    hands the store no bound, and a snapshot deletes nothing where nothing can be. O(1)."""
+    if first_ms < 0:
+        return (None, None, None), -1
     bounds: list[int | None] = []
     at = LIMIT
     for keep, length in zip(keep_ms, _LENGTHS, strict=True):
@@ -638,6 +645,11 @@ def _expiry(latest: int, keep_ms: Sequence[int | None]) -> tuple[tuple[int | Non
             bounds.append(None)
             continue
         bound = latest + 1 - keep - length
+        first = first_ms - first_ms % length  # no period of this interval opens before it
+        if bound <= first:
+            bounds.append(None)  # nothing below it: nothing to delete till it passes first
+            at = min(at, first + keep + length)
+            continue
         bounds.append(bound)
         # periods open at multiples of length: the first not below the bound yet goes below
         # it once latest + 1 - keep - length exceeds it
@@ -970,7 +982,7 @@ class Candles:
             self.quiet_until = min(self.over_at, self.expiry_at)
             return state
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])
-        expired, at = _expiry(latest, keep_ms)
+        expired, at = _expiry(latest, keep_ms, self.first_ms)
         # handed over when a bound has passed a period's open time since they last were,
         # or the book drops a period below them, or rows of imported days may lie below
         handed = latest >= self.expiry_at or bool(self.landed)
@@ -1036,7 +1048,9 @@ class Candles:
         if latest < self.expiry_at:
             expired = _NO_EXPIRY
         else:
-            expired, self.expiry_at = _expiry(latest, keep_ms)
+            expired, self.expiry_at = _expiry(latest, keep_ms, self.first_ms)
+            if expired == _NO_EXPIRY:  # none passed a stored period: quiet all the same
+                expired = _NO_EXPIRY
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([taken], [], [])
         return _new_state((self.first_ms, latest, self.front_top_ms, taken[0], periods,
                            expired, self.harvested_counts, (), self.sealed))  # fmt: skip

@@ -742,6 +742,28 @@ def test_the_store_holds_every_period_within_retention_and_none_past_it(
             assert stored == {s for s in starts if s >= bound}, (k, t, bound)
 
 
+def test_a_book_younger_than_its_retention_hands_the_store_no_bound() -> None:
+    """No period opens before the one of the first trade counted, so until a retention bound
+    passes that one a harvest hands the store nothing to delete (a snapshot at each minute's
+    roll would search every symbol's minutes and hours for none); then it does, and the
+    store drops the first minute."""
+    symbols.keep_candles(True, [300_000, 7_200_000, None])
+    symbols.expect_history(set())
+    stats = SymbolStats("X")
+    store = FakeStore()
+    handed = []
+    for i in range(1, 8):  # a trade a minute from 60,000: bound 420,001 - 360,000 passes it
+        stats.apply(i, 100 + i, i * 60_000)
+        state = stats.harvest()
+        assert state is not None and state.candles is not None
+        c = state.candles
+        handed.append(None if isinstance(c, bytes) else c.expired)
+        store.put(c)
+    assert all(e is None or e == (None, None, None) for e in handed[:6]), handed
+    assert handed[6] is not None and handed[6][0] == 60_001  # 420,000 + 1 - 300,000 - 60,000
+    assert min(start for k, start in store.items if k == 0) == 120_000
+
+
 def test_named_symbols_keep_every_candle() -> None:
     """--candle-forever: the symbols named keep every minute, the others as configured."""
     from medianserv.config import Config
