@@ -4,20 +4,19 @@ markets; and medianserv with candles against medianserv without, flooded at the 
 The simulator floods every connection of whichever clients it is told to as fast as each
 reads (``/_sim/flood?agent=...``, a part of the User-Agent), the others idle meanwhile. Each
 market (walk, fresh, hot, real; see :class:`~medianserv.sim.SimConfig`) is measured in windows
-T A B C C B A T: T floods both services together (their User-Agents share a part), A
-medianserv, B medianserv with ``--no-candles``, C the client, each alone. A side's CPU per
-item is its process's CPU (``/proc``) over the items it took in its window. The cost of
-candles is read from the T windows, where both services run in the same seconds on the same
-machine, so its drift falls on both alike (in windows one after the other, a quieter second
-flatters whichever side had it); the client and the per-trade costs from the others, where
-each side has the machine to itself. Work a process leaves for later (a snapshot, a candle
-settling) falls in another side's window, uncounted there, or in the next market's: so each
-market also reports, per side, the process's CPU over the whole market (every window, then
-until every process is idle) over the items it took in it, and the next market begins only
-once every process is idle. A symbol's current minute retires only when a trade of a later
-minute comes, so each market (with windows of 5 s or more) ends with a short flood of both
-services in the first seconds of the next UTC minute and two snapshots after it: the last
-minute's retiring, folding and settling falls in its own market's span.
+A B C C B A T T: A medianserv, B medianserv with ``--no-candles``, C the client, each alone,
+then T both services together (their User-Agents share a part). A side's CPU per item is its
+process's CPU (``/proc``) over the items it took in its window. The cost of candles is read
+from the T windows, where both services run in the same seconds on the same machine, so its
+drift falls on both alike (in windows one after the other, a quieter second flatters whichever
+side had it); the client and the per-trade costs from the others, where each side has the
+machine to itself. Work a process leaves for later (a snapshot, a candle settling) falls
+outside its window: so each market also reports the two services' CPU over the items they
+took in their span together, from the T windows' start (every process idle first) until every
+process is idle again, and the next market begins only then. A symbol's current minute
+retires only when a trade of a later minute comes, so that span (with windows of 5 s or
+more) ends with a short flood of both services in the first seconds of the next UTC minute
+and two snapshots after it: the last minute's retiring, folding and settling falls in it.
 """
 
 from __future__ import annotations
@@ -185,7 +184,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                  markets: tuple[str, ...] = MARKETS) -> list[Row]:  # fmt: skip
     """medianserv and the decode-only client (picows + msgspec, in the ``bench`` extra)
     flooded alone in turn on each market, with a second medianserv that keeps no candles,
-    and the two services flooded together, windows T A B C C B A T of ``seconds``: CPU per
+    and the two services flooded together, windows A B C C B A T T of ``seconds``: CPU per
     trade of each, their ratios (the client's over medianserv's, of the windows alone;
     medianserv's with candles over without, of the windows together, and of those alone for
     comparison), rates, and for medianserv the slowest market against the fastest.
@@ -227,8 +226,10 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             }
             if client is not None:
                 sides["client"] = (client.proc.pid, client.count)
-            order = ["together", "medianserv", "no candles", "client", "client", "no candles",
-                     "medianserv", "together"] * rounds  # fmt: skip
+            # the windows alone first (A B C C B A, symmetric), then those together, one after
+            # the other: the span of both services together starts once all are idle
+            order = ["medianserv", "no candles", "client", "client", "no candles",
+                     "medianserv"] * rounds + ["together"] * (2 * rounds)  # fmt: skip
             # who takes the trades of each window: a window of both measures both
             measured = {side: [side] for side in sides}
             measured["together"] = ["medianserv", "no candles"]
@@ -238,8 +239,12 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             for market in markets:
                 sim.control(f"flood?market={market}&agent=nobody")
                 _settle([pid for pid, _ in sides.values()])  # the market before: its work done
-                begun = {side: (cpu_seconds(pid), count()) for side, (pid, count) in sides.items()}
+                begun: dict[str, tuple[float, int]] = {}
                 for window in [w for w in order if w in measured]:
+                    if window == "together" and not begun:  # the span together begins
+                        _settle([pid for pid, _ in sides.values()])
+                        begun = {side: (cpu_seconds(sides[side][0]), sides[side][1]())
+                                 for side in measured["together"]}  # fmt: skip
                     taking = [(side, *sides[side]) for side in measured[window]]
                     sim.control(f"flood?agent={agents[window]}")
                     for _, _, count in taking:
@@ -262,8 +267,8 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                 if seconds >= 5:  # the minutes left open retire in this market's span
                     _roll_minutes(sim, [svc, bare])
                 _settle([pid for pid, _ in sides.values()])  # work left for later, done
-                for side, (pid, count) in sides.items():
-                    c0, n0 = begun[side]
+                for side, (c0, n0) in begun.items():
+                    pid, count = sides[side]
                     spans[market][side] = (cpu_seconds(pid) - c0) / max(1, count() - n0) * 1e6
             stats = sim.control("stats")
             expected = connections * (3 if client else 2)
@@ -292,8 +297,8 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                 rows.append(Row(f"{market}: the same, each flooded alone in turn", mine / without,
                                 "x"))  # fmt: skip
                 span, span_without = spans[market]["medianserv"], spans[market]["no candles"]
-                rows.append(Row(f"{market}: medianserv CPU per trade, work left for later "
-                                "included", span, "us/trade"))  # fmt: skip
+                rows.append(Row(f"{market}: medianserv CPU per trade, the two flooded together, "
+                                "work left for later included", span, "us/trade"))  # fmt: skip
                 rows.append(Row(f"{market}: the same, --no-candles", span_without, "us/trade"))
                 rows.append(Row(f"{market}: the same, with candles / without (goal <= 1.1)",
                                 span / span_without, "x"))  # fmt: skip
