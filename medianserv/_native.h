@@ -108,8 +108,9 @@ typedef struct {
     int shift;          /* 64 - log2(cap) */
 } PairMap;
 
-/* an ascending array of distinct levels, room for cap (a run levels above it are appended to
-   grows by half again, so a trend's hour or day copies a level about twice, not once a merge) */
+/* an ascending array of distinct levels, with room for cap: the newest run of a period takes
+   the levels that lie wholly above it (a trend's minute folded into its hour or day) in place,
+   its room grown by half again when short, so each such level is copied about twice in all */
 typedef struct {
     LevelCount *v;
     size_t n, cap;
