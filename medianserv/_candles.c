@@ -326,6 +326,14 @@ static inline int runs_below(const Period *p, const LevelCount *src, size_t n) {
     return n && p->nruns && p->runs[p->nruns - 1].v[p->runs[p->nruns - 1].n - 1].price < src[0].price;
 }
 
+/* the n levels at src appended to the newest run, which lies wholly below them (runs_below),
+   and the runs settled. 0, or -1 (memory) with nothing changed */
+static int runs_extend_top(Period *p, const LevelCount *src, size_t n) {
+    if (run_extend(&p->runs[p->nruns - 1], src, n) < 0) return -1;
+    runs_settle(p);
+    return 0;
+}
+
 /* the period takes run v (ascending, distinct, its own allocation, room for cap) as its
    newest: appended to the newest where it lies wholly above it (v freed), else a run of its
    own; then the last two merged while the one before the last is at most twice the last
@@ -337,9 +345,8 @@ static int runs_push(Period *p, LevelCount *v, size_t n, size_t cap) {
         return 0;
     }
     if (runs_below(p, v, n)) {
-        if (run_extend(&p->runs[p->nruns - 1], v, n) < 0) return -1;
+        if (runs_extend_top(p, v, n) < 0) return -1;
         free(v);
-        runs_settle(p);
         return 0;
     }
     if (p->nruns == p->capruns) {
@@ -359,11 +366,7 @@ static int runs_push(Period *p, LevelCount *v, size_t n, size_t cap) {
    into its hour and day), else copied to a run of their own (runs_push). 0, or -1 (memory)
    with nothing changed */
 static int runs_copy(Period *p, const LevelCount *src, size_t n) {
-    if (runs_below(p, src, n)) {
-        if (run_extend(&p->runs[p->nruns - 1], src, n) < 0) return -1;
-        runs_settle(p);
-        return 0;
-    }
+    if (runs_below(p, src, n)) return runs_extend_top(p, src, n);
     LevelCount *v = n ? malloc(n * sizeof *v) : NULL;
     if (n && !v) return -1;
     if (n) memcpy(v, src, n * sizeof *v);
