@@ -629,8 +629,6 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     Lock *gate = (Lock *)lock;
     if (!lock_take(gate, 0)) return NOT_COMMON; /* busy: the general path waits for it */
     PyObject *m = SLOT(stats, S_MINUTE);
-    if (m && (PyObject *)gate->gate == m) /* the pending entry it would take, behind the rest */
-        __builtin_prefetch(&gate->gate->pend[gate->noted < PERIOD_PENDING ? gate->noted : 0], 1);
     int rc = NOT_COMMON;
     PyObject *tid = NULL, *when = NULL, *units = NULL, *version = NULL;
     PyObject *ids = SLOT(stats, S_IDS);
@@ -764,10 +762,10 @@ static inline void warm_stats(PyObject *stats) {
     __builtin_prefetch((char *)stats + 128, 0);
 }
 
-/* one frame before its turn, the objects its trade touches, read from its stats (fetched a
+/* two frames before its turn, the objects its trade touches, read from its stats (fetched a
    frame earlier): the lock (and the current minute's gate in its line), the bookkeeping and
    the median. A symbol's objects are scattered over the heap and a busy market's symbols
-   take turns, so each is a miss; fetched here, they overlap the trade before */
+   take turns, so each is a miss; fetched here, they overlap the trades before */
 static inline void warm_objects(const TradePath *tp, PyObject *stats) {
     if (Py_TYPE(stats) != tp->stats_type) return;
     PyObject *lock = SLOT(stats, S_LOCK), *ids = SLOT(stats, S_IDS);
@@ -780,6 +778,22 @@ static inline void warm_objects(const TradePath *tp, PyObject *stats) {
     if (median) {
         __builtin_prefetch(median, 1);
         __builtin_prefetch((char *)median + 64, 1);
+        __builtin_prefetch((char *)median + 128, 1);
+    }
+}
+
+/* one frame before its turn, what the objects (fetched a frame earlier) point to that its
+   trade reads first: the median's heap tops and the price's slots (median_warm), and the
+   current minute's pending entry it would take. Only read, under the GIL like the trade:
+   a field changed before the trade's turn (another frame of the symbol) costs a wasted
+   fetch, never a wrong result */
+static inline void warm_levels(const TradePath *tp, const Frame *fr) {
+    if (Py_TYPE(fr->stats) != tp->stats_type) return;
+    PyObject *median = SLOT(fr->stats, S_MEDIAN), *lock = SLOT(fr->stats, S_LOCK);
+    if (median && Py_IS_TYPE(median, &MedianType)) median_warm((const Median *)median, fr->price);
+    if (lock && Py_IS_TYPE(lock, &LockType)) {
+        const Lock *l = (const Lock *)lock;
+        if (l->gate) __builtin_prefetch(&l->gate->pend[l->noted < PERIOD_PENDING ? l->noted : 0], 1);
     }
 }
 
@@ -801,19 +815,24 @@ static PyObject *TradePath_consume(TradePath *tp, PyObject *args) {
     Py_ssize_t end = view.len;
     long long frames = 0, applied = 0, duplicates = 0, event_ms = -1;
     int failed = 0;
-    /* a pipeline of three frames: while one is applied, the next one's objects and the one
-       after's stats are fetched (ring[k % 3]: k the frame applied, then k + 1, k + 2) */
-    Frame ring[3];
-    int have[3];
+    /* a pipeline of four frames: while one is applied, the next one's levels, the one
+       after's objects and the one after that's stats are fetched, each from what the stage
+       before fetched (ring[k % 4]: k the frame applied, then k + 1, k + 2, k + 3) */
+    Frame ring[4];
+    int have[4];
     have[0] = frame_at(tp, x, d, pos, end, &ring[0]);
-    have[1] = have[0] && frame_at(tp, x, d, ring[0].stop, end, &ring[1]);
+    for (int i = 1; i < 3; i++) have[i] = have[i - 1] && frame_at(tp, x, d, ring[i - 1].stop, end, &ring[i]);
     if (have[0]) warm_objects(tp, ring[0].stats);
-    if (have[1]) warm_stats(ring[1].stats);
-    for (unsigned k = 0; have[k % 3]; k++) {
-        Frame *cur = &ring[k % 3], *next = &ring[(k + 1) % 3], *then = &ring[(k + 2) % 3];
-        have[(k + 2) % 3] = have[(k + 1) % 3] && frame_at(tp, x, d, next->stop, end, then);
-        if (have[(k + 2) % 3]) warm_stats(then->stats);
-        if (have[(k + 1) % 3]) warm_objects(tp, next->stats);
+    if (have[1]) warm_objects(tp, ring[1].stats);
+    if (have[2]) warm_stats(ring[2].stats);
+    if (have[0]) warm_levels(tp, &ring[0]);
+    for (unsigned k = 0; have[k % 4]; k++) {
+        Frame *cur = &ring[k % 4], *next = &ring[(k + 1) % 4], *then = &ring[(k + 2) % 4];
+        Frame *last = &ring[(k + 3) % 4];
+        have[(k + 3) % 4] = have[(k + 2) % 4] && frame_at(tp, x, d, then->stop, end, last);
+        if (have[(k + 3) % 4]) warm_stats(last->stats);
+        if (have[(k + 2) % 4]) warm_objects(tp, then->stats);
+        if (have[(k + 1) % 4]) warm_levels(tp, next);
         int rc = apply_common(tp, cur->stats, cur->f.t, cur->price, cur->f.T);
         if (rc == ERROR) {
             failed = 1;

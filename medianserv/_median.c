@@ -27,10 +27,6 @@
 
 /* -- the maps of counts beside the heaps ---------------------------------------------------- */
 
-static inline size_t map_home(const Map *m, u64 key) {
-    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> m->shift);
-}
-
 static int map_grow(Map *m) {
     size_t cap = m->cap ? m->cap * 2 : 8;
     int shift = m->cap ? m->shift - 1 : 64 - 3;

@@ -97,6 +97,27 @@ extern PyTypeObject MedianType, LevelsType;
 /* Adds `times` values at `value`; the level's count after, or -1 with an exception set. */
 i64 median_add(Median *m, u64 value, i64 times);
 
+/* where a map looks for key first (Fibonacci hashing) */
+static inline size_t map_home(const Map *m, u64 key) {
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> m->shift);
+}
+
+/* the lines median_add(m, value, 1) reads first fetched, so that their misses overlap other
+ * work: each heap's top, and value's home slot in the counts of either side (which side is
+ * not known until the top is read) and in the record of levels touched. Reads only m's own
+ * first three lines; changes nothing. O(1) */
+static inline void median_warm(const Median *m, u64 value) {
+    if (m->nlow) __builtin_prefetch(m->low, 0);
+    if (m->nhigh) __builtin_prefetch(m->high, 0);
+    const Map *maps[3] = {&m->low_counts, &m->high_counts, &m->touched.cur};
+    for (int i = 0; i < 3; i++) {
+        if (!maps[i]->cap) continue;
+        size_t j = map_home(maps[i], value);
+        __builtin_prefetch(&maps[i]->keys[j], 1);
+        __builtin_prefetch(&maps[i]->vals[j], 1);
+    }
+}
+
 /* -- median candles (_candles.c) ------------------------------------------------------------ */
 
 /* price -> trades of one period, each price beside its count (a LevelCount, _select.h: one
