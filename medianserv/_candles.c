@@ -366,10 +366,11 @@ static int runs_push(Period *p, LevelCount *v, size_t n, size_t cap) {
    into its hour and day), else copied to a run of their own (runs_push). 0, or -1 (memory)
    with nothing changed */
 static int runs_copy(Period *p, const LevelCount *src, size_t n) {
+    if (!n) return 0;
     if (runs_below(p, src, n)) return runs_extend_top(p, src, n);
-    LevelCount *v = n ? malloc(n * sizeof *v) : NULL;
-    if (n && !v) return -1;
-    if (n) memcpy(v, src, n * sizeof *v);
+    LevelCount *v = malloc(n * sizeof *v);
+    if (!v) return -1;
+    memcpy(v, src, n * sizeof *v);
     if (runs_push(p, v, n, n) < 0) {
         free(v);
         return -1;
