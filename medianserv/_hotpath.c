@@ -793,7 +793,19 @@ static inline void warm_levels(const TradePath *tp, const Frame *fr) {
     if (median && Py_IS_TYPE(median, &MedianType)) median_warm((const Median *)median, fr->price);
     if (lock && Py_IS_TYPE(lock, &LockType)) {
         const Lock *l = (const Lock *)lock;
-        if (l->gate) __builtin_prefetch(&l->gate->pend[l->noted < PERIOD_PENDING ? l->noted : 0], 1);
+        const Period *p = l->gate;
+        if (!p) return;
+        if (l->noted < PERIOD_PENDING) {
+            __builtin_prefetch(&p->pend[l->noted], 1);
+            return;
+        }
+        /* the list is full: the trade applies it first, reading every entry and the fields
+           after it (their misses overlap here, not one after another there) */
+        for (int i = 0; i < PERIOD_PENDING; i += 64 / sizeof *p->pend) __builtin_prefetch(&p->pend[i], 0);
+        __builtin_prefetch(&p->count, 1);
+        __builtin_prefetch((const char *)&p->count + 64, 1);
+        __builtin_prefetch(&p->keeps_gains, 0);
+        __builtin_prefetch(&p->pend[0], 1);
     }
 }
 
