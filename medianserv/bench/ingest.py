@@ -13,9 +13,9 @@ side had it): each T window's ratio of the two, and their median, so that a seco
 of one side falls in one window's ratio and the median leaves it out. The client and the
 per-trade costs come from the others, where each side has the machine to itself. Work a
 process leaves for later (a snapshot, a candle settling) falls outside its window: so each
-market also reports the two services' CPU over the items they
-took in their span together, from the T windows' start (every process idle first) until every
-process is idle again, and the next market begins only then. A symbol's current minute
+market also reports the two services' CPU over the items they took in their span together,
+from the T windows' start (every process idle first) until every process is idle again, and
+the next market begins only then. A symbol's current minute
 retires only when a trade of a later minute comes, so that span (with windows of 5 s or
 more) ends with a short flood of both services in the first seconds of the next UTC minute
 and two snapshots after it: the last minute's retiring, folding and settling falls in it.
