@@ -801,12 +801,12 @@ static inline void warm_levels(const TradePath *tp, const Frame *fr) {
         }
         /* the list is full: the trade applies it first, reading every entry and the fields
            after it (their misses overlap here, not one after another there) */
-        for (size_t i = 0; i < PERIOD_PENDING; i += 64 / sizeof *p->pend)
+        __builtin_prefetch(&p->pend[0], 1); /* (the trade's own entry after it: written) */
+        for (size_t i = 64 / sizeof *p->pend; i < PERIOD_PENDING; i += 64 / sizeof *p->pend)
             __builtin_prefetch(&p->pend[i], 0);
         __builtin_prefetch(&p->count, 1);
         __builtin_prefetch((const char *)&p->count + 64, 1);
         __builtin_prefetch(&p->keeps_gains, 0);
-        __builtin_prefetch(&p->pend[0], 1);
     }
 }
 

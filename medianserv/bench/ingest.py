@@ -1,28 +1,28 @@
 """``bench ingest``: medianserv's readers against a client that only decodes, on several
 markets; and medianserv with candles against medianserv without, flooded at the same time.
 
-The simulator floods every connection of whichever clients it is told to as fast as each
-reads (``/_sim/flood?agent=...``, a part of the User-Agent), the others idle meanwhile. Each
-market (walk, fresh, hot, real; see :class:`~medianserv.sim.SimConfig`) is measured in windows
-A B C C B A T T T T: A medianserv, B medianserv with ``--no-candles``, C the client, each alone,
-then T both services together (their User-Agents share a part). A side's CPU per item is its
-process's CPU (``/proc``) over the items it took in its window. The cost of candles is read
+The simulator floods every connection of whichever clients it is told to as fast as each reads
+(``/_sim/flood?agent=...``, a part of the User-Agent), the others idle meanwhile. Each market
+(walk, fresh, hot, real; see :class:`~medianserv.sim.SimConfig`) is measured in windows
+A B C C B A T T T T: A medianserv, B medianserv with ``--no-candles``, C the client, each
+alone, then T both services together (their User-Agents share a part). A side's CPU per item is
+its process's CPU (``/proc``) over the items it took in its window. The cost of candles is read
 from the T windows, where both services run in the same seconds on the same machine, so its
 drift falls on both alike (in windows one after the other, a quieter second flatters whichever
-side had it): each T window's ratio of the two, and their median, so that a second's hiccup
-of one side falls in one window's ratio and the median leaves it out. The client and the
-per-trade costs come from the others, where each side has the machine to itself. Work a
-process leaves for later (a snapshot, a candle settling) falls outside its window: so each
-market also reports the two services' CPU over the items they took in their span together,
-from the T windows' start (every process idle first) until every process is idle again, and
-the next market begins only then. A symbol's current minute
-retires only when a trade of a later minute comes, so that span (with windows of 5 s or
-more) ends with a short flood of both services in the first seconds of the next UTC minute
-and two snapshots after it: the last minute's retiring, folding and settling falls in it.
-The same roll comes before the span begins: the minutes the windows alone left open (their
-trades outside the span) retire before it, not in it. So the span holds the deferred work of
-the trades it counts, but for a second's flood at each end (the roll's before it, whose
-minute retires in it; the roll's in it, whose minute retires after), which balance.
+side had it): each T window's ratio of the two, and their median, so that a second's hiccup of
+one side falls in one window's ratio and the median leaves it out. The client and the per-trade
+costs come from the others, where each side has the machine to itself. Work a process leaves
+for later (a snapshot, a candle settling) falls outside its window: so each market also reports
+the two services' CPU over the items they took in their span together, from the T windows'
+start (every process idle first) until every process is idle again, and the next market begins
+only then. A symbol's current minute retires only when a trade of a later minute comes, so that
+span (with windows of 5 s or more) ends with a short flood of both services in the first
+seconds of the next UTC minute and two snapshots after it: the last minute's retiring, folding
+and settling falls in it. The same roll comes before the span begins: the minutes the windows
+alone left open (their trades outside the span) retire before it, not in it. So the span holds
+the deferred work of the trades it counts, but for a second's flood at each end (the roll's
+before it, whose minute retires in it; the roll's in it, whose minute retires after), which
+balance.
 """
 
 from __future__ import annotations
