@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from medianserv.bench import Row, bench_core, bench_long, bench_snapshot, random_walk
 from medianserv.bench.candles import bench_candles
 from medianserv.bench.common import median_bytes
+from medianserv.bench.ingest import _market_rows
 from medianserv.median import RunningMedian
 
 
@@ -57,6 +60,33 @@ def test_candles_smoke() -> None:
     check([Row(k, v, "") for k, v in rows.items()])
     assert rows["largest snapshot's candle writes"] >= 40 * 16
     assert rows["1d rows of a settled day"] == 1 and rows["1m rows of a settled day"] == 1_440
+
+
+def test_ingest_reads_the_candles_cost_from_paired_windows() -> None:
+    """The "together" ratio pairs each T window's two figures: here the two sides' medians
+    come from different windows (their ratio 2.4), while the windows' own ratios are 1.1, 1.2
+    and 3.0 (median 1.2). Pairing other windows changes it; a window one side lacks fails."""
+    per_trade = {"medianserv": [2.0, 4.0, 3.0], "no candles": [2.0, 2.0, 2.0],
+                 "medianserv, together": [1.1, 2.4, 3.0], "no candles, together": [1.0, 2.0, 1.0],
+                 "client": [1.0, 1.0]}  # fmt: skip
+    rates = {"medianserv": [10.0, 30.0, 20.0], "client": [5.0, 7.0]}
+    rows, mine = _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0})
+    got = {r.name.removeprefix("walk: "): r.value for r in rows}
+    assert mine == 3.0 and got["medianserv trades/s"] == 20.0
+    assert got["the same, each flooded alone in turn"] == 1.5
+    together = "CPU per trade with candles / without, flooded together, the median of the T "
+    assert abs(got[together + "windows' (goal <= 1.1)"] - 1.2) < 1e-12
+    assert got["medianserv CPU per trade, the two flooded together"] == 2.4
+    assert got["medianserv --no-candles CPU per trade, the same"] == 1.0
+    assert abs(got["the same, with candles / without (goal <= 1.1)"] - 1.1) < 1e-12
+    assert got["client CPU / medianserv CPU per trade (goal 1)"] == 1.0 / 3.0
+    per_trade["no candles, together"] = [1.0, 1.0, 2.0]  # windows 2 and 3 swapped: 1.5 now
+    rows, _ = _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0})
+    got = {r.name.removeprefix("walk: "): r.value for r in rows}
+    assert got[together + "windows' (goal <= 1.1)"] == 1.5
+    del per_trade["no candles, together"][0]  # a window of one side alone: refused
+    with pytest.raises(ValueError):
+        _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0})
 
 
 def test_ingest_and_api_smoke_through_the_cli(tmp_path: Path) -> None:

@@ -186,6 +186,47 @@ def _picows_available() -> bool:
     return True
 
 
+def _market_rows(market: str, per_trade: dict[str, list[float]], rates: dict[str, list[float]],
+                 spans: dict[str, float]) -> tuple[list[Row], float]:  # fmt: skip
+    """One market's rows of :func:`bench_ingest` from its windows' figures (``per_trade`` and
+    ``rates`` per side, a value a window; ``spans`` per service) and medianserv's CPU per trade
+    alone. The candles' cost is the median of the T windows' ratios, each window's two figures
+    paired (the i-th of each service's list is the same window's). O(windows)."""
+    rows: list[Row] = []
+    mine = statistics.median(per_trade["medianserv"])
+    rows.append(Row(f"{market}: medianserv CPU per trade (whole process)", mine, "us/trade"))
+    rows.append(Row(f"{market}: medianserv trades/s", statistics.median(rates["medianserv"]),
+                    "trades/s"))  # fmt: skip
+    without = statistics.median(per_trade["no candles"])
+    rows.append(Row(f"{market}: medianserv --no-candles CPU per trade", without, "us/trade"))
+    together = [statistics.median(per_trade[f"{side}, together"])
+                for side in ("medianserv", "no candles")]  # fmt: skip
+    rows.append(Row(f"{market}: medianserv CPU per trade, the two flooded together",
+                    together[0], "us/trade"))  # fmt: skip
+    rows.append(Row(f"{market}: medianserv --no-candles CPU per trade, the same", together[1],
+                    "us/trade"))  # fmt: skip
+    paired = [a / b for a, b in zip(per_trade["medianserv, together"],
+                                    per_trade["no candles, together"], strict=True)]  # fmt: skip
+    rows.append(Row(f"{market}: CPU per trade with candles / without, flooded together, the "
+                    "median of the T windows' (goal <= 1.1)", statistics.median(paired),
+                    "x"))  # fmt: skip
+    rows.append(Row(f"{market}: the same, each flooded alone in turn", mine / without, "x"))
+    span, span_without = spans["medianserv"], spans["no candles"]
+    rows.append(Row(f"{market}: medianserv CPU per trade, the two flooded together, work left "
+                    "for later included", span, "us/trade"))  # fmt: skip
+    rows.append(Row(f"{market}: the same, --no-candles", span_without, "us/trade"))
+    rows.append(Row(f"{market}: the same, with candles / without (goal <= 1.1)",
+                    span / span_without, "x"))  # fmt: skip
+    if "client" in per_trade:
+        theirs = statistics.median(per_trade["client"])
+        rows.append(Row(f"{market}: decode-only client CPU per trade", theirs, "us/trade"))
+        rows.append(Row(f"{market}: decode-only client trades/s",
+                        statistics.median(rates["client"]), "trades/s"))  # fmt: skip
+        rows.append(Row(f"{market}: client CPU / medianserv CPU per trade (goal 1)",
+                        theirs / mine, "x"))  # fmt: skip
+    return rows, mine
+
+
 def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: int = 1,
                  markets: tuple[str, ...] = MARKETS) -> list[Row]:  # fmt: skip
     """medianserv and the decode-only client (picows + msgspec, in the ``bench`` extra)
@@ -284,43 +325,9 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                 raise RuntimeError(f"a client lost a connection; the run does not count: {stats}")
             ours = {}
             for market in markets:
-                mine = statistics.median(per_trade[market]["medianserv"])
-                ours[market] = mine
-                rows.append(Row(f"{market}: medianserv CPU per trade (whole process)", mine,
-                                "us/trade"))  # fmt: skip
-                rows.append(Row(f"{market}: medianserv trades/s", statistics.median(
-                    rates[market]["medianserv"]), "trades/s"))  # fmt: skip
-                without = statistics.median(per_trade[market]["no candles"])
-                rows.append(Row(f"{market}: medianserv --no-candles CPU per trade", without,
-                                "us/trade"))  # fmt: skip
-                together = [statistics.median(per_trade[market][f"{side}, together"])
-                            for side in ("medianserv", "no candles")]  # fmt: skip
-                rows.append(Row(f"{market}: medianserv CPU per trade, the two flooded together",
-                                together[0], "us/trade"))  # fmt: skip
-                rows.append(Row(f"{market}: medianserv --no-candles CPU per trade, the same",
-                                together[1], "us/trade"))  # fmt: skip
-                paired = [a / b for a, b in zip(per_trade[market]["medianserv, together"],
-                                                per_trade[market]["no candles, together"],
-                                                strict=True)]  # fmt: skip
-                rows.append(Row(f"{market}: CPU per trade with candles / without, flooded "
-                                "together, the median of the T windows' (goal <= 1.1)",
-                                statistics.median(paired), "x"))  # fmt: skip
-                rows.append(Row(f"{market}: the same, each flooded alone in turn", mine / without,
-                                "x"))  # fmt: skip
-                span, span_without = spans[market]["medianserv"], spans[market]["no candles"]
-                rows.append(Row(f"{market}: medianserv CPU per trade, the two flooded together, "
-                                "work left for later included", span, "us/trade"))  # fmt: skip
-                rows.append(Row(f"{market}: the same, --no-candles", span_without, "us/trade"))
-                rows.append(Row(f"{market}: the same, with candles / without (goal <= 1.1)",
-                                span / span_without, "x"))  # fmt: skip
-                if "client" in per_trade[market]:
-                    theirs = statistics.median(per_trade[market]["client"])
-                    rows.append(Row(f"{market}: decode-only client CPU per trade", theirs,
-                                    "us/trade"))  # fmt: skip
-                    rows.append(Row(f"{market}: decode-only client trades/s", statistics.median(
-                        rates[market]["client"]), "trades/s"))  # fmt: skip
-                    rows.append(Row(f"{market}: client CPU / medianserv CPU per trade (goal 1)",
-                                    theirs / mine, "x"))  # fmt: skip
+                market_rows, ours[market] = _market_rows(market, per_trade[market],
+                                                         rates[market], spans[market])  # fmt: skip
+                rows += market_rows
             rows.append(Row("medianserv CPU per trade, slowest market / fastest",
                             max(ours.values()) / min(ours.values()), "x"))  # fmt: skip
             latency = stats["pong_latency_by_agent"]
