@@ -69,7 +69,7 @@ def test_ingest_reads_the_candles_cost_from_paired_windows() -> None:
     per_trade = {"medianserv": [2.0, 4.0, 3.0], "no candles": [2.0, 2.0, 2.0],
                  "medianserv, together": [1.1, 2.4, 3.0], "no candles, together": [1.0, 2.0, 1.0],
                  "client": [1.0, 1.0]}  # fmt: skip
-    rates = {"medianserv": [10.0, 30.0, 20.0], "client": [5.0, 7.0]}
+    rates = {"medianserv": [10.0, 30.0, 20.0], "client": [5.0, 30.0, 7.0]}
     rows, mine = _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0})
     got = {r.name.removeprefix("walk: "): r.value for r in rows}
     assert mine == 3.0 and got["medianserv trades/s"] == 20.0
@@ -80,6 +80,9 @@ def test_ingest_reads_the_candles_cost_from_paired_windows() -> None:
     assert got["medianserv --no-candles CPU per trade, the same"] == 1.0
     assert abs(got["the same, with candles / without (goal <= 1.1)"] - 1.1) < 1e-12
     assert got["client CPU / medianserv CPU per trade (goal 1)"] == 1.0 / 3.0
+    assert got["decode-only client CPU per trade"] == 1.0
+    assert got["decode-only client trades/s"] == 7.0  # the median, not the mean
+    assert got["medianserv --no-candles CPU per trade"] == 2.0
     per_trade["no candles, together"] = [1.0, 1.0, 2.0]  # windows 2 and 3 swapped: 1.5 now
     rows, _ = _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0})
     got = {r.name.removeprefix("walk: "): r.value for r in rows}
