@@ -1473,18 +1473,20 @@ static int state_items(const Items *to, Buf *w, unsigned char *key, size_t npref
         return r;
     }
     /* CandleState: first_ms, latest_ms, front_top_ms, current, periods, expired, counts,
-       seqs, sealed */
-    if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 9) return NOT_OURS;
+       seqs, sealed, unfolded */
+    if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 10) return NOT_OURS;
     PyObject *periods = PyTuple_GET_ITEM(c, 4), *counts = PyTuple_GET_ITEM(c, 6),
              *sealed = PyTuple_GET_ITEM(c, 8);
     if (!PyTuple_CheckExact(counts) || !PyTuple_CheckExact(sealed) || !PyTuple_Check(periods))
         return NOT_OURS;
     int r;
-    if (mp_array(w, (size_t)(4 + PyTuple_GET_SIZE(counts) + PyTuple_GET_SIZE(sealed))) < 0)
+    if (mp_array(w, (size_t)(5 + PyTuple_GET_SIZE(counts) + PyTuple_GET_SIZE(sealed))) < 0)
         return -1;
     for (int i = 0; i < 4; i++)
         if ((r = mp_obj(w, PyTuple_GET_ITEM(c, i)))) return r;
-    if ((r = mp_objs(w, counts, 0)) || (r = mp_objs(w, sealed, 0))) return r;
+    if ((r = mp_objs(w, counts, 0)) || (r = mp_objs(w, sealed, 0)) ||
+        (r = mp_obj(w, PyTuple_GET_ITEM(c, 9))))
+        return r;
     key[nprefix] = 0;
     if (emit(to->now, key, nprefix + 1, w) < 0) return -1;
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(periods); k++) {

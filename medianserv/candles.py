@@ -10,13 +10,17 @@ levels (price -> trades), from which its median is exact.
 Each symbol has one :class:`Candles` book. Its *current minute* (:attr:`Candles.minute`) takes
 every trade of the live stream, which nearly always falls in it: the per-trade path adds to
 it alone, one level map update, and the compiled path does so without the interpreter. When
-a later minute begins, the current one is *retired*: folded into its hour and its day (its
-levels merged into theirs, once) and kept with its own levels among the open minutes. The
+a later minute begins, the current one is *retired*: folded into its hour (its levels
+merged into the hour's, once) and kept with its own levels among the open minutes. The
 per-trade path only queues it (:meth:`Candles.roll`); the book's next use retires it, so
-that work is done by the snapshot's harvest, not by a reader. A late
-trade (a backfill after a reconnect or a restart, REST rows of the history) goes into the
-minute, hour and day of its own time directly. So an hour is the fold of its retired minutes
-and its late trades, and the current minute is added to it only when it is shown.
+that work is done by the snapshot's harvest, not by a reader. The current minute's hour is
+the book's *unfolded* hour: when the current minute leaves it, it is folded into its day,
+whole (:meth:`Candles._enter`), so a day takes an hour's distinct levels 24 times a day, not
+each minute's 1,440 times. A late trade (a backfill after a reconnect or a restart, REST rows
+of the history) goes into the minute, hour and day of its own time directly (not the day if
+its hour is the unfolded one). So an hour is the fold of its retired minutes and its late
+trades, a day of its hours but the unfolded one and its late trades, and the current minute
+(and the unfolded hour, to a day) is added only when shown.
 
 A period stays *open* (its levels kept) while a trade may still land in it: until it has
 ended (a trade at or after its end is counted), no gap of missing trade ids and no front of
@@ -578,6 +582,7 @@ class CandleState(NamedTuple):
     counts: tuple[int, ...] = (0,) * 9  # Candles.counts()
     seqs: tuple[tuple[int, int, int], ...] = ()  # (interval, start, next delta) of the store
     sealed: tuple[int, int] = (-1, -1)  # Candles.sealed
+    unfolded: int | None = None  # Candles.unfolded
 
 
 # a CandleState, or a Delta, from its fields in order, without NamedTuple's keyword-taking
@@ -703,12 +708,16 @@ class Candles:
                  "harvested_counts", "history", "landed", "latest_ms", "minute", "open",
                  "outside", "over_at", "pending", "quiet_until", "recent", "recent_held",
                  "retiring", "sealed", "seq", "settled", "taken", "taken_count",
-                 "total")  # fmt: skip
+                 "total", "unfolded")  # fmt: skip
 
     def __init__(self) -> None:
         self.minute: Any = None  # the current minute (a Period), not yet in its hour or day
         # minutes the per-trade path replaced (roll), to be retired before the book is used
         self.retiring: list[Any] = []
+        # the current minute's hour, whose retired minutes and late trades are in it alone,
+        # not yet in its day (see _enter); None: every open hour's are (a book restored
+        # from a store that folded minutes straight into their days)
+        self.unfolded: int | None = None
         self.open: tuple[dict[int, Any], ...] = ({}, {}, {})  # start -> retired open period
         self.recent: tuple[dict[int, Any], ...] = ({}, {}, {})  # settled periods, being written
         self.recent_held = False  # whether any of recent is (the next harvest drops them)
@@ -776,6 +785,7 @@ class Candles:
             if minute is not None:
                 self._retire(minute)
             minute = self.minute = _Period(start, 60_000)
+            self._enter(start)
             minute.lo_ms = max(start, self.first_ms)  # an earlier time moves first_ms
             minute.add(lo, hi, price, times)
             return
@@ -783,6 +793,8 @@ class Candles:
         level = (price.to_bytes(8, "big"), times.to_bytes(8, "big"))
         for k in (MINUTE, HOUR, DAY):  # a late trade: into its own periods
             start = time_ms - time_ms % _LENGTHS[k]
+            if k == DAY and self.unfolded == time_ms - time_ms % _LENGTHS[HOUR]:
+                break  # its hour takes it to the day later
             self._period(k, start).add(lo, hi, price, times)
             if k != MINUTE:
                 self.pending[k].setdefault(start, []).append(level)
@@ -840,7 +852,7 @@ class Candles:
     def roll(self, trade_id: int, price: int, time_ms: int) -> None:
         """A trade of a later minute than the current one, as the per-trade path applies it
         (see :meth:`takes`): a new current minute takes it, and the one before is queued in
-        :attr:`retiring`, retired (folded into its hour and day) by the next other use of
+        :attr:`retiring`, retired (folded into its hour) by the next other use of
         the book, off the per-trade path. The same book as :meth:`add` once drained. O(1)."""
         minute = _Period(time_ms - time_ms % 60_000, 60_000)
         minute.add(trade_id, trade_id, price, 1)
@@ -852,22 +864,50 @@ class Candles:
         """Retire the minutes :meth:`roll` queued, in order: what every other use of the
         book does first (a harvest that stores nothing calls it too). O(their levels)."""
         retiring = self.retiring
+        if not retiring:
+            return
         for minute in retiring:
             self._retire(minute)
             if minute.last_ms > self.latest_ms:
                 self.latest_ms = minute.last_ms
         retiring.clear()
+        self._enter(self.minute.start)
 
     def _retire(self, minute: Any) -> None:
-        """The current minute is over: fold it into its hour and day, keep it open. O(L)."""
+        """The current minute is over: fold it into its hour (and into its day too where
+        the hour is not :attr:`unfolded`), keep it open. O(L)."""
+        self._enter(minute.start)
         self.open[MINUTE][minute.start] = minute
         self.total += minute.count
         self.dirty[MINUTE].add(minute.start)  # (over_at: _period below sets it)
         levels = minute.packed()
-        for k in (HOUR, DAY):
-            start = minute.start - minute.start % _LENGTHS[k]
-            self._period(k, start).fold(minute)
-            self.pending[k].setdefault(start, []).append(levels)
+        hour = minute.start - minute.start % _LENGTHS[HOUR]
+        self._period(HOUR, hour).fold(minute)
+        self.pending[HOUR].setdefault(hour, []).append(levels)
+        if hour != self.unfolded:
+            day = minute.start - minute.start % _LENGTHS[DAY]
+            self._period(DAY, day).fold(minute)
+            self.pending[DAY].setdefault(day, []).append(levels)
+
+    def _enter(self, start: int) -> None:
+        """The current minute is (or a minute retiring was) the one at ``start``: if its hour
+        is not the :attr:`unfolded` one, that hour is over for the live stream and is folded
+        into its day now, whole, and the new hour becomes the unfolded one. So a day takes
+        each hour's levels once (24 merges a day, not 1,440, and at most as many levels as
+        the hour's minutes together: fewer where prices recur), and a minute's roll stores
+        its levels in its hour alone. O(1), or O(L) for the L levels of the hour folded."""
+        hour = start - start % _LENGTHS[HOUR]
+        unfolded = self.unfolded
+        if unfolded == hour:
+            return
+        if unfolded is not None:
+            period = self.open[HOUR].get(unfolded)
+            if period is not None and period.count:
+                day = unfolded - unfolded % _LENGTHS[DAY]
+                self._period(DAY, day).fold(period)
+                self.pending[DAY].setdefault(day, []).append(period.packed())
+        # an hour the book holds already has had its minutes folded straight into its day
+        self.unfolded = None if hour in self.open[HOUR] else hour
 
     def _period(self, k: int, start: int) -> Any:
         """The open period of interval ``k`` at ``start`` (made if new), marked changed."""
@@ -996,10 +1036,11 @@ class Candles:
                     out.append((start, self.landed[start], None))
                 self.recent[DAY].update(self.landed)
                 self.landed.clear()
+            unfolded = self.unfolded if k == HOUR else None
             for start in sorted(opened):
                 end = start + length
-                if end > latest:  # not over: neither past retention nor settled (_can_land)
-                    over_at = min(over_at, end)
+                if end > latest or start == unfolded:  # not over (or its day still to take
+                    over_at = min(over_at, end)  # it): neither past retention nor settled
                     continue
                 if bound is not None and start < bound:
                     self.expired[k] += opened.pop(start).count  # its stored record goes too
@@ -1053,7 +1094,8 @@ class Candles:
                 expired = _NO_EXPIRY
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([taken], [], [])
         return _new_state((self.first_ms, latest, self.front_top_ms, taken[0], periods,
-                           expired, self.harvested_counts, (), self.sealed))  # fmt: skip
+                           expired, self.harvested_counts, (), self.sealed,
+                           self.unfolded))  # fmt: skip
 
     def _take_minute(self) -> tuple[int, None, Any] | None:
         """The current minute's entry (start, None, what :meth:`_delta` stores of it) if it
@@ -1112,7 +1154,7 @@ class Candles:
         minute = self.minute
         current = None if minute is None else minute.start
         return _new_state((self.first_ms, self.latest, self.front_top_ms, current, periods,
-                           expired, counts, (), self.sealed))  # fmt: skip
+                           expired, counts, (), self.sealed, self.unfolded))  # fmt: skip
 
     def _forget(self, k: int, start: int) -> None:
         """An open period of interval ``k`` is gone (settled, or past retention)."""
@@ -1139,6 +1181,7 @@ class Candles:
         book.history = state.counts[8]
         book.harvested_counts = tuple(state.counts)
         book.sealed = state.sealed
+        book.unfolded = state.unfolded
         book.seq = {(k, start): seq for k, start, seq in state.seqs}
         for k, entries in enumerate(state.periods):
             for start, row, period in entries:
@@ -1168,13 +1211,18 @@ class Candles:
         opened = {s: p for s, p in self.open[k].items() if start <= s < end}
         copies = {s: p.copy() for s, p in opened.items()}
         minute = self.minute
-        if minute is not None and minute.count:
-            s = minute.start - minute.start % _LENGTHS[k]
+        later = [minute] if minute is not None else []  # in no period of interval k yet
+        if k == DAY and self.unfolded is not None and self.unfolded in self.open[HOUR]:
+            later.insert(0, self.open[HOUR][self.unfolded])
+        for period in later:
+            if not period.count:
+                continue
+            s = period.start - period.start % _LENGTHS[k]
             if start <= s < end:
                 if s in copies:
-                    copies[s].fold(minute)
+                    copies[s].fold(period)
                 else:
-                    copies[s] = minute.copy() if k == MINUTE else _folded(minute, k)
+                    copies[s] = period.copy() if k == MINUTE else _folded(period, k)
         copies.update(settled)
         return [copies[s] for s in sorted(copies)]
 
@@ -1187,7 +1235,7 @@ class Candles:
         recent = tuple(tuple(_row_key(p) for _, p in sorted(r.items())) for r in self.recent)
         landed = tuple(sorted(self.landed.items()))
         return (minute, opened, recent, landed, self.first_ms, self.latest, self.front_top_ms,
-                self.counts(), self.sealed)  # fmt: skip
+                self.counts(), self.sealed, self.unfolded)  # fmt: skip
 
     def _check(self, counted: int | None = None) -> None:
         """Assert the book's invariants: of every interval, the trades of its settled rows,
@@ -1197,8 +1245,11 @@ class Candles:
         trades outside any candle add up to it. O(p); for tests."""
         self.drain()
         current = self.minute.count if self.minute is not None else 0
+        unfolded = self.open[HOUR].get(self.unfolded) if self.unfolded is not None else None
         for k in range(len(INTERVALS)):
             held = sum(p.count for p in self.open[k].values())
+            if k == DAY and unfolded is not None:
+                held += unfolded.count  # in no day yet
             want = self.total + (self.history if k == DAY else 0)
             assert self.settled[k] + self.expired[k] + held == want, (
                 f"{INTERVALS[k][0]}: candles hold {self.settled[k]} + {self.expired[k]} + "
@@ -1210,6 +1261,8 @@ class Candles:
             )
         if self.minute is not None:
             assert self.minute.start not in self.open[MINUTE], "the current minute retired twice"
+            hour = self.minute.start - self.minute.start % _LENGTHS[HOUR]
+            assert self.unfolded in (None, hour), "a past hour not folded into its day"
         gate = min(self.over_at, self.expiry_at)
         assert self.quiet_until == gate, "a quiet harvest's gate out of date"
 
@@ -1225,9 +1278,10 @@ def row_of(entry: Any) -> CandleRow:
     return entry if isinstance(entry, CandleRow) else period_row(entry)
 
 
-def _folded(minute: Any, k: int) -> Any:
-    period = _Period(minute.start - minute.start % _LENGTHS[k], _LENGTHS[k])
-    period.fold(minute)
+def _folded(part: Any, k: int) -> Any:
+    """A new period of interval ``k`` holding ``part`` (a minute, or an hour of a day)."""
+    period = _Period(part.start - part.start % _LENGTHS[k], _LENGTHS[k])
+    period.fold(part)
     return period
 
 

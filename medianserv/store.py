@@ -1,8 +1,8 @@
 """The LMDB snapshot store: versioned encoding (pure) and save/load (I/O).
 
-Layout (format version 5), five named databases in one LMDB environment:
+Layout (format version 6), five named databases in one LMDB environment:
 
-* ``meta``: ``format`` -> ``b"5"``; ``saved_at`` -> ms since the epoch of the last snapshot;
+* ``meta``: ``format`` -> ``b"6"``; ``saved_at`` -> ms since the epoch of the last snapshot;
   ``snapshots`` -> how many were written; ``listing`` -> the symbols last listed.
 * ``symbols``: symbol (UTF-8) -> msgpack record: count, last trade id, price and time,
   trade-id history (first, last, gaps with their time bounds and edge prices, lost, quiet,
@@ -26,8 +26,9 @@ Layout (format version 5), five named databases in one LMDB environment:
 * ``current``: what a snapshot rewrites for every symbol that traded, kept apart from the
   history in ``candles`` so that it fills a few dense pages and not two of ``candles``'
   pages a symbol: ``len(symbol) | symbol | 0`` -> msgpack ``[first_ms, latest_ms,
-  front_top_ms, current minute, *counts, *sealed]``
-  (:class:`~medianserv.candles.Candles`' bounds and what its invariant adds up); ``len(symbol)
+  front_top_ms, current minute, *counts, *sealed, unfolded hour]``
+  (:class:`~medianserv.candles.Candles`' bounds and what its invariant adds up; the unfolded
+  hour's levels are in its own deltas and not yet in its day's); ``len(symbol)
   | symbol | 1`` -> the current minute's open time and the latest trade time (8 bytes,
   big-endian, each; formats 3 and 4 had the open time alone) and its record as ``candles``
   stores a minute whole, while it is stored whole (a whole copy in ``candles`` at the same
@@ -45,9 +46,11 @@ The map grows (doubling) when full. Every symbol ever seen stays stored, listed 
 Format 1 (gaps without times), format 2 (no ``current``: the candle bounds and every open
 minute in ``candles``, itself added within format 2, so that a store without it reads as
 one with no candles) and format 3 (the levels of a delta and of a whole minute as prices
-and counts, 8 big-endian bytes each, which later formats still read) and format 4 (no
-latest trade time with the current minute) are read, and upgraded to format 5 in one
-transaction when the store is opened for writing; levels are the same in all.
+and counts, 8 big-endian bytes each, which later formats still read) format 4 (no
+latest trade time with the current minute) and format 5 (no unfolded hour: every retired
+minute was folded straight into its day, which a book restored from it goes on doing until
+its next hour) are read, and upgraded to format 6 in one transaction when the store is
+opened for writing; levels are the same in all.
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ __all__ = [
     "level_key",
 ]
 
-FORMAT_VERSION = 5
-READABLE_FORMATS = (1, 2, 3, 4, 5)
+FORMAT_VERSION = 6
+READABLE_FORMATS = (1, 2, 3, 4, 5, 6)
 INITIAL_MAP_SIZE = 64 << 20
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -160,6 +163,7 @@ _decoders: dict[int, msgspec.msgpack.Decoder[_RecordV1 | _Record]] = {
     3: msgspec.msgpack.Decoder(_Record),  # format 3 moved candle bounds, not records
     4: msgspec.msgpack.Decoder(_Record),  # format 4 made deltas compact, not records
     5: msgspec.msgpack.Decoder(_Record),  # format 5 added the latest time to the minute
+    6: msgspec.msgpack.Decoder(_Record),  # format 6 added the unfolded hour to the bounds
 }
 
 
@@ -246,10 +250,11 @@ _Items = list[tuple[bytes, bytes]]
 
 #: Symbols the compiled encoder takes in one call (:func:`candle_items`). One call keeps the
 #: interpreter throughout: after a flood's minute rolled, a snapshot encodes every symbol's
-#: hour and day deltas (30 M levels for 2,292 symbols at 250,000 trades/s), a quarter of a
-#: second in which no reader would answer a ping. Between two calls, a thread waiting for
-#: the interpreter gets it: 16 symbols of that snapshot take about 2 ms, twice the service's
-#: switch interval, and a quiet snapshot's 16 symbols a few microseconds.
+#: hour delta (15 M levels for 2,292 symbols at 250,000 trades/s; at an hour's end, its
+#: day's too), a large part of a second in which no reader would answer a ping. Between
+#: two calls, a thread waiting for the interpreter gets it: 16 symbols of that snapshot
+#: take about 2 ms, twice the service's switch interval, and a quiet snapshot's 16 symbols a
+#: few microseconds.
 BATCH_SLICE = 16
 
 
@@ -310,7 +315,7 @@ def state_items(prefix: bytes, c: CandleState | bytes) -> tuple[_Items, list[byt
         return [(prefix + b"\x01", c)], [], []
     encode = _encoder.encode
     current = [(prefix + b"\0", encode([c.first_ms, c.latest_ms, c.front_top_ms, c.current,
-                                        *c.counts, *c.sealed]))]  # fmt: skip
+                                        *c.counts, *c.sealed, c.unfolded]))]  # fmt: skip
     gone: list[bytes] = []
     items: _Items = []
     for k, entries in enumerate(c.periods):
@@ -492,9 +497,10 @@ class Store:
         (format 3; its current minute stays where it is until the next snapshot writes it).
         From format 3 or 4: each current minute in ``current`` gets its bounds' latest
         trade time after its open time (format 5); format 3's deltas are read as they are,
-        and new ones are written compact (format 4). O(symbols)."""
+        and new ones are written compact (format 4). From format 5: nothing to rewrite (bounds
+        without an unfolded hour read as None). O(symbols)."""
         if version >= 3:
-            if self._current is not None:
+            if self._current is not None and version < 5:
                 self._add_latest(txn)
             txn.put(b"format", str(FORMAT_VERSION).encode(), db=self._meta)
             self.version = FORMAT_VERSION
@@ -687,9 +693,12 @@ class Store:
             first_ms, latest_ms, front_top_ms, current = bounds[:4]
             if len(bounds) == 12:  # written before the archives' day candles and the seal
                 bounds = [*bounds, 0, -1, -1]
+            if len(bounds) == 15:  # formats up to 5: every retired minute in its day
+                bounds = [*bounds, None]
             counts = tuple(int(n or 0) for n in bounds[4:13])
             sealed = (int(bounds[13] or 0), int(bounds[14] or 0))
-            if len(bounds) != 15 or first_ms is None or latest_ms is None:
+            unfolded = bounds[15]
+            if len(bounds) != 16 or first_ms is None or latest_ms is None:
                 raise ValueError("incomplete")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
             raise StoreError(f"{symbol}: corrupt candle bounds: {exc}") from exc
@@ -749,7 +758,8 @@ class Store:
             periods[MINUTE][:] = [e for e in periods[MINUTE] if e[0] != current]
             periods[MINUTE].append((current, None, minute))
         return CandleState(first_ms, latest_ms, front_top_ms, current, periods,
-                           (None, None, None), counts, tuple(seqs), sealed)  # fmt: skip
+                           (None, None, None), counts, tuple(seqs), sealed,
+                           unfolded)  # fmt: skip
 
     @staticmethod
     def _delta_period(

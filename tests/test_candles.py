@@ -24,6 +24,7 @@ from medianserv.archive import ArchiveFile, native_reader, reduce_csv
 from medianserv.candles import (
     INTERVALS,
     CandleRow,
+    Candles,
     CandleState,
     DayCandle,
     Delta,
@@ -428,6 +429,7 @@ class FakeStore:
             return
         self.meta = (state.first_ms, state.latest_ms, state.front_top_ms, state.current)
         self.sealed = state.sealed
+        self.unfolded = state.unfolded
         self.counts = state.counts
         for k, entries in enumerate(state.periods):
             for start, row, period in entries:
@@ -463,7 +465,7 @@ class FakeStore:
                                         _packed(*value[10]))  # fmt: skip
             periods[k].append((start, None, period))
         return CandleState(*self.meta, periods, (None, None, None), self.counts, tuple(seqs),
-                           self.sealed)  # fmt: skip
+                           self.sealed, self.unfolded)  # fmt: skip
 
     def rows(self, k: int) -> list[CandleRow]:
         return [v for (kk, _), v in sorted(self.items.items(), key=lambda kv: kv[0])
@@ -579,6 +581,40 @@ def test_a_trade_on_a_period_boundary_opens_the_next_period() -> None:
     hours = stats.candle_rows(1, 0, 2**62)[0]
     got = [(r.open_time, r.trades, r.twice_median) for r in hours]
     assert got == [(0, 2, 30), (3_600_000, 1, 60)]
+
+
+@pytest.mark.parametrize("compiled", TWINS)
+def test_a_day_takes_each_hour_once_when_the_stream_leaves_it(compiled: bool) -> None:
+    """A retired minute is stored in its hour alone; the day gets the hour whole (its
+    distinct levels, not each minute's), once, in the harvest after the stream's first trade
+    of the next hour, and an hour's late trade reaches the day with it. A reader of the open
+    day sees every trade counted all along, and the invariant holds at every harvest."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    symbols.expect_history(set())
+    stats = SymbolStats("X")
+    hour = 5 * 86_400_000 + 3_600_000  # the hour after the first of a day
+    times = [hour - 200_000 + 20_000 * i for i in range(20)]  # into the next hour at i = 10
+    days: list[tuple[int, list[int]]] = []  # (the trade's time, the day delta's counts)
+    for i, t in enumerate(times):
+        if i == 3:
+            continue  # missed: a gap
+        if stats.apply_common(1000 + i, 100 + i % 3, t) is None:
+            stats.apply(1000 + i, 100 + i % 3, t)
+        if i == 7:  # late, into the hour being traded: the day takes it with the hour
+            stats.apply(1003, 200, times[3])
+        state = stats.harvest()
+        assert state is not None and state.candles is not None
+        candles = state.candles
+        for _, _, delta in [] if isinstance(candles, bytes) else candles.periods[2]:
+            assert isinstance(delta, Delta)
+            counts = b"".join(c for _, c in delta.chunks)
+            days.append((t, [int.from_bytes(counts[j : j + 8]) for j in range(0, len(counts), 8)]))
+        (day,) = stats.candle_rows(2, 0, 2**62)[0]
+        assert day.trades == i + 1 - (i > 3) + (i >= 7)
+        stats._check()
+    assert days == [(hour, [3, 3, 3, 1])]  # the hour before: 10 trades at 4 prices
+    assert stats.candles is not None and stats.candles.unfolded == hour
 
 
 @pytest.mark.parametrize("compiled", TWINS)
@@ -1014,7 +1050,7 @@ def _reopened(tmp_path: Path, store: Store, version: int, expected: Any) -> Stor
     assert readonly.version == version and state_key(readonly.load()[0].candles) == expected
     readonly.close()
     store = Store.open(tmp_path)
-    assert store.version == FORMAT_VERSION == 5
+    assert store.version == FORMAT_VERSION == 6
     assert state_key(store.load()[0].candles) == expected
     return store
 
@@ -1055,6 +1091,54 @@ def test_a_store_of_format_4_is_read_and_upgraded(tmp_path: Path, compiled: bool
     store = _reopened(tmp_path, store, 4, expected)
     _go_on(store, stats, trades[150:], 10)
     _same_book(store, stats)
+
+
+@pytest.mark.parametrize("compiled", TWINS)
+def test_a_store_of_format_5_folds_its_current_hour_into_its_day_as_it_did(
+    tmp_path: Path, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 5 folded every retired minute straight into its day, and its bounds name no
+    unfolded hour. A book restored from such a store goes on so for the hour it is in (its
+    day holds that hour's earlier minutes already), and keeps the later hours apart until
+    each is over: every row, stored and in memory, is the market's, none counted twice
+    across the hour and the day the restart falls in, and the invariant holds."""
+    start = 86_400_000 - 5_000_000  # in the day's next-to-last hour
+    trades = [(1000 + i, 10**8 + (i * 7919) % 13, start + 16_000 * i) for i in range(600)]
+    with monkeypatch.context() as patch:  # format 5's book: no hour is ever kept apart
+        patch.setattr(Candles, "_enter", lambda self, start: None)
+        store, stats, _ = _stored(tmp_path, compiled, trades[:300], 10)
+        expected = state_key(store.load()[0].candles)
+        assert stats.candles is not None and stats.candles.unfolded is None
+    with store.env.begin(write=True) as txn:  # the bounds as format 5 wrote them
+        key = symbol_prefix("X") + b"\0"
+        bounds = msgspec.msgpack.decode(txn.get(key, db=store._current))
+        assert len(bounds) == 16 and bounds[15] is None
+        txn.put(key, msgspec.msgpack.encode(bounds[:15]), db=store._current)
+    store = _reopened(tmp_path, store, 5, expected)
+    restored = SymbolStats.restore(store.load()[0])
+    for i, (tid, price, t) in enumerate(trades[300:]):
+        restored.apply(tid, price, t)
+        if i % 10 == 9:
+            store.save([s for s in [restored.harvest()] if s is not None])
+            restored._check()
+    assert (
+        restored.candles is not None
+        and restored.candles.unfolded == trades[-1][2] // 3_600_000 * 3_600_000
+    )
+    store.save([s for s in [restored.harvest()] if s is not None])
+    market = Market(random.Random(0), 0, [1])
+    market.trades = trades
+    for k in range(3):
+        memory = restored.candle_rows(k, 0, 2**62)[0]
+        stored = store.candles("X", k, 0, 2**62, 10**6, True)
+        rows = select_rows(stored, memory, None, None, None, 10**6)
+        assert {r.open_time: r for r, _ in rows} == market.candles({t[0] for t in trades}, k)
+    again = SymbolStats.restore(store.load()[0])
+    assert again.candles is not None and again.candles.unfolded == restored.candles.unfolded
+    mine, its = restored.candles.canonical(), again.candles.canonical()
+    assert mine[:2] + mine[3:] == its[:2] + its[3:]  # (2: the rows just settled, stored)
+    again._check()
+    store.close()
 
 
 def _stored_keys(store: Store, symbol: str) -> tuple[set[bytes], set[bytes]]:
@@ -1152,7 +1236,7 @@ def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
     bytes each. Such a store reads the same candles, read-only and once upgraded (format 5:
     nothing rewritten), and the snapshots after write compact levels beside the old ones:
     the book restored from both is the book that never stopped."""
-    trades = [(1000 + i, 10**8 + (i * 7919) % 997, 3_600_000 + 60 * i) for i in range(1000)]
+    trades = [(1000 + i, 10**8 + (i * 7919) % 997, 3_570_000 + 60 * i) for i in range(1000)]
     trades += [(1000 + i, 10**8 + i % 5, 3_660_000 + 150 * (i - 1000)) for i in range(1000, 1600)]
     store, stats, expected = _stored(tmp_path, compiled, trades[:1200], 100)
     old = whole = 0

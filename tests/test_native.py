@@ -246,7 +246,7 @@ def test_the_compiled_candle_batch_writes_every_int_as_msgspec(value: int) -> No
     row = CandleRow(60_000, *[value] * 8)
     for state in (
         CandleState(value, value, value, value, ([], [], []), (None,) * 3, (value,) * 9, (),
-                    (value, value)),
+                    (value, value), value),
         CandleState(0, 0, None, None, ([(60_000, row, None)], [], []), (None,) * 3, (0,) * 9,
                     (), (-1, -1)),
         CandleState(0, 0, None, None, ([(value, None, Delta((value,) * 7, 0, []))], [], []),

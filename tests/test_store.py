@@ -145,7 +145,7 @@ def test_format_1_is_read_and_upgraded(tmp_path: Path) -> None:
         None,
     )
     store = Store.open(tmp_path)
-    assert store.info()["format_version"] == FORMAT_VERSION == 5
+    assert store.info()["format_version"] == FORMAT_VERSION == 6
     restored = SymbolStats.restore(store.load()[0])
     # format 1 did not keep when a symbol's first trade happened: everything else is there
     assert restored.view() == dataclasses.replace(stats.view(), first_trade_time=None)
