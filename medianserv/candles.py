@@ -1201,7 +1201,8 @@ class Candles:
 
     def snapshot(self, k: int, start: int, end: int) -> list[Any]:
         """Of interval ``k``, the periods settled and not yet in the store (read-only, so
-        shared) and copies of the open ones (the current minute folded in) starting in
+        shared) and copies of the open ones (the current minute folded in, and into a day
+        the :attr:`unfolded` hour) starting in
         ``start..end`` (end excluded), by start: what a reader takes under the lock, to
         compute their medians after it. O(p + L)."""
         self.drain()
@@ -1239,8 +1240,10 @@ class Candles:
 
     def _check(self, counted: int | None = None) -> None:
         """Assert the book's invariants: of every interval, the trades of its settled rows,
-        its periods dropped past retention and its open periods add up to :attr:`total` (the
-        trades in candles but the current minute's), plus :attr:`history` for days; with
+        its periods dropped past retention and its open periods (for days, the
+        :attr:`unfolded` hour too) add up to :attr:`total` (the trades in candles but the
+        current minute's), plus :attr:`history` for days; no hour but the current minute's
+        is left unfolded; with
         ``counted`` (the symbol's count), those, the current minute's, the archives' and the
         trades outside any candle add up to it. O(p); for tests."""
         self.drain()
