@@ -695,11 +695,15 @@ class Store:
                 bounds = [*bounds, 0, -1, -1]
             if len(bounds) == 15:  # formats up to 5: every retired minute in its day
                 bounds = [*bounds, None]
+            if len(bounds) != 16 or first_ms is None or latest_ms is None:
+                raise ValueError("incomplete")
             counts = tuple(int(n or 0) for n in bounds[4:13])
             sealed = (int(bounds[13] or 0), int(bounds[14] or 0))
             unfolded = bounds[15]
-            if len(bounds) != 16 or first_ms is None or latest_ms is None:
-                raise ValueError("incomplete")
+            if unfolded is not None and (
+                current is None or unfolded != current - current % 3_600_000
+            ):
+                raise ValueError("an unfolded hour not the current minute's")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
             raise StoreError(f"{symbol}: corrupt candle bounds: {exc}") from exc
         periods: tuple[list[tuple[int, CandleRow | None, Any]], ...] = ([], [], [])

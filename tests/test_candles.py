@@ -45,7 +45,7 @@ from medianserv.candles import compact_levels as py_compact
 from medianserv.candles import expand_levels as py_expand
 from medianserv.median import CRunningMedian
 from medianserv.prices import format_median, format_price
-from medianserv.store import FORMAT_VERSION, Store, symbol_prefix
+from medianserv.store import FORMAT_VERSION, Store, StoreError, symbol_prefix
 from medianserv.symbols import Row, SymbolStats
 
 from .test_api import State
@@ -1138,6 +1138,25 @@ def test_a_store_of_format_5_folds_its_current_hour_into_its_day_as_it_did(
     mine, its = restored.candles.canonical(), again.candles.canonical()
     assert mine[:2] + mine[3:] == its[:2] + its[3:]  # (2: the rows just settled, stored)
     again._check()
+    store.close()
+
+
+@pytest.mark.parametrize("bounds", ["short", "long", "past hour", "no minute"])
+def test_candle_bounds_that_contradict_themselves_are_refused(tmp_path: Path, bounds: str) -> None:
+    """Bounds of a length no format wrote, or naming an unfolded hour that is not the current
+    minute's, are a corrupt store (StoreError), never a book that would count an hour twice
+    or never."""
+    trades = [(1000 + i, 10**8 + i % 5, 3_500_000 + 5_000 * i) for i in range(60)]
+    store, _, _ = _stored(tmp_path, False, trades, 10)
+    key = symbol_prefix("X") + b"\0"
+    with store.env.begin(write=True) as txn:
+        value = msgspec.msgpack.decode(txn.get(key, db=store._current))
+        assert value[15] == 3_600_000 and value[3] // 3_600_000 == 1  # the current hour
+        value = {"short": value[:14], "long": [*value, None], "past hour": [*value[:15], 0],
+                 "no minute": [*value[:3], None, *value[4:]]}[bounds]  # fmt: skip
+        txn.put(key, msgspec.msgpack.encode(value), db=store._current)
+    with pytest.raises(StoreError, match="corrupt candle bounds"):
+        store.load()
     store.close()
 
 
