@@ -1211,12 +1211,10 @@ class Candles:
             settled.update((s, r) for s, r in self.landed.items() if start <= s < end)
         opened = {s: p for s, p in self.open[k].items() if start <= s < end}
         copies = {s: p.copy() for s, p in opened.items()}
-        minute = self.minute
-        later = [minute] if minute is not None else []  # in no period of interval k yet
-        if k == DAY and self.unfolded is not None and self.unfolded in self.open[HOUR]:
-            later.insert(0, self.open[HOUR][self.unfolded])
-        for period in later:
-            if not period.count:
+        unfolded = self.unfolded
+        hour = self.open[HOUR].get(unfolded) if k == DAY and unfolded is not None else None
+        for period in (hour, self.minute):  # in no period of interval k yet
+            if period is None or not period.count:
                 continue
             s = period.start - period.start % _LENGTHS[k]
             if start <= s < end:

@@ -70,6 +70,7 @@ import numpy as np
 
 from .candles import (
     DELTAS,
+    HOUR,
     INTERVALS,
     MINUTE,
     QUIET_HEAD,
@@ -701,7 +702,7 @@ class Store:
             sealed = (int(bounds[13] or 0), int(bounds[14] or 0))
             unfolded = bounds[15]
             if unfolded is not None and (
-                current is None or unfolded != current - current % 3_600_000
+                current is None or unfolded != current - current % INTERVALS[HOUR][1]
             ):
                 raise ValueError("an unfolded hour not the current minute's")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:

@@ -618,6 +618,34 @@ def test_a_day_takes_each_hour_once_when_the_stream_leaves_it(compiled: bool) ->
 
 
 @pytest.mark.parametrize("compiled", TWINS)
+def test_the_unfolded_hour_outlives_its_retention_until_its_day_takes_it(compiled: bool) -> None:
+    """An archive's day far past the current minute moves the latest trade beyond the
+    unfolded hour and its retention: the hour stays (its day has not taken it yet), so the
+    day still counts its trades, and goes to the day when the stream leaves it."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    symbols.expect_history(set())
+    stats = SymbolStats("X")
+    hour = 3_600_000
+    for i in range(3):  # two minutes retired into the hour, the third current
+        stats.apply(1000 + i, 10 + i, hour + 60_000 * i)
+    book = stats.candles
+    assert book is not None
+    day = 10 * 86_400_000
+    whole = DayCandle(day, day + 5, day + 9, 5000, 7, 5002, 8, 9, 6, 3, 14)
+    with stats.lock:
+        book.add_days(landings([whole]))
+        assert book.harvest(stats.ids, [None, 1, None], True) is not None
+        assert book.unfolded == hour and hour in book.open[1]
+        book._check()  # (the archive's day is in no count of the symbol's: added here alone)
+    stats.apply(1003, 13, 2 * hour)  # the stream leaves the hour: its day takes it
+    stats.harvest()
+    with stats.lock:
+        book._check()
+        assert book.unfolded == 2 * hour and book.open[2][0].count == 3
+
+
+@pytest.mark.parametrize("compiled", TWINS)
 def test_a_period_waiting_on_a_gap_settles_once_the_gap_is_given_up(compiled: bool) -> None:
     """A minute over but with a gap in it waits, harvest after harvest, however quiet the book
     is otherwise; giving the gap up (no trade, only the bookkeeping changes) lets the next
@@ -1252,9 +1280,9 @@ def test_a_store_of_format_3_reads_its_deltas_and_writes_new_ones_compact(
     tmp_path: Path, compiled: bool
 ) -> None:
     """Format 3 stored the levels of a delta and of a whole minute as prices and counts, 8
-    bytes each. Such a store reads the same candles, read-only and once upgraded (format 5:
-    nothing rewritten), and the snapshots after write compact levels beside the old ones:
-    the book restored from both is the book that never stopped."""
+    bytes each. Such a store reads the same candles, read-only and once upgraded (format 6:
+    its deltas not rewritten), and the snapshots after write compact levels beside the old
+    ones: the book restored from both is the book that never stopped."""
     trades = [(1000 + i, 10**8 + (i * 7919) % 997, 3_570_000 + 60 * i) for i in range(1000)]
     trades += [(1000 + i, 10**8 + i % 5, 3_660_000 + 150 * (i - 1000)) for i in range(1000, 1600)]
     store, stats, expected = _stored(tmp_path, compiled, trades[:1200], 100)
