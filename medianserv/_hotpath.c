@@ -111,18 +111,19 @@ static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         Py_DECREF(l);
         return PyErr_NoMemory();
     }
+#ifndef Py_GIL_DISABLED
+    PyThread_acquire_lock(l->lock, NOWAIT_LOCK); /* the wake-up: none posted yet */
+#endif
     return (PyObject *)l;
 }
 
 static void Lock_dealloc(Lock *l) {
     lock_ungate(l);
-    if (l->lock) {
-        if (l->locked) PyThread_release_lock(l->lock);
-        PyThread_free_lock(l->lock);
-    }
+    if (l->lock) PyThread_free_lock(l->lock);
     Py_TYPE(l)->tp_free((PyObject *)l);
 }
 
+#ifdef Py_GIL_DISABLED
 /* takes the lock, waiting (the interpreter released meanwhile) up to timeout_us (-1: forever) */
 static int lock_take(Lock *l, long long timeout_us) {
     PyLockStatus r = PyThread_acquire_lock_timed(l->lock, 0, 0);
@@ -135,6 +136,49 @@ static int lock_take(Lock *l, long long timeout_us) {
     l->locked = 1;
     return 1;
 }
+
+static void lock_give(Lock *l) {
+    l->locked = 0;
+    PyThread_release_lock(l->lock);
+}
+#else
+/* microseconds on a clock that never goes back */
+static long long monotonic_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* takes the lock (the caller holds the interpreter), waiting up to timeout_us (-1: forever)
+   with the interpreter released: counted in waiters, asleep on the wake-up, and looking again
+   each time a release posts it (another thread may have taken the lock first; a wake-up left
+   by a waiter that timed out costs one look more) */
+static int lock_take(Lock *l, long long timeout_us) {
+    if (!l->locked) {
+        l->locked = 1;
+        return 1;
+    }
+    if (timeout_us == 0 || l->waiters == UINT16_MAX) return 0;
+    long long deadline = timeout_us < 0 ? -1 : monotonic_us() + timeout_us;
+    while (l->locked) {
+        long long wait = -1;
+        if (deadline >= 0 && (wait = deadline - monotonic_us()) <= 0) return 0;
+        l->waiters++;
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock_timed(l->lock, wait, 0);
+        Py_END_ALLOW_THREADS
+        l->waiters--;
+    }
+    l->locked = 1;
+    return 1;
+}
+
+/* gives the lock back (the caller holds the interpreter), waking one waiter if any */
+static void lock_give(Lock *l) {
+    l->locked = 0;
+    if (l->waiters) PyThread_release_lock(l->lock);
+}
+#endif
 
 static PyObject *Lock_acquire(Lock *l, PyObject *args, PyObject *kwds) {
     static char *names[] = {"blocking", "timeout", NULL};
@@ -151,11 +195,6 @@ static PyObject *Lock_acquire(Lock *l, PyObject *args, PyObject *kwds) {
     }
     long long us = !blocking ? 0 : timeout < 0 ? -1 : (long long)(timeout * 1e6);
     return PyBool_FromLong(lock_take(l, us));
-}
-
-static void lock_give(Lock *l) {
-    l->locked = 0;
-    PyThread_release_lock(l->lock);
 }
 
 static PyObject *Lock_release(Lock *l, PyObject *Py_UNUSED(ignored)) {

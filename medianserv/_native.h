@@ -216,11 +216,21 @@ int period_settle(Period *p);
  * latest time, the count of its pending trades), so that a trade touches of the minute only
  * the pending entry it writes. The lock holds the Period it gates; the per-trade path gates
  * stats.minute whenever it finds another there (lock_gate), and ungates the one before, whose
- * own fields then take the count and the latest time back. 64-byte aligned, one line. */
+ * own fields then take the count and the latest time back. 64-byte aligned, one line.
+ *
+ * Whoever takes or gives the lock holds the interpreter (the GIL), so `locked` alone says
+ * who owns it, and the uncontended take and give of a trade read and write this line only:
+ * no atomic instruction, so the trade's stores (its pending entry) drain in the background
+ * rather than at the lock. Only a thread that finds it taken sleeps, on `lock`, having
+ * counted itself in `waiters`; a release that finds waiters posts `lock` once, and each
+ * waiter woken looks again (a free-threaded build keeps `lock` as the lock itself). */
 typedef struct Lock {
     PyObject_HEAD
-    PyThread_type_lock lock;
+    PyThread_type_lock lock;          /* held while locked (free-threaded builds); else the
+                                         waiters' wake-up, held but when a release posts it */
     char locked;
+    unsigned char spare;
+    uint16_t waiters;                 /* threads waiting on `lock` for their turn */
     uint32_t noted;                   /* the gate's pending trades: gate->pend[0 .. noted) */
     Period *gate;                     /* the minute gated (a reference), or NULL */
     long long gate_lo, gate_end;      /* it takes times gate_lo .. gate_end - 1 */

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -626,6 +627,47 @@ def test_the_lock_is_a_lock() -> None:
         lock.acquire(False, 1.0)
     stats = SymbolStats("X")
     assert isinstance(stats.lock, _native.Lock)
+
+
+@needs_c
+def test_the_lock_excludes_under_contention_and_wakes_every_waiter() -> None:
+    """Many threads taking the compiled lock, each holding it across a switch of the
+    interpreter (where another finds it taken and sleeps): every increment lands, nobody
+    is left asleep, and waiters that timed out (their wake-ups left behind) break nothing."""
+    from medianserv import _native  # type: ignore[attr-defined]
+
+    lock = _native.Lock()
+    counter = [0]
+
+    def work() -> None:
+        for _ in range(300):
+            with lock:
+                value = counter[0]
+                time.sleep(0)  # the interpreter switches while the lock is held
+                counter[0] = value + 1
+
+    def timed_out(got: list[bool]) -> None:
+        got.append(lock.acquire(timeout=0.05))
+
+    assert lock.acquire()
+    late: list[bool] = []
+    waiters = [threading.Thread(target=timed_out, args=(late,)) for _ in range(3)]
+    for thread in waiters:
+        thread.start()
+    for thread in waiters:
+        thread.join(60)
+    assert late == [False] * 3  # each gave up while the lock was held
+    lock.release()
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 120
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads)
+    assert counter[0] == 6 * 300 and not lock.locked()
+    assert lock.acquire(False)
+    lock.release()
 
 
 def test_apply_common_is_apply_for_the_common_outcomes() -> None:
