@@ -65,7 +65,8 @@ def test_candles_smoke() -> None:
 def test_ingest_reads_the_candles_cost_from_paired_windows() -> None:
     """The "together" ratio pairs each T window's two figures: here the two sides' medians
     come from different windows (their ratio 2.4), while the windows' own ratios are 1.1, 1.2
-    and 3.0 (median 1.2). Pairing other windows changes it; a window one side lacks fails."""
+    and 3.0 (median 1.2; the lowest and highest reported beside it). Pairing other windows
+    changes it; a window one side lacks fails."""
     per_trade = {"medianserv": [2.0, 4.0, 3.0], "no candles": [2.0, 2.0, 2.0],
                  "medianserv, together": [1.1, 2.4, 3.0], "no candles, together": [1.0, 2.0, 1.0],
                  "client": [1.0, 1.0]}  # fmt: skip
@@ -76,6 +77,8 @@ def test_ingest_reads_the_candles_cost_from_paired_windows() -> None:
     assert got["the same, each flooded alone in turn"] == 1.5
     together = "CPU per trade with candles / without, flooded together, the median of the T "
     assert abs(got[together + "windows' (goal <= 1.1)"] - 1.2) < 1e-12
+    assert abs(got["the same, the lowest T window's"] - 1.1) < 1e-12
+    assert got["the same, the highest T window's"] == 3.0
     assert got["medianserv CPU per trade, the two flooded together"] == 2.4
     assert got["medianserv --no-candles CPU per trade, the same"] == 1.0
     assert abs(got["the same, with candles / without (goal <= 1.1)"] - 1.1) < 1e-12

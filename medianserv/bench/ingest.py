@@ -191,7 +191,8 @@ def _market_rows(market: str, per_trade: dict[str, list[float]], rates: dict[str
     """One market's rows of :func:`bench_ingest` from its windows' figures (``per_trade`` and
     ``rates`` per side, a value a window; ``spans`` per service) and medianserv's CPU per trade
     alone. The candles' cost is the median of the T windows' ratios, each window's two figures
-    paired (the i-th of each service's list is the same window's). O(windows)."""
+    paired (the i-th of each service's list is the same window's), beside the lowest and the
+    highest of them (how far a window's noise reaches). O(windows)."""
     rows: list[Row] = []
     mine = statistics.median(per_trade["medianserv"])
     rows.append(Row(f"{market}: medianserv CPU per trade (whole process)", mine, "us/trade"))
@@ -210,6 +211,8 @@ def _market_rows(market: str, per_trade: dict[str, list[float]], rates: dict[str
     rows.append(Row(f"{market}: CPU per trade with candles / without, flooded together, the "
                     "median of the T windows' (goal <= 1.1)", statistics.median(paired),
                     "x"))  # fmt: skip
+    rows.append(Row(f"{market}: the same, the lowest T window's", min(paired), "x"))
+    rows.append(Row(f"{market}: the same, the highest T window's", max(paired), "x"))
     rows.append(Row(f"{market}: the same, each flooded alone in turn", mine / without, "x"))
     span, span_without = spans["medianserv"], spans["no candles"]
     rows.append(Row(f"{market}: medianserv CPU per trade, the two flooded together, work left "
