@@ -158,16 +158,18 @@ static int lock_take(Lock *l, long long timeout_us) {
         l->locked = 1;
         return 1;
     }
-    if (timeout_us == 0 || l->waiters == UINT16_MAX) return 0;
+    if (timeout_us == 0) return 0;
     long long deadline = timeout_us < 0 ? -1 : monotonic_us() + timeout_us;
     while (l->locked) {
         long long wait = -1;
         if (deadline >= 0 && (wait = deadline - monotonic_us()) <= 0) return 0;
-        l->waiters++;
+        int counted = l->waiters < UINT16_MAX; /* (else it looks again every millisecond) */
+        if (!counted && (wait < 0 || wait > 1000)) wait = 1000;
+        l->waiters += counted;
         Py_BEGIN_ALLOW_THREADS
         PyThread_acquire_lock_timed(l->lock, wait, 0);
         Py_END_ALLOW_THREADS
-        l->waiters--;
+        l->waiters -= counted;
     }
     l->locked = 1;
     return 1;
