@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from medianserv.bench import Row, bench_core, bench_long, bench_snapshot, random_walk
 from medianserv.bench.candles import bench_candles
-from medianserv.bench.common import median_bytes
+from medianserv.bench.common import ServiceProcess, median_bytes
 from medianserv.bench.ingest import _market_rows
 from medianserv.median import RunningMedian
 
@@ -144,3 +145,23 @@ def test_soak_smoke_with_a_no_candles_service_beside_it() -> None:
     assert values["soak: symbols whose hourly candles do not add up to their count"] == 0
     assert values["soak: --no-candles: candle rows served"] == 0
     assert values["soak: CPU per trade with candles / without (goal <= 1.1)"] > 0
+
+
+def test_a_service_that_does_not_exit_on_its_signal_is_killed(tmp_path: Path) -> None:
+    """ServiceProcess.stop kills a process that outlives its wait, so the processes a bench
+    stops after it are still stopped (a raise there would leave them behind)."""
+    deaf = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                             "signal.signal(signal.SIGINT, signal.SIG_IGN); print('ready', "
+                             "flush=True); time.sleep(600)"], stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert deaf.stdout is not None and deaf.stdout.readline().strip() == b"ready"
+        svc = object.__new__(ServiceProcess)
+        svc.proc, svc._log = deaf, (tmp_path / "log").open("w")
+        svc.stop(timeout=0.5)
+        assert deaf.returncode == -signal.SIGKILL and svc._log.closed
+    finally:
+        if deaf.poll() is None:
+            deaf.kill()
+            deaf.wait()
+        assert deaf.stdout is not None
+        deaf.stdout.close()

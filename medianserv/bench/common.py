@@ -141,10 +141,16 @@ class SimProcess:
             return json.loads(resp.read())
 
     def stop(self) -> None:
+        """SIGINT, then a kill if it has not exited within 20 s."""
         import signal
+        import subprocess
 
         self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(20)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class ServiceProcess:
@@ -214,10 +220,19 @@ class ServiceProcess:
             out[m.group(1) or ""] = float(m.group(2))
         return out
 
-    def stop(self, sig: int = 2) -> None:
+    def stop(self, sig: int = 2, timeout: float = 300.0) -> None:
+        """Sends ``sig`` and waits up to ``timeout`` s for the service to exit (its final
+        snapshot of a large state takes a while), then kills it: a bench that stops its
+        processes one after another never leaves the rest behind for one slow to exit."""
+        import subprocess
+
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(60)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self._log.close()
 
 
