@@ -119,7 +119,15 @@ static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 
 static void Lock_dealloc(Lock *l) {
     lock_ungate(l);
-    if (l->lock) PyThread_free_lock(l->lock);
+    if (l->lock) {
+#ifdef Py_GIL_DISABLED
+        if (l->locked) PyThread_release_lock(l->lock);
+#else
+        PyThread_acquire_lock(l->lock, NOWAIT_LOCK); /* a wake-up left behind taken */
+        PyThread_release_lock(l->lock);
+#endif
+        PyThread_free_lock(l->lock); /* unlocked, as CPython frees its own locks */
+    }
     Py_TYPE(l)->tp_free((PyObject *)l);
 }
 
@@ -154,22 +162,20 @@ static long long monotonic_us(void) {
    each time a release posts it (another thread may have taken the lock first; a wake-up left
    by a waiter that timed out costs one look more) */
 static int lock_take(Lock *l, long long timeout_us) {
-    if (!l->locked) {
-        l->locked = 1;
-        return 1;
-    }
-    if (timeout_us == 0) return 0;
-    long long deadline = timeout_us < 0 ? -1 : monotonic_us() + timeout_us;
-    while (l->locked) {
-        long long wait = -1;
-        if (deadline >= 0 && (wait = deadline - monotonic_us()) <= 0) return 0;
-        int counted = l->waiters < UINT16_MAX; /* (else it looks again every millisecond) */
-        if (!counted && (wait < 0 || wait > 1000)) wait = 1000;
-        l->waiters += counted;
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock_timed(l->lock, wait, 0);
-        Py_END_ALLOW_THREADS
-        l->waiters -= counted;
+    if (l->locked) {
+        if (timeout_us == 0) return 0;
+        long long deadline = timeout_us < 0 ? -1 : monotonic_us() + timeout_us;
+        do {
+            long long wait = -1;
+            if (deadline >= 0 && (wait = deadline - monotonic_us()) <= 0) return 0;
+            int counted = l->waiters < UINT16_MAX; /* (else it looks again every ms) */
+            if (!counted && (wait < 0 || wait > 1000)) wait = 1000;
+            l->waiters += counted;
+            Py_BEGIN_ALLOW_THREADS
+            PyThread_acquire_lock_timed(l->lock, wait, 0);
+            Py_END_ALLOW_THREADS
+            l->waiters -= counted;
+        } while (l->locked);
     }
     l->locked = 1;
     return 1;

@@ -229,7 +229,6 @@ typedef struct Lock {
     PyThread_type_lock lock;          /* held while locked (free-threaded builds); else the
                                          waiters' wake-up, held but when a release posts it */
     char locked;
-    unsigned char spare;
     uint16_t waiters;                 /* threads waiting on `lock` for their turn */
     uint32_t noted;                   /* the gate's pending trades: gate->pend[0 .. noted) */
     Period *gate;                     /* the minute gated (a reference), or NULL */

@@ -633,11 +633,38 @@ def test_the_lock_is_a_lock() -> None:
 def test_the_lock_excludes_under_contention_and_wakes_every_waiter() -> None:
     """Many threads taking the compiled lock, each holding it across a switch of the
     interpreter (where another finds it taken and sleeps): every increment lands, nobody
-    is left asleep, and waiters that timed out (their wake-ups left behind) break nothing."""
+    is left asleep. Waiters that give up at their timeout get False; and a wake-up left
+    behind (posted for a waiter whose wait had already timed out, while it waited for the
+    interpreter) makes the next waiter look again, never take a lock that is held."""
+    import sys
+
     from medianserv import _native  # type: ignore[attr-defined]
 
     lock = _native.Lock()
     counter = [0]
+    assert lock.acquire()
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=1.0)))
+    waiter.start()
+    time.sleep(0.5)  # it counts itself a waiter and sleeps
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(60.0)
+    try:  # this thread keeps the interpreter past the waiter's timeout, then releases
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            pass
+        lock.release()  # a waiter counted: the wake-up posted, its wait already over
+    finally:
+        sys.setswitchinterval(switch)
+    waiter.join(60)
+    assert got == [True]  # it found the lock free when it looked
+    lock.release()
+    assert lock.acquire()
+    late = threading.Thread(target=lambda: got.append(lock.acquire(timeout=0.3)))
+    late.start()  # takes the wake-up left behind, looks, finds the lock held, sleeps again
+    late.join(60)
+    assert got == [True, False] and lock.locked()
+    lock.release()
 
     def work() -> None:
         for _ in range(300):
@@ -650,13 +677,13 @@ def test_the_lock_excludes_under_contention_and_wakes_every_waiter() -> None:
         got.append(lock.acquire(timeout=0.05))
 
     assert lock.acquire()
-    late: list[bool] = []
-    waiters = [threading.Thread(target=timed_out, args=(late,)) for _ in range(3)]
+    late_ones: list[bool] = []
+    waiters = [threading.Thread(target=timed_out, args=(late_ones,)) for _ in range(3)]
     for thread in waiters:
         thread.start()
     for thread in waiters:
         thread.join(60)
-    assert late == [False] * 3  # each gave up while the lock was held
+    assert late_ones == [False] * 3  # each gave up while the lock was held
     lock.release()
     threads = [threading.Thread(target=work) for _ in range(6)]
     for thread in threads:
