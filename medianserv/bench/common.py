@@ -108,6 +108,20 @@ def two_heaps(values: Sequence[int]) -> tuple[list[int], list[int]]:
     return low, high
 
 
+def _stop(proc: Any, sig: int, timeout: float) -> None:
+    """``sig`` to ``proc`` (if it still runs), then a kill once ``timeout`` s pass without
+    its exit: a caller stopping several processes in turn never raises past the rest."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class SimProcess:
     """``medianserv simulate`` in a subprocess (its own GIL and core), paused at start."""
 
@@ -142,15 +156,7 @@ class SimProcess:
 
     def stop(self) -> None:
         """SIGINT, then a kill if it has not exited within 20 s."""
-        import signal
-        import subprocess
-
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _stop(self.proc, 2, 20.0)
 
 
 class ServiceProcess:
@@ -224,15 +230,7 @@ class ServiceProcess:
         """Sends ``sig`` and waits up to ``timeout`` s for the service to exit (its final
         snapshot of a large state takes a while), then kills it: a bench that stops its
         processes one after another never leaves the rest behind for one slow to exit."""
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, sig, timeout)
         self._log.close()
 
 
