@@ -79,6 +79,7 @@ __all__ = [
     "minute_value",
     "period_key",
     "period_row",
+    "period_start",
     "quiet_parts",
     "restore_packed",
     "row_of",
@@ -94,6 +95,14 @@ MINUTE, HOUR, DAY = 0, 1, 2
 #: per-trade path reads (18 digits), far beyond any real one.
 LIMIT = 10**18
 _LENGTHS = tuple(length for _, length in INTERVALS)
+
+
+def period_start(ms: int, k: int) -> int:
+    """The open time of the period of interval ``k`` (MINUTE, HOUR, DAY) that holds the time
+    ``ms``: periods are UTC-aligned. O(1)."""
+    return ms - ms % _LENGTHS[k]
+
+
 #: The bounds a harvest of the current minute alone hands over (no retention bound: see
 #: :meth:`Candles._quiet`), made at run time so that no literal ``(None, None, None)`` is
 #: the same object: :func:`quiet` tells such a harvest by identity.
@@ -776,7 +785,7 @@ class Candles:
             self.latest_ms = time_ms
         if time_ms < self.first_ms or self.first_ms < 0:
             self.first_ms = time_ms
-        start = time_ms - time_ms % 60_000
+        start = time_ms - time_ms % 60_000  # period_start(time_ms, MINUTE), inline: per trade
         minute = self.minute
         if minute is not None and minute.start == start:
             minute.add(lo, hi, price, times)
@@ -792,8 +801,8 @@ class Candles:
         self.total += times
         level = (price.to_bytes(8, "big"), times.to_bytes(8, "big"))
         for k in (MINUTE, HOUR, DAY):  # a late trade: into its own periods
-            start = time_ms - time_ms % _LENGTHS[k]
-            if k == DAY and self.unfolded == time_ms - time_ms % _LENGTHS[HOUR]:
+            start = period_start(time_ms, k)
+            if k == DAY and self.unfolded == period_start(time_ms, HOUR):
                 break  # its hour takes it to the day later
             self._period(k, start).add(lo, hi, price, times)
             if k != MINUTE:
@@ -828,7 +837,7 @@ class Candles:
             start = day.start
             if period is None:
                 minute = self.minute
-                today = None if minute is None else minute.start - minute.start % _LENGTHS[DAY]
+                today = None if minute is None else period_start(minute.start, DAY)
                 if (
                     start in self.open[DAY]
                     or start in self.landed
@@ -854,7 +863,7 @@ class Candles:
         (see :meth:`takes`): a new current minute takes it, and the one before is queued in
         :attr:`retiring`, retired (folded into its hour) by the next other use of
         the book, off the per-trade path. The same book as :meth:`add` once drained. O(1)."""
-        minute = _Period(time_ms - time_ms % 60_000, 60_000)
+        minute = _Period(period_start(time_ms, MINUTE), _LENGTHS[MINUTE])
         minute.add(trade_id, trade_id, price, 1)
         minute.last_ms = time_ms
         self.retiring.append(self.minute)
@@ -881,11 +890,11 @@ class Candles:
         self.total += minute.count
         self.dirty[MINUTE].add(minute.start)  # (over_at: _period below sets it)
         levels = minute.packed()
-        hour = minute.start - minute.start % _LENGTHS[HOUR]
+        hour = period_start(minute.start, HOUR)
         self._period(HOUR, hour).fold(minute)
         self.pending[HOUR].setdefault(hour, []).append(levels)
         if hour != self.unfolded:
-            day = minute.start - minute.start % _LENGTHS[DAY]
+            day = period_start(minute.start, DAY)
             self._period(DAY, day).fold(minute)
             self.pending[DAY].setdefault(day, []).append(levels)
 
@@ -896,14 +905,14 @@ class Candles:
         each hour's levels once (24 merges a day, not 1,440, and at most as many levels as
         the hour's minutes together: fewer where prices recur), and a minute's roll stores
         its levels in its hour alone. O(1), or O(L) for the L levels of the hour folded."""
-        hour = start - start % _LENGTHS[HOUR]
+        hour = period_start(start, HOUR)
         unfolded = self.unfolded
         if unfolded == hour:
             return
         if unfolded is not None:
             period = self.open[HOUR].get(unfolded)
             if period is not None and period.count:
-                day = unfolded - unfolded % _LENGTHS[DAY]
+                day = period_start(unfolded, DAY)
                 self._period(DAY, day).fold(period)
                 self.pending[DAY].setdefault(day, []).append(period.packed())
         # an hour the book holds already has had its minutes folded straight into its day
@@ -1216,7 +1225,7 @@ class Candles:
         for period in (hour, self.minute):  # in no period of interval k yet
             if period is None or not period.count:
                 continue
-            s = period.start - period.start % _LENGTHS[k]
+            s = period_start(period.start, k)
             if start <= s < end:
                 if s in copies:
                     copies[s].fold(period)
@@ -1262,7 +1271,7 @@ class Candles:
             )
         if self.minute is not None:
             assert self.minute.start not in self.open[MINUTE], "the current minute retired twice"
-            hour = self.minute.start - self.minute.start % _LENGTHS[HOUR]
+            hour = period_start(self.minute.start, HOUR)
             assert self.unfolded in (None, hour), "a past hour not folded into its day"
         gate = min(self.over_at, self.expiry_at)
         assert self.quiet_until == gate, "a quiet harvest's gate out of date"
@@ -1281,7 +1290,7 @@ def row_of(entry: Any) -> CandleRow:
 
 def _folded(part: Any, k: int) -> Any:
     """A new period of interval ``k`` holding ``part`` (a minute, or an hour of a day)."""
-    period = _Period(part.start - part.start % _LENGTHS[k], _LENGTHS[k])
+    period = _Period(period_start(part.start, k), _LENGTHS[k])
     period.fold(part)
     return period
 

@@ -80,6 +80,7 @@ from .candles import (
     compact_levels,
     expand_levels,
     minute_value,
+    period_start,
     quiet,
     quiet_parts,
     record_period,
@@ -702,7 +703,7 @@ class Store:
             sealed = (int(bounds[13] or 0), int(bounds[14] or 0))
             unfolded = bounds[15]
             if unfolded is not None and (
-                current is None or unfolded != current - current % INTERVALS[HOUR][1]
+                current is None or unfolded != period_start(current, HOUR)
             ):
                 raise ValueError("an unfolded hour not the current minute's")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:

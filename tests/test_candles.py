@@ -22,6 +22,8 @@ from medianserv import candles, symbols
 from medianserv.api import create_app
 from medianserv.archive import ArchiveFile, native_reader, reduce_csv
 from medianserv.candles import (
+    DAY,
+    HOUR,
     INTERVALS,
     CandleRow,
     Candles,
@@ -636,13 +638,13 @@ def test_the_unfolded_hour_outlives_its_retention_until_its_day_takes_it(compile
     with stats.lock:
         book.add_days(landings([whole]))
         assert book.harvest(stats.ids, [None, 1, None], True) is not None
-        assert book.unfolded == hour and hour in book.open[1]
+        assert book.unfolded == hour and hour in book.open[HOUR]
         book._check()  # (the archive's day is in no count of the symbol's: added here alone)
     stats.apply(1003, 13, 2 * hour)  # the stream leaves the hour: its day takes it
     stats.harvest()
     with stats.lock:
         book._check()
-        assert book.unfolded == 2 * hour and book.open[2][0].count == 3
+        assert book.unfolded == 2 * hour and book.open[DAY][0].count == 3
 
 
 @pytest.mark.parametrize("compiled", TWINS)
