@@ -237,6 +237,13 @@ static PyMethodDef Lock_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef Lock_members[] = {
+    {"waiters", T_USHORT, offsetof(Lock, waiters), READONLY,
+     "threads asleep waiting for it (0 in a free-threaded build, whose waiters the lock "
+     "itself counts)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 PyTypeObject LockType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "medianserv._native.Lock",
@@ -249,6 +256,7 @@ PyTypeObject LockType = {
     .tp_new = Lock_new,
     .tp_dealloc = (destructor)Lock_dealloc,
     .tp_methods = Lock_methods,
+    .tp_members = Lock_members,
 };
 
 /* -- Index: a SymbolTable's perfect hash over its stats -------------------------------------- */

@@ -646,7 +646,10 @@ def test_the_lock_excludes_under_contention_and_wakes_every_waiter() -> None:
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=1.0)))
     waiter.start()
-    time.sleep(0.5)  # it counts itself a waiter and sleeps
+    deadline = time.monotonic() + 60
+    while lock.waiters != 1 and time.monotonic() < deadline:  # it counts itself and sleeps
+        time.sleep(0.01)
+    assert lock.waiters == 1
     switch = sys.getswitchinterval()
     sys.setswitchinterval(60.0)
     try:  # this thread keeps the interpreter past the waiter's timeout, then releases
@@ -657,7 +660,7 @@ def test_the_lock_excludes_under_contention_and_wakes_every_waiter() -> None:
     finally:
         sys.setswitchinterval(switch)
     waiter.join(60)
-    assert got == [True]  # it found the lock free when it looked
+    assert got == [True] and lock.waiters == 0  # it found the lock free when it looked
     lock.release()
     assert lock.acquire()
     late = threading.Thread(target=lambda: got.append(lock.acquire(timeout=0.3)))
@@ -692,7 +695,7 @@ def test_the_lock_excludes_under_contention_and_wakes_every_waiter() -> None:
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     assert not any(thread.is_alive() for thread in threads)
-    assert counter[0] == 6 * 300 and not lock.locked()
+    assert counter[0] == 6 * 300 and not lock.locked() and lock.waiters == 0
     assert lock.acquire(False)
     lock.release()
 

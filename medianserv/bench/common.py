@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -156,7 +157,7 @@ class SimProcess:
 
     def stop(self) -> None:
         """SIGINT, then a kill if it has not exited within 20 s."""
-        _stop(self.proc, 2, 20.0)
+        _stop(self.proc, signal.SIGINT, 20.0)
 
 
 class ServiceProcess:
@@ -226,7 +227,7 @@ class ServiceProcess:
             out[m.group(1) or ""] = float(m.group(2))
         return out
 
-    def stop(self, sig: int = 2, timeout: float = 300.0) -> None:
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 300.0) -> None:
         """Sends ``sig`` and waits up to ``timeout`` s for the service to exit (its final
         snapshot of a large state takes a while), then kills it: a bench that stops its
         processes one after another never leaves the rest behind for one slow to exit."""
