@@ -2,14 +2,16 @@
  * and levels (price -> trades). Method for method the same; the per-trade path (_hotpath.c)
  * notes a trade of the current minute.
  *
- * A live trade is only noted: its price and id go into a pending list of PERIOD_PENDING, and
- * it touches nothing of the period but the list's entry: the minute's bounds, its latest time
+ * A live trade is only noted: its price goes into a pending list of PERIOD_PENDING (its id
+ * follows the list's first one's: the per-trade path takes only the next id, and the book
+ * settles the list before it counts a next id elsewhere, PyPeriod.settle), and it touches
+ * nothing of the period but the list's entry: the minute's bounds, its latest time
  * and the count of pending trades are kept, while the minute is current, in the line of the
  * symbol's Lock that gates it (_native.h), which the trade takes anyway. The list is applied
  * all at once when it is full or the period is read (period_settle; count adds the pending
  * ones up instead), in the order the trades came, as each would have been applied alone: so
  * the fields and levels of a cold symbol's minute are read and written once in PERIOD_PENDING
- * (64) trades, not once a trade.
+ * (63) trades, not once a trade.
  *
  * Levels come two ways, each kept as suits it. One trade at a time (the pending list applied,
  * a late trade): a trade above every price the period holds (a new high) is appended to an
@@ -75,6 +77,15 @@ static int pm_reserve(PairMap *m, size_t more) {
     for (size_t i = 0; i < old.cap; i++)
         if (old.slots[i].count) pm_put(m, old.slots[i].price, old.slots[i].count);
     free(old.slots);
+    return 0;
+}
+
+/* whether price is a level of the map. O(1) expected */
+static inline int pm_has(const PairMap *m, u64 price) {
+    if (!m->cap) return 0;
+    size_t mask = m->cap - 1, j = pm_home(m, price);
+    for (; m->slots[j].count; j = (j + 1) & mask)
+        if (m->slots[j].price == price) return 1;
     return 0;
 }
 
@@ -152,12 +163,40 @@ static int list_reserve(LevelList *e, size_t n, size_t more) {
     return 0;
 }
 
-/* room for the trades of v (n of them, in order): a dry run of their routes; 0, or -1 with
-   MemoryError set (nothing changed but room) */
-static int period_reserve(Period *p, const PendTrade *v, size_t n, long long times) {
+/* the set of new levels period_reserve counts: twice a pending list, a power of two */
+#define NEW_SET_BITS 7
+#define NEW_SET (1 << NEW_SET_BITS)
+_Static_assert(NEW_SET >= 2 * PERIOD_PENDING, "a set of new levels half free at most");
+
+/* room for trades at the prices of v (n of them, in order): a dry run of their routes; 0, or
+   -1 with MemoryError set (nothing changed but room) */
+static int period_reserve(Period *p, const u64 *v, size_t n, long long times) {
     Route r = route_of(p);
+    /* the map's new levels, so that it grows by the levels it takes, not by its trades (a
+       minute of 20 levels and 63 trades a list keeps 64 slots, not 256): the distinct prices
+       routed to it that it lacks (each slot fetched ahead, for the apply too), counted in a
+       small set of their own; an overcount only leaves room unused */
     size_t to_map = 0;
-    for (size_t i = 0; i < n; i++) to_map += route_step(&r, v[i].price, times) == TO_MAP;
+    PairMap *m = &p->levels;
+    if (m->cap)
+        for (size_t i = 0; i < n; i++) __builtin_prefetch(&m->slots[pm_home(m, v[i])], 1);
+    u64 fresh[NEW_SET]; /* open addressing, ~0 free; filled when the first new level comes */
+    int fresh_used = 0;
+    for (size_t i = 0; i < n; i++) {
+        u64 price = v[i];
+        if (route_step(&r, price, times) != TO_MAP || pm_has(m, price)) continue;
+        if (n > PERIOD_PENDING || price == ~0ULL) { /* (not in the set: counted as new) */
+            to_map++;
+            continue;
+        }
+        if (!fresh_used++) memset(fresh, 0xff, sizeof fresh);
+        size_t j = (size_t)((price * 0x9E3779B97F4A7C15ULL) >> (64 - NEW_SET_BITS));
+        while (fresh[j] != ~0ULL && fresh[j] != price) j = (j + 1) & (NEW_SET - 1);
+        if (fresh[j] == ~0ULL) {
+            fresh[j] = price;
+            to_map++;
+        }
+    }
     size_t ups = r.up_n - p->up_n; /* new highs: gains their edge holds */
     if ((p->keeps_gains && list_reserve(&p->gains, p->ngains, n - ups) < 0) ||
         list_reserve(&p->up, p->up_n, ups) < 0 ||
@@ -188,16 +227,18 @@ static inline void period_fields(Period *p, int first, long long lo, long long h
     }
 }
 
-/* the trades of v (n <= PERIOD_PENDING, in order; times trades each, ids id .. id + span)
-   applied: edges, map, fields; the room reserved (period_reserve) */
-static void period_apply(Period *p, const PendTrade *v, size_t n, long long times,
+/* trades at the prices of v applied (n <= PERIOD_PENDING, in order; times trades each, the
+   i-th of ids id + i .. id + i + span, so span is 0 where n > 1): edges, map, fields; the room
+   reserved (period_reserve) */
+static void period_apply(Period *p, const u64 *v, long long id, size_t n, long long times,
                          long long span) {
     LevelCount batch[PERIOD_PENDING];
     size_t nb = 0;
     Route r = route_of(p); /* the routing fields, stored back once at the end */
     for (size_t i = 0; i < n; i++) {
-        u64 price = v[i].price;
-        period_fields(p, !r.count, v[i].id, v[i].id + span, price);
+        u64 price = v[i];
+        long long lo = id + (long long)i;
+        period_fields(p, !r.count, lo, lo + span, price);
         switch (route_step(&r, price, times)) {
         case TO_UP: /* (a gain too, where gains are kept: up.v[gains_up ..]) */
             p->up.v[r.up_n - 1] = (LevelCount){price, times};
@@ -235,16 +276,15 @@ int period_settle(Period *p) {
     uint32_t n = period_pending(p);
     if (!n) return 0;
     if (period_reserve(p, p->pend, n, 1) < 0) return -1;
-    period_apply(p, p->pend, n, 1, 0);
+    period_apply(p, p->pend, p->pend_id, n, 1, 0);
     if (p->hot) p->hot->noted = 0; /* counted where the gate counts them */
     else p->pending = 0;
     return 0;
 }
 
 int period_add(Period *p, long long lo, long long hi, u64 price, long long times) {
-    PendTrade one = {price, lo};
-    if (period_settle(p) < 0 || period_reserve(p, &one, 1, times) < 0) return -1;
-    period_apply(p, &one, 1, times, hi - lo);
+    if (period_settle(p) < 0 || period_reserve(p, &price, 1, times) < 0) return -1;
+    period_apply(p, &price, lo, 1, times, hi - lo);
     return 0;
 }
 
@@ -498,7 +538,8 @@ static const LevelCount *period_run(Period *p, size_t *n) {
 }
 
 /* a live trade of a gated minute touches one entry of the pending list, on lines of its own */
-_Static_assert(offsetof(Period, pend) == 64, "the pending list: lines of its own");
+_Static_assert(offsetof(Period, pend_id) == 64 && offsetof(Period, pend) == 72,
+               "the pending list: lines of its own");
 
 static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *names[] = {"start", "length", NULL};
@@ -878,6 +919,11 @@ static PyObject *Period_keep_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Period_settle(Period *p, PyObject *Py_UNUSED(ignored)) {
+    if (period_settle(p) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
     size_t n;
     if (!period_run(p, &n) && PyErr_Occurred()) return NULL;
@@ -899,6 +945,7 @@ static PyMethodDef Period_methods[] = {
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
     {"packed", (PyCFunction)Period_packed, METH_NOARGS, "See PyPeriod.packed."},
     {"keep_gains", (PyCFunction)Period_keep_gains, METH_NOARGS, "See PyPeriod.keep_gains."},
+    {"settle", (PyCFunction)Period_settle, METH_NOARGS, "See PyPeriod.settle."},
     {"take_gains", (PyCFunction)Period_take_gains, METH_NOARGS, "See PyPeriod.take_gains."},
     {"twice_median", (PyCFunction)Period_twice_median, METH_NOARGS,
      "See PyPeriod.twice_median."},

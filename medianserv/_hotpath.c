@@ -733,7 +733,10 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
         } else if (minute && gate->noted == PERIOD_PENDING && period_settle(minute) < 0)
             goto done; /* room for the trade */
         if (median_add((Median *)median, price, 1) < 0) goto done;
-        if (minute && !roll) minute->pend[gate->noted++] = (PendTrade){price, t}; /* (room) */
+        if (minute && !roll) { /* (room) */
+            if (!gate->noted) minute->pend_id = t; /* the next ones' ids follow it */
+            minute->pend[gate->noted++] = price;
+        }
         if (minute && T > gate->gate_last) gate->gate_last = T;
         set_slot(&SLOT(ids, I_HIGHEST), tid);
         set_slot(&SLOT(ids, I_AFTER_MS), when);
@@ -856,9 +859,9 @@ static inline void warm_levels(const TradePath *tp, const Frame *fr) {
         }
         /* the list is full: the trade applies it first, reading every entry and the fields
            after it (their misses overlap here, not one after another there) */
-        __builtin_prefetch(&p->pend[0], 1); /* (the trade's own entry after it: written) */
-        for (size_t i = 64 / sizeof *p->pend; i < PERIOD_PENDING; i += 64 / sizeof *p->pend)
-            __builtin_prefetch(&p->pend[i], 0);
+        __builtin_prefetch(&p->pend_id, 1); /* (the trade's own entry after it: written) */
+        for (size_t at = 64; at < sizeof p->pend + sizeof p->pend_id; at += 64)
+            __builtin_prefetch((const char *)&p->pend_id + at, 0);
         __builtin_prefetch(&p->count, 1);
         __builtin_prefetch((const char *)&p->count + 64, 1);
         __builtin_prefetch(&p->keeps_gains, 0);

@@ -138,18 +138,14 @@ typedef struct {
 } Run;
 
 /* live trades a period holds back before it applies them: a live trade of the current minute
- * appends its price and id to this list (lines of the period's own) and touches nothing else
- * of the period; the list is applied all at once (its edges, its map, each slot fetched
- * ahead, its fields) when it is full or the period is read. 64: a cold minute's fields and
- * map lines are fetched once in 64 trades (see the README's Median candles: at 16 they cost
- * a round-robin flood over 2,292 symbols 25-100 ns a trade more) */
-#define PERIOD_PENDING 64
-
-/* a live trade waiting in a period's pending list */
-typedef struct {
-    u64 price;
-    long long id;
-} PendTrade;
+ * appends its price to this list (lines of the period's own; their ids run on from the first
+ * one's, kept beside them, as the per-trade path only takes the next id) and touches nothing
+ * else of the period; the list is applied all at once (its edges, its map, each slot fetched
+ * ahead, its fields) when it is full or the period is read. 63 (the first one's id and 63
+ * prices: eight lines): a cold minute's fields and map lines are fetched once in 63 trades
+ * (see the README's Median candles: at 16 they cost a round-robin flood over 2,292 symbols
+ * 25-100 ns a trade more) */
+#define PERIOD_PENDING 63
 
 /* levels appended in the order they came, room for cap; how many is kept beside it. An edge:
  * each level beyond every one before (a new high, or a new low), its length and last price
@@ -180,7 +176,8 @@ typedef struct Period {
     uint32_t pending;                 /* pend[0 .. pending) wait to be applied */
     struct Lock *hot;                 /* the Lock that gates it, or NULL (the lock holds it:
                                          a gated period is never freed) */
-    _Alignas(64) PendTrade pend[PERIOD_PENDING];
+    _Alignas(64) long long pend_id;   /* the id of pend[0]; pend[i]'s is pend_id + i */
+    u64 pend[PERIOD_PENDING];         /* the pending trades' prices */
     long long count, open_id, close_id;  /* of the trades applied */
     u64 open_price, close_price, high, low;
     u64 up_last, down_last;           /* each edge's last price */

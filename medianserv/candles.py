@@ -337,6 +337,13 @@ class PyPeriod:
         return (b"".join(p.to_bytes(8, "big") for p in prices),
                 b"".join(levels[p].to_bytes(8, "big") for p in prices))  # fmt: skip
 
+    def settle(self) -> None:
+        """Apply the trades held back now. The compiled twin holds live trades back in a
+        pending list whose ids run on one from the next (the per-trade path takes only the
+        next id), so the book settles its current minute before it counts a trade anywhere
+        else (a late one, one outside the candles): the list's next trade might not follow.
+        The pure twin holds none back: nothing to do. O(1) here."""
+
     def keep_gains(self) -> None:
         """Keep the gains from now on (see the class docstring): the trades taken before are
         not gains (the compiled twin applies those it holds back first). O(1)."""
@@ -778,6 +785,8 @@ class Candles:
         if not (0 <= lo <= hi < LIMIT and 0 <= time_ms < LIMIT and 0 <= price < 2**64) or (
             self.sealed[0] <= time_ms < self.sealed[1]
         ):
+            if self.minute is not None:  # its pending ids run on: this one is not among them
+                self.minute.settle()
             self.outside += times
             self.over_at = self.quiet_until = -1
             return
@@ -798,6 +807,7 @@ class Candles:
             minute.lo_ms = max(start, self.first_ms)  # an earlier time moves first_ms
             minute.add(lo, hi, price, times)
             return
+        minute.settle()  # its pending ids run on: this one is not among them
         self.total += times
         level = (price.to_bytes(8, "big"), times.to_bytes(8, "big"))
         for k in (MINUTE, HOUR, DAY):  # a late trade: into its own periods

@@ -29,7 +29,7 @@ from medianserv.hotpath import CTradePath
 from medianserv.link import Link
 from medianserv.perfect_hash import PerfectHash
 from medianserv.streams import AttemptGate, Reader, _Connection
-from medianserv.symbols import SymbolStats, SymbolTable
+from medianserv.symbols import APPLIED, SymbolStats, SymbolTable
 
 needs_c = pytest.mark.skipif(CTradePath is None, reason="the compiled twins were not built")
 
@@ -406,6 +406,41 @@ def test_a_minute_read_between_live_trades_holds_every_one(
     stats._check()
 
 
+@needs_c
+@pytest.mark.parametrize("where", ["late", "outside"])
+def test_a_next_trade_counted_beside_the_minute_ends_its_pending_list(where: str) -> None:
+    """The compiled minute's pending trades carry one id, the rest following it, as the
+    compiled path takes only the next id. A next id the general path counts elsewhere (a
+    late trade, of an earlier minute; one outside the candles, its time past candles.LIMIT)
+    breaks that run: the minute's open and close ids stay those of its own trades."""
+    from medianserv.candles import LIMIT
+
+    symbols.use_compiled(True)
+    table = SymbolTable.build(["BTCUSDT"])
+    stats = table.get("BTCUSDT")
+    assert stats is not None
+    at = 60_000
+    stats.apply(BASE, 100 * 10**8, at)  # the minute's first trade: the general path
+    twin = PyPeriod(at, 60_000)
+    twin.add_in(BASE, 100 * 10**8, at)
+    path = CTradePath()
+    path.index = table.index
+
+    def live(ids: range) -> None:
+        data = b"".join(frame(trade_json("BTCUSDT", i, str(90 + i % 7), "plain", at + i - BASE))[0]
+                        for i in ids)  # fmt: skip
+        assert path.consume(data, 0) == len(data)
+        for i in ids:
+            twin.add_in(i, (90 + i % 7) * 10**8, at + i - BASE)
+
+    live(range(BASE + 1, BASE + 4))
+    assert stats.apply(BASE + 4, 80 * 10**8, 0 if where == "late" else LIMIT) is APPLIED
+    live(range(BASE + 5, BASE + 7))
+    assert path.applied == 5
+    assert period_key(stats.minute) == period_key(twin)
+    stats._check()
+
+
 MINUTE0 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
 
 
@@ -428,6 +463,7 @@ gate_steps = st.lists(
 @example([("next", 0, 0), ("lo_ms", 1, 0), ("next", 0, 999), ("next", 0, 1)])
 @example([("next", 0, 0), ("lo_ms", 10, 0), ("next", 0, 7), ("read", 0, 0)])
 @example([("next", i % 5, i % 2) for i in range(PERIOD_PENDING + 2)] + [("harvest", 0, 0)])
+@example([("next", 0, 0), ("next", 0, -60_000), ("next", 0, 60_000)])  # a late next id
 def test_the_minute_the_lock_gates_is_the_minute_the_general_path_keeps(
     steps: list[tuple[str, int, int]],
 ) -> None:
