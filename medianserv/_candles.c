@@ -163,40 +163,31 @@ static int list_reserve(LevelList *e, size_t n, size_t more) {
     return 0;
 }
 
-/* the set of new levels period_reserve counts: twice a pending list, a power of two */
+/* the new levels period_reserve counts, in a PairMap of their own on the stack: twice a
+   pending list, a power of two, so it stays at most half full as a PairMap does */
 #define NEW_SET_BITS 7
 #define NEW_SET (1 << NEW_SET_BITS)
 _Static_assert(NEW_SET >= 2 * PERIOD_PENDING, "a set of new levels half free at most");
 
-/* room for trades at the prices of v (n of them, in order): a dry run of their routes; 0, or
-   -1 with MemoryError set (nothing changed but room) */
+/* room for trades at the prices of v (n <= PERIOD_PENDING of them, in order): a dry run of
+   their routes; 0, or -1 with MemoryError set (nothing changed but room) */
 static int period_reserve(Period *p, const u64 *v, size_t n, long long times) {
     Route r = route_of(p);
-    /* the map's new levels, so that it grows by the levels it takes, not by its trades (a
-       minute of 20 levels and 63 trades a list keeps 64 slots, not 256): the distinct prices
-       routed to it that it lacks (each slot fetched ahead, for the apply too), counted in a
-       small set of their own; an overcount only leaves room unused */
-    size_t to_map = 0;
+    /* the map grows by the levels it takes, not by its trades (a minute of 20 levels and 63
+       trades a list keeps 64 slots, not 256): the distinct prices routed to it that it lacks
+       (each slot fetched ahead, for the apply too), gathered in `fresh`, emptied when the
+       first comes */
     PairMap *m = &p->levels;
     if (m->cap)
         for (size_t i = 0; i < n; i++) __builtin_prefetch(&m->slots[pm_home(m, v[i])], 1);
-    u64 fresh[NEW_SET]; /* open addressing, ~0 free; filled when the first new level comes */
-    int fresh_used = 0;
+    LevelCount room[NEW_SET];
+    PairMap fresh = {room, NEW_SET, 0, 64 - NEW_SET_BITS};
     for (size_t i = 0; i < n; i++) {
-        u64 price = v[i];
-        if (route_step(&r, price, times) != TO_MAP || pm_has(m, price)) continue;
-        if (n > PERIOD_PENDING || price == ~0ULL) { /* (not in the set: counted as new) */
-            to_map++;
-            continue;
-        }
-        if (!fresh_used++) memset(fresh, 0xff, sizeof fresh);
-        size_t j = (size_t)((price * 0x9E3779B97F4A7C15ULL) >> (64 - NEW_SET_BITS));
-        while (fresh[j] != ~0ULL && fresh[j] != price) j = (j + 1) & (NEW_SET - 1);
-        if (fresh[j] == ~0ULL) {
-            fresh[j] = price;
-            to_map++;
-        }
+        if (route_step(&r, v[i], times) != TO_MAP || pm_has(m, v[i])) continue;
+        if (!fresh.used) memset(room, 0, sizeof room);
+        pm_put(&fresh, v[i], 1);
     }
+    size_t to_map = fresh.used;
     size_t ups = r.up_n - p->up_n; /* new highs: gains their edge holds */
     if ((p->keeps_gains && list_reserve(&p->gains, p->ngains, n - ups) < 0) ||
         list_reserve(&p->up, p->up_n, ups) < 0 ||
