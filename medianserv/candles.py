@@ -765,6 +765,7 @@ class Candles:
         # the earliest end of an open period at the last full harvest, or -1 (take a full one
         # next): until the latest trade reaches it, a harvest has only the current minute to
         # hand over, as every other change (to open, landed, recent or counts()) sets it to -1
+        # (a quiet symbol's first periods, open till a ticker, count for none: see wake)
         self.over_at = -1
         # the latest trade time from which a retention bound passes a period's open time
         # it had not when last handed over (-1: none handed over yet): see _quiet
@@ -938,6 +939,13 @@ class Candles:
         self.over_at = self.quiet_until = -1
         return period
 
+    def wake(self) -> None:
+        """A ticker was read for the symbol (:meth:`TradeIds.sweep`): it may have found it no
+        longer quiet, so the periods where counting began, which a harvest leaves open
+        without looking at them again while it is (:meth:`harvest`), may settle. The next
+        harvest is a full one. O(1)."""
+        self.over_at = self.quiet_until = -1
+
     def takes(self, trade_id: int, time_ms: int) -> int:
         """What the per-trade path does with a trade at ``time_ms`` (its compiled twin checks
         the same): 1 if it goes into the current minute, 2 if it opens a later one
@@ -980,8 +988,9 @@ class Candles:
         if minute is not None and start <= minute.start < end:
             return True  # the current minute is in it, not folded in yet (older than the
             # latest trade: an archive's days went past it)
-        if not seal and self._began(ids, start):
-            return True  # counting began in it: the range may still reach below
+        if self._began(ids, start) and (not seal or ids.quiet):
+            return True  # counting began in it: the range may still reach below (history to
+            # come, or a quiet symbol's earlier trades, which a ticker or a stream may report)
         front = ids.front
         if front is not None and _overlaps(front.after_ms, self.front_top_ms, start, end):
             return True
@@ -1006,7 +1015,10 @@ class Candles:
         began settle like any other (their rows stay not final: their earlier trades were
         never counted) rather than keep their levels for good; should history come after
         all, its trades of those (:attr:`sealed`: they are nested, all holding the first
-        trade counted) are counted outside any candle, and the rest land as usual.
+        trade counted) are counted outside any candle, and the rest land as usual. A quiet
+        symbol's (:attr:`TradeIds.quiet`) are the exception: a ticker or a stream may still
+        report its earlier trades, which are its own and counted, so they wait, like those
+        of a symbol whose history is to come, until a ticker finds none below its range.
 
         The retention bounds go to the store (which deletes below them) only when one has
         passed a period's open time since they last did (:attr:`expiry_at`), the book drops
@@ -1066,6 +1078,8 @@ class Candles:
                     self._forget(k, start)
                     handed = True
                     continue
+                if seal and ids.quiet and self._began(ids, start):
+                    continue  # a quiet symbol's first: open till a ticker, which wakes the book
                 if self._can_land(ids, start, end, seal):
                     over_at = min(over_at, end)  # over, still open: the next harvest looks again
                     continue

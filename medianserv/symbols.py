@@ -506,10 +506,13 @@ class SymbolStats:
     def sweep(
         self, first_id: int, last_id: int, open_ms: int | None = None, close_ms: int | None = None
     ) -> int:
-        """See :meth:`TradeIds.sweep`; under the lock."""
+        """See :meth:`TradeIds.sweep`; under the lock. The candles' first periods may settle
+        now (:meth:`Candles.wake`)."""
         with self.lock:
             self.dirty = True
             self.version += 1
+            if self.candles is not None:
+                self.candles.wake()
             return self.ids.sweep(first_id, last_id, open_ms, close_ms)
 
     def give_up(self, first: int, last: int) -> int:

@@ -675,6 +675,66 @@ def test_a_period_waiting_on_a_gap_settles_once_the_gap_is_given_up(compiled: bo
 
 
 @pytest.mark.parametrize("compiled", TWINS)
+@pytest.mark.parametrize("below", ["ticker", "stream"])
+def test_a_quiet_symbols_first_periods_wait_for_its_earlier_trades(
+    compiled: bool, below: str
+) -> None:
+    """A quiet symbol (no trade in the 24 hours before we followed it) starts counting at the
+    first trade it sees, but its earlier trades are its own all the same: a ticker (after a
+    restart's reconnect) or a stream (two connections in a rotation) may report them later.
+    So with no history to come, its first periods wait, over and harvested, instead of
+    settling; the earlier trades land in them, and once a ticker finds nothing below the
+    range they settle, every trade in its own candle and none counted outside."""
+    symbols.use_compiled(compiled)
+    symbols.keep_candles(True, [None, None, None])
+    symbols.expect_history(set())  # where counting began would settle at once but for quiet
+    m0 = 20 * 86_400_000  # a UTC midnight: minute, hour and day begin there
+    stats = SymbolStats("X")
+    store = FakeStore()
+    stats.baseline(-1, m0 - 5_000)  # quiet
+    stats.apply(6, 100, m0 + 59_000)  # the first trade seen: trades 1..5 happened before it
+    snapshot(stats, store)
+    stats.apply(7, 107, m0 + 61_000)  # the first minute is over
+    snapshot(stats, store)
+    assert stats.candles is not None and m0 in stats.candles.open[0]  # waiting
+    stats.apply(8, 108, m0 + 62_000)
+    state = stats.harvest()  # and not looked at again: the harvest is a quiet one
+    assert state is not None and isinstance(state.candles, bytes)
+    store.put(state.candles)
+    earlier = [(i, 90 + i, m0 + 10 * i) for i in range(1, 6)]
+    if below == "ticker":
+        assert stats.sweep(1, 8, m0 - 86_400_000 + 63_000, m0 + 63_000) == 5
+        snapshot(stats, store)
+        stats.apply_rows([Row(i, i, price, t) for i, price, t in earlier])  # backfilled
+    else:
+        for i, price, t in reversed(earlier):  # the old connection's frames, read late
+            stats.apply(i, price, t)
+            snapshot(stats, store)
+    assert not stats.ids.gaps and stats.view().count == 8
+    snapshot(stats, store)
+    assert m0 in stats.candles.open[0]  # still quiet: a stream's trade below may yet come
+    assert stats.sweep(1, 8, m0 - 86_400_000 + 64_000, m0 + 64_000) == 0  # nothing below now
+    assert not stats.ids.quiet
+    snapshot(stats, store)
+    assert m0 not in stats.candles.open[0]  # settled
+    stats.apply(9, 109, m0 + 3_600_000)  # the first hour is over too
+    snapshot(stats, store)
+    assert m0 not in stats.candles.open[1] and stats.candles.outside == 0
+    prices = [p for _, p, _ in earlier] + [100]
+    hour = m0 + 3_600_000
+    for k, want in ((0, [(m0, 91, 100, 6), (m0 + 60_000, 107, 108, 2), (hour, 109, 109, 1)]),
+                    (1, [(m0, 91, 108, 8), (hour, 109, 109, 1)]),
+                    (2, [(m0, 91, 109, 9)])):  # fmt: skip
+        memory, origin = stats.candle_rows(k, 0, 2**62)
+        rows = [r for r, _ in select_rows(store.rows(k), memory, origin, None, None, 100)]
+        assert [(r.open_time, r.open, r.close, r.trades) for r in rows] == want, INTERVALS[k][0]
+    first = next(r for r in store.rows(0) if r.open_time == m0)
+    assert first.twice_median == sorted(prices)[2] + sorted(prices)[3]
+    stats = restart(stats, store)
+    stats._check()
+
+
+@pytest.mark.parametrize("compiled", TWINS)
 def test_a_quiet_book_hands_over_what_it_took_besides_its_minute(compiled: bool) -> None:
     """A harvest that finds only the current minute changed hands over that alone, and drops
     the rows the harvest before settled (written by now); anything else the book takes in
