@@ -2,7 +2,8 @@
 
 Threads owned here (each with a stop event, all stopped and joined by :meth:`Ingest.stop`):
 ``reader-N`` (one per connection, :class:`~medianserv.streams.Reader`), ``listings``
-(re-reads exchangeInfo every ``exchange_info_interval``), ``backfill-N`` (the
+(re-reads exchangeInfo every ``exchange_info_interval``, and then has a ticker read for the
+quiet symbols that began trading: :meth:`Ingest.sweep_quiet`), ``backfill-N`` (the
 ``backfill_workers`` workers of :class:`~medianserv.backfill.Backfill`) and ``history``
 (:class:`~medianserv.importer.Importer`, with its pool of processes).
 
@@ -236,6 +237,21 @@ class Ingest:
             except Exception as exc:
                 self.listing_failures += 1
                 self.errors.record("listings", exc, "re-reading the listing")
+            self.sweep_quiet()
+
+    def sweep_quiet(self) -> int:
+        """Have a ticker read for the quiet symbols that have begun trading
+        (:meth:`SymbolStats.began_quiet`): it finds the trades below their range a stream
+        missed, or finds none and they are quiet no more, so their first candles settle
+        rather than wait for the next reconnect's ticker. One ticker call for them all (the
+        backfill's sweep), and none while there are no such symbols. Returns how many were
+        queued. O(symbols)."""
+        with self._lock:
+            known = list(self.known.items())
+        quiet = [symbol for symbol, stats in known if stats.began_quiet()]
+        if quiet:
+            self.backfill.sweep(quiet)
+        return len(quiet)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -491,6 +491,13 @@ class SymbolStats:
             ids = self.ids
             return ids.highest is not None, ids.origin, ids.history_complete
 
+    def began_quiet(self) -> bool:
+        """True if the symbol is quiet (:attr:`TradeIds.quiet`) and has begun trading: a
+        ticker would tell whether trades lie below its range, and until one does, its first
+        candles wait (:meth:`Candles.harvest`). O(1)."""
+        with self.lock:
+            return self.ids.quiet and self.ids.highest is not None
+
     def needs_baseline(self) -> bool:
         """True until the range starts or the symbol is known quiet. O(1)."""
         with self.lock:

@@ -292,3 +292,23 @@ def test_symbols_listed_at_run_time_count_from_their_first_trade(small_sim: Simu
         for symbol in new:
             v = ingest.table.get(symbol).view()  # type: ignore[union-attr]
             assert v.first_trade_id == truth[symbol]["first_id"] and v.history_complete
+
+
+def test_quiet_symbols_that_began_trading_are_swept_once(small_sim: Simulator) -> None:
+    """The simulator's symbols have no trade before we follow them: all quiet. Once they
+    trade, one ticker read (the listings thread's, here called at once) finds nothing below
+    their ranges, so none is quiet any more and their first candles can settle; with no quiet
+    symbol left, another call reads no ticker."""
+    with running(small_sim) as ingest:
+        assert all(stats.ids.quiet for _, stats in ingest.table.items())
+        wait_for(lambda: ingest.counters()["backfill"]["sweeps"] >= 1)  # the connection's
+        wait_for(lambda: ingest.backfill.sweep_pending() == 0)  # ticker, read before trading
+        trade_for(small_sim, 600)
+        settle(small_sim, ingest)
+        began = [s for s, stats in ingest.table.items() if stats.began_quiet()]
+        assert began and ingest.sweep_quiet() == len(began)
+        wait_for(lambda: not any(st.began_quiet() for _, st in ingest.table.items()), timeout=60)
+        sweeps = ingest.counters()["backfill"]["sweeps"]
+        assert ingest.sweep_quiet() == 0
+        assert ingest.counters()["backfill"]["sweeps"] == sweeps
+        assert ours(ingest) == truth_of(small_sim)  # nothing counted twice
