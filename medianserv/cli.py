@@ -42,6 +42,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
     shared = args.shared_data if args.shared_data.exists() else None
+    if args.markets is not None:
+        from .bench.ingest import MARKETS
+
+        unknown = sorted(set(args.markets) - set(MARKETS))
+        if unknown:
+            print(f"medianserv bench: no market {', '.join(unknown)}; there are "
+                  f"{', '.join(MARKETS)}", file=sys.stderr)  # fmt: skip
+            return 2
     if args.suite == "decode-client":  # the yardstick's process in the ingest benchmark
         bench.run_decode_client(args.url, args.rest_url, args.seconds)
         return 0
@@ -61,7 +69,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             part = bench.bench_core(args.sizes, shared, int((args.minutes or 2.0) * 60 * rate),
                                     rate)  # fmt: skip
         elif suite == "ingest":
-            part = bench.bench_ingest(args.seconds, shared, args.rounds)
+            markets = {} if args.markets is None else {"markets": tuple(args.markets)}
+            part = bench.bench_ingest(args.seconds, shared, args.rounds, **markets)
         elif suite == "api":
             part = bench.bench_api(args.seconds, args.rates, shared)
         elif suite == "snapshot":
@@ -74,7 +83,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         elif suite == "candles":
             part = bench.bench_candles(args.trades_per_day)
         elif suite == "scale":
-            part = bench.bench_scale(args.prices, args.files or 100)
+            part = bench.bench_scale(args.prices, args.files or 100, args.share)
         elif suite == "soak":
             part = bench.bench_soak(args.minutes or 60.0, tps=args.tps or 16_000.0,
                                     walk_levels=args.walk_levels,
@@ -298,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, choices=range(1, 101), default=1, metavar="N",
                        help="ingest: rounds of windows A B C C B A per market (1-100)")  # fmt: skip
     bench.add_argument(
+        "--markets", type=lambda s: s.split(","), default=None, metavar="M1,M2",
+        help="ingest: its markets, comma-separated, of walk, fresh, hot and real (real needs "
+        "the shared data; default: all)",
+    )  # fmt: skip
+    bench.add_argument(
         "--tps", type=float, default=None,
         help="offered trades/s (recovery: 300; soak: 16,000; core's candle cost: 25,000)",
     )  # fmt: skip
@@ -351,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare-candles", action="store_true",
                        help="soak: a second service with --no-candles beside it, same "
                        "trades, same minutes")  # fmt: skip
+    bench.add_argument("--share", type=float, default=1.0,
+                       help="scale: the share of each lock hold's repetitions and of a "
+                       "file's pairs (1: all; a smoke test takes less)")  # fmt: skip
     bench.add_argument("--prices", type=lambda s: int(float(s)), default=10**7,
                        help="scale: distinct prices in one median")  # fmt: skip
     bench.add_argument(

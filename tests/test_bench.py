@@ -96,9 +96,21 @@ def test_ingest_reads_the_candles_cost_from_paired_windows() -> None:
         _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0})
 
 
+def test_ingest_refuses_a_market_it_does_not_have(capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt market is refused before any process starts, by the CLI and the function."""
+    from medianserv.bench import bench_ingest
+    from medianserv.cli import main
+
+    assert main(["bench", "ingest", "--markets", "walk,flat"]) == 2
+    assert "no market flat" in capsys.readouterr().err
+    for markets in (("walk", "flat"), ()):
+        with pytest.raises(ValueError):
+            bench_ingest(1.0, None, 1, markets)
+
+
 def test_ingest_and_api_smoke_through_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    for suite, extra in (("ingest", []), ("api", ["--rates", "40"])):
+    for suite, extra in (("ingest", ["--markets", "fresh"]), ("api", ["--rates", "40"])):
         proc = subprocess.run(
             [sys.executable, "-m", "medianserv", "bench", suite, "--seconds", "1",
              "--json", str(out), *extra],
@@ -116,7 +128,7 @@ def test_history_scale_and_market_smoke_through_the_cli(tmp_path: Path) -> None:
     generator's count, the restore against the import) and fails loudly otherwise."""
     out = tmp_path / "bench.json"
     runs = (
-        ("scale", ["--prices", "20000", "--files", "4"]),
+        ("scale", ["--prices", "20000", "--files", "4", "--share", "0.05"]),
         ("history", ["--trades", "200000", "--files", "2"]),
         ("history", ["--market", "--symbols", "6", "--trades", "200000"]),
     )

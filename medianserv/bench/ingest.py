@@ -242,6 +242,9 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
     (almost) no trade in a window of its flood, is refused."""
     import tempfile
 
+    unknown = set(markets) - set(MARKETS)
+    if unknown or not markets:
+        raise ValueError(f"markets: {sorted(unknown) or 'none'}; there are {', '.join(MARKETS)}")
     recordings = sorted((shared_data / "trades").glob("*_2024080*.gz")) if shared_data else []
     markets = tuple(m for m in markets if m != "real" or recordings)
     extra = ["--set", "flood=true", "--set", "ping_interval=5", "--set", "flood_agent=nobody"]

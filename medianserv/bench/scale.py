@@ -191,12 +191,17 @@ class _TimedLock:
         return out
 
 
-def _locks(levels: int, compiled: bool) -> dict[str, Any]:
+def _locks(levels: int, compiled: bool, share: float = 1.0) -> dict[str, Any]:
     """Child: every operation on one symbol holding ``levels`` distinct prices, and how long
     each held the symbol's lock: single trades (near the median and far beyond the heaps),
     aggregates of 2 to 1,000 trades and batches of 1,000 of them (a backfilled page), a
     batch so large it moves the median across half the levels, files of 300,000 pairs (a
-    month of BTCUSDT) and the snapshot's harvest after each."""
+    month of BTCUSDT) and the snapshot's harvest after each. ``share`` of each operation's
+    repetitions and of a file's pairs (1: all; a smoke test takes a tenth)."""
+
+    def part(n: int) -> int:
+        return max(1, int(n * share))
+
     import numpy as np
 
     from ..median import CRunningMedian, PyRunningMedian
@@ -222,8 +227,9 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
     span = levels * step
     tid = top + 1
     mid = 10**9 + span // 2
-    near = (mid + rng.integers(-3000, 3000, 100_000) * step // 3).tolist()
-    far = (10**9 + rng.integers(0, span, 100_000) // step * step + rng.integers(0, 2, 100_000)
+    singles = part(100_000)
+    near = (mid + rng.integers(-3000, 3000, singles) * step // 3).tolist()
+    far = (10**9 + rng.integers(0, span, singles) // step * step + rng.integers(0, 2, singles)
            ).tolist()  # fmt: skip
     mixed = [x for pair in zip(near, far, strict=True) for x in pair]
     import gc
@@ -254,7 +260,7 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
         return first
 
     holds = array("q")
-    for _ in range(20_000):
+    for _ in range(part(20_000)):
         k = int(rng.integers(2, 1001))
         first = gap(k)
         timed.take()
@@ -262,7 +268,7 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
         holds += timed.take()
     record("add with times", holds)
     holds = array("q")
-    for _ in range(100):
+    for _ in range(part(100)):
         sizes = rng.integers(1, 4, 1000).tolist()
         first = gap(sum(sizes))
         timed.take()
@@ -283,7 +289,9 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
     record("one aggregate moving the median across half the levels", holds)
     lo = 0
     for _ in range(5):
-        pairs = np.unique(10**9 + rng.integers(0, span, 300_000) // 10 * 10).astype(np.uint64)
+        pairs = np.unique(10**9 + rng.integers(0, span, part(300_000)) // 10 * 10).astype(
+            np.uint64
+        )
         c = rng.integers(1, 30, len(pairs)).astype(np.int64)
         hi = lo + int(c.sum()) - 1
         assert stats.apply_levels(lo, hi, pairs, c, 1_600_000_000_000, last_price=int(pairs[-1]))
@@ -295,7 +303,7 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
         timed.take()
         assert stats.harvest() is not None
         out.setdefault("_harvests", array("q")).extend(timed.take())
-    record("file merge (300,000 pairs)", out.pop("_files"))
+    record(f"file merge ({part(300_000):,} pairs)", out.pop("_files"))
     record("snapshot harvest", out.pop("_harvests"))
     # quantile queries (15 q's) while live trades of the same symbol go on in another thread
     qs = parse_quantiles("0,0.001,0.01,0.05,0.1,0.25,0.333,0.5,0.667,0.75,0.9,0.95,0.99,0.999,1")
@@ -311,7 +319,7 @@ def _locks(levels: int, compiled: bool) -> dict[str, Any]:
     feeder = threading.Thread(target=ingest, daemon=True)
     feeder.start()
     times = []
-    for _ in range(2000):
+    for _ in range(part(2000)):
         t = time.perf_counter_ns()
         stats.quantiles(qs)
         times.append(time.perf_counter_ns() - t)
@@ -342,19 +350,20 @@ def _child(*args: str) -> dict[str, Any]:
     return result
 
 
-def bench_scale(prices: int = 10**7, files: int = 100) -> list[Row]:
+def bench_scale(prices: int = 10**7, files: int = 100, share: float = 1.0) -> list[Row]:
     """How long each operation holds a symbol's lock at a tenth of ``prices`` and at
     ``prices`` distinct prices (worst, 99.99th percentile, CPU under it), with the compiled
     median and the pure one; peak RSS of one process holding a median of ``prices`` distinct
     prices imported in ``files`` files and snapshotted, the store's size, and the time and
-    peak RSS of a restore in a fresh process."""
+    peak RSS of a restore in a fresh process. ``share``: of the lock holds' repetitions (see
+    :func:`_locks`)."""
     from ..median import CRunningMedian
 
     rows: list[Row] = []
     for compiled in [True, False] if CRunningMedian is not None else [False]:
         twin = "C" if compiled else "py"
         for size in sorted({max(1000, prices // 10), prices}):
-            held = _child("locks", str(size), str(int(compiled)))
+            held = _child("locks", str(size), str(int(compiled)), str(share))
             n = f"{held['levels']:.2g} levels, {twin}"
             q = held.pop("quantiles")
             gc = held.pop("collections")
@@ -407,6 +416,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "build":
         print(json.dumps(_build(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
     elif sys.argv[1] == "locks":
-        print(json.dumps(_locks(int(sys.argv[2]), sys.argv[3] == "1")))
+        print(json.dumps(_locks(int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4]))))
     else:
         print(json.dumps(_restore(sys.argv[2])))
