@@ -289,9 +289,7 @@ def _locks(levels: int, compiled: bool, share: float = 1.0) -> dict[str, Any]:
     record("one aggregate moving the median across half the levels", holds)
     lo = 0
     for _ in range(5):
-        pairs = np.unique(10**9 + rng.integers(0, span, part(300_000)) // 10 * 10).astype(
-            np.uint64
-        )
+        pairs = np.unique(10**9 + rng.integers(0, span, part(300_000)) // 10 * 10).astype(np.uint64)
         c = rng.integers(1, 30, len(pairs)).astype(np.int64)
         hi = lo + int(c.sum()) - 1
         assert stats.apply_levels(lo, hi, pairs, c, 1_600_000_000_000, last_price=int(pairs[-1]))
