@@ -22,6 +22,7 @@
 
 #include <string.h>
 #include <structmember.h>
+#include <time.h>
 
 /* -- zlib's checksums ------------------------------------------------------------------------- */
 
@@ -106,28 +107,24 @@ static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     }
     Lock *l = (Lock *)type->tp_alloc(type, 0);
     if (!l) return NULL;
+#ifdef Py_GIL_DISABLED
     l->lock = PyThread_allocate_lock();
     if (!l->lock) {
         Py_DECREF(l);
         return PyErr_NoMemory();
     }
-#ifndef Py_GIL_DISABLED
-    PyThread_acquire_lock(l->lock, NOWAIT_LOCK); /* the wake-up: none posted yet */
 #endif
     return (PyObject *)l;
 }
 
 static void Lock_dealloc(Lock *l) {
     lock_ungate(l);
-    if (l->lock) {
 #ifdef Py_GIL_DISABLED
+    if (l->lock) {
         if (l->locked) PyThread_release_lock(l->lock);
-#else
-        PyThread_acquire_lock(l->lock, NOWAIT_LOCK); /* a wake-up left behind taken */
-        PyThread_release_lock(l->lock);
-#endif
         PyThread_free_lock(l->lock); /* unlocked, as CPython frees its own locks */
     }
+#endif
     Py_TYPE(l)->tp_free((PyObject *)l);
 }
 
@@ -150,6 +147,14 @@ static void lock_give(Lock *l) {
     PyThread_release_lock(l->lock);
 }
 #else
+/* a thread asleep waiting for a Lock: in its queue, on its own stack */
+typedef struct LockWaiter {
+    struct LockWaiter *next;
+    PyThread_type_lock wake;          /* held by the waiter; released by the release that
+                                         hands it the lock */
+    char granted;                     /* the lock is its own */
+} LockWaiter;
+
 /* microseconds on a clock that never goes back */
 static long long monotonic_us(void) {
     struct timespec ts;
@@ -157,34 +162,67 @@ static long long monotonic_us(void) {
     return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* takes the lock (the caller holds the interpreter), waiting up to timeout_us (-1: forever)
-   with the interpreter released: counted in waiters, asleep on the wake-up, and looking again
-   each time a release posts it (another thread may have taken the lock first; a wake-up left
-   by a waiter that timed out costs one look more) */
-static int lock_take(Lock *l, long long timeout_us) {
-    if (l->locked) {
-        if (timeout_us == 0) return 0;
-        long long deadline = timeout_us < 0 ? -1 : monotonic_us() + timeout_us;
-        do {
-            long long wait = -1;
-            if (deadline >= 0 && (wait = deadline - monotonic_us()) <= 0) return 0;
-            int counted = l->waiters < UINT16_MAX; /* (else it looks again every ms) */
-            if (!counted && (wait < 0 || wait > 1000)) wait = 1000;
-            l->waiters += counted;
-            Py_BEGIN_ALLOW_THREADS
-            PyThread_acquire_lock_timed(l->lock, wait, 0);
-            Py_END_ALLOW_THREADS
-            l->waiters -= counted;
-        } while (l->locked);
+/* the lock taken by polling every millisecond (the interpreter released meanwhile) up to the
+   deadline (-1: none): what a waiter does that could not make a wake-up of its own */
+static int lock_poll(Lock *l, long long deadline) {
+    while (l->locked) {
+        if (deadline >= 0 && deadline <= monotonic_us()) return 0;
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+        Py_END_ALLOW_THREADS
     }
     l->locked = 1;
     return 1;
 }
 
-/* gives the lock back (the caller holds the interpreter), waking one waiter if any */
+/* takes the lock (the caller holds the interpreter), waiting up to timeout_us (-1: forever)
+   with the interpreter released: at the end of the queue, asleep on a wake-up of its own
+   until a release hands it the lock (lock_give) or the time is up. O(waiters) to queue */
+static int lock_take(Lock *l, long long timeout_us) {
+    if (!l->locked) {
+        l->locked = 1;
+        return 1;
+    }
+    if (timeout_us == 0) return 0;
+    long long deadline = timeout_us < 0 ? -1 : monotonic_us() + timeout_us;
+    LockWaiter w = {NULL, PyThread_allocate_lock(), 0};
+    if (!w.wake) return lock_poll(l, deadline);
+    PyThread_acquire_lock(w.wake, NOWAIT_LOCK); /* new, so free: now held */
+    LockWaiter **at = &l->queue;
+    while (*at) at = &(*at)->next;
+    *at = &w;
+    int counted = l->waiters < UINT16_MAX;
+    l->waiters += counted;
+    PyLockStatus r = PY_LOCK_FAILURE;
+    do {
+        long long wait = deadline < 0 ? -1 : deadline - monotonic_us();
+        Py_BEGIN_ALLOW_THREADS
+        r = PyThread_acquire_lock_timed(w.wake, wait < 0 && deadline >= 0 ? 0 : wait, 0);
+        Py_END_ALLOW_THREADS
+    } while (!w.granted && deadline < 0); /* (forever: only a hand-over ends it) */
+    l->waiters -= counted;
+    if (!w.granted) { /* the time is up: out of the queue */
+        for (at = &l->queue; *at != &w; at = &(*at)->next) {
+        }
+        *at = w.next;
+    }
+    if (r == PY_LOCK_ACQUIRED || !w.granted) PyThread_release_lock(w.wake); /* held: free it */
+    PyThread_free_lock(w.wake);
+    return w.granted; /* (the lock stayed locked, handed over) */
+}
+
+/* gives the lock back (the caller holds the interpreter): to the oldest thread asleep
+   waiting for it if any (it stays locked), else free. O(1) */
 static void lock_give(Lock *l) {
-    l->locked = 0;
-    if (l->waiters) PyThread_release_lock(l->lock);
+    LockWaiter *w = l->queue;
+    if (!w) {
+        l->locked = 0;
+        return;
+    }
+    l->queue = w->next;
+    w->granted = 1;
+    PyThread_release_lock(w->wake); /* it wakes once this thread lets the interpreter go */
 }
 #endif
 
@@ -249,8 +287,9 @@ PyTypeObject LockType = {
     .tp_name = "medianserv._native.Lock",
     .tp_basicsize = sizeof(Lock),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Lock(): threading.Lock's semantics (acquire, release, locked, with), which the "
-              "compiled per-trade path takes without the interpreter.",
+    .tp_doc = "Lock(): threading.Lock's semantics (acquire, release, locked, with; a release "
+              "hands it to the thread waiting longest), which the compiled per-trade path "
+              "takes without the interpreter.",
     .tp_alloc = line_alloc, /* a line of its own (see Lock, _native.h) */
     .tp_free = free,
     .tp_new = Lock_new,

@@ -218,15 +218,21 @@ int period_settle(Period *p);
  * Whoever takes or gives the lock holds the interpreter (the GIL), so `locked` alone says
  * who owns it, and the uncontended take and give of a trade read and write this line only:
  * no atomic instruction, so the trade's stores (its pending entry) drain in the background
- * rather than at the lock. Only a thread that finds it taken sleeps, on `lock`, having
- * counted itself in `waiters`; a release that finds waiters posts `lock` once, and each
- * waiter woken looks again (a free-threaded build keeps `lock` as the lock itself). */
+ * rather than at the lock. Only a thread that finds it taken sleeps: it joins `queue`, on a
+ * wake-up of its own, counted in `waiters`. A release that finds the queue not empty hands
+ * the lock to its oldest thread (it stays locked; that thread's wake-up is posted), so a
+ * thread that gives the lock and takes it again at once, holding the interpreter, cannot
+ * starve one asleep (a free-threaded build keeps `lock`, the lock itself, instead). */
+struct LockWaiter;
 typedef struct Lock {
     PyObject_HEAD
-    PyThread_type_lock lock;          /* held while locked (free-threaded builds); else the
-                                         waiters' wake-up, held but when a release posts it */
+#ifdef Py_GIL_DISABLED
+    PyThread_type_lock lock;          /* held while locked */
+#else
+    struct LockWaiter *queue;         /* the threads asleep waiting for it, oldest first */
+#endif
     char locked;
-    uint16_t waiters;                 /* threads waiting on `lock` for their turn */
+    uint16_t waiters;                 /* threads asleep waiting for it (saturating) */
     uint32_t noted;                   /* the gate's pending trades: gate->pend[0 .. noted) */
     Period *gate;                     /* the minute gated (a reference), or NULL */
     long long gate_lo, gate_end;      /* it takes times gate_lo .. gate_end - 1 */

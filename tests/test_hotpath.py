@@ -31,6 +31,8 @@ from medianserv.perfect_hash import PerfectHash
 from medianserv.streams import AttemptGate, Reader, _Connection
 from medianserv.symbols import APPLIED, SymbolStats, SymbolTable
 
+from .support import wait_for
+
 needs_c = pytest.mark.skipif(CTradePath is None, reason="the compiled twins were not built")
 
 SYMBOLS = ["BTCUSDT", "ETHBTC", "BNBUSDT", "币安人生USDT", "XRPEUR"]
@@ -669,9 +671,9 @@ def test_the_lock_is_a_lock() -> None:
 def test_the_lock_excludes_under_contention_and_wakes_every_waiter() -> None:
     """Many threads taking the compiled lock, each holding it across a switch of the
     interpreter (where another finds it taken and sleeps): every increment lands, nobody
-    is left asleep. Waiters that give up at their timeout get False; and a wake-up left
-    behind (posted for a waiter whose wait had already timed out, while it waited for the
-    interpreter) makes the next waiter look again, never take a lock that is held."""
+    is left asleep. Waiters that give up at their timeout get False; and a release that
+    finds a waiter whose time ran out while it waited for the interpreter hands it the lock
+    all the same (it was still queued), leaving nothing behind for the next waiter."""
     import sys
 
     from medianserv import _native  # type: ignore[attr-defined]
@@ -692,15 +694,15 @@ def test_the_lock_excludes_under_contention_and_wakes_every_waiter() -> None:
         end = time.monotonic() + 2.0
         while time.monotonic() < end:
             pass
-        lock.release()  # a waiter counted: the wake-up posted, its wait already over
+        lock.release()  # a waiter queued: the lock handed to it, its wait already over
     finally:
         sys.setswitchinterval(switch)
     waiter.join(60)
-    assert got == [True] and lock.waiters == 0  # it found the lock free when it looked
+    assert got == [True] and lock.waiters == 0 and lock.locked()  # handed over
     lock.release()
     assert lock.acquire()
     late = threading.Thread(target=lambda: got.append(lock.acquire(timeout=0.3)))
-    late.start()  # takes the wake-up left behind, looks, finds the lock held, sleeps again
+    late.start()  # nothing left behind to wake it: it sleeps till its time is up
     late.join(60)
     assert got == [True, False] and lock.locked()
     lock.release()
@@ -734,6 +736,41 @@ def test_the_lock_excludes_under_contention_and_wakes_every_waiter() -> None:
     assert counter[0] == 6 * 300 and not lock.locked() and lock.waiters == 0
     assert lock.acquire(False)
     lock.release()
+
+
+@needs_c
+def test_the_lock_goes_to_the_thread_asleep_waiting_for_it() -> None:
+    """A thread that gives the compiled lock and takes it again at once, holding the
+    interpreter, never starves one asleep waiting for it: the release hands the lock to the
+    waiter, so it is taken within one of the busy thread's holds, however often the busy
+    thread's holds span a switch of the interpreter (a quantile query against a symbol's
+    general path, which holds the lock in Python)."""
+    from medianserv import _native  # type: ignore[attr-defined]
+
+    lock = _native.Lock()
+    holds = [0]
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            with lock:
+                holds[0] += 1
+                sum(range(50))  # some work under the lock, as the general path does
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        wait_for(lambda: holds[0] > 1000)
+        for _ in range(200):
+            start = holds[0]
+            with lock:
+                taken = holds[0]
+            assert taken - start <= 1  # the hold going on when it asked, at most
+            time.sleep(0)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive() and not lock.locked() and lock.waiters == 0
 
 
 def test_apply_common_is_apply_for_the_common_outcomes() -> None:
