@@ -988,9 +988,9 @@ class Candles:
         if minute is not None and start <= minute.start < end:
             return True  # the current minute is in it, not folded in yet (older than the
             # latest trade: an archive's days went past it)
-        if self._began(ids, start) and (not seal or ids.quiet):
-            return True  # counting began in it: the range may still reach below (history to
-            # come, or a quiet symbol's earlier trades, which a ticker or a stream may report)
+        if not seal and self._began(ids, start):
+            return True  # counting began in it: the range may still reach below (so may a
+            # quiet symbol's: harvest keeps those periods open before it asks here)
         front = ids.front
         if front is not None and _overlaps(front.after_ms, self.front_top_ms, start, end):
             return True

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,15 @@ def _market_rows(market: str, per_trade: dict[str, list[float]], rates: dict[str
     return rows, mine
 
 
+def check_markets(markets: Sequence[str]) -> None:
+    """ValueError unless ``markets`` names at least one market and only those of
+    :data:`MARKETS`. O(markets)."""
+    unknown = sorted(set(markets) - set(MARKETS))
+    if unknown or not markets:
+        raise ValueError(f"no market {', '.join(unknown) or 'given'}; there are "
+                         f"{', '.join(MARKETS)}")  # fmt: skip
+
+
 def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: int = 1,
                  markets: tuple[str, ...] = MARKETS) -> list[Row]:  # fmt: skip
     """medianserv and the decode-only client (picows + msgspec, in the ``bench`` extra)
@@ -242,9 +252,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
     (almost) no trade in a window of its flood, is refused."""
     import tempfile
 
-    unknown = set(markets) - set(MARKETS)
-    if unknown or not markets:
-        raise ValueError(f"markets: {sorted(unknown) or 'none'}; there are {', '.join(MARKETS)}")
+    check_markets(markets)
     recordings = sorted((shared_data / "trades").glob("*_2024080*.gz")) if shared_data else []
     markets = tuple(m for m in markets if m != "real" or recordings)
     extra = ["--set", "flood=true", "--set", "ping_interval=5", "--set", "flood_agent=nobody"]
