@@ -72,7 +72,7 @@ def test_ingest_reads_the_candles_cost_from_paired_windows() -> None:
                  "medianserv, together": [1.1, 2.4, 3.0], "no candles, together": [1.0, 2.0, 1.0],
                  "client": [1.0, 1.0]}  # fmt: skip
     rates = {"medianserv": [10.0, 30.0, 20.0], "client": [5.0, 30.0, 7.0]}
-    rows, mine = _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0})
+    rows, mine = _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0}, 1)
     got = {r.name.removeprefix("walk: "): r.value for r in rows}
     assert mine == 3.0 and got["medianserv trades/s"] == 20.0
     assert got["the same, each flooded alone in turn"] == 1.5
@@ -87,13 +87,14 @@ def test_ingest_reads_the_candles_cost_from_paired_windows() -> None:
     assert got["decode-only client CPU per trade"] == 1.0
     assert got["decode-only client trades/s"] == 7.0  # the median, not the mean
     assert got["medianserv --no-candles CPU per trade"] == 2.0
+    assert [v for k, v in got.items() if k.startswith("UTC hours that ended in the span")] == [1]
     per_trade["no candles, together"] = [1.0, 1.0, 2.0]  # windows 2 and 3 swapped: 1.5 now
-    rows, _ = _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0})
+    rows, _ = _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0}, 0)
     got = {r.name.removeprefix("walk: "): r.value for r in rows}
     assert got[together + "windows' (goal <= 1.1)"] == 1.5
     del per_trade["no candles, together"][0]  # a window of one side alone: refused
     with pytest.raises(ValueError):
-        _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0})
+        _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0}, 0)
 
 
 def test_ingest_refuses_a_market_it_does_not_have(capsys: pytest.CaptureFixture[str]) -> None:

@@ -188,12 +188,13 @@ def _picows_available() -> bool:
 
 
 def _market_rows(market: str, per_trade: dict[str, list[float]], rates: dict[str, list[float]],
-                 spans: dict[str, float]) -> tuple[list[Row], float]:  # fmt: skip
+                 spans: dict[str, float], hours: int) -> tuple[list[Row], float]:  # fmt: skip
     """One market's rows of :func:`bench_ingest` from its windows' figures (``per_trade`` and
-    ``rates`` per side, a value a window; ``spans`` per service) and medianserv's CPU per trade
-    alone. The candles' cost is the median of the T windows' ratios, each window's two figures
-    paired (the i-th of each service's list is the same window's), beside the lowest and the
-    highest of them (how far a window's noise reaches). O(windows)."""
+    ``rates`` per side, a value a window; ``spans`` per service; ``hours``, the UTC hours that
+    ended in the span) and medianserv's CPU per trade alone. The candles' cost is the median
+    of the T windows' ratios, each window's two figures paired (the i-th of each service's
+    list is the same window's), beside the lowest and the highest of them (how far a
+    window's noise reaches). O(windows)."""
     rows: list[Row] = []
     mine = statistics.median(per_trade["medianserv"])
     rows.append(Row(f"{market}: medianserv CPU per trade (whole process)", mine, "us/trade"))
@@ -221,6 +222,9 @@ def _market_rows(market: str, per_trade: dict[str, list[float]], rates: dict[str
     rows.append(Row(f"{market}: the same, --no-candles", span_without, "us/trade"))
     rows.append(Row(f"{market}: the same, with candles / without (goal <= 1.1)",
                     span / span_without, "x"))  # fmt: skip
+    rows.append(Row(f"{market}: UTC hours that ended in the span (each folds its hour's levels "
+                    "into its day, the trades of the markets before included)", hours,
+                    "hours"))  # fmt: skip
     if "client" in per_trade:
         theirs = statistics.median(per_trade["client"])
         rows.append(Row(f"{market}: decode-only client CPU per trade", theirs, "us/trade"))
@@ -297,6 +301,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             per_trade: dict[str, dict[str, list[float]]] = {m: {} for m in markets}
             rates: dict[str, dict[str, list[float]]] = {m: {} for m in markets}
             spans: dict[str, dict[str, float]] = {m: {} for m in markets}
+            hours: dict[str, int] = {}  # UTC hours that ended in a market's span
             for market in markets:
                 sim.control(f"flood?market={market}&agent=nobody")
                 _settle([pid for pid, _ in sides.values()])  # the market before: its work done
@@ -308,6 +313,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                         _settle([pid for pid, _ in sides.values()])
                         begun = {side: (cpu_seconds(sides[side][0]), sides[side][1]())
                                  for side in measured["together"]}  # fmt: skip
+                        hours[market] = int(time.time() // 3600)
                     taking = [(side, *sides[side]) for side in measured[window]]
                     sim.control(f"flood?agent={agents[window]}")
                     for _, _, count in taking:
@@ -333,6 +339,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                 for side, (c0, n0) in begun.items():
                     pid, count = sides[side]
                     spans[market][side] = (cpu_seconds(pid) - c0) / max(1, count() - n0) * 1e6
+                hours[market] = int(time.time() // 3600) - hours[market]
             stats = sim.control("stats")
             expected = connections * (3 if client else 2)
             if stats["violations"] or stats["connections_open"] != expected:
@@ -340,7 +347,8 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             ours = {}
             for market in markets:
                 market_rows, ours[market] = _market_rows(market, per_trade[market],
-                                                         rates[market], spans[market])  # fmt: skip
+                                                         rates[market], spans[market],
+                                                         hours[market])  # fmt: skip
                 rows += market_rows
             rows.append(Row("medianserv CPU per trade, slowest market / fastest",
                             max(ours.values()) / min(ours.values()), "x"))  # fmt: skip
