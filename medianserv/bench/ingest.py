@@ -22,7 +22,9 @@ and settling falls in it. The same roll comes before the span begins: the minute
 alone left open (their trades outside the span) retire before it, not in it. So the span holds
 the deferred work of the trades it counts, but for a second's flood at each end (the roll's
 before it, whose minute retires in it; the roll's in it, whose minute retires after), which
-balance.
+balance. An hour's end does not: it folds the hour's levels into its day (the trades of the
+markets before included) in whichever span holds it, so each market reports the UTC hours
+that ended in its span.
 """
 
 from __future__ import annotations
