@@ -59,8 +59,10 @@ import functools
 import shutil
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -420,12 +422,55 @@ def check_lmdb_file(data_file: Path) -> None:
         )
 
 
+class _MapGate:
+    """The reads of a store and the growth of its map, which LMDB allows only while no
+    transaction of the process is open (``mdb_env_set_mapsize``; the binding invalidates
+    those open, so a read under way fails, or on older releases reads a map no longer
+    there): any number of reads at once; a growth waits for those under way and holds new
+    ones back until the map is replaced. O(1) a read, but for the wait."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._growing = False
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Held for the whole of a read transaction."""
+        with self._cond:
+            while self._growing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    def grow(self, env: lmdb.Environment, size: int) -> None:
+        """Set ``env``'s map to ``size`` bytes once no read is under way (the caller's
+        write transaction is over)."""
+        with self._cond:
+            self._growing = True
+            try:
+                while self._readers:
+                    self._cond.wait()
+                env.set_mapsize(size)
+            finally:
+                self._growing = False
+                self._cond.notify_all()
+
+
 class Store:
-    """One LMDB environment in ``data_dir``. Open with :meth:`open`; one writer at a time."""
+    """One LMDB environment in ``data_dir``. Open with :meth:`open`; one writer at a time,
+    any number of readers in other threads (:class:`_MapGate`)."""
 
     def __init__(self, env: lmdb.Environment, path: Path) -> None:
         self.env = env
         self.path = path
+        self._gate = _MapGate()
         self._meta = env.open_db(b"meta")
         self._symbols = env.open_db(b"symbols")
         self._levels = env.open_db(b"levels")
@@ -554,7 +599,7 @@ class Store:
             try:
                 return self._write(batch, saved_at, listing)
             except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                self._gate.grow(self.env, self.env.info()["map_size"] * 2)
 
     def _write(
         self, batch: list[SymbolState], saved_at: int, listing: tuple[str, ...] | None
@@ -655,7 +700,7 @@ class Store:
             return take(cursor.iterprev(), most, nowhere if stop is None else stop.__gt__)
 
         try:
-            with self.env.begin(db=self._candles) as txn:
+            with self._gate.reading(), self.env.begin(db=self._candles) as txn:
                 cursor = txn.cursor()
                 if from_start:
                     # the row before start, then up to limit from start and the one after
@@ -789,7 +834,7 @@ class Store:
         out: list[SymbolState] = []
         total = 0
         try:
-            with self.env.begin(buffers=True) as txn:
+            with self._gate.reading(), self.env.begin(buffers=True) as txn:
                 levels_cursor = txn.cursor(db=self._levels)
                 for key, value in txn.cursor(db=self._symbols):
                     symbol = bytes(key).decode()
@@ -822,7 +867,7 @@ class Store:
 
     def load_listing(self) -> list[str]:
         """The symbols listed at the last snapshot (empty for a new store)."""
-        with self.env.begin() as txn:
+        with self._gate.reading(), self.env.begin() as txn:
             data = txn.get(b"listing", db=self._meta)
         if data is None:
             return []
@@ -833,7 +878,7 @@ class Store:
 
     def info(self) -> dict[str, Any]:
         """Counts and sizes for ``medianserv snapshot info``. O(symbols)."""
-        with self.env.begin() as txn:
+        with self._gate.reading(), self.env.begin() as txn:
             saved_at = txn.get(b"saved_at", db=self._meta)
             decoder = _decoders[self.version]
             trades = sum(decoder.decode(v).count for _, v in txn.cursor(db=self._symbols))

@@ -121,6 +121,54 @@ def test_map_grows_when_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     store.close()
 
 
+def test_the_map_grows_while_readers_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LMDB replaces its map only when no transaction of the process is open: a snapshot
+    that grows the map waits for the reads under way (the API's candle queries, a status's
+    counts) and holds new ones back meanwhile, so none of them fails (without the gate, a
+    read under way when the map is replaced fails: "Attempt to operate on closed/deleted/
+    dropped object"), and each sees a whole snapshot (the trades never go back)."""
+    import threading
+
+    monkeypatch.setattr(store_module, "INITIAL_MAP_SIZE", 1 << 16)
+    store = Store.open(tmp_path)
+    stats = SymbolStats("BTCUSDT")
+    stats.apply(0, 1, 0)
+    store.save([stats.harvest()])  # type: ignore[list-item]
+    done = threading.Event()
+    failures: list[BaseException] = []
+    reads = [0]
+
+    def read() -> None:
+        seen = 0
+        while not done.is_set():
+            try:
+                store.candles("BTCUSDT", 0, 0, 2**62, 1_000, True)
+                trades = store.info()["trades"]
+                assert trades >= seen, f"{trades} trades after {seen}"
+                seen = trades
+                reads[0] += 1
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    sizes = {store.env.info()["map_size"]}
+    try:
+        for i in range(1, 40_001):
+            stats.apply(i, i, i)
+            if i % 500 == 0:
+                store.save([stats.harvest()])  # type: ignore[list-item]
+                sizes.add(store.env.info()["map_size"])
+    finally:
+        done.set()
+        reader.join(60)
+    assert not failures, failures[0]
+    assert len(sizes) >= 5 and reads[0] > 0  # the map grew four times or more, while read
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    store.close()
+
+
 def test_format_1_is_read_and_upgraded(tmp_path: Path) -> None:
     """A store written by the previous release opens, read-only as it is, writable upgraded."""
     import msgspec
