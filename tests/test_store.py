@@ -123,10 +123,11 @@ def test_map_grows_when_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_the_map_grows_while_readers_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """LMDB replaces its map only when no transaction of the process is open: a snapshot
-    that grows the map waits for the reads under way (the API's candle queries, a status's
-    counts) and holds new ones back meanwhile, so none of them fails (without the gate, a
-    read under way when the map is replaced fails: "Attempt to operate on closed/deleted/
-    dropped object"), and each sees a whole snapshot (the trades never go back)."""
+    that grows the map waits for the reads under way (the API's candle queries; the counts
+    ``snapshot info`` reads) and holds new ones back meanwhile, so none of them fails
+    (without the gate, a read under way when the map is replaced fails: "Attempt to operate
+    on closed/deleted/dropped object"), and each sees a whole snapshot (the trades never go
+    back)."""
     import threading
 
     monkeypatch.setattr(store_module, "INITIAL_MAP_SIZE", 1 << 16)
