@@ -471,6 +471,7 @@ class Store:
         self.env = env
         self.path = path
         self._gate = _MapGate()
+        self._page_size = int(env.stat()["psize"])
         self._meta = env.open_db(b"meta")
         self._symbols = env.open_db(b"symbols")
         self._levels = env.open_db(b"levels")
@@ -589,12 +590,20 @@ class Store:
     ) -> tuple[int, int]:
         """Write changed symbols and levels in one transaction; grow the map when full.
 
+        The map doubles before the write once the pages in use pass half of it, so a store
+        that grows snapshot by snapshot does not fill it in the middle of one (a full map
+        aborts the transaction, which is then written again, whole, after the growth); a
+        snapshot larger than the room left still fills it and is written again.
+
         ``listing``, when given, is stored too: the next start serves it before exchangeInfo
         answers. Returns (symbols, levels) written. Raises lmdb.Error for anything but a full
         map (a full disk, an I/O error): the caller keeps the data and retries.
         """
         batch = list(states)
         saved_at = int(time.time() * 1000) if saved_at_ms is None else saved_at_ms
+        info = self.env.info()
+        if (info["last_pgno"] + 1) * self._page_size * 2 > info["map_size"]:
+            self._gate.grow(self.env, info["map_size"] * 2)
         while True:
             try:
                 return self._write(batch, saved_at, listing)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
@@ -166,6 +167,34 @@ def test_the_map_grows_while_readers_read(tmp_path: Path, monkeypatch: pytest.Mo
         reader.join(60)
     assert not failures, failures[0]
     assert len(sizes) >= 5 and reads[0] > 0  # the map grew four times or more, while read
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    store.close()
+
+
+def test_the_map_grows_ahead_of_a_store_that_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that grows snapshot by snapshot has its map doubled before a write that could
+    fill it, not after a full map aborted the write: each snapshot is written once, while
+    the map grows from 1 MiB to 4 MiB or more."""
+    monkeypatch.setattr(store_module, "INITIAL_MAP_SIZE", 1 << 20)
+    writes = [0]
+
+    class Counted(Store):
+        def _write(self, *args: Any) -> tuple[int, int]:
+            writes[0] += 1
+            return super()._write(*args)
+
+    store = Counted.open(tmp_path)
+    stats = SymbolStats("BTCUSDT")
+    saves = 0
+    for i in range(100_000):
+        stats.apply(i, i, i)
+        if i % 1_000 == 999:
+            store.save([stats.harvest()])  # type: ignore[list-item]
+            saves += 1
+    assert store.env.info()["map_size"] >= 4 << 20
+    assert writes[0] == saves
     assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
     store.close()
 
