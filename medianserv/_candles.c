@@ -11,7 +11,10 @@
  * all at once when it is full or the period is read (period_settle; count adds the pending
  * ones up instead), in the order the trades came, as each would have been applied alone: so
  * the fields and levels of a cold symbol's minute are read and written once in PERIOD_PENDING
- * (63) trades, not once a trade.
+ * (63) trades, not once a trade. A list whose every price lies within the minute's extremes
+ * (no new high or low: the usual list of a minute that has traded a while) is summed by
+ * price first, and the map probed once a distinct price rather than twice a trade
+ * (settle_inside): a walk over 21 levels probes it 21 times a list, not 126.
  *
  * Levels come two ways, each kept as suits it. One trade at a time (the pending list applied,
  * a late trade): a trade above every price the period holds (a new high) is appended to an
@@ -263,11 +266,69 @@ static int gains_off_edge(Period *p) {
     return 0;
 }
 
+/* the usual pending list of a minute that has traded a while (a market walking over its
+   levels, or scattered within them): every price within the period's extremes, so no trade
+   is a new high or low and each goes into the map. The list is summed by price first, in a
+   PairMap of its own on the stack (NEW_SET slots: at most half full), then the period's map
+   is probed once a distinct price, for its room and for the put, where applying the trades
+   one by one probes it twice a trade; the fields are left as that leaves them (the ids run
+   on from pend_id, so the first may be the open and the last the close). 1 when applied; 0
+   when the list is not such a one (a price outside the extremes, an empty period, or a
+   minute keeping its gains, whose order counts), nothing changed; -1 with MemoryError set,
+   nothing changed but room. O(n) */
+static int settle_inside(Period *p, uint32_t n) {
+    const u64 *v = p->pend;
+    u64 low = p->low, high = p->high;
+    if (!p->count || p->keeps_gains || v[0] < low || v[0] > high) return 0; /* (a trend) */
+    LevelCount room[NEW_SET], sums[PERIOD_PENDING];
+    unsigned char at[PERIOD_PENDING];
+    memset(room, 0, sizeof room);
+    size_t nd = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        u64 price = v[i];
+        if (price < low || price > high) return 0;
+        size_t j = (size_t)((price * 0x9E3779B97F4A7C15ULL) >> (64 - NEW_SET_BITS));
+        while (room[j].count && room[j].price != price) j = (j + 1) & (NEW_SET - 1);
+        if (!room[j].count) {
+            room[j].price = price;
+            at[nd++] = (unsigned char)j;
+        }
+        room[j].count++;
+    }
+    PairMap *m = &p->levels;
+    for (size_t k = 0; k < nd; k++) {
+        sums[k] = room[at[k]];
+        if (m->cap) __builtin_prefetch(&m->slots[pm_home(m, sums[k].price)], 1);
+    }
+    size_t more = 0;
+    for (size_t k = 0; k < nd; k++) more += !pm_has(m, sums[k].price);
+    if (more && pm_reserve(m, more) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    long long first = p->pend_id, last = first + (long long)n - 1;
+    if (first < p->open_id) {
+        p->open_id = first;
+        p->open_price = v[0];
+    }
+    if (last > p->close_id) {
+        p->close_id = last;
+        p->close_price = v[n - 1];
+    }
+    p->count += n;
+    pm_put_batch(m, sums, nd); /* (fetched again: a map grown moved them) */
+    return 1;
+}
+
 int period_settle(Period *p) {
     uint32_t n = period_pending(p);
     if (!n) return 0;
-    if (period_reserve(p, p->pend, n, 1) < 0) return -1;
-    period_apply(p, p->pend, p->pend_id, n, 1, 0);
+    int inside = settle_inside(p, n);
+    if (inside < 0) return -1;
+    if (!inside) {
+        if (period_reserve(p, p->pend, n, 1) < 0) return -1;
+        period_apply(p, p->pend, p->pend_id, n, 1, 0);
+    }
     if (p->hot) p->hot->noted = 0; /* counted where the gate counts them */
     else p->pending = 0;
     return 0;

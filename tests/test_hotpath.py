@@ -341,6 +341,7 @@ except ImportError:
 )
 @example(list(range(2 * PERIOD_PENDING + 1)), [PERIOD_PENDING, PERIOD_PENDING + 1], ["levels"])
 @example([7] * (PERIOD_PENDING + 1), [PERIOD_PENDING - 1, 1, 1], ["count", "keep", "gains"])
+@example([*range(41), *[20, 3, 20, 37] * 20], [41, 80], ["set", "fields"])  # within extremes
 def test_a_minute_read_between_live_trades_holds_every_one(
     prices: list[int], cuts: list[int], reads: list[str]
 ) -> None:
@@ -401,8 +402,9 @@ def test_a_minute_read_between_live_trades_holds_every_one(
             assert (minute.lo_ms, minute.last_ms) == (twin.lo_ms, twin.last_ms)
         elif k % 2:  # a field written, not read first: the trades held back applied before
             minute.high = twin.high = 0
-        else:
+        else:  # the bounds of its ids, so that the next trades are its open and close
             minute.close_id = twin.close_id = -1
+            minute.open_id = twin.open_id = 2**62
     assert period_key(stats.minute) == period_key(twin)
     assert stats.minute.take_gains() == twin.take_gains()
     stats._check()
