@@ -46,18 +46,21 @@ static inline size_t pm_home(const PairMap *m, u64 price) {
     return (size_t)((price * 0x9E3779B97F4A7C15ULL) >> m->shift);
 }
 
+/* the slot that holds price, or the free one where it would go (the map has one free) */
+static inline size_t pm_slot(const PairMap *m, u64 price) {
+    size_t mask = m->cap - 1, j = pm_home(m, price);
+    while (m->slots[j].count && m->slots[j].price != price) j = (j + 1) & mask;
+    return j;
+}
+
 /* price's count grows by k > 0 (inserted if new); the map has room (pm_reserve) */
 static inline void pm_put(PairMap *m, u64 price, i64 k) {
-    size_t mask = m->cap - 1, j = pm_home(m, price);
-    while (m->slots[j].count) {
-        if (m->slots[j].price == price) {
-            m->slots[j].count += k;
-            return;
-        }
-        j = (j + 1) & mask;
+    LevelCount *s = &m->slots[pm_slot(m, price)];
+    if (!s->count) {
+        s->price = price;
+        m->used++;
     }
-    m->slots[j] = (LevelCount){price, k};
-    m->used++;
+    s->count += k;
 }
 
 /* room for `more` levels beyond those held (used <= cap / 2 after them): 0, or -1 when
@@ -85,11 +88,7 @@ static int pm_reserve(PairMap *m, size_t more) {
 
 /* whether price is a level of the map. O(1) expected */
 static inline int pm_has(const PairMap *m, u64 price) {
-    if (!m->cap) return 0;
-    size_t mask = m->cap - 1, j = pm_home(m, price);
-    for (; m->slots[j].count; j = (j + 1) & mask)
-        if (m->slots[j].price == price) return 1;
-    return 0;
+    return m->cap && m->slots[pm_slot(m, price)].count;
 }
 
 /* n levels added, every slot fetched before the first is written, so their misses overlap;
@@ -281,14 +280,14 @@ static int settle_inside(Period *p, uint32_t n) {
     u64 low = p->low, high = p->high;
     if (!p->count || p->keeps_gains || v[0] < low || v[0] > high) return 0; /* (a trend) */
     LevelCount room[NEW_SET], sums[PERIOD_PENDING];
-    unsigned char at[PERIOD_PENDING];
+    unsigned char at[PERIOD_PENDING]; /* the slots of sum taken, in order */
     memset(room, 0, sizeof room);
+    PairMap sum = {room, NEW_SET, 0, 64 - NEW_SET_BITS};
     size_t nd = 0;
     for (uint32_t i = 0; i < n; i++) {
         u64 price = v[i];
         if (price < low || price > high) return 0;
-        size_t j = (size_t)((price * 0x9E3779B97F4A7C15ULL) >> (64 - NEW_SET_BITS));
-        while (room[j].count && room[j].price != price) j = (j + 1) & (NEW_SET - 1);
+        size_t j = pm_slot(&sum, price);
         if (!room[j].count) {
             room[j].price = price;
             at[nd++] = (unsigned char)j;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,6 @@ def test_the_map_grows_while_readers_read(tmp_path: Path, monkeypatch: pytest.Mo
     (without the gate, a read under way when the map is replaced fails: "Attempt to operate
     on closed/deleted/dropped object"), and each sees a whole snapshot (the trades never go
     back)."""
-    import threading
-
     monkeypatch.setattr(store_module, "INITIAL_MAP_SIZE", 1 << 16)
     store = Store.open(tmp_path)
     stats = SymbolStats("BTCUSDT")
