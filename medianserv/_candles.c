@@ -984,6 +984,87 @@ static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
 static PyObject *Period_record(Period *p, PyObject *arg);
 static PyObject *Period_current_value(Period *p, PyObject *const *args, Py_ssize_t nargs);
 
+/* every invariant of the period, its pending trades applied first (as any read applies them):
+   the map's count of its levels, its load (at most half full) and every level where its
+   probe finds it; the edges strictly monotonic and ending at their last prices; the runs
+   ascending, distinct and each more than twice the next (so O(log L) of them); every count
+   positive, and all of them the period's count; its extremes those of its levels; the gains
+   within what the period holds. O(L); for tests */
+static PyObject *Period_check(Period *p, PyObject *Py_UNUSED(ignored)) {
+    if (period_settle(p) < 0) return NULL;
+    CHECK(period_pending(p) == 0, "pending trades left after a settle");
+    const PairMap *m = &p->levels;
+    long long sum = 0;
+    size_t used = 0;
+    u64 high = 0, low = UINT64_MAX;
+    CHECK(!m->cap || (!(m->cap & (m->cap - 1)) && m->cap == (size_t)1 << (64 - m->shift)),
+          "the map's room is not a power of two");
+    for (size_t i = 0; i < m->cap; i++) {
+        const LevelCount *s = &m->slots[i];
+        if (!s->count) continue;
+        CHECK(s->count > 0, "a level of the map with a negative count");
+        CHECK(pm_slot(m, s->price) == i, "a level of the map its probe does not find");
+        used++;
+        sum += s->count;
+        high = s->price > high ? s->price : high;
+        low = s->price < low ? s->price : low;
+    }
+    CHECK(used == m->used, "the map's count of its levels is wrong");
+    CHECK(2 * m->used <= m->cap, "the map is more than half full");
+    CHECK(p->up_n <= p->up.cap && p->down_n <= p->down.cap, "an edge beyond its room");
+    for (uint32_t i = 0; i < p->up_n; i++) {
+        CHECK(p->up.v[i].count > 0, "a level of the ascending edge without trades");
+        CHECK(!i || p->up.v[i - 1].price < p->up.v[i].price, "the ascending edge does not ascend");
+        sum += p->up.v[i].count;
+    }
+    for (uint32_t i = 0; i < p->down_n; i++) {
+        CHECK(p->down.v[i].count > 0, "a level of the descending edge without trades");
+        CHECK(!i || p->down.v[i - 1].price > p->down.v[i].price, "the descending edge does not descend");
+        sum += p->down.v[i].count;
+    }
+    if (p->up_n) {
+        CHECK(p->up_last == p->up.v[p->up_n - 1].price, "the ascending edge's last price is wrong");
+        high = p->up_last > high ? p->up_last : high;
+        low = p->up.v[0].price < low ? p->up.v[0].price : low;
+    }
+    if (p->down_n) {
+        CHECK(p->down_last == p->down.v[p->down_n - 1].price, "the descending edge's last price is wrong");
+        low = p->down_last < low ? p->down_last : low;
+        high = p->down.v[0].price > high ? p->down.v[0].price : high;
+    }
+    CHECK(p->nruns <= p->capruns, "more runs than room");
+    for (size_t r = 0; r < p->nruns; r++) {
+        const Run *run = &p->runs[r];
+        CHECK(run->n && run->n <= run->cap, "an empty run, or one beyond its room");
+        CHECK(!r || p->runs[r - 1].n > 2 * run->n, "a run not more than twice the next");
+        for (size_t i = 0; i < run->n; i++) {
+            CHECK(run->v[i].count > 0, "a level of a run without trades");
+            CHECK(!i || run->v[i - 1].price < run->v[i].price, "a run does not ascend");
+            sum += run->v[i].count;
+        }
+        high = run->v[run->n - 1].price > high ? run->v[run->n - 1].price : high;
+        low = run->v[0].price < low ? run->v[0].price : low;
+    }
+    CHECK(sum == p->count, "the levels do not add up to the count");
+    if (p->count) {
+        CHECK(p->high == high && p->low == low, "the extremes are not those of the levels");
+        CHECK(p->open_id <= p->close_id, "the open after the close");
+        CHECK(low <= p->open_price && p->open_price <= high && low <= p->close_price &&
+                  p->close_price <= high,
+              "the open or the close beyond the extremes");
+    }
+    CHECK(p->keeps_gains || !p->ngains, "gains kept by a period that keeps none");
+    CHECK(p->ngains <= p->gains.cap && p->gains_up <= p->up_n, "the gains beyond their list");
+    long long gained = 0;
+    for (size_t i = 0; i < p->ngains; i++) {
+        CHECK(p->gains.v[i].count > 0, "a gain without trades");
+        gained += p->gains.v[i].count;
+    }
+    for (uint32_t i = p->gains_up; i < p->up_n; i++) gained += p->up.v[i].count;
+    CHECK(gained <= p->count, "more gains than trades");
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Period_methods[] = {
     {"add", (PyCFunction)Period_add, METH_VARARGS, "See PyPeriod.add."},
     {"add_in", (PyCFunction)Period_add_in, METH_VARARGS, "See PyPeriod.add_in."},
@@ -1000,6 +1081,7 @@ static PyMethodDef Period_methods[] = {
     {"take_gains", (PyCFunction)Period_take_gains, METH_NOARGS, "See PyPeriod.take_gains."},
     {"twice_median", (PyCFunction)Period_twice_median, METH_NOARGS,
      "See PyPeriod.twice_median."},
+    {"_check", (PyCFunction)Period_check, METH_NOARGS, "See PyPeriod._check."},
     {NULL},
 };
 

@@ -1817,8 +1817,6 @@ static PyObject *Median_nbytes(Median *m, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromSize_t(n);
 }
 
-#define CHECK(cond, msg) do { if (!(cond)) { PyErr_SetString(PyExc_AssertionError, msg); return NULL; } } while (0)
-
 /* a store's order, chunks, sums and total; the levels it holds added to *levels */
 static const char *cold_check(const Cold *s, int has_below, u64 below, int has_above, u64 above,
                               i64 *held) {

@@ -27,6 +27,9 @@ typedef int64_t i64;
  * free: tp_free = free); not for types the garbage collector tracks (_native.c) */
 PyObject *line_alloc(PyTypeObject *type, Py_ssize_t nitems);
 
+/* in a _check method: an AssertionError saying msg, returned, unless cond holds */
+#define CHECK(cond, msg) do { if (!(cond)) { PyErr_SetString(PyExc_AssertionError, msg); return NULL; } } while (0)
+
 /* -- the median (_median.c) ---------------------------------------------------------------- */
 
 /* price -> count, open addressing, linear probing, backward-shift deletion; a slot is free

@@ -383,6 +383,24 @@ class PyPeriod:
             levels[price] = levels.get(price, 0) + n
         self.count += sum(times)
 
+    def _check(self) -> None:
+        """Assert the period's invariants: every level's count positive, all of them its
+        count, its extremes those of its levels, its open and close within them, and its
+        gains within its levels. The compiled twin checks its own layout too: its map's load
+        and probes, its edges and runs. O(L); for tests."""
+        levels = self._levels
+        assert all(n > 0 for n in levels.values()), "a level without trades"
+        assert sum(levels.values()) == self.count, "the levels do not add up to the count"
+        if self.count:
+            assert (self.high, self.low) == (max(levels), min(levels)), (
+                "the extremes are not those of the levels"
+            )
+            assert self.open_id <= self.close_id, "the open after the close"
+            assert self.low <= min(self.open_price, self.close_price), "the open or the close"
+            assert max(self.open_price, self.close_price) <= self.high, "the open or the close"
+        for price, n in (self._gains or {}).items():
+            assert 0 < n <= levels.get(price, 0), "a gain beyond the period's levels"
+
 
 def period_row(period: Any) -> CandleRow:
     """A period's candle, its median exact. O(L log L). The period must hold a trade."""
@@ -1276,8 +1294,13 @@ class Candles:
         current minute's), plus :attr:`history` for days; no hour but the current minute's
         is left unfolded; with
         ``counted`` (the symbol's count), those, the current minute's, the archives' and the
-        trades outside any candle add up to it. O(p); for tests."""
+        trades outside any candle add up to it; and every open period's own invariants
+        (:meth:`PyPeriod._check`, the current minute's too). O(p + L) for L their levels; for
+        tests."""
         self.drain()
+        for period in [*(p for opened in self.open for p in opened.values()), self.minute]:
+            if period is not None:
+                period._check()
         current = self.minute.count if self.minute is not None else 0
         unfolded = self.open[HOUR].get(self.unfolded) if self.unfolded is not None else None
         for k in range(len(INTERVALS)):

@@ -109,6 +109,8 @@ def test_period_twins_equal_each_other_and_the_oracle(
         assert p.last_ms == (5 * at if took else -1)
         if took:
             trades.append((at, at, 7, 1))
+        for period in (p, q, twin):  # each one's layout too (the compiled map, edges, runs)
+            period._check()
         prices, counts = p.items()
         assert p.packed() == (b"".join(x.to_bytes(8, "big") for x in prices),
                               b"".join(x.to_bytes(8, "big") for x in counts))  # fmt: skip
@@ -201,6 +203,9 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
                     other.add(i, i, price, times)
                     assert other.take_gains() == (b"", b"")
         assert len(records) <= 1 and len(values) <= 1  # both twins' bytes, byte for byte
+        if not any(o == "add_packed" for o, _, _ in ops[: i + 1]):  # (it leaves the extremes
+            for p in kinds:  # to be set after it, as a restore does)
+                p._check()
         if op == "add":
             gained[price] += times
         elif op == "gains":
