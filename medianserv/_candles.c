@@ -306,14 +306,8 @@ static int settle_inside(Period *p, uint32_t n) {
         return -1;
     }
     long long first = p->pend_id, last = first + (long long)n - 1;
-    if (first < p->open_id) {
-        p->open_id = first;
-        p->open_price = v[0];
-    }
-    if (last > p->close_id) {
-        p->close_id = last;
-        p->close_price = v[n - 1];
-    }
+    period_fields(p, 0, first, first, v[0]); /* the first may be the open, */
+    period_fields(p, 0, last, last, v[n - 1]); /* the last the close */
     p->count += n;
     pm_put_batch(m, sums, nd); /* (fetched again: a map grown moved them) */
     return 1;
@@ -984,6 +978,21 @@ static PyObject *Period_get_levels(Period *p, void *Py_UNUSED(closure)) {
 static PyObject *Period_record(Period *p, PyObject *arg);
 static PyObject *Period_current_value(Period *p, PyObject *const *args, Py_ssize_t nargs);
 
+/* whether the n levels of v each hold trades and their prices strictly ascend (descend where
+   `descending`); their counts added to *sum and their extremes taken into *high and *low */
+static int levels_in_order(const LevelCount *v, size_t n, int descending, long long *sum, u64 *high,
+                           u64 *low) {
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].count <= 0 || (i && (descending ? v[i - 1].price <= v[i].price
+                                                 : v[i - 1].price >= v[i].price)))
+            return 0;
+        *sum += v[i].count;
+        *high = v[i].price > *high ? v[i].price : *high;
+        *low = v[i].price < *low ? v[i].price : *low;
+    }
+    return 1;
+}
+
 /* every invariant of the period, its pending trades applied first (as any read applies them):
    the map's count of its levels, its load (at most half full) and every level where its
    probe finds it; the edges strictly monotonic and ending at their last prices; the runs
@@ -997,53 +1006,32 @@ static PyObject *Period_check(Period *p, PyObject *Py_UNUSED(ignored)) {
     long long sum = 0;
     size_t used = 0;
     u64 high = 0, low = UINT64_MAX;
-    CHECK(!m->cap || (!(m->cap & (m->cap - 1)) && m->cap == (size_t)1 << (64 - m->shift)),
-          "the map's room is not a power of two");
+    CHECK(!m->cap || (m->shift > 0 && m->shift < 64 && m->cap == (size_t)1 << (64 - m->shift)),
+          "the map's room is not the power of two its shift says");
     for (size_t i = 0; i < m->cap; i++) {
         const LevelCount *s = &m->slots[i];
         if (!s->count) continue;
-        CHECK(s->count > 0, "a level of the map with a negative count");
         CHECK(pm_slot(m, s->price) == i, "a level of the map its probe does not find");
+        CHECK(levels_in_order(s, 1, 0, &sum, &high, &low), "a level of the map with a negative count");
         used++;
-        sum += s->count;
-        high = s->price > high ? s->price : high;
-        low = s->price < low ? s->price : low;
     }
     CHECK(used == m->used, "the map's count of its levels is wrong");
     CHECK(2 * m->used <= m->cap, "the map is more than half full");
     CHECK(p->up_n <= p->up.cap && p->down_n <= p->down.cap, "an edge beyond its room");
-    for (uint32_t i = 0; i < p->up_n; i++) {
-        CHECK(p->up.v[i].count > 0, "a level of the ascending edge without trades");
-        CHECK(!i || p->up.v[i - 1].price < p->up.v[i].price, "the ascending edge does not ascend");
-        sum += p->up.v[i].count;
-    }
-    for (uint32_t i = 0; i < p->down_n; i++) {
-        CHECK(p->down.v[i].count > 0, "a level of the descending edge without trades");
-        CHECK(!i || p->down.v[i - 1].price > p->down.v[i].price, "the descending edge does not descend");
-        sum += p->down.v[i].count;
-    }
-    if (p->up_n) {
-        CHECK(p->up_last == p->up.v[p->up_n - 1].price, "the ascending edge's last price is wrong");
-        high = p->up_last > high ? p->up_last : high;
-        low = p->up.v[0].price < low ? p->up.v[0].price : low;
-    }
-    if (p->down_n) {
-        CHECK(p->down_last == p->down.v[p->down_n - 1].price, "the descending edge's last price is wrong");
-        low = p->down_last < low ? p->down_last : low;
-        high = p->down.v[0].price > high ? p->down.v[0].price : high;
-    }
+    CHECK(levels_in_order(p->up.v, p->up_n, 0, &sum, &high, &low),
+          "the ascending edge: a level without trades, or not ascending");
+    CHECK(levels_in_order(p->down.v, p->down_n, 1, &sum, &high, &low),
+          "the descending edge: a level without trades, or not descending");
+    CHECK(!p->up_n || p->up_last == p->up.v[p->up_n - 1].price, "the ascending edge's last price is wrong");
+    CHECK(!p->down_n || p->down_last == p->down.v[p->down_n - 1].price,
+          "the descending edge's last price is wrong");
     CHECK(p->nruns <= p->capruns, "more runs than room");
     for (size_t r = 0; r < p->nruns; r++) {
         const Run *run = &p->runs[r];
         CHECK(run->n && run->n <= run->cap, "an empty run, or one beyond its room");
         CHECK(!r || p->runs[r - 1].n > 2 * run->n, "a run not more than twice the next");
-        for (size_t i = 0; i < run->n; i++) {
-            CHECK(run->v[i].count > 0, "a level of a run without trades");
-            CHECK(!i || run->v[i - 1].price < run->v[i].price, "a run does not ascend");
-            sum += run->v[i].count;
-        }
-        high = run->v[run->n - 1].price > high ? run->v[run->n - 1].price : high;
-        low = run->v[0].price < low ? run->v[0].price : low;
+        CHECK(levels_in_order(run->v, run->n, 0, &sum, &high, &low),
+              "a run: a level without trades, or not ascending");
     }
     CHECK(sum == p->count, "the levels do not add up to the count");
     if (p->count) {
@@ -1056,7 +1044,7 @@ static PyObject *Period_check(Period *p, PyObject *Py_UNUSED(ignored)) {
     CHECK(p->keeps_gains || !p->ngains, "gains kept by a period that keeps none");
     CHECK(p->ngains <= p->gains.cap && p->gains_up <= p->up_n, "the gains beyond their list");
     long long gained = 0;
-    for (size_t i = 0; i < p->ngains; i++) {
+    for (size_t i = 0; i < p->ngains; i++) { /* (a gain's price may recur: no order) */
         CHECK(p->gains.v[i].count > 0, "a gain without trades");
         gained += p->gains.v[i].count;
     }

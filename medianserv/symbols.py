@@ -670,10 +670,11 @@ class SymbolStats:
             periods = self.candles.snapshot(k, start, end)
         return [row_of(p) for p in periods], origin
 
-    def _check(self) -> None:
+    def _check(self, periods: bool = True) -> None:
         """Assert every invariant: the median's, the bookkeeping's, and the identity that ties
-        them (trades in the median, less a merge in flight, are the ids counted). O(d log d);
-        for tests."""
+        them (trades in the median, less a merge in flight, are the ids counted); the
+        candles' (``periods``: their open periods' own too, see :meth:`Candles._check`).
+        O(d log d); for tests."""
         with self.lock:
             self.median._check()
             if self.damaged:
@@ -686,7 +687,7 @@ class SymbolStats:
             if ids.highest_price is not None:
                 assert (self.last_trade_id, self.last_price) == (ids.highest, ids.highest_price)
             if self.candles is not None:
-                self.candles._check(self.median.count - self.merged)
+                self.candles._check(self.median.count - self.merged, periods)
             assert self.minute is (self.candles.minute if self.candles is not None else None)
 
 
