@@ -869,19 +869,22 @@ static size_t gains_sorted(LevelCount *v, size_t n) {
     return d;
 }
 
-/* the gains packed (sorted, a price once) and forgotten; a large buffer is freed, so a flood's
-   minute does not hold its peak. O(g + d log d) for g gains at d prices */
+static PyObject *compact_run(const LevelCount *run, size_t n);
+
+/* the gains compact (sorted, a price once: the levels of a delta as stored) and forgotten; a
+   large buffer is freed, so a flood's minute does not hold its peak. O(g + d log d) for g
+   gains at d prices */
 static PyObject *Period_take_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (period_settle(p) < 0) return NULL;
     if (!p->ngains && p->keeps_gains) { /* new highs alone (a trend's): the edge's, in order */
         size_t n = p->up_n - p->gains_up;
-        PyObject *out = packed_run(n ? p->up.v + p->gains_up : NULL, n);
+        PyObject *out = compact_run(n ? p->up.v + p->gains_up : NULL, n);
         if (out) p->gains_up = p->up_n;
         return out;
     }
     if (gains_off_edge(p) < 0) return NULL;
     size_t n = gains_sorted(p->gains.v, p->ngains);
-    PyObject *out = packed_run(p->gains.v, n);
+    PyObject *out = compact_run(p->gains.v, n);
     if (!out) {
         p->ngains = n; /* the same gains, summed */
         return NULL;
@@ -1378,6 +1381,23 @@ static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n
     return 0;
 }
 
+/* the n levels of run (ascending) compact, as compact_levels makes them, in a bytes of their
+   own: straight from the levels, with no packed copy between. O(n) */
+static PyObject *compact_run(const LevelCount *run, size_t n) {
+    size_t size = 0;
+    u64 prev = 0;
+    for (size_t i = 0; i < n; i++) {
+        size += uvarint_size(run[i].price - prev) + uvarint_size((u64)run[i].count);
+        prev = run[i].price;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (!out) return NULL;
+    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(out);
+    prev = 0;
+    for (size_t i = 0; i < n; i++) b = put_level(b, &prev, run[i].price, (u64)run[i].count);
+    return out;
+}
+
 /* p's record (see PyPeriod.record) after the nhead bytes of head (at most 16), its levels
    gathered without compacting p (a live minute's next high stays an append); when p holds
    more than limit trades and more than limit levels, those levels packed (prices, counts)
@@ -1464,10 +1484,18 @@ static void compact_into(Buf *w, const unsigned char *prices, const unsigned cha
     (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(PyList_GET_ITEM(chunks, i), 0)) / 8
 
 /* the chunks' (prices, counts) joined, compact, as a bin: a delta's value, sized first and
-   written in place */
+   written in place; a minute's delta holds one chunk compact already (take_gains), copied */
 static int chunks_value(Buf *w, PyObject *chunks) {
     if (!PyList_CheckExact(chunks)) return NOT_OURS;
     Py_ssize_t n = PyList_GET_SIZE(chunks);
+    if (n == 1 && PyBytes_CheckExact(PyList_GET_ITEM(chunks, 0))) { /* compact already */
+        PyObject *c = PyList_GET_ITEM(chunks, 0);
+        size_t size = (size_t)PyBytes_GET_SIZE(c);
+        if (mp_bin_head(w, size) < 0 || buf_need(w, size) < 0) return -1;
+        memcpy(w->b + w->n, PyBytes_AS_STRING(c), size);
+        w->n += size;
+        return 0;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *c = PyList_GET_ITEM(chunks, i);
         if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 2) return NOT_OURS;

@@ -282,6 +282,15 @@ def candle_items(batch: list[SymbolState]) -> tuple[_Items, list[bytes], _Items]
     return py_candle_items(batch)
 
 
+def _delta_value(delta: Delta) -> bytes:
+    """A delta's levels as stored: its chunks joined and made compact, or its one chunk as
+    it is where that is compact already (a minute's gains). O(levels)."""
+    chunks: Any = delta.chunks
+    if len(chunks) == 1 and type(chunks[0]) is bytes:
+        return chunks[0]
+    return compact_levels(b"".join(p for p, _ in chunks), b"".join(c for _, c in chunks))
+
+
 def py_candle_items(batch: list[SymbolState]) -> tuple[_Items, list[bytes], _Items]:
     """:func:`candle_items` in Python: the pure twin of the compiled ``candle_batch``."""
     current: _Items = []
@@ -331,10 +340,7 @@ def state_items(prefix: bytes, c: CandleState | bytes) -> tuple[_Items, list[byt
                 items.append((key, encode([0, *row[1:]])))
             elif isinstance(period, Delta):
                 items.append((key, encode([2, *period.fields, period.seq + 1])))
-                items.append((key + _U32.pack(period.seq), encode(compact_levels(
-                    b"".join(p for p, _ in period.chunks),
-                    b"".join(c for _, c in period.chunks),
-                ))))  # fmt: skip
+                items.append((key + _U32.pack(period.seq), encode(_delta_value(period))))
                 if now and not period.seq:  # turned to deltas: no longer whole in current
                     gone.append(prefix + b"\x01")
             elif type(period) is bytes:  # an open minute of a few levels: its record
