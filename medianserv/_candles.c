@@ -1359,6 +1359,23 @@ static inline unsigned char *put_level(unsigned char *b, u64 *prev, u64 price, u
     return b;
 }
 
+/* how many bytes run_put makes of the n levels of run (ascending) */
+static size_t run_size(const LevelCount *run, size_t n) {
+    size_t size = 0;
+    u64 prev = 0;
+    for (size_t i = 0; i < n; i++) {
+        size += uvarint_size(run[i].price - prev) + uvarint_size((u64)run[i].count);
+        prev = run[i].price;
+    }
+    return size;
+}
+
+/* the n levels of run (ascending) compact at b, as compact_levels makes them */
+static void run_put(unsigned char *b, const LevelCount *run, size_t n) {
+    u64 prev = 0;
+    for (size_t i = 0; i < n; i++) b = put_level(b, &prev, run[i].price, (u64)run[i].count);
+}
+
 /* [1, the seven fields, compact levels] of a period stored whole, its n levels those of run
    (its pending trades applied; ascending): the levels as compact_levels makes them */
 static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n) {
@@ -1367,16 +1384,9 @@ static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n
         mp_u64(w, p->close_price) < 0 || mp_u64(w, p->high) < 0 || mp_u64(w, p->low) < 0 ||
         mp_i64(w, p->count) < 0)
         return -1;
-    size_t size = 0;
-    u64 prev = 0;
-    for (size_t i = 0; i < n; i++) {
-        size += uvarint_size(run[i].price - prev) + uvarint_size((u64)run[i].count);
-        prev = run[i].price;
-    }
+    size_t size = run_size(run, n);
     if (mp_bin_head(w, size) < 0 || buf_need(w, size) < 0) return -1;
-    unsigned char *b = w->b + w->n;
-    prev = 0;
-    for (size_t i = 0; i < n; i++) b = put_level(b, &prev, run[i].price, (u64)run[i].count);
+    run_put(w->b + w->n, run, n);
     w->n += size;
     return 0;
 }
@@ -1384,17 +1394,8 @@ static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n
 /* the n levels of run (ascending) compact, as compact_levels makes them, in a bytes of their
    own: straight from the levels, with no packed copy between. O(n) */
 static PyObject *compact_run(const LevelCount *run, size_t n) {
-    size_t size = 0;
-    u64 prev = 0;
-    for (size_t i = 0; i < n; i++) {
-        size += uvarint_size(run[i].price - prev) + uvarint_size((u64)run[i].count);
-        prev = run[i].price;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
-    if (!out) return NULL;
-    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(out);
-    prev = 0;
-    for (size_t i = 0; i < n; i++) b = put_level(b, &prev, run[i].price, (u64)run[i].count);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)run_size(run, n));
+    if (out) run_put((unsigned char *)PyBytes_AS_STRING(out), run, n);
     return out;
 }
 
