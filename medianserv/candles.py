@@ -1303,9 +1303,10 @@ class Candles:
         period's fields out of step with its levels leaves them out). O(p + L) for L their
         levels; for tests."""
         self.drain()
-        for period in [*(p for opened in self.open for p in opened.values()), self.minute]:
-            if periods and period is not None:
-                period._check()
+        if periods:
+            for period in [*(p for opened in self.open for p in opened.values()), self.minute]:
+                if period is not None:
+                    period._check()
         current = self.minute.count if self.minute is not None else 0
         unfolded = self.open[HOUR].get(self.unfolded) if self.unfolded is not None else None
         for k in range(len(INTERVALS)):
