@@ -1404,10 +1404,19 @@ typedef struct {
     Record record;      /* as the median left it: its tables are made one when read */
 } Levels;
 
+/* whether any of the record's tables is mapped (MAPPED bytes or more) */
+static int record_mapped(const Record *r) {
+    return r->ndead || (r->cur.cap | r->old.cap | r->next.cap) * sizeof(u64) >= MAPPED;
+}
+
 static void Levels_dealloc(Levels *l) {
-    Py_BEGIN_ALLOW_THREADS /* unmapping megabytes: not with the interpreter held */
-    record_free(&l->record);
-    Py_END_ALLOW_THREADS
+    if (record_mapped(&l->record)) {
+        Py_BEGIN_ALLOW_THREADS /* unmapping megabytes: not with the interpreter held */
+        record_free(&l->record);
+        Py_END_ALLOW_THREADS
+    } else /* a small one: handing the interpreter over and back would cost more (a snapshot
+              frees one a symbol, and under a flood each hand-back waits on busy readers) */
+        record_free(&l->record);
     Py_TYPE(l)->tp_free((PyObject *)l);
 }
 
@@ -1453,13 +1462,21 @@ static int cmp_pair(const void *a, const void *b) {
 
 /* the levels ascending and their counts, as native bytes; sorted without the GIL (no other
  * thread holds this object: its median handed it over) */
+/* pairs from which sorted_bytes sorts without the interpreter held (a millisecond or so);
+   fewer are sorted holding it: a snapshot sorts one record a symbol, and under a flood each
+   hand-back waits on busy readers */
+#define SORT_ALONE 16384
+
 static PyObject *Levels_sorted_bytes(Levels *l, PyObject *Py_UNUSED(ignored)) {
     size_t n;
     Pair *pairs = record_pairs(&l->record, &n);
     if (!pairs) return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS
-    qsort(pairs, n, sizeof *pairs, cmp_pair);
-    Py_END_ALLOW_THREADS
+    if (n >= SORT_ALONE) {
+        Py_BEGIN_ALLOW_THREADS
+        qsort(pairs, n, sizeof *pairs, cmp_pair);
+        Py_END_ALLOW_THREADS
+    } else
+        qsort(pairs, n, sizeof *pairs, cmp_pair);
     PyObject *pb = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
     PyObject *cb = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
     if (pb && cb) {
