@@ -1588,6 +1588,102 @@ PyObject *expand_levels(PyObject *Py_UNUSED(module), PyObject *arg) {
     return out;
 }
 
+/* -- store.merge_levels' twin: a symbol's batches of levels ------------------------------------ */
+
+/* levels ascending, read one at a time: compact ones (compact_levels) or native arrays */
+typedef struct {
+    const unsigned char *at, *end; /* compact */
+    const u64 *p;                  /* native, else NULL */
+    const i64 *c;
+    size_t i, n;
+    u64 price;
+    int started;
+} LevelSource;
+
+/* the next level into *price, *count: 1, 0 at the end, -1 if the levels are not compact,
+   not strictly ascending or a count is not positive */
+static int source_next(LevelSource *s, u64 *price, u64 *count) {
+    u64 p, k;
+    if (s->p) {
+        if (s->i == s->n) return 0;
+        p = s->p[s->i];
+        if (s->c[s->i] <= 0) return -1;
+        k = (u64)s->c[s->i++];
+    } else {
+        u64 d;
+        if (s->at == s->end) return 0;
+        if (get_uvarint(&s->at, s->end, &d) < 0 || get_uvarint(&s->at, s->end, &k) < 0 || !k)
+            return -1;
+        p = s->price + d;
+        if (s->started && (!d || p < s->price)) return -1; /* not above the one before */
+    }
+    if (s->started && p <= s->price) return -1;
+    s->price = p;
+    s->started = 1;
+    *price = p;
+    *count = k;
+    return 1;
+}
+
+/* merge_levels(older, newer) or merge_levels(older, prices, counts): store.merge_levels'
+   twin. older and newer compact, prices and counts native uint64 and int64, each ascending:
+   (their levels as one, compact, a price in both at newer's count; how many). O(n + m) */
+PyObject *merge_levels(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 2 || nargs > 3 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        (nargs == 3 && !PyBytes_Check(args[2]))) {
+        PyErr_SetString(PyExc_TypeError, "merge_levels(older, newer) or "
+                                         "merge_levels(older, prices, counts): bytes");
+        return NULL;
+    }
+    LevelSource a = {0}, b = {0};
+    a.at = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    a.end = a.at + PyBytes_GET_SIZE(args[0]);
+    size_t room = (size_t)PyBytes_GET_SIZE(args[0]);
+    if (nargs == 2) {
+        b.at = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+        b.end = b.at + PyBytes_GET_SIZE(args[1]);
+        room += (size_t)PyBytes_GET_SIZE(args[1]);
+    } else {
+        Py_ssize_t np = PyBytes_GET_SIZE(args[1]);
+        if (np != PyBytes_GET_SIZE(args[2]) || np % 8) {
+            PyErr_SetString(PyExc_ValueError, "merge_levels: prices and counts of 8 bytes each");
+            return NULL;
+        }
+        b.p = (const u64 *)PyBytes_AS_STRING(args[1]);
+        b.c = (const i64 *)PyBytes_AS_STRING(args[2]);
+        b.n = (size_t)np / 8;
+        room += 20 * b.n; /* two varints of 10 bytes at most */
+    }
+    /* a level's delta from the merged level before it is at most its own: no larger */
+    Buf w;
+    BUF_INIT(w);
+    PyObject *out = NULL;
+    if (buf_need(&w, room) < 0) goto done;
+    unsigned char *o = w.b;
+    u64 prev = 0, pa = 0, ka = 0, pb = 0, kb = 0;
+    size_t n = 0;
+    int ra = source_next(&a, &pa, &ka), rb = source_next(&b, &pb, &kb);
+    while (ra > 0 || rb > 0) {
+        if (rb <= 0 || (ra > 0 && pa < pb)) {
+            o = put_level(o, &prev, pa, ka);
+            ra = source_next(&a, &pa, &ka);
+        } else {
+            o = put_level(o, &prev, pb, kb);
+            if (ra > 0 && pa == pb) ra = source_next(&a, &pa, &ka); /* newer's count */
+            rb = source_next(&b, &pb, &kb);
+        }
+        n++;
+        if (ra < 0 || rb < 0) break;
+    }
+    if (ra < 0 || rb < 0)
+        PyErr_SetString(PyExc_ValueError, "merge_levels: not compact levels, ascending");
+    else
+        out = Py_BuildValue("(y#n)", (const char *)w.b, (Py_ssize_t)(o - w.b), (Py_ssize_t)n);
+done:
+    free(w.heap);
+    return out;
+}
+
 /* where a harvest's items go: the `current` database's puts, its deletes (keys), and the
    `candles` database's puts (store.state_items' three lists) */
 typedef struct {

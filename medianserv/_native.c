@@ -16,6 +16,8 @@ static PyMethodDef functions[] = {
      "compact_levels(prices, counts): candles.compact_levels, compiled."},
     {"expand_levels", (PyCFunction)expand_levels, METH_O,
      "expand_levels(data): candles.expand_levels, compiled."},
+    {"merge_levels", (PyCFunction)(void (*)(void))merge_levels, METH_FASTCALL,
+     "merge_levels(older, newer) or (older, prices, counts): store.merge_levels, compiled."},
     {"candle_batch", (PyCFunction)(void (*)(void))candle_batch, METH_FASTCALL,
      "candle_batch(batch, fallback): the candle writes of a snapshot's batch "
      "(store.candle_items), fallback(state) called for a state only the Python twin takes."},
@@ -27,7 +29,7 @@ static struct PyModuleDef module = {
     .m_name = "medianserv._native",
     .m_doc = "The compiled twins of medianserv's pure modules: Median (median.py); Lock, "
              "Index and TradePath (hotpath.py); Period, compact_levels, expand_levels (candles.py); "
-             "candle_batch (store.py).",
+             "candle_batch, merge_levels (store.py).",
     .m_size = -1,
     .m_methods = functions,
 };

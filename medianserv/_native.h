@@ -4,7 +4,8 @@
  *   _hotpath.c  the twin of hotpath.py (the per-trade path): types Lock, Index, TradePath
  *   _candles.c  the twin of candles.py's PyPeriod: type Period; of its compact_levels and
  *               expand_levels (a delta's levels as stored); and of store.py's
- *               py_candle_items (a snapshot's candle records): candle_batch
+ *               py_candle_items (a snapshot's candle records): candle_batch, and merge_levels
+ *               (a symbol's batches of levels)
  *   _native.c   the module: its types and functions put together
  *
  * Each C file mirrors its Python module function for function; the tests run both twins
@@ -267,6 +268,9 @@ int hotpath_ready(PyObject *module);
 /* a delta's levels as stored, and back (_candles.c; candles.compact_levels' twins) */
 PyObject *compact_levels(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *expand_levels(PyObject *module, PyObject *arg);
+/* two lists of levels as one, the later's counts over the earlier's (_candles.c; a symbol's
+   batches in the store: store.merge_levels' twin) */
+PyObject *merge_levels(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* the store's candle records of a snapshot's batch (_candles.c; store.py_candle_items' twin) */
 PyObject *candle_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 

@@ -1,15 +1,18 @@
 """The LMDB snapshot store: versioned encoding (pure) and save/load (I/O).
 
-Layout (format version 6), five named databases in one LMDB environment:
+Layout (format version 7), six named databases in one LMDB environment:
 
-* ``meta``: ``format`` -> ``b"6"``; ``saved_at`` -> ms since the epoch of the last snapshot;
+* ``meta``: ``format`` -> ``b"7"``; ``saved_at`` -> ms since the epoch of the last snapshot;
   ``snapshots`` -> how many were written; ``listing`` -> the symbols last listed.
 * ``symbols``: symbol (UTF-8) -> msgpack record: count, last trade id, price and time,
   trade-id history (first, last, gaps with their time bounds and edge prices, lost, quiet,
   the front of trade history still to import, the symbol's first trade id).
-* ``levels``: ``len(symbol) | symbol | price (8 bytes, big-endian)`` -> count (8 bytes,
-  big-endian). Keys sort by symbol, then by price, so a symbol's levels are one ascending
-  cursor range: restoring its median is O(d) (:meth:`RunningMedian.from_state`).
+* ``batches``: ``len(symbol) | symbol | snapshot number | levels (8 bytes each,
+  big-endian)`` -> levels compact (:func:`~medianserv.candles.compact_levels`), ascending: a
+  symbol's levels are the sum of its batches, oldest first, a later count over an earlier
+  one (:meth:`Store._put_levels` writes and merges them: a few items a symbol a snapshot).
+* ``levels`` (formats 1-6, read beneath the batches, never written): ``len(symbol) | symbol
+  | price (8 bytes, big-endian)`` -> count (8 bytes, big-endian), a key a level.
 * ``candles``: ``len(symbol) | symbol |
   interval (1 byte: 1 minute, 2 hour, 3 day) | open time (8 bytes, big-endian)`` -> msgpack
   ``[0, open, high, low, close, count, twice the median, open id, close id]`` for a settled
@@ -49,8 +52,9 @@ one with no candles) and format 3 (the levels of a delta and of a whole minute a
 and counts, 8 big-endian bytes each, which later formats still read) format 4 (no
 latest trade time with the current minute) and format 5 (no unfolded hour: every retired
 minute was folded straight into its day, which a book restored from it goes on doing until
-its next hour) are read, and upgraded to format 6 in one transaction when the store is
-opened for writing; levels are the same in all.
+its next hour) and format 6 (levels a key each, in ``levels``) are read, and upgraded to
+format 7 in one transaction when the store is opened for writing (levels stay where they
+are: a symbol's batches are read over them).
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -93,13 +97,17 @@ from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds, c
 
 _compiled_batch: Any
 _compiled_expand: Any
+_compiled_compact: Any
+_compiled_merge: Any
 try:
     from . import _native as _compiled  # type: ignore[attr-defined]
 
     _compiled_batch = _compiled.candle_batch
     _compiled_expand = _compiled.expand_levels
+    _compiled_compact = _compiled.compact_levels
+    _compiled_merge = _compiled.merge_levels
 except ImportError:  # built without a C compiler: the Python twin alone
-    _compiled_batch = _compiled_expand = None
+    _compiled_batch = _compiled_expand = _compiled_compact = _compiled_merge = None
 
 __all__ = [
     "FORMAT_VERSION",
@@ -111,8 +119,8 @@ __all__ = [
     "level_key",
 ]
 
-FORMAT_VERSION = 6
-READABLE_FORMATS = (1, 2, 3, 4, 5, 6)
+FORMAT_VERSION = 7
+READABLE_FORMATS = (1, 2, 3, 4, 5, 6, 7)
 INITIAL_MAP_SIZE = 64 << 20
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -168,6 +176,7 @@ _decoders: dict[int, msgspec.msgpack.Decoder[_RecordV1 | _Record]] = {
     4: msgspec.msgpack.Decoder(_Record),  # format 4 made deltas compact, not records
     5: msgspec.msgpack.Decoder(_Record),  # format 5 added the latest time to the minute
     6: msgspec.msgpack.Decoder(_Record),  # format 6 added the unfolded hour to the bounds
+    7: msgspec.msgpack.Decoder(_Record),  # format 7 moved the levels to batches
 }
 
 
@@ -206,28 +215,6 @@ def symbol_prefix(symbol: str) -> bytes:
     if not 0 < len(raw) < 256:
         raise StoreError(f"symbol name too long to store: {symbol[:40]!r}")
     return bytes((len(raw),)) + raw
-
-
-def _level_items(batch: list[SymbolState]) -> Iterator[tuple[bytes, bytes]]:
-    """The ``levels`` items of ``batch``, made as they are written (a list of ten million
-    would cost gigabytes). Arrays are packed a chunk at a time, vectorized; a harvest's record
-    is sorted first (ascending keys: LMDB's pages are filled in order). Records kept after a
-    failed write are written in their order, so the put that stays is a level's latest
-    count."""
-    pack = _U64.pack
-    for state in batch:
-        prefix = symbol_prefix(state.symbol)
-        levels = state.levels
-        if isinstance(levels, list):  # a full state's pairs
-            for price, count in levels:
-                yield prefix + pack(price), pack(count)
-            continue
-        for entry in levels.arrays() if isinstance(levels, LevelLog) else [levels]:
-            for start in range(0, len(entry), 65_536):
-                keys = entry.prices[start : start + 65_536].astype(">u8").tobytes()
-                values = entry.counts[start : start + 65_536].astype(">u8").tobytes()
-                for i in range(0, len(keys), 8):
-                    yield prefix + keys[i : i + 8], values[i : i + 8]
 
 
 def _native(buf: bytearray, dtype: Any) -> np.ndarray[Any, Any]:
@@ -391,8 +378,112 @@ def _delete_range(cursor: Any, first: bytes, until: bytes) -> None:
 
 
 def level_key(symbol: str, price: int) -> bytes:
-    """The ``levels`` key of one price level. Pure."""
+    """The ``levels`` key of one price level (formats 1-6). Pure."""
     return symbol_prefix(symbol) + _U64.pack(price)
+
+
+_Arrays = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
+
+
+def latest_levels(parts: Sequence[_Arrays]) -> _Arrays:
+    """The levels of ``parts`` (each ``(prices, counts)``, uint64 and int64 arrays, a price
+    at most once a part), older first, as one part ascending by price, each price at its
+    count in the latest part that holds it: what writing them in order over one another
+    leaves. O(n log n) for n levels in all (O(n) for one part already ascending). Pure."""
+    parts = [part for part in parts if len(part[0])]
+    if not parts:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    if len(parts) == 1:
+        prices, counts = parts[0]
+        if len(prices) < 2 or bool(np.all(prices[1:] > prices[:-1])):
+            return prices.astype(np.uint64), counts.astype(np.int64)
+    prices = np.concatenate([p.astype(np.uint64) for p, _ in parts])
+    counts = np.concatenate([c.astype(np.int64) for _, c in parts])
+    order = np.argsort(prices, kind="stable")  # a price's entries stay oldest first
+    prices, counts = prices[order], counts[order]
+    last = np.ones(len(prices), dtype=bool)
+    last[:-1] = prices[1:] != prices[:-1]
+    return prices[last], counts[last]
+
+
+def batch_key(symbol: str, seq: int, levels: int) -> bytes:
+    """The ``batches`` key of a symbol's batch of levels: its prefix, the number of the
+    snapshot that wrote it, and how many levels it holds (8 bytes each, big-endian), so that
+    a symbol's batches are one cursor range, oldest first, and their sizes are read from
+    the keys alone. Pure."""
+    return symbol_prefix(symbol) + _U64.pack(seq) + _U64.pack(levels)
+
+
+def encode_batch(prices: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> bytes:
+    """Levels ascending by price as a ``batches`` value: compact
+    (:func:`~medianserv.candles.compact_levels`, 2-4 bytes a level). O(n). Pure."""
+    be_prices = prices.astype(">u8").tobytes()
+    be_counts = counts.astype(">u8").tobytes()
+    if compiled() and _compiled_compact is not None:
+        return _compiled_compact(be_prices, be_counts)  # type: ignore[no-any-return]
+    return compact_levels(be_prices, be_counts)
+
+
+def decode_batch(value: bytes) -> _Arrays:
+    """A ``batches`` value's levels as native arrays; ``ValueError`` if corrupt. O(n). Pure."""
+    prices, counts = _expanded(value)
+    return (np.frombuffer(prices, ">u8").astype(np.uint64),
+            np.frombuffer(counts, ">u8").astype(np.int64))  # fmt: skip
+
+
+def state_levels(levels: Any) -> Iterator[tuple[bytes, bytes]]:
+    """A state's levels as native uint64 prices and int64 counts (bytes), each list
+    ascending, older first: a harvest's log (each record sorted), whole arrays, or a full
+    state's pairs. O(n log n)."""
+    if isinstance(levels, LevelLog):
+        for entry in levels.entries:
+            yield entry.sorted_bytes()
+    elif isinstance(levels, LevelArrays):
+        yield levels.prices.astype(np.uint64).tobytes(), levels.counts.astype(np.int64).tobytes()
+    else:
+        pairs = sorted(levels)
+        yield (np.array([p for p, _ in pairs], np.uint64).tobytes(),
+               np.array([c for _, c in pairs], np.int64).tobytes())  # fmt: skip
+
+
+def _ascending_part(prices: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> _Arrays:
+    if (len(prices) > 1 and not bool(np.all(prices[1:] > prices[:-1]))) or bool(
+        np.any(counts <= 0)
+    ):
+        raise ValueError("merge_levels: not compact levels, ascending")
+    return prices, counts
+
+
+def py_merge_levels(older: bytes, newer: bytes, counts: bytes | None = None) -> tuple[bytes, int]:
+    """Two lists of levels as one, compact (:func:`encode_batch`), and how many: ``older``
+    compact, ``newer`` compact too or (with ``counts``) native uint64 prices and ``counts``
+    native int64, each strictly ascending with positive counts (``ValueError`` otherwise); a
+    price in both at the newer count. What a symbol's batches are merged with (the pure twin
+    of ``_native.merge_levels``, which reads and writes each level once, the interpreter
+    held throughout). O(n log n) here, O(n) compiled."""
+    parts: list[_Arrays] = []
+    for data in (older,) if counts is not None else (older, newer):
+        prices_be, counts_be = expand_levels(data)
+        parts.append(_ascending_part(np.frombuffer(prices_be, ">u8").astype(np.uint64),
+                                     np.frombuffer(counts_be, ">u8").astype(np.int64)))  # fmt: skip
+    if counts is not None:
+        if len(newer) != len(counts) or len(newer) % 8:
+            raise ValueError("merge_levels: prices and counts of 8 bytes each")
+        parts.append(
+            _ascending_part(np.frombuffer(newer, np.uint64), np.frombuffer(counts, np.int64))
+        )
+    prices, merged = latest_levels(parts)
+    be_prices, be_counts = prices.astype(">u8").tobytes(), merged.astype(">u8").tobytes()
+    return compact_levels(be_prices, be_counts), len(prices)
+
+
+def merge_levels(older: bytes, newer: bytes, counts: bytes | None = None) -> tuple[bytes, int]:
+    """:func:`py_merge_levels`, compiled where the twins are."""
+    if compiled() and _compiled_merge is not None:
+        if counts is None:
+            return _compiled_merge(older, newer)  # type: ignore[no-any-return]
+        return _compiled_merge(older, newer, counts)  # type: ignore[no-any-return]
+    return py_merge_levels(older, newer, counts)
 
 
 _LMDB_MAGIC = 0xBEEFC0DE
@@ -482,6 +573,13 @@ class Store:
         self._symbols = env.open_db(b"symbols")
         self._levels = env.open_db(b"levels")
         try:
+            self._batches: Any = env.open_db(b"batches")
+        except lmdb.Error:  # read-only, of a store of format 6 or older: levels one by one
+            self._batches = None
+        # each symbol prefix's batches as stored (key, levels), oldest first: read from the
+        # store the first time a symbol is written (or loaded), kept as snapshots commit
+        self._held: dict[bytes, list[tuple[bytes, int]]] = {}
+        try:
             self._candles: Any = env.open_db(b"candles")
         except lmdb.Error:  # read-only, of a store written before candles: none
             self._candles = None
@@ -507,7 +605,7 @@ class Store:
         try:
             # read-only too with LMDB's lock: a reader registers in the lock table, so a writer
             # (the service, snapshotting meanwhile) never reuses the pages it is reading
-            env = lmdb.open(str(path), max_dbs=5, map_size=INITIAL_MAP_SIZE, readonly=readonly,
+            env = lmdb.open(str(path), max_dbs=6, map_size=INITIAL_MAP_SIZE, readonly=readonly,
                             lock=True, metasync=True, sync=True)  # fmt: skip
             store = cls(env, path)
         except lmdb.Error as exc:
@@ -552,7 +650,9 @@ class Store:
         From format 3 or 4: each current minute in ``current`` gets its bounds' latest
         trade time after its open time (format 5); format 3's deltas are read as they are,
         and new ones are written compact (format 4). From format 5: nothing to rewrite (bounds
-        without an unfolded hour read as None). O(symbols)."""
+        without an unfolded hour read as None). From format 6: nothing either (its levels,
+        one by one in ``levels``, are read beneath the batches that later snapshots write
+        in ``batches``). O(symbols)."""
         if version >= 3:
             if self._current is not None and version < 5:
                 self._add_latest(txn)
@@ -620,13 +720,13 @@ class Store:
         self, batch: list[SymbolState], saved_at: int, listing: tuple[str, ...] | None
     ) -> tuple[int, int]:
         records = [(state.symbol.encode(), encode_record(state)) for state in batch]
-        level_items = _level_items(batch)
         with self.env.begin(write=True) as txn:
-            # putmulti: one C call for many items. A put() each would hand the GIL back and
-            # forth with busy reader threads once per item, which stretches a big snapshot
-            # from a fraction of a second to minutes.
+            snapshots = int(txn.get(b"snapshots", b"0", db=self._meta)) + 1
+            # putmulti: one C call for many items (but the lmdb binding hands the GIL back
+            # and forth with busy reader threads once per item all the same: see
+            # _put_levels)
             txn.cursor(db=self._symbols).putmulti(records)
-            txn.cursor(db=self._levels).putmulti(level_items)
+            held = self._put_levels(txn, batch, snapshots)
             if self._candles is not None:
                 current, gone, items = candle_items(batch)
                 txn.cursor(db=self._candles).putmulti(items)
@@ -638,9 +738,61 @@ class Store:
             put(b"saved_at", str(saved_at).encode(), db=self._meta)
             if listing is not None:
                 put(b"listing", _encoder.encode(list(listing)), db=self._meta)
-            snapshots = int(txn.get(b"snapshots", b"0", db=self._meta)) + 1
             put(b"snapshots", str(snapshots).encode(), db=self._meta)
+        self._held.update(held)  # committed
         return len(records), sum(len(state.levels) for state in batch)
+
+    def _stored_batches(self, txn: lmdb.Transaction, prefix: bytes) -> list[tuple[bytes, int]]:
+        """A symbol's batches (key, levels), oldest first, as ``txn`` sees them. O(batches)."""
+        held = self._held.get(prefix)
+        if held is not None:
+            return held
+        held = []
+        cursor = txn.cursor(db=self._batches)
+        if cursor.set_range(prefix):
+            for key in cursor.iternext(values=False):
+                key = bytes(key)
+                if key[: len(prefix)] != prefix or len(key) != len(prefix) + 16:
+                    break
+                held.append((key, _U64.unpack_from(key, len(prefix) + 8)[0]))
+        return held
+
+    def _put_levels(
+        self, txn: lmdb.Transaction, batch: list[SymbolState], seq: int
+    ) -> dict[bytes, list[tuple[bytes, int]]]:
+        """Each symbol's changed levels as one ``batches`` item of snapshot ``seq``, merged
+        with the symbol's newest batches while the newest is at most twice as large (each
+        merged one read and deleted): a symbol holds O(log d) batches and each level is
+        rewritten O(log d) times, and a snapshot writes a few items a symbol however many
+        levels changed. (A put a level, as formats 1-6 wrote them, hands the GIL back to
+        busy reader threads and waits to get it back once a level: under a flood of new
+        prices that stretched a snapshot of a few seconds' levels to half a minute.)
+        Returns each symbol's batches after the write, applied once it commits.
+        O(L log L) for the L levels written and merged."""
+        out: dict[bytes, list[tuple[bytes, int]]] = {}
+        for state in batch:
+            value, n = b"", 0
+            for prices, counts in state_levels(state.levels):
+                value, n = merge_levels(value, prices, counts)
+            if not n:
+                continue
+            prefix = symbol_prefix(state.symbol)
+            held = list(self._stored_batches(txn, prefix))
+            while held and held[-1][1] <= 2 * n:
+                key, _ = held.pop()
+                older = txn.get(key, db=self._batches)
+                if older is None:
+                    raise StoreError(f"{state.symbol}: a batch of levels went missing")
+                try:
+                    value, n = merge_levels(bytes(older), value)
+                except ValueError as exc:
+                    raise StoreError(f"{state.symbol}: corrupt batch of levels: {exc}") from exc
+                txn.delete(key, db=self._batches)
+            key = batch_key(state.symbol, seq, n)
+            txn.put(key, value, db=self._batches)
+            held.append((key, n))
+            out[prefix] = held
+        return out
 
     def _delete_candles(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
         """After ``batch``'s candles are put: delete the stored periods past retention, and
@@ -851,6 +1003,7 @@ class Store:
         try:
             with self._gate.reading(), self.env.begin(buffers=True) as txn:
                 levels_cursor = txn.cursor(db=self._levels)
+                batches = None if self._batches is None else txn.cursor(db=self._batches)
                 for key, value in txn.cursor(db=self._symbols):
                     symbol = bytes(key).decode()
                     state = decode_record(symbol, bytes(value), self.version)
@@ -869,6 +1022,12 @@ class Store:
                     if len(counts) != len(prices):
                         raise StoreError(f"{symbol}: a level's count is not 8 bytes")
                     levels = LevelArrays(_native(prices, np.uint64), _native(counts, np.int64))
+                    parts, held = self._load_batches(batches, symbol, prefix)
+                    if parts:
+                        total += sum(len(p) for p, _ in parts)
+                        levels = LevelArrays(*latest_levels([(levels.prices, levels.counts),
+                                                             *parts]))  # fmt: skip
+                    self._held[prefix] = held
                     if levels.total() != state.count or bool(np.any(levels.counts <= 0)):
                         raise StoreError(
                             f"{symbol}: levels do not add up to its count {state.count}"
@@ -879,6 +1038,31 @@ class Store:
         except lmdb.Error as exc:
             raise StoreError(f"store at {self.path} is unreadable: {exc}") from exc
         return out
+
+    @staticmethod
+    def _load_batches(
+        cursor: Any, symbol: str, prefix: bytes
+    ) -> tuple[list[_Arrays], list[tuple[bytes, int]]]:
+        """A symbol's batches of levels, oldest first, and their keys and sizes. StoreError
+        if one is corrupt. O(levels in them)."""
+        parts: list[_Arrays] = []
+        held: list[tuple[bytes, int]] = []
+        n = len(prefix)
+        if cursor is None or not cursor.set_range(prefix):
+            return parts, held
+        for key, value in cursor:
+            if key[:n] != prefix or len(key) != n + 16:
+                break
+            size = _U64.unpack_from(key, n + 8)[0]
+            try:
+                part = decode_batch(bytes(value))  # (a view of the map)
+            except ValueError as exc:
+                raise StoreError(f"{symbol}: corrupt batch of levels: {exc}") from exc
+            if len(part[0]) != size or (size > 1 and not bool(np.all(part[0][1:] > part[0][:-1]))):
+                raise StoreError(f"{symbol}: corrupt batch of levels")
+            parts.append(part)
+            held.append((bytes(key), size))
+        return parts, held
 
     def load_listing(self) -> list[str]:
         """The symbols listed at the last snapshot (empty for a new store)."""
@@ -897,11 +1081,17 @@ class Store:
             saved_at = txn.get(b"saved_at", db=self._meta)
             decoder = _decoders[self.version]
             trades = sum(decoder.decode(v).count for _, v in txn.cursor(db=self._symbols))
+            batch_sizes = [] if self._batches is None else [
+                _U64.unpack_from(k, len(k) - 8)[0]
+                for k in txn.cursor(db=self._batches).iternext(values=False)
+            ]  # fmt: skip
+            batch_levels = sum(batch_sizes)
             return {
                 "path": str(self.path),
                 "format_version": self.version,
                 "symbols": txn.stat(self._symbols)["entries"],
-                "levels": txn.stat(self._levels)["entries"],
+                "levels": txn.stat(self._levels)["entries"] + batch_levels,
+                "level_batches": len(batch_sizes),
                 "trades": trades,
                 "snapshots": int(txn.get(b"snapshots", b"0", db=self._meta)),
                 "saved_at_ms": int(saved_at) if saved_at else None,

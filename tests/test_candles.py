@@ -1147,7 +1147,7 @@ def _reopened(tmp_path: Path, store: Store, version: int, expected: Any) -> Stor
     assert readonly.version == version and state_key(readonly.load()[0].candles) == expected
     readonly.close()
     store = Store.open(tmp_path)
-    assert store.version == FORMAT_VERSION == 6
+    assert store.version == FORMAT_VERSION == 7
     assert state_key(store.load()[0].candles) == expected
     return store
 

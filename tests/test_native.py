@@ -307,7 +307,8 @@ spec.loader.exec_module(module)
 sys.modules["medianserv._native"] = module  # what median.py and hotpath.py import
 import pytest
 tests = [f"{sys.argv[2]}/{name}" for name in ("test_median.py", "test_hotpath.py",
-                                              "test_native.py", "test_candles.py")]
+                                              "test_native.py", "test_candles.py",
+                                              "test_store.py")]
 # -s: a sanitizer's report goes to the process's stderr, not to pytest's capture
 sys.exit(pytest.main(["-q", "-s", "-p", "no:cacheprovider", "-k", "not sanitizers", *tests]))
 """

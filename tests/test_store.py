@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -157,7 +158,7 @@ def test_the_map_grows_while_readers_read(tmp_path: Path, monkeypatch: pytest.Mo
     sizes = {store.env.info()["map_size"]}
     try:
         for i in range(1, 40_001):
-            stats.apply(i, i, i)
+            stats.apply(i, i * 10**12, i)  # 7 bytes a level stored
             if i % 500 == 0:
                 store.save([stats.harvest()])  # type: ignore[list-item]
                 sizes.add(store.env.info()["map_size"])
@@ -187,9 +188,9 @@ def test_the_map_grows_ahead_of_a_store_that_grows(
     store = Counted.open(tmp_path)
     stats = SymbolStats("BTCUSDT")
     saves = 0
-    for i in range(100_000):
-        stats.apply(i, i, i)
-        if i % 1_000 == 999:
+    for i in range(200_000):
+        stats.apply(i, i * 10**13, i)  # 8 bytes a level stored
+        if i % 2_000 == 1_999:
             store.save([stats.harvest()])  # type: ignore[list-item]
             saves += 1
     assert store.env.info()["map_size"] >= 4 << 20
@@ -222,7 +223,7 @@ def test_format_1_is_read_and_upgraded(tmp_path: Path) -> None:
         None,
     )
     store = Store.open(tmp_path)
-    assert store.info()["format_version"] == FORMAT_VERSION == 6
+    assert store.info()["format_version"] == FORMAT_VERSION == 7
     restored = SymbolStats.restore(store.load()[0])
     # format 1 did not keep when a symbol's first trade happened: everything else is there
     assert restored.view() == dataclasses.replace(stats.view(), first_trade_time=None)
@@ -253,9 +254,17 @@ def test_corrupt_record_and_inconsistent_levels_are_refused(tmp_path: Path) -> N
     stats.dirty = True
     store.save([stats.full_state()])
     with store.env.begin(write=True) as txn:
-        txn.delete(store_module.level_key("BTCUSDT", 5), db=store._levels)
+        (key,) = list(txn.cursor(db=store._batches).iternext(values=False))
+        one = np.array([5], np.uint64), np.array([2], np.int64)  # a count the record lacks
+        txn.put(bytes(key), store_module.encode_batch(*one), db=store._batches)
     with pytest.raises(StoreError, match="add up"):
         store.load()
+    for value in (b"\x05", store_module.encode_batch(np.array([5, 6], np.uint64),
+                                                     np.array([1, 1], np.int64))):  # fmt: skip
+        with store.env.begin(write=True) as txn:  # cut short; more levels than its key says
+            txn.put(bytes(key), value, db=store._batches)
+        with pytest.raises(StoreError, match="corrupt batch"):
+            store.load()
     store.close()
 
 
@@ -324,3 +333,141 @@ def test_a_snapshot_stores_each_level_at_its_count_at_the_harvest(
     assert restored.full_state() == stats.full_state()
     assert restored.view() == stats.view()
     store.close()
+
+
+_parts = st.lists(
+    st.dictionaries(st.integers(0, 2**64 - 1) | st.integers(0, 40), st.integers(1, 2**62),
+                    max_size=30),
+    max_size=6,
+)  # fmt: skip
+
+
+@given(_parts)
+def test_latest_levels_is_each_price_at_its_latest_count(parts: list[dict[int, int]]) -> None:
+    """Parts older first, each in any order: one ascending part, a price at the count of the
+    latest part that holds it (the oracle: writing the parts over one another in a dict)."""
+    oracle: dict[int, int] = {}
+    for part in parts:
+        oracle.update(part)
+    arrays = [(np.array(list(p), np.uint64), np.array(list(p.values()), np.int64))
+              for p in parts]  # fmt: skip
+    prices, counts = store_module.latest_levels(arrays)
+    assert list(zip(prices.tolist(), counts.tolist(), strict=True)) == sorted(oracle.items())
+    value = store_module.encode_batch(prices, counts)
+    back = store_module.decode_batch(value)
+    assert back[0].tolist() == prices.tolist() and back[1].tolist() == counts.tolist()
+
+
+def test_a_snapshot_writes_a_few_items_a_symbol_and_batches_stay_few(tmp_path: Path) -> None:
+    """However many levels a snapshot changes, a symbol's are one batch, merged with its
+    newest ones while these are at most twice as large: after 200 snapshots of new and
+    revisited levels a symbol holds O(log levels) batches, and the store restores exactly."""
+    rnd = random.Random(7)
+    store = Store.open(tmp_path)
+    stats = SymbolStats("BTCUSDT")
+    tid = 0
+    for snap in range(200):
+        for _ in range(rnd.choice((1, 50, 500))):
+            tid += 1
+            price = rnd.randrange(10**6) if rnd.random() < 0.5 else 10**6 + tid  # new or old
+            stats.apply(tid, price, tid)
+        store.save([stats.harvest()])  # type: ignore[list-item]
+        levels = stats.median.levels
+        batches = store.info()["level_batches"]
+        assert 1 <= batches <= levels.bit_length() + 1, (snap, batches, levels)
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    store.close()
+    store = Store.open(tmp_path)  # its batches read from the store, not from memory
+    stats.apply(tid + 1, 5, tid + 1)
+    store.save([stats.harvest()])  # type: ignore[list-item]
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    store.close()
+
+
+def test_levels_of_format_6_are_read_beneath_later_batches(tmp_path: Path) -> None:
+    """A store of format 6 holds its levels one by one in ``levels``; opened for writing it
+    is format 7, and the levels later snapshots change, written in ``batches``, are read
+    over the old ones: each level at its latest count."""
+    stats = SymbolStats("BTCUSDT")
+    for t, p in enumerate((5, 7, 7, 9), start=1):
+        stats.apply(t, p, t)
+    store = Store.open(tmp_path)
+    store.save([stats.full_state()])
+    with store.env.begin(write=True) as txn:  # as format 6 wrote it
+        txn.drop(store._batches, delete=False)
+        for price, count in ((5, 1), (7, 2), (9, 1)):
+            txn.put(store_module.level_key("BTCUSDT", price), count.to_bytes(8, "big"),
+                    db=store._levels)  # fmt: skip
+        txn.put(b"format", b"6", db=store._meta)
+    store.close()
+    store = Store.open(tmp_path)
+    assert store.version == 7
+    restored = SymbolStats.restore(store.load()[0])
+    assert restored.full_state() == stats.full_state()
+    for t, p in ((5, 7), (6, 11)):  # 7 again (its count over the stored one), 11 new
+        restored.apply(t, p, t)
+        stats.apply(t, p, t)
+    store.save([restored.harvest()])  # type: ignore[list-item]
+    assert store.info()["levels"] == 3 + 2  # 3 one by one, 2 in a batch
+    again = SymbolStats.restore(store.load()[0])
+    assert again.full_state() == stats.full_state()
+    assert again.median.multiplicity(7) == 3
+    store.close()
+
+
+def _merge_twins() -> list[Any]:
+    twins = [store_module.py_merge_levels]
+    try:
+        from medianserv._native import merge_levels  # type: ignore[attr-defined]
+    except ImportError:
+        return twins
+    return [*twins, merge_levels]
+
+
+@pytest.mark.parametrize("merge", _merge_twins())
+@given(_parts, st.booleans())
+def test_merge_levels_twins_agree_with_the_oracle(
+    merge: Any, parts: list[dict[int, int]], native: bool
+) -> None:
+    """Batches merged older first, the newer compact or native arrays: each price at its
+    latest count, compact byte for byte as compact_levels makes it, with the right count."""
+    from medianserv.candles import compact_levels
+
+    value, n, oracle = b"", 0, {}
+    for part in parts:
+        items = sorted(part.items())
+        prices = np.array([p for p, _ in items], np.uint64)
+        counts = np.array([c for _, c in items], np.int64)
+        if native:
+            value, n = merge(value, prices.tobytes(), counts.tobytes())
+        else:
+            newer = compact_levels(prices.astype(">u8").tobytes(), counts.astype(">u8").tobytes())
+            value, n = merge(value, newer)
+        oracle.update(part)
+    want = sorted(oracle.items())
+    be = [np.array([x[i] for x in want], np.uint64).astype(">u8").tobytes() for i in (0, 1)]
+    assert (value, n) == (compact_levels(*be), len(want))
+
+
+@pytest.mark.parametrize("merge", _merge_twins())
+def test_merge_levels_refuses_what_is_not_a_batch(merge: Any) -> None:
+    from medianserv.candles import compact_levels
+
+    def c(*levels: tuple[int, int]) -> bytes:
+        return compact_levels(b"".join(p.to_bytes(8, "big") for p, _ in levels),
+                              b"".join(k.to_bytes(8, "big") for _, k in levels))  # fmt: skip
+
+    def native(*values: int, kind: str = "Q") -> bytes:
+        return np.array(values, np.uint64 if kind == "Q" else np.int64).tobytes()
+
+    for older, newer in ((c((5, 1), (5, 1)), b""), (c((6, 1), (5, 1)), b""), (b"\x05", b""),
+                         (c((5, 0)), b""), (b"", c((2**64 - 1, 1), (3, 1))),
+                         (b"", b"\x85")):  # fmt: skip
+        with pytest.raises(ValueError):
+            merge(older, newer)
+    for prices, counts in ((native(6, 5), native(1, 1, kind="q")),
+                           (native(5), native(0, kind="q")), (native(5), native(1, 1, kind="q")),
+                           (b"\x00" * 7, b"\x00" * 7)):  # fmt: skip
+        with pytest.raises(ValueError):
+            merge(b"", prices, counts)
+    assert merge(c((1, 2), (9, 1)), c((1, 5), (4, 1))) == (c((1, 5), (4, 1), (9, 1)), 3)
