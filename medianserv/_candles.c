@@ -1625,6 +1625,12 @@ static int source_next(LevelSource *s, u64 *price, u64 *count) {
     return 1;
 }
 
+/* bytes of input from which merge_levels lets other threads run while it merges (a
+   millisecond or so): it reads only its arguments, bytes that cannot change, and writes its
+   own buffer; a smaller merge (most: a symbol's levels of a snapshot or two) holds the
+   interpreter, as each hand-back waits on busy readers */
+#define MERGE_ALONE (1u << 20)
+
 /* merge_levels(older, newer) or merge_levels(older, prices, counts): store.merge_levels'
    twin. older and newer compact, prices and counts native uint64 and int64, each ascending:
    (their levels as one, compact, a price in both at newer's count; how many). O(n + m) */
@@ -1662,7 +1668,10 @@ PyObject *merge_levels(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ss
     unsigned char *o = w.b;
     u64 prev = 0, pa = 0, ka = 0, pb = 0, kb = 0;
     size_t n = 0;
-    int ra = source_next(&a, &pa, &ka), rb = source_next(&b, &pb, &kb);
+    int ra, rb;
+    PyThreadState *alone = room >= MERGE_ALONE ? PyEval_SaveThread() : NULL;
+    ra = source_next(&a, &pa, &ka);
+    rb = source_next(&b, &pb, &kb);
     while (ra > 0 || rb > 0) {
         if (rb <= 0 || (ra > 0 && pa < pb)) {
             o = put_level(o, &prev, pa, ka);
@@ -1675,6 +1684,7 @@ PyObject *merge_levels(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ss
         n++;
         if (ra < 0 || rb < 0) break;
     }
+    if (alone) PyEval_RestoreThread(alone);
     if (ra < 0 || rb < 0)
         PyErr_SetString(PyExc_ValueError, "merge_levels: not compact levels, ascending");
     else

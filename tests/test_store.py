@@ -471,3 +471,18 @@ def test_merge_levels_refuses_what_is_not_a_batch(merge: Any) -> None:
         with pytest.raises(ValueError):
             merge(b"", prices, counts)
     assert merge(c((1, 2), (9, 1)), c((1, 5), (4, 1))) == (c((1, 5), (4, 1), (9, 1)), 3)
+
+
+@pytest.mark.parametrize("merge", _merge_twins())
+def test_merge_levels_of_a_large_batch(merge: Any) -> None:
+    """Megabytes of levels (the compiled twin merges them with other threads let in): the
+    same levels as the oracle's, every other price of the older in the newer too."""
+    older_prices = np.arange(0, 600_000, 2, dtype=np.uint64) * 1_000
+    newer_prices = np.arange(0, 600_000, 3, dtype=np.uint64) * 1_000
+    older, n = merge(b"", older_prices.tobytes(), np.ones(len(older_prices), np.int64).tobytes())
+    value, n = merge(older, newer_prices.tobytes(),
+                     np.full(len(newer_prices), 7, np.int64).tobytes())  # fmt: skip
+    prices, counts = store_module.decode_batch(value)
+    want = dict.fromkeys(older_prices.tolist(), 1) | dict.fromkeys(newer_prices.tolist(), 7)
+    assert n == len(want) and prices.tolist() == sorted(want)
+    assert counts.tolist() == [want[p] for p in sorted(want)]
