@@ -1601,7 +1601,7 @@ typedef struct {
 } LevelSource;
 
 /* the next level into *price, *count: 1, 0 at the end, -1 if the levels are not compact,
-   not strictly ascending or a count is not positive */
+   not strictly ascending or a count is not a positive int64 */
 static int source_next(LevelSource *s, u64 *price, u64 *count) {
     u64 p, k;
     if (s->p) {
@@ -1612,7 +1612,8 @@ static int source_next(LevelSource *s, u64 *price, u64 *count) {
     } else {
         u64 d;
         if (s->at == s->end) return 0;
-        if (get_uvarint(&s->at, s->end, &d) < 0 || get_uvarint(&s->at, s->end, &k) < 0 || !k)
+        if (get_uvarint(&s->at, s->end, &d) < 0 || get_uvarint(&s->at, s->end, &k) < 0 || !k ||
+            k > (u64)INT64_MAX)
             return -1;
         p = s->price + d;
         if (s->started && (!d || p < s->price)) return -1; /* not above the one before */

@@ -461,7 +461,7 @@ def test_merge_levels_refuses_what_is_not_a_batch(merge: Any) -> None:
         return np.array(values, np.uint64 if kind == "Q" else np.int64).tobytes()
 
     for older, newer in ((c((5, 1), (5, 1)), b""), (c((6, 1), (5, 1)), b""), (b"\x05", b""),
-                         (c((5, 0)), b""), (b"", c((2**64 - 1, 1), (3, 1))),
+                         (c((5, 0)), b""), (b"", c((2**64 - 1, 1), (3, 1))), (c((5, 2**63)), b""),
                          (b"", b"\x85")):  # fmt: skip
         with pytest.raises(ValueError):
             merge(older, newer)
