@@ -1615,10 +1615,9 @@ static int source_next(LevelSource *s, u64 *price, u64 *count) {
         if (get_uvarint(&s->at, s->end, &d) < 0 || get_uvarint(&s->at, s->end, &k) < 0 || !k ||
             k > (u64)INT64_MAX)
             return -1;
-        p = s->price + d;
-        if (s->started && (!d || p < s->price)) return -1; /* not above the one before */
+        p = s->price + d; /* (modulo 2^64: a wrap is not above the one before either) */
     }
-    if (s->started && p <= s->price) return -1;
+    if (s->started && p <= s->price) return -1; /* not above the one before */
     s->price = p;
     s->started = 1;
     *price = p;

@@ -97,17 +97,15 @@ from .symbols import Front, Gap, LevelArrays, LevelLog, SymbolState, TradeIds, c
 
 _compiled_batch: Any
 _compiled_expand: Any
-_compiled_compact: Any
 _compiled_merge: Any
 try:
     from . import _native as _compiled  # type: ignore[attr-defined]
 
     _compiled_batch = _compiled.candle_batch
     _compiled_expand = _compiled.expand_levels
-    _compiled_compact = _compiled.compact_levels
     _compiled_merge = _compiled.merge_levels
 except ImportError:  # built without a C compiler: the Python twin alone
-    _compiled_batch = _compiled_expand = _compiled_compact = _compiled_merge = None
+    _compiled_batch = _compiled_expand = _compiled_merge = None
 
 __all__ = [
     "FORMAT_VERSION",
@@ -396,9 +394,9 @@ def latest_levels(parts: Sequence[_Arrays]) -> _Arrays:
     if len(parts) == 1:
         prices, counts = parts[0]
         if len(prices) < 2 or bool(np.all(prices[1:] > prices[:-1])):
-            return prices.astype(np.uint64), counts.astype(np.int64)
-    prices = np.concatenate([p.astype(np.uint64) for p, _ in parts])
-    counts = np.concatenate([c.astype(np.int64) for _, c in parts])
+            return prices.astype(np.uint64, copy=False), counts.astype(np.int64, copy=False)
+    prices = np.concatenate([p.astype(np.uint64, copy=False) for p, _ in parts])
+    counts = np.concatenate([c.astype(np.int64, copy=False) for _, c in parts])
     order = np.argsort(prices, kind="stable")  # a price's entries stay oldest first
     prices, counts = prices[order], counts[order]
     last = np.ones(len(prices), dtype=bool)
@@ -414,21 +412,28 @@ def batch_key(symbol: str, seq: int, levels: int) -> bytes:
     return symbol_prefix(symbol) + _U64.pack(seq) + _U64.pack(levels)
 
 
+def _big_endian_pair(
+    prices: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]
+) -> tuple[bytes, bytes]:
+    return prices.astype(">u8").tobytes(), counts.astype(">u8").tobytes()
+
+
+def _native_pair(prices: bytes, counts: bytes) -> _Arrays:
+    """8-byte big-endian prices and counts as native uint64 and int64 arrays. O(n)."""
+    return (np.frombuffer(prices, ">u8").astype(np.uint64),
+            np.frombuffer(counts, ">u8").astype(np.int64))  # fmt: skip
+
+
 def encode_batch(prices: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> bytes:
     """Levels ascending by price as a ``batches`` value: compact
     (:func:`~medianserv.candles.compact_levels`, 2-4 bytes a level). O(n). Pure."""
-    be_prices = prices.astype(">u8").tobytes()
-    be_counts = counts.astype(">u8").tobytes()
-    if compiled() and _compiled_compact is not None:
-        return _compiled_compact(be_prices, be_counts)  # type: ignore[no-any-return]
-    return compact_levels(be_prices, be_counts)
+    return compact_levels(*_big_endian_pair(prices, counts))
 
 
 def decode_batch(value: bytes) -> _Arrays:
-    """A ``batches`` value's levels as native arrays; ``ValueError`` if corrupt. O(n). Pure."""
-    prices, counts = _expanded(value)
-    return (np.frombuffer(prices, ">u8").astype(np.uint64),
-            np.frombuffer(counts, ">u8").astype(np.int64))  # fmt: skip
+    """A ``batches`` value's levels as native arrays, checked (:func:`_ascending_part`);
+    ``ValueError`` if corrupt. O(n). Pure."""
+    return _ascending_part(*_native_pair(*_expanded(value)))
 
 
 def state_levels(levels: Any) -> Iterator[tuple[bytes, bytes]]:
@@ -447,10 +452,12 @@ def state_levels(levels: Any) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _ascending_part(prices: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> _Arrays:
+    """The part as it is if its prices strictly ascend and its counts are positive (what a
+    batch holds), else ``ValueError``. O(n)."""
     if (len(prices) > 1 and not bool(np.all(prices[1:] > prices[:-1]))) or bool(
         np.any(counts <= 0)
     ):
-        raise ValueError("merge_levels: not compact levels, ascending")
+        raise ValueError("levels not strictly ascending, or a count not positive")
     return prices, counts
 
 
@@ -461,11 +468,8 @@ def py_merge_levels(older: bytes, newer: bytes, counts: bytes | None = None) -> 
     price in both at the newer count. What a symbol's batches are merged with (the pure twin
     of ``_native.merge_levels``, which reads and writes each level once, the interpreter
     held throughout). O(n log n) here, O(n) compiled."""
-    parts: list[_Arrays] = []
-    for data in (older,) if counts is not None else (older, newer):
-        prices_be, counts_be = expand_levels(data)
-        parts.append(_ascending_part(np.frombuffer(prices_be, ">u8").astype(np.uint64),
-                                     np.frombuffer(counts_be, ">u8").astype(np.int64)))  # fmt: skip
+    parts = [_ascending_part(*_native_pair(*expand_levels(data)))
+             for data in ((older,) if counts is not None else (older, newer))]  # fmt: skip
     if counts is not None:
         if len(newer) != len(counts) or len(newer) % 8:
             raise ValueError("merge_levels: prices and counts of 8 bytes each")
@@ -473,8 +477,7 @@ def py_merge_levels(older: bytes, newer: bytes, counts: bytes | None = None) -> 
             _ascending_part(np.frombuffer(newer, np.uint64), np.frombuffer(counts, np.int64))
         )
     prices, merged = latest_levels(parts)
-    be_prices, be_counts = prices.astype(">u8").tobytes(), merged.astype(">u8").tobytes()
-    return compact_levels(be_prices, be_counts), len(prices)
+    return encode_batch(prices, merged), len(prices)
 
 
 def merge_levels(older: bytes, newer: bytes, counts: bytes | None = None) -> tuple[bytes, int]:
@@ -1058,8 +1061,8 @@ class Store:
                 part = decode_batch(bytes(value))  # (a view of the map)
             except ValueError as exc:
                 raise StoreError(f"{symbol}: corrupt batch of levels: {exc}") from exc
-            if len(part[0]) != size or (size > 1 and not bool(np.all(part[0][1:] > part[0][:-1]))):
-                raise StoreError(f"{symbol}: corrupt batch of levels")
+            if len(part[0]) != size:
+                raise StoreError(f"{symbol}: corrupt batch of levels: {size} levels in its key")
             parts.append(part)
             held.append((bytes(key), size))
         return parts, held
