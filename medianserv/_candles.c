@@ -26,11 +26,16 @@
  * run, merged with the run before it while that one is at most twice as long, so a period
  * holds O(log L) runs and each level is merged O(log L) times, every merge a sequential pass
  * (a day takes 1,440 minutes without a hash map's miss per level, at 16 bytes a level).
- * A run that lies wholly above the newest (a trend's minute folded into its hour and day) is
- * appended to it, copied once straight from the minute, its room grown by half again when
- * short: such an hour or day is one run, each level copied about twice in all. A reader of
- * the levels compacts all of them into one run first (a period whose every trade was a new
- * high: its edge becomes the run as it is).
+ * A fold of SHARE_MIN levels or more copies none: the period takes the other's runs as they
+ * are, shared (counted; a shared array is never written, and the last run to let it go frees
+ * it), so a flood's minute, its hour and its day hold one array, and its roll costs no copy
+ * and no new page. A run that lies wholly above the newest (a trend's minute folded into its
+ * hour and day) is left beside it where either is shared (a *chain*: an hour of a trend's
+ * minutes is a chain of theirs, read in order without being compacted, and a day takes the
+ * chain as it is), else appended to it, copied once, its room grown by half again when
+ * short: a slow trend's hour is one run, each level copied about twice in all. A reader of
+ * the levels compacts all of them into one run first, a chain merged in one pass (a period
+ * whose every trade was a new high: its edge becomes the run as it is).
  *
  * A minute stored as deltas (too many levels to write whole at every snapshot) also keeps its
  * gains once told to (keep_gains): each trade applied appends its price to a list (a run at
@@ -367,8 +372,62 @@ static size_t merge_runs(const LevelCount *a, size_t na, const LevelCount *b, si
     return k + nb - j;
 }
 
-/* the n ascending levels at src appended to run a, whose every level lies below them; room
-   grown by half again when short. 0, or -1 (memory) with a unchanged. O(n) amortised */
+/* the union of run a and the chain of nr runs (each wholly above the one before), equal prices
+   summed, into out (room for all): its length. One pass, however many runs the chain holds */
+static size_t merge_chain(const LevelCount *a, size_t na, const Run *runs, size_t nr,
+                          LevelCount *out) {
+    size_t i = 0, k = 0;
+    for (size_t r = 0; r < nr; r++) {
+        const LevelCount *b = runs[r].v;
+        size_t j = 0, nb = runs[r].n;
+        while (i < na && j < nb) {
+            if (a[i].price < b[j].price) out[k++] = a[i++];
+            else if (b[j].price < a[i].price) out[k++] = b[j++];
+            else {
+                out[k] = a[i++];
+                out[k++].count += b[j++].count;
+            }
+        }
+        if (j < nb) memcpy(out + k, b + j, (nb - j) * sizeof *out);
+        k += nb - j;
+    }
+    if (i < na) memcpy(out + k, a + i, (na - i) * sizeof *out);
+    return k + na - i;
+}
+
+/* run r's array let go: freed unless other runs share it still; r emptied */
+static void run_release(Run *r) {
+    if (r->refs) {
+        if (__atomic_sub_fetch(r->refs, 1, __ATOMIC_ACQ_REL)) {
+            *r = (Run){0};
+            return;
+        }
+        free(r->refs);
+    }
+    free(r->v);
+    *r = (Run){0};
+}
+
+/* whether run b lies wholly above run a (the pair is a chain) */
+static inline int runs_chain(const Run *a, const Run *b) {
+    return a->v[a->n - 1].price < b->v[0].price;
+}
+
+/* room for `more` runs beyond p's: 0, or -1 (memory) with nothing changed */
+static int runs_room(Period *p, size_t more) {
+    if (p->nruns + more <= p->capruns) return 0;
+    size_t room = p->capruns ? 2 * p->capruns : 4;
+    while (room < p->nruns + more) room *= 2;
+    Run *runs = realloc(p->runs, room * sizeof *runs);
+    if (!runs) return -1;
+    p->runs = runs;
+    p->capruns = room;
+    return 0;
+}
+
+/* the n ascending levels at src appended to run a (its own), whose every level lies below
+   them; room grown by half again when short. 0, or -1 (memory) with a unchanged. O(n)
+   amortised */
 static int run_extend(Run *a, const LevelCount *src, size_t n) {
     if (a->cap - a->n < n) {
         size_t cap = a->cap + a->cap / 2;
@@ -384,11 +443,13 @@ static int run_extend(Run *a, const LevelCount *src, size_t n) {
 }
 
 /* the last two runs merged while the one before the last is at most twice the last (the last
-   appended to it where it lies wholly above). O(their levels) */
+   appended to it where it lies wholly above); a chain of which either run is shared is left
+   as it is (a shared array is never copied to be extended). O(their levels) */
 static void runs_settle(Period *p) {
     while (p->nruns >= 2 && p->runs[p->nruns - 2].n <= 2 * p->runs[p->nruns - 1].n) {
         Run *a = &p->runs[p->nruns - 2], *b = a + 1;
-        if (a->v[a->n - 1].price < b->v[0].price) { /* b above a (a trend's): a grows by b */
+        if (runs_chain(a, b)) { /* b above a (a trend's): a grows by b */
+            if (a->refs || b->refs) break;
             if (run_extend(a, b->v, b->n) < 0) break; /* left unmerged: the same levels */
             free(b->v);
             p->nruns--;
@@ -397,18 +458,19 @@ static void runs_settle(Period *p) {
         LevelCount *out = malloc((a->n + b->n) * sizeof *out);
         if (!out) break;
         size_t k = merge_runs(a->v, a->n, b->v, b->n, out);
-        free(a->v);
-        free(b->v);
+        run_release(a);
+        run_release(b);
         LevelCount *fit = k < a->n + b->n ? realloc(out, k * sizeof *out) : NULL;
-        *a = (Run){fit ? fit : out, k, k};
+        *a = (Run){fit ? fit : out, k, k, NULL};
         p->nruns--;
     }
 }
 
-/* the newest run lies wholly below the n levels at src (ascending, distinct): the place to
-   append them, copied once and merged with nothing */
+/* the newest run is the period's own and lies wholly below the n levels at src (ascending,
+   distinct): the place to append them, copied once and merged with nothing */
 static inline int runs_below(const Period *p, const LevelCount *src, size_t n) {
-    return n && p->nruns && p->runs[p->nruns - 1].v[p->runs[p->nruns - 1].n - 1].price < src[0].price;
+    const Run *top = p->nruns ? &p->runs[p->nruns - 1] : NULL;
+    return n && top && !top->refs && top->v[top->n - 1].price < src[0].price;
 }
 
 /* the n levels at src appended to the newest run, which lies wholly below them (runs_below),
@@ -434,14 +496,8 @@ static int runs_push(Period *p, LevelCount *v, size_t n, size_t cap) {
         free(v);
         return 0;
     }
-    if (p->nruns == p->capruns) {
-        size_t room = p->capruns ? 2 * p->capruns : 4;
-        Run *runs = realloc(p->runs, room * sizeof *runs);
-        if (!runs) return -1;
-        p->runs = runs;
-        p->capruns = room;
-    }
-    p->runs[p->nruns++] = (Run){v, n, cap};
+    if (runs_room(p, 1) < 0) return -1;
+    p->runs[p->nruns++] = (Run){v, n, cap, NULL};
     runs_settle(p);
     return 0;
 }
@@ -459,6 +515,39 @@ static int runs_copy(Period *p, const LevelCount *src, size_t n) {
     if (runs_push(p, v, n, n) < 0) {
         free(v);
         return -1;
+    }
+    return 0;
+}
+
+/* whether p's every level is in its runs and they form a chain (each wholly above the one
+   before): what a reader can take in order without compacting them (its pending trades
+   applied first) */
+static int period_chain(const Period *p) {
+    if (p->levels.used || p->up_n || p->down_n || !p->nruns) return 0;
+    for (size_t r = 1; r < p->nruns; r++)
+        if (!runs_chain(&p->runs[r - 1], &p->runs[r])) return 0;
+    return 1;
+}
+
+/* the fewest levels a fold shares rather than copies: below it a copy costs less than the
+   run a share leaves (a slow trend's minutes extend their hour's run in place) */
+#define SHARE_MIN 1024
+
+/* p takes every run of o (a chain: period_chain), shared, not copied, each settled in turn as
+   a run pushed is (a trend's: kept as a chain; else merged by the usual rule). 0, or -1
+   (memory) with nothing changed. O(runs), plus the merges */
+static int runs_share_all(Period *p, Period *o) {
+    if (runs_room(p, o->nruns) < 0) return -1;
+    for (size_t r = 0; r < o->nruns; r++) { /* counts made first: nothing fails after them */
+        if (o->runs[r].refs) continue;
+        if (!(o->runs[r].refs = malloc(sizeof *o->runs[r].refs))) return -1; /* (1: o's alone) */
+        *o->runs[r].refs = 1;
+    }
+    for (size_t r = 0; r < o->nruns; r++) {
+        Run *src = &o->runs[r];
+        __atomic_add_fetch(src->refs, 1, __ATOMIC_RELAXED);
+        p->runs[p->nruns++] = (Run){src->v, src->n, src->n, src->refs};
+        runs_settle(p);
     }
     return 0;
 }
@@ -514,9 +603,12 @@ static LevelCount *period_gather(Period *p, size_t *n) {
         k = merge_runs_down(acc, k, p->down.v, p->down_n, spare);
         t = acc, acc = spare, spare = t;
     }
-    for (size_t r = p->nruns; r-- > 0;) {
-        k = merge_runs(acc, k, p->runs[r].v, p->runs[r].n, spare);
+    for (size_t r = p->nruns; r > 0;) { /* newest first, a chain in one pass */
+        size_t s = r - 1;
+        while (s && runs_chain(&p->runs[s - 1], &p->runs[s])) s--;
+        k = merge_chain(acc, k, p->runs + s, r - s, spare);
         t = acc, acc = spare, spare = t;
+        r = s;
     }
     if (acc != buf) memcpy(buf, acc, k * sizeof *buf);
     *n = k;
@@ -556,7 +648,7 @@ static int period_compact(Period *p) {
     if (!acc) return -1; /* (levels held: none is gathered only when memory ran out) */
     LevelCount *fit = realloc(acc, n * sizeof *acc); /* the spare half back */
     if (fit) acc = fit;
-    for (size_t r = 0; r < p->nruns; r++) free(p->runs[r].v);
+    for (size_t r = 0; r < p->nruns; r++) run_release(&p->runs[r]);
     p->nruns = 0;
     free(p->levels.slots);
     p->levels = (PairMap){0};
@@ -607,7 +699,7 @@ static void Period_dealloc(Period *p) {
     free(p->levels.slots);
     free(p->up.v);
     free(p->down.v);
-    for (size_t r = 0; r < p->nruns; r++) free(p->runs[r].v);
+    for (size_t r = 0; r < p->nruns; r++) run_release(&p->runs[r]);
     free(p->runs);
     free(p->gains.v);
     Py_TYPE(p)->tp_free((PyObject *)p);
@@ -718,10 +810,19 @@ static PyObject *Period_fold(Period *p, PyObject *arg) {
     }
     if (period_settle(o) < 0 || period_settle(p) < 0) return NULL;
     if (!o->count) Py_RETURN_NONE;
-    size_t n;
-    const LevelCount *run = period_run(o, &n); /* a retired minute: its packed() made it so */
-    if (!run && PyErr_Occurred()) return NULL;
-    if (runs_copy(p, run, n) < 0) return PyErr_NoMemory(); /* nothing changed */
+    /* o's levels as a chain of runs (a retired minute: one, as compact_after left it; an hour
+       of a trend's minutes: theirs), shared where large, not copied: a flood's minute costs
+       its hour and day no copy, and no page of memory */
+    if (!period_chain(o) && period_compact(o) < 0) return NULL;
+    size_t n = 0;
+    for (size_t r = 0; r < o->nruns; r++) n += o->runs[r].n;
+    if (n >= SHARE_MIN) {
+        if (runs_share_all(p, o) < 0) return PyErr_NoMemory(); /* nothing changed */
+    } else {
+        const LevelCount *run = period_run(o, &n); /* small: one run, copied */
+        if (!run && PyErr_Occurred()) return NULL;
+        if (runs_copy(p, run, n) < 0) return PyErr_NoMemory(); /* nothing changed */
+    }
     if (!p->count) {
         p->open_id = o->open_id;
         p->open_price = o->open_price;
@@ -788,7 +889,7 @@ static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
             LevelCount *v = malloc(p->runs[r].n * sizeof *v);
             if (!v) goto nomem;
             memcpy(v, p->runs[r].v, p->runs[r].n * sizeof *v);
-            c->runs[c->nruns++] = (Run){v, p->runs[r].n, p->runs[r].n};
+            c->runs[c->nruns++] = (Run){v, p->runs[r].n, p->runs[r].n, NULL};
         }
     }
     return (PyObject *)c;
@@ -842,6 +943,33 @@ static PyObject *Period_packed(Period *p, PyObject *Py_UNUSED(ignored)) {
     return packed_run(run, n);
 }
 
+static size_t run_size(const LevelCount *run, size_t n, u64 prev);
+static unsigned char *run_put(unsigned char *b, const LevelCount *run, size_t n, u64 prev);
+
+/* p.compact_after(prev): (its levels compact, the first less prev; the last price written,
+   prev if none), see PyPeriod.compact_after: made straight from its run, with no 16 bytes a
+   level packed between */
+static PyObject *Period_compact_after(Period *p, PyObject *arg) {
+    u64 prev;
+    if (price_arg(arg, &prev) < 0 || period_settle(p) < 0) return NULL;
+    if (!period_chain(p) && period_compact(p) < 0) return NULL; /* (a chain: read in order) */
+    size_t size = 0;
+    u64 last = prev;
+    for (size_t r = 0; r < p->nruns; r++) {
+        size += run_size(p->runs[r].v, p->runs[r].n, last);
+        last = p->runs[r].v[p->runs[r].n - 1].price;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (!out) return NULL;
+    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(out);
+    last = prev;
+    for (size_t r = 0; r < p->nruns; r++) {
+        b = run_put(b, p->runs[r].v, p->runs[r].n, last);
+        last = p->runs[r].v[p->runs[r].n - 1].price;
+    }
+    return Py_BuildValue("(NK)", out, last);
+}
+
 /* v (n gains) sorted by price, equal prices summed, in place; the distinct prices left.
    Ascending already (a trending minute's): one pass. Else equal prices are summed first in a
    small PairMap (on the stack up to 256 slots), then the distinct ones sorted, so a minute
@@ -869,7 +997,7 @@ static size_t gains_sorted(LevelCount *v, size_t n) {
     return d;
 }
 
-static PyObject *compact_run(const LevelCount *run, size_t n);
+static PyObject *compact_run(const LevelCount *run, size_t n, u64 prev);
 
 /* the gains compact (sorted, a price once: the levels of a delta as stored) and forgotten; a
    large buffer is freed, so a flood's minute does not hold its peak. O(g + d log d) for g
@@ -878,13 +1006,13 @@ static PyObject *Period_take_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (period_settle(p) < 0) return NULL;
     if (!p->ngains && p->keeps_gains) { /* new highs alone (a trend's): the edge's, in order */
         size_t n = p->up_n - p->gains_up;
-        PyObject *out = compact_run(n ? p->up.v + p->gains_up : NULL, n);
+        PyObject *out = compact_run(n ? p->up.v + p->gains_up : NULL, n, 0);
         if (out) p->gains_up = p->up_n;
         return out;
     }
     if (gains_off_edge(p) < 0) return NULL;
     size_t n = gains_sorted(p->gains.v, p->ngains);
-    PyObject *out = compact_run(p->gains.v, n);
+    PyObject *out = compact_run(p->gains.v, n, 0);
     if (!out) {
         p->ngains = n; /* the same gains, summed */
         return NULL;
@@ -1032,7 +1160,9 @@ static PyObject *Period_check(Period *p, PyObject *Py_UNUSED(ignored)) {
     for (size_t r = 0; r < p->nruns; r++) {
         const Run *run = &p->runs[r];
         CHECK(run->n && run->n <= run->cap, "an empty run, or one beyond its room");
-        CHECK(!r || p->runs[r - 1].n > 2 * run->n, "a run not more than twice the next");
+        CHECK(!run->refs || *run->refs >= 1, "a shared run no run holds");
+        CHECK(!r || p->runs[r - 1].n > 2 * run->n || runs_chain(&p->runs[r - 1], run),
+              "a run neither more than twice the next nor wholly below it");
         CHECK(levels_in_order(run->v, run->n, 0, &sum, &high, &low),
               "a run: a level without trades, or not ascending");
     }
@@ -1067,6 +1197,7 @@ static PyMethodDef Period_methods[] = {
      "See PyPeriod.current_value."},
     {"items", (PyCFunction)Period_items, METH_NOARGS, "See PyPeriod.items."},
     {"packed", (PyCFunction)Period_packed, METH_NOARGS, "See PyPeriod.packed."},
+    {"compact_after", (PyCFunction)Period_compact_after, METH_O, "See PyPeriod.compact_after."},
     {"keep_gains", (PyCFunction)Period_keep_gains, METH_NOARGS, "See PyPeriod.keep_gains."},
     {"settle", (PyCFunction)Period_settle, METH_NOARGS, "See PyPeriod.settle."},
     {"take_gains", (PyCFunction)Period_take_gains, METH_NOARGS, "See PyPeriod.take_gains."},
@@ -1359,10 +1490,9 @@ static inline unsigned char *put_level(unsigned char *b, u64 *prev, u64 price, u
     return b;
 }
 
-/* how many bytes run_put makes of the n levels of run (ascending) */
-static size_t run_size(const LevelCount *run, size_t n) {
+/* how many bytes run_put makes of the n levels of run (ascending), the first less prev */
+static size_t run_size(const LevelCount *run, size_t n, u64 prev) {
     size_t size = 0;
-    u64 prev = 0;
     for (size_t i = 0; i < n; i++) {
         size += uvarint_size(run[i].price - prev) + uvarint_size((u64)run[i].count);
         prev = run[i].price;
@@ -1370,10 +1500,11 @@ static size_t run_size(const LevelCount *run, size_t n) {
     return size;
 }
 
-/* the n levels of run (ascending) compact at b, as compact_levels makes them */
-static void run_put(unsigned char *b, const LevelCount *run, size_t n) {
-    u64 prev = 0;
+/* the n levels of run (ascending) compact at b, as compact_levels makes them, the first less
+   prev: past them */
+static unsigned char *run_put(unsigned char *b, const LevelCount *run, size_t n, u64 prev) {
     for (size_t i = 0; i < n; i++) b = put_level(b, &prev, run[i].price, (u64)run[i].count);
+    return b;
 }
 
 /* [1, the seven fields, compact levels] of a period stored whole, its n levels those of run
@@ -1384,18 +1515,19 @@ static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n
         mp_u64(w, p->close_price) < 0 || mp_u64(w, p->high) < 0 || mp_u64(w, p->low) < 0 ||
         mp_i64(w, p->count) < 0)
         return -1;
-    size_t size = run_size(run, n);
+    size_t size = run_size(run, n, 0);
     if (mp_bin_head(w, size) < 0 || buf_need(w, size) < 0) return -1;
-    run_put(w->b + w->n, run, n);
+    run_put(w->b + w->n, run, n, 0);
     w->n += size;
     return 0;
 }
 
-/* the n levels of run (ascending) compact, as compact_levels makes them, in a bytes of their
-   own: straight from the levels, with no packed copy between. O(n) */
-static PyObject *compact_run(const LevelCount *run, size_t n) {
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)run_size(run, n));
-    if (out) run_put((unsigned char *)PyBytes_AS_STRING(out), run, n);
+/* the n levels of run (ascending) compact, as compact_levels makes them (the first less
+   prev), in a bytes of their own: straight from the levels, with no packed copy between.
+   O(n) */
+static PyObject *compact_run(const LevelCount *run, size_t n, u64 prev) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)run_size(run, n, prev));
+    if (out) run_put((unsigned char *)PyBytes_AS_STRING(out), run, n, prev);
     return out;
 }
 
@@ -1514,13 +1646,15 @@ static int chunks_value(Buf *w, PyObject *chunks) {
     return 0;
 }
 
-/* compact_levels(prices, counts): candles.compact_levels' twin (ValueError for lists of
-   other lengths than one level in 8 bytes each) */
+/* compact_levels(prices, counts, prev=0): candles.compact_levels' twin (ValueError for lists
+   of other lengths than one level in 8 bytes each) */
 PyObject *compact_levels(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "compact_levels(prices: bytes, counts: bytes)");
+    if (nargs < 2 || nargs > 3 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "compact_levels(prices: bytes, counts: bytes, prev=0)");
         return NULL;
     }
+    u64 prev = 0;
+    if (nargs == 3 && price_arg(args[2], &prev) < 0) return NULL;
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     if (n != PyBytes_GET_SIZE(args[1]) || n % 8) {
         PyErr_SetString(PyExc_ValueError, "compact_levels: prices and counts of 8 bytes each");
@@ -1528,7 +1662,6 @@ PyObject *compact_levels(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
     }
     Buf w;
     BUF_INIT(w);
-    u64 prev = 0;
     PyObject *out = NULL;
     if (buf_need(&w, 20 * ((size_t)n / 8)) == 0) {
         compact_into(&w, (const unsigned char *)PyBytes_AS_STRING(args[0]),

@@ -13,7 +13,7 @@ PyObject *line_alloc(PyTypeObject *type, Py_ssize_t Py_UNUSED(nitems)) {
 
 static PyMethodDef functions[] = {
     {"compact_levels", (PyCFunction)(void (*)(void))compact_levels, METH_FASTCALL,
-     "compact_levels(prices, counts): candles.compact_levels, compiled."},
+     "compact_levels(prices, counts, prev=0): candles.compact_levels, compiled."},
     {"expand_levels", (PyCFunction)expand_levels, METH_O,
      "expand_levels(data): candles.expand_levels, compiled."},
     {"merge_levels", (PyCFunction)(void (*)(void))merge_levels, METH_FASTCALL,

@@ -133,12 +133,14 @@ typedef struct {
     int shift;          /* 64 - log2(cap) */
 } PairMap;
 
-/* an ascending array of distinct levels, with room for cap: the newest run of a period takes
-   the levels that lie wholly above it (a trend's minute folded into its hour or day) in place,
-   its room grown by half again when short, so each such level is copied about twice in all */
+/* an ascending array of distinct levels, with room for cap. Its own (refs NULL), or shared
+   with other periods' runs (refs counts them: a retired minute's run that its hour and day
+   took as it is, a reader's copy): a shared array is never written, and freed by the last
+   run to let it go (run_release) */
 typedef struct {
     LevelCount *v;
     size_t n, cap;
+    size_t *refs;
 } Run;
 
 /* live trades a period holds back before it applies them: a live trade of the current minute
@@ -189,7 +191,8 @@ typedef struct Period {
     LevelList up, down;               /* trades above high / below low: appended, no lookup */
     PairMap levels;
     Run *runs;                        /* what folds and packed levels add: ascending runs, */
-    size_t nruns, capruns;            /* each at most half the one before (see _candles.c) */
+    size_t nruns, capruns;            /* each at most half the one before, or a chain (see
+                                         _candles.c) */
     /* the gains: the levels taken one trade at a time since take_gains, in the order they
        came (a run at one price: one entry), kept once keep_gains is called (a minute stored
        as deltas); a copy keeps none */

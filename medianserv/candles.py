@@ -337,6 +337,15 @@ class PyPeriod:
         return (b"".join(p.to_bytes(8, "big") for p in prices),
                 b"".join(levels[p].to_bytes(8, "big") for p in prices))  # fmt: skip
 
+    def compact_after(self, prev: int) -> tuple[bytes, int]:
+        """(its levels as :func:`compact_levels` makes them, the first price less ``prev``,
+        the last price written: ``prev`` if none): what :class:`Gathered` appends after
+        levels whose last price was ``prev``. The compiled twin makes them straight from its
+        levels, with no 16 bytes a level packed between. O(L log L)."""
+        prices, counts = self.packed()
+        last = int.from_bytes(prices[-8:], "big") if prices else prev
+        return compact_levels(prices, counts, prev), last
+
     def settle(self) -> None:
         """Apply the trades held back now. The compiled twin holds live trades back in a
         pending list whose ids run on one from the next (the per-trade path takes only the
@@ -477,18 +486,22 @@ def unpack(data: bytes) -> list[int]:
     return [int.from_bytes(data[i : i + 8], "big") for i in range(0, len(data), 8)]
 
 
-def compact_levels(prices: bytes, counts: bytes) -> bytes:
+def compact_levels(prices: bytes, counts: bytes, prev: int = 0) -> bytes:
     """Levels as :meth:`PyPeriod.packed` makes them (8-byte big-endian prices and counts)
     made compact, as a stored delta holds them: each price less the one before it (the
-    first less 0; modulo 2**64, so a list that does not ascend costs bytes, never
-    exactness), then its count, each a LEB128 varint. A delta's levels ascend within each
-    chunk, by a tick or a few, and most counts are small: a level takes 2-4 bytes, not 16,
-    which is what a flood's deltas cost the store (the pages it writes). ``ValueError`` for
-    lists of other lengths. O(n); the compiled twin ``_native.compact_levels``."""
+    first less ``prev``, 0 by default; modulo 2**64, so a list that does not ascend costs
+    bytes, never exactness), then its count, each a LEB128 varint. A delta's levels ascend
+    within each chunk, by a tick or a few, and most counts are small: a level takes 2-4
+    bytes, not 16, which is what a flood's deltas cost the store (the pages it writes).
+    With ``prev`` the last price of a list made before, the two joined are the compact
+    form of both: so levels are gathered compact as they come (:class:`Gathered`).
+    ``ValueError`` for lists of other lengths, ``OverflowError`` for ``prev`` outside
+    0..2**64-1. O(n); the compiled twin ``_native.compact_levels``."""
     if len(prices) != len(counts) or len(prices) % 8:
         raise ValueError("compact_levels: prices and counts of 8 bytes each")
+    if not 0 <= prev < 2**64:
+        raise OverflowError("compact_levels: prev outside 0..2**64-1")
     out = bytearray()
-    prev = 0
     for price, count in zip(unpack(prices), unpack(counts), strict=True):
         for v in ((price - prev) % 2**64, count):
             while v >= 0x80:
@@ -589,10 +602,50 @@ class Settled(NamedTuple):
     deltas: bool
 
 
+class Gathered:
+    """The levels an open hour or day gained since the last harvest (retired minutes, late
+    trades, an archive's partial day; a price may recur), gathered compact as they come:
+    each list's first price is written less the last price gathered before it
+    (:func:`compact_levels`' ``prev``), so the bytes are the compact form of all of them in
+    the order they came, byte for byte what compacting them joined makes, and its delta's
+    value as it is. A flood's retired minute costs its hour 2-3 bytes a level here, made
+    straight from its run (:meth:`PyPeriod.compact_after`), not 16 packed and compacted
+    later. O(1) a level."""
+
+    __slots__ = ("data", "last")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.last = 0  # the last price gathered (0: none yet)
+
+    def period(self, period: Any) -> None:
+        """Every level of ``period`` (its run, ascending). O(L), or O(L log L) to compact
+        the period first."""
+        data, self.last = period.compact_after(self.last)
+        self.data += data
+
+    def packed(self, prices: bytes, counts: bytes) -> None:
+        """Levels as :meth:`PyPeriod.packed` makes them. O(n)."""
+        if prices:
+            self.data += compact_levels(prices, counts, self.last)
+            self.last = int.from_bytes(prices[-8:], "big")
+
+    def level(self, price: int, times: int) -> None:
+        """``times`` trades at ``price``. O(1)."""
+        data = self.data
+        for v in ((price - self.last) % 2**64, times):
+            while v >= 0x80:
+                data.append(v & 0x7F | 0x80)
+                v >>= 7
+            data.append(v)
+        self.last = price
+
+
 class Delta(NamedTuple):
     """What an open period gained since the last harvest: its fields now and the levels
-    added (``chunks`` of (prices, counts), :meth:`PyPeriod.packed`'s; a price may recur; or
-    a minute's one chunk compact already, :meth:`PyPeriod.take_gains`'), stored as the
+    added (``chunks``: one compact bytes, an hour's or a day's :class:`Gathered`, or a
+    minute's :meth:`PyPeriod.take_gains`; or (prices, counts) as :meth:`PyPeriod.packed`
+    makes them, a price may recur), stored as the
     period's ``seq``-th delta: a stored period is its header and the sum of its deltas, so a
     harvest writes what changed (an hour's or a day's minutes retired, a large minute's new
     trades), not a period's every level again."""
@@ -780,9 +833,7 @@ class Candles:
         self.harvested_counts: tuple[int, ...] = ()  # counts() at the last harvest
         # of the open hours and days: levels added since the last harvest; of those and of the
         # minutes stored as deltas, the number of the next delta each will be stored as
-        self.pending: tuple[dict[int, list[tuple[bytes, bytes]]], ...] = (
-            {}, {}, {},
-        )  # fmt: skip
+        self.pending: tuple[dict[int, Gathered], ...] = ({}, {}, {})
         self.seq: dict[tuple[int, int], int] = {}
         # the earliest end of an open period at the last full harvest, or -1 (take a full one
         # next): until the latest trade reaches it, a harvest has only the current minute to
@@ -832,14 +883,13 @@ class Candles:
             return
         minute.settle()  # its pending ids run on: this one is not among them
         self.total += times
-        level = (price.to_bytes(8, "big"), times.to_bytes(8, "big"))
         for k in (MINUTE, HOUR, DAY):  # a late trade: into its own periods
             start = period_start(time_ms, k)
             if k == DAY and self.unfolded == period_start(time_ms, HOUR):
                 break  # its hour takes it to the day later
             self._period(k, start).add(lo, hi, price, times)
             if k != MINUTE:
-                self.pending[k].setdefault(start, []).append(level)
+                self._gathered(k, start).level(price, times)
 
     def add_outside(self, trades: int) -> None:
         """``trades`` the symbol counted without their times (a store written before
@@ -884,7 +934,7 @@ class Candles:
             else:
                 assert packed is not None
                 self._period(DAY, start).fold(period)
-                self.pending[DAY].setdefault(start, []).append(packed)
+                self._gathered(DAY, start).packed(*packed)
             self.history += day.trades
             if day.first_ms < self.first_ms or self.first_ms < 0:
                 self.first_ms = day.first_ms
@@ -922,14 +972,13 @@ class Candles:
         self.open[MINUTE][minute.start] = minute
         self.total += minute.count
         self.dirty[MINUTE].add(minute.start)  # (over_at: _period below sets it)
-        levels = minute.packed()
         hour = period_start(minute.start, HOUR)
+        self._gathered(HOUR, hour).period(minute)  # (compacts the minute: its fold copies one run)
         self._period(HOUR, hour).fold(minute)
-        self.pending[HOUR].setdefault(hour, []).append(levels)
         if hour != self.unfolded:
             day = period_start(minute.start, DAY)
+            self._gathered(DAY, day).period(minute)
             self._period(DAY, day).fold(minute)
-            self.pending[DAY].setdefault(day, []).append(levels)
 
     def _enter(self, start: int) -> None:
         """The current minute is (or a minute retiring was) the one at ``start``: if its hour
@@ -946,10 +995,18 @@ class Candles:
             period = self.open[HOUR].get(unfolded)
             if period is not None and period.count:
                 day = period_start(unfolded, DAY)
+                self._gathered(DAY, day).period(period)
                 self._period(DAY, day).fold(period)
-                self.pending[DAY].setdefault(day, []).append(period.packed())
         # an hour the book holds already has had its minutes folded straight into its day
         self.unfolded = None if hour in self.open[HOUR] else hour
+
+    def _gathered(self, k: int, start: int) -> Gathered:
+        """The levels the open hour or day (``k``) at ``start`` gained since the last
+        harvest (made if none yet). O(1)."""
+        gathered = self.pending[k].get(start)
+        if gathered is None:
+            gathered = self.pending[k][start] = Gathered()
+        return gathered
 
     def _period(self, k: int, start: int) -> Any:
         """The open period of interval ``k`` at ``start`` (made if new), marked changed."""
@@ -1179,7 +1236,8 @@ class Candles:
         start = period.start
         seq = self.seq.get((k, start))
         if k != MINUTE:
-            chunks = self.pending[k].pop(start, [])
+            gathered = self.pending[k].pop(start, None)
+            chunks = [] if gathered is None else [bytes(gathered.data)]
         elif seq is not None:
             chunks = [period.take_gains()]
         else:

@@ -220,6 +220,67 @@ def test_every_read_of_a_period_sees_every_trade_added(ops: list[tuple[str, int,
     assert dict(zip(prices, counts, strict=True)) == Counter(trades)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["minute", "minute", "late", "read", "copy", "drop",
+                                           "day", "compact"]),
+                          st.integers(0, 3), st.sampled_from([1, 2, 700, 1100, 2500])),
+                max_size=40))  # fmt: skip
+def test_periods_sharing_the_runs_they_took_each_keep_their_own_levels(
+    ops: list[tuple[str, int, int]],
+) -> None:
+    """Minutes of many levels folded into an hour and a day (the compiled twin shares a large
+    run rather than copying it: the minute, its hour and its day then hold one array), with
+    late trades into any of them, reads that compact them, copies, periods dropped (the last
+    one holding an array frees it) and the hour folded into its day at any point: each period
+    still holds exactly its own trades, by both twins, and its layout checks."""
+    for kind in PERIODS:
+        hour, day = kind(0, 3_600_000), kind(0, 86_400_000)
+        live: dict[str, tuple[Any, Counter[int]]] = {"hour": (hour, Counter()),
+                                                     "day": (day, Counter())}  # fmt: skip
+        top = 10**9
+        for i, (op, which, n) in enumerate(ops):
+            names = sorted(live)
+            name = names[which % len(names)]
+            period, held = live[name]
+            if op == "minute":  # a trend's (above all before) or one over the levels before
+                base = top if which % 2 else 10**9 + 3 * i
+                minute = kind(60_000 * i, 60_000)
+                for j in range(n):
+                    minute.add(i, i, base + 2 * j, 1 + j % 3)
+                top = max(top, base + 2 * n)
+                levels = Counter({base + 2 * j: 1 + j % 3 for j in range(n)})
+                minute.compact_after(0)  # (retired: its levels one run, as the book leaves them)
+                for into in ("hour", "day"):
+                    if into in live:
+                        live[into][0].fold(minute)
+                        live[into][1].update(levels)
+                live[f"m{i}"] = (minute, levels)
+            elif op == "late":
+                period.add(i, i, 10**9 + 5 * i, 2)
+                held[10**9 + 5 * i] += 2
+            elif op == "read":
+                prices, counts = period.items()
+                assert dict(zip(prices, counts, strict=True)) == held
+            elif op == "copy":
+                live[f"c{i}"] = (period.copy(), held.copy())
+            elif op == "drop" and name not in ("hour", "day"):
+                del live[name]
+                del period
+            elif op == "day" and "hour" in live:  # the hour over: its day takes it
+                day.fold(hour)
+                live["day"][1].update(live["hour"][1])
+                del live["hour"]
+                hour = None
+            elif op == "compact":
+                period.compact_after(7)
+            for p, _ in live.values():
+                p._check()
+        for p, levels in live.values():
+            prices, counts = p.items()
+            assert dict(zip(prices, counts, strict=True)) == levels
+            assert p.count == sum(levels.values())
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(0, 2**64 - 1), min_size=130, max_size=700),
        st.integers(0, 2**64 - 1), st.integers(0, 4))  # fmt: skip
@@ -465,7 +526,11 @@ class FakeStore:
             if isinstance(value, CandleRow):
                 continue
             if value[0] == "delta":
-                chunks = [c for _, cs in sorted(self.deltas[(k, start)].items()) for c in cs]
+                chunks = [
+                    py_expand(c) if isinstance(c, bytes) else c
+                    for _, cs in sorted(self.deltas[(k, start)].items())
+                    for c in cs
+                ]
                 prices, counts = b"".join(c[0] for c in chunks), b"".join(c[1] for c in chunks)
                 period = restore_packed(start, LENGTHS[k], value[1], prices, counts)
                 seqs.append((k, start, value[2]))
@@ -617,7 +682,7 @@ def test_a_day_takes_each_hour_once_when_the_stream_leaves_it(compiled: bool) ->
         candles = state.candles
         for _, _, delta in [] if isinstance(candles, bytes) else candles.periods[2]:
             assert isinstance(delta, Delta)
-            counts = b"".join(c for _, c in delta.chunks)
+            counts = b"".join(py_expand(c)[1] for c in delta.chunks)
             days.append((t, [int.from_bytes(counts[j : j + 8]) for j in range(0, len(counts), 8)]))
         (day,) = stats.candle_rows(2, 0, 2**62)[0]
         assert day.trades == i + 1 - (i > 3) + (i >= 7)
@@ -1311,6 +1376,50 @@ def test_compact_levels_give_back_every_level_exactly(
     if c_compact is not None:
         assert c_compact(prices, counts) == data
         assert c_expand(data) == (prices, counts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_levels, max_size=4), st.integers(0, 2**64 - 1))
+def test_compact_levels_made_after_a_price_join_into_the_compact_form_of_all(
+    lists: list[list[tuple[int, int]]], start: int
+) -> None:
+    """Lists made compact each after the last price of the one before (``prev``), joined:
+    the bytes compact_levels makes of all of them at once, by both twins; and what a
+    Gathered gathers of periods, packed levels and single trades in turn is those bytes
+    too (what an hour's delta stores)."""
+    twins = [py_compact] + ([c_compact] if c_compact is not None else [])
+    for compact in twins:
+        joined, prev = b"", 0
+        for levels in lists:
+            joined += compact(_be([p for p, _ in levels]), _be([c for _, c in levels]), prev)
+            prev = levels[-1][0] if levels else prev
+        every = [level for levels in lists for level in levels]
+        assert joined == py_compact(_be([p for p, _ in every]), _be([c for _, c in every]))
+        with pytest.raises(OverflowError):
+            compact(b"", b"", 2**64)
+    for kind in PERIODS:
+        gathered, every = candles.Gathered(), []
+        gathered.level(start, 3)
+        every.append((start, 3))
+        for i, levels in enumerate(lists):
+            if i % 2:
+                gathered.packed(_be([p for p, _ in levels]), _be([c for _, c in levels]))
+                every += levels
+                continue
+            levels = [(price, count % 1000 + 1) for price, count in levels]  # (a trade's)
+            period = kind(0, 60_000)
+            for price, count in levels:
+                period.add(i, i, price, count)
+            data, last = period.compact_after(gathered.last)
+            assert last == (max(period.items()[0], default=gathered.last))
+            assert data == py_compact(*period.packed(), gathered.last)
+            gathered.period(period)
+            held = Counter[int]()
+            for price, count in levels:
+                held[price] += count
+            every += sorted(held.items())
+        assert bytes(gathered.data) == py_compact(_be([p for p, _ in every]),
+                                                  _be([c for _, c in every]))  # fmt: skip
 
 
 @pytest.mark.parametrize("n", [0, 1, 40, 1000])
