@@ -973,7 +973,7 @@ class Candles:
         self.total += minute.count
         self.dirty[MINUTE].add(minute.start)  # (over_at: _period below sets it)
         hour = period_start(minute.start, HOUR)
-        self._gathered(HOUR, hour).period(minute)  # (compacts the minute: its fold copies one run)
+        self._gathered(HOUR, hour).period(minute)  # (compacts the minute: its fold takes one run)
         self._period(HOUR, hour).fold(minute)
         if hour != self.unfolded:
             day = period_start(minute.start, DAY)
