@@ -354,24 +354,6 @@ static size_t sort_levels(LevelCount *v, size_t n) {
     return k;
 }
 
-/* the union of runs a and b, equal prices summed, into out (room for na + nb): its length */
-static size_t merge_runs(const LevelCount *a, size_t na, const LevelCount *b, size_t nb,
-                         LevelCount *out) {
-    size_t i = 0, j = 0, k = 0;
-    while (i < na && j < nb) {
-        if (a[i].price < b[j].price) out[k++] = a[i++];
-        else if (b[j].price < a[i].price) out[k++] = b[j++];
-        else {
-            out[k] = a[i++];
-            out[k++].count += b[j++].count;
-        }
-    }
-    if (i < na) memcpy(out + k, a + i, (na - i) * sizeof *out);
-    k += na - i;
-    if (j < nb) memcpy(out + k, b + j, (nb - j) * sizeof *out);
-    return k + nb - j;
-}
-
 /* the union of run a and the chain of nr runs (each wholly above the one before), equal prices
    summed, into out (room for all): its length. One pass, however many runs the chain holds */
 static size_t merge_chain(const LevelCount *a, size_t na, const Run *runs, size_t nr,
@@ -393,6 +375,13 @@ static size_t merge_chain(const LevelCount *a, size_t na, const Run *runs, size_
     }
     if (i < na) memcpy(out + k, a + i, (na - i) * sizeof *out);
     return k + na - i;
+}
+
+/* the union of runs a and b, equal prices summed, into out (room for na + nb): its length */
+static size_t merge_runs(const LevelCount *a, size_t na, const LevelCount *b, size_t nb,
+                         LevelCount *out) {
+    const Run one = {(LevelCount *)b, nb, nb, NULL};
+    return merge_chain(a, na, &one, 1, out);
 }
 
 /* run r's array let go: freed unless other runs share it still; r emptied */
@@ -997,7 +986,7 @@ static size_t gains_sorted(LevelCount *v, size_t n) {
     return d;
 }
 
-static PyObject *compact_run(const LevelCount *run, size_t n, u64 prev);
+static PyObject *compact_run(const LevelCount *run, size_t n);
 
 /* the gains compact (sorted, a price once: the levels of a delta as stored) and forgotten; a
    large buffer is freed, so a flood's minute does not hold its peak. O(g + d log d) for g
@@ -1006,13 +995,13 @@ static PyObject *Period_take_gains(Period *p, PyObject *Py_UNUSED(ignored)) {
     if (period_settle(p) < 0) return NULL;
     if (!p->ngains && p->keeps_gains) { /* new highs alone (a trend's): the edge's, in order */
         size_t n = p->up_n - p->gains_up;
-        PyObject *out = compact_run(n ? p->up.v + p->gains_up : NULL, n, 0);
+        PyObject *out = compact_run(n ? p->up.v + p->gains_up : NULL, n);
         if (out) p->gains_up = p->up_n;
         return out;
     }
     if (gains_off_edge(p) < 0) return NULL;
     size_t n = gains_sorted(p->gains.v, p->ngains);
-    PyObject *out = compact_run(p->gains.v, n, 0);
+    PyObject *out = compact_run(p->gains.v, n);
     if (!out) {
         p->ngains = n; /* the same gains, summed */
         return NULL;
@@ -1522,12 +1511,11 @@ static int whole_levels(Buf *w, const Period *p, const LevelCount *run, size_t n
     return 0;
 }
 
-/* the n levels of run (ascending) compact, as compact_levels makes them (the first less
-   prev), in a bytes of their own: straight from the levels, with no packed copy between.
-   O(n) */
-static PyObject *compact_run(const LevelCount *run, size_t n, u64 prev) {
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)run_size(run, n, prev));
-    if (out) run_put((unsigned char *)PyBytes_AS_STRING(out), run, n, prev);
+/* the n levels of run (ascending) compact, as compact_levels makes them, in a bytes of their
+   own: straight from the levels, with no packed copy between. O(n) */
+static PyObject *compact_run(const LevelCount *run, size_t n) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)run_size(run, n, 0));
+    if (out) run_put((unsigned char *)PyBytes_AS_STRING(out), run, n, 0);
     return out;
 }
 
