@@ -166,11 +166,10 @@ class DayCandle(NamedTuple):
 
 class Landing(NamedTuple):
     """A :class:`DayCandle` made ready to enter a book (:meth:`Candles.add_days`): a partial
-    day's levels as a period of the type in use and as stored bytes; None for a whole day."""
+    day's levels as a period of the type in use; None for a whole day."""
 
     day: DayCandle
     period: Any
-    packed: tuple[bytes, bytes] | None
 
 
 def landings(days: Iterable[DayCandle]) -> list[Landing]:
@@ -179,13 +178,13 @@ def landings(days: Iterable[DayCandle]) -> list[Landing]:
     out = []
     for day in days:
         if day.twice_median is not None:
-            out.append(Landing(day, None, None))
+            out.append(Landing(day, None))
             continue
         fields = (day.open_id, day.open_price, day.close_id, day.close_price, day.high,
                   day.low, day.trades)  # fmt: skip
-        packed = (_big_endian(day.prices), _big_endian(day.counts))
-        out.append(Landing(day, restore_packed(day.start, _LENGTHS[DAY], fields, *packed),
-                           packed))  # fmt: skip
+        out.append(Landing(day, restore_packed(day.start, _LENGTHS[DAY], fields,
+                                               _big_endian(day.prices),
+                                               _big_endian(day.counts))))  # fmt: skip
     return out
 
 
@@ -503,13 +502,18 @@ def compact_levels(prices: bytes, counts: bytes, prev: int = 0) -> bytes:
         raise OverflowError("compact_levels: prev outside 0..2**64-1")
     out = bytearray()
     for price, count in zip(unpack(prices), unpack(counts), strict=True):
-        for v in ((price - prev) % 2**64, count):
-            while v >= 0x80:
-                out.append(v & 0x7F | 0x80)
-                v >>= 7
-            out.append(v)
+        _put_uvarint(out, (price - prev) % 2**64)
+        _put_uvarint(out, count)
         prev = price
     return bytes(out)
+
+
+def _put_uvarint(out: bytearray, v: int) -> None:
+    """``v`` (0..2**64-1) appended to ``out`` as a LEB128 varint. O(1)."""
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
 
 
 def expand_levels(data: bytes) -> tuple[bytes, bytes]:
@@ -624,20 +628,10 @@ class Gathered:
         data, self.last = period.compact_after(self.last)
         self.data += data
 
-    def packed(self, prices: bytes, counts: bytes) -> None:
-        """Levels as :meth:`PyPeriod.packed` makes them. O(n)."""
-        if prices:
-            self.data += compact_levels(prices, counts, self.last)
-            self.last = int.from_bytes(prices[-8:], "big")
-
     def level(self, price: int, times: int) -> None:
         """``times`` trades at ``price``. O(1)."""
-        data = self.data
-        for v in ((price - self.last) % 2**64, times):
-            while v >= 0x80:
-                data.append(v & 0x7F | 0x80)
-                v >>= 7
-            data.append(v)
+        _put_uvarint(self.data, (price - self.last) % 2**64)
+        _put_uvarint(self.data, times)
         self.last = price
 
 
@@ -910,7 +904,7 @@ class Candles:
         O(days + levels of the partial ones)."""
         self.drain()
         self.over_at = self.quiet_until = -1
-        for day, period, packed in days:
+        for day, period in days:
             placed = 0 <= day.open_id <= day.close_id < LIMIT and not (
                 day.start < self.sealed[1] and self.sealed[0] < day.start + _LENGTHS[DAY]
             )  # a day meeting the sealed periods: which of its trades fall in them is unknown
@@ -932,9 +926,8 @@ class Candles:
                 self.landed[start] = day.row()
                 self.settled[DAY] += day.trades
             else:
-                assert packed is not None
+                self._gathered(DAY, start).period(period)
                 self._period(DAY, start).fold(period)
-                self._gathered(DAY, start).packed(*packed)
             self.history += day.trades
             if day.first_ms < self.first_ms or self.first_ms < 0:
                 self.first_ms = day.first_ms

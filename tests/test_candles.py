@@ -1385,8 +1385,8 @@ def test_compact_levels_made_after_a_price_join_into_the_compact_form_of_all(
 ) -> None:
     """Lists made compact each after the last price of the one before (``prev``), joined:
     the bytes compact_levels makes of all of them at once, by both twins; and what a
-    Gathered gathers of periods, packed levels and single trades in turn is those bytes
-    too (what an hour's delta stores)."""
+    Gathered gathers of periods and single trades in turn is those bytes too (what an
+    hour's delta stores)."""
     twins = [py_compact] + ([c_compact] if c_compact is not None else [])
     for compact in twins:
         joined, prev = b"", 0
@@ -1402,8 +1402,9 @@ def test_compact_levels_made_after_a_price_join_into_the_compact_form_of_all(
         gathered.level(start, 3)
         every.append((start, 3))
         for i, levels in enumerate(lists):
-            if i % 2:
-                gathered.packed(_be([p for p, _ in levels]), _be([c for _, c in levels]))
+            if i % 2:  # late trades, a level each, in any order
+                for price, count in levels:
+                    gathered.level(price, count)
                 every += levels
                 continue
             levels = [(price, count % 1000 + 1) for price, count in levels]  # (a trade's)
