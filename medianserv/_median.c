@@ -98,9 +98,8 @@ static void map_free(Map *m) {
     memset(m, 0, sizeof *m);
 }
 
-/* -- the record of levels touched: a map that never rehashes all at once -------------------- */
+/* -- the record of levels touched: tables never rehashed ------------------------------------ */
 
-#define MOVE_SLOTS 16           /* of old's slots, looked at by each put */
 #define MAPPED (1u << 16)       /* bytes from which a record's table is mapped, not allocated */
 
 /* zeroed memory that costs nothing until touched: above MAPPED bytes the kernel's pages,
@@ -132,8 +131,6 @@ static void table_free(Map *m) {
     memset(m, 0, sizeof *m);
 }
 
-#define PAGE 4096
-
 /* key -> v in a map known to have room (no growth): insert or overwrite */
 static void map_set_in_room(Map *m, u64 key, i64 v, int only_if_absent) {
     size_t mask = m->cap - 1, j = map_home(m, key);
@@ -160,51 +157,24 @@ static int table_new(Map *m, size_t cap, int shift) {
     return 0;
 }
 
-/* key's count becomes v: O(1), never more than MOVE_SLOTS slots of a rehash nor two pages
- * of a successor's to touch; -1 (memory) */
+/* key's count becomes v: O(1) amortised, one table written (a full one is kept as it is and
+ * one twice its size takes the puts: no entry is ever moved, so a put touches one line of
+ * one table); -1 (memory) */
 static int record_put(Record *r, u64 key, i64 v) {
-    if (r->old.cap) { /* move a few of old's entries over, unless cur has a newer one */
-        size_t end = r->cursor + MOVE_SLOTS < r->old.cap ? r->cursor + MOVE_SLOTS : r->old.cap;
-        for (; r->cursor < end; r->cursor++) {
-            size_t j = r->cursor;
-            if (!r->old.vals[j]) continue;
-            map_set_in_room(&r->cur, r->old.keys[j], r->old.vals[j], 1);
-            r->old.vals[j] = 0;
-            r->old.used--;
-        }
-        if (r->cursor == r->old.cap) { /* moved: a large one is kept, freed off the lock */
-            Map *dead = r->old.cap * sizeof(u64) >= MAPPED
-                            ? realloc(r->dead, (r->ndead + 1) * sizeof *r->dead) : NULL;
-            if (dead) {
-                r->dead = dead;
-                r->dead[r->ndead++] = r->old;
-                memset(&r->old, 0, sizeof r->old);
-            } else table_free(&r->old);
-            r->cursor = 0;
-        }
-    }
-    size_t bytes = r->cur.cap * 2 * sizeof(u64); /* each array of the successor */
-    if (bytes >= MAPPED && 8 * (r->cur.used + 1) > 3 * r->cur.cap) { /* 3/8 full: prepare */
-        if (!r->next.cap && table_new(&r->next, r->cur.cap * 2, r->cur.shift - 1) < 0) return -1;
-        /* a page of each array every 16 new keys: cap/8 of them come before cur is full, and
-         * the arrays are cap/256 pages each, so all are in before they are needed */
-        if (r->ready < bytes && r->cur.used % 16 == 0) {
-            ((volatile char *)r->next.keys)[r->ready] = 0;
-            ((volatile char *)r->next.vals)[r->ready] = 0;
-            r->ready += PAGE;
-        }
-    }
-    if (2 * (r->cur.used + 1) > r->cur.cap) { /* full: it becomes old, a twice larger one cur */
-        if (r->old.cap) return -1; /* not reached: old is moved long before cur fills */
-        Map fresh = r->next;
-        if (!fresh.cap && table_new(&fresh, r->cur.cap ? r->cur.cap * 2 : 8,
-                                    r->cur.cap ? r->cur.shift - 1 : 64 - 3) < 0)
+    if (2 * (r->cur.used + 1) > r->cur.cap) {
+        Map fresh;
+        if (table_new(&fresh, r->cur.cap ? r->cur.cap * 2 : 8, r->cur.cap ? r->cur.shift - 1 : 64 - 3) < 0)
             return -1;
-        memset(&r->next, 0, sizeof r->next);
-        r->ready = 0;
-        r->old = r->cur;
+        if (r->cur.cap) {
+            Map *full = realloc(r->full, (r->nfull + 1) * sizeof *r->full);
+            if (!full) {
+                table_free(&fresh);
+                return -1;
+            }
+            r->full = full;
+            r->full[r->nfull++] = r->cur;
+        }
         r->cur = fresh;
-        r->cursor = 0;
     }
     map_set_in_room(&r->cur, key, v, 0);
     return 0;
@@ -212,12 +182,10 @@ static int record_put(Record *r, u64 key, i64 v) {
 
 static void record_free(Record *r) {
     table_free(&r->cur);
-    table_free(&r->old);
-    table_free(&r->next);
-    for (size_t i = 0; i < r->ndead; i++) table_free(&r->dead[i]);
-    free(r->dead);
-    r->dead = NULL;
-    r->ndead = r->cursor = r->ready = 0;
+    for (size_t i = 0; i < r->nfull; i++) table_free(&r->full[i]);
+    free(r->full);
+    r->full = NULL;
+    r->nfull = 0;
 }
 
 /* removes the key in slot j (backward-shift deletion: no tombstones) */
@@ -1404,9 +1372,9 @@ typedef struct {
     Record record;      /* as the median left it: its tables are made one when read */
 } Levels;
 
-/* whether any of the record's tables is mapped (MAPPED bytes or more) */
+/* whether any of the record's tables is mapped (MAPPED bytes or more): the largest is cur */
 static int record_mapped(const Record *r) {
-    return r->ndead || (r->cur.cap | r->old.cap | r->next.cap) * sizeof(u64) >= MAPPED;
+    return r->cur.cap * sizeof(u64) >= MAPPED;
 }
 
 static void Levels_dealloc(Levels *l) {
@@ -1425,23 +1393,68 @@ typedef struct {
     i64 c;
 } Pair;
 
-/* every level of a record once, with its latest count (cur's, else old's): a new array */
-static Pair *record_pairs(const Record *r, size_t *n) {
-    Pair *out = malloc((r->cur.used + r->old.used + 1) * sizeof *out);
-    if (!out) return NULL;
+static int cmp_pair(const void *a, const void *b) {
+    u64 x = ((const Pair *)a)->p, y = ((const Pair *)b)->p;
+    return x < y ? -1 : x > y;
+}
+
+/* a table's levels and counts, ascending, into out: how many */
+static size_t table_pairs(const Map *t, Pair *out) {
     size_t k = 0;
-    for (size_t i = 0; i < r->cur.cap; i++)
-        if (r->cur.vals[i]) {
-            out[k].p = r->cur.keys[i];
-            out[k++].c = r->cur.vals[i];
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->vals[i]) out[k++] = (Pair){t->keys[i], t->vals[i]};
+    qsort(out, k, sizeof *out, cmp_pair);
+    return k;
+}
+
+/* the levels of a and of b (newer: its count wins where both hold a level), ascending, into
+   out: how many. O(na + nb) */
+static size_t merge_newer(const Pair *a, size_t na, const Pair *b, size_t nb, Pair *out) {
+    size_t i = 0, j = 0, k = 0;
+    while (i < na && j < nb) {
+        if (a[i].p < b[j].p) out[k++] = a[i++];
+        else {
+            i += a[i].p == b[j].p; /* the older count dropped */
+            out[k++] = b[j++];
         }
-    for (size_t i = 0; i < r->old.cap; i++)
-        if (r->old.vals[i] && map_find(&r->cur, r->old.keys[i]) == SIZE_MAX) {
-            out[k].p = r->old.keys[i];
-            out[k++].c = r->old.vals[i];
-        }
+    }
+    while (i < na) out[k++] = a[i++];
+    while (j < nb) out[k++] = b[j++];
+    return k;
+}
+
+/* every level of a record once, with its latest count (that of the newest table holding
+   it), ascending: a new array. Each table is sorted alone and merged into the older ones
+   before it, oldest first: O(t log t) for the t entries of all its tables (twice as large
+   each as the one before, so the merges copy each about twice) */
+static Pair *record_pairs(const Record *r, size_t *n) {
+    size_t total = r->cur.used;
+    for (size_t i = 0; i < r->nfull; i++) total += r->full[i].used;
+    Pair *acc = malloc((total + 1) * sizeof *acc);
+    if (!acc) return NULL;
+    if (!r->nfull) {
+        *n = table_pairs(&r->cur, acc);
+        return acc;
+    }
+    Pair *part = malloc((total + 1) * sizeof *part), *other = malloc((total + 1) * sizeof *other);
+    if (!part || !other) {
+        free(acc);
+        free(part);
+        free(other);
+        return NULL;
+    }
+    size_t k = table_pairs(&r->full[0], acc);
+    for (size_t t = 1; t <= r->nfull; t++) {
+        size_t np = table_pairs(t == r->nfull ? &r->cur : &r->full[t], part);
+        k = merge_newer(acc, k, part, np, other);
+        Pair *was = acc;
+        acc = other;
+        other = was;
+    }
+    free(part);
+    free(other);
     *n = k;
-    return out;
+    return acc;
 }
 
 static Py_ssize_t Levels_len(Levels *l) {
@@ -1455,28 +1468,24 @@ static Py_ssize_t Levels_len(Levels *l) {
     return (Py_ssize_t)n;
 }
 
-static int cmp_pair(const void *a, const void *b) {
-    u64 x = ((const Pair *)a)->p, y = ((const Pair *)b)->p;
-    return x < y ? -1 : x > y;
-}
-
-/* the levels ascending and their counts, as native bytes; sorted without the GIL (no other
- * thread holds this object: its median handed it over) */
-/* pairs from which sorted_bytes sorts without the interpreter held (a millisecond or so);
+/* entries from which sorted_bytes sorts without the interpreter held (a millisecond or so);
    fewer are sorted holding it: a snapshot sorts one record a symbol, and under a flood each
    hand-back waits on busy readers */
 #define SORT_ALONE 16384
 
+/* the levels ascending and their counts, as native bytes; a large record sorted without the
+ * interpreter held (no other thread holds this object: its median handed it over) */
 static PyObject *Levels_sorted_bytes(Levels *l, PyObject *Py_UNUSED(ignored)) {
-    size_t n;
-    Pair *pairs = record_pairs(&l->record, &n);
-    if (!pairs) return PyErr_NoMemory();
-    if (n >= SORT_ALONE) {
+    size_t n, entries = l->record.cur.used;
+    for (size_t i = 0; i < l->record.nfull; i++) entries += l->record.full[i].used;
+    Pair *pairs;
+    if (entries >= SORT_ALONE) {
         Py_BEGIN_ALLOW_THREADS
-        qsort(pairs, n, sizeof *pairs, cmp_pair);
+        pairs = record_pairs(&l->record, &n);
         Py_END_ALLOW_THREADS
     } else
-        qsort(pairs, n, sizeof *pairs, cmp_pair);
+        pairs = record_pairs(&l->record, &n);
+    if (!pairs) return PyErr_NoMemory();
     PyObject *pb = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
     PyObject *cb = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
     if (pb && cb) {
@@ -1799,7 +1808,6 @@ static PyObject *touched_list(const Record *t) {
     size_t n;
     Pair *pairs = record_pairs(t, &n);
     if (!pairs) return PyErr_NoMemory();
-    qsort(pairs, n, sizeof *pairs, cmp_pair);
     PyObject *out = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; out && i < n; i++) {
         PyObject *pair = Py_BuildValue("(KL)", (unsigned long long)pairs[i].p, (long long)pairs[i].c);
@@ -1828,8 +1836,8 @@ static size_t cold_nbytes(const Cold *s) {
 static PyObject *Median_nbytes(Median *m, PyObject *Py_UNUSED(ignored)) {
     size_t n = sizeof(Median) + (m->caplow + m->caphigh) * sizeof(u64);
     n += (m->low_counts.cap + m->high_counts.cap) * 16;
-    n += (m->touched.cur.cap + m->touched.old.cap + m->touched.next.cap) * 16;
-    for (size_t i = 0; i < m->touched.ndead; i++) n += m->touched.dead[i].cap * 16;
+    n += m->touched.cur.cap * 16 + m->touched.nfull * sizeof(Map);
+    for (size_t i = 0; i < m->touched.nfull; i++) n += m->touched.full[i].cap * 16;
     n += cold_nbytes(&m->cold_low) + cold_nbytes(&m->cold_high);
     return PyLong_FromSize_t(n);
 }

@@ -42,20 +42,18 @@ typedef struct {
     int shift;          /* 64 - log2(cap) */
 } Map;
 
-/* a Map that grows without a stall: when `cur` is full it becomes `old`, a table twice the
- * size takes its place, and every put moves a few of `old`'s entries over (Redis's
- * incremental rehash); a key is only ever looked up in `cur`, so an entry of `old` whose key
- * `cur` holds already is older and dropped. A large table's successor is mapped before it
- * is needed and its pages touched a few at a time, and a large old one, once moved, is kept
- * until the record is handed over and freed then by whoever took it, off the lock: no put
- * pays for zeroing or unmapping megabytes. */
+/* a Map that grows without a stall and without moving an entry: when `cur` is half full it
+ * is kept as it is, among `full`, and a table twice its size takes the puts; a key is only
+ * ever put in `cur`, so a level put again after its table filled is in two, and the newest
+ * table's count is the one read (record_pairs). A put writes one slot of one table: no
+ * entry moved from a table before (each would be a second random write a level, where every
+ * trade is a new one), no table rehashed. The tables together have fewer than twice the
+ * slots of the last; a large one is mapped, its pages zeroed as they are first written,
+ * and all are freed by whoever takes the record, off the lock. */
 typedef struct {
-    Map cur, old;
-    size_t cursor;      /* old's slots below it are moved */
-    Map next;           /* a large cur's successor, mapped early and touched a page at a time */
-    size_t ready;       /* bytes of next's two arrays touched so far */
-    Map *dead;          /* large olds, moved: unmapped with the record, off the lock */
-    size_t ndead;
+    Map cur;
+    Map *full;          /* the tables filled before cur, oldest first: never written again */
+    size_t nfull;
 } Record;
 
 /* one cold chunk: n levels, prices ascending, in one block with room for cap of each */

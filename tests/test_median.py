@@ -336,6 +336,36 @@ def test_every_operation_equals_the_oracle(
     assert (back.count, back.twice_median) == (m.count, m.twice_median)
 
 
+@given(
+    st.lists(st.integers(0, 400), min_size=1, max_size=600),
+    st.lists(st.integers(0, 2**64 - 1), max_size=3),
+    st.sampled_from([{}, *TINY]),
+)
+@settings(max_examples=60)
+def test_the_record_of_levels_touched_holds_each_level_once_at_its_newest_count(
+    twin: Any, prices: list[int], extremes: list[int], options: dict[str, int]
+) -> None:
+    """Many levels, each added again long after its first add (the compiled record keeps a
+    filled table as it is and puts a level added again in a newer one, so one level may sit
+    in several tables): what take_touched hands over is every level added to once, at its
+    count now, ascending in sorted_bytes; the next record holds only what came after."""
+    m = twin(**options)
+    values: Counter[int] = Counter()
+    for p in [*extremes, *prices, *reversed(prices)]:  # each added again after the rest
+        m.add(p)
+        values[p] += 1
+    touched = m.take_touched()
+    assert touched.to_dict() == dict(values)
+    got_prices, got_counts = touched.sorted_bytes()
+    assert np.frombuffer(got_prices, np.uint64).tolist() == sorted(values)
+    assert np.frombuffer(got_counts, np.int64).tolist() == [values[p] for p in sorted(values)]
+    assert m.take_touched().to_dict() == {}
+    m.add(prices[0], 2)
+    values[prices[0]] += 2
+    assert m.take_touched().to_dict() == {prices[0]: values[prices[0]]}
+    m._check()
+
+
 @pytest.mark.skipif(CRunningMedian is None, reason="the compiled twin was not built at install")
 @given(ops, st.sampled_from([{}, *TINY]))
 @settings(max_examples=150)
