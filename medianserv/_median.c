@@ -157,9 +157,9 @@ static int table_new(Map *m, size_t cap, int shift) {
     return 0;
 }
 
-/* key's count becomes v: O(1) amortised, one table written (a full one is kept as it is and
- * one twice its size takes the puts: no entry is ever moved, so a put touches one line of
- * one table); -1 (memory) */
+/* key's count becomes v: O(1) amortised, one slot of one table written (a full table is
+ * kept as it is and one twice its size takes the puts: no entry is ever moved); -1 (memory).
+ * A new table of MAPPED bytes or more is mapped: no put zeroes megabytes */
 static int record_put(Record *r, u64 key, i64 v) {
     if (2 * (r->cur.used + 1) > r->cur.cap) {
         Map fresh;
