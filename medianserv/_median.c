@@ -1428,15 +1428,18 @@ static size_t merge_newer(const Pair *a, size_t na, const Pair *b, size_t nb, Pa
    before it, oldest first: O(t log t) for the t entries of all its tables (twice as large
    each as the one before, so the merges copy each about twice) */
 static Pair *record_pairs(const Record *r, size_t *n) {
-    size_t total = r->cur.used;
-    for (size_t i = 0; i < r->nfull; i++) total += r->full[i].used;
+    size_t total = r->cur.used, most = r->cur.used; /* the entries of all, of the largest */
+    for (size_t i = 0; i < r->nfull; i++) {
+        total += r->full[i].used;
+        if (r->full[i].used > most) most = r->full[i].used;
+    }
     Pair *acc = malloc((total + 1) * sizeof *acc);
     if (!acc) return NULL;
     if (!r->nfull) {
         *n = table_pairs(&r->cur, acc);
         return acc;
     }
-    Pair *part = malloc((total + 1) * sizeof *part), *other = malloc((total + 1) * sizeof *other);
+    Pair *part = malloc((most + 1) * sizeof *part), *other = malloc((total + 1) * sizeof *other);
     if (!part || !other) {
         free(acc);
         free(part);
