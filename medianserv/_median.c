@@ -1398,6 +1398,13 @@ static int cmp_pair(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* the entries of all a record's tables (a level in several counted in each). O(tables) */
+static size_t record_entries(const Record *r) {
+    size_t n = r->cur.used;
+    for (size_t i = 0; i < r->nfull; i++) n += r->full[i].used;
+    return n;
+}
+
 /* a table's levels and counts, ascending, into out: how many */
 static size_t table_pairs(const Map *t, Pair *out) {
     size_t k = 0;
@@ -1428,11 +1435,9 @@ static size_t merge_newer(const Pair *a, size_t na, const Pair *b, size_t nb, Pa
    before it, oldest first: O(t log t) for the t entries of all its tables (twice as large
    each as the one before, so the merges copy each about twice) */
 static Pair *record_pairs(const Record *r, size_t *n) {
-    size_t total = r->cur.used, most = r->cur.used; /* the entries of all, of the largest */
-    for (size_t i = 0; i < r->nfull; i++) {
-        total += r->full[i].used;
+    size_t total = record_entries(r), most = r->cur.used; /* the largest table's entries */
+    for (size_t i = 0; i < r->nfull; i++)
         if (r->full[i].used > most) most = r->full[i].used;
-    }
     Pair *acc = malloc((total + 1) * sizeof *acc);
     if (!acc) return NULL;
     if (!r->nfull) {
@@ -1479,10 +1484,9 @@ static Py_ssize_t Levels_len(Levels *l) {
 /* the levels ascending and their counts, as native bytes; a large record sorted without the
  * interpreter held (no other thread holds this object: its median handed it over) */
 static PyObject *Levels_sorted_bytes(Levels *l, PyObject *Py_UNUSED(ignored)) {
-    size_t n, entries = l->record.cur.used;
-    for (size_t i = 0; i < l->record.nfull; i++) entries += l->record.full[i].used;
+    size_t n;
     Pair *pairs;
-    if (entries >= SORT_ALONE) {
+    if (record_entries(&l->record) >= SORT_ALONE) {
         Py_BEGIN_ALLOW_THREADS
         pairs = record_pairs(&l->record, &n);
         Py_END_ALLOW_THREADS

@@ -729,7 +729,7 @@ class Store:
             # and forth with busy reader threads once per item all the same: see
             # _put_levels)
             txn.cursor(db=self._symbols).putmulti(records)
-            held = self._put_levels(txn, batch, snapshots)
+            held, levels = self._put_levels(txn, batch, snapshots)
             if self._candles is not None:
                 current, gone, items = candle_items(batch)
                 txn.cursor(db=self._candles).putmulti(items)
@@ -743,7 +743,7 @@ class Store:
                 put(b"listing", _encoder.encode(list(listing)), db=self._meta)
             put(b"snapshots", str(snapshots).encode(), db=self._meta)
         self._held.update(held)  # committed
-        return len(records), sum(len(state.levels) for state in batch)
+        return len(records), levels
 
     def _stored_batches(self, txn: lmdb.Transaction, prefix: bytes) -> list[tuple[bytes, int]]:
         """A symbol's batches (key, levels), oldest first, as ``txn`` sees them. O(batches)."""
@@ -762,7 +762,7 @@ class Store:
 
     def _put_levels(
         self, txn: lmdb.Transaction, batch: list[SymbolState], seq: int
-    ) -> dict[bytes, list[tuple[bytes, int]]]:
+    ) -> tuple[dict[bytes, list[tuple[bytes, int]]], int]:
         """Each symbol's changed levels as one ``batches`` item of snapshot ``seq``, merged
         with the symbol's newest batches while the newest is at most twice as large (each
         merged one read and deleted): a symbol holds O(log d) batches and each level is
@@ -770,15 +770,19 @@ class Store:
         levels changed. (A put a level, as formats 1-6 wrote them, hands the GIL back to
         busy reader threads and waits to get it back once a level: under a flood of new
         prices that stretched a snapshot of a few seconds' levels to half a minute.)
-        Returns each symbol's batches after the write, applied once it commits.
+        Returns each symbol's batches after the write, applied once it commits, and the
+        levels changed (each symbol's once, however many harvests its log joins: counted as
+        they are merged, not by sizing each harvest's record apart, which sorts it again).
         O(L log L) for the L levels written and merged."""
         out: dict[bytes, list[tuple[bytes, int]]] = {}
+        written = 0
         for state in batch:
             value, n = b"", 0
             for prices, counts in state_levels(state.levels):
                 value, n = merge_levels(value, prices, counts)
             if not n:
                 continue
+            written += n
             prefix = symbol_prefix(state.symbol)
             held = list(self._stored_batches(txn, prefix))
             while held and held[-1][1] <= 2 * n:
@@ -795,7 +799,7 @@ class Store:
             txn.put(key, value, db=self._batches)
             held.append((key, n))
             out[prefix] = held
-        return out
+        return out, written
 
     def _delete_candles(self, txn: lmdb.Transaction, batch: list[SymbolState]) -> None:
         """After ``batch``'s candles are put: delete the stored periods past retention, and

@@ -56,11 +56,18 @@ def views(stats: list[SymbolStats]) -> dict[str, object]:
     return {s.symbol: (s.view(), s.full_state()) for s in stats}
 
 
-def feed(stats: list[SymbolStats], n: int, rnd: random.Random, next_id: dict[str, int]) -> None:
+def feed(
+    stats: list[SymbolStats], n: int, rnd: random.Random, next_id: dict[str, int]
+) -> set[tuple[str, int]]:
+    """n trades of the symbols, at random prices: the (symbol, price) levels they changed."""
+    changed = set()
     for _ in range(n):
         s = rnd.choice(stats)
         tid = next_id[s.symbol] = next_id.get(s.symbol, 1000) + rnd.choice((1, 1, 1, 3))
-        s.apply(tid, rnd.randrange(100, 140) * 10**6, tid)
+        price = rnd.randrange(100, 140) * 10**6
+        s.apply(tid, price, tid)
+        changed.add((s.symbol, price))
+    return changed
 
 
 def test_incremental_snapshots_restore_exactly(tmp_path: Path) -> None:
@@ -70,11 +77,11 @@ def test_incremental_snapshots_restore_exactly(tmp_path: Path) -> None:
     ids: dict[str, int] = {}
     store = Store.open(tmp_path)
     snap = Snapshotter(store, lambda: stats, 1.0, lambda: tuple(s.symbol for s in stats))
-    for round_ in range(5):
-        feed(stats[:3], 2000, rnd, ids)
+    for _ in range(5):
+        changed = feed(stats[:3], 2000, rnd, ids)
         assert snap.snapshot()
-        if round_:  # incremental: only what changed is written
-            assert snap.stats.last_levels <= 3 * 40
+        # incremental: only what changed is written, each level once
+        assert snap.stats.last_levels == len(changed) <= 3 * 40
     gap = stats[0].oldest_gap()
     assert gap is not None
     stats[0].give_up(gap.lo, gap.hi)
