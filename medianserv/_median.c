@@ -157,10 +157,47 @@ static int table_new(Map *m, size_t cap, int shift) {
     return 0;
 }
 
-/* key's count becomes v: O(1) amortised, one slot of one table written (a full table is
- * kept as it is and one twice its size takes the puts: no entry is ever moved); -1 (memory).
- * A new table of MAPPED bytes or more is mapped: no put zeroes megabytes */
-static int record_put(Record *r, u64 key, i64 v) {
+/* entries the log can hold whatever the median's levels (a symbol's first thousand trades,
+ * a quiet one's between snapshots): 16 KiB */
+#define LOG_MIN 1024
+
+/* the entries a record's log holds. O(1) */
+static size_t record_logged(const Record *r) {
+    return r->nblocks ? (r->nblocks - 1) * LOG_CHUNK + (LOG_CHUNK - r->room) : 0;
+}
+
+/* a new block for the log: 0, or -1 (memory) */
+static int record_block(Record *r) {
+    if (r->nblocks == r->capblocks) {
+        size_t cap = r->capblocks ? 2 * r->capblocks : 4;
+        Touch **blocks = realloc(r->blocks, cap * sizeof *blocks);
+        if (!blocks) return -1;
+        r->blocks = blocks;
+        r->capblocks = cap;
+    }
+    Touch *b = malloc(LOG_CHUNK * sizeof *b);
+    if (!b) return -1;
+    r->blocks[r->nblocks++] = b;
+    r->next = b;
+    r->room = LOG_CHUNK;
+    return 0;
+}
+
+/* key's count becomes v: O(1) amortised. An entry appended to the log while it is open (it
+ * closes where a new block would take it past limit entries); then one slot of one table
+ * written (a full table is kept as it is and one twice its size takes the puts: no entry is
+ * ever moved). -1 (memory). A new table of MAPPED bytes or more is mapped: no put zeroes
+ * megabytes */
+static int record_put(Record *r, u64 key, i64 v, size_t limit) {
+    if (!r->room && !r->closed) {
+        if (record_logged(r) + LOG_CHUNK > limit) r->closed = 1;
+        else if (record_block(r) < 0) return -1;
+    }
+    if (r->room) {
+        *r->next++ = (Touch){key, v};
+        r->room--;
+        return 0;
+    }
     if (2 * (r->cur.used + 1) > r->cur.cap) {
         Map fresh;
         if (table_new(&fresh, r->cur.cap ? r->cur.cap * 2 : 8, r->cur.cap ? r->cur.shift - 1 : 64 - 3) < 0)
@@ -181,11 +218,12 @@ static int record_put(Record *r, u64 key, i64 v) {
 }
 
 static void record_free(Record *r) {
+    for (size_t i = 0; i < r->nblocks; i++) free(r->blocks[i]);
+    free(r->blocks);
     table_free(&r->cur);
     for (size_t i = 0; i < r->nfull; i++) table_free(&r->full[i]);
     free(r->full);
-    r->full = NULL;
-    r->nfull = 0;
+    memset(r, 0, sizeof *r);
 }
 
 /* removes the key in slot j (backward-shift deletion: no tombstones) */
@@ -1034,6 +1072,13 @@ static int rebalance(Median *m) {
 
 /* times values on the low side, no rebalancing: the level's count after, or -1. A level's
  * count does not change as it moves between heaps and cold stores, so it is known here. */
+/* the entries a median's record may log: LOG_MIN, and twice the levels it holds (a level
+   split across the cold stores counted twice), so that the log grows with levels and never
+   with trades alone. O(1) */
+static size_t record_limit(const Median *m) {
+    return LOG_MIN + 2 * (m->low_counts.used + m->high_counts.used + (size_t)m->cold_levels);
+}
+
 static i64 add_low(Median *m, u64 value, i64 times) {
     i64 count;
     if (m->has_floor && value < m->floor_) {
@@ -1104,7 +1149,7 @@ i64 median_add(Median *m, u64 value, i64 times) {
         PyErr_Format(PyExc_ValueError, "times must be positive, not %lld", (long long)times);
         return -1;
     }
-    if (record_put(&m->touched, value, count) < 0) FAIL_MEM(m);
+    if (record_put(&m->touched, value, count, record_limit(m)) < 0) FAIL_MEM(m);
     return count;
 }
 
@@ -1342,7 +1387,7 @@ static PyObject *Median_add_many(Median *m, PyObject *args) {
         }
         if (rebalance(m) < 0) goto done;
         for (Py_ssize_t i = 0; i < n; i++)
-            if (record_put(&m->touched, p[i], got[i]) < 0) {
+            if (record_put(&m->touched, p[i], got[i], record_limit(m)) < 0) {
                 m->broken = 1;
                 PyErr_NoMemory();
                 goto done;
@@ -1372,13 +1417,14 @@ typedef struct {
     Record record;      /* as the median left it: its tables are made one when read */
 } Levels;
 
-/* whether any of the record's tables is mapped (MAPPED bytes or more): the largest is cur */
-static int record_mapped(const Record *r) {
-    return r->cur.cap * sizeof(u64) >= MAPPED;
+/* whether freeing the record takes long enough to be done off the lock: any of its tables
+   mapped (MAPPED bytes or more: the largest is cur), or a log of many blocks */
+static int record_large(const Record *r) {
+    return r->cur.cap * sizeof(u64) >= MAPPED || r->nblocks * LOG_CHUNK * sizeof(Touch) >= MAPPED;
 }
 
 static void Levels_dealloc(Levels *l) {
-    if (record_mapped(&l->record)) {
+    if (record_large(&l->record)) {
         Py_BEGIN_ALLOW_THREADS /* unmapping megabytes: not with the interpreter held */
         record_free(&l->record);
         Py_END_ALLOW_THREADS
@@ -1388,19 +1434,17 @@ static void Levels_dealloc(Levels *l) {
     Py_TYPE(l)->tp_free((PyObject *)l);
 }
 
-typedef struct {
-    u64 p;
-    i64 c;
-} Pair;
+typedef Touch Pair;
 
 static int cmp_pair(const void *a, const void *b) {
-    u64 x = ((const Pair *)a)->p, y = ((const Pair *)b)->p;
-    return x < y ? -1 : x > y;
+    const Pair *x = a, *y = b;
+    return x->p != y->p ? (x->p < y->p ? -1 : 1) : (x->c > y->c) - (x->c < y->c);
 }
 
-/* the entries of all a record's tables (a level in several counted in each). O(tables) */
+/* the entries of a record's log and of all its tables (a level in several counted in each).
+   O(tables) */
 static size_t record_entries(const Record *r) {
-    size_t n = r->cur.used;
+    size_t n = record_logged(r) + r->cur.used;
     for (size_t i = 0; i < r->nfull; i++) n += r->full[i].used;
     return n;
 }
@@ -1412,6 +1456,24 @@ static size_t table_pairs(const Map *t, Pair *out) {
         if (t->vals[i]) out[k++] = (Pair){t->keys[i], t->vals[i]};
     qsort(out, k, sizeof *out, cmp_pair);
     return k;
+}
+
+/* the log's levels once each, with the largest count logged (its latest: a level's count
+   only grows), ascending, into out: how many. O(l log l) */
+static size_t log_pairs(const Record *r, Pair *out) {
+    size_t k = 0;
+    for (size_t i = 0; i < r->nblocks; i++) {
+        size_t n = i + 1 < r->nblocks ? LOG_CHUNK : LOG_CHUNK - r->room;
+        memcpy(out + k, r->blocks[i], n * sizeof *out);
+        k += n;
+    }
+    qsort(out, k, sizeof *out, cmp_pair); /* a level's entries by count: its latest last */
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (u && out[u - 1].p == out[i].p) out[u - 1] = out[i];
+        else out[u++] = out[i];
+    }
+    return u;
 }
 
 /* the levels of a and of b (newer: its count wins where both hold a level), ascending, into
@@ -1430,18 +1492,19 @@ static size_t merge_newer(const Pair *a, size_t na, const Pair *b, size_t nb, Pa
     return k;
 }
 
-/* every level of a record once, with its latest count (that of the newest table holding
-   it), ascending: a new array. Each table is sorted alone and merged into the older ones
-   before it, oldest first: O(t log t) for the t entries of all its tables (twice as large
-   each as the one before, so the merges copy each about twice) */
+/* every level of a record once, with its latest count, ascending: a new array. The log is
+   sorted (the oldest), then each table alone, merged into what came before it, oldest
+   first: O(t log t) for the t entries of the log and of all the tables (twice as large each
+   as the one before, so the merges copy each about twice) */
 static Pair *record_pairs(const Record *r, size_t *n) {
     size_t total = record_entries(r), most = r->cur.used; /* the largest table's entries */
     for (size_t i = 0; i < r->nfull; i++)
         if (r->full[i].used > most) most = r->full[i].used;
     Pair *acc = malloc((total + 1) * sizeof *acc);
     if (!acc) return NULL;
-    if (!r->nfull) {
-        *n = table_pairs(&r->cur, acc);
+    size_t k = log_pairs(r, acc);
+    if (!r->cur.used && !r->nfull) {
+        *n = k;
         return acc;
     }
     Pair *part = malloc((most + 1) * sizeof *part), *other = malloc((total + 1) * sizeof *other);
@@ -1451,8 +1514,7 @@ static Pair *record_pairs(const Record *r, size_t *n) {
         free(other);
         return NULL;
     }
-    size_t k = table_pairs(&r->full[0], acc);
-    for (size_t t = 1; t <= r->nfull; t++) {
+    for (size_t t = 0; t <= r->nfull; t++) {
         size_t np = table_pairs(t == r->nfull ? &r->cur : &r->full[t], part);
         k = merge_newer(acc, k, part, np, other);
         Pair *was = acc;
@@ -1843,6 +1905,7 @@ static size_t cold_nbytes(const Cold *s) {
 static PyObject *Median_nbytes(Median *m, PyObject *Py_UNUSED(ignored)) {
     size_t n = sizeof(Median) + (m->caplow + m->caphigh) * sizeof(u64);
     n += (m->low_counts.cap + m->high_counts.cap) * 16;
+    n += m->touched.nblocks * LOG_CHUNK * sizeof(Touch) + m->touched.capblocks * sizeof(Touch *);
     n += m->touched.cur.cap * 16 + m->touched.nfull * sizeof(Map);
     for (size_t i = 0; i < m->touched.nfull; i++) n += m->touched.full[i].cap * 16;
     n += cold_nbytes(&m->cold_low) + cold_nbytes(&m->cold_high);

@@ -42,16 +42,35 @@ typedef struct {
     int shift;          /* 64 - log2(cap) */
 } Map;
 
-/* a Map that grows without a stall and without moving an entry: when `cur` is half full it
- * is kept as it is, among `full`, and a table twice its size takes the puts; a key is only
- * ever put in `cur`, so a level put again after its table filled is in two, and the newest
- * table's count is the one read (record_pairs). A put writes one slot of one table: no
- * entry moved from a table before (each would be a second random write a level, where every
- * trade is a new one), no table rehashed. The tables together have fewer than twice the
- * slots of the last; a large one is mapped, its pages zeroed as they are first written,
- * and all are freed by whoever takes the record, off the lock. */
+/* one level put in a record's log: its price and its count after the put */
 typedef struct {
+    u64 p;
+    i64 c;
+} Touch;
+
+#define LOG_CHUNK 256       /* entries of a record's log a block holds (4 KiB) */
+
+/* the levels added to since a median last handed them over, each with its count after:
+ *
+ * - first a log, each put appended to a block of LOG_CHUNK (4 entries a cache line,
+ *   written in order: where every trade is a new level, a put writes no random line). A
+ *   level's count only grows, so its largest logged count is its latest. The log is
+ *   closed when a new block would take it past `limit` entries (LOG_MIN and twice the
+ *   median's levels, record_limit): it grows with levels, never with trades alone.
+ * - then, once the log is closed (a market trading many times at few levels), hash tables
+ *   that grow without a stall and without moving an entry: when `cur` is half full it is
+ *   kept as it is, among `full`, and a table twice its size takes the puts; a key is only
+ *   ever put in `cur`, so a level put again after its table filled is in two, and the
+ *   newest table's count is the one read (record_pairs). The tables together have fewer
+ *   than twice the slots of the last; a large one is mapped, its pages zeroed as they are
+ *   first written, and all are freed by whoever takes the record, off the lock. */
+typedef struct {
+    Touch *next;        /* where the log's next entry goes */
+    size_t room;        /* entries left in the log's last block (0: a new block, or the tables) */
     Map cur;
+    int closed;         /* the log took its last entry: puts go to the tables */
+    Touch **blocks;     /* the log's blocks, in order; all full but the last */
+    size_t nblocks, capblocks;
     Map *full;          /* the tables filled before cur, oldest first: never written again */
     size_t nfull;
 } Record;
@@ -106,12 +125,14 @@ static inline size_t map_home(const Map *m, u64 key) {
 
 /* the lines median_add(m, value, 1) reads first fetched, so that their misses overlap other
  * work: each heap's top, and value's home slot in the counts of either side (which side is
- * not known until the top is read) and in the record of levels touched. Reads only m's own
- * first three lines; changes nothing. O(1) */
+ * not known until the top is read), and where the record of levels touched puts it (the
+ * log's next entry, or its home slot in the table). Reads only m's own first lines; changes
+ * nothing. O(1) */
 static inline void median_warm(const Median *m, u64 value) {
     if (m->nlow) __builtin_prefetch(m->low, 0);
     if (m->nhigh) __builtin_prefetch(m->high, 0);
     const Map *maps[3] = {&m->low_counts, &m->high_counts, &m->touched.cur};
+    if (m->touched.room) __builtin_prefetch(m->touched.next, 1);
     for (int i = 0; i < 3; i++) {
         if (!maps[i]->cap) continue;
         size_t j = map_home(maps[i], value);

@@ -366,6 +366,47 @@ def test_the_record_of_levels_touched_holds_each_level_once_at_its_newest_count(
     m._check()
 
 
+@given(
+    st.lists(st.integers(41, 2**64 - 1), max_size=20),
+    st.lists(st.integers(0, 40), min_size=1, max_size=30),
+    st.integers(1_000, 3_000),
+    st.lists(st.integers(0, 2**64 - 1), max_size=60),
+    st.sampled_from([{}, *TINY]),
+)
+@settings(max_examples=40)
+def test_a_record_of_few_levels_traded_often_is_handed_over_whole(
+    twin: Any,
+    first: list[int],
+    few: list[int],
+    trades: int,
+    later: list[int],
+    options: dict[str, int],
+) -> None:
+    """A few levels once, many trades over few others, then new levels, then the few again
+    (the compiled record logs puts until the log would outgrow twice the levels, then puts
+    them in tables: a level may sit in the log alone, or in the log and in a table at two
+    counts): what take_touched hands over is every level added to once, at its count now,
+    and nothing of it is handed over again."""
+    m = twin(**options)
+    values: Counter[int] = Counter(first)
+    for p in first:
+        m.add(p)
+    for i in range(trades):
+        m.add(few[i % len(few)])
+        values[few[i % len(few)]] += 1
+    for p in [*later, *few]:
+        m.add(p, 2)
+        values[p] += 2
+    touched = m.take_touched()
+    assert touched.to_dict() == dict(values)
+    got_prices, got_counts = touched.sorted_bytes()
+    assert np.frombuffer(got_prices, np.uint64).tolist() == sorted(values)
+    assert np.frombuffer(got_counts, np.int64).tolist() == [values[p] for p in sorted(values)]
+    m.add(few[0])
+    assert m.take_touched().to_dict() == {few[0]: values[few[0]] + 1}
+    m._check()
+
+
 @pytest.mark.skipif(CRunningMedian is None, reason="the compiled twin was not built at install")
 @given(ops, st.sampled_from([{}, *TINY]))
 @settings(max_examples=150)
