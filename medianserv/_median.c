@@ -1459,7 +1459,7 @@ static size_t table_pairs(const Map *t, Pair *out) {
 }
 
 /* the log's levels once each, with the largest count logged (its latest: a level's count
-   only grows), ascending, into out: how many. O(l log l) */
+   only grows), ascending, into out: how many. O(l log l); O(l) for a log in order */
 static size_t log_pairs(const Record *r, Pair *out) {
     size_t k = 0;
     for (size_t i = 0; i < r->nblocks; i++) {
@@ -1467,6 +1467,9 @@ static size_t log_pairs(const Record *r, Pair *out) {
         memcpy(out + k, r->blocks[i], n * sizeof *out);
         k += n;
     }
+    int sorted = 1; /* (a market trending within a snapshot logs its levels in order) */
+    for (size_t i = 1; i < k && sorted; i++) sorted = out[i - 1].p < out[i].p;
+    if (sorted) return k;
     qsort(out, k, sizeof *out, cmp_pair); /* a level's entries by count: its latest last */
     size_t u = 0;
     for (size_t i = 0; i < k; i++) {
