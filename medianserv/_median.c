@@ -1070,8 +1070,6 @@ static int rebalance(Median *m) {
     return 0;
 }
 
-/* times values on the low side, no rebalancing: the level's count after, or -1. A level's
- * count does not change as it moves between heaps and cold stores, so it is known here. */
 /* the entries a median's record may log: LOG_MIN, and twice the levels it holds (a level
    split across the cold stores counted twice), so that the log grows with levels and never
    with trades alone. O(1) */
@@ -1079,6 +1077,8 @@ static size_t record_limit(const Median *m) {
     return LOG_MIN + 2 * (m->low_counts.used + m->high_counts.used + (size_t)m->cold_levels);
 }
 
+/* times values on the low side, no rebalancing: the level's count after, or -1. A level's
+ * count does not change as it moves between heaps and cold stores, so it is known here. */
 static i64 add_low(Median *m, u64 value, i64 times) {
     i64 count;
     if (m->has_floor && value < m->floor_) {
@@ -1425,7 +1425,7 @@ static int record_large(const Record *r) {
 
 static void Levels_dealloc(Levels *l) {
     if (record_large(&l->record)) {
-        Py_BEGIN_ALLOW_THREADS /* unmapping megabytes: not with the interpreter held */
+        Py_BEGIN_ALLOW_THREADS /* megabytes unmapped or freed: not with the interpreter held */
         record_free(&l->record);
         Py_END_ALLOW_THREADS
     } else /* a small one: handing the interpreter over and back would cost more (a snapshot
