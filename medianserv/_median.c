@@ -157,9 +157,8 @@ static int table_new(Map *m, size_t cap, int shift) {
     return 0;
 }
 
-/* entries the log can hold whatever the median's levels (a symbol's first thousand trades,
- * a quiet one's between snapshots): 16 KiB */
-#define LOG_MIN 1024
+/* entries the log can hold whatever levels the median gains: one block */
+#define LOG_MIN LOG_CHUNK
 
 /* the entries a record's log holds. O(1) */
 static size_t record_logged(const Record *r) {
@@ -183,14 +182,25 @@ static int record_block(Record *r) {
     return 0;
 }
 
-/* key's count becomes v: O(1) amortised. An entry appended to the log while it is open (it
- * closes where a new block would take it past limit entries); then one slot of one table
- * written (a full table is kept as it is and one twice its size takes the puts: no entry is
- * ever moved). -1 (memory). A new table of MAPPED bytes or more is mapped: no put zeroes
- * megabytes */
-static int record_put(Record *r, u64 key, i64 v, size_t limit) {
-    if (!r->room && !r->closed) {
-        if (record_logged(r) + LOG_CHUNK > limit) r->closed = 1;
+/* the levels a median holds, for its record (a level split across the cold stores counted
+   twice). O(1) */
+static size_t record_levels(const Median *m) {
+    return m->low_counts.used + m->high_counts.used + (size_t)m->cold_levels;
+}
+
+/* key's count becomes v in m's record: O(1) amortised. An entry
+ * appended to the log while it is open (it closes where a new block would take it past
+ * LOG_MIN entries and twice the levels gained since the record's first put); then one slot
+ * of one table written (a full table is kept as it is and one twice its size takes the puts:
+ * no entry is ever moved). -1 (memory). A new table of MAPPED bytes or more is mapped: no
+ * put zeroes megabytes */
+static int record_put(Median *m, u64 key, i64 v) {
+    Record *r = &m->touched;
+    if (!r->room && !r->closed) { /* the levels read here alone (cold_levels: a line of its own) */
+        size_t levels = record_levels(m);
+        if (!r->nblocks) r->base = levels;
+        size_t gained = levels > r->base ? levels - r->base : 0;
+        if (r->nblocks && record_logged(r) + LOG_CHUNK > LOG_MIN + 2 * gained) r->closed = 1;
         else if (record_block(r) < 0) return -1;
     }
     if (r->room) {
@@ -1070,13 +1080,6 @@ static int rebalance(Median *m) {
     return 0;
 }
 
-/* the entries a median's record may log: LOG_MIN, and twice the levels it holds (a level
-   split across the cold stores counted twice), so that the log grows with levels and never
-   with trades alone. O(1) */
-static size_t record_limit(const Median *m) {
-    return LOG_MIN + 2 * (m->low_counts.used + m->high_counts.used + (size_t)m->cold_levels);
-}
-
 /* times values on the low side, no rebalancing: the level's count after, or -1. A level's
  * count does not change as it moves between heaps and cold stores, so it is known here. */
 static i64 add_low(Median *m, u64 value, i64 times) {
@@ -1149,7 +1152,7 @@ i64 median_add(Median *m, u64 value, i64 times) {
         PyErr_Format(PyExc_ValueError, "times must be positive, not %lld", (long long)times);
         return -1;
     }
-    if (record_put(&m->touched, value, count, record_limit(m)) < 0) FAIL_MEM(m);
+    if (record_put(m, value, count) < 0) FAIL_MEM(m);
     return count;
 }
 
@@ -1387,7 +1390,7 @@ static PyObject *Median_add_many(Median *m, PyObject *args) {
         }
         if (rebalance(m) < 0) goto done;
         for (Py_ssize_t i = 0; i < n; i++)
-            if (record_put(&m->touched, p[i], got[i], record_limit(m)) < 0) {
+            if (record_put(m, p[i], got[i]) < 0) {
                 m->broken = 1;
                 PyErr_NoMemory();
                 goto done;

@@ -48,15 +48,17 @@ typedef struct {
     i64 c;
 } Touch;
 
-#define LOG_CHUNK 256       /* entries of a record's log a block holds (4 KiB) */
+#define LOG_CHUNK 128       /* entries of a record's log a block holds (2 KiB) */
 
 /* the levels added to since a median last handed them over, each with its count after:
  *
  * - first a log, each put appended to a block of LOG_CHUNK (4 entries a cache line,
  *   written in order: where every trade is a new level, a put writes no random line). A
  *   level's count only grows, so its largest logged count is its latest. The log is
- *   closed when a new block would take it past `limit` entries (LOG_MIN and twice the
- *   median's levels, record_limit): it grows with levels, never with trades alone.
+ *   closed when a new block would take it past LOG_MIN entries and twice the levels the
+ *   median gained since the record began (record_put): it grows with new levels, never
+ *   with trades alone, and a market trading again at levels it had (where a table's few
+ *   slots stay in the cache, and a log would stream through new lines) leaves it at once.
  * - then, once the log is closed (a market trading many times at few levels), hash tables
  *   that grow without a stall and without moving an entry: when `cur` is half full it is
  *   kept as it is, among `full`, and a table twice its size takes the puts; a key is only
@@ -69,6 +71,7 @@ typedef struct {
     size_t room;        /* entries left in the log's last block (0: a new block, or the tables) */
     Map cur;
     int closed;         /* the log took its last entry: puts go to the tables */
+    size_t base;        /* the median's levels at the record's first put */
     Touch **blocks;     /* the log's blocks, in order; all full but the last */
     size_t nblocks, capblocks;
     Map *full;          /* the tables filled before cur, oldest first: never written again */

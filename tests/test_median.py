@@ -383,8 +383,8 @@ def test_a_record_of_few_levels_traded_often_is_handed_over_whole(
     options: dict[str, int],
 ) -> None:
     """A few levels once, many trades over few others, then new levels, then the few again
-    (the compiled record logs puts until the log would outgrow twice the levels, then puts
-    them in tables: a level may sit in the log alone, or in the log and in a table at two
+    (the compiled record logs puts until the log would outgrow twice the levels gained, then
+    puts them in tables: a level may sit in the log alone, or in the log and in a table at two
     counts): what take_touched hands over is every level added to once, at its count now,
     and nothing of it is handed over again."""
     m = twin(**options)
