@@ -157,9 +157,6 @@ static int table_new(Map *m, size_t cap, int shift) {
     return 0;
 }
 
-/* entries the log can hold whatever levels the median gains: one block */
-#define LOG_MIN LOG_CHUNK
-
 /* the entries a record's log holds. O(1) */
 static size_t record_logged(const Record *r) {
     return r->nblocks ? (r->nblocks - 1) * LOG_CHUNK + (LOG_CHUNK - r->room) : 0;
@@ -188,19 +185,17 @@ static size_t record_levels(const Median *m) {
     return m->low_counts.used + m->high_counts.used + (size_t)m->cold_levels;
 }
 
-/* key's count becomes v in m's record: O(1) amortised. An entry
- * appended to the log while it is open (it closes where a new block would take it past
- * LOG_MIN entries and twice the levels gained since the record's first put); then one slot
- * of one table written (a full table is kept as it is and one twice its size takes the puts:
- * no entry is ever moved). -1 (memory). A new table of MAPPED bytes or more is mapped: no
- * put zeroes megabytes */
+/* key's count becomes v in m's record: O(1) amortised. An entry appended to the log while
+ * it is open (a full block is followed by another only while the log holds at most twice the
+ * levels gained since the record's first put); then one slot of one table written (a full
+ * table is kept as it is and one twice its size takes the puts: no entry is ever moved). -1
+ * (memory). A new table of MAPPED bytes or more is mapped: no put zeroes megabytes */
 static int record_put(Median *m, u64 key, i64 v) {
     Record *r = &m->touched;
     if (!r->room && !r->closed) { /* the levels read here alone (cold_levels: a line of its own) */
         size_t levels = record_levels(m);
-        if (!r->nblocks) r->base = levels;
-        size_t gained = levels > r->base ? levels - r->base : 0;
-        if (r->nblocks && record_logged(r) + LOG_CHUNK > LOG_MIN + 2 * gained) r->closed = 1;
+        if (!r->nblocks) r->base = levels; /* (the first block then always taken) */
+        if (record_logged(r) > 2 * (levels > r->base ? levels - r->base : 0)) r->closed = 1;
         else if (record_block(r) < 0) return -1;
     }
     if (r->room) {

@@ -55,10 +55,11 @@ typedef struct {
  * - first a log, each put appended to a block of LOG_CHUNK (4 entries a cache line,
  *   written in order: where every trade is a new level, a put writes no random line). A
  *   level's count only grows, so its largest logged count is its latest. The log is
- *   closed when a new block would take it past LOG_MIN entries and twice the levels the
- *   median gained since the record began (record_put): it grows with new levels, never
+ *   closed where a block fills with more entries logged than twice the levels the median
+ *   gained since the record began (record_put): it grows with new levels, never
  *   with trades alone, and a market trading again at levels it had (where a table's few
- *   slots stay in the cache, and a log would stream through new lines) leaves it at once.
+ *   slots stay in the cache, and a log would stream through new lines) leaves it after one
+ *   block.
  * - then, once the log is closed (a market trading many times at few levels), hash tables
  *   that grow without a stall and without moving an entry: when `cur` is half full it is
  *   kept as it is, among `full`, and a table twice its size takes the puts; a key is only

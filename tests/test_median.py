@@ -336,6 +336,16 @@ def test_every_operation_equals_the_oracle(
     assert (back.count, back.twice_median) == (m.count, m.twice_median)
 
 
+def assert_hands_over(m: Any, values: Counter[int]) -> None:
+    """m's take_touched hands over exactly values: each level once, at its count, ascending
+    in sorted_bytes."""
+    touched = m.take_touched()
+    assert touched.to_dict() == dict(values)
+    got_prices, got_counts = touched.sorted_bytes()
+    assert np.frombuffer(got_prices, np.uint64).tolist() == sorted(values)
+    assert np.frombuffer(got_counts, np.int64).tolist() == [values[p] for p in sorted(values)]
+
+
 @given(
     st.lists(st.integers(0, 400), min_size=1, max_size=600),
     st.lists(st.integers(0, 2**64 - 1), max_size=3),
@@ -354,11 +364,7 @@ def test_the_record_of_levels_touched_holds_each_level_once_at_its_newest_count(
     for p in [*extremes, *prices, *reversed(prices)]:  # each added again after the rest
         m.add(p)
         values[p] += 1
-    touched = m.take_touched()
-    assert touched.to_dict() == dict(values)
-    got_prices, got_counts = touched.sorted_bytes()
-    assert np.frombuffer(got_prices, np.uint64).tolist() == sorted(values)
-    assert np.frombuffer(got_counts, np.int64).tolist() == [values[p] for p in sorted(values)]
+    assert_hands_over(m, values)
     assert m.take_touched().to_dict() == {}
     m.add(prices[0], 2)
     values[prices[0]] += 2
@@ -397,11 +403,7 @@ def test_a_record_of_few_levels_traded_often_is_handed_over_whole(
     for p in [*later, *few]:
         m.add(p, 2)
         values[p] += 2
-    touched = m.take_touched()
-    assert touched.to_dict() == dict(values)
-    got_prices, got_counts = touched.sorted_bytes()
-    assert np.frombuffer(got_prices, np.uint64).tolist() == sorted(values)
-    assert np.frombuffer(got_counts, np.int64).tolist() == [values[p] for p in sorted(values)]
+    assert_hands_over(m, values)
     m.add(few[0])
     assert m.take_touched().to_dict() == {few[0]: values[few[0]] + 1}
     m._check()
