@@ -75,7 +75,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                                     rate)  # fmt: skip
         elif suite == "ingest":
             markets = {} if args.markets is None else {"markets": tuple(args.markets)}
-            part = bench.bench_ingest(args.seconds, shared, args.rounds, **markets)
+            part = bench.bench_ingest(args.seconds, shared, args.rounds, **markets,
+                                      huge_pages=args.huge_pages)  # fmt: skip
         elif suite == "api":
             part = bench.bench_api(args.seconds, args.rates, shared)
         elif suite == "snapshot":
@@ -316,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ingest: its markets, comma-separated, of walk, fresh, hot and real (real needs "
         "the shared data; default: all)",
     )  # fmt: skip
+    bench.add_argument("--huge-pages", action="store_true",
+                       help="ingest: compare huge pages, not candles: the second service "
+                       "keeps candles too, the first asks glibc's malloc for huge pages "
+                       "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1, as the systemd unit "
+                       "does)")  # fmt: skip
     bench.add_argument(
         "--tps", type=float, default=None,
         help="offered trades/s (recovery: 300; soak: 16,000; core's candle cost: 25,000)",

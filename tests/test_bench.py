@@ -13,7 +13,7 @@ import pytest
 from medianserv.bench import Row, bench_core, bench_long, bench_snapshot, random_walk
 from medianserv.bench.candles import bench_candles
 from medianserv.bench.common import ServiceProcess, median_bytes
-from medianserv.bench.ingest import _market_rows
+from medianserv.bench.ingest import Comparison, _market_rows
 from medianserv.median import RunningMedian
 
 
@@ -95,6 +95,15 @@ def test_ingest_reads_the_candles_cost_from_paired_windows() -> None:
     del per_trade["no candles, together"][0]  # a window of one side alone: refused
     with pytest.raises(ValueError):
         _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0}, 0)
+    per_trade["no candles, together"].insert(0, 1.0)
+    rows, _ = _market_rows("walk", per_trade, rates, {"medianserv": 3.3, "no candles": 3.0}, 0,
+                           Comparison(huge_pages=True))  # fmt: skip
+    got = {r.name.removeprefix("walk: "): r.value for r in rows}
+    huge = "CPU per trade with huge pages / without, flooded together, the median of the T "
+    assert got[huge + "windows'"] == 1.5  # the same windows, named for what they compare
+    assert got["medianserv without huge pages CPU per trade"] == 2.0
+    assert abs(got["the same, with huge pages / without"] - 1.1) < 1e-12
+    assert not any("candles" in name or "goal <= 1.1" in name for name in got)
 
 
 def test_ingest_refuses_a_market_it_does_not_have(capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,9 +120,20 @@ def test_ingest_refuses_a_market_it_does_not_have(capsys: pytest.CaptureFixture[
             bench_ingest(1.0, None, 1, markets)
 
 
+def _huge_pages_on_request() -> bool:
+    """Whether this kernel gives transparent huge pages to a process that asks (madvise)."""
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+    return "[never]" not in mode
+
+
 def test_ingest_and_api_smoke_through_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    for suite, extra in (("ingest", ["--markets", "fresh"]), ("api", ["--rates", "40"])):
+    runs = (("ingest", ["--markets", "fresh"]), ("ingest", ["--markets", "hot", "--huge-pages"]),
+            ("api", ["--rates", "40"]))  # fmt: skip
+    for suite, extra in runs:
         proc = subprocess.run(
             [sys.executable, "-m", "medianserv", "bench", suite, "--seconds", "1",
              "--json", str(out), *extra],
@@ -124,6 +144,15 @@ def test_ingest_and_api_smoke_through_the_cli(tmp_path: Path) -> None:
         assert rows and all({"name", "value", "unit"} <= set(r) for r in rows)
         errors = [r for r in rows if r["name"].endswith("errors")]
         assert all(r["value"] == 0 for r in errors)
+        if suite == "ingest":  # each service's memory, the ratio named for what it compares
+            names = [r["name"] for r in rows]
+            assert sum("resident memory" in n for n in names) == 2, names
+            compared = "with huge pages / without" if "--huge-pages" in extra else "with candles"
+            assert any(compared in n for n in names), names
+            huge = [r["value"] for r in rows if r["name"].endswith("in huge pages")]
+            assert len(huge) == 2 and huge[1] == 0  # the second service never asks for them
+            if "--huge-pages" in extra and _huge_pages_on_request():
+                assert huge[0] > 0  # the first asked, through the environment it was given
 
 
 def test_history_scale_and_market_smoke_through_the_cli(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heappush, heappushpop
 from pathlib import Path
@@ -164,7 +164,9 @@ class ServiceProcess:
     """``medianserv`` (the real command line) in a subprocess against a simulator, logging to
     a file (a full pipe would stall it)."""
 
-    def __init__(self, sim: SimProcess, data_dir: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(self, sim: SimProcess, data_dir: Path, extra: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        """``env``: variables set for it beside this process's own."""
         import subprocess
 
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +176,7 @@ class ServiceProcess:
             [sys.executable, "-m", "medianserv", "--host", "127.0.0.1", "--port", "0",
              "--data-dir", str(data_dir), "--rest-url", sim.rest_url, "--ws-url", sim.ws_url,
              *extra],
-            stderr=self._log,
+            stderr=self._log, env=None if env is None else {**os.environ, **env},
         )  # fmt: skip
         self.started = time.monotonic()
         try:
@@ -249,6 +251,19 @@ def rss_mib(pid: int, kind: str = "VmRSS") -> float:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(kind + ":"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def huge_pages_mib(pid: int) -> float:
+    """How much of a running process's memory is in transparent huge pages (Linux /proc:
+    ``AnonHugePages``), MiB; 0 once the process is gone or where the kernel reports none."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
                     return int(line.split()[1]) / 1024
     except FileNotFoundError:
         pass

@@ -35,10 +35,11 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import Row, ServiceProcess, SimProcess, cpu_seconds
+from .common import Row, ServiceProcess, SimProcess, cpu_seconds, huge_pages_mib, rss_mib
 
 __all__ = ["CLIENT_AGENT", "bench_ingest", "run_decode_client"]
 
@@ -48,6 +49,31 @@ CLIENT_AGENT = "picows-decode-bench"
 BOTH_AGENT = "medianserv-"
 SERVICE_AGENTS = (BOTH_AGENT + "candles", BOTH_AGENT + "nocandles")
 MARKETS = ("walk", "fresh", "hot", "real")
+#: What glibc's malloc is told to ask huge pages with (the systemd unit sets it).
+HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What the second service differs in, as the rows name it: ``--no-candles`` (the cost of
+    candles, goal <= 1.1) or, with ``huge_pages``, candles kept by both and the first given
+    :data:`HUGE_PAGES` (their gain; no goal)."""
+
+    huge_pages: bool = False
+
+    @property
+    def second(self) -> str:
+        """The second service, as a row names it."""
+        return "without huge pages" if self.huge_pages else "--no-candles"
+
+    @property
+    def ratio(self) -> str:
+        """The first service's CPU per trade over the second's, as a row names it."""
+        return "with huge pages / without" if self.huge_pages else "with candles / without"
+
+    @property
+    def goal(self) -> str:
+        return "" if self.huge_pages else " (goal <= 1.1)"
 
 
 def run_decode_client(ws_url: str, rest_url: str, seconds: float) -> None:
@@ -190,40 +216,41 @@ def _picows_available() -> bool:
 
 
 def _market_rows(market: str, per_trade: dict[str, list[float]], rates: dict[str, list[float]],
-                 spans: dict[str, float], hours: int) -> tuple[list[Row], float]:  # fmt: skip
+                 spans: dict[str, float], hours: int,
+                 comparison: Comparison = Comparison()) -> tuple[list[Row], float]:  # fmt: skip
     """One market's rows of :func:`bench_ingest` from its windows' figures (``per_trade`` and
     ``rates`` per side, a value a window; ``spans`` per service; ``hours``, the UTC hours that
-    ended in the span) and medianserv's CPU per trade alone. The candles' cost is the median
-    of the T windows' ratios, each window's two figures paired (the i-th of each service's
-    list is the same window's), beside the lowest and the highest of them (how far a
-    window's noise reaches). O(windows)."""
+    ended in the span) and medianserv's CPU per trade alone. The candles' cost (or what
+    ``comparison`` names) is the median of the T windows' ratios, each window's two figures
+    paired (the i-th of each service's list is the same window's), beside the lowest and the
+    highest of them (how far a window's noise reaches). O(windows)."""
+    second, ratio, goal = comparison.second, comparison.ratio, comparison.goal
     rows: list[Row] = []
     mine = statistics.median(per_trade["medianserv"])
     rows.append(Row(f"{market}: medianserv CPU per trade (whole process)", mine, "us/trade"))
     rows.append(Row(f"{market}: medianserv trades/s", statistics.median(rates["medianserv"]),
                     "trades/s"))  # fmt: skip
     without = statistics.median(per_trade["no candles"])
-    rows.append(Row(f"{market}: medianserv --no-candles CPU per trade", without, "us/trade"))
+    rows.append(Row(f"{market}: medianserv {second} CPU per trade", without, "us/trade"))
     together = [statistics.median(per_trade[f"{side}, together"])
                 for side in ("medianserv", "no candles")]  # fmt: skip
     rows.append(Row(f"{market}: medianserv CPU per trade, the two flooded together",
                     together[0], "us/trade"))  # fmt: skip
-    rows.append(Row(f"{market}: medianserv --no-candles CPU per trade, the same", together[1],
+    rows.append(Row(f"{market}: medianserv {second} CPU per trade, the same", together[1],
                     "us/trade"))  # fmt: skip
     paired = [a / b for a, b in zip(per_trade["medianserv, together"],
                                     per_trade["no candles, together"], strict=True)]  # fmt: skip
-    rows.append(Row(f"{market}: CPU per trade with candles / without, flooded together, the "
-                    "median of the T windows' (goal <= 1.1)", statistics.median(paired),
-                    "x"))  # fmt: skip
+    rows.append(Row(f"{market}: CPU per trade {ratio}, flooded together, the median of the "
+                    f"T windows'{goal}", statistics.median(paired), "x"))  # fmt: skip
     rows.append(Row(f"{market}: the same, the lowest T window's", min(paired), "x"))
     rows.append(Row(f"{market}: the same, the highest T window's", max(paired), "x"))
     rows.append(Row(f"{market}: the same, each flooded alone in turn", mine / without, "x"))
     span, span_without = spans["medianserv"], spans["no candles"]
     rows.append(Row(f"{market}: medianserv CPU per trade, the two flooded together, work left "
                     "for later included", span, "us/trade"))  # fmt: skip
-    rows.append(Row(f"{market}: the same, --no-candles", span_without, "us/trade"))
-    rows.append(Row(f"{market}: the same, with candles / without (goal <= 1.1)",
-                    span / span_without, "x"))  # fmt: skip
+    rows.append(Row(f"{market}: the same, {second}", span_without, "us/trade"))
+    rows.append(Row(f"{market}: the same, {ratio}{goal}", span / span_without,
+                    "x"))  # fmt: skip
     rows.append(Row(f"{market}: UTC hours that ended in the span (each folds its hour's levels "
                     "into its day, the trades of the markets before included)", hours,
                     "hours"))  # fmt: skip
@@ -247,15 +274,19 @@ def check_markets(markets: Sequence[str]) -> None:
 
 
 def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: int = 1,
-                 markets: tuple[str, ...] = MARKETS) -> list[Row]:  # fmt: skip
+                 markets: tuple[str, ...] = MARKETS,
+                 huge_pages: bool = False) -> list[Row]:  # fmt: skip
     """medianserv and the decode-only client (picows + msgspec, in the ``bench`` extra)
     flooded alone in turn on each market, with a second medianserv that keeps no candles,
     and the two services flooded together, windows A B C C B A T T T T of ``seconds``: CPU
     per trade of each, their ratios (the client's over medianserv's, of the windows alone;
     medianserv's with candles over without, the median of the windows together's, and of
-    those alone for comparison), rates, and for medianserv the slowest market against the fastest.
-    Without picows, medianserv alone. A run in which a client lost a connection, or took
-    (almost) no trade in a window of its flood, is refused."""
+    those alone for comparison), rates, each service's resident memory at the end of each
+    market, and for medianserv the slowest market against the fastest. ``huge_pages``: the
+    second keeps candles too, and the first is given :data:`HUGE_PAGES` (its ratios are
+    then those of huge pages, :class:`Comparison`). Without picows, medianserv alone. A run
+    in which a client lost a connection, or took (almost) no trade in a window of its flood,
+    is refused."""
     import tempfile
 
     check_markets(markets)
@@ -267,13 +298,16 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
     rows: list[Row] = []
     sim = SimProcess(0, shared_data, extra)
     client: _Client | None = None
+    comparison = Comparison(huge_pages)
     with tempfile.TemporaryDirectory() as tmp:
-        svc = ServiceProcess(sim, Path(tmp) / "a", ["--user-agent", SERVICE_AGENTS[0]])
+        svc = ServiceProcess(sim, Path(tmp) / "a", ["--user-agent", SERVICE_AGENTS[0]],
+                             env=HUGE_PAGES if huge_pages else None)  # fmt: skip
         bare: ServiceProcess | None = None
         agents = {"medianserv": SERVICE_AGENTS[0], "no candles": SERVICE_AGENTS[1],
                   "client": CLIENT_AGENT, "together": BOTH_AGENT}  # fmt: skip
         try:
-            extra = ["--user-agent", agents["no candles"], "--no-candles"]
+            extra = ["--user-agent", agents["no candles"]] + ([] if huge_pages else
+                                                              ["--no-candles"])  # fmt: skip
             bare = ServiceProcess(sim, Path(tmp) / "b", extra)
             if _picows_available():
                 client = _Client(sim, 3600)
@@ -304,6 +338,7 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             rates: dict[str, dict[str, list[float]]] = {m: {} for m in markets}
             spans: dict[str, dict[str, float]] = {m: {} for m in markets}
             hours: dict[str, int] = {}  # UTC hours that ended in a market's span
+            resident: dict[str, list[Row]] = {}
             for market in markets:
                 sim.control(f"flood?market={market}&agent=nobody")
                 _settle([pid for pid, _ in sides.values()])  # the market before: its work done
@@ -342,6 +377,15 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                     pid, count = sides[side]
                     spans[market][side] = (cpu_seconds(pid) - c0) / max(1, count() - n0) * 1e6
                 hours[market] = int(time.time() // 3600) - hours[market]
+                resident[market] = [
+                    row
+                    for name, pid in (("", svc.proc.pid), (f" {comparison.second}", bare.proc.pid))
+                    for row in (
+                        Row(f"{market}: medianserv{name} resident memory at the market's end",
+                            rss_mib(pid), "MiB"),
+                        Row(f"{market}: the same, in huge pages", huge_pages_mib(pid), "MiB"),
+                    )
+                ]  # fmt: skip
             stats = sim.control("stats")
             expected = connections * (3 if client else 2)
             if stats["violations"] or stats["connections_open"] != expected:
@@ -350,14 +394,14 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
             for market in markets:
                 market_rows, ours[market] = _market_rows(market, per_trade[market],
                                                          rates[market], spans[market],
-                                                         hours[market])  # fmt: skip
-                rows += market_rows
+                                                         hours[market], comparison)  # fmt: skip
+                rows += market_rows + resident[market]
             rows.append(Row("medianserv CPU per trade, slowest market / fastest",
                             max(ours.values()) / min(ours.values()), "x"))  # fmt: skip
             latency = stats["pong_latency_by_agent"]
             rows.append(Row("medianserv: worst pong latency (pings every 5 s)",
                             1000 * latency.get(agents["medianserv"], 0.0), "ms"))  # fmt: skip
-            rows.append(Row("medianserv --no-candles: worst pong latency",
+            rows.append(Row(f"medianserv {comparison.second}: worst pong latency",
                             1000 * latency.get(agents["no candles"], 0.0), "ms"))  # fmt: skip
             if client is not None:
                 rows.append(Row("decode-only client: worst pong latency",
