@@ -207,6 +207,13 @@ def _roll_minutes(sim: SimProcess, services: list[ServiceProcess], seconds: floa
             time.sleep(0.5)
 
 
+def _given(pid: int, env: dict[str, str]) -> bool:
+    """Whether a running process's environment (Linux /proc) holds every variable of env."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        held = set(f.read().split(b"\0"))
+    return all(f"{k}={v}".encode() in held for k, v in env.items())
+
+
 def _picows_available() -> bool:
     try:
         import picows  # noqa: F401
@@ -313,6 +320,8 @@ def bench_ingest(seconds: float = 8.0, shared_data: Path | None = None, rounds: 
                 client = _Client(sim, 3600)
             svc.wait_ready()
             bare.wait_ready()
+            if huge_pages and not _given(svc.proc.pid, HUGE_PAGES):
+                raise RuntimeError("the first service lacks the huge pages' variable")
             status = svc.get("/-/status")
             connections = len(status["connections"])
             rows.append(Row(f"symbols, over {connections} connections each client",
