@@ -320,8 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--huge-pages", action="store_true",
                        help="ingest: compare huge pages, not candles: the second service "
                        "keeps candles too, the first asks glibc's malloc for huge pages "
-                       "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1, as the systemd unit "
-                       "does)")  # fmt: skip
+                       "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1)")  # fmt: skip
     bench.add_argument(
         "--tps", type=float, default=None,
         help="offered trades/s (recovery: 300; soak: 16,000; core's candle cost: 25,000)",

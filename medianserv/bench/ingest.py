@@ -49,7 +49,8 @@ CLIENT_AGENT = "picows-decode-bench"
 BOTH_AGENT = "medianserv-"
 SERVICE_AGENTS = (BOTH_AGENT + "candles", BOTH_AGENT + "nocandles")
 MARKETS = ("walk", "fresh", "hot", "real")
-#: What glibc's malloc is told to ask huge pages with (the systemd unit sets it).
+#: What tells glibc's malloc to ask the kernel for transparent huge pages for its heaps
+#: (measured by ``--huge-pages``; neither the systemd unit nor the command line sets it).
 HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
@@ -73,6 +74,7 @@ class Comparison:
 
     @property
     def goal(self) -> str:
+        """The goal a ratio row names, if any."""
         return "" if self.huge_pages else " (goal <= 1.1)"
 
 
