@@ -189,7 +189,8 @@ class Link:
             self._finish()
         sock = self.sock
         try:
-            sock.settimeout(timeout)
+            if sock.gettimeout() != timeout:  # (a system call a read saved: usually the same)
+                sock.settimeout(timeout)
             n = sock.recv_into(self._buffer)
         except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             return []

@@ -56,6 +56,22 @@ def test_subscribe_read_and_close() -> None:
             link.send_text("{}")
 
 
+def test_a_read_waits_as_long_as_it_is_told() -> None:
+    """Each read waits for the timeout it is given, whatever the socket's timeout was set to
+    before (the handshake's, a send's close timeout, the read before): a read skips setting it
+    only when it is the same already."""
+    with Simulator(SimConfig(symbols=4, trades_per_second=0, seed=5)) as sim:
+        link = Link.open(sim.ws_url + "/stream", close_timeout=2)
+        for timeout in (0.0, 0.05, 0.05, None, 0.0):
+            if timeout is None:  # a blocking read would wait for a message: one is asked for
+                link.send_text('{"method":"LIST_SUBSCRIPTIONS","id":7}')
+            link.read(timeout)
+            assert link.sock.gettimeout() == timeout
+            link.send_text('{"method":"LIST_SUBSCRIPTIONS","id":8}')  # a send: close timeout
+            assert link.sock.gettimeout() == 2
+        link.close()
+
+
 def test_pings_are_answered_at_once_under_a_flood() -> None:
     """Pings every 0.5 s, a pong due within 1 s, while the server writes as fast as we read:
     the pong goes out with the chunk that brought the ping, never behind its frames."""
