@@ -67,6 +67,9 @@ def test_a_read_waits_as_long_as_it_is_told() -> None:
                 link.send_text('{"method":"LIST_SUBSCRIPTIONS","id":7}')
             link.read(timeout)
             assert link.sock.gettimeout() == timeout
+            if timeout is not None:  # the same again: the one set is kept
+                link.read(timeout)
+                assert link.sock.gettimeout() == timeout
             link.send_text('{"method":"LIST_SUBSCRIPTIONS","id":8}')  # a send: close timeout
             assert link.sock.gettimeout() == 2
         link.close()

@@ -244,30 +244,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mib(pid: int, kind: str = "VmRSS") -> float:
-    """A running process's resident memory (Linux /proc): now (``VmRSS``) or its peak
-    (``VmHWM``); MiB, 0 once the process is gone."""
+def _proc_mib(path: str, field: str) -> float:
+    """A ``field:  N kB`` line of a /proc file, in MiB; 0 once the process is gone or where
+    the file has no such line."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith(kind + ":"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except FileNotFoundError:
         pass
     return 0.0
+
+
+def rss_mib(pid: int, kind: str = "VmRSS") -> float:
+    """A running process's resident memory (Linux /proc): now (``VmRSS``) or its peak
+    (``VmHWM``); MiB, 0 once the process is gone."""
+    return _proc_mib(f"/proc/{pid}/status", kind)
 
 
 def huge_pages_mib(pid: int) -> float:
     """How much of a running process's memory is in transparent huge pages (Linux /proc:
     ``AnonHugePages``), MiB; 0 once the process is gone or where the kernel reports none."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
+    return _proc_mib(f"/proc/{pid}/smaps_rollup", "AnonHugePages")
 
 
 def peak_rss_mib(pid: int) -> float:
