@@ -617,7 +617,7 @@ typedef struct {
     Py_ssize_t off[N_SLOTS];
     long long max_size;
     PyObject *index;    /* Index or None */
-    long long frames, applied, duplicates, last_event_ms;
+    long long frames, applied, duplicates, busy, last_event_ms;
 } TradePath;
 
 #define SLOT(obj, k) (*(PyObject **)((char *)(obj) + tp->off[k]))
@@ -691,7 +691,8 @@ static inline int int_slot(PyObject *v, long long *out) {
     return !overflow && !(*out == -1 && PyErr_Occurred());
 }
 
-enum { NOT_COMMON = 0, APPLIED = 1, DUPLICATE = 2, ERROR = -1 };
+/* BUSY: another thread held the symbol's lock (nothing done; the general path waits) */
+enum { NOT_COMMON = 0, APPLIED = 1, DUPLICATE = 2, BUSY = 3, ERROR = -1 };
 
 /* Candles.roll's bookkeeping: candles.minute becomes fresh and the minute before is queued
    in candles.retiring; 0, or -1 with an exception set and nothing changed */
@@ -721,7 +722,7 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
     PyObject *lock = SLOT(stats, S_LOCK);
     if (!lock || !Py_IS_TYPE(lock, &LockType)) return NOT_COMMON;
     Lock *gate = (Lock *)lock;
-    if (!lock_take(gate, 0)) return NOT_COMMON; /* busy: the general path waits for it */
+    if (!lock_take(gate, 0)) return BUSY; /* the general path waits for it */
     PyObject *m = SLOT(stats, S_MINUTE);
     int rc = NOT_COMMON;
     PyObject *tid = NULL, *when = NULL, *units = NULL, *version = NULL;
@@ -923,7 +924,7 @@ static PyObject *TradePath_consume(TradePath *tp, PyObject *args) {
     Index *x = (Index *)tp->index;
     const unsigned char *d = view.buf;
     Py_ssize_t end = view.len;
-    long long frames = 0, applied = 0, duplicates = 0, event_ms = -1;
+    long long frames = 0, applied = 0, duplicates = 0, busy = 0, event_ms = -1;
     int failed = 0;
     /* a pipeline of four frames: while one is applied, the next one's levels, the one
        after's objects and the one after that's stats are fetched, each from what the stage
@@ -948,7 +949,10 @@ static PyObject *TradePath_consume(TradePath *tp, PyObject *args) {
             failed = 1;
             break;
         }
-        if (rc == NOT_COMMON) break;
+        if (rc == NOT_COMMON || rc == BUSY) {
+            busy = rc == BUSY;
+            break;
+        }
         frames++;
         if (rc == APPLIED) {
             applied++;
@@ -960,13 +964,15 @@ static PyObject *TradePath_consume(TradePath *tp, PyObject *args) {
     tp->frames += frames;
     tp->applied += applied;
     tp->duplicates += duplicates;
+    tp->busy += busy;
     if (event_ms >= 0) tp->last_event_ms = event_ms;
     return failed ? NULL : PyLong_FromSsize_t(pos);
 }
 
 static PyObject *TradePath_take_counts(TradePath *tp, PyObject *Py_UNUSED(ignored)) {
-    PyObject *out = Py_BuildValue("(LLLL)", tp->frames, tp->applied, tp->duplicates, tp->last_event_ms);
-    tp->frames = tp->applied = tp->duplicates = 0;
+    PyObject *out = Py_BuildValue("(LLLLL)", tp->frames, tp->applied, tp->duplicates, tp->busy,
+                                  tp->last_event_ms);
+    tp->frames = tp->applied = tp->duplicates = tp->busy = 0;
     tp->last_event_ms = -1;
     return out;
 }
@@ -988,7 +994,7 @@ static PyMethodDef TradePath_methods[] = {
     {"consume", (PyCFunction)TradePath_consume, METH_VARARGS,
      "consume(data, pos) -> int: see PyTradePath.consume."},
     {"take_counts", (PyCFunction)TradePath_take_counts, METH_NOARGS,
-     "take_counts() -> (frames, applied, duplicates, last_event_ms), reset."},
+     "take_counts() -> (frames, applied, duplicates, busy, last_event_ms), reset."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -997,6 +1003,7 @@ static PyMemberDef TradePath_members[] = {
     {"frames", T_LONGLONG, offsetof(TradePath, frames), READONLY, NULL},
     {"applied", T_LONGLONG, offsetof(TradePath, applied), READONLY, NULL},
     {"duplicates", T_LONGLONG, offsetof(TradePath, duplicates), READONLY, NULL},
+    {"busy", T_LONGLONG, offsetof(TradePath, busy), READONLY, NULL},
     {"last_event_ms", T_LONGLONG, offsetof(TradePath, last_event_ms), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };

@@ -39,7 +39,7 @@ from .errors import PriceError
 from .link import frame_header
 from .messages import TradeEvent, _TradeFrame
 from .prices import PriceCache
-from .symbols import APPLIED, SymbolStats, TradeIds
+from .symbols import APPLIED, BUSY, SymbolStats, TradeIds
 
 __all__ = ["CTradePath", "PyTradePath", "TradePath"]
 
@@ -53,19 +53,20 @@ class PyTradePath:
     ``index`` is the lookup of the current table (``SymbolTable.get`` here, its
     ``SymbolTable.index`` for the compiled twin), set by the reader before each chunk.
     Counters, since the last :meth:`take_counts`: ``frames`` consumed, trades ``applied``,
-    ``duplicates``, and ``last_event_ms`` (the event time of the last trade applied, -1 if
-    none).
+    ``duplicates``, ``busy`` (frames it stopped at because another thread held their
+    symbol's lock: the general path waits for it), and ``last_event_ms`` (the event time of
+    the last trade applied, -1 if none).
 
     Runtime complexity: :meth:`consume` O(bytes consumed) plus O(log d) per trade.
     """
 
-    __slots__ = ("_prices", "applied", "duplicates", "frames", "index", "last_event_ms",
-                 "max_size")  # fmt: skip
+    __slots__ = ("_prices", "applied", "busy", "duplicates", "frames", "index",
+                 "last_event_ms", "max_size")  # fmt: skip
 
     def __init__(self, max_size: int = 2**20) -> None:
         self.max_size = max_size
         self.index: Callable[[str], SymbolStats | None] | None = None
-        self.frames = self.applied = self.duplicates = 0
+        self.frames = self.applied = self.duplicates = self.busy = 0
         self.last_event_ms = -1
         self._prices = PriceCache()
 
@@ -104,6 +105,9 @@ class PyTradePath:
             outcome = stats.apply_common(event.t, price, event.T)
             if outcome is None:
                 break
+            if outcome is BUSY:
+                self.busy += 1
+                break
             frames += 1
             if outcome is APPLIED:
                 applied += 1
@@ -118,10 +122,11 @@ class PyTradePath:
             self.last_event_ms = event_ms
         return pos
 
-    def take_counts(self) -> tuple[int, int, int, int]:
-        """``(frames, applied, duplicates, last_event_ms)`` since the last call, reset. O(1)."""
-        out = (self.frames, self.applied, self.duplicates, self.last_event_ms)
-        self.frames = self.applied = self.duplicates = 0
+    def take_counts(self) -> tuple[int, int, int, int, int]:
+        """``(frames, applied, duplicates, busy, last_event_ms)`` since the last call, reset.
+        O(1)."""
+        out = (self.frames, self.applied, self.duplicates, self.busy, self.last_event_ms)
+        self.frames = self.applied = self.duplicates = self.busy = 0
         self.last_event_ms = -1
         return out
 

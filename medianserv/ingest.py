@@ -41,7 +41,7 @@ __all__ = ["Ingest"]
 log = logging.getLogger(__name__)
 
 
-_COUNTED = ("applied", "duplicates", "gaps", "filled_live", "reconnects", "rotations")
+_COUNTED = ("applied", "duplicates", "waited", "gaps", "filled_live", "reconnects", "rotations")
 
 
 def _totals(s: ReaderStats) -> dict[str, int]:
@@ -49,6 +49,7 @@ def _totals(s: ReaderStats) -> dict[str, int]:
     out = {
         "applied": s.applied,
         "duplicates": s.duplicates,
+        "waited": s.waited,
         "gaps": s.gaps,
         "filled_live": s.filled,
         "reconnects": s.reconnects,

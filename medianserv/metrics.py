@@ -79,6 +79,13 @@ class ServiceCollector(Collector):
                 "Trades received again and ignored.",
                 c.get("duplicates", 0),
             ),
+            (
+                "trades_waited_total",
+                "counter",
+                "Trades whose symbol's lock another thread held (a snapshot, an import) when the "
+                "per-trade path came to them: each waited for it on the general path.",
+                c.get("waited", 0),
+            ),
             ("gaps_total", "counter", "Jumps in trade ids seen on the streams.", c.get("gaps", 0)),
             (
                 "trades_backfilled_total",

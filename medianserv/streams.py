@@ -165,6 +165,7 @@ class ReaderStats:
         self.frames = 0
         self.applied = 0  # trades applied (new and late)
         self.duplicates = 0
+        self.waited = 0  # frames the per-trade path left to the general path: their lock was held
         self.filled = 0  # trades applied inside a gap
         self.gaps = 0  # jumps in trade ids seen
         self.rejected: Counter[str] = Counter()  # by kind
@@ -319,7 +320,8 @@ class Reader:
         table = self.owner.table  # the table of this chunk (a listing swap is atomic)
         path.index = table.index if self._compiled else table.get
         conn.link.read(timeout, conn.handle, path)
-        frames, applied, duplicates, event_ms = path.take_counts()
+        frames, applied, duplicates, busy, event_ms = path.take_counts()
+        stats.waited += busy
         if frames:
             stats.frames += frames
             stats.applied += applied

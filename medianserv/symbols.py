@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -60,8 +60,14 @@ ROWS_PIECE = 32
 #: in ns (see SymbolStats._maybe_yield).
 YIELD_NS = 500_000
 
+#: :meth:`SymbolStats.apply_common`'s answer when another thread (a snapshot, an import) holds
+#: the symbol's lock: nothing done, so the reader's per-trade path stops at the frame and the
+#: general path waits for the lock (counted: ``trades_waited_total``).
+BUSY: Final = "busy"
+
 __all__ = [
     "APPLIED",
+    "BUSY",
     "DUPLICATE",
     "FILLED",
     "GAP",
@@ -292,13 +298,20 @@ class SymbolStats:
             self.last_price = price
             self.last_trade_time = trade_time
 
-    def apply_common(self, trade_id: int, price: int, trade_time: int) -> Outcome | None:
+    def apply_common(
+        self, trade_id: int, price: int, trade_time: int
+    ) -> Outcome | Literal["busy"] | None:
         """:meth:`apply` for its common outcomes only: the next trade of the range (APPLIED)
         or one already counted above every gap (DUPLICATE), the same effects as
         :meth:`apply`. None, and nothing done, for anything else (a first trade, a jump in
-        ids, a trade inside a gap), which :meth:`apply` handles. What the per-trade path
-        (:mod:`medianserv.hotpath`) applies, step for step in its compiled twin. O(log d)."""
-        with self.lock:
+        ids, a trade inside a gap), which :meth:`apply` handles; :data:`BUSY`, and nothing
+        done, when another thread holds the lock (it never waits for it: :meth:`apply`
+        does). What the per-trade path (:mod:`medianserv.hotpath`) applies, step for step in
+        its compiled twin. O(log d)."""
+        lock = self.lock
+        if not lock.acquire(False):
+            return BUSY
+        try:
             candles, highest = self.candles, self.ids.highest
             how = 1
             if candles is not None and highest is not None and trade_id == highest + 1:
@@ -309,6 +322,8 @@ class SymbolStats:
             if outcome is APPLIED:
                 self._count(trade_id, price, trade_time, roll=how == 2)
             return outcome
+        finally:
+            lock.release()
 
     def apply_rows(self, rows: Iterable[Row]) -> int:
         """Apply a batch of trades exactly once: of each row, the ids still missing (or at the

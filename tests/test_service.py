@@ -155,7 +155,8 @@ def test_run_stop_restart_restore(sim: Simulator, tmp_path: Path) -> None:
     assert applied + backfilled == sim.stats()["trades_published"]
     assert (counter("ready"), counter("connections_open"), counter("reconnects_total"),
             counter("thread_restarts_total")) == (1, 1, 0, 0)  # fmt: skip
-    names = ("frames_rejected_total", "trades_backfilled_total", "snapshot_age_seconds",
+    names = ("frames_rejected_total", "trades_backfilled_total", "trades_waited_total",
+             "snapshot_age_seconds",
              "connection_lag_seconds", "backfill_pending_symbols",
              "thread_errors_total")  # fmt: skip
     for name in names:
