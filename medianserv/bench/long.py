@@ -7,17 +7,13 @@ import random
 import time
 
 from ..median import RunningMedian
-from .common import Row, median_bytes, random_walk
+from .common import Row, median_bytes, random_walk, rss_mib
 
 __all__ = ["bench_long"]
 
 
 def bench_long(trades: int = 10**8, levels: int = 100_000) -> list[Row]:
     """RSS while 10^8 trades over a fixed set of levels go through one RunningMedian."""
-
-    def rss_mib() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
     walk = random_walk(1_000_000, "61837.63", "0.01")
     distinct = sorted(set(walk))[:levels]
@@ -35,7 +31,11 @@ def bench_long(trades: int = 10**8, levels: int = 100_000) -> list[Row]:
         done += len(cycle)
         if done >= checkpoint:
             rows.append(
-                Row(f"process RSS after {done:.0e} trades ({m.levels:,} levels)", rss_mib(), "MiB")
+                Row(
+                    f"process RSS after {done:.0e} trades ({m.levels:,} levels)",
+                    rss_mib(os.getpid()),
+                    "MiB",
+                )
             )
             rows.append(
                 Row(f"structure size after {done:.0e} trades", median_bytes(m) / 2**20, "MiB")

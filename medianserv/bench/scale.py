@@ -12,6 +12,7 @@ its peak RSS: the figure the service process would show.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from .common import Row
+from .common import Row, rss_mib
 
 __all__ = ["bench_scale"]
 
@@ -31,11 +32,7 @@ SYMBOL = "BTCUSDT"
 def _rss_mib(kind: str = "VmRSS") -> float:
     """This process's resident memory (``VmRSS``), or its part not backed by files
     (``RssAnon``: the LMDB map is file-backed, page cache the kernel can drop). MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(kind + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {kind} in /proc/self/status")
+    return rss_mib(os.getpid(), kind)
 
 
 class _Peaks:
