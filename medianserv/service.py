@@ -219,11 +219,15 @@ class Service:
         expect_history(cfg.history_names())
         log.info("trade path: %s", "C (compiled at install)" if cfg.compiled_trades()
                  else "python (the pure twins)")  # fmt: skip
+        t0 = time.perf_counter()
         try:
             store = Store.open(cfg.data_dir, reset=cfg.reset)
         except StoreError as exc:
             log.error("%s", exc)
             return 2
+        if store.folded:
+            log.info("store upgraded: %d price levels kept a key each moved into compact "
+                     "batches in %.2f s", store.folded, time.perf_counter() - t0)  # fmt: skip
         self.store = store
         try:
             return self._run(store, stop)

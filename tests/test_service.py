@@ -271,6 +271,44 @@ def test_candles_stay_exact_over_days_restarts_and_kills(tmp_path: Path) -> None
         assert run.stop() == 0
 
 
+def test_a_store_of_format_6_is_folded_at_its_first_start(sim: Simulator, tmp_path: Path) -> None:
+    """A store written by a release of format 6 (a key a price level) starts the service
+    with every statistic as stored; that first start moves its levels into batches (said in
+    the log, with how many) and the service goes on exact from there."""
+    from medianserv import store as store_module
+    from medianserv.store import Store
+
+    run = Running(sim, tmp_path)
+    wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
+    publish(sim, 2000)
+    settle(sim, run)
+    assert run.stop() == 0
+    store = Store.open(tmp_path)
+    states = store.load()
+    levels = 0
+    with store.env.begin(write=True) as txn:  # as format 6 kept them
+        txn.drop(store._batches, delete=False)
+        for state in states:
+            for price, count in state.levels:
+                txn.put(store_module.level_key(state.symbol, price), count.to_bytes(8, "big"),
+                        db=store._levels)  # fmt: skip
+                levels += 1
+        txn.put(b"format", b"6", db=store._meta)
+    store.close()
+    before = truth(sim)
+    run = Running(sim, tmp_path)
+    assert served(run, sim.listed()) == before  # served at once, as stored
+    assert f"store upgraded: {levels} price levels kept a key each" in "\n".join(run.lines)
+    publish(sim, 1000)
+    settle(sim, run)
+    assert run.stop() == 0
+    store = Store.open(tmp_path, readonly=True)
+    assert store.version == 7 and store.info()["levels"] >= levels
+    with store.env.begin() as txn:
+        assert txn.stat(store._levels)["entries"] == 0
+    store.close()
+
+
 def test_refuses_a_store_of_another_version(sim: Simulator, tmp_path: Path) -> None:
     from medianserv.store import Store
 

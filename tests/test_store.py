@@ -393,34 +393,118 @@ def test_a_snapshot_writes_a_few_items_a_symbol_and_batches_stay_few(tmp_path: P
     store.close()
 
 
-def test_levels_of_format_6_are_read_beneath_later_batches(tmp_path: Path) -> None:
-    """A store of format 6 holds its levels one by one in ``levels``; opened for writing it
-    is format 7, and the levels later snapshots change, written in ``batches``, are read
-    over the old ones: each level at its latest count."""
+def _as_format_6(store: Store, levels: list[tuple[int, int]], version: bytes = b"6") -> None:
+    """``store``'s levels of BTCUSDT rewritten as format 6 kept them: a key a level in
+    ``levels``, no batch (and its format set to ``version``)."""
+    with store.env.begin(write=True) as txn:
+        txn.drop(store._batches, delete=False)
+        for price, count in levels:
+            txn.put(store_module.level_key("BTCUSDT", price), count.to_bytes(8, "big"),
+                    db=store._levels)  # fmt: skip
+        txn.put(b"format", version, db=store._meta)
+
+
+def test_levels_of_format_6_are_folded_into_a_batch_beneath_later_ones(tmp_path: Path) -> None:
+    """A store of format 6 holds its levels one by one in ``levels``. Opened read-only it is
+    read as it is; opened for writing it is format 7, its levels moved into one batch of
+    each symbol, numbered 0 (``levels`` emptied in the same transaction), and the levels
+    later snapshots change are read over them: each level at its latest count."""
     stats = SymbolStats("BTCUSDT")
     for t, p in enumerate((5, 7, 7, 9), start=1):
         stats.apply(t, p, t)
     store = Store.open(tmp_path)
     store.save([stats.full_state()])
-    with store.env.begin(write=True) as txn:  # as format 6 wrote it
-        txn.drop(store._batches, delete=False)
-        for price, count in ((5, 1), (7, 2), (9, 1)):
-            txn.put(store_module.level_key("BTCUSDT", price), count.to_bytes(8, "big"),
-                    db=store._levels)  # fmt: skip
-        txn.put(b"format", b"6", db=store._meta)
+    _as_format_6(store, [(5, 1), (7, 2), (9, 1)])
     store.close()
+    old = Store.open(tmp_path, readonly=True)
+    assert old.version == 6 and old.info()["levels"] == 3
+    assert SymbolStats.restore(old.load()[0]).full_state() == stats.full_state()
+    old.close()
     store = Store.open(tmp_path)
     assert store.version == 7
+    with store.env.begin() as txn:
+        assert txn.stat(store._levels)["entries"] == 0
+        keys = [bytes(k) for k, _ in txn.cursor(db=store._batches)]
+    assert keys == [store_module.batch_key("BTCUSDT", 0, 3)]
     restored = SymbolStats.restore(store.load()[0])
     assert restored.full_state() == stats.full_state()
     for t, p in ((5, 7), (6, 11)):  # 7 again (its count over the stored one), 11 new
         restored.apply(t, p, t)
         stats.apply(t, p, t)
     store.save([restored.harvest()])  # type: ignore[list-item]
-    assert store.info()["levels"] == 3 + 2  # 3 one by one, 2 in a batch
+    assert store.info()["levels"] == 4  # 5, 7, 9, 11: the snapshot's merged with the folded
     again = SymbolStats.restore(store.load()[0])
     assert again.full_state() == stats.full_state()
     assert again.median.multiplicity(7) == 3
+    store.close()
+    store = Store.open(tmp_path)  # as it was left: nothing more to fold
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    store.close()
+
+
+def test_a_fold_that_fills_the_map_grows_it(tmp_path: Path, monkeypatch: Any) -> None:
+    """The batches a fold writes need pages before those of the levels' keys are freed: a
+    store whose map its levels fill is grown and the fold tried again, not refused."""
+    stats = SymbolStats("BTCUSDT")
+    for t in range(20_000):
+        stats.apply(t, 10**6 + 7 * t, t)
+    store = Store.open(tmp_path)
+    store.save([stats.full_state()])
+    _as_format_6(store, list(stats.full_state().levels))
+    store.close()
+    size = (tmp_path / "medianserv.lmdb" / "data.mdb").stat().st_size
+    monkeypatch.setattr(store_module, "INITIAL_MAP_SIZE", 1 << 16)  # LMDB takes the file's
+    store = Store.open(tmp_path)
+    assert store.env.info()["map_size"] > size
+    with store.env.begin() as txn:
+        assert txn.stat(store._levels)["entries"] == 0
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    store.close()
+
+
+def test_levels_left_beneath_batches_by_an_earlier_upgrade_are_folded_beneath_them(
+    tmp_path: Path,
+) -> None:
+    """A store upgraded to format 7 before levels were folded holds both: levels one by one
+    in ``levels`` and, over them, the batches of the snapshots since. Opened for writing,
+    the old levels go into a batch below every snapshot's, so a level a later batch holds
+    keeps that batch's count, whatever its old key says; a symbol whose levels are all old
+    gets its batch too, and the store restores exactly."""
+    rnd = random.Random(3)
+    books = [SymbolStats("BTCUSDT"), SymbolStats("ETHUSDT")]
+    for t in range(1, 201):
+        books[t % 2].apply(t // 2, rnd.randrange(20), t)
+    store = Store.open(tmp_path)
+    store.save([b.harvest() for b in books])  # type: ignore[misc]
+    old = 0
+    with store.env.begin(write=True) as txn:  # its levels a key each, as format 6 left them
+        txn.drop(store._batches, delete=False)
+        for book in books:
+            for price, count in book.full_state().levels:
+                txn.put(store_module.level_key(book.symbol, price), count.to_bytes(8, "big"),
+                        db=store._levels)  # fmt: skip
+                old += 1
+    store._held.clear()  # (what the batches dropped held)
+    for t in range(201, 301):  # BTCUSDT's later trades, old levels among them
+        books[0].apply(t, rnd.randrange(30), t)
+    store.save([books[0].harvest()])  # type: ignore[list-item]
+    with store.env.begin() as txn:
+        assert txn.stat(store._levels)["entries"] == old
+        newer = [bytes(k) for k, _ in txn.cursor(db=store._batches)]
+    assert len(newer) == 1 and newer[0].startswith(store_module.symbol_prefix("BTCUSDT"))
+    store.close()
+    store = Store.open(tmp_path)
+    with store.env.begin() as txn:
+        assert txn.stat(store._levels)["entries"] == 0
+        keys = [bytes(k) for k, _ in txn.cursor(db=store._batches)]
+    seqs: dict[bytes, list[int]] = {k[:-16]: [] for k in keys}
+    for k in keys:  # prefix | snapshot number | levels
+        seqs[k[:-16]].append(int.from_bytes(k[-16:-8], "big"))
+    later = int.from_bytes(newer[0][-16:-8], "big")
+    prefix = store_module.symbol_prefix
+    assert seqs == {prefix("BTCUSDT"): [0, later], prefix("ETHUSDT"): [0]}
+    restored = {s.symbol: SymbolStats.restore(s).full_state() for s in store.load()}
+    assert restored == {b.symbol: b.full_state() for b in books}
     store.close()
 
 
