@@ -56,8 +56,9 @@ latest trade time with the current minute) and format 5 (no unfolded hour: every
 minute was folded straight into its day, which a book restored from it goes on doing until
 its next hour) and format 6 (levels a key each, in ``levels``) are read, and upgraded to
 format 7 in one transaction when the store is opened for writing, their levels folded into
-batches in it (a store of 10^7 levels a key each restored in about a quarter of the time
-once folded, and its levels take 2-4 bytes each rather than a key each).
+batches in it: a store's levels then take 2-4 bytes each rather than a key each, and its
+later restores read batches alone (``bench scale``'s 10^7 levels, written a key each:
+folded in 6.9 s, then restored in 0.44 s against 4.7-5.3 s unfolded).
 """
 
 from __future__ import annotations
@@ -421,7 +422,7 @@ def _big_endian_pair(
     return prices.astype(">u8").tobytes(), counts.astype(">u8").tobytes()
 
 
-def _native_pair(prices: bytes, counts: bytes) -> _Arrays:
+def _native_pair(prices: bytes | bytearray, counts: bytes | bytearray) -> _Arrays:
     """8-byte big-endian prices and counts as native uint64 and int64 arrays. O(n)."""
     return (np.frombuffer(prices, ">u8").astype(np.uint64),
             np.frombuffer(counts, ">u8").astype(np.int64))  # fmt: skip
@@ -702,25 +703,30 @@ class Store:
         if self._batches is None or not txn.stat(self._levels)["entries"]:
             return 0
         moved = 0
-        prefix, prices, counts = b"", bytearray(), bytearray()
-
-        def put() -> None:
-            n = len(prices) // 8
-            if n:
-                value = compact_levels(bytes(prices), bytes(counts))
-                txn.put(prefix + _U64.pack(0) + _U64.pack(n), value, db=self._batches)
-
-        for key, value in txn.cursor(db=self._levels):
-            key = bytes(key)
-            if len(key) < 10 or key[0] != len(key) - 9 or len(value) != 8:
-                raise StoreError(f"store at {self.path}: a malformed level key {key[:40]!r}")
-            if key[:-8] != prefix:
-                put()
-                prefix, prices, counts = key[:-8], bytearray(), bytearray()
-            prices += key[-8:]
-            counts += value
-            moved += 1
-        put()
+        cursor = txn.cursor(db=self._levels)
+        more = cursor.first()
+        while more:  # a symbol's levels at a time: its keys are one ascending range
+            first = bytes(cursor.key())
+            n = first[0] + 1
+            prefix = first[:n]
+            prices, counts = bytearray(), bytearray()  # 8 bytes a level, big-endian
+            more = False
+            for key, value in cursor:  # (from the one it is on)
+                if key[:n] != prefix:
+                    more = True
+                    break
+                if len(key) != n + 8 or len(value) != 8:
+                    raise StoreError(f"store at {self.path}: a malformed level {key[:40]!r}")
+                prices += key[n:]
+                counts += value
+            try:
+                value, levels = merge_levels(
+                    b"", *(a.tobytes() for a in _native_pair(prices, counts))
+                )
+            except ValueError as exc:
+                raise StoreError(f"store at {self.path}: {prefix[1:]!r}'s levels: {exc}") from exc
+            txn.put(prefix + _U64.pack(0) + _U64.pack(levels), value, db=self._batches)
+            moved += len(prices) // 8
         txn.drop(self._levels, delete=False)
         return moved
 

@@ -145,6 +145,58 @@ def _restore(store_dir: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _as_format_6(store_dir: str) -> dict[str, Any]:
+    """Child: the store's levels rewritten as formats 1-6 kept them (a key each in
+    ``levels``, no batch) and its format set to 6: what a start of this release folds."""
+    import lmdb
+
+    from .. import store as store_module
+    from ..symbols import LevelArrays
+
+    store = store_module.Store.open(Path(store_dir), readonly=True)
+    states = store.load()
+    store.close()
+    path = Path(store_dir) / "medianserv.lmdb"
+    size = (path / "data.mdb").stat().st_size
+    env = lmdb.open(str(path), max_dbs=6, map_size=8 * size + (1 << 30))
+    levels, batches, meta = (env.open_db(name) for name in (b"levels", b"batches", b"meta"))
+    n = 0
+    with env.begin(write=True) as txn:
+        txn.drop(batches, delete=False)
+        for state in states:
+            prefix = store_module.symbol_prefix(state.symbol)
+            assert isinstance(state.levels, LevelArrays)  # as a load makes them
+            prices, counts = state.levels.prices.tolist(), state.levels.counts.tolist()
+            txn.cursor(db=levels).putmulti(
+                (prefix + p.to_bytes(8, "big"), c.to_bytes(8, "big"))
+                for p, c in zip(prices, counts, strict=True)
+            )
+            n += len(prices)
+        txn.put(b"format", b"6", db=meta)
+    env.close()
+    return {"levels": n, "store_bytes": (path / "data.mdb").stat().st_size}
+
+
+def _start(store_dir: str) -> dict[str, Any]:
+    """Child: what the service's start does with its store: open it for writing (a store of
+    an earlier format upgraded, its levels folded), load it and rebuild every symbol."""
+    from ..store import Store
+    from ..symbols import SymbolStats
+
+    t0 = time.perf_counter()
+    store = Store.open(Path(store_dir))
+    opened_s = time.perf_counter() - t0
+    known = [SymbolStats.restore(state) for state in store.load()]
+    start_s = time.perf_counter() - t0
+    store.close()
+    view = known[0].view()
+    return {
+        "open_s": opened_s, "start_s": start_s, "folded": store.folded,
+        "peak_mib": _rss_mib("VmHWM"), "count": view.count, "twice": view.twice_median,
+        "store_bytes": (Path(store_dir) / "medianserv.lmdb" / "data.mdb").stat().st_size,
+    }  # fmt: skip
+
+
 class _Collections:
     """The garbage collector's pauses (any thread stops for them, lock or no lock): the
     longest of each generation, and how many ran."""
@@ -378,8 +430,14 @@ def bench_scale(prices: int = 10**7, files: int = 100, share: float = 1.0) -> li
     with tempfile.TemporaryDirectory(prefix="medianserv-scale-") as tmp:
         built = _child("build", tmp, str(prices), str(files))
         restored = _child("restore", tmp)
-    if (restored["count"], restored["twice"]) != (built["count"], built["twice"]):
-        raise AssertionError(f"restore differs: {restored} vs {built}")
+        old = _child("format6", tmp)
+        unfolded = _child("restore", tmp)  # read-only: the keys read as they are
+        first, then = _child("start", tmp), _child("start", tmp)
+    for got in (restored, unfolded, first, then):
+        if (got["count"], got["twice"]) != (built["count"], built["twice"]):
+            raise AssertionError(f"restore differs: {got} vs {built}")
+    if first["folded"] != old["levels"] or then["folded"]:
+        raise AssertionError(f"folded {first['folded']} and {then['folded']} of {old['levels']}")
     n = f"{built['levels']:.2g} prices"
     return [
         *rows,
@@ -404,12 +462,31 @@ def bench_scale(prices: int = 10**7, files: int = 100, share: float = 1.0) -> li
         Row(f"scale: peak not file-backed (RssAnon), restoring, {n}", restored["peak_anon"], "MiB"),
         Row(f"scale: restoring process RSS after, {n}", restored["end_mib"], "MiB"),
         Row(f"scale: of which not file-backed (RssAnon), {n}", restored["anon_mib"], "MiB"),
+        Row(
+            f"scale: the store as formats 1-6 kept it (a key a level), size, {n}",
+            old["store_bytes"] / 2**20,
+            "MiB",
+        ),
+        Row(
+            f"scale: its restore, read-only (as the build before read it at every start), {n}",
+            unfolded["restore_s"],
+            "s",
+        ),
+        Row(f"scale: its first start (upgrade, fold, load, rebuild), {n}", first["start_s"], "s"),
+        Row(f"scale: of which the upgrade and fold, {n}", first["open_s"], "s"),
+        Row(f"scale: the first start's peak RSS, {n}", first["peak_mib"], "MiB"),
+        Row(f"scale: the next start, {n}", then["start_s"], "s"),
+        Row(f"scale: the store's size after the fold, {n}", then["store_bytes"] / 2**20, "MiB"),
     ]
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "build":
         print(json.dumps(_build(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+    elif sys.argv[1] == "format6":
+        print(json.dumps(_as_format_6(sys.argv[2])))
+    elif sys.argv[1] == "start":
+        print(json.dumps(_start(sys.argv[2])))
     elif sys.argv[1] == "locks":
         print(json.dumps(_locks(int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4]))))
     else:
