@@ -63,7 +63,9 @@ folded in 6.9 s, then restored in 0.44 s against 4.7-5.3 s unfolded).
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
 import shutil
 import struct
 import sys
@@ -526,6 +528,31 @@ def check_lmdb_file(data_file: Path) -> None:
         )
 
 
+def _writer_lock(data_dir: Path) -> int:
+    """The data directory's writer lock: an exclusive ``flock`` on ``medianserv.lock`` in
+    it, held by the process whose store is open for writing and given back when it closes
+    the store or ends (the kernel drops it even on SIGKILL, so a crash never leaves it
+    held). LMDB itself would let two processes write one store, and two services' snapshots
+    would interleave: each writes only what changed since its own last one, so a symbol's
+    record and its levels could come from different services and the store no longer add
+    up. The holder's pid is kept in the file for the message. The descriptor, not
+    inherited by a spawned process; StoreError when another process holds the lock."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "medianserv.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 24, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreError(
+            f"the store in {data_dir} is in use by another medianserv (pid {holder}): one "
+            "writer at a time (`medianserv snapshot info|export` read it beside a writer)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class _MapGate:
     """The reads of a store and the growth of its map, which LMDB allows only while no
     transaction of the process is open (``mdb_env_set_mapsize``; the binding invalidates
@@ -596,32 +623,49 @@ class Store:
             self._current = None
         self.version = FORMAT_VERSION  # of the records on disk; set by _check_format
         self.folded = 0  # levels of formats 1-6 that opening it moved into batches
+        self._writer: int | None = None  # the data directory's writer lock (_writer_lock)
 
     @classmethod
     def open(cls, data_dir: Path, *, reset: bool = False, readonly: bool = False) -> Store:
         """Open (or create) the store. ``reset`` deletes it first, deliberately.
 
+        Opened for writing, it holds the data directory's writer lock until closed: a second
+        writer (another medianserv on the same directory) is refused with StoreError before
+        it changes anything, ``reset`` included; readers need no lock.
+
         Raises StoreError for a store of another format version or one LMDB cannot read.
         """
         path = Path(data_dir) / "medianserv.lmdb"
-        if reset and path.exists():
-            shutil.rmtree(path)
-        if readonly and not path.exists():
-            raise StoreError(f"no store at {path}")
-        path.mkdir(parents=True, exist_ok=True)
-        check_lmdb_file(path / "data.mdb")
+        writer = None if readonly else _writer_lock(Path(data_dir))
         try:
-            # read-only too with LMDB's lock: a reader registers in the lock table, so a writer
-            # (the service, snapshotting meanwhile) never reuses the pages it is reading
-            env = lmdb.open(str(path), max_dbs=6, map_size=INITIAL_MAP_SIZE, readonly=readonly,
-                            lock=True, metasync=True, sync=True)  # fmt: skip
-            store = cls(env, path)
-        except lmdb.Error as exc:
-            hint = ""
-            if readonly and ("ermission" in str(exc) or isinstance(exc, lmdb.ReadonlyError)):
-                hint = " (a reader needs write access to lock.mdb: run as the service's user)"
-            raise StoreError(f"cannot open the store at {path}: {exc}{hint}") from exc
-        store._check_format(readonly)
+            if reset and path.exists():
+                shutil.rmtree(path)
+            if readonly and not path.exists():
+                raise StoreError(f"no store at {path}")
+            path.mkdir(parents=True, exist_ok=True)
+            check_lmdb_file(path / "data.mdb")
+            try:
+                # read-only too with LMDB's lock: a reader registers in the lock table, so a
+                # writer (the service, snapshotting meanwhile) never reuses the pages it reads
+                env = lmdb.open(str(path), max_dbs=6, map_size=INITIAL_MAP_SIZE,
+                                readonly=readonly, lock=True, metasync=True,
+                                sync=True)  # fmt: skip
+                store = cls(env, path)
+            except lmdb.Error as exc:
+                hint = ""
+                if readonly and ("ermission" in str(exc) or isinstance(exc, lmdb.ReadonlyError)):
+                    hint = " (a reader needs write access to lock.mdb: run as the service's user)"
+                raise StoreError(f"cannot open the store at {path}: {exc}{hint}") from exc
+            try:
+                store._check_format(readonly)
+            except BaseException:
+                env.close()
+                raise
+        except BaseException:
+            if writer is not None:
+                os.close(writer)
+            raise
+        store._writer = writer
         return store
 
     def _check_format(self, readonly: bool) -> None:
@@ -741,7 +785,11 @@ class Store:
         txn.cursor(db=self._current).putmulti(items)
 
     def close(self) -> None:
+        """Close the environment and give the writer lock back. O(1)."""
         self.env.close()
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
 
     # -- writing --------------------------------------------------------------------------------
 

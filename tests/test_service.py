@@ -309,6 +309,32 @@ def test_a_store_of_format_6_is_folded_at_its_first_start(sim: Simulator, tmp_pa
     store.close()
 
 
+def test_a_second_service_on_the_same_store_is_refused(sim: Simulator, tmp_path: Path) -> None:
+    """A second medianserv on a data directory a running one writes exits with code 2 and
+    says why, before it changes anything (``--reset`` too); the first goes on serving, and
+    its statistics stay exact."""
+    run = Running(sim, tmp_path)
+    wait_for(lambda: run.get("/-/ready")[0] == 200, timeout=60)
+    publish(sim, 1000)
+    for extra in ([], ["--reset"]):
+        second = subprocess.run(
+            [sys.executable, "-m", "medianserv", "--data-dir", str(tmp_path), "--port", "0",
+             "--rest-url", sim.rest_url, "--ws-url", sim.ws_url, *extra],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"in use by another medianserv (pid {run.proc.pid})" in second.stderr
+    settle(sim, run)
+    assert run.stop() == 0
+    export = subprocess.run(
+        [sys.executable, "-m", "medianserv", "snapshot", "export", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    stored = {d["symbol"]: {k: d[k] for k in ("count", "median", "last_price")}
+              for d in map(json.loads, export.stdout.splitlines()) if d["count"]}  # fmt: skip
+    assert stored == truth(sim)
+
+
 def test_refuses_a_store_of_another_version(sim: Simulator, tmp_path: Path) -> None:
     from medianserv.store import Store
 

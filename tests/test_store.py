@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -579,3 +583,43 @@ def test_merge_levels_of_a_large_batch(merge: Any) -> None:
     want = dict.fromkeys(older_prices.tolist(), 1) | dict.fromkeys(newer_prices.tolist(), 7)
     assert n == len(want) and prices.tolist() == sorted(want)
     assert counts.tolist() == [want[p] for p in sorted(want)]
+
+
+def test_one_writer_at_a_time_on_a_data_directory(tmp_path: Path) -> None:
+    """A store open for writing holds its directory's writer lock: a second writer (``reset``
+    too) is refused, naming the holder, and changes nothing; the lock is given back at
+    close; a reader in another process opens beside the writer; and a killed holder's lock
+    is gone with it."""
+    stats = SymbolStats("BTCUSDT")
+    for t, p in enumerate((5, 7, 7, 9), start=1):
+        stats.apply(t, p, t)
+    store = Store.open(tmp_path)
+    store.save([stats.full_state()])
+    for reset in (False, True):
+        with pytest.raises(
+            StoreError, match=f"in use by another medianserv \\(pid {os.getpid()}\\)"
+        ):
+            Store.open(tmp_path, reset=reset)
+    store.close()
+    again = Store.open(tmp_path)  # given back at close
+    assert SymbolStats.restore(again.load()[0]).full_state() == stats.full_state()
+    again.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from medianserv.store import Store; Store.open(Path(sys.argv[1])); "
+         "print('open', flush=True); time.sleep(600)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        with pytest.raises(StoreError, match=f"pid {holder.pid}"):
+            Store.open(tmp_path)
+        reader = Store.open(tmp_path, readonly=True)  # beside the writer
+        assert SymbolStats.restore(reader.load()[0]).full_state() == stats.full_state()
+        reader.close()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(60)
+    after = Store.open(tmp_path)  # a killed holder's lock is gone with it
+    assert SymbolStats.restore(after.load()[0]).full_state() == stats.full_state()
+    after.close()
