@@ -537,8 +537,12 @@ def _writer_lock(data_dir: Path) -> int:
     record and its levels could come from different services and the store no longer add
     up. The holder's pid is kept in the file for the message. The descriptor, not
     inherited by a spawned process; StoreError when another process holds the lock."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "medianserv.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = data_dir / "medianserv.lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # (a directory this user cannot write)
+        raise StoreError(f"cannot open the store's writer lock {lock}: {exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -623,3 +623,6 @@ def test_one_writer_at_a_time_on_a_data_directory(tmp_path: Path) -> None:
     after = Store.open(tmp_path)  # a killed holder's lock is gone with it
     assert SymbolStats.restore(after.load()[0]).full_state() == stats.full_state()
     after.close()
+    (tmp_path / "plain").write_text("")  # a data directory that cannot be: a clear StoreError
+    with pytest.raises(StoreError, match="writer lock"):
+        Store.open(tmp_path / "plain")
