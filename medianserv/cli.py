@@ -186,6 +186,14 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     from .prices import format_median, format_price
     from .store import Store, StoreError
 
+    if args.action == "compact":
+        try:
+            before, after = Store.compact(args.data_dir)
+        except StoreError as exc:
+            print(f"medianserv: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"bytes_before": before, "bytes_after": after}))
+        return 0
     try:
         store = Store.open(args.data_dir, readonly=True)
     except StoreError as exc:
@@ -289,10 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     snap = sub.add_parser(
         "snapshot",
-        help="inspect a snapshot store: info (counts, size, age) or export (JSON lines)",
+        help="inspect a snapshot store: info (counts, size, age) or export (JSON lines), "
+        "beside the service; or compact its file (the service stopped)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    snap.add_argument("action", choices=["info", "export"])
+    snap.add_argument("action", choices=["info", "export", "compact"])
     snap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the data directory")
     snap.set_defaults(func=_cmd_snapshot)
 

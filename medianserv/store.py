@@ -788,6 +788,52 @@ class Store:
                  if key[-1:] == b"\x01" and len(value) > 8]  # fmt: skip
         txn.cursor(db=self._current).putmulti(items)
 
+    @classmethod
+    def compact(cls, data_dir: Path) -> tuple[int, int]:
+        """Rewrite the store's file with no free page (LMDB's compacting copy), as ``(bytes
+        before, bytes after)``. LMDB never shrinks a file: the pages a fold or a reset symbol
+        freed stay in it, reused by later snapshots only. Opened for writing first (so
+        upgraded and folded, and refused with StoreError while a service writes it or any
+        other process has it open); the copy is written beside the store and then put in
+        place of its data file with one atomic rename, so a crash leaves the old file or
+        the new one, never neither. O(pages in use)."""
+        store = cls.open(data_dir)
+        path = store.path
+        copy = path.with_name(path.name + ".compact")
+        try:
+            shutil.rmtree(copy, ignore_errors=True)
+            copy.mkdir()
+            before = (path / "data.mdb").stat().st_size
+            store.env.copy(str(copy), compact=True)
+            store.env.close()  # (the writer lock still held)
+            # no other process may have it open: LMDB's lock file carries the last
+            # transaction's number, which the copy starts again; a process that opens the
+            # environment alone makes a new one, so the old one goes with the old file
+            lock_fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                try:
+                    fcntl.lockf(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+                except OSError:
+                    raise StoreError(
+                        f"cannot compact the store at {path}: another process has it open "
+                        "(a `medianserv snapshot` reader?); try again when it is done"
+                    ) from None
+                os.replace(copy / "data.mdb", path / "data.mdb")
+                os.unlink(path / "lock.mdb")
+                dir_fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            finally:
+                os.close(lock_fd)
+            return before, (path / "data.mdb").stat().st_size
+        except (OSError, lmdb.Error) as exc:
+            raise StoreError(f"cannot compact the store at {path}: {exc}") from exc
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+            store.close()
+
     def close(self) -> None:
         """Close the environment and give the writer lock back. O(1)."""
         self.env.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -606,7 +607,7 @@ def test_one_writer_at_a_time_on_a_data_directory(tmp_path: Path) -> None:
     again.close()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from medianserv.store import Store; Store.open(Path(sys.argv[1])); "
+         "from medianserv.store import Store; s = Store.open(Path(sys.argv[1])); "
          "print('open', flush=True); time.sleep(600)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -626,3 +627,60 @@ def test_one_writer_at_a_time_on_a_data_directory(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("")  # a data directory that cannot be: a clear StoreError
     with pytest.raises(StoreError, match="writer lock"):
         Store.open(tmp_path / "plain")
+
+
+def _holding(tmp_path: Path, readonly: bool) -> subprocess.Popen[str]:
+    """A process with the store at ``tmp_path`` open (for writing, or read-only), until
+    killed; returned once it is open."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from medianserv.store import Store; "
+         "s = Store.open(Path(sys.argv[1]), readonly=sys.argv[2] == '1'); "
+         "print('open', flush=True); time.sleep(600)", str(tmp_path), str(int(readonly))],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "open\n"
+    return proc
+
+
+def test_compact_gives_back_the_pages_a_fold_freed(tmp_path: Path) -> None:
+    """``medianserv snapshot compact`` rewrites the store's file without free pages: after a
+    fold of 20,000 levels a key each it is smaller, restores the same, and takes
+    snapshots on from where it was. Refused, the store untouched, while another process
+    writes it or reads it."""
+    stats = SymbolStats("BTCUSDT")
+    for t in range(20_000):
+        stats.apply(t, 10**6 + 7 * t, t)
+    store = Store.open(tmp_path)
+    store.save([stats.full_state()])
+    _as_format_6(store, list(stats.full_state().levels))
+    store.close()
+    Store.open(tmp_path).close()  # folded: its keys' pages free in the file
+    data = tmp_path / "medianserv.lmdb" / "data.mdb"
+    for readonly, why in ((False, "in use by another medianserv"), (True, "has it open")):
+        holder = _holding(tmp_path, readonly)
+        try:
+            with pytest.raises(StoreError, match=why):
+                Store.compact(tmp_path)
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(60)
+    size = data.stat().st_size
+    out = subprocess.run(
+        [sys.executable, "-m", "medianserv", "snapshot", "compact", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    report = json.loads(out.stdout)
+    assert report == {"bytes_before": size, "bytes_after": data.stat().st_size}
+    assert report["bytes_after"] < size / 2
+    assert not (tmp_path / "medianserv.lmdb.compact").exists()
+    store = Store.open(tmp_path)
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    for t in range(20_000, 20_100):  # snapshots go on over the new file
+        stats.apply(t, 10**6 + 3 * t, t)
+        store.save([stats.harvest()])  # type: ignore[list-item]
+    store.close()
+    store = Store.open(tmp_path, readonly=True)
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    assert store.info()["snapshots"] == 1 + 100
+    store.close()
