@@ -275,7 +275,7 @@ def test_a_store_of_format_6_is_folded_at_its_first_start(sim: Simulator, tmp_pa
     """A store written by a release of format 6 (a key a price level) starts the service
     with every statistic as stored; that first start moves its levels into batches (said in
     the log, with how many) and the service goes on exact from there."""
-    from medianserv import store as store_module
+    from medianserv.bench.scale import _as_format_6 as as_format_6
     from medianserv.store import Store
 
     run = Running(sim, tmp_path)
@@ -283,18 +283,7 @@ def test_a_store_of_format_6_is_folded_at_its_first_start(sim: Simulator, tmp_pa
     publish(sim, 2000)
     settle(sim, run)
     assert run.stop() == 0
-    store = Store.open(tmp_path)
-    states = store.load()
-    levels = 0
-    with store.env.begin(write=True) as txn:  # as format 6 kept them
-        txn.drop(store._batches, delete=False)
-        for state in states:
-            for price, count in state.levels:
-                txn.put(store_module.level_key(state.symbol, price), count.to_bytes(8, "big"),
-                        db=store._levels)  # fmt: skip
-                levels += 1
-        txn.put(b"format", b"6", db=store._meta)
-    store.close()
+    levels = as_format_6(str(tmp_path))["levels"]  # a key a level, as format 6 kept them
     before = truth(sim)
     run = Running(sim, tmp_path)
     assert served(run, sim.listed()) == before  # served at once, as stored

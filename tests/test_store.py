@@ -398,15 +398,15 @@ def test_a_snapshot_writes_a_few_items_a_symbol_and_batches_stay_few(tmp_path: P
     store.close()
 
 
-def _as_format_6(store: Store, levels: list[tuple[int, int]], version: bytes = b"6") -> None:
+def _as_format_6(store: Store, levels: list[tuple[int, int]]) -> None:
     """``store``'s levels of BTCUSDT rewritten as format 6 kept them: a key a level in
-    ``levels``, no batch (and its format set to ``version``)."""
+    ``levels``, no batch, format 6."""
     with store.env.begin(write=True) as txn:
         txn.drop(store._batches, delete=False)
         for price, count in levels:
             txn.put(store_module.level_key("BTCUSDT", price), count.to_bytes(8, "big"),
                     db=store._levels)  # fmt: skip
-        txn.put(b"format", version, db=store._meta)
+        txn.put(b"format", b"6", db=store._meta)
 
 
 def test_levels_of_format_6_are_folded_into_a_batch_beneath_later_ones(tmp_path: Path) -> None:
@@ -447,9 +447,9 @@ def test_levels_of_format_6_are_folded_into_a_batch_beneath_later_ones(tmp_path:
     store.close()
 
 
-def test_a_fold_that_fills_the_map_grows_it(tmp_path: Path, monkeypatch: Any) -> None:
-    """The batches a fold writes need pages before those of the levels' keys are freed: a
-    store whose map its levels fill is grown and the fold tried again, not refused."""
+def _wide_format_6(tmp_path: Path) -> SymbolStats:
+    """A store at ``tmp_path`` of one symbol's 20,000 levels, a key each as format 6 kept
+    them (closed); the symbol's statistics."""
     stats = SymbolStats("BTCUSDT")
     for t in range(20_000):
         stats.apply(t, 10**6 + 7 * t, t)
@@ -457,6 +457,13 @@ def test_a_fold_that_fills_the_map_grows_it(tmp_path: Path, monkeypatch: Any) ->
     store.save([stats.full_state()])
     _as_format_6(store, list(stats.full_state().levels))
     store.close()
+    return stats
+
+
+def test_a_fold_that_fills_the_map_grows_it(tmp_path: Path, monkeypatch: Any) -> None:
+    """The batches a fold writes need pages before those of the levels' keys are freed: a
+    store whose map its levels fill is grown and the fold tried again, not refused."""
+    stats = _wide_format_6(tmp_path)
     size = (tmp_path / "medianserv.lmdb" / "data.mdb").stat().st_size
     monkeypatch.setattr(store_module, "INITIAL_MAP_SIZE", 1 << 16)  # LMDB takes the file's
     store = Store.open(tmp_path)
@@ -586,6 +593,23 @@ def test_merge_levels_of_a_large_batch(merge: Any) -> None:
     assert counts.tolist() == [want[p] for p in sorted(want)]
 
 
+def _holding(tmp_path: Path, readonly: bool) -> subprocess.Popen[str]:
+    """A process with the store at ``tmp_path`` open (for writing, or read-only), until
+    killed; returned once it is open."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from medianserv.store import Store; "
+         "s = Store.open(Path(sys.argv[1]), readonly=sys.argv[2] == '1'); "
+         "print('open', flush=True); time.sleep(600)", str(tmp_path), str(int(readonly))],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    if proc.stdout is None or proc.stdout.readline() != "open\n":
+        proc.kill()  # (none left behind)
+        proc.wait(60)
+        raise AssertionError("the holder did not open the store")
+    return proc
+
+
 def test_one_writer_at_a_time_on_a_data_directory(tmp_path: Path) -> None:
     """A store open for writing holds its directory's writer lock: a second writer (``reset``
     too) is refused, naming the holder, and changes nothing; the lock is given back at
@@ -605,14 +629,8 @@ def test_one_writer_at_a_time_on_a_data_directory(tmp_path: Path) -> None:
     again = Store.open(tmp_path)  # given back at close
     assert SymbolStats.restore(again.load()[0]).full_state() == stats.full_state()
     again.close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from medianserv.store import Store; s = Store.open(Path(sys.argv[1])); "
-         "print('open', flush=True); time.sleep(600)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = _holding(tmp_path, readonly=False)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
         with pytest.raises(StoreError, match=f"pid {holder.pid}"):
             Store.open(tmp_path)
         reader = Store.open(tmp_path, readonly=True)  # beside the writer
@@ -629,32 +647,12 @@ def test_one_writer_at_a_time_on_a_data_directory(tmp_path: Path) -> None:
         Store.open(tmp_path / "plain")
 
 
-def _holding(tmp_path: Path, readonly: bool) -> subprocess.Popen[str]:
-    """A process with the store at ``tmp_path`` open (for writing, or read-only), until
-    killed; returned once it is open."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from medianserv.store import Store; "
-         "s = Store.open(Path(sys.argv[1]), readonly=sys.argv[2] == '1'); "
-         "print('open', flush=True); time.sleep(600)", str(tmp_path), str(int(readonly))],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stdout.readline() == "open\n"
-    return proc
-
-
 def test_compact_gives_back_the_pages_a_fold_freed(tmp_path: Path) -> None:
     """``medianserv snapshot compact`` rewrites the store's file without free pages: after a
     fold of 20,000 levels a key each it is smaller, restores the same, and takes
     snapshots on from where it was. Refused, the store untouched, while another process
     writes it or reads it."""
-    stats = SymbolStats("BTCUSDT")
-    for t in range(20_000):
-        stats.apply(t, 10**6 + 7 * t, t)
-    store = Store.open(tmp_path)
-    store.save([stats.full_state()])
-    _as_format_6(store, list(stats.full_state().levels))
-    store.close()
+    stats = _wide_format_6(tmp_path)
     Store.open(tmp_path).close()  # folded: its keys' pages free in the file
     data = tmp_path / "medianserv.lmdb" / "data.mdb"
     for readonly, why in ((False, "in use by another medianserv"), (True, "has it open")):
