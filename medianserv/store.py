@@ -528,6 +528,20 @@ def check_lmdb_file(data_file: Path) -> None:
         )
 
 
+def _compact_copy(path: Path) -> Path:
+    """Where :meth:`Store.compact` writes the compacted copy of the store at ``path``."""
+    return path.with_name(path.name + ".compact")
+
+
+def _fsync(path: Path) -> None:
+    """A file's data, or a directory's entries, flushed to disk. O(its dirty pages)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _writer_lock(data_dir: Path) -> int:
     """The data directory's writer lock: an exclusive ``flock`` on ``medianserv.lock`` in
     it, held by the process whose store is open for writing and given back when it closes
@@ -644,6 +658,8 @@ class Store:
         try:
             if reset and path.exists():
                 shutil.rmtree(path)
+            if writer is not None:  # a compaction's copy a crash left (none runs: the lock)
+                shutil.rmtree(_compact_copy(path), ignore_errors=True)
             if readonly and not path.exists():
                 raise StoreError(f"no store at {path}")
             path.mkdir(parents=True, exist_ok=True)
@@ -797,15 +813,15 @@ class Store:
         other process has it open); the copy is written beside the store and then put in
         place of its data file with one atomic rename, so a crash leaves the old file or
         the new one, never neither. O(pages in use)."""
-        store = cls.open(data_dir)
+        store = cls.open(data_dir)  # (a copy an interrupted compaction left: removed)
         path = store.path
-        copy = path.with_name(path.name + ".compact")
+        copy = _compact_copy(path)
         try:
-            shutil.rmtree(copy, ignore_errors=True)
             copy.mkdir()
             before = (path / "data.mdb").stat().st_size
             store.env.copy(str(copy), compact=True)
             store.env.close()  # (the writer lock still held)
+            _fsync(copy / "data.mdb")  # on disk before it is renamed (LMDB's copy does not sync)
             # no other process may have it open: LMDB's lock file carries the last
             # transaction's number, which the copy starts again; a process that opens the
             # environment alone makes a new one, so the old one goes with the old file
@@ -819,12 +835,10 @@ class Store:
                         "(a `medianserv snapshot` reader?); try again when it is done"
                     ) from None
                 os.replace(copy / "data.mdb", path / "data.mdb")
+                # (a crash here leaves the old lock file: harmless, as the first opener of an
+                # environment no process has open rebuilds it from the data file)
                 os.unlink(path / "lock.mdb")
-                dir_fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                _fsync(path)
             finally:
                 os.close(lock_fd)
             return before, (path / "data.mdb").stat().st_size

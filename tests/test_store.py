@@ -647,6 +647,50 @@ def test_one_writer_at_a_time_on_a_data_directory(tmp_path: Path) -> None:
         Store.open(tmp_path / "plain")
 
 
+# a compaction in a process that SIGKILLs itself at one of its steps: where it dies
+_KILLED_COMPACT = """
+import os, signal, sys
+from pathlib import Path
+from medianserv.store import Store
+step, real = sys.argv[2], {"replace": os.replace, "unlink": os.unlink}
+def dying(name):
+    def call(*args, **kwargs):
+        if name == step and str(args[-1]).endswith(("data.mdb", "lock.mdb")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real[name](*args, **kwargs)
+    return call
+os.replace, os.unlink = dying("replace"), dying("unlink")
+Store.compact(Path(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("step", ["replace", "unlink"])
+def test_a_compaction_killed_at_any_step_leaves_the_store_whole(tmp_path: Path, step: str) -> None:
+    """A compaction SIGKILLed with its copy written but not yet in place (``replace``), or in
+    place with the old lock file not yet removed (``unlink``): the store restores the same,
+    takes snapshots on and restores the same after them; the copy a crash left is removed
+    at the next writable open, and a compaction after it works."""
+    stats = _wide_format_6(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_COMPACT, str(tmp_path), step],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    lmdb_dir, copy = tmp_path / "medianserv.lmdb", tmp_path / "medianserv.lmdb.compact"
+    assert (lmdb_dir / "lock.mdb").exists()  # the dead process's
+    assert (copy / "data.mdb").exists() == (step == "replace")
+    store = Store.open(tmp_path)
+    assert not copy.exists()
+    assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+    for t in range(20_000, 20_100):
+        stats.apply(t, 10**6 + 3 * t, t)
+        store.save([stats.harvest()])  # type: ignore[list-item]
+    store.close()
+    for _ in range(2):  # read back, then compacted and read back
+        store = Store.open(tmp_path, readonly=True)
+        assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
+        store.close()
+        Store.compact(tmp_path)
+
+
 def test_compact_gives_back_the_pages_a_fold_freed(tmp_path: Path) -> None:
     """``medianserv snapshot compact`` rewrites the store's file without free pages: after a
     fold of 20,000 levels a key each it is smaller, restores the same, and takes
