@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from medianserv import store as store_module
+from medianserv import symbols as symbols_module
+from medianserv.median import CRunningMedian
 from medianserv.snapshotter import Snapshotter
 from medianserv.store import FORMAT_VERSION, Store, StoreError, decode_record, encode_record
 from medianserv.symbols import Front, Gap, Row, SymbolState, SymbolStats, TradeIds
@@ -278,6 +281,45 @@ def test_corrupt_record_and_inconsistent_levels_are_refused(tmp_path: Path) -> N
         with pytest.raises(StoreError, match="corrupt batch"):
             store.load()
     store.close()
+
+
+@pytest.mark.parametrize("compiled", [False] + ([True] if CRunningMedian is not None else []))
+def test_a_symbols_batches_are_merged_at_load_later_counts_over_earlier(
+    tmp_path: Path, compiled: bool
+) -> None:
+    """Snapshots whose levels overlap leave a symbol several batches (each under half the
+    one before); a restore merges them as stored, with either twin: every level at its
+    latest count, as a brute-force count of the trades has it. A batch inside the merge
+    that holds as many levels as its key says but not in order is refused."""
+    symbols_module.use_compiled(compiled)
+    try:
+        stats, store, rng = SymbolStats("BTCUSDT"), Store.open(tmp_path), random.Random(7)
+        truth: Counter[int] = Counter()
+        t = 0
+        for size in (400, 100, 20, 5, 1):
+            for _ in range(size):
+                price = rng.randrange(1, 600) * 10
+                stats.apply(t, price, t)
+                truth[price] += 1
+                t += 1
+            store.save([stats.harvest()])  # type: ignore[list-item]
+        with store.env.begin() as txn:
+            keys = [bytes(k) for k in txn.cursor(db=store._batches).iternext(values=False)]
+        assert len(keys) == 5
+        (state,) = store.load()
+        levels = zip(state.levels.prices.tolist(), state.levels.counts.tolist(), strict=True)
+        assert dict(levels) == truth
+        assert SymbolStats.restore(state).full_state() == stats.full_state()
+        n = int.from_bytes(keys[-2][-8:], "big")  # the batch before the newest: out of order
+        falling = np.arange(n, 0, -1, dtype=np.uint64) * 10
+        with store.env.begin(write=True) as txn:
+            txn.put(keys[-2], store_module.encode_batch(falling, np.ones(n, np.int64)),
+                    db=store._batches)  # fmt: skip
+        with pytest.raises(StoreError, match="corrupt batch"):
+            store.load()
+        store.close()
+    finally:
+        symbols_module.use_compiled(CRunningMedian is not None)
 
 
 def test_truncated_store_is_refused(tmp_path: Path) -> None:
