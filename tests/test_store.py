@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from medianserv import store as store_module
 from medianserv import symbols as symbols_module
+from medianserv.bench.scale import _as_format_6
 from medianserv.median import CRunningMedian
 from medianserv.snapshotter import Snapshotter
 from medianserv.store import FORMAT_VERSION, Store, StoreError, decode_record, encode_record
@@ -440,17 +441,6 @@ def test_a_snapshot_writes_a_few_items_a_symbol_and_batches_stay_few(tmp_path: P
     store.close()
 
 
-def _as_format_6(store: Store, levels: list[tuple[int, int]]) -> None:
-    """``store``'s levels of BTCUSDT rewritten as format 6 kept them: a key a level in
-    ``levels``, no batch, format 6."""
-    with store.env.begin(write=True) as txn:
-        txn.drop(store._batches, delete=False)
-        for price, count in levels:
-            txn.put(store_module.level_key("BTCUSDT", price), count.to_bytes(8, "big"),
-                    db=store._levels)  # fmt: skip
-        txn.put(b"format", b"6", db=store._meta)
-
-
 def test_levels_of_format_6_are_folded_into_a_batch_beneath_later_ones(tmp_path: Path) -> None:
     """A store of format 6 holds its levels one by one in ``levels``. Opened read-only it is
     read as it is; opened for writing it is format 7, its levels moved into one batch of
@@ -461,8 +451,8 @@ def test_levels_of_format_6_are_folded_into_a_batch_beneath_later_ones(tmp_path:
         stats.apply(t, p, t)
     store = Store.open(tmp_path)
     store.save([stats.full_state()])
-    _as_format_6(store, [(5, 1), (7, 2), (9, 1)])
     store.close()
+    assert _as_format_6(str(tmp_path))["levels"] == 3  # 5, 7 (twice) and 9, a key each
     old = Store.open(tmp_path, readonly=True)
     assert old.version == 6 and old.info()["levels"] == 3
     assert SymbolStats.restore(old.load()[0]).full_state() == stats.full_state()
@@ -497,8 +487,8 @@ def _wide_format_6(tmp_path: Path) -> SymbolStats:
         stats.apply(t, 10**6 + 7 * t, t)
     store = Store.open(tmp_path)
     store.save([stats.full_state()])
-    _as_format_6(store, list(stats.full_state().levels))
     store.close()
+    _as_format_6(str(tmp_path))
     return stats
 
 
