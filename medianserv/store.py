@@ -1203,11 +1203,12 @@ class Store:
                     if len(counts) != len(prices):
                         raise StoreError(f"{symbol}: a level's count is not 8 bytes")
                     levels = LevelArrays(_native(prices, np.uint64), _native(counts, np.int64))
-                    parts, held = self._load_batches(batches, symbol, prefix)
-                    if parts:
-                        total += sum(len(p) for p, _ in parts)
-                        levels = LevelArrays(*latest_levels([(levels.prices, levels.counts),
-                                                             *parts]))  # fmt: skip
+                    part, held = self._load_batches(batches, symbol, prefix)
+                    if part is not None:
+                        total += len(part[0])
+                        if len(levels.prices):  # keys of formats 1-6 beneath (read-only)
+                            part = latest_levels([(levels.prices, levels.counts), part])
+                        levels = LevelArrays(*part)
                     self._held[prefix] = held
                     if levels.total() != state.count or bool(np.any(levels.counts <= 0)):
                         raise StoreError(
@@ -1223,9 +1224,9 @@ class Store:
     @staticmethod
     def _load_batches(
         cursor: Any, symbol: str, prefix: bytes
-    ) -> tuple[list[_Arrays], list[tuple[bytes, int]]]:
-        """A symbol's batches of levels as one part (none if it has none), and their keys
-        and sizes, oldest first. The batches are merged as they are stored (compact, each
+    ) -> tuple[_Arrays | None, list[tuple[bytes, int]]]:
+        """A symbol's batches of levels as one part, checked (None if it has none), and
+        their keys and sizes, oldest first. The batches are merged as they are stored (compact, each
         ascending: :func:`merge_levels`, a later count over an earlier) and the result
         decoded once, not each decoded and the whole sorted again: a symbol of 10^7 levels
         in two batches is read in about a quarter of the time. StoreError if one is corrupt
@@ -1234,7 +1235,7 @@ class Store:
         held: list[tuple[bytes, int]] = []
         n = len(prefix)
         if cursor is None or not cursor.set_range(prefix):
-            return [], held
+            return None, held
         for key, value in cursor:
             if key[:n] != prefix or len(key) != n + 16:
                 break
@@ -1245,12 +1246,12 @@ class Store:
             raws.append(raw)
             held.append((bytes(key), size))
         if not raws:
-            return [], held
+            return None, held
         try:
             value = raws[0]
             for raw in raws[1:]:
                 value, _ = merge_levels(value, raw)
-            return [decode_batch(value)], held
+            return decode_batch(value), held
         except ValueError as exc:
             raise StoreError(f"{symbol}: corrupt batch of levels: {exc}") from exc
 
