@@ -537,6 +537,10 @@ def test_levels_left_beneath_batches_by_an_earlier_upgrade_are_folded_beneath_th
         newer = [bytes(k) for k, _ in txn.cursor(db=store._batches)]
     assert len(newer) == 1 and newer[0].startswith(store_module.symbol_prefix("BTCUSDT"))
     store.close()
+    reader = Store.open(tmp_path, readonly=True)  # read as it is: the batch over the keys
+    unfolded = {s.symbol: SymbolStats.restore(s).full_state() for s in reader.load()}
+    assert unfolded == {b.symbol: b.full_state() for b in books}
+    reader.close()
     store = Store.open(tmp_path)
     with store.env.begin() as txn:
         assert txn.stat(store._levels)["entries"] == 0
