@@ -72,7 +72,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -550,6 +550,24 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _swap_guard(path: Path, exclusive: bool) -> Iterator[None]:
+    """A ``flock`` on the store's directory ``path``: exclusive while :meth:`Store.compact`
+    puts its copy in place of the data file and removes the old lock file, shared while a
+    reader opens the store. LMDB's lock file carries the last transaction's number, which
+    picks the data file's current meta page; a reader that opened the new data file and
+    the old lock file in that instant would read the new file by the old file's number (an
+    empty store, or a torn one), and sit in a lock table no later writer sees. Once open,
+    a reader holds LMDB's own lock, which the compaction refuses to run beside; so the
+    guard is held for the open alone. O(1)"""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # (the lock with it)
+
+
 def _writer_lock(data_dir: Path) -> int:
     """The data directory's writer lock: an exclusive ``flock`` on ``medianserv.lock`` in
     it, held by the process whose store is open for writing and given back when it closes
@@ -657,7 +675,8 @@ class Store:
 
         Opened for writing, it holds the data directory's writer lock until closed: a second
         writer (another medianserv on the same directory) is refused with StoreError before
-        it changes anything, ``reset`` included; readers need no lock.
+        it changes anything, ``reset`` included; readers need no lock but LMDB's, and open
+        outside a compaction's swap of files (:func:`_swap_guard`).
 
         Raises StoreError for a store of another format version or one LMDB cannot read.
         """
@@ -674,10 +693,12 @@ class Store:
             check_lmdb_file(path / "data.mdb")
             try:
                 # read-only too with LMDB's lock: a reader registers in the lock table, so a
-                # writer (the service, snapshotting meanwhile) never reuses the pages it reads
-                env = lmdb.open(str(path), max_dbs=6, map_size=INITIAL_MAP_SIZE,
-                                readonly=readonly, lock=True, metasync=True,
-                                sync=True)  # fmt: skip
+                # writer (the service, snapshotting meanwhile) never reuses the pages it reads;
+                # it opens outside a compaction's swap of files (a writer excludes compactions)
+                with _swap_guard(path, exclusive=False) if readonly else nullcontext():
+                    env = lmdb.open(str(path), max_dbs=6, map_size=INITIAL_MAP_SIZE,
+                                    readonly=readonly, lock=True, metasync=True,
+                                    sync=True)  # fmt: skip
                 store = cls(env, path)
             except lmdb.Error as exc:
                 hint = ""
@@ -820,7 +841,8 @@ class Store:
         upgraded and folded, and refused with StoreError while a service writes it or any
         other process has it open); the copy is written beside the store and then put in
         place of its data file with one atomic rename, so a crash leaves the old file or
-        the new one, never neither. O(pages in use)."""
+        the new one, never neither; no reader opens between that rename and the old lock
+        file's removal (:func:`_swap_guard`). O(pages in use)."""
         store = cls.open(data_dir)  # (a copy an interrupted compaction left: removed)
         path = store.path
         copy = _compact_copy(path)
@@ -835,18 +857,19 @@ class Store:
             # environment alone makes a new one, so the old one goes with the old file
             lock_fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CLOEXEC)
             try:
-                try:
-                    fcntl.lockf(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-                except OSError:
-                    raise StoreError(
-                        f"cannot compact the store at {path}: another process has it open "
-                        "(a `medianserv snapshot` reader?); try again when it is done"
-                    ) from None
-                os.replace(copy / "data.mdb", path / "data.mdb")
-                # (a crash here leaves the old lock file: harmless, as the first opener of an
-                # environment no process has open rebuilds it from the data file)
-                os.unlink(path / "lock.mdb")
-                _fsync(path)
+                with _swap_guard(path, exclusive=True):  # no reader opens till the old lock goes
+                    try:
+                        fcntl.lockf(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+                    except OSError:
+                        raise StoreError(
+                            f"cannot compact the store at {path}: another process has it open "
+                            "(a `medianserv snapshot` reader?); try again when it is done"
+                        ) from None
+                    os.replace(copy / "data.mdb", path / "data.mdb")
+                    # (a crash here leaves the old lock file: harmless, as the first opener of an
+                    # environment no process has open rebuilds it from the data file)
+                    os.unlink(path / "lock.mdb")
+                    _fsync(path)
             finally:
                 os.close(lock_fd)
             return before, (path / "data.mdb").stat().st_size

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -762,3 +764,76 @@ def test_compact_gives_back_the_pages_a_fold_freed(tmp_path: Path) -> None:
     assert SymbolStats.restore(store.load()[0]).full_state() == stats.full_state()
     assert store.info()["snapshots"] == 1 + 100
     store.close()
+
+
+# a compaction in a process that stops at its removal of the old lock file (the new data file
+# in place) until `go` exists beside the store
+_PAUSED_COMPACT = """
+import os, sys, time
+from pathlib import Path
+from medianserv.store import Store
+data_dir, real = Path(sys.argv[1]), os.unlink
+def paused(path, *args, **kwargs):
+    if str(path).endswith("lock.mdb"):
+        (data_dir / "paused").touch()
+        deadline = time.monotonic() + 300
+        while not (data_dir / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return real(path, *args, **kwargs)
+os.unlink = paused
+Store.compact(data_dir)
+"""
+
+# a reader in a process of its own: the store's statistics, as a restore has them
+_READER = """
+import pickle, sys
+from pathlib import Path
+from medianserv.store import Store
+from medianserv.symbols import SymbolStats
+print("opening", flush=True)
+store = Store.open(Path(sys.argv[1]), readonly=True)
+states = store.load()
+store.close()
+sys.stdout.buffer.write(pickle.dumps([SymbolStats.restore(s).full_state() for s in states]))
+"""
+
+
+def _blocked_on_a_lock(pid: int) -> bool:
+    """Whether process ``pid`` waits for a file lock (a ``->`` line of /proc/locks)."""
+    with open("/proc/locks") as f:
+        return any(p[1] == "->" and p[5] == str(pid) for p in map(str.split, f) if len(p) > 5)
+
+
+def test_a_reader_opening_while_a_compaction_swaps_files_reads_the_new_file_whole(
+    tmp_path: Path,
+) -> None:
+    """A reader that opens the store at the one instant a compaction has put its copy in
+    place but not yet removed the old lock file waits for the compaction, then reads the
+    new file whole: it never pairs the new data file with the old lock file's transaction
+    number (which would read an empty or a torn store)."""
+    stats = _wide_format_6(tmp_path)
+    Store.open(tmp_path).close()  # folded: the compaction has pages to give back
+    compact = subprocess.Popen([sys.executable, "-c", _PAUSED_COMPACT, str(tmp_path)],
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    reader = None
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "paused").exists():
+            assert compact.poll() is None and time.monotonic() < deadline, "no pause"
+            time.sleep(0.01)
+        reader = subprocess.Popen([sys.executable, "-c", _READER, str(tmp_path)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert reader.stdout is not None and reader.stdout.readline() == b"opening\n"
+        while not _blocked_on_a_lock(reader.pid):  # (it waits while the compaction swaps)
+            assert reader.poll() is None and time.monotonic() < deadline, "the reader never waited"
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        out, err = reader.communicate(timeout=300)
+        assert reader.returncode == 0, err
+        assert compact.wait(300) == 0, compact.stderr.read() if compact.stderr else ""
+        assert pickle.loads(out) == [stats.full_state()]
+    finally:
+        for proc in (compact, reader):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(60)
