@@ -560,9 +560,15 @@ def _swap_guard(path: Path, exclusive: bool) -> Iterator[None]:
     empty store, or a torn one), and sit in a lock table no later writer sees. Once open,
     a reader holds LMDB's own lock, which the compaction refuses to run beside; so the
     guard is held for the open alone. O(1)"""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"cannot open the store's directory {path}: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError as exc:  # (a file system without flock)
+            raise StoreError(f"cannot lock the store's directory {path}: {exc}") from exc
         yield
     finally:
         os.close(fd)  # (the lock with it)
