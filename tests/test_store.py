@@ -685,20 +685,28 @@ def test_one_writer_at_a_time_on_a_data_directory(tmp_path: Path) -> None:
         Store.open(tmp_path / "plain")
 
 
-# a compaction in a process that SIGKILLs itself at one of its steps: where it dies
-_KILLED_COMPACT = """
-import os, signal, sys
+# a compaction in a process of its own that, at one of its steps (its `replace` of the data
+# file or its `unlink` of the old lock file), SIGKILLs itself (`kill`) or waits until `go`
+# exists beside the store (`pause`, having made `paused` there)
+_COMPACT_STOPPING = """
+import os, signal, sys, time
 from pathlib import Path
 from medianserv.store import Store
-step, real = sys.argv[2], {"replace": os.replace, "unlink": os.unlink}
-def dying(name):
+data_dir, step, action = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+real = {"replace": os.replace, "unlink": os.unlink}
+def stopping(name):
     def call(*args, **kwargs):
         if name == step and str(args[-1]).endswith(("data.mdb", "lock.mdb")):
-            os.kill(os.getpid(), signal.SIGKILL)
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            (data_dir / "paused").touch()
+            deadline = time.monotonic() + 300
+            while not (data_dir / "go").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
         return real[name](*args, **kwargs)
     return call
-os.replace, os.unlink = dying("replace"), dying("unlink")
-Store.compact(Path(sys.argv[1]))
+os.replace, os.unlink = stopping("replace"), stopping("unlink")
+Store.compact(data_dir)
 """
 
 
@@ -709,7 +717,7 @@ def test_a_compaction_killed_at_any_step_leaves_the_store_whole(tmp_path: Path, 
     takes snapshots on and restores the same after them; the copy a crash left is removed
     at the next writable open, and a compaction after it works."""
     stats = _wide_format_6(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", _KILLED_COMPACT, str(tmp_path), step],
+    proc = subprocess.run([sys.executable, "-c", _COMPACT_STOPPING, str(tmp_path), step, "kill"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     lmdb_dir, copy = tmp_path / "medianserv.lmdb", tmp_path / "medianserv.lmdb.compact"
@@ -766,24 +774,6 @@ def test_compact_gives_back_the_pages_a_fold_freed(tmp_path: Path) -> None:
     store.close()
 
 
-# a compaction in a process that stops at its removal of the old lock file (the new data file
-# in place) until `go` exists beside the store
-_PAUSED_COMPACT = """
-import os, sys, time
-from pathlib import Path
-from medianserv.store import Store
-data_dir, real = Path(sys.argv[1]), os.unlink
-def paused(path, *args, **kwargs):
-    if str(path).endswith("lock.mdb"):
-        (data_dir / "paused").touch()
-        deadline = time.monotonic() + 300
-        while not (data_dir / "go").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-    return real(path, *args, **kwargs)
-os.unlink = paused
-Store.compact(data_dir)
-"""
-
 # a reader in a process of its own: the store's statistics, as a restore has them
 _READER = """
 import pickle, sys
@@ -813,8 +803,10 @@ def test_a_reader_opening_while_a_compaction_swaps_files_reads_the_new_file_whol
     number (which would read an empty or a torn store)."""
     stats = _wide_format_6(tmp_path)
     Store.open(tmp_path).close()  # folded: the compaction has pages to give back
-    compact = subprocess.Popen([sys.executable, "-c", _PAUSED_COMPACT, str(tmp_path)],
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    compact = subprocess.Popen(
+        [sys.executable, "-c", _COMPACT_STOPPING, str(tmp_path), "unlink", "pause"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     reader = None
     try:
         deadline = time.monotonic() + 300
