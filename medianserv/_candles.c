@@ -5,9 +5,11 @@
  * A live trade is only noted: its price goes into a pending list of PERIOD_PENDING (its id
  * follows the list's first one's: the per-trade path takes only the next id, and the book
  * settles the list before it counts a next id elsewhere, PyPeriod.settle), and it touches
- * nothing of the period but the list's entry: the minute's bounds, its latest time
- * and the count of pending trades are kept, while the minute is current, in the line of the
- * symbol's Lock that gates it (_native.h), which the trade takes anyway. The list is applied
+ * nothing of the period but the list's entries: the minute's bounds, its latest time, the
+ * count of pending trades and the latest of them are kept, while the minute is current, in
+ * the line of the symbol's Lock that gates it (_native.h), which the trade takes anyway, and
+ * two trades' prices are written to the list at once (period_gather_pending writes a price
+ * the gate still holds before the list is read). The list is applied
  * all at once when it is full or the period is read (period_settle; count adds the pending
  * ones up instead), in the order the trades came, as each would have been applied alone: so
  * the fields and levels of a cold symbol's minute are read and written once in PERIOD_PENDING
@@ -319,6 +321,7 @@ static int settle_inside(Period *p, uint32_t n) {
 }
 
 int period_settle(Period *p) {
+    period_gather_pending(p);
     uint32_t n = period_pending(p);
     if (!n) return 0;
     int inside = settle_inside(p, n);
@@ -664,7 +667,7 @@ static const LevelCount *period_run(Period *p, size_t *n) {
 }
 
 /* a live trade of a gated minute touches one entry of the pending list, on lines of its own */
-_Static_assert(offsetof(Period, pend_id) == 64 && offsetof(Period, pend) == 72,
+_Static_assert(offsetof(Period, pend) == 64 && offsetof(Period, pend_id) == 64 + sizeof(u64) * PERIOD_PENDING,
                "the pending list: lines of its own");
 
 static PyObject *Period_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
@@ -847,6 +850,7 @@ static int list_copy(LevelList *e, const LevelList *f, size_t n) {
 static PyObject *Period_copy(Period *p, PyObject *Py_UNUSED(ignored)) {
     Period *c = (Period *)Py_TYPE(p)->tp_alloc(Py_TYPE(p), 0);
     if (!c) return NULL;
+    period_gather_pending(p);
     /* every field after the object header (the pending trades too: the copy applies them when
        it is read, off the symbol's lock), then edges, a map and runs of its own */
     memcpy((char *)c + sizeof(PyObject), (char *)p + sizeof(PyObject), sizeof(Period) - sizeof(PyObject));
@@ -1222,7 +1226,11 @@ static int Period_set_lo_ms(Period *p, PyObject *v, void *Py_UNUSED(closure)) {
     long long ms;
     if (ms_arg(v, &ms) < 0) return -1;
     p->lo_ms = ms;
-    if (p->hot) p->hot->gate_lo = ms;
+    if (p->hot) { /* (the gate's end is the period's) */
+        p->hot->gate_lo = ms;
+        long long end = p->start > LLONG_MAX - p->length ? LLONG_MAX : p->start + p->length;
+        p->hot->gate_span = gate_span(ms, end);
+    }
     return 0;
 }
 

@@ -79,6 +79,7 @@ static PyMethodDef hotpath_functions[] = {
 void lock_ungate(Lock *l) {
     Period *p = l->gate;
     if (!p) return;
+    period_gather_pending(p);
     p->pending = l->noted;
     p->last_ms = l->gate_last;
     p->hot = NULL;
@@ -92,9 +93,11 @@ void lock_gate(Lock *l, Period *p) {
     lock_ungate(l);
     if (p->hot) lock_ungate(p->hot);
     l->gate = (Period *)Py_NewRef(p);
-    l->noted = p->pending;
+    l->noted = (uint8_t)p->pending; /* (at most PERIOD_PENDING) */
+    l->holds = 0;
     l->gate_lo = p->lo_ms;
-    l->gate_end = p->start > LLONG_MAX - p->length ? LLONG_MAX : p->start + p->length;
+    long long end = p->start > LLONG_MAX - p->length ? LLONG_MAX : p->start + p->length;
+    l->gate_span = gate_span(p->lo_ms, end);
     l->gate_last = p->last_ms;
     p->pending = 0;
     p->hot = l;
@@ -192,7 +195,7 @@ static int lock_take(Lock *l, long long timeout_us) {
     LockWaiter **at = &l->queue;
     while (*at) at = &(*at)->next;
     *at = &w;
-    int counted = l->waiters < UINT16_MAX;
+    int counted = l->waiters < UINT8_MAX;
     l->waiters += counted;
     PyLockStatus r = PY_LOCK_FAILURE;
     do {
@@ -276,7 +279,7 @@ static PyMethodDef Lock_methods[] = {
 };
 
 static PyMemberDef Lock_members[] = {
-    {"waiters", T_USHORT, offsetof(Lock, waiters), READONLY,
+    {"waiters", T_UBYTE, offsetof(Lock, waiters), READONLY,
      "threads asleep waiting for it (0 in a free-threaded build, whose waiters the lock "
      "itself counts)"},
     {NULL, 0, 0, 0, NULL},
@@ -750,7 +753,7 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
             }
             minute = gate->gate; /* its bounds read from the lock's line, not its own */
             if (T < gate->gate_lo) goto done;
-            if (T >= gate->gate_end) {
+            if ((unsigned long long)T - (unsigned long long)gate->gate_lo >= gate->gate_span) {
                 if (minute->length != 60000 || t < 0 || T < 0) goto done;
                 roll = 1; /* t and T have at most 18 digits: below candles.LIMIT */
             }
@@ -770,12 +773,20 @@ static int apply_common(TradePath *tp, PyObject *stats, long long t, u64 price, 
             lock_gate(gate, (Period *)fresh); /* the minute before ungated */
             Py_DECREF(fresh);
             minute = (Period *)fresh; /* held by the slot and the lock */
-        } else if (minute && gate->noted == PERIOD_PENDING && period_settle(minute) < 0)
+        } else if (minute && gate->noted + gate->holds == PERIOD_PENDING && period_settle(minute) < 0)
             goto done; /* room for the trade */
         if (median_add((Median *)median, price, 1) < 0) goto done;
         if (minute && !roll) { /* (room) */
-            if (!gate->noted) minute->pend_id = t; /* the next ones' ids follow it */
-            minute->pend[gate->noted++] = price;
+            if (!gate->holds) {
+                if (!gate->noted) minute->pend_id = t; /* the next ones' ids follow it */
+                gate->held = price; /* written with the next */
+                gate->holds = 1;
+            } else {
+                minute->pend[gate->noted] = gate->held;
+                minute->pend[gate->noted + 1] = price;
+                gate->noted += 2;
+                gate->holds = 0;
+            }
         }
         if (minute && T > gate->gate_last) gate->gate_last = T;
         set_slot(&SLOT(ids, I_HIGHEST), tid);
@@ -893,15 +904,15 @@ static inline void warm_levels(const TradePath *tp, const Frame *fr) {
         const Lock *l = (const Lock *)lock;
         const Period *p = l->gate;
         if (!p) return;
-        if (l->noted < PERIOD_PENDING) {
-            __builtin_prefetch(&p->pend[l->noted], 1);
+        if (l->noted + l->holds < PERIOD_PENDING) {
+            if (l->holds) __builtin_prefetch(&p->pend[l->noted], 1); /* (else: held, */
+            else if (!l->noted) __builtin_prefetch(&p->pend_id, 1); /* the list's id noted) */
             return;
         }
         /* the list is full: the trade applies it first, reading every entry and the fields
            after it (their misses overlap here, not one after another there) */
-        __builtin_prefetch(&p->pend_id, 1); /* (the trade's own entry after it: written) */
-        for (size_t at = 64; at < sizeof p->pend + sizeof p->pend_id; at += 64)
-            __builtin_prefetch((const char *)&p->pend_id + at, 0);
+        for (size_t at = 0; at < sizeof p->pend + sizeof p->pend_id; at += 64)
+            __builtin_prefetch((const char *)p->pend + at, 0);
         __builtin_prefetch(&p->count, 1);
         __builtin_prefetch((const char *)&p->count + 64, 1);
         __builtin_prefetch(&p->keeps_gains, 0);

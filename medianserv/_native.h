@@ -205,8 +205,9 @@ typedef struct Period {
     uint32_t pending;                 /* pend[0 .. pending) wait to be applied */
     struct Lock *hot;                 /* the Lock that gates it, or NULL (the lock holds it:
                                          a gated period is never freed) */
-    _Alignas(64) long long pend_id;   /* the id of pend[0]; pend[i]'s is pend_id + i */
-    u64 pend[PERIOD_PENDING];         /* the pending trades' prices */
+    _Alignas(64) u64 pend[PERIOD_PENDING]; /* the pending trades' prices (a gate writes them
+                                         two at a time, pend[2k] and pend[2k + 1]: in one line) */
+    long long pend_id;                /* the id of pend[0]; pend[i]'s is pend_id + i */
     long long count, open_id, close_id;  /* of the trades applied */
     u64 open_price, close_price, high, low;
     u64 up_last, down_last;           /* each edge's last price */
@@ -240,10 +241,14 @@ int period_settle(Period *p);
 
 /* threading.Lock's semantics for a symbol's stats, and the gate of the symbol's current
  * minute: the one line a live trade reads and writes for the minute (its time bounds, its
- * latest time, the count of its pending trades), so that a trade touches of the minute only
- * the pending entry it writes. The lock holds the Period it gates; the per-trade path gates
- * stats.minute whenever it finds another there (lock_gate), and ungates the one before, whose
- * own fields then take the count and the latest time back. 64-byte aligned, one line.
+ * latest time, the count of its pending trades and the latest of them), so that a trade
+ * touches of the minute only the pending entries it writes, and those every second trade:
+ * a trade's price is held in `held` until the next one, and the two are written to the
+ * minute's pending list together (each line of the list is then fetched for two trades'
+ * entries, not one: a line a trade is what the candles cost a busy market most). The lock
+ * holds the Period it gates; the per-trade path gates stats.minute whenever it finds another
+ * there (lock_gate), and ungates the one before, whose own fields then take the count, the
+ * held price and the latest time back. 64-byte aligned, one line.
  *
  * Whoever takes or gives the lock holds the interpreter (the GIL), so `locked` alone says
  * who owns it, and the uncontended take and give of a trade read and write this line only:
@@ -261,24 +266,46 @@ typedef struct Lock {
 #else
     struct LockWaiter *queue;         /* the threads asleep waiting for it, oldest first */
 #endif
-    char locked;
-    uint16_t waiters;                 /* threads asleep waiting for it (saturating) */
-    uint32_t noted;                   /* the gate's pending trades: gate->pend[0 .. noted) */
     Period *gate;                     /* the minute gated (a reference), or NULL */
-    long long gate_lo, gate_end;      /* it takes times gate_lo .. gate_end - 1 */
+    long long gate_lo;                /* it takes times gate_lo .. gate_lo + gate_span - 1 */
     long long gate_last;              /* its latest time taken */
+    uint32_t gate_span;
+    char locked;
+    uint8_t waiters;                  /* threads asleep waiting for it (saturating) */
+    uint8_t noted;                    /* the gate's pending trades: gate->pend[0 .. noted), */
+    uint8_t holds;                    /* then `held` where this is 1 */
+    u64 held;
 } Lock;
 
 _Static_assert(sizeof(PyObject) != 16 || sizeof(Lock) == 64, "a lock and its gate: one line");
+_Static_assert(PERIOD_PENDING <= UINT8_MAX, "a gate's pending count: a byte");
 
 /* the pending trades of p, wherever they are counted. O(1) */
 static inline uint32_t period_pending(const Period *p) {
-    return p->hot ? p->hot->noted : p->pending;
+    return p->hot ? (uint32_t)p->hot->noted + p->hot->holds : p->pending;
+}
+
+/* p's pending trades all in its own list (the price its gate holds written to it), before
+   the list is read. O(1) */
+static inline void period_gather_pending(Period *p) {
+    struct Lock *l = p->hot;
+    if (l && l->holds) {
+        p->pend[l->noted++] = l->held;
+        l->holds = 0;
+    }
 }
 
 /* where the latest time p took is kept: the gate's while a lock gates it. O(1) */
 static inline long long *period_last_at(Period *p) {
     return p->hot ? &p->hot->gate_last : &p->last_ms;
+}
+
+/* the span of times a gate takes from lo to end (end - lo, at most UINT32_MAX: a longer
+   period's trades beyond it take the general path). O(1) */
+static inline uint32_t gate_span(long long lo, long long end) {
+    if (end <= lo) return 0;
+    unsigned long long span = (unsigned long long)end - (unsigned long long)lo;
+    return span > UINT32_MAX ? UINT32_MAX : (uint32_t)span;
 }
 
 /* p gated by l (ungating what l gated before, and taking p from any lock that gated it):

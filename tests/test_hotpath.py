@@ -389,6 +389,7 @@ except ImportError:
 @example([7] * (PERIOD_PENDING + 1), [PERIOD_PENDING - 1, 1, 1], ["count", "keep", "gains"])
 @example([*range(41), *[20, 3, 20, 37] * 20], [41, 80], ["set", "fields"])  # within extremes
 @example([0, 40, *range(1, 7), 10, 11, 12], [8], ["fields"])  # a map filled to half by a sum
+@example(list(range(5)), [5], ["copy"])  # an odd count: a price the gate still holds, copied
 def test_a_minute_read_between_live_trades_holds_every_one(
     prices: list[int], cuts: list[int], reads: list[str]
 ) -> None:
