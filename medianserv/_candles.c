@@ -1228,8 +1228,7 @@ static int Period_set_lo_ms(Period *p, PyObject *v, void *Py_UNUSED(closure)) {
     p->lo_ms = ms;
     if (p->hot) { /* (the gate's end is the period's) */
         p->hot->gate_lo = ms;
-        long long end = p->start > LLONG_MAX - p->length ? LLONG_MAX : p->start + p->length;
-        p->hot->gate_span = gate_span(ms, end);
+        p->hot->gate_span = gate_span(p);
     }
     return 0;
 }

@@ -96,8 +96,7 @@ void lock_gate(Lock *l, Period *p) {
     l->noted = (uint8_t)p->pending; /* (at most PERIOD_PENDING) */
     l->holds = 0;
     l->gate_lo = p->lo_ms;
-    long long end = p->start > LLONG_MAX - p->length ? LLONG_MAX : p->start + p->length;
-    l->gate_span = gate_span(p->lo_ms, end);
+    l->gate_span = gate_span(p);
     l->gate_last = p->last_ms;
     p->pending = 0;
     p->hot = l;

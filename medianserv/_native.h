@@ -300,11 +300,12 @@ static inline long long *period_last_at(Period *p) {
     return p->hot ? &p->hot->gate_last : &p->last_ms;
 }
 
-/* the span of times a gate takes from lo to end (end - lo, at most UINT32_MAX: a longer
-   period's trades beyond it take the general path). O(1) */
-static inline uint32_t gate_span(long long lo, long long end) {
-    if (end <= lo) return 0;
-    unsigned long long span = (unsigned long long)end - (unsigned long long)lo;
+/* the span of times a gate of p takes, from p's lo_ms to its end (at most UINT32_MAX: a
+   longer period's trades beyond it take the general path). O(1) */
+static inline uint32_t gate_span(const Period *p) {
+    long long end = p->start > LLONG_MAX - p->length ? LLONG_MAX : p->start + p->length;
+    if (end <= p->lo_ms) return 0;
+    unsigned long long span = (unsigned long long)end - (unsigned long long)p->lo_ms;
     return span > UINT32_MAX ? UINT32_MAX : (uint32_t)span;
 }
 
