@@ -93,8 +93,7 @@ void lock_gate(Lock *l, Period *p) {
     lock_ungate(l);
     if (p->hot) lock_ungate(p->hot);
     l->gate = (Period *)Py_NewRef(p);
-    l->noted = (uint8_t)p->pending; /* (at most PERIOD_PENDING) */
-    l->holds = 0;
+    l->noted = (uint8_t)p->pending; /* (at most PERIOD_PENDING; holds is 0: ungated) */
     l->gate_lo = p->lo_ms;
     l->gate_span = gate_span(p);
     l->gate_last = p->last_ms;

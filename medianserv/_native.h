@@ -273,7 +273,8 @@ typedef struct Lock {
     char locked;
     uint8_t waiters;                  /* threads asleep waiting for it (saturating) */
     uint8_t noted;                    /* the gate's pending trades: gate->pend[0 .. noted), */
-    uint8_t holds;                    /* then `held` where this is 1 */
+    uint8_t holds;                    /* then `held` where this is 1 (never while ungated:
+                                         lock_ungate writes it to the list) */
     u64 held;
 } Lock;
 
